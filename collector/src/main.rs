@@ -1,0 +1,312 @@
+//! edge-enrich reference collector.
+//!
+//! `POST /ingest` stores a batch envelope in SQLite (data survives restarts) and de-duplicates
+//! readings by `id`; `GET /stats` and `GET /readings?device_id=` show what arrived;
+//! `POST /faults` (or the `--fail-*` flags) injects failures for tests.
+
+mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use store::{Batch, Store};
+
+const USAGE: &str = "usage: edge-enrich-collector [--addr 127.0.0.1:0] [--db collector.sqlite] [--token T]
+    [--port-file F] [--fail-first N] [--fail-rate 0..1] [--fail-status 503] [--delay-ms N]
+
+Prints `listening on http://ADDR` once bound. Endpoints: POST /ingest, GET /stats,
+GET /readings?device_id=&limit=, POST /faults {fail_first, fail_rate, fail_status, delay_ms, refuse_for_ms}.";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Faults {
+    /// Answer `fail_status` to the next N ingest requests.
+    #[serde(default)]
+    fail_first: u64,
+    /// Answer `fail_status` to this fraction of ingest requests.
+    #[serde(default)]
+    fail_rate: f64,
+    #[serde(default = "default_fail_status")]
+    fail_status: u16,
+    /// Wait this long before answering each ingest request.
+    #[serde(default)]
+    delay_ms: u64,
+    /// Stop listening (connections are refused) for this long, then listen again.
+    #[serde(default)]
+    refuse_for_ms: u64,
+}
+
+fn default_fail_status() -> u16 {
+    503
+}
+
+struct App {
+    store: Mutex<Store>,
+    faults: Mutex<Faults>,
+    token: Option<String>,
+    requests: AtomicU64,
+    injected_failures: AtomicU64,
+    refuse: mpsc::UnboundedSender<u64>,
+}
+
+struct Args {
+    addr: SocketAddr,
+    db: PathBuf,
+    token: Option<String>,
+    port_file: Option<PathBuf>,
+    faults: Faults,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        addr: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
+        db: PathBuf::from("collector.sqlite"),
+        token: None,
+        port_file: None,
+        faults: Faults { fail_status: 503, ..Faults::default() },
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            return Err(USAGE.to_owned());
+        }
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value\n\n{USAGE}"))?;
+        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value:?}: {e}");
+        match flag.as_str() {
+            "--addr" => args.addr = value.parse().map_err(|e| bad(&e))?,
+            "--db" => args.db = PathBuf::from(&value),
+            "--token" => args.token = Some(value),
+            "--port-file" => args.port_file = Some(PathBuf::from(&value)),
+            "--fail-first" => args.faults.fail_first = value.parse().map_err(|e| bad(&e))?,
+            "--fail-rate" => args.faults.fail_rate = value.parse().map_err(|e| bad(&e))?,
+            "--fail-status" => args.faults.fail_status = value.parse().map_err(|e| bad(&e))?,
+            "--delay-ms" => args.faults.delay_ms = value.parse().map_err(|e| bad(&e))?,
+            _ => return Err(format!("unknown flag {flag}\n\n{USAGE}")),
+        }
+    }
+    if let Ok(token) = std::env::var("COLLECTOR_TOKEN") {
+        if !token.is_empty() && args.token.is_none() {
+            args.token = Some(token);
+        }
+    }
+    Ok(args)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail.into(),
+    });
+    (status, [("content-type", "application/problem+json")], body.to_string()).into_response()
+}
+
+async fn ingest(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    app.requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(token) = &app.token {
+        let given = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+        if given.strip_prefix("Bearer ") != Some(token.as_str()) {
+            return problem(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+        }
+    }
+    let (delay, fail) = {
+        let mut f = app.faults.lock().unwrap_or_else(|p| p.into_inner());
+        let fail = if f.fail_first > 0 {
+            f.fail_first -= 1;
+            true
+        } else {
+            f.fail_rate > 0.0 && fastrand::f64() < f.fail_rate
+        };
+        (f.delay_ms, fail.then_some(f.fail_status))
+    };
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if let Some(status) = fail {
+        app.injected_failures.fetch_add(1, Ordering::Relaxed);
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return problem(status, "injected failure");
+    }
+    let text = match std::str::from_utf8(&body) {
+        Ok(t) => t,
+        Err(_) => return problem(StatusCode::BAD_REQUEST, "body is not UTF-8"),
+    };
+    let batch: Batch<'_> = match serde_json::from_str(text) {
+        Ok(b) => b,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, format!("not a batch envelope: {e}")),
+    };
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
+    if key.is_some_and(|k| k != batch.batch_id) {
+        return problem(StatusCode::BAD_REQUEST, "Idempotency-Key does not match batch_id");
+    }
+    let result = app.store.lock().unwrap_or_else(|p| p.into_inner()).insert(&batch, now_ms());
+    match result {
+        Ok(stored) => Json(stored).into_response(),
+        Err(e) => problem(StatusCode::UNPROCESSABLE_ENTITY, e),
+    }
+}
+
+async fn stats(State(app): State<Arc<App>>) -> Response {
+    let stats = app.store.lock().unwrap_or_else(|p| p.into_inner()).stats();
+    match stats {
+        Ok(s) => {
+            let mut v = serde_json::to_value(s).unwrap_or_default();
+            v["requests"] = app.requests.load(Ordering::Relaxed).into();
+            v["injected_failures"] = app.injected_failures.load(Ordering::Relaxed).into();
+            Json(v).into_response()
+        }
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct ReadingsQuery {
+    device_id: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn readings(State(app): State<Arc<App>>, Query(q): Query<ReadingsQuery>) -> Response {
+    let rows = app
+        .store
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .readings(q.device_id.as_deref(), q.limit.unwrap_or(100_000));
+    match rows {
+        Ok(rows) => Json(rows).into_response(),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn set_faults(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    let faults: Faults = match serde_json::from_slice(&body) {
+        Ok(f) => f,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    if faults.refuse_for_ms > 0 {
+        let _ = app.refuse.send(faults.refuse_for_ms);
+    }
+    *app.faults.lock().unwrap_or_else(|p| p.into_inner()) = faults;
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[tokio::main]
+async fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("{msg}");
+            std::process::exit(2);
+        }
+    };
+    let store = match Store::open(&args.db) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot open {}: {e}", args.db.display());
+            std::process::exit(1);
+        }
+    };
+    let (refuse_tx, mut refuse_rx) = mpsc::unbounded_channel();
+    let app = Arc::new(App {
+        store: Mutex::new(store),
+        faults: Mutex::new(args.faults),
+        token: args.token,
+        requests: AtomicU64::new(0),
+        injected_failures: AtomicU64::new(0),
+        refuse: refuse_tx,
+    });
+    let router = Router::new()
+        .route("/ingest", post(ingest))
+        .route("/stats", get(stats))
+        .route("/readings", get(readings))
+        .route("/faults", post(set_faults))
+        .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
+        .with_state(app);
+
+    let mut addr = args.addr;
+    let mut announced = false;
+    loop {
+        let listener = match bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("cannot listen on {addr}: {e}");
+                std::process::exit(1);
+            }
+        };
+        addr = listener.local_addr().unwrap_or(addr);
+        if !announced {
+            println!("listening on http://{addr}");
+            if let Some(pf) = &args.port_file {
+                let _ = std::fs::write(pf, addr.port().to_string());
+            }
+            announced = true;
+        }
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            axum::serve(listener, router.clone())
+                .with_graceful_shutdown(async {
+                    let _ = stop_rx.await;
+                })
+                .into_future(),
+        );
+        tokio::select! {
+            _ = shutdown_signal() => return,
+            pause = refuse_rx.recv() => {
+                let pause = pause.unwrap_or(0);
+                let _ = stop_tx.send(());
+                let abort = server.abort_handle();
+                if tokio::time::timeout(Duration::from_secs(2), server).await.is_err() {
+                    abort.abort();
+                }
+                eprintln!("refusing connections for {pause} ms");
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for _ in 0..50 {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("bind failed")))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,205 @@
+//! Batching and delivery policy, free of any storage or host: when to flush, how long to back
+//! off after a failure, and what a collector's answer means for the batch.
+
+use std::collections::VecDeque;
+
+use crate::host::Clock;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushPolicy {
+    pub max_items: usize,
+    pub max_age_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushAt {
+    /// Nothing is pending.
+    Idle,
+    Now,
+    /// Unix ms at which the oldest pending reading reaches max age.
+    At(u64),
+}
+
+impl FlushPolicy {
+    pub fn next_flush(&self, pending: usize, oldest_received_ms: Option<u64>, now_ms: u64) -> FlushAt {
+        match oldest_received_ms {
+            None => FlushAt::Idle,
+            Some(_) if pending == 0 => FlushAt::Idle,
+            Some(_) if pending >= self.max_items => FlushAt::Now,
+            Some(oldest) => {
+                let due = oldest.saturating_add(self.max_age_ms);
+                if due <= now_ms {
+                    FlushAt::Now
+                } else {
+                    FlushAt::At(due)
+                }
+            }
+        }
+    }
+}
+
+/// Capped exponential backoff with "equal jitter": half the step is fixed so retries never
+/// bunch at zero, half is random so edges that failed together do not retry together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub base_ms: u64,
+    pub max_ms: u64,
+}
+
+impl RetryPolicy {
+    /// Delay before retry number `failures` (1 = after the first failure); `jitter` in [0, 1).
+    pub fn delay_ms(&self, failures: u32, jitter: f64) -> u64 {
+        let exp = failures.saturating_sub(1).min(32);
+        let step = self.base_ms.saturating_mul(1u64 << exp).min(self.max_ms);
+        let jitter = jitter.clamp(0.0, 1.0);
+        step / 2 + ((step - step / 2) as f64 * jitter) as u64
+    }
+}
+
+/// What a collector's answer means for the batch that was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Delivered,
+    /// Transient (network error, 408, 429, 5xx): keep the batch and try again later.
+    Retry,
+    /// The collector refuses this batch for good (other 4xx, unexpected 1xx/3xx): park it in
+    /// the dead-letter store instead of retrying forever.
+    DeadLetter,
+}
+
+pub fn verdict(status: Option<u16>) -> Verdict {
+    match status {
+        None => Verdict::Retry,
+        Some(200..=299) => Verdict::Delivered,
+        Some(408 | 429) | Some(500..=599) => Verdict::Retry,
+        Some(_) => Verdict::DeadLetter,
+    }
+}
+
+/// The backlog is at its bound: the caller should answer 503 with this Retry-After.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BacklogFull {
+    pub retry_after_s: u32,
+}
+
+/// An in-memory batch queue for hosts whose instance owns its batch (Spin, wasi:http).
+/// Items keep their arrival order; a failed batch goes back to the front.
+#[derive(Debug)]
+pub struct MemoryBatcher<T> {
+    queue: VecDeque<(u64, T)>,
+    policy: FlushPolicy,
+    capacity: usize,
+}
+
+impl<T> MemoryBatcher<T> {
+    pub fn new(policy: FlushPolicy, capacity: usize) -> Self {
+        Self { queue: VecDeque::new(), policy, capacity }
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Accepts all items or none.
+    pub fn push(&mut self, clock: &dyn Clock, items: impl ExactSizeIterator<Item = T>) -> Result<(), BacklogFull> {
+        if self.queue.len() + items.len() > self.capacity {
+            let retry_after_s = (self.policy.max_age_ms / 1000).max(1) as u32;
+            return Err(BacklogFull { retry_after_s });
+        }
+        let now = clock.now_ms();
+        self.queue.extend(items.map(|i| (now, i)));
+        Ok(())
+    }
+
+    pub fn next_flush(&self, clock: &dyn Clock) -> FlushAt {
+        self.policy.next_flush(self.queue.len(), self.queue.front().map(|(t, _)| *t), clock.now_ms())
+    }
+
+    /// Removes and returns the oldest batch (at most `max_items`).
+    pub fn take_batch(&mut self) -> Vec<T> {
+        let n = self.queue.len().min(self.policy.max_items);
+        self.queue.drain(..n).map(|(_, item)| item).collect()
+    }
+
+    /// Puts a batch that could not be delivered back at the front, keeping its original age.
+    pub fn restore(&mut self, received_at_ms: u64, batch: Vec<T>) {
+        for item in batch.into_iter().rev() {
+            self.queue.push_front((received_at_ms, item));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    struct FakeClock(Cell<u64>);
+    impl Clock for FakeClock {
+        fn now_ms(&self) -> u64 {
+            self.0.get()
+        }
+    }
+
+    const POLICY: FlushPolicy = FlushPolicy { max_items: 3, max_age_ms: 200 };
+
+    #[test]
+    fn flush_by_age_or_count() {
+        assert_eq!(POLICY.next_flush(0, None, 1000), FlushAt::Idle);
+        assert_eq!(POLICY.next_flush(1, Some(1000), 1000), FlushAt::At(1200));
+        assert_eq!(POLICY.next_flush(1, Some(1000), 1199), FlushAt::At(1200));
+        assert_eq!(POLICY.next_flush(1, Some(1000), 1200), FlushAt::Now);
+        assert_eq!(POLICY.next_flush(3, Some(1000), 1000), FlushAt::Now);
+    }
+
+    #[test]
+    fn memory_batcher_with_fake_clock() {
+        let clock = FakeClock(Cell::new(10_000));
+        let mut b = MemoryBatcher::new(POLICY, 5);
+        assert_eq!(b.next_flush(&clock), FlushAt::Idle);
+        b.push(&clock, ["a", "b"].into_iter()).unwrap();
+        assert_eq!(b.next_flush(&clock), FlushAt::At(10_200));
+        clock.0.set(10_100);
+        b.push(&clock, ["c"].into_iter()).unwrap();
+        assert_eq!(b.next_flush(&clock), FlushAt::Now, "full batch flushes at once");
+        assert_eq!(b.push(&clock, ["d", "e", "f"].into_iter()), Err(BacklogFull { retry_after_s: 1 }));
+        assert_eq!(b.len(), 3, "a refused push leaves the queue intact");
+        let batch = b.take_batch();
+        assert_eq!(batch, vec!["a", "b", "c"]);
+        assert_eq!(b.next_flush(&clock), FlushAt::Idle);
+        b.restore(10_000, batch);
+        assert_eq!(b.next_flush(&clock), FlushAt::Now);
+        clock.0.set(10_150);
+        b.push(&clock, ["d"].into_iter()).unwrap();
+        assert_eq!(b.take_batch(), vec!["a", "b", "c"]);
+        assert_eq!(b.next_flush(&clock), FlushAt::At(10_350));
+    }
+
+    #[test]
+    fn backoff_is_capped_exponential_with_jitter() {
+        let r = RetryPolicy { base_ms: 200, max_ms: 5_000 };
+        assert_eq!(r.delay_ms(1, 0.0), 100);
+        assert_eq!(r.delay_ms(1, 0.999), 199);
+        assert_eq!(r.delay_ms(2, 0.0), 200);
+        assert_eq!(r.delay_ms(3, 0.5), 600);
+        assert_eq!(r.delay_ms(10, 0.0), 2_500);
+        assert_eq!(r.delay_ms(u32::MAX, 1.0), 5_000);
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(verdict(Some(200)), Verdict::Delivered);
+        assert_eq!(verdict(Some(204)), Verdict::Delivered);
+        assert_eq!(verdict(None), Verdict::Retry);
+        assert_eq!(verdict(Some(408)), Verdict::Retry);
+        assert_eq!(verdict(Some(429)), Verdict::Retry);
+        assert_eq!(verdict(Some(503)), Verdict::Retry);
+        assert_eq!(verdict(Some(400)), Verdict::DeadLetter);
+        assert_eq!(verdict(Some(401)), Verdict::DeadLetter);
+        assert_eq!(verdict(Some(301)), Verdict::DeadLetter);
+    }
+}

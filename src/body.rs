@@ -1,0 +1,404 @@
+//! `POST /v1/readings` bodies: a JSON object, a JSON array of objects, or NDJSON.
+//! A request is accepted or refused whole; the problem lists every bad reading by index.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::problem::{FieldError, Problem, ProblemType};
+use crate::reading::{
+    parse_device_ts, parse_seq, FieldIssue, Reading, ReadingDraft, Severity,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    Json,
+    Ndjson,
+}
+
+impl BodyFormat {
+    /// Reads a `Content-Type` header. Only UTF-8 is accepted (JSON's only interoperable
+    /// encoding, RFC 8259 §8.1).
+    pub fn from_content_type(header: Option<&str>) -> Result<Self, Problem> {
+        let header = header.unwrap_or("");
+        let mut parts = header.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let format = match media.as_str() {
+            "application/json" => Self::Json,
+            "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Self::Ndjson,
+            "" => {
+                return Err(Problem::new(
+                    ProblemType::UnsupportedMediaType,
+                    "a Content-Type is required: application/json or application/x-ndjson",
+                ))
+            }
+            _ => {
+                return Err(Problem::new(
+                    ProblemType::UnsupportedMediaType,
+                    "Content-Type must be application/json or application/x-ndjson",
+                ))
+            }
+        };
+        for param in parts {
+            if let Some((k, v)) = param.split_once('=') {
+                let v = v.trim().trim_matches('"');
+                if k.trim().eq_ignore_ascii_case("charset") && !v.eq_ignore_ascii_case("utf-8") {
+                    return Err(Problem::new(
+                        ProblemType::UnsupportedMediaType,
+                        "only charset=utf-8 is supported",
+                    ));
+                }
+            }
+        }
+        Ok(format)
+    }
+}
+
+/// Parses a whole request body into validated readings, or one problem describing all faults.
+pub fn parse_readings(
+    body: &[u8],
+    format: BodyFormat,
+    max_readings: usize,
+) -> Result<Vec<Reading>, Problem> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        Problem::new(
+            ProblemType::InvalidRequest,
+            format!(
+                "body is not valid UTF-8 (first bad byte at offset {})",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let items: Vec<Item<'_>> = match format {
+        BodyFormat::Json => split_json(text)?,
+        BodyFormat::Ndjson => split_ndjson(text),
+    };
+    if items.is_empty() {
+        return Err(Problem::new(
+            ProblemType::InvalidRequest,
+            "the body holds no readings",
+        ));
+    }
+    if items.len() > max_readings {
+        return Err(Problem::new(
+            ProblemType::PayloadTooLarge,
+            format!(
+                "{} readings in one request; the limit is {max_readings}",
+                items.len()
+            ),
+        ));
+    }
+
+    let mut readings = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    let mut any_invalid = false;
+    for (index, item) in items.into_iter().enumerate() {
+        match item.and_then(validate_item) {
+            Ok(r) => readings.push(r),
+            Err(issues) => {
+                for issue in issues {
+                    any_invalid |= issue.severity == Severity::Invalid;
+                    errors.push(FieldError {
+                        index: Some(index),
+                        field: issue.field.to_owned(),
+                        detail: issue.detail,
+                    });
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        return Ok(readings);
+    }
+    let kind = if any_invalid {
+        ProblemType::InvalidRequest
+    } else {
+        ProblemType::UnprocessableReading
+    };
+    let bad = {
+        let mut idx: Vec<_> = errors.iter().filter_map(|e| e.index).collect();
+        idx.dedup();
+        idx.len()
+    };
+    Err(Problem::new(
+        kind,
+        format!("{bad} of {} readings are invalid; nothing was accepted", bad + readings.len()),
+    )
+    .with_errors(errors))
+}
+
+/// One reading's raw fields, or why it could not even be read as an object.
+type Item<'a> = Result<WireReading<'a>, Vec<FieldIssue>>;
+
+fn split_json(text: &str) -> Result<Vec<Item<'_>>, Problem> {
+    let syntax = |e: serde_json::Error| {
+        Problem::new(ProblemType::InvalidRequest, format!("body is not valid JSON: {e}"))
+    };
+    match text.trim_start().as_bytes().first() {
+        Some(b'[') => {
+            let raw: Vec<&RawValue> = serde_json::from_str(text).map_err(syntax)?;
+            Ok(raw.into_iter().map(|r| read_object(r.get())).collect())
+        }
+        Some(b'{') => {
+            let raw: &RawValue = serde_json::from_str(text).map_err(syntax)?;
+            Ok(vec![read_object(raw.get())])
+        }
+        _ => Err(Problem::new(
+            ProblemType::InvalidRequest,
+            "body must be a JSON object or an array of objects",
+        )),
+    }
+}
+
+fn split_ndjson(text: &str) -> Vec<Item<'_>> {
+    text.split('\n')
+        .map(|line| line.trim_end_matches('\r'))
+        .filter(|line| !line.trim().is_empty())
+        .map(read_object)
+        .collect()
+}
+
+fn read_object(json: &str) -> Item<'_> {
+    if !json.trim_start().starts_with('{') {
+        return Err(vec![FieldIssue::invalid("reading", "must be a JSON object")]);
+    }
+    serde_json::from_str::<WireReading<'_>>(json)
+        .map_err(|e| vec![FieldIssue::invalid("reading", format!("is not valid JSON: {e}"))])
+}
+
+fn validate_item(wire: WireReading<'_>) -> Result<Reading, Vec<FieldIssue>> {
+    let mut issues: Vec<FieldIssue> = wire
+        .duplicates
+        .iter()
+        .map(|f| FieldIssue::invalid(f, "appears more than once in the object"))
+        .collect();
+    let mut draft = ReadingDraft::default();
+    match string_field("device_id", wire.device_id) {
+        Ok(v) => draft.device_id = v,
+        Err(e) => issues.push(e),
+    }
+    match string_field("unit", wire.unit) {
+        Ok(v) => draft.unit = v,
+        Err(e) => issues.push(e),
+    }
+    draft.temp = wire.temp.map(|r| json_number(r.get()));
+    draft.ts = wire.ts.map(|r| parse_device_ts(r.get()));
+    draft.seq = wire.seq.map(|r| parse_seq(r.get()));
+    match draft.validate() {
+        Ok(reading) if issues.is_empty() => Ok(reading),
+        Ok(_) => Err(issues),
+        Err(more) => {
+            for m in more {
+                if !issues.iter().any(|i| i.field == m.field) {
+                    issues.push(m);
+                }
+            }
+            Err(issues)
+        }
+    }
+}
+
+fn string_field<'a>(field: &'static str, raw: Option<&'a RawValue>) -> Result<Option<Cow<'a, str>>, FieldIssue> {
+    raw.map(|r| json_string(r.get()).ok_or_else(|| FieldIssue::invalid(field, "must be a JSON string")))
+        .transpose()
+}
+
+/// A JSON string literal's value, borrowed when it has no escapes.
+fn json_string(raw: &str) -> Option<Cow<'_, str>> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
+}
+
+/// A JSON number literal read as f64 from its text, so `1e309` is reported as out of range
+/// (422) rather than as a syntax error, and strings/booleans/null are refused (400).
+fn json_number(raw: &str) -> Result<f64, FieldIssue> {
+    let first = raw.as_bytes().first().copied().unwrap_or(b' ');
+    if !(first == b'-' || first.is_ascii_digit()) {
+        return Err(FieldIssue::invalid("temp", "must be a JSON number"));
+    }
+    match raw.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(_) => Err(FieldIssue::unprocessable(
+            "temp",
+            "is out of the range of a finite number",
+        )),
+        Err(_) => Err(FieldIssue::invalid("temp", "must be a JSON number")),
+    }
+}
+
+/// The fields we know, as raw JSON slices of the input; unknown fields are skipped.
+#[derive(Default)]
+struct WireReading<'a> {
+    device_id: Option<&'a RawValue>,
+    temp: Option<&'a RawValue>,
+    unit: Option<&'a RawValue>,
+    ts: Option<&'a RawValue>,
+    seq: Option<&'a RawValue>,
+    duplicates: Vec<&'static str>,
+}
+
+enum Key {
+    DeviceId,
+    Temp,
+    Unit,
+    Ts,
+    Seq,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
+                Ok(match v {
+                    "device_id" => Key::DeviceId,
+                    "temp" => Key::Temp,
+                    "unit" => Key::Unit,
+                    "ts" => Key::Ts,
+                    "seq" => Key::Seq,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(KeyVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for WireReading<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = WireReading<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a reading object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut w = WireReading::default();
+                while let Some(key) = map.next_key::<Key>()? {
+                    let (name, slot) = match key {
+                        Key::DeviceId => ("device_id", &mut w.device_id),
+                        Key::Temp => ("temp", &mut w.temp),
+                        Key::Unit => ("unit", &mut w.unit),
+                        Key::Ts => ("ts", &mut w.ts),
+                        Key::Seq => ("seq", &mut w.seq),
+                        Key::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    let value = map.next_value::<&'de RawValue>()?;
+                    if slot.is_some() {
+                        if !w.duplicates.contains(&name) {
+                            w.duplicates.push(name);
+                        }
+                    } else {
+                        *slot = Some(value);
+                    }
+                }
+                Ok(w)
+            }
+        }
+        d.deserialize_map(ObjectVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_json(s: &str) -> Result<Vec<Reading>, Problem> {
+        parse_readings(s.as_bytes(), BodyFormat::Json, 500)
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(
+            BodyFormat::from_content_type(Some("application/json; charset=UTF-8")).unwrap(),
+            BodyFormat::Json
+        );
+        assert_eq!(
+            BodyFormat::from_content_type(Some("Application/X-NDJSON")).unwrap(),
+            BodyFormat::Ndjson
+        );
+        assert_eq!(
+            BodyFormat::from_content_type(Some("text/plain")).unwrap_err().status(),
+            415
+        );
+        assert_eq!(BodyFormat::from_content_type(None).unwrap_err().status(), 415);
+        assert_eq!(
+            BodyFormat::from_content_type(Some("application/json;charset=latin1"))
+                .unwrap_err()
+                .status(),
+            415
+        );
+    }
+
+    #[test]
+    fn object_array_and_ndjson() {
+        assert_eq!(parse_json(r#"{"device_id":"a","temp":1}"#).unwrap().len(), 1);
+        let v = parse_json(r#"[{"device_id":"a","temp":1},{"device_id":"b","temp":2,"unit":"F","seq":3,"extra":{"x":[1]}}]"#).unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[1].seq, Some(3));
+        let nd = "{\"device_id\":\"a\",\"temp\":1}\r\n\n{\"device_id\":\"b\",\"temp\":2}\n";
+        assert_eq!(parse_readings(nd.as_bytes(), BodyFormat::Ndjson, 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn lists_every_bad_reading_by_index() {
+        let p = parse_json(r#"[{"device_id":"ok","temp":1},{"temp":"x"},{"device_id":"b","temp":-500}]"#)
+            .unwrap_err();
+        assert_eq!(p.status(), 400);
+        let e = p.errors();
+        assert!(e.iter().any(|e| e.index == Some(1) && e.field == "device_id"));
+        assert!(e.iter().any(|e| e.index == Some(1) && e.field == "temp"));
+        assert!(e.iter().any(|e| e.index == Some(2) && e.field == "temp"));
+        assert!(!e.iter().any(|e| e.index == Some(0)));
+    }
+
+    #[test]
+    fn physically_impossible_is_422() {
+        let p = parse_json(r#"{"device_id":"a","temp":1e309}"#).unwrap_err();
+        assert_eq!(p.status(), 422);
+        let p = parse_json(r#"{"device_id":"a","temp":-1,"unit":"K"}"#).unwrap_err();
+        assert_eq!(p.status(), 422);
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let p = parse_json(r#"{"device_id":"a","temp":1,"temp":2}"#).unwrap_err();
+        assert_eq!(p.errors()[0].field, "temp");
+        assert!(p.errors()[0].detail.contains("more than once"));
+    }
+
+    #[test]
+    fn limits_and_syntax() {
+        let many = format!("[{}]", vec![r#"{"device_id":"a","temp":1}"#; 11].join(","));
+        assert_eq!(parse_readings(many.as_bytes(), BodyFormat::Json, 10).unwrap_err().status(), 413);
+        assert_eq!(parse_json("[]").unwrap_err().status(), 400);
+        assert_eq!(parse_json("[1]").unwrap_err().errors()[0].field, "reading");
+        assert_eq!(parse_json("\"x\"").unwrap_err().status(), 400);
+        assert_eq!(parse_json("{\"device_id\":").unwrap_err().status(), 400);
+        assert_eq!(parse_readings(b"\xff\xfe", BodyFormat::Json, 10).unwrap_err().status(), 400);
+        let truncated = "{\"device_id\":\"a\",\"temp\":1}\n{\"device_id\":\"b\",\"te";
+        let p = parse_readings(truncated.as_bytes(), BodyFormat::Ndjson, 10).unwrap_err();
+        assert_eq!(p.errors()[0].index, Some(1));
+    }
+
+    #[test]
+    fn escaped_strings_decode() {
+        let v = parse_json(r#"{"device_id":"a\u002db","temp":1,"unit":"\u0046"}"#).unwrap();
+        assert_eq!(v[0].device_id.as_str(), "a-b");
+    }
+}

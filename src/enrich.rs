@@ -1,0 +1,186 @@
+//! Enrichment: calibration result + node tags + server time + id, serialized once.
+//! The JSON text made here is what the device gets back and, byte for byte, what the
+//! collector receives.
+
+use serde::Serialize;
+
+use crate::calibration::Profiles;
+use crate::ids::IdSource;
+use crate::problem::FieldError;
+use crate::reading::Reading;
+
+/// Where a reading was handled. `colo`/`country`/`region` come from the host's request
+/// metadata and are null when the host has none (e.g. locally).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EdgeInfo {
+    pub node: String,
+    pub colo: Option<String>,
+    pub country: Option<String>,
+    pub region: Option<String>,
+    pub platform: &'static str,
+}
+
+impl EdgeInfo {
+    /// `EDGE_NODE` wins; otherwise the node is named after the colo (`cf-dfw`), else `local`.
+    pub fn new(
+        configured_node: Option<&str>,
+        colo: Option<String>,
+        country: Option<String>,
+        region: Option<String>,
+        platform: &'static str,
+    ) -> Self {
+        let node = match (configured_node, colo.as_deref()) {
+            (Some(n), _) if !n.is_empty() => n.to_owned(),
+            (_, Some(c)) if !c.is_empty() => format!("{}-{}", node_prefix(platform), c.to_ascii_lowercase()),
+            _ => String::from("local"),
+        };
+        Self {
+            node,
+            colo,
+            country,
+            region,
+            platform,
+        }
+    }
+}
+
+fn node_prefix(platform: &str) -> &'static str {
+    match platform {
+        "cloudflare-workers" => "cf",
+        _ => "edge",
+    }
+}
+
+#[derive(Serialize)]
+struct Enriched<'a> {
+    id: &'a str,
+    device_id: &'a str,
+    temp_c: f64,
+    raw: Raw,
+    calibration: Option<CalibrationTag<'a>>,
+    edge: &'a EdgeInfo,
+    received_at_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ts: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Raw {
+    value: f64,
+    unit: &'static str,
+}
+
+#[derive(Serialize)]
+struct CalibrationTag<'a> {
+    profile: &'a str,
+    version: u32,
+    gain: f64,
+    offset: f64,
+}
+
+/// One enriched reading: its id and its JSON text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnrichedReading {
+    pub id: String,
+    pub json: String,
+}
+
+/// Calibrates every reading first and only then assigns ids, so a request is accepted whole
+/// or refused whole (a calibrated value can still overflow: reported per index as 422).
+pub fn enrich_all(
+    readings: &[Reading],
+    profiles: &Profiles,
+    edge: &EdgeInfo,
+    received_at_ms: u64,
+    ids: &mut IdSource,
+) -> Result<Vec<EnrichedReading>, Vec<FieldError>> {
+    let mut calibrated = Vec::with_capacity(readings.len());
+    let mut errors = Vec::new();
+    for (index, r) in readings.iter().enumerate() {
+        match profiles.calibrate(&r.device_id, r.temp) {
+            Ok(c) => calibrated.push(c),
+            Err(issue) => errors.push(FieldError {
+                index: Some(index),
+                field: issue.field.to_owned(),
+                detail: issue.detail,
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut out = Vec::with_capacity(readings.len());
+    for (r, (temp_c, profile)) in readings.iter().zip(calibrated) {
+        let Some(id) = ids.next_id() else {
+            return Err(vec![FieldError {
+                index: None,
+                field: String::from("id"),
+                detail: String::from("not enough ids were drawn"),
+            }]);
+        };
+        let doc = Enriched {
+            id: &id,
+            device_id: r.device_id.as_str(),
+            temp_c,
+            raw: Raw {
+                value: r.temp.value(),
+                unit: r.temp.unit().symbol(),
+            },
+            calibration: profile.map(|p| CalibrationTag {
+                profile: &p.pattern,
+                version: p.version,
+                gain: p.gain,
+                offset: p.offset,
+            }),
+            edge,
+            received_at_ms,
+            ts: r.ts,
+            seq: r.seq,
+        };
+        // Only strings and finite numbers: serialization cannot fail.
+        let json = serde_json::to_string(&doc).unwrap_or_default();
+        out.push(EnrichedReading { id, json });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::parse_reading_query;
+
+    #[test]
+    fn node_naming() {
+        assert_eq!(EdgeInfo::new(Some("n1"), Some("DFW".into()), None, None, "cloudflare-workers").node, "n1");
+        assert_eq!(EdgeInfo::new(None, Some("DFW".into()), None, None, "cloudflare-workers").node, "cf-dfw");
+        assert_eq!(EdgeInfo::new(Some(""), None, None, None, "spin").node, "local");
+    }
+
+    #[test]
+    fn enriched_document_shape() {
+        let profiles = Profiles::parse(r#"[{"match":"lab-*","gain":1.0,"offset":-0.5,"version":4}]"#).unwrap();
+        let edge = EdgeInfo::new(Some("n1"), None, None, None, "cloudflare-workers");
+        let readings = vec![
+            parse_reading_query("device_id=lab-1&temp=74.3&unit=F&ts=5&seq=6").unwrap(),
+            parse_reading_query("device_id=other&temp=-0.04").unwrap(),
+        ];
+        let mut ids = IdSource::new(1_700_000_000_000, 2).unwrap();
+        let out = enrich_all(&readings, &profiles, &edge, 1_700_000_000_123, &mut ids).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out[0].json).unwrap();
+        assert_eq!(v["id"], out[0].id.as_str());
+        assert_eq!(v["device_id"], "lab-1");
+        assert_eq!(v["temp_c"], 23.0);
+        assert_eq!(v["raw"], serde_json::json!({"value": 74.3, "unit": "F"}));
+        assert_eq!(v["calibration"], serde_json::json!({"profile": "lab-*", "version": 4, "gain": 1.0, "offset": -0.5}));
+        assert_eq!(v["edge"], serde_json::json!({"node": "n1", "colo": null, "country": null, "region": null, "platform": "cloudflare-workers"}));
+        assert_eq!(v["received_at_ms"], 1_700_000_000_123u64);
+        assert_eq!((v["ts"].as_u64(), v["seq"].as_u64()), (Some(5), Some(6)));
+        let w: serde_json::Value = serde_json::from_str(&out[1].json).unwrap();
+        assert!(w["calibration"].is_null());
+        assert_eq!(w["temp_c"], 0.0);
+        assert!(w.get("ts").is_none());
+        assert_ne!(out[0].id, out[1].id);
+    }
+}

@@ -1,0 +1,230 @@
+//! RFC 9457 problem documents: every error this service answers with.
+
+use serde::Serialize;
+
+/// The kinds of problem the API can report. Each has one status, one type URI and one title,
+/// so a client can switch on `type` and never has to parse `detail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemType {
+    InvalidRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    UnprocessableReading,
+    BacklogFull,
+    NotConfigured,
+    Internal,
+    UpstreamUnavailable,
+}
+
+impl ProblemType {
+    pub const fn status(self) -> u16 {
+        match self {
+            Self::InvalidRequest => 400,
+            Self::Unauthorized => 401,
+            Self::Forbidden => 403,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::PayloadTooLarge => 413,
+            Self::UnsupportedMediaType => 415,
+            Self::UnprocessableReading => 422,
+            Self::Internal => 500,
+            Self::UpstreamUnavailable => 502,
+            Self::BacklogFull | Self::NotConfigured => 503,
+        }
+    }
+
+    /// Stable identifier; documented in the README's "Problem types" table.
+    pub const fn uri(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "urn:edge-enrich:problem:invalid-request",
+            Self::Unauthorized => "urn:edge-enrich:problem:unauthorized",
+            Self::Forbidden => "urn:edge-enrich:problem:forbidden",
+            Self::NotFound => "urn:edge-enrich:problem:not-found",
+            Self::MethodNotAllowed => "urn:edge-enrich:problem:method-not-allowed",
+            Self::PayloadTooLarge => "urn:edge-enrich:problem:payload-too-large",
+            Self::UnsupportedMediaType => "urn:edge-enrich:problem:unsupported-media-type",
+            Self::UnprocessableReading => "urn:edge-enrich:problem:unprocessable-reading",
+            Self::BacklogFull => "urn:edge-enrich:problem:backlog-full",
+            Self::NotConfigured => "urn:edge-enrich:problem:not-configured",
+            Self::Internal => "urn:edge-enrich:problem:internal",
+            Self::UpstreamUnavailable => "urn:edge-enrich:problem:batcher-unavailable",
+        }
+    }
+
+    pub const fn title(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "Invalid request",
+            Self::Unauthorized => "Authentication required",
+            Self::Forbidden => "Forbidden",
+            Self::NotFound => "Not found",
+            Self::MethodNotAllowed => "Method not allowed",
+            Self::PayloadTooLarge => "Payload too large",
+            Self::UnsupportedMediaType => "Unsupported media type",
+            Self::UnprocessableReading => "Unprocessable reading",
+            Self::BacklogFull => "Delivery backlog full",
+            Self::NotConfigured => "Service not configured",
+            Self::Internal => "Internal error",
+            Self::UpstreamUnavailable => "Batcher unavailable",
+        }
+    }
+}
+
+/// One bad field of one reading. `index` is the reading's position in a batch (absent for GET).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FieldError {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    pub field: String,
+    pub detail: String,
+}
+
+/// A problem document plus the HTTP headers that belong with it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    type_uri: &'static str,
+    title: &'static str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<FieldError>,
+    #[serde(skip)]
+    kind: ProblemType,
+    #[serde(skip)]
+    retry_after_s: Option<u32>,
+    #[serde(skip)]
+    allow: Option<&'static str>,
+}
+
+impl Problem {
+    pub fn new(kind: ProblemType, detail: impl Into<String>) -> Self {
+        Self {
+            type_uri: kind.uri(),
+            title: kind.title(),
+            status: kind.status(),
+            detail: detail.into(),
+            instance: None,
+            errors: Vec::new(),
+            kind,
+            retry_after_s: None,
+            allow: None,
+        }
+    }
+
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        let mut p = Self::new(
+            ProblemType::MethodNotAllowed,
+            format!("this resource accepts {allow}"),
+        );
+        p.allow = Some(allow);
+        p
+    }
+
+    pub fn not_found(path: &str) -> Self {
+        let shown: String = path.chars().take(200).collect();
+        Self::new(
+            ProblemType::NotFound,
+            format!("no resource at {shown:?}; see GET /healthz and /v1/readings"),
+        )
+    }
+
+    pub fn payload_too_large(max_bytes: usize) -> Self {
+        Self::new(
+            ProblemType::PayloadTooLarge,
+            format!("request body exceeds the limit of {max_bytes} bytes"),
+        )
+    }
+
+    pub fn backlog_full(retry_after_s: u32, detail: impl Into<String>) -> Self {
+        Self::new(ProblemType::BacklogFull, detail).with_retry_after(retry_after_s)
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            ProblemType::Internal,
+            "an unexpected fault occurred; the request was not accepted and may be retried",
+        )
+    }
+
+    pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
+        self.errors = errors;
+        self
+    }
+
+    pub fn with_retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after_s = Some(seconds);
+        self
+    }
+
+    /// RFC 9457 `instance`: we use the request id so a report can be matched to logs.
+    pub fn with_instance(mut self, request_id: &str) -> Self {
+        self.instance = Some(format!("urn:edge-enrich:request:{request_id}"));
+        self
+    }
+
+    pub fn kind(&self) -> ProblemType {
+        self.kind
+    }
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+    pub fn errors(&self) -> &[FieldError] {
+        &self.errors
+    }
+    pub fn retry_after_s(&self) -> Option<u32> {
+        self.retry_after_s
+    }
+    pub fn allow(&self) -> Option<&'static str> {
+        self.allow
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serializing plain strings and numbers cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_document_has_rfc9457_members() {
+        let p = Problem::new(ProblemType::InvalidRequest, "bad")
+            .with_errors(vec![FieldError {
+                index: Some(2),
+                field: "temp".into(),
+                detail: "missing".into(),
+            }])
+            .with_instance("abc");
+        let v: serde_json::Value = serde_json::from_str(&p.to_json()).unwrap();
+        assert_eq!(v["type"], "urn:edge-enrich:problem:invalid-request");
+        assert_eq!(v["title"], "Invalid request");
+        assert_eq!(v["status"], 400);
+        assert_eq!(v["detail"], "bad");
+        assert_eq!(v["instance"], "urn:edge-enrich:request:abc");
+        assert_eq!(v["errors"][0]["index"], 2);
+        assert_eq!(v["errors"][0]["field"], "temp");
+    }
+
+    #[test]
+    fn headers_ride_along_but_are_not_serialized() {
+        let p = Problem::method_not_allowed("GET, POST");
+        assert_eq!(p.allow(), Some("GET, POST"));
+        assert_eq!(p.status(), 405);
+        let v: serde_json::Value = serde_json::from_str(&p.to_json()).unwrap();
+        assert!(v.get("allow").is_none() && v.get("kind").is_none());
+        let p = Problem::backlog_full(3, "full");
+        assert_eq!(p.retry_after_s(), Some(3));
+        assert_eq!(p.status(), 503);
+    }
+}
