@@ -32,8 +32,7 @@ impl ProblemType {
             Self::UnsupportedMediaType => 415,
             Self::UnprocessableReading => 422,
             Self::Internal => 500,
-            Self::UpstreamUnavailable => 502,
-            Self::BacklogFull | Self::NotConfigured => 503,
+            Self::BacklogFull | Self::NotConfigured | Self::UpstreamUnavailable => 503,
         }
     }
 

@@ -1,0 +1,415 @@
+//! The `Batcher` Durable Object: the durable half of the delivery promise on Workers.
+//!
+//! - `POST /accept` writes the readings to the object's SQLite storage and answers only then
+//!   (the output gate holds the answer until the write is durable), so a 2xx to the device
+//!   means the reading survives isolate eviction and `wrangler dev` restarts.
+//! - An alarm flushes at max age or at max items; the batch keeps its id across retries
+//!   (`Idempotency-Key`), failures back off exponentially with jitter, and a batch the
+//!   collector refuses for good (4xx other than 408/429) moves to the dead-letter table.
+//! - The backlog is bounded: past `MAX_BACKLOG` pending readings, `/accept` answers 503.
+
+use serde::Deserialize;
+use wasm_bindgen::JsValue;
+use worker::{durable_object, DurableObject, Env, Fetch, Headers, Method, Request, RequestInit, Response, ScheduledTime, SqlStorage, SqlStorageValue, State};
+
+use super::{log, now_ms, settings};
+use crate::batch::{verdict, FlushAt, FlushPolicy, RetryPolicy, Verdict};
+use crate::config::Config;
+use crate::ids;
+use crate::sink::{encode_json_batch, JSON_CONTENT_TYPE};
+
+/// Durable Object SQL allows 100 bound parameters per statement: 2 per row.
+const ROWS_PER_INSERT: usize = 50;
+/// One alarm run delivers batches for at most this long, then yields to a fresh alarm.
+const ALARM_BUDGET_MS: u64 = 10_000;
+const COLLECTOR_TIMEOUT_MS: u64 = 10_000;
+const DEAD_LETTERS_LISTED: i64 = 100;
+
+const SCHEMA: [&str; 5] = [
+    "CREATE TABLE IF NOT EXISTS pending (
+        seq INTEGER PRIMARY KEY,
+        received_at_ms INTEGER NOT NULL,
+        doc TEXT NOT NULL,
+        batch_id TEXT)",
+    "CREATE INDEX IF NOT EXISTS pending_batch ON pending (batch_id)",
+    "CREATE TABLE IF NOT EXISTS dead_letters (
+        batch_id TEXT PRIMARY KEY,
+        failed_at_ms INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        detail TEXT NOT NULL,
+        readings INTEGER NOT NULL,
+        body TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+];
+
+#[durable_object]
+pub struct Batcher {
+    state: State,
+    env: Env,
+    sql: SqlStorage,
+}
+
+#[derive(Deserialize)]
+struct Backlog {
+    n: f64,
+    oldest: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct BatchIdRow {
+    batch_id: String,
+}
+
+#[derive(Deserialize)]
+struct DocRow {
+    doc: String,
+}
+
+#[derive(Deserialize)]
+struct Value {
+    value: f64,
+}
+
+#[derive(Deserialize)]
+struct TextValue {
+    value: String,
+}
+
+#[derive(Deserialize, serde::Serialize)]
+struct DeadLetter {
+    batch_id: String,
+    failed_at_ms: f64,
+    status: f64,
+    detail: String,
+    readings: f64,
+    body: String,
+}
+
+struct PendingBatch {
+    id: String,
+    docs: Vec<DocRow>,
+}
+
+/// What one delivery attempt came back with: an HTTP status, or none for a network fault.
+struct Attempt {
+    status: Option<u16>,
+    detail: String,
+}
+
+impl DurableObject for Batcher {
+    fn new(state: State, env: Env) -> Self {
+        let sql = state.storage().sql();
+        for statement in SCHEMA {
+            if let Err(e) = sql.exec(statement, None) {
+                log::error("batcher_schema_failed", "", &[("error", &e.to_string())]);
+            }
+        }
+        Self { state, env, sql }
+    }
+
+    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+        let path = req.path();
+        match (req.method(), path.as_str()) {
+            (Method::Post, "/accept") => {
+                let node = req.headers().get("x-edge-node")?.unwrap_or_else(|| String::from("local"));
+                let body = req.text().await?;
+                self.accept(&node, &body).await
+            }
+            (Method::Get, "/stats") => self.stats().await,
+            (Method::Get, "/dead-letters") => self.dead_letters(),
+            _ => Response::error("not found", 404),
+        }
+    }
+
+    async fn alarm(&self) -> worker::Result<Response> {
+        // Errors are handled here, not thrown: a thrown alarm is retried by the runtime on its
+        // own schedule, and we want ours (capped backoff) instead.
+        if let Err(e) = self.flush().await {
+            log::error("flush_failed", "", &[("error", &e.to_string())]);
+            let _ = self.set_alarm_at(now_ms() + 1_000).await;
+        }
+        Response::ok("")
+    }
+}
+
+impl Batcher {
+    fn config(&self) -> Result<Config, String> {
+        settings(&self.env).config.clone().map_err(|e| e.join("; "))
+    }
+
+    async fn accept(&self, node: &str, body: &str) -> worker::Result<Response> {
+        let config = match self.config() {
+            Ok(c) => c,
+            Err(e) => return Response::error(e, 500),
+        };
+        let lines: Vec<&str> = body.split('\n').filter(|l| !l.is_empty()).collect();
+        let now = now_ms();
+        let pending = self.pending_count()?;
+        if pending + lines.len() > config.max_backlog {
+            self.bump("backlog_refusals", 1)?;
+            let retry_after = config.retry_max_ms.div_ceil(1000).max(1);
+            let headers = Headers::new();
+            headers.set("retry-after", &retry_after.to_string())?;
+            let detail = format!("the delivery backlog holds {pending} readings (limit {}); the collector may be down", config.max_backlog);
+            return Ok(Response::error(detail, 503)?.with_headers(headers));
+        }
+        // No await between these writes: the runtime commits them as one implicit transaction.
+        for chunk in lines.chunks(ROWS_PER_INSERT) {
+            let placeholders = vec!["(?, ?)"; chunk.len()].join(", ");
+            let mut binds = Vec::with_capacity(chunk.len() * 2);
+            for doc in chunk {
+                binds.push(SqlStorageValue::Integer(now as i64));
+                binds.push(SqlStorageValue::String((*doc).to_owned()));
+            }
+            self.sql.exec(&format!("INSERT INTO pending (received_at_ms, doc) VALUES {placeholders}"), binds)?;
+        }
+        self.sql.exec(
+            "INSERT INTO meta (name, value) VALUES ('edge_node', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            vec![node.into()],
+        )?;
+        self.bump("accepted_readings", lines.len() as i64)?;
+        self.schedule(&config, now).await?;
+        let mut answer = Response::from_json(&serde_json::json!({ "accepted": lines.len(), "backlog": pending + lines.len() }))?;
+        answer = answer.with_status(202);
+        Ok(answer)
+    }
+
+    /// Makes sure an alarm will fire when the policy says the next flush is due. During a
+    /// backoff the retry alarm stands: new traffic must not hammer a failing collector.
+    async fn schedule(&self, config: &Config, now: u64) -> worker::Result<()> {
+        let storage = self.state.storage();
+        let existing = storage.get_alarm().await?.map(|t| t.max(0) as u64);
+        let failures = self.counter("consecutive_failures")?;
+        let wanted = if failures > 0 {
+            existing.is_none().then(|| now + retry_policy(config).delay_ms(failures as u32, js_sys::Math::random()))
+        } else {
+            match self.due(config, now)? {
+                FlushAt::Idle => None,
+                FlushAt::Now => Some(now),
+                FlushAt::At(t) => Some(t),
+            }
+        };
+        match (wanted, existing) {
+            (Some(w), Some(e)) if e <= w => Ok(()),
+            (Some(w), _) => self.set_alarm_at(w).await,
+            (None, _) => Ok(()),
+        }
+    }
+
+    async fn set_alarm_at(&self, unix_ms: u64) -> worker::Result<()> {
+        let when = ScheduledTime::new(js_sys::Date::new(&JsValue::from_f64(unix_ms as f64)));
+        self.state.storage().set_alarm(when).await
+    }
+
+    fn due(&self, config: &Config, now: u64) -> worker::Result<FlushAt> {
+        if self.in_flight()?.is_some() {
+            return Ok(FlushAt::Now);
+        }
+        let backlog: Backlog = self
+            .sql
+            .exec("SELECT COUNT(*) AS n, MIN(received_at_ms) AS oldest FROM pending WHERE batch_id IS NULL", None)?
+            .one()?;
+        Ok(flush_policy(config).next_flush(backlog.n as usize, backlog.oldest.map(|t| t as u64), now))
+    }
+
+    async fn flush(&self) -> worker::Result<()> {
+        let config = match self.config() {
+            Ok(c) => c,
+            Err(e) => {
+                // Keep everything; try again once the deployment is fixed.
+                log::error("flush_misconfigured", "", &[("error", &e)]);
+                return self.set_alarm_at(now_ms() + 60_000).await;
+            }
+        };
+        let started = now_ms();
+        while let Some(batch) = self.next_batch(&config)? {
+            let attempt = self.send(&config, &batch).await;
+            match verdict(attempt.status) {
+                Verdict::Delivered => {
+                    self.sql.exec("DELETE FROM pending WHERE batch_id = ?", vec![batch.id.as_str().into()])?;
+                    self.set_counter("consecutive_failures", 0)?;
+                    self.bump("flushed_batches", 1)?;
+                    self.bump("flushed_readings", batch.docs.len() as i64)?;
+                    log::info("flush_delivered", "", &[("batch_id", &batch.id), ("readings", &batch.docs.len().to_string())]);
+                }
+                Verdict::Retry => {
+                    let failures = self.counter("consecutive_failures")? + 1;
+                    self.set_counter("consecutive_failures", failures)?;
+                    self.bump("failed_attempts", 1)?;
+                    let delay = retry_policy(&config).delay_ms(failures as u32, js_sys::Math::random());
+                    let status = attempt.status.map(|s| s.to_string()).unwrap_or_else(|| "network".into());
+                    log::warn("flush_retry", "", &[("batch_id", &batch.id), ("status", &status), ("detail", &attempt.detail), ("retry_in_ms", &delay.to_string())]);
+                    return self.set_alarm_at(now_ms() + delay).await;
+                }
+                Verdict::DeadLetter => {
+                    let body = encode_json_batch(&batch.id, &self.edge_node()?, now_ms(), batch.docs.iter().map(|d| d.doc.as_str()));
+                    self.sql.exec(
+                        "INSERT OR REPLACE INTO dead_letters (batch_id, failed_at_ms, status, detail, readings, body) VALUES (?, ?, ?, ?, ?, ?)",
+                        vec![
+                            batch.id.as_str().into(),
+                            SqlStorageValue::Integer(now_ms() as i64),
+                            SqlStorageValue::Integer(i64::from(attempt.status.unwrap_or(0))),
+                            attempt.detail.as_str().into(),
+                            SqlStorageValue::Integer(batch.docs.len() as i64),
+                            body.into(),
+                        ],
+                    )?;
+                    self.sql.exec("DELETE FROM pending WHERE batch_id = ?", vec![batch.id.as_str().into()])?;
+                    self.set_counter("consecutive_failures", 0)?;
+                    self.bump("dead_letter_batches", 1)?;
+                    log::error("flush_dead_letter", "", &[("batch_id", &batch.id), ("status", &attempt.status.unwrap_or(0).to_string()), ("detail", &attempt.detail)]);
+                }
+            }
+            if now_ms().saturating_sub(started) > ALARM_BUDGET_MS {
+                return self.set_alarm_at(now_ms()).await;
+            }
+        }
+        match self.due(&config, now_ms())? {
+            FlushAt::Idle => Ok(()),
+            FlushAt::Now => self.set_alarm_at(now_ms()).await,
+            FlushAt::At(t) => self.set_alarm_at(t).await,
+        }
+    }
+
+    fn in_flight(&self) -> worker::Result<Option<String>> {
+        let rows: Vec<BatchIdRow> = self
+            .sql
+            .exec("SELECT batch_id FROM pending WHERE batch_id IS NOT NULL ORDER BY seq LIMIT 1", None)?
+            .to_array()?;
+        Ok(rows.into_iter().next().map(|r| r.batch_id))
+    }
+
+    /// A batch formed earlier but not yet delivered goes first, under its original id; else a
+    /// new batch of the oldest readings, if the policy says one is due.
+    fn next_batch(&self, config: &Config) -> worker::Result<Option<PendingBatch>> {
+        let id = match self.in_flight()? {
+            Some(id) => id,
+            None => {
+                if self.due(config, now_ms())? != FlushAt::Now {
+                    return Ok(None);
+                }
+                let id = ids::new_id(now_ms()).map_err(|_| worker::Error::RustError("no entropy for a batch id".into()))?;
+                self.sql.exec(
+                    "UPDATE pending SET batch_id = ? WHERE seq IN (SELECT seq FROM pending WHERE batch_id IS NULL ORDER BY seq LIMIT ?)",
+                    vec![id.as_str().into(), SqlStorageValue::Integer(config.flush_max_items as i64)],
+                )?;
+                id
+            }
+        };
+        let docs: Vec<DocRow> = self.sql.exec("SELECT doc FROM pending WHERE batch_id = ? ORDER BY seq", vec![id.as_str().into()])?.to_array()?;
+        Ok((!docs.is_empty()).then_some(PendingBatch { id, docs }))
+    }
+
+    async fn send(&self, config: &Config, batch: &PendingBatch) -> Attempt {
+        match self.try_send(config, batch).await {
+            Ok(attempt) => attempt,
+            Err(e) => Attempt { status: None, detail: e.to_string() },
+        }
+    }
+
+    async fn try_send(&self, config: &Config, batch: &PendingBatch) -> worker::Result<Attempt> {
+        let body = encode_json_batch(&batch.id, &self.edge_node()?, now_ms(), batch.docs.iter().map(|d| d.doc.as_str()));
+        let headers = Headers::new();
+        headers.set("content-type", JSON_CONTENT_TYPE)?;
+        headers.set("idempotency-key", &batch.id)?;
+        if let Some(token) = &config.collector_token {
+            headers.set("authorization", &format!("Bearer {token}"))?;
+        }
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post).with_headers(headers).with_body(Some(JsValue::from_str(&body)));
+        let request = Request::new_with_init(&config.collector_url, &init)?;
+        let fetch = Fetch::Request(request);
+        let send = Box::pin(fetch.send());
+        let timeout = Box::pin(worker::Delay::from(std::time::Duration::from_millis(COLLECTOR_TIMEOUT_MS)));
+        let outcome = futures_util::future::select(send, timeout).await;
+        let attempt = match outcome {
+            futures_util::future::Either::Left((answer, _)) => {
+                let mut answer = answer?;
+                let status = answer.status_code();
+                let detail = if (200..300).contains(&status) {
+                    String::new()
+                } else {
+                    answer.text().await.unwrap_or_default().chars().take(500).collect()
+                };
+                Ok(Attempt { status: Some(status), detail })
+            }
+            futures_util::future::Either::Right(_) => Ok(Attempt { status: None, detail: format!("no answer within {COLLECTOR_TIMEOUT_MS} ms") }),
+        };
+        attempt
+    }
+
+    fn edge_node(&self) -> worker::Result<String> {
+        let rows: Vec<TextValue> = self.sql.exec("SELECT value FROM meta WHERE name = 'edge_node'", None)?.to_array()?;
+        Ok(rows.into_iter().next().map(|r| r.value).unwrap_or_else(|| String::from("local")))
+    }
+
+    fn pending_count(&self) -> worker::Result<usize> {
+        let v: Value = self.sql.exec("SELECT COUNT(*) AS value FROM pending", None)?.one()?;
+        Ok(v.value as usize)
+    }
+
+    fn counter(&self, name: &str) -> worker::Result<i64> {
+        let rows: Vec<Value> = self.sql.exec("SELECT value FROM counters WHERE name = ?", vec![name.into()])?.to_array()?;
+        Ok(rows.first().map(|r| r.value as i64).unwrap_or(0))
+    }
+
+    fn set_counter(&self, name: &str, value: i64) -> worker::Result<()> {
+        self.sql.exec(
+            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            vec![name.into(), SqlStorageValue::Integer(value)],
+        )?;
+        Ok(())
+    }
+
+    fn bump(&self, name: &str, by: i64) -> worker::Result<()> {
+        self.sql.exec(
+            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            vec![name.into(), SqlStorageValue::Integer(by)],
+        )?;
+        Ok(())
+    }
+
+    async fn stats(&self) -> worker::Result<Response> {
+        let mut doc = serde_json::Map::new();
+        for name in ["accepted_readings", "flushed_batches", "flushed_readings", "failed_attempts", "dead_letter_batches", "backlog_refusals", "consecutive_failures"] {
+            doc.insert(name.into(), self.counter(name)?.into());
+        }
+        doc.insert("pending".into(), self.pending_count()?.into());
+        doc.insert("in_flight_batch".into(), self.in_flight()?.into());
+        doc.insert("next_alarm_ms".into(), self.state.storage().get_alarm().await?.into());
+        Response::from_json(&serde_json::Value::Object(doc))
+    }
+
+    fn dead_letters(&self) -> worker::Result<Response> {
+        let rows: Vec<DeadLetter> = self
+            .sql
+            .exec(
+                "SELECT batch_id, failed_at_ms, status, detail, readings, body FROM dead_letters ORDER BY failed_at_ms DESC LIMIT ?",
+                vec![SqlStorageValue::Integer(DEAD_LETTERS_LISTED)],
+            )?
+            .to_array()?;
+        let list: Vec<serde_json::Value> = rows
+            .into_iter()
+            .map(|d| {
+                serde_json::json!({
+                    "batch_id": d.batch_id,
+                    "failed_at_ms": d.failed_at_ms as u64,
+                    "status": d.status as u16,
+                    "detail": d.detail,
+                    "readings": d.readings as u64,
+                    "body": serde_json::from_str::<serde_json::Value>(&d.body).unwrap_or_default(),
+                })
+            })
+            .collect();
+        Response::from_json(&serde_json::json!({ "dead_letters": list }))
+    }
+}
+
+fn flush_policy(config: &Config) -> FlushPolicy {
+    FlushPolicy { max_items: config.flush_max_items, max_age_ms: config.flush_interval_ms }
+}
+
+fn retry_policy(config: &Config) -> RetryPolicy {
+    RetryPolicy { base_ms: config.retry_base_ms, max_ms: config.retry_max_ms }
+}

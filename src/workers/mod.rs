@@ -1,0 +1,223 @@
+//! Cloudflare Workers adapter (`wasm32-unknown-unknown` only).
+//!
+//! The fetch handler is thin: it turns the platform request into [`crate::api::HttpRequest`],
+//! lets the core decide, and hands accepted readings to a [`Batcher`] Durable Object, which
+//! stores them durably before the device gets its 200 and delivers them to the collector.
+
+mod batcher;
+mod log;
+
+use std::cell::OnceCell;
+use std::rc::Rc;
+
+use futures_util::StreamExt;
+use wasm_bindgen::JsValue;
+use worker::{event, Context, Env, Headers, Method, Request, RequestInit, Response};
+
+pub use batcher::Batcher;
+
+use crate::api::{self, Accepted, Action, AdminQuery, HttpRequest, HttpResponse, RequestContext};
+use crate::config::Settings;
+use crate::enrich::EdgeInfo;
+use crate::host::ConfigSource;
+use crate::ids;
+use crate::problem::{Problem, ProblemType};
+
+pub const PLATFORM: &str = "cloudflare-workers";
+const BATCHER_BINDING: &str = "BATCHER";
+
+thread_local! {
+    // Vars and secrets are fixed for an isolate's life: parse them once.
+    static SETTINGS: OnceCell<Rc<Settings>> = const { OnceCell::new() };
+}
+
+pub(crate) fn settings(env: &Env) -> Rc<Settings> {
+    SETTINGS.with(|cell| cell.get_or_init(|| Rc::new(Settings::load(&EnvConfig(env)))).clone())
+}
+
+/// wrangler `[vars]` and secrets. A var given as a TOML table/array (e.g. the calibration
+/// profiles) arrives as a JS object and is read back as JSON text.
+struct EnvConfig<'a>(&'a Env);
+
+impl ConfigSource for EnvConfig<'_> {
+    fn get(&self, key: &str) -> Option<String> {
+        let value = js_sys::Reflect::get(self.0, &JsValue::from_str(key)).ok()?;
+        if value.is_undefined() || value.is_null() {
+            return None;
+        }
+        if let Some(s) = value.as_string() {
+            return Some(s);
+        }
+        js_sys::JSON::stringify(&value).ok()?.as_string()
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    js_sys::Date::now() as u64
+}
+
+#[event(start)]
+fn start() {
+    console_error_panic_hook::set_once();
+}
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+    let started = js_sys::Date::now();
+    let request_id = ids::new_id(started as u64).unwrap_or_else(|_| String::from("no-entropy"));
+    let answer = match serve(req, &env, started as u64, &request_id).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            log::error("request_failed", &request_id, &[("error", &e.to_string())]);
+            HttpResponse::problem(&Problem::internal(), &request_id)
+        }
+    };
+    to_worker_response(answer.finish(&request_id, js_sys::Date::now() - started))
+}
+
+async fn serve(mut req: Request, env: &Env, now_ms: u64, request_id: &str) -> worker::Result<HttpResponse> {
+    let settings = settings(env);
+    let url = req.url()?;
+    let method = req.method();
+    let edge = edge_info(&req, &settings);
+    let content_type = req.headers().get("content-type")?;
+    let authorization = req.headers().get("authorization")?;
+    let body = if method == Method::Post && url.path() == api::READINGS_PATH {
+        match read_body(&mut req, settings.max_body_bytes()).await? {
+            Ok(body) => body,
+            Err(problem) => return Ok(HttpResponse::problem(&problem, request_id)),
+        }
+    } else {
+        Vec::new()
+    };
+    let request = HttpRequest {
+        method: method.as_ref(),
+        path: url.path(),
+        query: url.query().unwrap_or(""),
+        content_type: content_type.as_deref(),
+        authorization: authorization.as_deref(),
+        body: &body,
+    };
+    let ctx = RequestContext { settings: &settings, edge: &edge, now_ms, request_id };
+    Ok(match api::handle(&request, &ctx) {
+        Action::Respond(answer) => answer,
+        Action::Accept(accepted) => match hand_to_batcher(env, &settings, &edge, &accepted).await {
+            Ok(()) => accepted.response(),
+            Err(problem) => {
+                log::warn("ingest_refused", request_id, &[("detail", problem.detail())]);
+                HttpResponse::problem(&problem, request_id)
+            }
+        },
+        Action::Admin(query) => admin(env, &settings, &edge, query).await?,
+    })
+}
+
+/// Reads the body up to `limit` bytes; a larger one is refused before it is buffered whole.
+async fn read_body(req: &mut Request, limit: usize) -> worker::Result<Result<Vec<u8>, Problem>> {
+    let declared = req.headers().get("content-length")?.and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Ok(Err(Problem::payload_too_large(limit)));
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0));
+    let mut stream = req.stream()?;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if body.len() + chunk.len() > limit {
+            return Ok(Err(Problem::payload_too_large(limit)));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Ok(body))
+}
+
+/// Node tags from the request's `cf` object, which is absent or a placeholder locally. Read
+/// through `Reflect` rather than `worker::Cf`, whose getters unwrap a missing field.
+fn edge_info(req: &Request, settings: &Settings) -> EdgeInfo {
+    let cf = js_sys::Reflect::get(req.inner(), &JsValue::from_str("cf"))
+        .ok()
+        .filter(|v| v.is_object());
+    let field = |name: &str| {
+        cf.as_ref()
+            .and_then(|o| js_sys::Reflect::get(o, &JsValue::from_str(name)).ok())
+            .and_then(|v| v.as_string())
+            .filter(|s| !s.is_empty())
+    };
+    EdgeInfo::new(settings.edge_node(), field("colo"), field("country"), field("region"), PLATFORM)
+}
+
+/// The Durable Object that owns this request's readings: one per colo and shard.
+fn batcher_name(edge: &EdgeInfo, shard_key: &str, shards: u32) -> String {
+    // FNV-1a: stable across isolates and releases, unlike std's randomly seeded hasher.
+    let hash = shard_key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let shard = hash % u64::from(shards.max(1));
+    format!("{}:{shard}", edge.colo.as_deref().unwrap_or("local"))
+}
+
+fn batcher_request(path: &str, method: Method, body: Option<String>, headers: Headers) -> worker::Result<Request> {
+    let mut init = RequestInit::new();
+    init.with_method(method).with_headers(headers).with_body(body.map(|b| JsValue::from_str(&b)));
+    Request::new_with_init(&format!("https://batcher.internal{path}"), &init)
+}
+
+/// Waits only for the batcher's durable acceptance, never for the collector.
+async fn hand_to_batcher(env: &Env, settings: &Settings, edge: &EdgeInfo, accepted: &Accepted) -> Result<(), Problem> {
+    let unavailable = |e: worker::Error| {
+        log::error("batcher_unreachable", "", &[("error", &e.to_string())]);
+        Problem::new(ProblemType::UpstreamUnavailable, "the batcher could not be reached; nothing was accepted").with_retry_after(1)
+    };
+    let shards = settings.config.as_ref().map(|c| c.batcher_shards).unwrap_or(1);
+    let stub = env
+        .durable_object(BATCHER_BINDING)
+        .and_then(|ns| ns.get_by_name(&batcher_name(edge, &accepted.shard_key, shards)))
+        .map_err(unavailable)?;
+    let mut body = String::with_capacity(accepted.readings.iter().map(|r| r.json.len() + 1).sum());
+    for r in &accepted.readings {
+        body.push_str(&r.json);
+        body.push('\n');
+    }
+    let headers = Headers::new();
+    headers.set("x-edge-node", &edge.node).map_err(unavailable)?;
+    let request = batcher_request("/accept", Method::Post, Some(body), headers).map_err(unavailable)?;
+    let mut answer = stub.fetch_with_request(request).await.map_err(unavailable)?;
+    match answer.status_code() {
+        200..=299 => Ok(()),
+        503 => {
+            let retry_after = answer.headers().get("retry-after").ok().flatten().and_then(|v| v.parse().ok()).unwrap_or(1);
+            let detail = answer.text().await.unwrap_or_default();
+            Err(Problem::backlog_full(retry_after, detail))
+        }
+        status => {
+            let detail = answer.text().await.unwrap_or_default();
+            log::error("batcher_refused", "", &[("status", &status.to_string()), ("detail", &detail)]);
+            Err(Problem::internal())
+        }
+    }
+}
+
+/// Admin queries fan out to every shard of this colo's batchers.
+async fn admin(env: &Env, settings: &Settings, edge: &EdgeInfo, query: AdminQuery) -> worker::Result<HttpResponse> {
+    let path = match query {
+        AdminQuery::Stats => "/stats",
+        AdminQuery::DeadLetters => "/dead-letters",
+    };
+    let shards = settings.config.as_ref().map(|c| c.batcher_shards).unwrap_or(1);
+    let ns = env.durable_object(BATCHER_BINDING)?;
+    let colo = edge.colo.as_deref().unwrap_or("local");
+    let mut batchers = Vec::new();
+    for shard in 0..shards {
+        let name = format!("{colo}:{shard}");
+        let mut answer = ns.get_by_name(&name)?.fetch_with_request(batcher_request(path, Method::Get, None, Headers::new())?).await?;
+        let mut doc: serde_json::Value = serde_json::from_str(&answer.text().await?).unwrap_or_default();
+        doc["batcher"] = name.into();
+        batchers.push(doc);
+    }
+    Ok(HttpResponse::json(200, serde_json::json!({ "batchers": batchers }).to_string()))
+}
+
+fn to_worker_response(answer: HttpResponse) -> worker::Result<Response> {
+    let headers = Headers::new();
+    for (name, value) in &answer.headers {
+        headers.set(name, value)?;
+    }
+    Ok(Response::ok(answer.body)?.with_status(answer.status).with_headers(headers))
+}
