@@ -63,8 +63,10 @@ impl HttpResponse {
     pub fn finish(mut self, request_id: &str, handler_ms: f64) -> Self {
         self.headers.push(("x-request-id", request_id.to_owned()));
         self.headers.push(("cache-control", "no-store".to_owned()));
-        self.headers
-            .push(("server-timing", format!("handler;dur={:.1}", handler_ms.max(0.0))));
+        self.headers.push((
+            "server-timing",
+            format!("handler;dur={:.1}", handler_ms.max(0.0)),
+        ));
         self
     }
 }
@@ -114,9 +116,18 @@ pub struct Accepted {
 impl Accepted {
     pub fn response(&self) -> HttpResponse {
         let body = match self.shape {
-            Shape::One => self.readings.first().map(|r| r.json.clone()).unwrap_or_default(),
+            Shape::One => self
+                .readings
+                .first()
+                .map(|r| r.json.clone())
+                .unwrap_or_default(),
             Shape::Many => {
-                let len = self.readings.iter().map(|r| r.json.len() + 1).sum::<usize>() + 2;
+                let len = self
+                    .readings
+                    .iter()
+                    .map(|r| r.json.len() + 1)
+                    .sum::<usize>()
+                    + 2;
                 let mut s = String::with_capacity(len);
                 s.push('[');
                 for (i, r) in self.readings.iter().enumerate() {
@@ -145,16 +156,27 @@ fn route(req: &HttpRequest<'_>, ctx: &RequestContext<'_>) -> Result<Action, Prob
         (READINGS_PATH, "GET") => {
             ctx.settings.ready()?;
             let reading = parse_reading_query(req.query).map_err(|issues| {
-                let kind = if issues.iter().any(|i| i.severity == crate::reading::Severity::Invalid) {
+                let kind = if issues
+                    .iter()
+                    .any(|i| i.severity == crate::reading::Severity::Invalid)
+                {
                     ProblemType::InvalidRequest
                 } else {
                     ProblemType::UnprocessableReading
                 };
                 let errors = issues
                     .into_iter()
-                    .map(|i| FieldError { index: None, field: i.field.to_owned(), detail: i.detail })
+                    .map(|i| FieldError {
+                        index: None,
+                        field: i.field.to_owned(),
+                        detail: i.detail,
+                    })
                     .collect::<Vec<_>>();
-                Problem::new(kind, format!("the reading has {} invalid field(s)", errors.len())).with_errors(errors)
+                Problem::new(
+                    kind,
+                    format!("the reading has {} invalid field(s)", errors.len()),
+                )
+                .with_errors(errors)
             })?;
             ingest(vec![reading], Shape::One, ctx)
         }
@@ -186,15 +208,31 @@ fn route(req: &HttpRequest<'_>, ctx: &RequestContext<'_>) -> Result<Action, Prob
     }
 }
 
-fn ingest(readings: Vec<crate::reading::Reading>, shape: Shape, ctx: &RequestContext<'_>) -> Result<Action, Problem> {
+fn ingest(
+    readings: Vec<crate::reading::Reading>,
+    shape: Shape,
+    ctx: &RequestContext<'_>,
+) -> Result<Action, Problem> {
     let (_, profiles) = ctx.settings.ready()?;
     let mut ids = IdSource::new(ctx.now_ms, readings.len()).map_err(|_| Problem::internal())?;
-    let shard_key = readings.first().map(|r| r.device_id.as_str().to_owned()).unwrap_or_default();
-    let enriched = enrich_all(&readings, profiles, ctx.edge, ctx.now_ms, &mut ids).map_err(|errors| {
-        Problem::new(ProblemType::UnprocessableReading, "a calibrated value is out of range; nothing was accepted")
+    let shard_key = readings
+        .first()
+        .map(|r| r.device_id.as_str().to_owned())
+        .unwrap_or_default();
+    let enriched =
+        enrich_all(&readings, profiles, ctx.edge, ctx.now_ms, &mut ids).map_err(|errors| {
+            Problem::new(
+                ProblemType::UnprocessableReading,
+                "a calibrated value is out of range; nothing was accepted",
+            )
             .with_errors(errors)
-    })?;
-    Ok(Action::Accept(Accepted { readings: enriched, shard_key, received_at_ms: ctx.now_ms, shape }))
+        })?;
+    Ok(Action::Accept(Accepted {
+        readings: enriched,
+        shard_key,
+        received_at_ms: ctx.now_ms,
+        shape,
+    }))
 }
 
 fn health(settings: &Settings, edge: &EdgeInfo) -> HttpResponse {
@@ -218,14 +256,27 @@ fn health(settings: &Settings, edge: &EdgeInfo) -> HttpResponse {
 }
 
 fn authorize_admin(settings: &Settings, authorization: Option<&str>) -> Result<(), Problem> {
-    let Some(expected) = settings.config.as_ref().ok().and_then(|c| c.admin_token.as_deref()) else {
-        return Err(Problem::new(ProblemType::Forbidden, "the admin API is disabled: set the ADMIN_TOKEN secret"));
+    let Some(expected) = settings
+        .config
+        .as_ref()
+        .ok()
+        .and_then(|c| c.admin_token.as_deref())
+    else {
+        return Err(Problem::new(
+            ProblemType::Forbidden,
+            "the admin API is disabled: set the ADMIN_TOKEN secret",
+        ));
     };
-    let given = authorization.and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
+    let given = authorization
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or("");
     if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
         Ok(())
     } else {
-        Err(Problem::new(ProblemType::Unauthorized, "a valid admin bearer token is required"))
+        Err(Problem::new(
+            ProblemType::Unauthorized,
+            "a valid admin bearer token is required",
+        ))
     }
 }
 
@@ -253,10 +304,29 @@ mod tests {
         EdgeInfo::new(Some("test-node"), None, None, None, "test")
     }
 
-    fn run(settings: &Settings, method: &str, path: &str, query: &str, ct: Option<&str>, body: &str) -> Action {
+    fn run(
+        settings: &Settings,
+        method: &str,
+        path: &str,
+        query: &str,
+        ct: Option<&str>,
+        body: &str,
+    ) -> Action {
         let edge = edge();
-        let ctx = RequestContext { settings, edge: &edge, now_ms: 1_700_000_000_000, request_id: "req-1" };
-        let req = HttpRequest { method, path, query, content_type: ct, authorization: None, body: body.as_bytes() };
+        let ctx = RequestContext {
+            settings,
+            edge: &edge,
+            now_ms: 1_700_000_000_000,
+            request_id: "req-1",
+        };
+        let req = HttpRequest {
+            method,
+            path,
+            query,
+            content_type: ct,
+            authorization: None,
+            body: body.as_bytes(),
+        };
         handle(&req, &ctx)
     }
 
@@ -271,7 +341,10 @@ mod tests {
     fn problem_body(a: &Action) -> serde_json::Value {
         match a {
             Action::Respond(r) => {
-                assert!(r.headers.iter().any(|(k, v)| *k == "content-type" && v == "application/problem+json"));
+                assert!(r
+                    .headers
+                    .iter()
+                    .any(|(k, v)| *k == "content-type" && v == "application/problem+json"));
                 serde_json::from_str(&r.body).unwrap()
             }
             other => panic!("expected a problem, got {other:?}"),
@@ -281,14 +354,19 @@ mod tests {
     /// The table of bad inputs the issue asks for: every one a clear 4xx problem document.
     #[test]
     fn bad_input_table() {
-        let s = settings(&[("MAX_READINGS_PER_REQUEST", "3"), ("MAX_BODY_BYTES", "2048")]);
+        let s = settings(&[
+            ("MAX_READINGS_PER_REQUEST", "3"),
+            ("MAX_BODY_BYTES", "2048"),
+        ]);
         let j = Some("application/json");
         let nd = Some("application/x-ndjson");
         let big = "x".repeat(3000);
         let long_id = format!("device_id={}&temp=1", "a".repeat(129));
         let four = r#"[{"device_id":"a","temp":1},{"device_id":"a","temp":1},{"device_id":"a","temp":1},{"device_id":"a","temp":1}]"#;
+        /// method, path, query, content type, body, expected status
+        type Case<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, &'a str, u16);
         #[rustfmt::skip]
-        let cases: Vec<(&str, &str, &str, Option<&str>, &str, u16)> = vec![
+        let cases: Vec<Case<'_>> = vec![
             ("GET", "/v1/readings", "", None, "", 400),
             ("GET", "/v1/readings", "device_id=a", None, "", 400),
             ("GET", "/v1/readings", "temp=1", None, "", 400),
@@ -342,10 +420,17 @@ mod tests {
         assert!(cases.len() >= 30);
         for (method, path, query, ct, body, expected) in cases {
             let action = run(&s, method, path, query, ct, body);
-            assert_eq!(status(&action), expected, "{method} {path}?{query} body={body:.60}");
+            assert_eq!(
+                status(&action),
+                expected,
+                "{method} {path}?{query} body={body:.60}"
+            );
             let doc = problem_body(&action);
             assert_eq!(doc["status"], expected);
-            assert!(doc["type"].as_str().unwrap().starts_with("urn:edge-enrich:problem:"));
+            assert!(doc["type"]
+                .as_str()
+                .unwrap()
+                .starts_with("urn:edge-enrich:problem:"));
             assert_eq!(doc["instance"], "urn:edge-enrich:request:req-1");
             assert!(!doc["detail"].as_str().unwrap().is_empty());
         }
@@ -360,23 +445,48 @@ mod tests {
 
     #[test]
     fn get_accepts_one_reading() {
-        let a = run(&settings(&[]), "GET", "/v1/readings", "device_id=abc&temp=74.3&unit=F", None, "");
-        let Action::Accept(acc) = a else { panic!("{a:?}") };
+        let a = run(
+            &settings(&[]),
+            "GET",
+            "/v1/readings",
+            "device_id=abc&temp=74.3&unit=F",
+            None,
+            "",
+        );
+        let Action::Accept(acc) = a else {
+            panic!("{a:?}")
+        };
         assert_eq!(acc.readings.len(), 1);
         assert_eq!(acc.shard_key, "abc");
         let r = acc.response().finish("req-1", 0.25);
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(v["temp_c"], 23.5);
         assert_eq!(v["edge"]["node"], "test-node");
-        assert!(r.headers.contains(&("cache-control", "no-store".to_owned())));
+        assert!(r
+            .headers
+            .contains(&("cache-control", "no-store".to_owned())));
         assert!(r.headers.contains(&("x-request-id", "req-1".to_owned())));
-        assert!(r.headers.contains(&("server-timing", "handler;dur=0.2".to_owned())) || r.headers.contains(&("server-timing", "handler;dur=0.3".to_owned())));
+        assert!(
+            r.headers
+                .contains(&("server-timing", "handler;dur=0.2".to_owned()))
+                || r.headers
+                    .contains(&("server-timing", "handler;dur=0.3".to_owned()))
+        );
     }
 
     #[test]
     fn post_answers_an_array() {
-        let a = run(&settings(&[]), "POST", "/v1/readings", "", Some("application/json"), r#"{"device_id":"a","temp":20}"#);
-        let Action::Accept(acc) = a else { panic!("{a:?}") };
+        let a = run(
+            &settings(&[]),
+            "POST",
+            "/v1/readings",
+            "",
+            Some("application/json"),
+            r#"{"device_id":"a","temp":20}"#,
+        );
+        let Action::Accept(acc) = a else {
+            panic!("{a:?}")
+        };
         let v: serde_json::Value = serde_json::from_str(&acc.response().body).unwrap();
         assert_eq!(v.as_array().unwrap().len(), 1);
     }
@@ -386,7 +496,9 @@ mod tests {
         let s = Settings::load(&Pairs(&[("FLUSH_MAX_ITEMS", "x")]));
         let a = run(&s, "GET", "/v1/readings", "device_id=a&temp=1", None, "");
         assert_eq!(status(&a), 503);
-        let Action::Respond(h) = run(&s, "GET", "/healthz", "", None, "") else { panic!() };
+        let Action::Respond(h) = run(&s, "GET", "/healthz", "", None, "") else {
+            panic!()
+        };
         assert_eq!(h.status, 503);
         let v: serde_json::Value = serde_json::from_str(&h.body).unwrap();
         assert_eq!(v["config"]["valid"], false);
@@ -397,9 +509,24 @@ mod tests {
     fn admin_requires_the_token() {
         let s = settings(&[("ADMIN_TOKEN", "s3cret")]);
         let edge = edge();
-        let ctx = RequestContext { settings: &s, edge: &edge, now_ms: 0, request_id: "r" };
-        let mk = |auth| HttpRequest { method: "GET", path: "/admin/dead-letters", query: "", content_type: None, authorization: auth, body: b"" };
-        assert!(matches!(handle(&mk(Some("Bearer s3cret")), &ctx), Action::Admin(AdminQuery::DeadLetters)));
+        let ctx = RequestContext {
+            settings: &s,
+            edge: &edge,
+            now_ms: 0,
+            request_id: "r",
+        };
+        let mk = |auth| HttpRequest {
+            method: "GET",
+            path: "/admin/dead-letters",
+            query: "",
+            content_type: None,
+            authorization: auth,
+            body: b"",
+        };
+        assert!(matches!(
+            handle(&mk(Some("Bearer s3cret")), &ctx),
+            Action::Admin(AdminQuery::DeadLetters)
+        ));
         assert_eq!(status(&handle(&mk(Some("Bearer s3cre")), &ctx)), 401);
         assert_eq!(status(&handle(&mk(None), &ctx)), 401);
         assert!(!constant_time_eq(b"ab", b"abc"));

@@ -21,7 +21,12 @@ pub enum FlushAt {
 }
 
 impl FlushPolicy {
-    pub fn next_flush(&self, pending: usize, oldest_received_ms: Option<u64>, now_ms: u64) -> FlushAt {
+    pub fn next_flush(
+        &self,
+        pending: usize,
+        oldest_received_ms: Option<u64>,
+        now_ms: u64,
+    ) -> FlushAt {
         match oldest_received_ms {
             None => FlushAt::Idle,
             Some(_) if pending == 0 => FlushAt::Idle,
@@ -93,7 +98,11 @@ pub struct MemoryBatcher<T> {
 
 impl<T> MemoryBatcher<T> {
     pub fn new(policy: FlushPolicy, capacity: usize) -> Self {
-        Self { queue: VecDeque::new(), policy, capacity }
+        Self {
+            queue: VecDeque::new(),
+            policy,
+            capacity,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -105,7 +114,11 @@ impl<T> MemoryBatcher<T> {
     }
 
     /// Accepts all items or none.
-    pub fn push(&mut self, clock: &dyn Clock, items: impl ExactSizeIterator<Item = T>) -> Result<(), BacklogFull> {
+    pub fn push(
+        &mut self,
+        clock: &dyn Clock,
+        items: impl ExactSizeIterator<Item = T>,
+    ) -> Result<(), BacklogFull> {
         if self.queue.len() + items.len() > self.capacity {
             let retry_after_s = (self.policy.max_age_ms / 1000).max(1) as u32;
             return Err(BacklogFull { retry_after_s });
@@ -116,7 +129,11 @@ impl<T> MemoryBatcher<T> {
     }
 
     pub fn next_flush(&self, clock: &dyn Clock) -> FlushAt {
-        self.policy.next_flush(self.queue.len(), self.queue.front().map(|(t, _)| *t), clock.now_ms())
+        self.policy.next_flush(
+            self.queue.len(),
+            self.queue.front().map(|(t, _)| *t),
+            clock.now_ms(),
+        )
     }
 
     /// Removes and returns the oldest batch (at most `max_items`).
@@ -145,7 +162,10 @@ mod tests {
         }
     }
 
-    const POLICY: FlushPolicy = FlushPolicy { max_items: 3, max_age_ms: 200 };
+    const POLICY: FlushPolicy = FlushPolicy {
+        max_items: 3,
+        max_age_ms: 200,
+    };
 
     #[test]
     fn flush_by_age_or_count() {
@@ -165,8 +185,15 @@ mod tests {
         assert_eq!(b.next_flush(&clock), FlushAt::At(10_200));
         clock.0.set(10_100);
         b.push(&clock, ["c"].into_iter()).unwrap();
-        assert_eq!(b.next_flush(&clock), FlushAt::Now, "full batch flushes at once");
-        assert_eq!(b.push(&clock, ["d", "e", "f"].into_iter()), Err(BacklogFull { retry_after_s: 1 }));
+        assert_eq!(
+            b.next_flush(&clock),
+            FlushAt::Now,
+            "full batch flushes at once"
+        );
+        assert_eq!(
+            b.push(&clock, ["d", "e", "f"].into_iter()),
+            Err(BacklogFull { retry_after_s: 1 })
+        );
         assert_eq!(b.len(), 3, "a refused push leaves the queue intact");
         let batch = b.take_batch();
         assert_eq!(batch, vec!["a", "b", "c"]);
@@ -181,7 +208,10 @@ mod tests {
 
     #[test]
     fn backoff_is_capped_exponential_with_jitter() {
-        let r = RetryPolicy { base_ms: 200, max_ms: 5_000 };
+        let r = RetryPolicy {
+            base_ms: 200,
+            max_ms: 5_000,
+        };
         assert_eq!(r.delay_ms(1, 0.0), 100);
         assert_eq!(r.delay_ms(1, 0.999), 199);
         assert_eq!(r.delay_ms(2, 0.0), 200);

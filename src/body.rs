@@ -9,9 +9,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::problem::{FieldError, Problem, ProblemType};
-use crate::reading::{
-    parse_device_ts, parse_seq, FieldIssue, Reading, ReadingDraft, Severity,
-};
+use crate::reading::{parse_device_ts, parse_seq, FieldIssue, Reading, ReadingDraft, Severity};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFormat {
@@ -126,7 +124,10 @@ pub fn parse_readings(
     };
     Err(Problem::new(
         kind,
-        format!("{bad} of {} readings are invalid; nothing was accepted", bad + readings.len()),
+        format!(
+            "{bad} of {} readings are invalid; nothing was accepted",
+            bad + readings.len()
+        ),
     )
     .with_errors(errors))
 }
@@ -136,7 +137,10 @@ type Item<'a> = Result<WireReading<'a>, Vec<FieldIssue>>;
 
 fn split_json(text: &str) -> Result<Vec<Item<'_>>, Problem> {
     let syntax = |e: serde_json::Error| {
-        Problem::new(ProblemType::InvalidRequest, format!("body is not valid JSON: {e}"))
+        Problem::new(
+            ProblemType::InvalidRequest,
+            format!("body is not valid JSON: {e}"),
+        )
     };
     match text.trim_start().as_bytes().first() {
         Some(b'[') => {
@@ -164,10 +168,17 @@ fn split_ndjson(text: &str) -> Vec<Item<'_>> {
 
 fn read_object(json: &str) -> Item<'_> {
     if !json.trim_start().starts_with('{') {
-        return Err(vec![FieldIssue::invalid("reading", "must be a JSON object")]);
+        return Err(vec![FieldIssue::invalid(
+            "reading",
+            "must be a JSON object",
+        )]);
     }
-    serde_json::from_str::<WireReading<'_>>(json)
-        .map_err(|e| vec![FieldIssue::invalid("reading", format!("is not valid JSON: {e}"))])
+    serde_json::from_str::<WireReading<'_>>(json).map_err(|e| {
+        vec![FieldIssue::invalid(
+            "reading",
+            format!("is not valid JSON: {e}"),
+        )]
+    })
 }
 
 fn validate_item(wire: WireReading<'_>) -> Result<Reading, Vec<FieldIssue>> {
@@ -202,9 +213,14 @@ fn validate_item(wire: WireReading<'_>) -> Result<Reading, Vec<FieldIssue>> {
     }
 }
 
-fn string_field<'a>(field: &'static str, raw: Option<&'a RawValue>) -> Result<Option<Cow<'a, str>>, FieldIssue> {
-    raw.map(|r| json_string(r.get()).ok_or_else(|| FieldIssue::invalid(field, "must be a JSON string")))
-        .transpose()
+fn string_field<'a>(
+    field: &'static str,
+    raw: Option<&'a RawValue>,
+) -> Result<Option<Cow<'a, str>>, FieldIssue> {
+    raw.map(|r| {
+        json_string(r.get()).ok_or_else(|| FieldIssue::invalid(field, "must be a JSON string"))
+    })
+    .transpose()
 }
 
 /// A JSON string literal's value, borrowed when it has no escapes.
@@ -333,10 +349,15 @@ mod tests {
             BodyFormat::Ndjson
         );
         assert_eq!(
-            BodyFormat::from_content_type(Some("text/plain")).unwrap_err().status(),
+            BodyFormat::from_content_type(Some("text/plain"))
+                .unwrap_err()
+                .status(),
             415
         );
-        assert_eq!(BodyFormat::from_content_type(None).unwrap_err().status(), 415);
+        assert_eq!(
+            BodyFormat::from_content_type(None).unwrap_err().status(),
+            415
+        );
         assert_eq!(
             BodyFormat::from_content_type(Some("application/json;charset=latin1"))
                 .unwrap_err()
@@ -347,21 +368,33 @@ mod tests {
 
     #[test]
     fn object_array_and_ndjson() {
-        assert_eq!(parse_json(r#"{"device_id":"a","temp":1}"#).unwrap().len(), 1);
+        assert_eq!(
+            parse_json(r#"{"device_id":"a","temp":1}"#).unwrap().len(),
+            1
+        );
         let v = parse_json(r#"[{"device_id":"a","temp":1},{"device_id":"b","temp":2,"unit":"F","seq":3,"extra":{"x":[1]}}]"#).unwrap();
         assert_eq!(v.len(), 2);
         assert_eq!(v[1].seq, Some(3));
         let nd = "{\"device_id\":\"a\",\"temp\":1}\r\n\n{\"device_id\":\"b\",\"temp\":2}\n";
-        assert_eq!(parse_readings(nd.as_bytes(), BodyFormat::Ndjson, 10).unwrap().len(), 2);
+        assert_eq!(
+            parse_readings(nd.as_bytes(), BodyFormat::Ndjson, 10)
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]
     fn lists_every_bad_reading_by_index() {
-        let p = parse_json(r#"[{"device_id":"ok","temp":1},{"temp":"x"},{"device_id":"b","temp":-500}]"#)
-            .unwrap_err();
+        let p = parse_json(
+            r#"[{"device_id":"ok","temp":1},{"temp":"x"},{"device_id":"b","temp":-500}]"#,
+        )
+        .unwrap_err();
         assert_eq!(p.status(), 400);
         let e = p.errors();
-        assert!(e.iter().any(|e| e.index == Some(1) && e.field == "device_id"));
+        assert!(e
+            .iter()
+            .any(|e| e.index == Some(1) && e.field == "device_id"));
         assert!(e.iter().any(|e| e.index == Some(1) && e.field == "temp"));
         assert!(e.iter().any(|e| e.index == Some(2) && e.field == "temp"));
         assert!(!e.iter().any(|e| e.index == Some(0)));
@@ -384,13 +417,23 @@ mod tests {
 
     #[test]
     fn limits_and_syntax() {
-        let many = format!("[{}]", vec![r#"{"device_id":"a","temp":1}"#; 11].join(","));
-        assert_eq!(parse_readings(many.as_bytes(), BodyFormat::Json, 10).unwrap_err().status(), 413);
+        let many = format!("[{}]", [r#"{"device_id":"a","temp":1}"#; 11].join(","));
+        assert_eq!(
+            parse_readings(many.as_bytes(), BodyFormat::Json, 10)
+                .unwrap_err()
+                .status(),
+            413
+        );
         assert_eq!(parse_json("[]").unwrap_err().status(), 400);
         assert_eq!(parse_json("[1]").unwrap_err().errors()[0].field, "reading");
         assert_eq!(parse_json("\"x\"").unwrap_err().status(), 400);
         assert_eq!(parse_json("{\"device_id\":").unwrap_err().status(), 400);
-        assert_eq!(parse_readings(b"\xff\xfe", BodyFormat::Json, 10).unwrap_err().status(), 400);
+        assert_eq!(
+            parse_readings(b"\xff\xfe", BodyFormat::Json, 10)
+                .unwrap_err()
+                .status(),
+            400
+        );
         let truncated = "{\"device_id\":\"a\",\"temp\":1}\n{\"device_id\":\"b\",\"te";
         let p = parse_readings(truncated.as_bytes(), BodyFormat::Ndjson, 10).unwrap_err();
         assert_eq!(p.errors()[0].index, Some(1));

@@ -167,9 +167,10 @@ impl Profiles {
         temp: Temperature,
     ) -> Result<(f64, Option<&Profile>), FieldIssue> {
         let profile = self.lookup(device_id.as_str());
-        let (gain, offset, decimals) = profile
-            .map(|p| (p.gain, p.offset, p.decimals))
-            .unwrap_or((1.0, 0.0, DEFAULT_DECIMALS));
+        let (gain, offset, decimals) =
+            profile
+                .map(|p| (p.gain, p.offset, p.decimals))
+                .unwrap_or((1.0, 0.0, DEFAULT_DECIMALS));
         let value = round_half_away(gain * temp.celsius() + offset, decimals);
         if !value.is_finite() {
             return Err(FieldIssue::unprocessable(
@@ -284,8 +285,14 @@ mod tests {
         assert!(e[1].starts_with("profiles[1].match"), "{e:?}");
         assert!(e[2].starts_with("profiles[3].match"), "{e:?}");
         assert!(e[3].starts_with("profiles[4].decimals"), "{e:?}");
-        assert!(e[4].starts_with("profiles[5]") && e[4].contains("version"), "{e:?}");
-        assert!(e[5].starts_with("profiles[6]") && e[5].contains("gian"), "{e:?}");
+        assert!(
+            e[4].starts_with("profiles[5]") && e[4].contains("version"),
+            "{e:?}"
+        );
+        assert!(
+            e[5].starts_with("profiles[6]") && e[5].contains("gian"),
+            "{e:?}"
+        );
         assert!(Profiles::parse("not json").is_err());
     }
 

@@ -37,20 +37,29 @@ pub const KEYS: &[(&str, &str)] = &[
     ("EDGE_NODE", "(derived from the colo)"),
     ("BATCHER_SHARDS", "1"),
     ("ADMIN_TOKEN", "(none: admin API off; secret)"),
-    ("CALIBRATION_PROFILES", "(embedded profiles/calibration.json)"),
+    (
+        "CALIBRATION_PROFILES",
+        "(embedded profiles/calibration.json)",
+    ),
 ];
 
 impl Config {
     pub fn from_source(src: &dyn ConfigSource) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
-        let text = |key: &str| src.get(key).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let text = |key: &str| {
+            src.get(key)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         let mut number = |key: &str, default: u64, min: u64, max: u64| -> u64 {
             match text(key) {
                 None => default,
                 Some(v) => match v.parse::<u64>() {
                     Ok(n) if (min..=max).contains(&n) => n,
                     _ => {
-                        errors.push(format!("{key}: must be an integer from {min} to {max} (got {v:?})"));
+                        errors.push(format!(
+                            "{key}: must be an integer from {min} to {max} (got {v:?})"
+                        ));
                         default
                     }
                 },
@@ -60,13 +69,20 @@ impl Config {
         let flush_max_items = number("FLUSH_MAX_ITEMS", 50, 1, 5_000) as usize;
         let max_backlog = number("MAX_BACKLOG", 10_000, 1, 10_000_000) as usize;
         let max_readings_per_request = number("MAX_READINGS_PER_REQUEST", 500, 1, 10_000) as usize;
-        let max_body_bytes = number("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES as u64, 1_024, 10 * 1024 * 1024) as usize;
+        let max_body_bytes = number(
+            "MAX_BODY_BYTES",
+            DEFAULT_MAX_BODY_BYTES as u64,
+            1_024,
+            10 * 1024 * 1024,
+        ) as usize;
         let retry_base_ms = number("RETRY_BASE_MS", 200, 10, 600_000);
         let retry_max_ms = number("RETRY_MAX_MS", 5_000, 10, 3_600_000);
         let batcher_shards = number("BATCHER_SHARDS", 1, 1, 64) as u32;
 
         if retry_max_ms < retry_base_ms {
-            errors.push(format!("RETRY_MAX_MS ({retry_max_ms}) must not be below RETRY_BASE_MS ({retry_base_ms})"));
+            errors.push(format!(
+                "RETRY_MAX_MS ({retry_max_ms}) must not be below RETRY_BASE_MS ({retry_base_ms})"
+            ));
         }
         if max_backlog < max_readings_per_request {
             errors.push(format!(
@@ -75,18 +91,26 @@ impl Config {
         }
         let collector_url = match text("COLLECTOR_URL") {
             None => {
-                errors.push("COLLECTOR_URL: is required (e.g. https://collector.example.com/ingest)".into());
+                errors.push(
+                    "COLLECTOR_URL: is required (e.g. https://collector.example.com/ingest)".into(),
+                );
                 String::new()
             }
             Some(u) if u.starts_with("http://") || u.starts_with("https://") => u,
             Some(u) => {
-                errors.push(format!("COLLECTOR_URL: must be an http:// or https:// URL (got {u:?})"));
+                errors.push(format!(
+                    "COLLECTOR_URL: must be an http:// or https:// URL (got {u:?})"
+                ));
                 String::new()
             }
         };
         let edge_node = text("EDGE_NODE");
         if let Some(node) = &edge_node {
-            if node.len() > 64 || !node.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')) {
+            if node.len() > 64
+                || !node
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+            {
                 errors.push("EDGE_NODE: must be 1 to 64 characters of A-Z a-z 0-9 . _ : -".into());
             }
         }
@@ -136,13 +160,20 @@ pub struct Settings {
 
 impl Settings {
     pub fn load(src: &dyn ConfigSource) -> Self {
-        let (profile_source, profiles) = match src.get("CALIBRATION_PROFILES").filter(|v| !v.trim().is_empty()) {
+        let (profile_source, profiles) = match src
+            .get("CALIBRATION_PROFILES")
+            .filter(|v| !v.trim().is_empty())
+        {
             Some(json) => (ProfileSource::Variable, Profiles::parse(&json)),
             None => (ProfileSource::Embedded, Profiles::parse(EMBEDDED_PROFILES)),
         };
         Self {
             config: Config::from_source(src),
-            profiles: profiles.map_err(|e| e.into_iter().map(|m| format!("CALIBRATION_PROFILES: {m}")).collect()),
+            profiles: profiles.map_err(|e| {
+                e.into_iter()
+                    .map(|m| format!("CALIBRATION_PROFILES: {m}"))
+                    .collect()
+            }),
             profile_source,
         }
     }
@@ -153,7 +184,10 @@ impl Settings {
             (Ok(c), Ok(p)) => Ok((c, p)),
             _ => Err(Problem::new(
                 ProblemType::NotConfigured,
-                format!("the deployment's configuration is invalid: {}; see GET /healthz", self.errors().join("; ")),
+                format!(
+                    "the deployment's configuration is invalid: {}; see GET /healthz",
+                    self.errors().join("; ")
+                ),
             )),
         }
     }
@@ -171,11 +205,17 @@ impl Settings {
 
     /// The body limit to enforce even before the configuration is known to be valid.
     pub fn max_body_bytes(&self) -> usize {
-        self.config.as_ref().map(|c| c.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES)
+        self.config
+            .as_ref()
+            .map(|c| c.max_body_bytes)
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES)
     }
 
     pub fn edge_node(&self) -> Option<&str> {
-        self.config.as_ref().ok().and_then(|c| c.edge_node.as_deref())
+        self.config
+            .as_ref()
+            .ok()
+            .and_then(|c| c.edge_node.as_deref())
     }
 }
 
@@ -186,8 +226,16 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = Config::from_source(&Pairs(&[("COLLECTOR_URL", "http://127.0.0.1:1/ingest")])).unwrap();
-        assert_eq!((c.flush_interval_ms, c.flush_max_items, c.max_readings_per_request), (200, 50, 500));
+        let c =
+            Config::from_source(&Pairs(&[("COLLECTOR_URL", "http://127.0.0.1:1/ingest")])).unwrap();
+        assert_eq!(
+            (
+                c.flush_interval_ms,
+                c.flush_max_items,
+                c.max_readings_per_request
+            ),
+            (200, 50, 500)
+        );
         assert_eq!(c.max_body_bytes, 262_144);
         assert_eq!(c.batcher_shards, 1);
         assert!(c.admin_token.is_none());
@@ -195,9 +243,12 @@ mod tests {
 
     #[test]
     fn every_fault_is_named() {
-        let e = Config::from_source(
-            &Pairs(&[("FLUSH_MAX_ITEMS", "0"), ("RETRY_BASE_MS", "900"), ("RETRY_MAX_MS", "100"), ("COLLECTOR_URL", "ftp://x")]),
-        )
+        let e = Config::from_source(&Pairs(&[
+            ("FLUSH_MAX_ITEMS", "0"),
+            ("RETRY_BASE_MS", "900"),
+            ("RETRY_MAX_MS", "100"),
+            ("COLLECTOR_URL", "ftp://x"),
+        ]))
         .unwrap_err();
         assert!(e.iter().any(|m| m.starts_with("FLUSH_MAX_ITEMS")), "{e:?}");
         assert!(e.iter().any(|m| m.starts_with("RETRY_MAX_MS")), "{e:?}");
@@ -208,11 +259,22 @@ mod tests {
 
     #[test]
     fn profiles_override_and_report() {
-        let s = Settings::load(&Pairs(&[("COLLECTOR_URL", "http://x/"), ("CALIBRATION_PROFILES", "[{\"match\":\"a\",\"gain\":-1,\"version\":1}]")]));
+        let s = Settings::load(&Pairs(&[
+            ("COLLECTOR_URL", "http://x/"),
+            (
+                "CALIBRATION_PROFILES",
+                "[{\"match\":\"a\",\"gain\":-1,\"version\":1}]",
+            ),
+        ]));
         assert_eq!(s.profile_source, ProfileSource::Variable);
         let p = s.ready().unwrap_err();
         assert_eq!(p.status(), 503);
-        assert!(p.detail().contains("CALIBRATION_PROFILES: profiles[0].gain"), "{}", p.detail());
+        assert!(
+            p.detail()
+                .contains("CALIBRATION_PROFILES: profiles[0].gain"),
+            "{}",
+            p.detail()
+        );
         let ok = Settings::load(&Pairs(&[("COLLECTOR_URL", "http://x/")]));
         assert!(ok.ready().is_ok());
         assert_eq!(ok.profile_source, ProfileSource::Embedded);

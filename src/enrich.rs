@@ -31,7 +31,9 @@ impl EdgeInfo {
     ) -> Self {
         let node = match (configured_node, colo.as_deref()) {
             (Some(n), _) if !n.is_empty() => n.to_owned(),
-            (_, Some(c)) if !c.is_empty() => format!("{}-{}", node_prefix(platform), c.to_ascii_lowercase()),
+            (_, Some(c)) if !c.is_empty() => {
+                format!("{}-{}", node_prefix(platform), c.to_ascii_lowercase())
+            }
             _ => String::from("local"),
         };
         Self {
@@ -153,14 +155,31 @@ mod tests {
 
     #[test]
     fn node_naming() {
-        assert_eq!(EdgeInfo::new(Some("n1"), Some("DFW".into()), None, None, "cloudflare-workers").node, "n1");
-        assert_eq!(EdgeInfo::new(None, Some("DFW".into()), None, None, "cloudflare-workers").node, "cf-dfw");
-        assert_eq!(EdgeInfo::new(Some(""), None, None, None, "spin").node, "local");
+        assert_eq!(
+            EdgeInfo::new(
+                Some("n1"),
+                Some("DFW".into()),
+                None,
+                None,
+                "cloudflare-workers"
+            )
+            .node,
+            "n1"
+        );
+        assert_eq!(
+            EdgeInfo::new(None, Some("DFW".into()), None, None, "cloudflare-workers").node,
+            "cf-dfw"
+        );
+        assert_eq!(
+            EdgeInfo::new(Some(""), None, None, None, "spin").node,
+            "local"
+        );
     }
 
     #[test]
     fn enriched_document_shape() {
-        let profiles = Profiles::parse(r#"[{"match":"lab-*","gain":1.0,"offset":-0.5,"version":4}]"#).unwrap();
+        let profiles =
+            Profiles::parse(r#"[{"match":"lab-*","gain":1.0,"offset":-0.5,"version":4}]"#).unwrap();
         let edge = EdgeInfo::new(Some("n1"), None, None, None, "cloudflare-workers");
         let readings = vec![
             parse_reading_query("device_id=lab-1&temp=74.3&unit=F&ts=5&seq=6").unwrap(),
@@ -173,8 +192,14 @@ mod tests {
         assert_eq!(v["device_id"], "lab-1");
         assert_eq!(v["temp_c"], 23.0);
         assert_eq!(v["raw"], serde_json::json!({"value": 74.3, "unit": "F"}));
-        assert_eq!(v["calibration"], serde_json::json!({"profile": "lab-*", "version": 4, "gain": 1.0, "offset": -0.5}));
-        assert_eq!(v["edge"], serde_json::json!({"node": "n1", "colo": null, "country": null, "region": null, "platform": "cloudflare-workers"}));
+        assert_eq!(
+            v["calibration"],
+            serde_json::json!({"profile": "lab-*", "version": 4, "gain": 1.0, "offset": -0.5})
+        );
+        assert_eq!(
+            v["edge"],
+            serde_json::json!({"node": "n1", "colo": null, "country": null, "region": null, "platform": "cloudflare-workers"})
+        );
         assert_eq!(v["received_at_ms"], 1_700_000_000_123u64);
         assert_eq!((v["ts"].as_u64(), v["seq"].as_u64()), (Some(5), Some(6)));
         let w: serde_json::Value = serde_json::from_str(&out[1].json).unwrap();

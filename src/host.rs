@@ -16,7 +16,10 @@ pub struct Pairs<'a>(pub &'a [(&'a str, &'a str)]);
 
 impl ConfigSource for Pairs<'_> {
     fn get(&self, key: &str) -> Option<String> {
-        self.0.iter().find(|(k, _)| *k == key).map(|(_, v)| (*v).to_owned())
+        self.0
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| (*v).to_owned())
     }
 }
 

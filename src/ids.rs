@@ -38,7 +38,9 @@ impl IdSource {
 
 /// One fresh id, for requests and batches.
 pub fn new_id(unix_ms: u64) -> Result<String, EntropyUnavailable> {
-    IdSource::new(unix_ms, 1)?.next_id().ok_or(EntropyUnavailable)
+    IdSource::new(unix_ms, 1)?
+        .next_id()
+        .ok_or(EntropyUnavailable)
 }
 
 fn uuid_v7(unix_ms: u64, rand: [u8; BYTES_PER_ID]) -> String {

@@ -81,9 +81,14 @@ pub struct FieldError {
     pub detail: String,
 }
 
-/// A problem document plus the HTTP headers that belong with it.
+/// A problem document plus the HTTP headers that belong with it. Boxed: it travels in the
+/// `Err` side of most results, which should stay one pointer wide.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Problem {
+#[serde(transparent)]
+pub struct Problem(Box<Document>);
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+struct Document {
     #[serde(rename = "type")]
     type_uri: &'static str,
     title: &'static str,
@@ -103,7 +108,7 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(kind: ProblemType, detail: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(Document {
             type_uri: kind.uri(),
             title: kind.title(),
             status: kind.status(),
@@ -113,7 +118,7 @@ impl Problem {
             kind,
             retry_after_s: None,
             allow: None,
-        }
+        }))
     }
 
     pub fn method_not_allowed(allow: &'static str) -> Self {
@@ -121,7 +126,7 @@ impl Problem {
             ProblemType::MethodNotAllowed,
             format!("this resource accepts {allow}"),
         );
-        p.allow = Some(allow);
+        p.0.allow = Some(allow);
         p
     }
 
@@ -152,38 +157,38 @@ impl Problem {
     }
 
     pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
-        self.errors = errors;
+        self.0.errors = errors;
         self
     }
 
     pub fn with_retry_after(mut self, seconds: u32) -> Self {
-        self.retry_after_s = Some(seconds);
+        self.0.retry_after_s = Some(seconds);
         self
     }
 
     /// RFC 9457 `instance`: we use the request id so a report can be matched to logs.
     pub fn with_instance(mut self, request_id: &str) -> Self {
-        self.instance = Some(format!("urn:edge-enrich:request:{request_id}"));
+        self.0.instance = Some(format!("urn:edge-enrich:request:{request_id}"));
         self
     }
 
     pub fn kind(&self) -> ProblemType {
-        self.kind
+        self.0.kind
     }
     pub fn status(&self) -> u16 {
-        self.status
+        self.0.status
     }
     pub fn detail(&self) -> &str {
-        &self.detail
+        &self.0.detail
     }
     pub fn errors(&self) -> &[FieldError] {
-        &self.errors
+        &self.0.errors
     }
     pub fn retry_after_s(&self) -> Option<u32> {
-        self.retry_after_s
+        self.0.retry_after_s
     }
     pub fn allow(&self) -> Option<&'static str> {
-        self.allow
+        self.0.allow
     }
 
     pub fn to_json(&self) -> String {

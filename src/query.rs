@@ -103,8 +103,8 @@ mod tests {
 
     #[test]
     fn parses_a_full_reading() {
-        let r = parse_reading_query("device_id=abc&temp=74.3&unit=f&ts=1700000000000&seq=7")
-            .unwrap();
+        let r =
+            parse_reading_query("device_id=abc&temp=74.3&unit=f&ts=1700000000000&seq=7").unwrap();
         assert_eq!(r.device_id.as_str(), "abc");
         assert_eq!(r.temp.value(), 74.3);
         assert_eq!(r.temp.unit(), Unit::Fahrenheit);

@@ -39,14 +39,20 @@ mod tests {
 
     #[test]
     fn envelope_is_valid_json_with_readings_verbatim() {
-        let body = encode_json_batch("b\"1", "cf-dfw", 42, [r#"{"id":"x","temp_c":1.5}"#, r#"{"id":"y"}"#]);
+        let body = encode_json_batch(
+            "b\"1",
+            "cf-dfw",
+            42,
+            [r#"{"id":"x","temp_c":1.5}"#, r#"{"id":"y"}"#],
+        );
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["batch_id"], "b\"1");
         assert_eq!(v["edge_node"], "cf-dfw");
         assert_eq!(v["sent_at_ms"], 42);
         assert_eq!(v["readings"][0]["temp_c"], 1.5);
         assert_eq!(v["readings"][1]["id"], "y");
-        let empty: serde_json::Value = serde_json::from_str(&encode_json_batch("b", "n", 0, [])).unwrap();
+        let empty: serde_json::Value =
+            serde_json::from_str(&encode_json_batch("b", "n", 0, [])).unwrap();
         assert_eq!(empty["readings"], serde_json::json!([]));
     }
 }

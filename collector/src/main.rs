@@ -77,14 +77,19 @@ fn parse_args() -> Result<Args, String> {
         db: PathBuf::from("collector.sqlite"),
         token: None,
         port_file: None,
-        faults: Faults { fail_status: 503, ..Faults::default() },
+        faults: Faults {
+            fail_status: 503,
+            ..Faults::default()
+        },
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--help" || flag == "-h" {
             return Err(USAGE.to_owned());
         }
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value\n\n{USAGE}"))?;
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n\n{USAGE}"))?;
         let bad = |e: &dyn std::fmt::Display| format!("{flag} {value:?}: {e}");
         match flag.as_str() {
             "--addr" => args.addr = value.parse().map_err(|e| bad(&e))?,
@@ -107,7 +112,10 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
@@ -117,13 +125,21 @@ fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
         "status": status.as_u16(),
         "detail": detail.into(),
     });
-    (status, [("content-type", "application/problem+json")], body.to_string()).into_response()
+    (
+        status,
+        [("content-type", "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn ingest(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
     app.requests.fetch_add(1, Ordering::Relaxed);
     if let Some(token) = &app.token {
-        let given = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let given = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         if given.strip_prefix("Bearer ") != Some(token.as_str()) {
             return problem(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
         }
@@ -152,13 +168,25 @@ async fn ingest(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
     };
     let batch: Batch<'_> = match serde_json::from_str(text) {
         Ok(b) => b,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, format!("not a batch envelope: {e}")),
+        Err(e) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                format!("not a batch envelope: {e}"),
+            )
+        }
     };
     let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
     if key.is_some_and(|k| k != batch.batch_id) {
-        return problem(StatusCode::BAD_REQUEST, "Idempotency-Key does not match batch_id");
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Idempotency-Key does not match batch_id",
+        );
     }
-    let result = app.store.lock().unwrap_or_else(|p| p.into_inner()).insert(&batch, now_ms());
+    let result = app
+        .store
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(&batch, now_ms());
     match result {
         Ok(stored) => Json(stored).into_response(),
         Err(e) => problem(StatusCode::UNPROCESSABLE_ENTITY, e),
@@ -299,10 +327,11 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return ctrl_c.await.unwrap_or(()),
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

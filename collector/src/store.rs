@@ -79,7 +79,8 @@ impl Store {
     pub fn insert(&mut self, batch: &Batch<'_>, now_ms: u64) -> Result<Stored, String> {
         let mut keys = Vec::with_capacity(batch.readings.len());
         for (i, raw) in batch.readings.iter().enumerate() {
-            let k: ReadingKeys = serde_json::from_str(raw.get()).map_err(|e| format!("readings[{i}]: {e}"))?;
+            let k: ReadingKeys =
+                serde_json::from_str(raw.get()).map_err(|e| format!("readings[{i}]: {e}"))?;
             keys.push((k, raw.get()));
         }
         let tx = self.conn.transaction().map_err(|e| e.to_string())?;
@@ -94,7 +95,16 @@ impl Store {
                 .map_err(|e| e.to_string())?;
             for (k, doc) in &keys {
                 stored += stmt
-                    .execute(params![k.id, k.device_id, k.temp_c, k.received_at_ms as i64, now_ms as i64, batch.batch_id, batch.edge_node, doc])
+                    .execute(params![
+                        k.id,
+                        k.device_id,
+                        k.temp_c,
+                        k.received_at_ms as i64,
+                        now_ms as i64,
+                        batch.batch_id,
+                        batch.edge_node,
+                        doc
+                    ])
                     .map_err(|e| e.to_string())?;
             }
         }
@@ -117,14 +127,22 @@ impl Store {
     }
 
     pub fn stats(&self) -> rusqlite::Result<Stats> {
-        let count = |sql: &str| self.conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|v| v as u64);
+        let count = |sql: &str| {
+            self.conn
+                .query_row(sql, [], |r| r.get::<_, i64>(0))
+                .map(|v| v as u64)
+        };
         Ok(Stats {
             batches: count("SELECT COUNT(*) FROM batches")?,
             batch_retries: count("SELECT COALESCE(SUM(deliveries - 1), 0) FROM batches")?,
             readings: count("SELECT COUNT(*) FROM readings")?,
             duplicates: self
                 .conn
-                .query_row("SELECT value FROM counters WHERE name = 'duplicates'", [], |r| r.get::<_, i64>(0))
+                .query_row(
+                    "SELECT value FROM counters WHERE name = 'duplicates'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
                 .optional()?
                 .unwrap_or(0) as u64,
             devices: count("SELECT COUNT(DISTINCT device_id) FROM readings")?,
@@ -132,7 +150,11 @@ impl Store {
     }
 
     /// Stored readings (optionally of one device), oldest first, each with `stored_at_ms`.
-    pub fn readings(&self, device_id: Option<&str>, limit: u32) -> rusqlite::Result<Vec<serde_json::Value>> {
+    pub fn readings(
+        &self,
+        device_id: Option<&str>,
+        limit: u32,
+    ) -> rusqlite::Result<Vec<serde_json::Value>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT doc, stored_at_ms, batch_id FROM readings
              WHERE ?1 IS NULL OR device_id = ?1
@@ -147,7 +169,8 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let (doc, stored_at, batch_id) = row?;
-            let mut v: serde_json::Value = serde_json::from_str(&doc).unwrap_or(serde_json::Value::Null);
+            let mut v: serde_json::Value =
+                serde_json::from_str(&doc).unwrap_or(serde_json::Value::Null);
             if let Some(obj) = v.as_object_mut() {
                 obj.insert("stored_at_ms".into(), stored_at.into());
                 obj.insert("batch_id".into(), batch_id.into());
@@ -174,17 +197,35 @@ mod tests {
         let batch: Batch<'_> = serde_json::from_str(body).unwrap();
         {
             let mut s = Store::open(&path).unwrap();
-            assert_eq!(s.insert(&batch, 100).unwrap(), Stored { stored: 2, duplicates: 0 });
-            assert_eq!(s.insert(&batch, 101).unwrap(), Stored { stored: 0, duplicates: 2 });
+            assert_eq!(
+                s.insert(&batch, 100).unwrap(),
+                Stored {
+                    stored: 2,
+                    duplicates: 0
+                }
+            );
+            assert_eq!(
+                s.insert(&batch, 101).unwrap(),
+                Stored {
+                    stored: 0,
+                    duplicates: 2
+                }
+            );
         }
         let s = Store::open(&path).unwrap();
         let st = s.stats().unwrap();
-        assert_eq!((st.batches, st.batch_retries, st.readings, st.duplicates), (1, 1, 2, 2));
+        assert_eq!(
+            (st.batches, st.batch_retries, st.readings, st.duplicates),
+            (1, 1, 2, 2)
+        );
         let rows = s.readings(Some("d"), 10).unwrap();
         assert_eq!(rows[1]["temp_c"], 2.5);
         assert_eq!(rows[0]["stored_at_ms"], 100);
         assert!(s.readings(Some("other"), 10).unwrap().is_empty());
-        let bad: Batch<'_> = serde_json::from_str(r#"{"batch_id":"b2","edge_node":"n","sent_at_ms":1,"readings":[{"id":"x"}]}"#).unwrap();
+        let bad: Batch<'_> = serde_json::from_str(
+            r#"{"batch_id":"b2","edge_node":"n","sent_at_ms":1,"readings":[{"id":"x"}]}"#,
+        )
+        .unwrap();
         let mut s = s;
         assert!(s.insert(&bad, 1).unwrap_err().starts_with("readings[0]"));
     }

@@ -10,7 +10,10 @@
 
 use serde::Deserialize;
 use wasm_bindgen::JsValue;
-use worker::{durable_object, DurableObject, Env, Fetch, Headers, Method, Request, RequestInit, Response, ScheduledTime, SqlStorage, SqlStorageValue, State};
+use worker::{
+    durable_object, DurableObject, Env, Fetch, Headers, Method, Request, RequestInit, Response,
+    ScheduledTime, SqlStorage, SqlStorageValue, State,
+};
 
 use super::{log, now_ms, settings};
 use crate::batch::{verdict, FlushAt, FlushPolicy, RetryPolicy, Verdict};
@@ -112,7 +115,10 @@ impl DurableObject for Batcher {
         let path = req.path();
         match (req.method(), path.as_str()) {
             (Method::Post, "/accept") => {
-                let node = req.headers().get("x-edge-node")?.unwrap_or_else(|| String::from("local"));
+                let node = req
+                    .headers()
+                    .get("x-edge-node")?
+                    .unwrap_or_else(|| String::from("local"));
                 let body = req.text().await?;
                 self.accept(&node, &body).await
             }
@@ -148,6 +154,9 @@ impl Batcher {
         let pending = self.pending_count()?;
         if pending + lines.len() > config.max_backlog {
             self.bump("backlog_refusals", 1)?;
+            // A full backlog must still drain: make sure a flush or retry alarm is set even if
+            // the runtime lost it (e.g. a restart), since this refusal writes nothing new.
+            self.schedule(&config, now).await?;
             let retry_after = config.retry_max_ms.div_ceil(1000).max(1);
             let headers = Headers::new();
             headers.set("retry-after", &retry_after.to_string())?;
@@ -162,7 +171,10 @@ impl Batcher {
                 binds.push(SqlStorageValue::Integer(now as i64));
                 binds.push(SqlStorageValue::String((*doc).to_owned()));
             }
-            self.sql.exec(&format!("INSERT INTO pending (received_at_ms, doc) VALUES {placeholders}"), binds)?;
+            self.sql.exec(
+                &format!("INSERT INTO pending (received_at_ms, doc) VALUES {placeholders}"),
+                binds,
+            )?;
         }
         self.sql.exec(
             "INSERT INTO meta (name, value) VALUES ('edge_node', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
@@ -170,7 +182,9 @@ impl Batcher {
         )?;
         self.bump("accepted_readings", lines.len() as i64)?;
         self.schedule(&config, now).await?;
-        let mut answer = Response::from_json(&serde_json::json!({ "accepted": lines.len(), "backlog": pending + lines.len() }))?;
+        let mut answer = Response::from_json(
+            &serde_json::json!({ "accepted": lines.len(), "backlog": pending + lines.len() }),
+        )?;
         answer = answer.with_status(202);
         Ok(answer)
     }
@@ -182,7 +196,9 @@ impl Batcher {
         let existing = storage.get_alarm().await?.map(|t| t.max(0) as u64);
         let failures = self.counter("consecutive_failures")?;
         let wanted = if failures > 0 {
-            existing.is_none().then(|| now + retry_policy(config).delay_ms(failures as u32, js_sys::Math::random()))
+            existing.is_none().then(|| {
+                now + retry_policy(config).delay_ms(failures as u32, js_sys::Math::random())
+            })
         } else {
             match self.due(config, now)? {
                 FlushAt::Idle => None,
@@ -210,7 +226,11 @@ impl Batcher {
             .sql
             .exec("SELECT COUNT(*) AS n, MIN(received_at_ms) AS oldest FROM pending WHERE batch_id IS NULL", None)?
             .one()?;
-        Ok(flush_policy(config).next_flush(backlog.n as usize, backlog.oldest.map(|t| t as u64), now))
+        Ok(flush_policy(config).next_flush(
+            backlog.n as usize,
+            backlog.oldest.map(|t| t as u64),
+            now,
+        ))
     }
 
     async fn flush(&self) -> worker::Result<()> {
@@ -227,23 +247,51 @@ impl Batcher {
             let attempt = self.send(&config, &batch).await;
             match verdict(attempt.status) {
                 Verdict::Delivered => {
-                    self.sql.exec("DELETE FROM pending WHERE batch_id = ?", vec![batch.id.as_str().into()])?;
+                    self.sql.exec(
+                        "DELETE FROM pending WHERE batch_id = ?",
+                        vec![batch.id.as_str().into()],
+                    )?;
                     self.set_counter("consecutive_failures", 0)?;
                     self.bump("flushed_batches", 1)?;
                     self.bump("flushed_readings", batch.docs.len() as i64)?;
-                    log::info("flush_delivered", "", &[("batch_id", &batch.id), ("readings", &batch.docs.len().to_string())]);
+                    log::info(
+                        "flush_delivered",
+                        "",
+                        &[
+                            ("batch_id", &batch.id),
+                            ("readings", &batch.docs.len().to_string()),
+                        ],
+                    );
                 }
                 Verdict::Retry => {
                     let failures = self.counter("consecutive_failures")? + 1;
                     self.set_counter("consecutive_failures", failures)?;
                     self.bump("failed_attempts", 1)?;
-                    let delay = retry_policy(&config).delay_ms(failures as u32, js_sys::Math::random());
-                    let status = attempt.status.map(|s| s.to_string()).unwrap_or_else(|| "network".into());
-                    log::warn("flush_retry", "", &[("batch_id", &batch.id), ("status", &status), ("detail", &attempt.detail), ("retry_in_ms", &delay.to_string())]);
+                    let delay =
+                        retry_policy(&config).delay_ms(failures as u32, js_sys::Math::random());
+                    let status = attempt
+                        .status
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "network".into());
+                    log::warn(
+                        "flush_retry",
+                        "",
+                        &[
+                            ("batch_id", &batch.id),
+                            ("status", &status),
+                            ("detail", &attempt.detail),
+                            ("retry_in_ms", &delay.to_string()),
+                        ],
+                    );
                     return self.set_alarm_at(now_ms() + delay).await;
                 }
                 Verdict::DeadLetter => {
-                    let body = encode_json_batch(&batch.id, &self.edge_node()?, now_ms(), batch.docs.iter().map(|d| d.doc.as_str()));
+                    let body = encode_json_batch(
+                        &batch.id,
+                        &self.edge_node()?,
+                        now_ms(),
+                        batch.docs.iter().map(|d| d.doc.as_str()),
+                    );
                     self.sql.exec(
                         "INSERT OR REPLACE INTO dead_letters (batch_id, failed_at_ms, status, detail, readings, body) VALUES (?, ?, ?, ?, ?, ?)",
                         vec![
@@ -255,10 +303,21 @@ impl Batcher {
                             body.into(),
                         ],
                     )?;
-                    self.sql.exec("DELETE FROM pending WHERE batch_id = ?", vec![batch.id.as_str().into()])?;
+                    self.sql.exec(
+                        "DELETE FROM pending WHERE batch_id = ?",
+                        vec![batch.id.as_str().into()],
+                    )?;
                     self.set_counter("consecutive_failures", 0)?;
                     self.bump("dead_letter_batches", 1)?;
-                    log::error("flush_dead_letter", "", &[("batch_id", &batch.id), ("status", &attempt.status.unwrap_or(0).to_string()), ("detail", &attempt.detail)]);
+                    log::error(
+                        "flush_dead_letter",
+                        "",
+                        &[
+                            ("batch_id", &batch.id),
+                            ("status", &attempt.status.unwrap_or(0).to_string()),
+                            ("detail", &attempt.detail),
+                        ],
+                    );
                 }
             }
             if now_ms().saturating_sub(started) > ALARM_BUDGET_MS {
@@ -275,7 +334,10 @@ impl Batcher {
     fn in_flight(&self) -> worker::Result<Option<String>> {
         let rows: Vec<BatchIdRow> = self
             .sql
-            .exec("SELECT batch_id FROM pending WHERE batch_id IS NOT NULL ORDER BY seq LIMIT 1", None)?
+            .exec(
+                "SELECT batch_id FROM pending WHERE batch_id IS NOT NULL ORDER BY seq LIMIT 1",
+                None,
+            )?
             .to_array()?;
         Ok(rows.into_iter().next().map(|r| r.batch_id))
     }
@@ -289,7 +351,8 @@ impl Batcher {
                 if self.due(config, now_ms())? != FlushAt::Now {
                     return Ok(None);
                 }
-                let id = ids::new_id(now_ms()).map_err(|_| worker::Error::RustError("no entropy for a batch id".into()))?;
+                let id = ids::new_id(now_ms())
+                    .map_err(|_| worker::Error::RustError("no entropy for a batch id".into()))?;
                 self.sql.exec(
                     "UPDATE pending SET batch_id = ? WHERE seq IN (SELECT seq FROM pending WHERE batch_id IS NULL ORDER BY seq LIMIT ?)",
                     vec![id.as_str().into(), SqlStorageValue::Integer(config.flush_max_items as i64)],
@@ -297,19 +360,33 @@ impl Batcher {
                 id
             }
         };
-        let docs: Vec<DocRow> = self.sql.exec("SELECT doc FROM pending WHERE batch_id = ? ORDER BY seq", vec![id.as_str().into()])?.to_array()?;
+        let docs: Vec<DocRow> = self
+            .sql
+            .exec(
+                "SELECT doc FROM pending WHERE batch_id = ? ORDER BY seq",
+                vec![id.as_str().into()],
+            )?
+            .to_array()?;
         Ok((!docs.is_empty()).then_some(PendingBatch { id, docs }))
     }
 
     async fn send(&self, config: &Config, batch: &PendingBatch) -> Attempt {
         match self.try_send(config, batch).await {
             Ok(attempt) => attempt,
-            Err(e) => Attempt { status: None, detail: e.to_string() },
+            Err(e) => Attempt {
+                status: None,
+                detail: e.to_string(),
+            },
         }
     }
 
     async fn try_send(&self, config: &Config, batch: &PendingBatch) -> worker::Result<Attempt> {
-        let body = encode_json_batch(&batch.id, &self.edge_node()?, now_ms(), batch.docs.iter().map(|d| d.doc.as_str()));
+        let body = encode_json_batch(
+            &batch.id,
+            &self.edge_node()?,
+            now_ms(),
+            batch.docs.iter().map(|d| d.doc.as_str()),
+        );
         let headers = Headers::new();
         headers.set("content-type", JSON_CONTENT_TYPE)?;
         headers.set("idempotency-key", &batch.id)?;
@@ -317,11 +394,15 @@ impl Batcher {
             headers.set("authorization", &format!("Bearer {token}"))?;
         }
         let mut init = RequestInit::new();
-        init.with_method(Method::Post).with_headers(headers).with_body(Some(JsValue::from_str(&body)));
+        init.with_method(Method::Post)
+            .with_headers(headers)
+            .with_body(Some(JsValue::from_str(&body)));
         let request = Request::new_with_init(&config.collector_url, &init)?;
         let fetch = Fetch::Request(request);
         let send = Box::pin(fetch.send());
-        let timeout = Box::pin(worker::Delay::from(std::time::Duration::from_millis(COLLECTOR_TIMEOUT_MS)));
+        let timeout = Box::pin(worker::Delay::from(std::time::Duration::from_millis(
+            COLLECTOR_TIMEOUT_MS,
+        )));
         let outcome = futures_util::future::select(send, timeout).await;
         let attempt = match outcome {
             futures_util::future::Either::Left((answer, _)) => {
@@ -330,27 +411,55 @@ impl Batcher {
                 let detail = if (200..300).contains(&status) {
                     String::new()
                 } else {
-                    answer.text().await.unwrap_or_default().chars().take(500).collect()
+                    answer
+                        .text()
+                        .await
+                        .unwrap_or_default()
+                        .chars()
+                        .take(500)
+                        .collect()
                 };
-                Ok(Attempt { status: Some(status), detail })
+                Ok(Attempt {
+                    status: Some(status),
+                    detail,
+                })
             }
-            futures_util::future::Either::Right(_) => Ok(Attempt { status: None, detail: format!("no answer within {COLLECTOR_TIMEOUT_MS} ms") }),
+            futures_util::future::Either::Right(_) => Ok(Attempt {
+                status: None,
+                detail: format!("no answer within {COLLECTOR_TIMEOUT_MS} ms"),
+            }),
         };
         attempt
     }
 
     fn edge_node(&self) -> worker::Result<String> {
-        let rows: Vec<TextValue> = self.sql.exec("SELECT value FROM meta WHERE name = 'edge_node'", None)?.to_array()?;
-        Ok(rows.into_iter().next().map(|r| r.value).unwrap_or_else(|| String::from("local")))
+        let rows: Vec<TextValue> = self
+            .sql
+            .exec("SELECT value FROM meta WHERE name = 'edge_node'", None)?
+            .to_array()?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .map(|r| r.value)
+            .unwrap_or_else(|| String::from("local")))
     }
 
     fn pending_count(&self) -> worker::Result<usize> {
-        let v: Value = self.sql.exec("SELECT COUNT(*) AS value FROM pending", None)?.one()?;
+        let v: Value = self
+            .sql
+            .exec("SELECT COUNT(*) AS value FROM pending", None)?
+            .one()?;
         Ok(v.value as usize)
     }
 
     fn counter(&self, name: &str) -> worker::Result<i64> {
-        let rows: Vec<Value> = self.sql.exec("SELECT value FROM counters WHERE name = ?", vec![name.into()])?.to_array()?;
+        let rows: Vec<Value> = self
+            .sql
+            .exec(
+                "SELECT value FROM counters WHERE name = ?",
+                vec![name.into()],
+            )?
+            .to_array()?;
         Ok(rows.first().map(|r| r.value as i64).unwrap_or(0))
     }
 
@@ -372,12 +481,23 @@ impl Batcher {
 
     async fn stats(&self) -> worker::Result<Response> {
         let mut doc = serde_json::Map::new();
-        for name in ["accepted_readings", "flushed_batches", "flushed_readings", "failed_attempts", "dead_letter_batches", "backlog_refusals", "consecutive_failures"] {
+        for name in [
+            "accepted_readings",
+            "flushed_batches",
+            "flushed_readings",
+            "failed_attempts",
+            "dead_letter_batches",
+            "backlog_refusals",
+            "consecutive_failures",
+        ] {
             doc.insert(name.into(), self.counter(name)?.into());
         }
         doc.insert("pending".into(), self.pending_count()?.into());
         doc.insert("in_flight_batch".into(), self.in_flight()?.into());
-        doc.insert("next_alarm_ms".into(), self.state.storage().get_alarm().await?.into());
+        doc.insert(
+            "next_alarm_ms".into(),
+            self.state.storage().get_alarm().await?.into(),
+        );
         Response::from_json(&serde_json::Value::Object(doc))
     }
 
@@ -407,9 +527,15 @@ impl Batcher {
 }
 
 fn flush_policy(config: &Config) -> FlushPolicy {
-    FlushPolicy { max_items: config.flush_max_items, max_age_ms: config.flush_interval_ms }
+    FlushPolicy {
+        max_items: config.flush_max_items,
+        max_age_ms: config.flush_interval_ms,
+    }
 }
 
 fn retry_policy(config: &Config) -> RetryPolicy {
-    RetryPolicy { base_ms: config.retry_base_ms, max_ms: config.retry_max_ms }
+    RetryPolicy {
+        base_ms: config.retry_base_ms,
+        max_ms: config.retry_max_ms,
+    }
 }

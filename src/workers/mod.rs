@@ -32,7 +32,10 @@ thread_local! {
 }
 
 pub(crate) fn settings(env: &Env) -> Rc<Settings> {
-    SETTINGS.with(|cell| cell.get_or_init(|| Rc::new(Settings::load(&EnvConfig(env)))).clone())
+    SETTINGS.with(|cell| {
+        cell.get_or_init(|| Rc::new(Settings::load(&EnvConfig(env))))
+            .clone()
+    })
 }
 
 /// wrangler `[vars]` and secrets. A var given as a TOML table/array (e.g. the calibration
@@ -75,7 +78,12 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
     to_worker_response(answer.finish(&request_id, js_sys::Date::now() - started))
 }
 
-async fn serve(mut req: Request, env: &Env, now_ms: u64, request_id: &str) -> worker::Result<HttpResponse> {
+async fn serve(
+    mut req: Request,
+    env: &Env,
+    now_ms: u64,
+    request_id: &str,
+) -> worker::Result<HttpResponse> {
     let settings = settings(env);
     let url = req.url()?;
     let method = req.method();
@@ -98,13 +106,22 @@ async fn serve(mut req: Request, env: &Env, now_ms: u64, request_id: &str) -> wo
         authorization: authorization.as_deref(),
         body: &body,
     };
-    let ctx = RequestContext { settings: &settings, edge: &edge, now_ms, request_id };
+    let ctx = RequestContext {
+        settings: &settings,
+        edge: &edge,
+        now_ms,
+        request_id,
+    };
     Ok(match api::handle(&request, &ctx) {
         Action::Respond(answer) => answer,
         Action::Accept(accepted) => match hand_to_batcher(env, &settings, &edge, &accepted).await {
             Ok(()) => accepted.response(),
             Err(problem) => {
-                log::warn("ingest_refused", request_id, &[("detail", problem.detail())]);
+                log::warn(
+                    "ingest_refused",
+                    request_id,
+                    &[("detail", problem.detail())],
+                );
                 HttpResponse::problem(&problem, request_id)
             }
         },
@@ -114,7 +131,10 @@ async fn serve(mut req: Request, env: &Env, now_ms: u64, request_id: &str) -> wo
 
 /// Reads the body up to `limit` bytes; a larger one is refused before it is buffered whole.
 async fn read_body(req: &mut Request, limit: usize) -> worker::Result<Result<Vec<u8>, Problem>> {
-    let declared = req.headers().get("content-length")?.and_then(|v| v.parse::<usize>().ok());
+    let declared = req
+        .headers()
+        .get("content-length")?
+        .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > limit) {
         return Ok(Err(Problem::payload_too_large(limit)));
     }
@@ -142,30 +162,58 @@ fn edge_info(req: &Request, settings: &Settings) -> EdgeInfo {
             .and_then(|v| v.as_string())
             .filter(|s| !s.is_empty())
     };
-    EdgeInfo::new(settings.edge_node(), field("colo"), field("country"), field("region"), PLATFORM)
+    EdgeInfo::new(
+        settings.edge_node(),
+        field("colo"),
+        field("country"),
+        field("region"),
+        PLATFORM,
+    )
 }
 
 /// The Durable Object that owns this request's readings: one per colo and shard.
 fn batcher_name(edge: &EdgeInfo, shard_key: &str, shards: u32) -> String {
     // FNV-1a: stable across isolates and releases, unlike std's randomly seeded hasher.
-    let hash = shard_key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let hash = shard_key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     let shard = hash % u64::from(shards.max(1));
     format!("{}:{shard}", edge.colo.as_deref().unwrap_or("local"))
 }
 
-fn batcher_request(path: &str, method: Method, body: Option<String>, headers: Headers) -> worker::Result<Request> {
+fn batcher_request(
+    path: &str,
+    method: Method,
+    body: Option<String>,
+    headers: Headers,
+) -> worker::Result<Request> {
     let mut init = RequestInit::new();
-    init.with_method(method).with_headers(headers).with_body(body.map(|b| JsValue::from_str(&b)));
+    init.with_method(method)
+        .with_headers(headers)
+        .with_body(body.map(|b| JsValue::from_str(&b)));
     Request::new_with_init(&format!("https://batcher.internal{path}"), &init)
 }
 
 /// Waits only for the batcher's durable acceptance, never for the collector.
-async fn hand_to_batcher(env: &Env, settings: &Settings, edge: &EdgeInfo, accepted: &Accepted) -> Result<(), Problem> {
+async fn hand_to_batcher(
+    env: &Env,
+    settings: &Settings,
+    edge: &EdgeInfo,
+    accepted: &Accepted,
+) -> Result<(), Problem> {
     let unavailable = |e: worker::Error| {
         log::error("batcher_unreachable", "", &[("error", &e.to_string())]);
-        Problem::new(ProblemType::UpstreamUnavailable, "the batcher could not be reached; nothing was accepted").with_retry_after(1)
+        Problem::new(
+            ProblemType::UpstreamUnavailable,
+            "the batcher could not be reached; nothing was accepted",
+        )
+        .with_retry_after(1)
     };
-    let shards = settings.config.as_ref().map(|c| c.batcher_shards).unwrap_or(1);
+    let shards = settings
+        .config
+        .as_ref()
+        .map(|c| c.batcher_shards)
+        .unwrap_or(1);
     let stub = env
         .durable_object(BATCHER_BINDING)
         .and_then(|ns| ns.get_by_name(&batcher_name(edge, &accepted.shard_key, shards)))
@@ -176,42 +224,74 @@ async fn hand_to_batcher(env: &Env, settings: &Settings, edge: &EdgeInfo, accept
         body.push('\n');
     }
     let headers = Headers::new();
-    headers.set("x-edge-node", &edge.node).map_err(unavailable)?;
-    let request = batcher_request("/accept", Method::Post, Some(body), headers).map_err(unavailable)?;
-    let mut answer = stub.fetch_with_request(request).await.map_err(unavailable)?;
+    headers
+        .set("x-edge-node", &edge.node)
+        .map_err(unavailable)?;
+    let request =
+        batcher_request("/accept", Method::Post, Some(body), headers).map_err(unavailable)?;
+    let mut answer = stub
+        .fetch_with_request(request)
+        .await
+        .map_err(unavailable)?;
     match answer.status_code() {
         200..=299 => Ok(()),
         503 => {
-            let retry_after = answer.headers().get("retry-after").ok().flatten().and_then(|v| v.parse().ok()).unwrap_or(1);
+            let retry_after = answer
+                .headers()
+                .get("retry-after")
+                .ok()
+                .flatten()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
             let detail = answer.text().await.unwrap_or_default();
             Err(Problem::backlog_full(retry_after, detail))
         }
         status => {
             let detail = answer.text().await.unwrap_or_default();
-            log::error("batcher_refused", "", &[("status", &status.to_string()), ("detail", &detail)]);
+            log::error(
+                "batcher_refused",
+                "",
+                &[("status", &status.to_string()), ("detail", &detail)],
+            );
             Err(Problem::internal())
         }
     }
 }
 
 /// Admin queries fan out to every shard of this colo's batchers.
-async fn admin(env: &Env, settings: &Settings, edge: &EdgeInfo, query: AdminQuery) -> worker::Result<HttpResponse> {
+async fn admin(
+    env: &Env,
+    settings: &Settings,
+    edge: &EdgeInfo,
+    query: AdminQuery,
+) -> worker::Result<HttpResponse> {
     let path = match query {
         AdminQuery::Stats => "/stats",
         AdminQuery::DeadLetters => "/dead-letters",
     };
-    let shards = settings.config.as_ref().map(|c| c.batcher_shards).unwrap_or(1);
+    let shards = settings
+        .config
+        .as_ref()
+        .map(|c| c.batcher_shards)
+        .unwrap_or(1);
     let ns = env.durable_object(BATCHER_BINDING)?;
     let colo = edge.colo.as_deref().unwrap_or("local");
     let mut batchers = Vec::new();
     for shard in 0..shards {
         let name = format!("{colo}:{shard}");
-        let mut answer = ns.get_by_name(&name)?.fetch_with_request(batcher_request(path, Method::Get, None, Headers::new())?).await?;
-        let mut doc: serde_json::Value = serde_json::from_str(&answer.text().await?).unwrap_or_default();
+        let mut answer = ns
+            .get_by_name(&name)?
+            .fetch_with_request(batcher_request(path, Method::Get, None, Headers::new())?)
+            .await?;
+        let mut doc: serde_json::Value =
+            serde_json::from_str(&answer.text().await?).unwrap_or_default();
         doc["batcher"] = name.into();
         batchers.push(doc);
     }
-    Ok(HttpResponse::json(200, serde_json::json!({ "batchers": batchers }).to_string()))
+    Ok(HttpResponse::json(
+        200,
+        serde_json::json!({ "batchers": batchers }).to_string(),
+    ))
 }
 
 fn to_worker_response(answer: HttpResponse) -> worker::Result<Response> {
@@ -219,5 +299,7 @@ fn to_worker_response(answer: HttpResponse) -> worker::Result<Response> {
     for (name, value) in &answer.headers {
         headers.set(name, value)?;
     }
-    Ok(Response::ok(answer.body)?.with_status(answer.status).with_headers(headers))
+    Ok(Response::ok(answer.body)?
+        .with_status(answer.status)
+        .with_headers(headers))
 }

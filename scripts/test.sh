@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Sets everything up and runs every test: lint, native unit tests, the Worker build and a
+# dry-run deploy, then end-to-end tests under real workerd against the real collector.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH" WRANGLER_SEND_METRICS=false NO_COLOR=1
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+scripts/setup.sh
+
+say "format and lint (native and wasm32-unknown-unknown)"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --all-targets --target wasm32-unknown-unknown -- -D warnings
+
+say "unit tests (native core and collector)"
+cargo test --workspace
+
+say "build the Worker and check that it deploys (wrangler deploy --dry-run runs the [build])"
+rm -rf dist
+node_modules/.bin/wrangler deploy --dry-run --outdir dist > target/deploy-dry-run.log 2>&1 || { cat target/deploy-dry-run.log; exit 1; }
+grep -E "Total Upload|env\.BATCHER " target/deploy-dry-run.log
+compgen -G "dist/*.wasm" > /dev/null && test -s dist/index.js && test -s build/index.js
+
+say "end-to-end under workerd (wrangler dev) against the reference collector"
+cargo build -p edge-enrich-collector
+cargo test --test e2e_workers -- --ignored --test-threads=1

@@ -1,0 +1,427 @@
+//! End-to-end harness: real processes (the reference collector, `wrangler dev`/workerd,
+//! `wasmtime serve`) on 127.0.0.1 with ports picked at run time, plain HTTP between them.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh scratch folder for one test under `target/e2e/`.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = repo_root().join("target").join("e2e").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Polls `check` until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A child process in its own process group, killed (with its children) on drop.
+pub struct Proc {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Self {
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        Self { child, log }
+    }
+
+    /// SIGKILL to the whole group: a crash, not a shutdown.
+    pub fn kill(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build()
+}
+
+fn into_resp(r: Result<ureq::Response, ureq::Error>) -> Result<Resp, String> {
+    let r = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => return Err(e.to_string()),
+    };
+    let status = r.status();
+    let headers = r
+        .headers_names()
+        .into_iter()
+        .filter_map(|n| r.header(&n).map(|v| (n.clone(), v.to_owned())))
+        .collect();
+    let body = r.into_string().map_err(|e| e.to_string())?;
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+pub fn try_request(
+    method: &str,
+    url: &str,
+    content_type: Option<&str>,
+    body: Option<&[u8]>,
+) -> Result<Resp, String> {
+    let mut req = agent().request(method, url);
+    if let Some(ct) = content_type {
+        req = req.set("content-type", ct);
+    }
+    into_resp(match body {
+        Some(b) => req.send_bytes(b),
+        None => req.call(),
+    })
+}
+
+pub fn get(url: &str) -> Resp {
+    try_request("GET", url, None, None).unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+pub fn post(url: &str, content_type: &str, body: &str) -> Resp {
+    try_request("POST", url, Some(content_type), Some(body.as_bytes()))
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"))
+}
+
+/// The project's reference collector, on a fixed port so it can be stopped and started again
+/// with its SQLite file (an outage, not a new collector).
+pub struct Collector {
+    pub port: u16,
+    db: PathBuf,
+    dir: PathBuf,
+    proc: Option<Proc>,
+    starts: u32,
+}
+
+impl Collector {
+    pub fn start(dir: &Path) -> Self {
+        let mut c = Self {
+            port: free_port(),
+            db: dir.join("collector.sqlite"),
+            dir: dir.to_owned(),
+            proc: None,
+            starts: 0,
+        };
+        c.resume();
+        c
+    }
+
+    pub fn binary() -> PathBuf {
+        std::env::var_os("EDGE_ENRICH_COLLECTOR_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target/debug/edge-enrich-collector"))
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn ingest_url(&self) -> String {
+        format!("{}/ingest", self.url())
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    pub fn resume(&mut self) {
+        let bin = Self::binary();
+        assert!(
+            bin.exists(),
+            "{} is missing: build it with `cargo build -p edge-enrich-collector`",
+            bin.display()
+        );
+        let mut cmd = Command::new(bin);
+        cmd.args(["--addr", &format!("127.0.0.1:{}", self.port), "--db"])
+            .arg(&self.db);
+        self.starts += 1;
+        self.proc = Some(Proc::spawn(
+            cmd,
+            self.dir.join(format!("collector-{}.log", self.starts)),
+        ));
+        let stats = format!("{}/stats", self.url());
+        wait_for(Duration::from_secs(20), "the collector to listen", || {
+            try_request("GET", &stats, None, None).ok()
+        });
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        get(&format!("{}/stats", self.url())).json()
+    }
+
+    pub fn stored_ids(&self) -> BTreeSet<String> {
+        let rows = get(&format!("{}/readings", self.url())).json();
+        rows.as_array()
+            .expect("array")
+            .iter()
+            .map(|r| r["id"].as_str().expect("id").to_owned())
+            .collect()
+    }
+
+    pub fn readings_of(&self, device_id: &str) -> Vec<serde_json::Value> {
+        get(&format!("{}/readings?device_id={device_id}", self.url()))
+            .json()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn set_faults(&self, faults: serde_json::Value) {
+        let r = post(
+            &format!("{}/faults", self.url()),
+            "application/json",
+            &faults.to_string(),
+        );
+        assert_eq!(r.status, 204, "{}", r.body);
+    }
+
+    /// Waits until every id in `ids` is stored, and checks that nothing else was.
+    pub fn assert_stored_exactly(&self, ids: &BTreeSet<String>, timeout: Duration) {
+        wait_for(timeout, "every accepted reading at the collector", || {
+            let stored = self.stored_ids();
+            ids.is_subset(&stored).then_some(())
+        });
+        let stored = self.stored_ids();
+        let extra: Vec<_> = stored.difference(ids).collect();
+        assert!(
+            extra.is_empty(),
+            "the collector holds readings nobody was told were accepted: {extra:?}"
+        );
+        assert_eq!(
+            self.stats()["readings"].as_u64(),
+            Some(ids.len() as u64),
+            "each id stored once"
+        );
+    }
+}
+
+/// Ids of the readings in a 200 answer (one object for GET, an array for POST).
+pub fn accepted_ids(resp: &Resp) -> Vec<String> {
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let v = resp.json();
+    let items = match v.as_array() {
+        Some(a) => a.clone(),
+        None => vec![v],
+    };
+    items
+        .iter()
+        .map(|r| r["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+pub fn assert_problem(resp: &Resp, status: u16) -> serde_json::Value {
+    assert_eq!(resp.status, status, "{}", resp.body);
+    assert_eq!(
+        resp.header("content-type"),
+        Some("application/problem+json"),
+        "{}",
+        resp.body
+    );
+    let doc = resp.json();
+    assert_eq!(doc["status"].as_u64(), Some(u64::from(status)));
+    assert!(
+        doc["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("urn:edge-enrich:problem:")),
+        "{doc}"
+    );
+    assert!(
+        doc["title"].is_string() && doc["detail"].is_string(),
+        "{doc}"
+    );
+    doc
+}
+
+/// `wrangler dev` (workerd) running the prebuilt Worker in `build/`, with a generated config
+/// so that starting it does not rebuild. State persists in `state_dir` across restarts.
+pub struct WorkersHost {
+    pub port: u16,
+    dir: PathBuf,
+    state_dir: PathBuf,
+    vars: Vec<(String, String)>,
+    proc: Option<Proc>,
+    starts: u32,
+}
+
+impl WorkersHost {
+    pub fn start(dir: &Path, vars: &[(&str, &str)]) -> Self {
+        let built = repo_root().join("build/index.js");
+        assert!(
+            built.exists(),
+            "{} is missing: run scripts/build-worker.sh first",
+            built.display()
+        );
+        let mut host = Self {
+            port: free_port(),
+            dir: dir.to_owned(),
+            state_dir: dir.join("state"),
+            vars: vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            proc: None,
+            starts: 0,
+        };
+        host.launch();
+        host
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn write_config(&self) -> PathBuf {
+        let mut vars = String::new();
+        for (k, v) in &self.vars {
+            vars.push_str(&format!("{k} = {}\n", toml_string(v)));
+        }
+        let config = format!(
+            "name = \"edge-enrich-e2e\"\nmain = {}\ncompatibility_date = \"2026-04-01\"\n\n[vars]\n{vars}\n\
+             [[durable_objects.bindings]]\nname = \"BATCHER\"\nclass_name = \"Batcher\"\n\n\
+             [[migrations]]\ntag = \"v1\"\nnew_sqlite_classes = [\"Batcher\"]\n",
+            toml_string(&repo_root().join("build/index.js").display().to_string()),
+        );
+        let path = self.dir.join("wrangler.toml");
+        std::fs::write(&path, config).expect("write wrangler config");
+        path
+    }
+
+    fn launch(&mut self) {
+        let config = self.write_config();
+        let wrangler = repo_root().join("node_modules/.bin/wrangler");
+        assert!(
+            wrangler.exists(),
+            "wrangler is missing: run scripts/setup.sh (npm ci)"
+        );
+        let mut cmd = Command::new(wrangler);
+        cmd.current_dir(&self.dir)
+            .env("WRANGLER_SEND_METRICS", "false")
+            .env("NO_COLOR", "1")
+            .args(["dev", "--config"])
+            .arg(&config)
+            .args([
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--inspector-port",
+                &free_port().to_string(),
+            ])
+            .args(["--persist-to"])
+            .arg(&self.state_dir)
+            .args([
+                "--show-interactive-dev-session=false",
+                "--log-level",
+                "info",
+            ]);
+        self.starts += 1;
+        self.proc = Some(Proc::spawn(
+            cmd,
+            self.dir.join(format!("wrangler-{}.log", self.starts)),
+        ));
+        let health = self.url("/healthz");
+        let proc = self.proc.as_ref().expect("proc");
+        wait_for(
+            Duration::from_secs(120),
+            "wrangler dev to serve /healthz",
+            || match try_request("GET", &health, None, None) {
+                Ok(r) if r.status == 200 => Some(()),
+                _ => {
+                    let log = proc.log_text();
+                    assert!(
+                        !log.contains("ERROR") || log.contains("Ready on"),
+                        "wrangler failed:\n{log}"
+                    );
+                    None
+                }
+            },
+        );
+    }
+
+    /// Kills workerd and wrangler without a chance to clean up, then starts them again on the
+    /// same port with the same persisted state.
+    pub fn crash_and_restart(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+        self.launch();
+    }
+
+    pub fn log_text(&self) -> String {
+        self.proc.as_ref().map(|p| p.log_text()).unwrap_or_default()
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).expect("string") // a JSON string is a valid TOML basic string
+}
