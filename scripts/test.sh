@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets everything up and runs every test: lint, native unit tests, the Worker build and a
-# dry-run deploy, then end-to-end tests under real workerd against the real collector.
+# dry-run deploy, both wasm32-wasip2 components checked against their WIT worlds, then the
+# end-to-end tests under real workerd and real wasmtime serve against the real collector.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH" WRANGLER_SEND_METRICS=false NO_COLOR=1
@@ -8,10 +9,12 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 scripts/setup.sh
 
-say "format and lint (native and wasm32-unknown-unknown)"
+say "format and lint (native, wasm32-unknown-unknown, wasm32-wasip2 in both flavours)"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --all-targets --target wasm32-unknown-unknown -- -D warnings
+cargo clippy --all-targets --target wasm32-wasip2 -- -D warnings
+cargo clippy --all-targets --target wasm32-wasip2 --features spin -- -D warnings
 
 say "unit tests (native core and collector)"
 cargo test --workspace
@@ -22,6 +25,11 @@ node_modules/.bin/wrangler deploy --dry-run --outdir dist > target/deploy-dry-ru
 grep -E "Total Upload|env\.BATCHER " target/deploy-dry-run.log
 compgen -G "dist/*.wasm" > /dev/null && test -s dist/index.js && test -s build/index.js
 
-say "end-to-end under workerd (wrangler dev) against the reference collector"
+say "build both Spin / wasi:http components and check their imports against wit/"
+scripts/build-components.sh
+
 cargo build -p edge-enrich-collector
+say "end-to-end under wasmtime serve (portable component; instance reuse on and off)"
+cargo test --test e2e_wasmtime -- --ignored --test-threads=1
+say "end-to-end under workerd (wrangler dev) against the reference collector"
 cargo test --test e2e_workers -- --ignored --test-threads=1

@@ -19,6 +19,8 @@ pub struct Config {
     pub edge_node: Option<String>,
     pub batcher_shards: u32,
     pub admin_token: Option<String>,
+    /// Spin: age after which a spilled reading counts as orphaned and any instance re-sends it.
+    pub spill_grace_ms: u64,
 }
 
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
@@ -78,6 +80,7 @@ impl Config {
         let retry_base_ms = number("RETRY_BASE_MS", 200, 10, 600_000);
         let retry_max_ms = number("RETRY_MAX_MS", 5_000, 10, 3_600_000);
         let batcher_shards = number("BATCHER_SHARDS", 1, 1, 64) as u32;
+        let spill_grace_ms = number("SPILL_GRACE_MS", 5_000, 100, 3_600_000);
 
         if retry_max_ms < retry_base_ms {
             errors.push(format!(
@@ -130,6 +133,7 @@ impl Config {
             edge_node,
             batcher_shards,
             admin_token: text("ADMIN_TOKEN"),
+            spill_grace_ms,
         })
     }
 }

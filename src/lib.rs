@@ -3,7 +3,9 @@
 //! The core (everything but the `workers` adapter) is plain Rust: parsing, validation,
 //! calibration, enrichment, batching policy and sink encoding. Host adapters are chosen by
 //! target so that no host SDK reaches the core:
-//! - `wasm32-unknown-unknown`: Cloudflare Workers (`worker` crate), see [`workers`].
+//! - `wasm32-unknown-unknown`: Cloudflare Workers (`worker` crate), see `workers`.
+//! - `wasm32-wasip2`: Fermyon Spin and any wasi:http P3 host (`spin-sdk` crate), see `spin`;
+//!   the `spin` feature selects the Spin flavour (variables, key-value) over the portable one.
 
 pub mod api;
 pub mod batch;
@@ -13,10 +15,15 @@ pub mod config;
 pub mod enrich;
 pub mod host;
 pub mod ids;
+pub mod log;
 pub mod problem;
 pub mod query;
 pub mod reading;
 pub mod sink;
+pub mod spill;
 
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 pub mod workers;
+
+#[cfg(target_os = "wasi")]
+pub mod spin;

@@ -1,17 +1,7 @@
-//! Structured JSON log lines (one object per line), which Workers Logs and `wrangler tail`
-//! index by field. Never pass secrets here.
+//! Workers side of structured logging: the line goes to the console at its level.
 
 fn emit(level: &str, event: &str, request_id: &str, fields: &[(&str, &str)]) {
-    let mut line = serde_json::Map::new();
-    line.insert("level".into(), level.into());
-    line.insert("event".into(), event.into());
-    if !request_id.is_empty() {
-        line.insert("request_id".into(), request_id.into());
-    }
-    for (k, v) in fields {
-        line.insert((*k).into(), (*v).into());
-    }
-    let text = serde_json::Value::Object(line).to_string();
+    let text = crate::log::line(level, event, request_id, fields);
     match level {
         "error" => worker::console_error!("{text}"),
         "warn" => worker::console_warn!("{text}"),

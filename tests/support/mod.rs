@@ -2,6 +2,8 @@
 //! `wasmtime serve`) on 127.0.0.1 with ports picked at run time, plain HTTP between them.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod scenario;
+
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -46,6 +48,7 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Opt
 pub struct Proc {
     child: Child,
     pub log: PathBuf,
+    killed: bool,
 }
 
 impl Proc {
@@ -59,7 +62,7 @@ impl Proc {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-        Self { child, log }
+        Self { child, log, killed: false }
     }
 
     /// SIGKILL to the whole group: a crash, not a shutdown.
@@ -424,4 +427,62 @@ impl WorkersHost {
 
 fn toml_string(s: &str) -> String {
     serde_json::to_string(s).expect("string") // a JSON string is a valid TOML basic string
+}
+
+/// `wasmtime serve` running a wasi:http component, configured through `--env`.
+pub struct WasmtimeHost {
+    pub port: u16,
+    proc: Proc,
+}
+
+impl WasmtimeHost {
+    /// `one_instance_per_request` adds `--max-instance-reuse-count 1`; otherwise wasmtime reuses
+    /// instances (its default), which the component must not rely on either way.
+    pub fn start(
+        dir: &Path,
+        component: &Path,
+        env: &[(&str, &str)],
+        one_instance_per_request: bool,
+    ) -> Self {
+        assert!(
+            component.exists(),
+            "{} is missing: run scripts/build-components.sh",
+            component.display()
+        );
+        let port = free_port();
+        let mut cmd = Command::new("wasmtime");
+        cmd.args(["serve", "-Scli", "--addr", &format!("127.0.0.1:{port}")]);
+        if one_instance_per_request {
+            cmd.args(["--max-instance-reuse-count", "1"]);
+        }
+        for (k, v) in env {
+            cmd.arg("--env").arg(format!("{k}={v}"));
+        }
+        cmd.arg(component);
+        let mode = if one_instance_per_request {
+            "one"
+        } else {
+            "reuse"
+        };
+        let proc = Proc::spawn(cmd, dir.join(format!("wasmtime-{mode}.log")));
+        let health = format!("http://127.0.0.1:{port}/healthz");
+        wait_for(
+            Duration::from_secs(60),
+            "wasmtime serve to answer /healthz",
+            || {
+                try_request("GET", &health, None, None)
+                    .ok()
+                    .filter(|r| r.status == 200)
+            },
+        );
+        Self { port, proc }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.proc.log_text()
+    }
 }

@@ -1,0 +1,192 @@
+//! Fermyon Spin and portable wasi:http adapter (`target_os = "wasi"`, a WASI P3 component).
+//!
+//! Two flavours from one source, chosen by the `spin` cargo feature:
+//! - **spin** (`spin.toml`): configuration from Spin variables (secrets as secret variables),
+//!   each accepted reading also written to the Spin key-value store `default` before the answer.
+//! - **portable** (default): configuration from environment variables, memory only; runs on any
+//!   wasi:http P3 host, `wasmtime serve` included.
+//!
+//! An instance may serve one request or many, and may end right after one, so readings batch in
+//! the instance's memory and a spawned task flushes them after the answer has been sent.
+
+mod delivery;
+#[cfg(feature = "spin")]
+mod kv;
+
+use std::cell::OnceCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use spin_sdk::http::body::IncomingBodyExt;
+use spin_sdk::http::{FullBody, Request};
+
+use crate::api::{self, Action, AdminQuery, HttpRequest, HttpResponse, RequestContext};
+use crate::config::{Settings, KEYS};
+use crate::enrich::EdgeInfo;
+use crate::problem::Problem;
+use crate::{ids, log};
+
+#[cfg(feature = "spin")]
+pub const PLATFORM: &str = "spin";
+#[cfg(not(feature = "spin"))]
+pub const PLATFORM: &str = "wasi-http";
+
+thread_local! {
+    // Parsed once per instance; an instance never outlives its deployment's configuration.
+    static SETTINGS: OnceCell<Rc<Settings>> = const { OnceCell::new() };
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn emit(level: &str, event: &str, request_id: &str, fields: &[(&str, &str)]) {
+    // stdout is what both wasmtime serve and Spin capture per component.
+    println!("{}", log::line(level, event, request_id, fields));
+}
+
+/// Spin variables are lower-case (`collector_url`); the environment uses the upper-case names.
+#[cfg(feature = "spin")]
+async fn load_config() -> HashMap<String, String> {
+    let mut vars = HashMap::new();
+    for (key, _) in KEYS {
+        if let Ok(value) = spin_sdk::variables::get(key.to_ascii_lowercase()).await {
+            vars.insert((*key).to_owned(), value);
+        }
+    }
+    vars
+}
+
+#[cfg(not(feature = "spin"))]
+async fn load_config() -> HashMap<String, String> {
+    KEYS.iter()
+        .filter_map(|(key, _)| std::env::var(key).ok().map(|v| ((*key).to_owned(), v)))
+        .collect()
+}
+
+async fn settings() -> Rc<Settings> {
+    if let Some(s) = SETTINGS.with(|c| c.get().cloned()) {
+        return s;
+    }
+    let loaded = Rc::new(Settings::load(&load_config().await));
+    SETTINGS.with(|c| c.get_or_init(|| loaded).clone())
+}
+
+#[spin_sdk::http_service]
+async fn handle(req: Request) -> http::Response<FullBody<Bytes>> {
+    let started = std::time::Instant::now();
+    let now = now_ms();
+    let request_id = ids::new_id(now).unwrap_or_else(|_| String::from("no-entropy"));
+    let answer = serve(req, now, &request_id).await;
+    to_response(answer.finish(&request_id, started.elapsed().as_secs_f64() * 1000.0))
+}
+
+async fn serve(req: Request, now: u64, request_id: &str) -> HttpResponse {
+    let settings = settings().await;
+    let edge = EdgeInfo::new(settings.edge_node(), None, None, None, PLATFORM);
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let content_type = header("content-type");
+    let authorization = header("authorization");
+    let method = req.method().as_str().to_owned();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let body = if method == "POST" && path == api::READINGS_PATH {
+        match read_body(req, settings.max_body_bytes()).await {
+            Ok(body) => body,
+            Err(problem) => return HttpResponse::problem(&problem, request_id),
+        }
+    } else {
+        Vec::new()
+    };
+    let request = HttpRequest {
+        method: &method,
+        path: &path,
+        query: &query,
+        content_type: content_type.as_deref(),
+        authorization: authorization.as_deref(),
+        body: &body,
+    };
+    let ctx = RequestContext {
+        settings: &settings,
+        edge: &edge,
+        now_ms: now,
+        request_id,
+    };
+    match api::handle(&request, &ctx) {
+        Action::Respond(answer) => answer,
+        Action::Accept(accepted) => {
+            let Ok(config) = settings.config.as_ref() else {
+                return HttpResponse::problem(&Problem::internal(), request_id);
+            };
+            match delivery::accept(config, &edge.node, &accepted).await {
+                Ok(()) => accepted.response(),
+                Err(problem) => {
+                    emit(
+                        "warn",
+                        "ingest_refused",
+                        request_id,
+                        &[("detail", problem.detail())],
+                    );
+                    HttpResponse::problem(&problem, request_id)
+                }
+            }
+        }
+        Action::Admin(AdminQuery::Stats) => HttpResponse::json(200, delivery::stats().to_string()),
+        Action::Admin(AdminQuery::DeadLetters) => {
+            HttpResponse::json(200, delivery::dead_letters().await.to_string())
+        }
+    }
+}
+
+/// Reads the body up to `limit` bytes; a larger one is refused before it is buffered whole.
+async fn read_body(req: Request, limit: usize) -> Result<Vec<u8>, Problem> {
+    let declared = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(Problem::payload_too_large(limit));
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut stream = req.into_body().stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| {
+            Problem::new(
+                crate::problem::ProblemType::InvalidRequest,
+                "the request body could not be read",
+            )
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(Problem::payload_too_large(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn to_response(answer: HttpResponse) -> http::Response<FullBody<Bytes>> {
+    let mut builder = http::Response::builder().status(answer.status);
+    for (name, value) in &answer.headers {
+        builder = builder.header(*name, value.as_str());
+    }
+    builder
+        .body(FullBody::new(Bytes::from(answer.body)))
+        .unwrap_or_else(|_| {
+            // Only reachable with an invalid header value, which the core never produces.
+            let mut fallback =
+                http::Response::new(FullBody::new(Bytes::from_static(b"internal error")));
+            *fallback.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            fallback
+        })
+}

@@ -1,0 +1,71 @@
+//! The portable wasi:http component (the Spin build's twin) under real `wasmtime serve`
+//! against the real reference collector, with instance reuse on (wasmtime's default) and off.
+//! Run by `scripts/test.sh`: `cargo test --test e2e_wasmtime -- --ignored --test-threads=1`.
+
+#![cfg(not(target_arch = "wasm32"))] // drives host processes; nothing to run inside wasm
+
+mod support;
+
+use std::time::Duration;
+
+use support::scenario::{standard_behaviour, Edge};
+use support::*;
+
+fn component() -> std::path::PathBuf {
+    repo_root().join("target/components/edge_enrich_wasi_http.wasm")
+}
+
+fn run(one_instance_per_request: bool) {
+    let name = if one_instance_per_request {
+        "wasmtime-one-instance"
+    } else {
+        "wasmtime-reuse"
+    };
+    let dir = scratch(name);
+    let mut collector = Collector::start(&dir);
+    let host = WasmtimeHost::start(
+        &dir,
+        &component(),
+        &[
+            ("COLLECTOR_URL", &collector.ingest_url()),
+            ("EDGE_NODE", "wt-node"),
+        ],
+        one_instance_per_request,
+    );
+    let log = || host.log_text();
+    let edge = Edge {
+        base: host.url(""),
+        platform: "wasi-http",
+        node: "wt-node",
+        log: &log,
+    };
+    let mut accepted = standard_behaviour(&edge, &mut collector);
+
+    // A batch the collector refuses for good is dead-lettered (logged), not retried forever,
+    // and does not block what comes after it.
+    collector.set_faults(serde_json::json!({"fail_first": 1, "fail_status": 400}));
+    let doomed = accepted_ids(&get(&host.url("/v1/readings?device_id=doomed&temp=1")));
+    wait_for(
+        Duration::from_secs(10),
+        "the dead letter in the log",
+        || host.log_text().contains("flush_dead_letter").then_some(()),
+    );
+    assert!(collector.readings_of("doomed").is_empty());
+    accepted.extend(accepted_ids(&get(
+        &host.url("/v1/readings?device_id=after-doomed&temp=2")
+    )));
+    collector.assert_stored_exactly(&accepted, Duration::from_secs(10));
+    assert!(!doomed.is_empty());
+}
+
+#[test]
+#[ignore = "end-to-end: needs the built component, the collector and wasmtime (scripts/test.sh)"]
+fn wasi_http_component_with_instance_reuse() {
+    run(false);
+}
+
+#[test]
+#[ignore = "end-to-end: needs the built component, the collector and wasmtime (scripts/test.sh)"]
+fn wasi_http_component_with_one_instance_per_request() {
+    run(true);
+}

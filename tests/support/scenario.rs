@@ -1,0 +1,227 @@
+//! The behaviour every host must show, run against any running edge (Workers under workerd,
+//! the wasi:http component under wasmtime serve): one function, so the hosts cannot drift.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// How to reach the edge under test and what it should say about itself.
+pub struct Edge<'a> {
+    pub base: String,
+    pub platform: &'a str,
+    pub node: &'a str,
+    /// The host's log so far, to check what the batcher reported.
+    pub log: &'a dyn Fn() -> String,
+}
+
+impl Edge<'_> {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+pub const MAX_AGE_MS: u64 = 200;
+
+/// Enriched answers, problem documents, exactly-once storage, a lone reading within max age
+/// + 1 s, and a 30 s collector outage with nothing lost. Returns the ids accepted.
+pub fn standard_behaviour(edge: &Edge<'_>, collector: &mut Collector) -> BTreeSet<String> {
+    let mut accepted = BTreeSet::new();
+
+    // GET: one enriched reading, with the headers the API promises.
+    let r = get(&edge.url("/v1/readings?device_id=abc&temp=74.3&unit=F&ts=1700000000000&seq=9"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert!(r.header("x-request-id").is_some_and(|v| v.len() == 36));
+    assert!(r
+        .header("server-timing")
+        .is_some_and(|v| v.starts_with("handler;dur=")));
+    let v = r.json();
+    assert_eq!(v["device_id"], "abc");
+    assert_eq!(v["temp_c"], 23.5);
+    assert_eq!(v["raw"], serde_json::json!({"value": 74.3, "unit": "F"}));
+    assert!(v["calibration"].is_null());
+    assert_eq!(v["edge"]["node"], edge.node);
+    assert_eq!(v["edge"]["platform"], edge.platform);
+    assert!(v["received_at_ms"]
+        .as_u64()
+        .is_some_and(|t| t > 1_700_000_000_000));
+    assert_eq!(
+        (v["ts"].as_u64(), v["seq"].as_u64()),
+        (Some(1_700_000_000_000), Some(9))
+    );
+    accepted.extend(accepted_ids(&r));
+
+    // A calibrated device (embedded profiles: greenhouse-* gain 1.02 offset 0.1).
+    let r = get(&edge.url("/v1/readings?device_id=greenhouse-3&temp=20"));
+    let v = r.json();
+    assert_eq!(v["temp_c"], 20.5);
+    assert_eq!(v["calibration"]["profile"], "greenhouse-*");
+    assert_eq!(v["calibration"]["version"], 2);
+    accepted.extend(accepted_ids(&r));
+
+    // POST: JSON object, JSON array, NDJSON: always an array back, in order.
+    let r = post(
+        &edge.url("/v1/readings"),
+        "application/json",
+        r#"{"device_id":"p1","temp":10}"#,
+    );
+    assert_eq!(r.json().as_array().map(Vec::len), Some(1));
+    accepted.extend(accepted_ids(&r));
+    let batch: Vec<String> = (0..120)
+        .map(|i| {
+            format!(
+                r#"{{"device_id":"bulk-{}","temp":{}.5,"unit":"C","seq":{i}}}"#,
+                i % 7,
+                i % 40
+            )
+        })
+        .collect();
+    let r = post(
+        &edge.url("/v1/readings"),
+        "application/json",
+        &format!("[{}]", batch.join(",")),
+    );
+    let ids = accepted_ids(&r);
+    assert_eq!(ids.len(), 120);
+    assert_eq!(r.json()[119]["seq"], 119);
+    accepted.extend(ids);
+    let r = post(
+        &edge.url("/v1/readings"),
+        "application/x-ndjson",
+        &(batch[..30].join("\n") + "\n"),
+    );
+    assert_eq!(accepted_ids(&r).len(), 30);
+    accepted.extend(accepted_ids(&r));
+
+    // Bad input: a clear problem document each, and nothing of it reaches the collector.
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, u16);
+    let bad: Vec<Case<'_>> = vec![
+        ("GET", "/v1/readings?temp=1", None, "", 400),
+        ("GET", "/v1/readings?device_id=a&temp=abc", None, "", 400),
+        (
+            "GET",
+            "/v1/readings?device_id=a&temp=1&temp=2",
+            None,
+            "",
+            400,
+        ),
+        (
+            "GET",
+            "/v1/readings?device_id=bad%20id&temp=1",
+            None,
+            "",
+            400,
+        ),
+        ("GET", "/v1/readings?device_id=a&temp=NaN", None, "", 422),
+        ("GET", "/v1/readings?device_id=a&temp=1e309", None, "", 422),
+        (
+            "GET",
+            "/v1/readings?device_id=a&temp=-1&unit=K",
+            None,
+            "",
+            422,
+        ),
+        ("POST", "/v1/readings", Some("text/plain"), "hello", 415),
+        ("POST", "/v1/readings", Some("application/json"), "{", 400),
+        (
+            "POST",
+            "/v1/readings",
+            Some("application/json"),
+            r#"[{"device_id":"ok","temp":1},{"device_id":"x","temp":-999}]"#,
+            422,
+        ),
+        (
+            "POST",
+            "/v1/readings",
+            Some("application/x-ndjson"),
+            "{\"device_id\":\"a\",\"temp\":1}\n{\"device_id\":\"b\",\"te",
+            400,
+        ),
+        ("DELETE", "/v1/readings", None, "", 405),
+        ("GET", "/nowhere", None, "", 404),
+        ("GET", "/admin/dead-letters", None, "", 403),
+    ];
+    for (method, path, ct, body, status) in bad {
+        let r = try_request(
+            method,
+            &edge.url(path),
+            ct,
+            (!body.is_empty()).then_some(body.as_bytes()),
+        )
+        .expect("answer");
+        let doc = assert_problem(&r, status);
+        assert!(
+            doc["instance"]
+                .as_str()
+                .is_some_and(|i| i.ends_with(r.header("x-request-id").unwrap_or("?"))),
+            "{doc}"
+        );
+    }
+    let r = try_request("PUT", &edge.url("/v1/readings"), None, None).unwrap();
+    assert_eq!(r.header("allow"), Some("GET, POST"));
+    let too_big = format!(
+        "[{}]",
+        vec![r#"{"device_id":"big","temp":1}"#; 10_000].join(",")
+    );
+    assert_problem(
+        &post(&edge.url("/v1/readings"), "application/json", &too_big),
+        413,
+    );
+    let doc = assert_problem(
+        &post(
+            &edge.url("/v1/readings"),
+            "application/json",
+            r#"[{"device_id":"ok","temp":1},{"temp":"warm"}]"#,
+        ),
+        400,
+    );
+    assert_eq!(doc["errors"][0]["index"], 1);
+
+    collector.assert_stored_exactly(&accepted, Duration::from_secs(20));
+    assert!(collector.readings_of("ok").is_empty() && collector.readings_of("big").is_empty());
+
+    // A lone reading with no further traffic arrives within max age + 1 s.
+    std::thread::sleep(Duration::from_millis(500));
+    let sent = Instant::now();
+    let id = accepted_ids(&get(&edge.url("/v1/readings?device_id=lone-1&temp=5"))).remove(0);
+    accepted.insert(id.clone());
+    let stored = wait_for(Duration::from_secs(10), "the lone reading", || {
+        collector.readings_of("lone-1").into_iter().next()
+    });
+    let waited = sent.elapsed();
+    let lag = stored["stored_at_ms"].as_u64().unwrap() - stored["received_at_ms"].as_u64().unwrap();
+    assert_eq!(stored["id"], id.as_str());
+    assert!(
+        lag <= MAX_AGE_MS + 1_000,
+        "stored {lag} ms after it was received"
+    );
+    assert!(
+        waited <= Duration::from_millis(MAX_AGE_MS + 1_000),
+        "arrived after {waited:?}"
+    );
+
+    // The collector is down for 30 s: ingest keeps answering 200, and everything arrives
+    // once the collector is back.
+    collector.stop();
+    let outage = Instant::now();
+    let mut during = 0;
+    while outage.elapsed() < Duration::from_secs(30) {
+        let r = get(&edge.url(&format!(
+            "/v1/readings?device_id=outage-{}&temp=1.5&seq={during}",
+            during % 3
+        )));
+        accepted.extend(accepted_ids(&r));
+        during += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(during > 50);
+    collector.resume();
+    collector.assert_stored_exactly(&accepted, Duration::from_secs(30));
+    assert!(
+        (edge.log)().contains("flush_retry"),
+        "the batcher should have logged its retries"
+    );
+    accepted
+}
