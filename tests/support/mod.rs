@@ -62,7 +62,11 @@ impl Proc {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-        Self { child, log, killed: false }
+        Self {
+            child,
+            log,
+            killed: false,
+        }
     }
 
     /// SIGKILL to the whole group: a crash, not a shutdown.
