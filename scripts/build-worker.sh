@@ -2,8 +2,11 @@
 # Builds the Worker (build/index.js + build/index_bg.wasm) with worker-build, pointing it at
 # tools installed from package registries instead of its own GitHub downloads.
 # wrangler.toml's [build] command runs this, so a plain `npx wrangler dev` builds too.
+#   scripts/build-worker.sh [CRATE_DIR]   (default: the repository root, i.e. edge-enrich)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+root="$(cd "$(dirname "$0")/.." && pwd)"
+crate_dir="$(cd "${1:-$root}" && pwd)"
+[[ $# -gt 0 ]] && shift
 export PATH="$HOME/.cargo/bin:$PATH"
 
 need() { command -v "$1" >/dev/null 2>&1 || { echo "build-worker: '$1' is missing; run scripts/setup.sh" >&2; exit 1; }; }
@@ -11,13 +14,14 @@ need worker-build
 need wasm-bindgen
 
 export WASM_BINDGEN_BIN="${WASM_BINDGEN_BIN:-$(command -v wasm-bindgen)}"
-if [[ -z "${WASM_OPT_BIN:-}" && -x node_modules/binaryen/bin/wasm-opt ]]; then
-  export WASM_OPT_BIN="$PWD/node_modules/binaryen/bin/wasm-opt"
+if [[ -z "${WASM_OPT_BIN:-}" && -x "$root/node_modules/binaryen/bin/wasm-opt" ]]; then
+  export WASM_OPT_BIN="$root/node_modules/binaryen/bin/wasm-opt"
 fi
-if [[ -z "${ESBUILD_BIN:-}" && -x node_modules/@esbuild/linux-x64/bin/esbuild ]]; then
-  export ESBUILD_BIN="$PWD/node_modules/@esbuild/linux-x64/bin/esbuild"
-elif [[ -z "${ESBUILD_BIN:-}" && -x node_modules/.bin/esbuild ]]; then
-  export ESBUILD_BIN="$PWD/node_modules/.bin/esbuild"
+if [[ -z "${ESBUILD_BIN:-}" && -x "$root/node_modules/@esbuild/linux-x64/bin/esbuild" ]]; then
+  export ESBUILD_BIN="$root/node_modules/@esbuild/linux-x64/bin/esbuild"
+elif [[ -z "${ESBUILD_BIN:-}" && -x "$root/node_modules/.bin/esbuild" ]]; then
+  export ESBUILD_BIN="$root/node_modules/.bin/esbuild"
 fi
 
+cd "$crate_dir"
 exec worker-build --release "$@"

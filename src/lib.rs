@@ -21,9 +21,10 @@ pub mod query;
 pub mod reading;
 pub mod sink;
 pub mod spill;
+pub mod workload;
 
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 pub mod workers;
 
-#[cfg(target_os = "wasi")]
+#[cfg(all(target_os = "wasi", target_env = "p2"))]
 pub mod spin;

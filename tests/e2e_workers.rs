@@ -137,3 +137,61 @@ fn backlog_bound_dead_letters_and_a_crash_mid_stream() {
     );
     assert_eq!(admin("/admin/stats")["batchers"][0]["pending"], 0);
 }
+
+#[test]
+#[ignore = "end-to-end: needs the built Worker, the collector and wrangler (scripts/test.sh)"]
+fn concurrent_requests_share_batcher_calls_and_lose_nothing() {
+    let dir = scratch("workers-concurrent");
+    let collector = Collector::start(&dir);
+    let host = WorkersHost::start(
+        &dir,
+        &[
+            ("COLLECTOR_URL", &collector.ingest_url()),
+            ("ADMIN_TOKEN", "e2e-admin-token"),
+        ],
+    );
+    let base = host.url("");
+    // 16 clients at once, 40 requests each: requests in flight together are grouped into
+    // shared Durable Object calls, and each must still get its own 200 and its own readings.
+    let ids: BTreeSet<String> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..16)
+            .map(|t| {
+                let base = base.clone();
+                s.spawn(move || {
+                    let mut mine = Vec::new();
+                    for i in 0..40 {
+                        let r = get(&format!(
+                            "{base}/v1/readings?device_id=c-{t}&temp={i}&seq={i}"
+                        ));
+                        let v = r.json();
+                        assert_eq!(
+                            (v["device_id"].as_str(), v["seq"].as_u64()),
+                            (Some(format!("c-{t}").as_str()), Some(i))
+                        );
+                        mine.extend(accepted_ids(&r));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("client thread"))
+            .collect()
+    });
+    assert_eq!(ids.len(), 640);
+    collector.assert_stored_exactly(&ids, Duration::from_secs(30));
+    let stats: serde_json::Value = ureq::get(&format!("{base}/admin/stats"))
+        .set("authorization", "Bearer e2e-admin-token")
+        .call()
+        .expect("admin stats")
+        .into_json()
+        .expect("json");
+    let calls = stats["batchers"][0]["accept_calls"].as_u64().unwrap();
+    assert_eq!(stats["batchers"][0]["accepted_readings"], 640);
+    assert!(
+        calls <= 640,
+        "at most one batcher call per request ({calls})"
+    );
+    eprintln!("640 concurrent readings took {calls} batcher calls");
+}

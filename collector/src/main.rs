@@ -29,7 +29,7 @@ const USAGE: &str = "usage: edge-enrich-collector [--addr 127.0.0.1:0] [--db col
     [--port-file F] [--fail-first N] [--fail-rate 0..1] [--fail-status 503] [--delay-ms N]
 
 Prints `listening on http://ADDR` once bound. Endpoints: POST /ingest, GET /stats,
-GET /readings?device_id=&limit=, POST /faults {fail_first, fail_rate, fail_status, delay_ms, refuse_for_ms}.";
+GET /readings?device_id=&limit=, GET /delivery?since_ms= (lag percentiles), POST /faults {fail_first, fail_rate, fail_status, delay_ms, refuse_for_ms}.";
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -224,6 +224,26 @@ async fn readings(State(app): State<Arc<App>>, Query(q): Query<ReadingsQuery>) -
     }
 }
 
+#[derive(Deserialize)]
+struct DeliveryQuery {
+    since_ms: Option<u64>,
+}
+
+async fn delivery(State(app): State<Arc<App>>, Query(q): Query<DeliveryQuery>) -> Response {
+    let result = app
+        .store
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .delivery(q.since_ms.unwrap_or(0));
+    match result {
+        Ok(mut v) => {
+            v["requests"] = app.requests.load(Ordering::Relaxed).into();
+            Json(v).into_response()
+        }
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 async fn set_faults(State(app): State<Arc<App>>, body: Bytes) -> Response {
     let faults: Faults = match serde_json::from_slice(&body) {
         Ok(f) => f,
@@ -265,6 +285,7 @@ async fn main() {
         .route("/ingest", post(ingest))
         .route("/stats", get(stats))
         .route("/readings", get(readings))
+        .route("/delivery", get(delivery))
         .route("/faults", post(set_faults))
         .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
         .with_state(app);

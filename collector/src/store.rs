@@ -149,6 +149,31 @@ impl Store {
         })
     }
 
+    /// Delivery lag (stored − received at the edge) of readings received since `since_ms`:
+    /// count and p50/p99/max in ms, nearest-rank.
+    pub fn delivery(&self, since_ms: u64) -> rusqlite::Result<serde_json::Value> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT stored_at_ms - received_at_ms FROM readings WHERE received_at_ms >= ?1 ORDER BY 1",
+        )?;
+        let lags: Vec<i64> = stmt
+            .query_map(params![since_ms as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let rank = |q: f64| {
+            lags.get(((q * lags.len() as f64).ceil() as usize).saturating_sub(1))
+                .copied()
+        };
+        let batches: i64 = self.conn.query_row(
+            "SELECT COUNT(DISTINCT batch_id) FROM readings WHERE received_at_ms >= ?1",
+            params![since_ms as i64],
+            |r| r.get(0),
+        )?;
+        Ok(serde_json::json!({
+            "readings": lags.len(),
+            "batches": batches,
+            "lag_ms": { "p50": rank(0.50), "p99": rank(0.99), "max": lags.last() },
+        }))
+    }
+
     /// Stored readings (optionally of one device), oldest first, each with `stored_at_ms`.
     pub fn readings(
         &self,
@@ -218,6 +243,14 @@ mod tests {
             (st.batches, st.batch_retries, st.readings, st.duplicates),
             (1, 1, 2, 2)
         );
+        let d = s.delivery(0).unwrap();
+        assert_eq!(
+            (d["readings"].as_u64(), d["batches"].as_u64()),
+            (Some(2), Some(1))
+        );
+        assert_eq!(d["lag_ms"]["p50"], 89); // stored at 100, received at 10 and 11: lags 89, 90
+        assert_eq!(d["lag_ms"]["max"], 90);
+        assert_eq!(s.delivery(11).unwrap()["readings"], 1);
         let rows = s.readings(Some("d"), 10).unwrap();
         assert_eq!(rows[1]["temp_c"], 2.5);
         assert_eq!(rows[0]["stored_at_ms"], 100);

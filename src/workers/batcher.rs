@@ -8,6 +8,8 @@
 //!   collector refuses for good (4xx other than 408/429) moves to the dead-letter table.
 //! - The backlog is bounded: past `MAX_BACKLOG` pending readings, `/accept` answers 503.
 
+use std::cell::{Cell, RefCell};
+
 use serde::Deserialize;
 use wasm_bindgen::JsValue;
 use worker::{
@@ -26,6 +28,8 @@ const ROWS_PER_INSERT: usize = 50;
 /// One alarm run delivers batches for at most this long, then yields to a fresh alarm.
 const ALARM_BUDGET_MS: u64 = 10_000;
 const COLLECTOR_TIMEOUT_MS: u64 = 10_000;
+/// Batches one alarm sends concurrently, so delivery keeps up with a busy colo.
+const SENDS_IN_FLIGHT: usize = 4;
 const DEAD_LETTERS_LISTED: i64 = 100;
 
 const SCHEMA: [&str; 5] = [
@@ -51,6 +55,13 @@ pub struct Batcher {
     state: State,
     env: Env,
     sql: SqlStorage,
+    // The object is the only writer of its storage, so these mirror it in memory and spare
+    // every accept a COUNT(*) over the backlog and a storage round trip for the alarm.
+    pending: Cell<usize>,
+    failures: Cell<u32>,
+    /// `Some(t)`: an alarm is set for t; `None`: none is. Unknown until first asked.
+    alarm: Cell<Option<Option<u64>>>,
+    edge_node: RefCell<Option<String>>,
 }
 
 #[derive(Deserialize)]
@@ -108,7 +119,29 @@ impl DurableObject for Batcher {
                 log::error("batcher_schema_failed", "", &[("error", &e.to_string())]);
             }
         }
-        Self { state, env, sql }
+        let pending = sql
+            .exec("SELECT COUNT(*) AS value FROM pending", None)
+            .and_then(|c| c.one::<Value>())
+            .map(|v| v.value as usize)
+            .unwrap_or(0);
+        let failures = sql
+            .exec(
+                "SELECT value FROM counters WHERE name = 'consecutive_failures'",
+                None,
+            )
+            .and_then(|c| c.to_array::<Value>())
+            .ok()
+            .and_then(|rows| rows.first().map(|r| r.value as u32))
+            .unwrap_or(0);
+        Self {
+            state,
+            env,
+            sql,
+            pending: Cell::new(pending),
+            failures: Cell::new(failures),
+            alarm: Cell::new(None),
+            edge_node: RefCell::new(None),
+        }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
@@ -129,8 +162,9 @@ impl DurableObject for Batcher {
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
-        // Errors are handled here, not thrown: a thrown alarm is retried by the runtime on its
-        // own schedule, and we want ours (capped backoff) instead.
+        self.alarm.set(Some(None)); // this alarm has fired; none is set until we set one
+                                    // Errors are handled here, not thrown: a thrown alarm is retried by the runtime on its
+                                    // own schedule, and we want ours (capped backoff) instead.
         if let Err(e) = self.flush().await {
             log::error("flush_failed", "", &[("error", &e.to_string())]);
             let _ = self.set_alarm_at(now_ms() + 1_000).await;
@@ -151,7 +185,7 @@ impl Batcher {
         };
         let lines: Vec<&str> = body.split('\n').filter(|l| !l.is_empty()).collect();
         let now = now_ms();
-        let pending = self.pending_count()?;
+        let pending = self.pending.get();
         if pending + lines.len() > config.max_backlog {
             self.bump("backlog_refusals", 1)?;
             // A full backlog must still drain: make sure a flush or retry alarm is set even if
@@ -176,11 +210,19 @@ impl Batcher {
                 binds,
             )?;
         }
+        self.pending.set(pending + lines.len());
+        if self.edge_node.replace(Some(node.to_owned())).as_deref() != Some(node) {
+            self.sql.exec(
+                "INSERT INTO meta (name, value) VALUES ('edge_node', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                vec![node.into()],
+            )?;
+        }
+        // One statement for both counters: every exec is a crossing into the runtime.
         self.sql.exec(
-            "INSERT INTO meta (name, value) VALUES ('edge_node', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            vec![node.into()],
+            "INSERT INTO counters (name, value) VALUES ('accepted_readings', ?), ('accept_calls', 1) \
+             ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            vec![SqlStorageValue::Integer(lines.len() as i64)],
         )?;
-        self.bump("accepted_readings", lines.len() as i64)?;
         self.schedule(&config, now).await?;
         let mut answer = Response::from_json(
             &serde_json::json!({ "accepted": lines.len(), "backlog": pending + lines.len() }),
@@ -192,13 +234,24 @@ impl Batcher {
     /// Makes sure an alarm will fire when the policy says the next flush is due. During a
     /// backoff the retry alarm stands: new traffic must not hammer a failing collector.
     async fn schedule(&self, config: &Config, now: u64) -> worker::Result<()> {
-        let storage = self.state.storage();
-        let existing = storage.get_alarm().await?.map(|t| t.max(0) as u64);
-        let failures = self.counter("consecutive_failures")?;
+        let existing = match self.alarm.get() {
+            Some(known) => known,
+            None => {
+                let at = self
+                    .state
+                    .storage()
+                    .get_alarm()
+                    .await?
+                    .map(|t| t.max(0) as u64);
+                self.alarm.set(Some(at));
+                at
+            }
+        };
+        let failures = self.failures.get();
         let wanted = if failures > 0 {
-            existing.is_none().then(|| {
-                now + retry_policy(config).delay_ms(failures as u32, js_sys::Math::random())
-            })
+            existing
+                .is_none()
+                .then(|| now + retry_policy(config).delay_ms(failures, js_sys::Math::random()))
         } else {
             match self.due(config, now)? {
                 FlushAt::Idle => None,
@@ -215,13 +268,20 @@ impl Batcher {
 
     async fn set_alarm_at(&self, unix_ms: u64) -> worker::Result<()> {
         let when = ScheduledTime::new(js_sys::Date::new(&JsValue::from_f64(unix_ms as f64)));
-        self.state.storage().set_alarm(when).await
+        self.state.storage().set_alarm(when).await?;
+        self.alarm.set(Some(Some(unix_ms)));
+        Ok(())
     }
 
     fn due(&self, config: &Config, now: u64) -> worker::Result<FlushAt> {
         if self.in_flight()?.is_some() {
             return Ok(FlushAt::Now);
         }
+        self.unassigned_due(config, now)
+    }
+
+    /// When the readings not yet in any batch are due, by the flush policy.
+    fn unassigned_due(&self, config: &Config, now: u64) -> worker::Result<FlushAt> {
         let backlog: Backlog = self
             .sql
             .exec("SELECT COUNT(*) AS n, MIN(received_at_ms) AS oldest FROM pending WHERE batch_id IS NULL", None)?
@@ -243,82 +303,21 @@ impl Batcher {
             }
         };
         let started = now_ms();
-        while let Some(batch) = self.next_batch(&config)? {
-            let attempt = self.send(&config, &batch).await;
-            match verdict(attempt.status) {
-                Verdict::Delivered => {
-                    self.sql.exec(
-                        "DELETE FROM pending WHERE batch_id = ?",
-                        vec![batch.id.as_str().into()],
-                    )?;
-                    self.set_counter("consecutive_failures", 0)?;
-                    self.bump("flushed_batches", 1)?;
-                    self.bump("flushed_readings", batch.docs.len() as i64)?;
-                    log::info(
-                        "flush_delivered",
-                        "",
-                        &[
-                            ("batch_id", &batch.id),
-                            ("readings", &batch.docs.len().to_string()),
-                        ],
-                    );
+        loop {
+            let batches = self.next_batches(&config)?;
+            if batches.is_empty() {
+                break;
+            }
+            let attempts =
+                futures_util::future::join_all(batches.iter().map(|b| self.send(&config, b))).await;
+            let mut retry_in = None;
+            for (batch, attempt) in batches.iter().zip(attempts) {
+                if let Some(delay) = self.settle(&config, batch, attempt)? {
+                    retry_in = Some(delay);
                 }
-                Verdict::Retry => {
-                    let failures = self.counter("consecutive_failures")? + 1;
-                    self.set_counter("consecutive_failures", failures)?;
-                    self.bump("failed_attempts", 1)?;
-                    let delay =
-                        retry_policy(&config).delay_ms(failures as u32, js_sys::Math::random());
-                    let status = attempt
-                        .status
-                        .map(|s| s.to_string())
-                        .unwrap_or_else(|| "network".into());
-                    log::warn(
-                        "flush_retry",
-                        "",
-                        &[
-                            ("batch_id", &batch.id),
-                            ("status", &status),
-                            ("detail", &attempt.detail),
-                            ("retry_in_ms", &delay.to_string()),
-                        ],
-                    );
-                    return self.set_alarm_at(now_ms() + delay).await;
-                }
-                Verdict::DeadLetter => {
-                    let body = encode_json_batch(
-                        &batch.id,
-                        &self.edge_node()?,
-                        now_ms(),
-                        batch.docs.iter().map(|d| d.doc.as_str()),
-                    );
-                    self.sql.exec(
-                        "INSERT OR REPLACE INTO dead_letters (batch_id, failed_at_ms, status, detail, readings, body) VALUES (?, ?, ?, ?, ?, ?)",
-                        vec![
-                            batch.id.as_str().into(),
-                            SqlStorageValue::Integer(now_ms() as i64),
-                            SqlStorageValue::Integer(i64::from(attempt.status.unwrap_or(0))),
-                            attempt.detail.as_str().into(),
-                            SqlStorageValue::Integer(batch.docs.len() as i64),
-                            body.into(),
-                        ],
-                    )?;
-                    self.sql.exec(
-                        "DELETE FROM pending WHERE batch_id = ?",
-                        vec![batch.id.as_str().into()],
-                    )?;
-                    self.set_counter("consecutive_failures", 0)?;
-                    self.bump("dead_letter_batches", 1)?;
-                    log::error(
-                        "flush_dead_letter",
-                        "",
-                        &[
-                            ("batch_id", &batch.id),
-                            ("status", &attempt.status.unwrap_or(0).to_string()),
-                            ("detail", &attempt.detail),
-                        ],
-                    );
-                }
+            }
+            if let Some(delay) = retry_in {
+                return self.set_alarm_at(now_ms() + delay).await;
             }
             if now_ms().saturating_sub(started) > ALARM_BUDGET_MS {
                 return self.set_alarm_at(now_ms()).await;
@@ -329,6 +328,94 @@ impl Batcher {
             FlushAt::Now => self.set_alarm_at(now_ms()).await,
             FlushAt::At(t) => self.set_alarm_at(t).await,
         }
+    }
+
+    /// Applies one delivery attempt's verdict to its batch; `Some(delay)` asks for a retry.
+    fn settle(
+        &self,
+        config: &Config,
+        batch: &PendingBatch,
+        attempt: Attempt,
+    ) -> worker::Result<Option<u64>> {
+        match verdict(attempt.status) {
+            Verdict::Delivered => {
+                self.sql.exec(
+                    "DELETE FROM pending WHERE batch_id = ?",
+                    vec![batch.id.as_str().into()],
+                )?;
+                self.pending
+                    .set(self.pending.get().saturating_sub(batch.docs.len()));
+                self.set_failures(0)?;
+                self.bump("flushed_batches", 1)?;
+                self.bump("flushed_readings", batch.docs.len() as i64)?;
+                log::info(
+                    "flush_delivered",
+                    "",
+                    &[
+                        ("batch_id", &batch.id),
+                        ("readings", &batch.docs.len().to_string()),
+                    ],
+                );
+            }
+            Verdict::Retry => {
+                let failures = self.failures.get() + 1;
+                self.set_failures(failures)?;
+                self.bump("failed_attempts", 1)?;
+                let delay = retry_policy(config).delay_ms(failures, js_sys::Math::random());
+                let status = attempt
+                    .status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "network".into());
+                log::warn(
+                    "flush_retry",
+                    "",
+                    &[
+                        ("batch_id", &batch.id),
+                        ("status", &status),
+                        ("detail", &attempt.detail),
+                        ("retry_in_ms", &delay.to_string()),
+                    ],
+                );
+                return Ok(Some(delay));
+            }
+            Verdict::DeadLetter => {
+                let body = encode_json_batch(
+                    &batch.id,
+                    &self.edge_node()?,
+                    now_ms(),
+                    batch.docs.iter().map(|d| d.doc.as_str()),
+                );
+                self.sql.exec(
+                "INSERT OR REPLACE INTO dead_letters (batch_id, failed_at_ms, status, detail, readings, body) VALUES (?, ?, ?, ?, ?, ?)",
+                vec![
+                    batch.id.as_str().into(),
+                    SqlStorageValue::Integer(now_ms() as i64),
+                    SqlStorageValue::Integer(i64::from(attempt.status.unwrap_or(0))),
+                    attempt.detail.as_str().into(),
+                    SqlStorageValue::Integer(batch.docs.len() as i64),
+                    body.into(),
+                ],
+            )?;
+                self.sql.exec(
+                    "DELETE FROM pending WHERE batch_id = ?",
+                    vec![batch.id.as_str().into()],
+                )?;
+                self.pending
+                    .set(self.pending.get().saturating_sub(batch.docs.len()));
+                self.set_failures(0)?;
+                self.bump("dead_letter_batches", 1)?;
+                log::error(
+                    "flush_dead_letter",
+                    "",
+                    &[
+                        ("batch_id", &batch.id),
+                        ("status", &attempt.status.unwrap_or(0).to_string()),
+                        ("detail", &attempt.detail),
+                    ],
+                );
+            }
+        }
+        Ok(None)
     }
 
     fn in_flight(&self) -> worker::Result<Option<String>> {
@@ -342,32 +429,44 @@ impl Batcher {
         Ok(rows.into_iter().next().map(|r| r.batch_id))
     }
 
-    /// A batch formed earlier but not yet delivered goes first, under its original id; else a
-    /// new batch of the oldest readings, if the policy says one is due.
-    fn next_batch(&self, config: &Config) -> worker::Result<Option<PendingBatch>> {
-        let id = match self.in_flight()? {
-            Some(id) => id,
-            None => {
-                if self.due(config, now_ms())? != FlushAt::Now {
-                    return Ok(None);
-                }
-                let id = ids::new_id(now_ms())
-                    .map_err(|_| worker::Error::RustError("no entropy for a batch id".into()))?;
-                self.sql.exec(
-                    "UPDATE pending SET batch_id = ? WHERE seq IN (SELECT seq FROM pending WHERE batch_id IS NULL ORDER BY seq LIMIT ?)",
-                    vec![id.as_str().into(), SqlStorageValue::Integer(config.flush_max_items as i64)],
-                )?;
-                id
-            }
-        };
-        let docs: Vec<DocRow> = self
+    /// Up to `SENDS_IN_FLIGHT` batches to send together: batches formed earlier but not yet
+    /// delivered go first, under their original ids; then new batches of the oldest readings,
+    /// while the policy says one is due.
+    fn next_batches(&self, config: &Config) -> worker::Result<Vec<PendingBatch>> {
+        let mut ids: Vec<String> = self
             .sql
             .exec(
-                "SELECT doc FROM pending WHERE batch_id = ? ORDER BY seq",
-                vec![id.as_str().into()],
+                "SELECT batch_id FROM pending WHERE batch_id IS NOT NULL GROUP BY batch_id ORDER BY MIN(seq) LIMIT ?",
+                vec![SqlStorageValue::Integer(SENDS_IN_FLIGHT as i64)],
             )?
-            .to_array()?;
-        Ok((!docs.is_empty()).then_some(PendingBatch { id, docs }))
+            .to_array::<BatchIdRow>()?
+            .into_iter()
+            .map(|r| r.batch_id)
+            .collect();
+        while ids.len() < SENDS_IN_FLIGHT && self.unassigned_due(config, now_ms())? == FlushAt::Now
+        {
+            let id = ids::new_id(now_ms())
+                .map_err(|_| worker::Error::RustError("no entropy for a batch id".into()))?;
+            self.sql.exec(
+                "UPDATE pending SET batch_id = ? WHERE seq IN (SELECT seq FROM pending WHERE batch_id IS NULL ORDER BY seq LIMIT ?)",
+                vec![id.as_str().into(), SqlStorageValue::Integer(config.flush_max_items as i64)],
+            )?;
+            ids.push(id);
+        }
+        let mut batches = Vec::with_capacity(ids.len());
+        for id in ids {
+            let docs: Vec<DocRow> = self
+                .sql
+                .exec(
+                    "SELECT doc FROM pending WHERE batch_id = ? ORDER BY seq",
+                    vec![id.as_str().into()],
+                )?
+                .to_array()?;
+            if !docs.is_empty() {
+                batches.push(PendingBatch { id, docs });
+            }
+        }
+        Ok(batches)
     }
 
     async fn send(&self, config: &Config, batch: &PendingBatch) -> Attempt {
@@ -463,6 +562,13 @@ impl Batcher {
         Ok(rows.first().map(|r| r.value as i64).unwrap_or(0))
     }
 
+    fn set_failures(&self, failures: u32) -> worker::Result<()> {
+        if self.failures.replace(failures) != failures {
+            self.set_counter("consecutive_failures", i64::from(failures))?;
+        }
+        Ok(())
+    }
+
     fn set_counter(&self, name: &str, value: i64) -> worker::Result<()> {
         self.sql.exec(
             "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
@@ -483,6 +589,7 @@ impl Batcher {
         let mut doc = serde_json::Map::new();
         for name in [
             "accepted_readings",
+            "accept_calls",
             "flushed_batches",
             "flushed_readings",
             "failed_attempts",

@@ -5,6 +5,7 @@
 //! stores them durably before the device gets its 200 and delivers them to the collector.
 
 mod batcher;
+mod group_commit;
 mod log;
 
 use std::cell::OnceCell;
@@ -194,13 +195,31 @@ fn batcher_request(
     Request::new_with_init(&format!("https://batcher.internal{path}"), &init)
 }
 
-/// Waits only for the batcher's durable acceptance, never for the collector.
+/// Waits only for the batcher's durable acceptance, never for the collector. Concurrent
+/// requests in this isolate share one Durable Object call (see `group_commit`).
 async fn hand_to_batcher(
     env: &Env,
     settings: &Settings,
     edge: &EdgeInfo,
     accepted: &Accepted,
 ) -> Result<(), Problem> {
+    let shards = settings
+        .config
+        .as_ref()
+        .map(|c| c.batcher_shards)
+        .unwrap_or(1);
+    let name = batcher_name(edge, &accepted.shard_key, shards);
+    let mut body = String::with_capacity(accepted.readings.iter().map(|r| r.json.len() + 1).sum());
+    for r in &accepted.readings {
+        body.push_str(&r.json);
+        body.push('\n');
+    }
+    let send = |body| call_batcher(env, &name, &edge.node, body);
+    group_commit::submit(&name, body, accepted.readings.len(), send).await
+}
+
+/// One `/accept` call to a batcher with NDJSON readings (possibly several requests' worth).
+async fn call_batcher(env: &Env, name: &str, node: &str, body: String) -> Result<(), Problem> {
     let unavailable = |e: worker::Error| {
         log::error("batcher_unreachable", "", &[("error", &e.to_string())]);
         Problem::new(
@@ -209,24 +228,12 @@ async fn hand_to_batcher(
         )
         .with_retry_after(1)
     };
-    let shards = settings
-        .config
-        .as_ref()
-        .map(|c| c.batcher_shards)
-        .unwrap_or(1);
     let stub = env
         .durable_object(BATCHER_BINDING)
-        .and_then(|ns| ns.get_by_name(&batcher_name(edge, &accepted.shard_key, shards)))
+        .and_then(|ns| ns.get_by_name(name))
         .map_err(unavailable)?;
-    let mut body = String::with_capacity(accepted.readings.iter().map(|r| r.json.len() + 1).sum());
-    for r in &accepted.readings {
-        body.push_str(&r.json);
-        body.push('\n');
-    }
     let headers = Headers::new();
-    headers
-        .set("x-edge-node", &edge.node)
-        .map_err(unavailable)?;
+    headers.set("x-edge-node", node).map_err(unavailable)?;
     let request =
         batcher_request("/accept", Method::Post, Some(body), headers).map_err(unavailable)?;
     let mut answer = stub

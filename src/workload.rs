@@ -1,0 +1,89 @@
+//! Representative requests for the benchmarks (`benches/core.rs` natively and
+//! `examples/hot_path.rs` inside wasm), so both time exactly the same work.
+#![doc(hidden)]
+
+use crate::api::{self, Action, HttpRequest, RequestContext};
+use crate::config::Settings;
+use crate::enrich::EdgeInfo;
+use crate::host::Pairs;
+
+pub const GET_QUERY: &str = "device_id=greenhouse-12&temp=74.3&unit=F&ts=1700000000000&seq=42";
+
+pub fn settings() -> Settings {
+    Settings::load(&Pairs(&[
+        ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
+        ("EDGE_NODE", "bench-node"),
+    ]))
+}
+
+pub fn edge(settings: &Settings) -> EdgeInfo {
+    EdgeInfo::new(
+        settings.edge_node(),
+        Some("DFW".into()),
+        Some("US".into()),
+        Some("Texas".into()),
+        "bench",
+    )
+}
+
+/// `n` readings in mixed units and devices, one per line.
+pub fn ndjson_body(n: usize) -> String {
+    let units = ["C", "F", "K", "c"];
+    let mut body = String::new();
+    for i in 0..n {
+        let value = match i % 4 {
+            1 => 60.0 + (i % 30) as f64 * 0.7,
+            2 => 280.0 + (i % 20) as f64 * 0.3,
+            _ => 15.0 + (i % 25) as f64 * 0.4,
+        };
+        let device = match i % 3 {
+            0 => format!("greenhouse-{}", i % 17),
+            1 => format!("lab-ref-0{}", i % 2),
+            _ => format!("sensor-{i}"),
+        };
+        body.push_str(&format!(
+            "{{\"device_id\":\"{device}\",\"temp\":{value},\"unit\":\"{}\",\"ts\":{},\"seq\":{i}}}\n",
+            units[i % 4],
+            1_700_000_000_000u64 + i as u64
+        ));
+    }
+    body
+}
+
+/// One request through validation, calibration, enrichment and answer serialization, as the
+/// host adapters run it. Returns the answer's length (so nothing is optimized away) and the
+/// readings accepted.
+pub fn handle(
+    settings: &Settings,
+    edge: &EdgeInfo,
+    method: &str,
+    query: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> (usize, Vec<String>) {
+    let request = HttpRequest {
+        method,
+        path: api::READINGS_PATH,
+        query,
+        content_type,
+        authorization: None,
+        body,
+    };
+    let ctx = RequestContext {
+        settings,
+        edge,
+        now_ms: 1_795_000_000_000,
+        request_id: "bench",
+    };
+    match api::handle(&request, &ctx) {
+        Action::Accept(accepted) => {
+            let answer = accepted.response();
+            (
+                answer.body.len(),
+                accepted.readings.into_iter().map(|r| r.json).collect(),
+            )
+        }
+        Action::Respond(answer) => (answer.body.len(), Vec::new()),
+        Action::Admin(_) => (0, Vec::new()),
+    }
+}

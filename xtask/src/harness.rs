@@ -1,0 +1,631 @@
+//! Real processes (the reference collector, `wrangler dev`/workerd, `wasmtime serve`) on
+//! 127.0.0.1 with ports picked at run time, and plain HTTP between them. Shared by the
+//! end-to-end tests and the benchmark driver.
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    // xtask/ sits at the repository root.
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// A fresh scratch folder for one test under `target/e2e/`.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = repo_root().join("target").join("e2e").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Polls `check` until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A child process in its own process group, killed (with its children) on drop.
+pub struct Proc {
+    child: Child,
+    pub log: PathBuf,
+    killed: bool,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Self {
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        Self {
+            child,
+            log,
+            killed: false,
+        }
+    }
+
+    /// SIGKILL to the whole group: a crash, not a shutdown.
+    pub fn kill(&mut self) {
+        if std::mem::replace(&mut self.killed, true) {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build()
+}
+
+fn into_resp(r: Result<ureq::Response, ureq::Error>) -> Result<Resp, String> {
+    let r = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => return Err(e.to_string()),
+    };
+    let status = r.status();
+    let headers = r
+        .headers_names()
+        .into_iter()
+        .filter_map(|n| r.header(&n).map(|v| (n.clone(), v.to_owned())))
+        .collect();
+    let body = r.into_string().map_err(|e| e.to_string())?;
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+pub fn try_request(
+    method: &str,
+    url: &str,
+    content_type: Option<&str>,
+    body: Option<&[u8]>,
+) -> Result<Resp, String> {
+    let mut req = agent().request(method, url);
+    if let Some(ct) = content_type {
+        req = req.set("content-type", ct);
+    }
+    into_resp(match body {
+        Some(b) => req.send_bytes(b),
+        None => req.call(),
+    })
+}
+
+pub fn get(url: &str) -> Resp {
+    try_request("GET", url, None, None).unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+pub fn post(url: &str, content_type: &str, body: &str) -> Resp {
+    try_request("POST", url, Some(content_type), Some(body.as_bytes()))
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"))
+}
+
+/// The project's reference collector, on a fixed port so it can be stopped and started again
+/// with its SQLite file (an outage, not a new collector).
+pub struct Collector {
+    pub port: u16,
+    db: PathBuf,
+    dir: PathBuf,
+    proc: Option<Proc>,
+    starts: u32,
+}
+
+impl Collector {
+    pub fn start(dir: &Path) -> Self {
+        let mut c = Self {
+            port: free_port(),
+            db: dir.join("collector.sqlite"),
+            dir: dir.to_owned(),
+            proc: None,
+            starts: 0,
+        };
+        c.resume();
+        c
+    }
+
+    pub fn binary() -> PathBuf {
+        std::env::var_os("EDGE_ENRICH_COLLECTOR_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target/debug/edge-enrich-collector"))
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn ingest_url(&self) -> String {
+        format!("{}/ingest", self.url())
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    pub fn resume(&mut self) {
+        let bin = Self::binary();
+        assert!(
+            bin.exists(),
+            "{} is missing: build it with `cargo build -p edge-enrich-collector`",
+            bin.display()
+        );
+        let mut cmd = Command::new(bin);
+        cmd.args(["--addr", &format!("127.0.0.1:{}", self.port), "--db"])
+            .arg(&self.db);
+        self.starts += 1;
+        self.proc = Some(Proc::spawn(
+            cmd,
+            self.dir.join(format!("collector-{}.log", self.starts)),
+        ));
+        let stats = format!("{}/stats", self.url());
+        wait_for(Duration::from_secs(20), "the collector to listen", || {
+            try_request("GET", &stats, None, None).ok()
+        });
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        get(&format!("{}/stats", self.url())).json()
+    }
+
+    pub fn stored_ids(&self) -> BTreeSet<String> {
+        let rows = get(&format!("{}/readings", self.url())).json();
+        rows.as_array()
+            .expect("array")
+            .iter()
+            .map(|r| r["id"].as_str().expect("id").to_owned())
+            .collect()
+    }
+
+    pub fn readings_of(&self, device_id: &str) -> Vec<serde_json::Value> {
+        get(&format!("{}/readings?device_id={device_id}", self.url()))
+            .json()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn set_faults(&self, faults: serde_json::Value) {
+        let r = post(
+            &format!("{}/faults", self.url()),
+            "application/json",
+            &faults.to_string(),
+        );
+        assert_eq!(r.status, 204, "{}", r.body);
+    }
+
+    /// Waits until every id in `ids` is stored, and checks that nothing else was.
+    pub fn assert_stored_exactly(&self, ids: &BTreeSet<String>, timeout: Duration) {
+        wait_for(timeout, "every accepted reading at the collector", || {
+            let stored = self.stored_ids();
+            ids.is_subset(&stored).then_some(())
+        });
+        let stored = self.stored_ids();
+        let extra: Vec<_> = stored.difference(ids).collect();
+        assert!(
+            extra.is_empty(),
+            "the collector holds readings nobody was told were accepted: {extra:?}"
+        );
+        assert_eq!(
+            self.stats()["readings"].as_u64(),
+            Some(ids.len() as u64),
+            "each id stored once"
+        );
+    }
+}
+
+/// Ids of the readings in a 200 answer (one object for GET, an array for POST).
+pub fn accepted_ids(resp: &Resp) -> Vec<String> {
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let v = resp.json();
+    let items = match v.as_array() {
+        Some(a) => a.clone(),
+        None => vec![v],
+    };
+    items
+        .iter()
+        .map(|r| r["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+pub fn assert_problem(resp: &Resp, status: u16) -> serde_json::Value {
+    assert_eq!(resp.status, status, "{}", resp.body);
+    assert_eq!(
+        resp.header("content-type"),
+        Some("application/problem+json"),
+        "{}",
+        resp.body
+    );
+    let doc = resp.json();
+    assert_eq!(doc["status"].as_u64(), Some(u64::from(status)));
+    assert!(
+        doc["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("urn:edge-enrich:problem:")),
+        "{doc}"
+    );
+    assert!(
+        doc["title"].is_string() && doc["detail"].is_string(),
+        "{doc}"
+    );
+    doc
+}
+
+/// A Worker to run: its bundled entry module (with `index_bg.wasm` beside it for Rust
+/// workers), its vars, and whether it binds the `Batcher` Durable Object as `BATCHER`.
+#[derive(Clone)]
+pub struct WorkerSpec {
+    pub main_js: PathBuf,
+    pub vars: Vec<(String, String)>,
+    pub batcher: bool,
+}
+
+impl WorkerSpec {
+    /// edge-enrich as built by `scripts/build-worker.sh` into `build/`.
+    pub fn edge_enrich(vars: &[(&str, &str)]) -> Self {
+        Self {
+            main_js: repo_root().join("build/index.js"),
+            vars: vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            batcher: true,
+        }
+    }
+}
+
+/// `wrangler dev` (workerd behind wrangler's dev proxy) running a prebuilt Worker, with a
+/// generated config so that starting it does not rebuild. State persists in `state` across
+/// restarts.
+pub struct WorkersHost {
+    pub port: u16,
+    dir: PathBuf,
+    spec: WorkerSpec,
+    proc: Option<Proc>,
+    starts: u32,
+    /// Time from spawning wrangler to the first 200 from `/healthz` (or `/`).
+    pub startup: Duration,
+}
+
+impl WorkersHost {
+    pub fn start(dir: &Path, vars: &[(&str, &str)]) -> Self {
+        Self::start_worker(dir, WorkerSpec::edge_enrich(vars))
+    }
+
+    pub fn start_worker(dir: &Path, spec: WorkerSpec) -> Self {
+        assert!(
+            spec.main_js.exists(),
+            "{} is missing: build the Worker first (scripts/build-worker.sh)",
+            spec.main_js.display()
+        );
+        let mut host = Self {
+            port: free_port(),
+            dir: dir.to_owned(),
+            spec,
+            proc: None,
+            starts: 0,
+            startup: Duration::ZERO,
+        };
+        host.launch();
+        host
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn write_config(&self) -> PathBuf {
+        let mut config = format!(
+            "name = \"edge-enrich-local\"\nmain = {}\ncompatibility_date = \"{COMPATIBILITY_DATE}\"\n\n[vars]\n",
+            toml_string(&self.spec.main_js.display().to_string()),
+        );
+        for (k, v) in &self.spec.vars {
+            config.push_str(&format!("{k} = {}\n", toml_string(v)));
+        }
+        if self.spec.batcher {
+            config.push_str(
+                "\n[[durable_objects.bindings]]\nname = \"BATCHER\"\nclass_name = \"Batcher\"\n\n\
+                 [[migrations]]\ntag = \"v1\"\nnew_sqlite_classes = [\"Batcher\"]\n",
+            );
+        }
+        let path = self.dir.join("wrangler.toml");
+        std::fs::write(&path, config).expect("write wrangler config");
+        path
+    }
+
+    fn launch(&mut self) {
+        let config = self.write_config();
+        let wrangler = repo_root().join("node_modules/.bin/wrangler");
+        assert!(
+            wrangler.exists(),
+            "wrangler is missing: run scripts/setup.sh (npm ci)"
+        );
+        let mut cmd = Command::new(wrangler);
+        cmd.current_dir(&self.dir)
+            .env("WRANGLER_SEND_METRICS", "false")
+            .env("NO_COLOR", "1")
+            .args(["dev", "--config"])
+            .arg(&config)
+            .args([
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--inspector-port",
+                &free_port().to_string(),
+            ])
+            .args(["--persist-to"])
+            .arg(self.dir.join("state"))
+            .args([
+                "--show-interactive-dev-session=false",
+                "--log-level",
+                "info",
+            ]);
+        self.starts += 1;
+        let started = Instant::now();
+        self.proc = Some(Proc::spawn(
+            cmd,
+            self.dir.join(format!("wrangler-{}.log", self.starts)),
+        ));
+        let health = self.url("/healthz");
+        let proc = self.proc.as_ref().expect("proc");
+        wait_for(
+            Duration::from_secs(120),
+            "wrangler dev to serve /healthz",
+            || match try_request("GET", &health, None, None) {
+                Ok(r) if r.status == 200 => Some(()),
+                _ => {
+                    let log = proc.log_text();
+                    assert!(
+                        !log.contains("ERROR") || log.contains("Ready on"),
+                        "wrangler failed:\n{log}"
+                    );
+                    None
+                }
+            },
+        );
+        self.startup = started.elapsed();
+    }
+
+    /// Kills workerd and wrangler without a chance to clean up, then starts them again on the
+    /// same port with the same persisted state.
+    pub fn crash_and_restart(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+        self.launch();
+    }
+
+    pub fn log_text(&self) -> String {
+        self.proc.as_ref().map(|p| p.log_text()).unwrap_or_default()
+    }
+}
+
+pub const COMPATIBILITY_DATE: &str = "2026-04-01";
+
+/// The `workerd` binary that the wrangler npm package ships, run directly with a generated
+/// Cap'n Proto config: no dev proxy in front, so it shows what the runtime itself costs.
+pub struct WorkerdHost {
+    pub port: u16,
+    proc: Proc,
+    pub startup: Duration,
+}
+
+impl WorkerdHost {
+    pub fn start(dir: &Path, spec: &WorkerSpec) -> Self {
+        let workerd = repo_root().join("node_modules/@cloudflare/workerd-linux-64/bin/workerd");
+        assert!(
+            workerd.exists(),
+            "workerd is missing: run scripts/setup.sh (npm ci)"
+        );
+        // embed paths are relative to the config: copy the modules next to it.
+        std::fs::copy(&spec.main_js, dir.join("worker.js")).expect("copy worker module");
+        let wasm = spec.main_js.with_file_name("index_bg.wasm");
+        let mut modules = String::from("(name = \"worker.js\", esModule = embed \"worker.js\")");
+        if wasm.exists() {
+            std::fs::copy(&wasm, dir.join("index_bg.wasm")).expect("copy wasm module");
+            modules.push_str(", (name = \"index_bg.wasm\", wasm = embed \"index_bg.wasm\")");
+        }
+        let mut bindings: Vec<String> = spec
+            .vars
+            .iter()
+            .map(|(k, v)| format!("(name = {}, text = {})", capnp_string(k), capnp_string(v)))
+            .collect();
+        let mut durable = String::new();
+        if spec.batcher {
+            bindings.push("(name = \"BATCHER\", durableObjectNamespace = \"Batcher\")".into());
+            durable = "durableObjectNamespaces = [(className = \"Batcher\", uniqueKey = \"edge-enrich-batcher\", enableSql = true)],\n  \
+                       durableObjectStorage = (localDisk = \"do-storage\"),"
+                .into();
+        }
+        std::fs::create_dir_all(dir.join("do-storage")).expect("storage dir");
+        let port = free_port();
+        let config = format!(
+            r#"using Workerd = import "/workerd/workerd.capnp";
+
+const config :Workerd.Config = (
+  services = [
+    (name = "main", worker = .worker),
+    (name = "loopback", network = (allow = ["public", "private", "local"])),
+    (name = "do-storage", disk = (path = {storage}, writable = true)),
+  ],
+  sockets = [(name = "http", address = "127.0.0.1:{port}", http = (), service = "main")],
+);
+
+const worker :Workerd.Worker = (
+  modules = [{modules}],
+  compatibilityDate = "{COMPATIBILITY_DATE}",
+  bindings = [{bindings}],
+  {durable}
+  globalOutbound = "loopback",
+);
+"#,
+            storage = capnp_string(&dir.join("do-storage").display().to_string()),
+            bindings = bindings.join(", "),
+        );
+        let path = dir.join("workerd.capnp");
+        std::fs::write(&path, config).expect("write workerd config");
+        let mut cmd = Command::new(workerd);
+        cmd.current_dir(dir)
+            .args(["serve", "--experimental"])
+            .arg(&path);
+        let started = Instant::now();
+        let proc = Proc::spawn(cmd, dir.join("workerd.log"));
+        let probe = format!("http://127.0.0.1:{port}/healthz");
+        wait_for(Duration::from_secs(60), "workerd to answer", || {
+            try_request("GET", &probe, None, None)
+                .ok()
+                .filter(|r| r.status == 200)
+        });
+        Self {
+            port,
+            proc,
+            startup: started.elapsed(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.proc.log_text()
+    }
+}
+
+fn capnp_string(s: &str) -> String {
+    serde_json::to_string(s).expect("string") // JSON string escapes are valid Cap'n Proto text
+}
+
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).expect("string") // a JSON string is a valid TOML basic string
+}
+
+/// `wasmtime serve` running a wasi:http component, configured through `--env`.
+pub struct WasmtimeHost {
+    pub port: u16,
+    proc: Proc,
+    /// Time from spawning `wasmtime serve` to the first 200 from `/healthz`.
+    pub startup: Duration,
+}
+
+impl WasmtimeHost {
+    /// `one_instance_per_request` adds `--max-instance-reuse-count 1`; otherwise wasmtime reuses
+    /// instances (its default), which the component must not rely on either way.
+    pub fn start(
+        dir: &Path,
+        component: &Path,
+        env: &[(&str, &str)],
+        one_instance_per_request: bool,
+    ) -> Self {
+        assert!(
+            component.exists(),
+            "{} is missing: run scripts/build-components.sh",
+            component.display()
+        );
+        let port = free_port();
+        let mut cmd = Command::new("wasmtime");
+        cmd.args(["serve", "-Scli", "--addr", &format!("127.0.0.1:{port}")]);
+        if one_instance_per_request {
+            cmd.args(["--max-instance-reuse-count", "1"]);
+        }
+        for (k, v) in env {
+            cmd.arg("--env").arg(format!("{k}={v}"));
+        }
+        cmd.arg(component);
+        let mode = if one_instance_per_request {
+            "one"
+        } else {
+            "reuse"
+        };
+        let started = Instant::now();
+        let proc = Proc::spawn(cmd, dir.join(format!("wasmtime-{mode}.log")));
+        let health = format!("http://127.0.0.1:{port}/healthz");
+        wait_for(
+            Duration::from_secs(60),
+            "wasmtime serve to answer /healthz",
+            || {
+                try_request("GET", &health, None, None)
+                    .ok()
+                    .filter(|r| r.status == 200)
+            },
+        );
+        Self {
+            port,
+            proc,
+            startup: started.elapsed(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.proc.log_text()
+    }
+}

@@ -1,0 +1,4 @@
+//! Developer tasks for edge-enrich. Native only: it drives host processes.
+
+pub mod bench;
+pub mod harness;
