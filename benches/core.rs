@@ -1,9 +1,15 @@
 //! Native cost of the core: `cargo bench --bench core`. The same work inside wasm is timed by
 //! `examples/hot_path.rs` under wasmtime; `cargo xtask bench` runs both and reports ns/reading.
 
+#[cfg(target_arch = "wasm32")]
+fn main() {} // Criterion is native-only; the wasm figure comes from examples/hot_path.rs
+
+#[cfg(not(target_arch = "wasm32"))]
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+#[cfg(not(target_arch = "wasm32"))]
 use edge_enrich::{sink, workload};
 
+#[cfg(not(target_arch = "wasm32"))]
 fn core(c: &mut Criterion) {
     let settings = workload::settings();
     let edge = workload::edge(&settings);
@@ -50,5 +56,7 @@ fn core(c: &mut Criterion) {
     group.finish();
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 criterion_group!(benches, core);
+#[cfg(not(target_arch = "wasm32"))]
 criterion_main!(benches);

@@ -17,7 +17,7 @@ say "build release artifacts"
 scripts/build-worker.sh
 scripts/build-worker.sh bench/peers/hello
 scripts/build-components.sh
-cargo build --release -p hello-peer --target wasm32-wasip2
+cargo build --profile component -p hello-peer --target wasm32-wasip2
 cargo build --release -p edge-enrich-collector
 cargo build --release --example hot_path
 cargo build --release --example hot_path --target wasm32-wasip1

@@ -8,10 +8,10 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 mkdir -p target/components
 
-cargo build --target wasm32-wasip2 --release
-cp target/wasm32-wasip2/release/edge_enrich.wasm target/components/edge_enrich_wasi_http.wasm
-cargo build --target wasm32-wasip2 --release --features spin
-cp target/wasm32-wasip2/release/edge_enrich.wasm target/components/edge_enrich_spin.wasm
+cargo build --target wasm32-wasip2 --profile component
+cp target/wasm32-wasip2/component/edge_enrich.wasm target/components/edge_enrich_wasi_http.wasm
+cargo build --target wasm32-wasip2 --profile component --features spin
+cp target/wasm32-wasip2/component/edge_enrich.wasm target/components/edge_enrich_spin.wasm
 
 wasm-tools component targets wit --world wasi-http target/components/edge_enrich_wasi_http.wasm
 wasm-tools component targets wit --world spin target/components/edge_enrich_spin.wasm

@@ -56,24 +56,29 @@ fn default_decimals() -> u8 {
     DEFAULT_DECIMALS
 }
 
+/// `{"profiles": [...]}`; the entries stay raw so each is reported by its own index.
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum ProfileFile {
-    Wrapped { profiles: Vec<serde_json::Value> },
-    Bare(Vec<serde_json::Value>),
+struct ProfileFile<'a> {
+    #[serde(borrow)]
+    profiles: Vec<&'a serde_json::value::RawValue>,
 }
 
 impl Profiles {
     /// Parses `{"profiles": [...]}` or a bare array. Every fault is reported with its
     /// position, e.g. `profiles[2].gain: must be a finite number greater than 0`.
     pub fn parse(json: &str) -> Result<Self, Vec<String>> {
-        let file: ProfileFile = serde_json::from_str(json).map_err(|e| {
+        let shape_error = |e: serde_json::Error| {
             vec![format!(
                 "calibration profiles are not valid JSON of the form {{\"profiles\": [...]}}: {e}"
             )]
-        })?;
-        let raw = match file {
-            ProfileFile::Wrapped { profiles } | ProfileFile::Bare(profiles) => profiles,
+        };
+        // A bare array is accepted too.
+        let raw: Vec<&serde_json::value::RawValue> = if json.trim_start().starts_with('[') {
+            serde_json::from_str(json).map_err(shape_error)?
+        } else {
+            serde_json::from_str::<ProfileFile<'_>>(json)
+                .map_err(shape_error)?
+                .profiles
         };
         if raw.len() > MAX_PROFILES {
             return Err(vec![format!(
@@ -84,7 +89,7 @@ impl Profiles {
         let mut errors = Vec::new();
         let mut set = Profiles::default();
         for (i, value) in raw.into_iter().enumerate() {
-            let spec: ProfileSpec = match serde_json::from_value(value) {
+            let spec: ProfileSpec = match serde_json::from_str(value.get()) {
                 Ok(s) => s,
                 Err(e) => {
                     errors.push(format!("profiles[{i}]: {e}"));

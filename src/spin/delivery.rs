@@ -442,35 +442,39 @@ pub fn stats() -> serde_json::Value {
     })
 }
 
-pub async fn dead_letters() -> serde_json::Value {
+/// The admin view of dead letters, as JSON text: this instance's recent ones and, in the spin
+/// flavour, the batch bodies parked in key-value (passed through verbatim, not re-parsed).
+pub async fn dead_letters() -> String {
     let recent: Vec<serde_json::Value> = INSTANCE.with(|cell| {
         cell.borrow()
             .as_ref()
             .map(|i| i.dead_letters.iter().cloned().collect())
             .unwrap_or_default()
     });
+    let recent = serde_json::to_string(&recent).unwrap_or_else(|_| "[]".into());
     #[cfg(feature = "spin")]
     {
         use crate::spill::KeyValue;
         let mut stored = Vec::new();
         if let Ok(store) = super::kv::open().await {
-            for key in store
-                .keys()
-                .await
-                .unwrap_or_default()
-                .into_iter()
+            let keys = store.keys().await.unwrap_or_default();
+            for key in keys
+                .iter()
                 .filter(|k| k.starts_with(crate::spill::DEAD_PREFIX))
                 .take(100)
             {
-                if let Ok(Some(body)) = store.get(&key).await {
-                    stored.push(
-                        serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default(),
-                    );
+                if let Ok(Some(body)) = store.get(key).await {
+                    if let Ok(text) = String::from_utf8(body) {
+                        stored.push(text);
+                    }
                 }
             }
         }
-        serde_json::json!({ "dead_letters": recent, "stored": stored })
+        format!(
+            "{{\"dead_letters\":{recent},\"stored\":[{}]}}",
+            stored.join(",")
+        )
     }
     #[cfg(not(feature = "spin"))]
-    serde_json::json!({ "dead_letters": recent, "note": "the portable flavour keeps dead letters in instance memory only (and logs them)" })
+    format!("{{\"dead_letters\":{recent},\"note\":\"the portable flavour keeps dead letters in instance memory only (and logs them)\"}}")
 }

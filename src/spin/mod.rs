@@ -143,22 +143,28 @@ async fn serve(req: Request, now: u64, request_id: &str) -> HttpResponse {
         }
         Action::Admin(AdminQuery::Stats) => HttpResponse::json(200, delivery::stats().to_string()),
         Action::Admin(AdminQuery::DeadLetters) => {
-            HttpResponse::json(200, delivery::dead_letters().await.to_string())
+            HttpResponse::json(200, delivery::dead_letters().await)
         }
     }
 }
 
-/// Reads the body up to `limit` bytes; a larger one is refused before it is buffered whole.
+/// Bodies up to this size are read to the end even when refused, so that the client, still
+/// sending, reliably receives its 413 instead of a reset connection.
+const DRAIN_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Reads the body, keeping at most `limit` bytes; a larger one is refused with 413 (and read
+/// no further than `DRAIN_LIMIT`).
 async fn read_body(req: Request, limit: usize) -> Result<Vec<u8>, Problem> {
     let declared = req
         .headers()
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > limit) {
+    if declared.is_some_and(|len| len > DRAIN_LIMIT) {
         return Err(Problem::payload_too_large(limit));
     }
     let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut seen = 0usize;
     let mut stream = req.into_body().stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|_| {
@@ -167,10 +173,16 @@ async fn read_body(req: Request, limit: usize) -> Result<Vec<u8>, Problem> {
                 "the request body could not be read",
             )
         })?;
-        if body.len() + chunk.len() > limit {
-            return Err(Problem::payload_too_large(limit));
+        seen += chunk.len();
+        if seen > DRAIN_LIMIT {
+            break;
         }
-        body.extend_from_slice(&chunk);
+        if seen <= limit {
+            body.extend_from_slice(&chunk);
+        }
+    }
+    if seen > limit {
+        return Err(Problem::payload_too_large(limit));
     }
     Ok(body)
 }

@@ -253,7 +253,7 @@ fn wasmtime_section(o: &Options, collector: &Collector, dir: &Path) -> Value {
         ),
         (
             "hello-component",
-            root.join("target/wasm32-wasip2/release/hello_peer.wasm"),
+            root.join("target/wasm32-wasip2/component/hello_peer.wasm"),
             false,
         ),
     ];
@@ -327,7 +327,7 @@ fn sizes_section() -> Value {
         "spin_component": file("target/components/edge_enrich_spin.wasm"),
         "wasi_http_component": file("target/components/edge_enrich_wasi_http.wasm"),
         "hello_worker_wasm": file("bench/peers/hello/build/index_bg.wasm"),
-        "hello_component": file("target/wasm32-wasip2/release/hello_peer.wasm"),
+        "hello_component": file("target/wasm32-wasip2/component/hello_peer.wasm"),
     })
 }
 
