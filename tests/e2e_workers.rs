@@ -193,5 +193,15 @@ fn concurrent_requests_share_batcher_calls_and_lose_nothing() {
         calls <= 640,
         "at most one batcher call per request ({calls})"
     );
+    // Regression guard: requests must never be resumed in another request's context.
+    let log = host.log_text();
+    assert!(
+        !log.contains("on behalf of a different request"),
+        "cross-request I/O:\n{log}"
+    );
+    assert!(
+        !log.contains("code had hung"),
+        "a request was cancelled as hung:\n{log}"
+    );
     eprintln!("640 concurrent readings took {calls} batcher calls");
 }

@@ -1,16 +1,17 @@
 //! Group commit: concurrent requests in one isolate share one call to their batcher.
 //!
-//! Per batcher ("lane") at most one call is in flight. The first request to find the lane idle
-//! leads: it yields one event-loop turn (a zero-delay timer) so that requests already queued in
-//! this isolate can join its group, then sends the group. A request that finds a call in flight
-//! either joins the next group as a waiter or, if there is none yet, becomes that group's
-//! leader-elect; when the call in flight returns, its leader answers its waiters and tells the
-//! leader-elect to send the next group.
+//! Per batcher ("lane") at most one call is in flight. A request joins the lane's open group if
+//! there is one; otherwise it opens a group and owns it. The owner waits until the lane is free
+//! (a request that finds it free at once first yields one zero-delay timer turn, so requests
+//! already queued in this isolate can join), takes the group and sends it; every member then
+//! reads the shared outcome. So under load one Durable Object call carries many requests.
 //!
-//! Workers rules shape the waiting: every wait is on a JS promise that the waiting request
-//! created itself (so the runtime resumes it in its own request context, where its answer must
-//! be built), raced against its own timer (pending I/O of its own, so the runtime does not
-//! cancel it as hung), and every call is made by a request that is still waiting for it.
+//! Workers rules shape the waiting. A request may only be resumed by its own events: a promise
+//! resolved by another request resumes its waiter in that other request's context, where its
+//! I/O fails ("Cannot perform I/O on behalf of a different request"). So nobody wakes anybody:
+//! each waiting request polls the shared state on its own timers (which are also pending I/O of
+//! its own, so the runtime does not cancel it as hung), and each call is made by its group's
+//! owner, a request that is still waiting for it.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -18,58 +19,42 @@ use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_util::future::{select, Either};
-use wasm_bindgen::JsValue;
-use wasm_bindgen_futures::JsFuture;
-
 use crate::problem::{Problem, ProblemType};
 
 /// A group larger than this is not joined: the request makes its own call instead.
 const MAX_GROUP_READINGS: usize = 2_000;
 /// How long a request waits for its group's call before answering 503 itself; a lane whose call
-/// has been out longer than this is considered lost and reset.
-const WAIT_LIMIT: Duration = Duration::from_secs(20);
+/// has been out longer than this is considered lost and freed.
+const WAIT_LIMIT_MS: f64 = 20_000.0;
+/// Polling steps: short at first (a Durable Object round trip is a few ms), then capped.
+const FIRST_POLL_MS: u64 = 1;
+const MAX_POLL_MS: u64 = 8;
 
 type Outcome = Result<(), Problem>;
+type Shared = Rc<RefCell<Option<Outcome>>>;
 
-#[derive(Default)]
 struct Group {
+    opened_at: f64,
     /// Newline-terminated reading documents (NDJSON), in arrival order.
     body: String,
     readings: usize,
-    /// Resolve functions of the members' own promises.
-    waiters: Vec<js_sys::Function>,
-    outcome: Rc<RefCell<Option<Outcome>>>,
+    outcome: Shared,
 }
 
 #[derive(Default)]
 struct Lane {
-    /// Since when (Unix ms) a group is being gathered or sent; None when idle.
+    /// Since when (Unix ms) a call is in flight; None when the lane is free.
     busy_since: Option<f64>,
-    next: Option<Group>,
-    /// The resolve function of the next group's leader-elect.
-    next_leader: Option<js_sys::Function>,
+    /// The group being gathered; its owner sends it once the lane is free.
+    open: Option<Group>,
 }
 
 thread_local! {
     static LANES: RefCell<HashMap<String, Lane>> = RefCell::new(HashMap::new());
 }
 
-/// A promise this request owns, and the function that resolves it.
-fn signal() -> (js_sys::Promise, js_sys::Function) {
-    let mut resolve = None;
-    let promise = js_sys::Promise::new(&mut |res, _rej| resolve = Some(res));
-    (
-        promise,
-        resolve.unwrap_or_else(|| js_sys::Function::new_no_args("")),
-    )
-}
-
-/// Waits for this request's own promise, or its own timer.
-async fn wait(promise: js_sys::Promise) -> bool {
-    let woken = Box::pin(JsFuture::from(promise));
-    let timer = Box::pin(worker::Delay::from(WAIT_LIMIT));
-    matches!(select(woken, timer).await, Either::Left(_))
+fn with_lane<T>(name: &str, f: impl FnOnce(&mut Lane) -> T) -> T {
+    LANES.with(|lanes| f(lanes.borrow_mut().entry(name.to_owned()).or_default()))
 }
 
 fn timed_out() -> Problem {
@@ -80,10 +65,13 @@ fn timed_out() -> Problem {
     .with_retry_after(1)
 }
 
+async fn sleep_ms(ms: u64) {
+    worker::Delay::from(Duration::from_millis(ms)).await;
+}
+
 enum Role {
-    Lead,
-    LeaderElect(js_sys::Promise),
-    Wait(js_sys::Promise, Rc<RefCell<Option<Outcome>>>),
+    Owner(Shared),
+    Member(Shared),
     Alone(String),
 }
 
@@ -94,94 +82,99 @@ where
     F: Fn(String) -> Fut,
     Fut: Future<Output = Outcome>,
 {
-    let now = js_sys::Date::now();
-    let role = LANES.with(|lanes| {
-        let mut lanes = lanes.borrow_mut();
-        let lane = lanes.entry(lane.to_owned()).or_default();
-        if lane
-            .busy_since
-            .is_some_and(|since| now - since > WAIT_LIMIT.as_millis() as f64)
+    let started = js_sys::Date::now();
+    let role = with_lane(lane, |l| {
+        // An open group this old lost its owner (e.g. its request was cancelled): fail it.
+        if l.open
+            .as_ref()
+            .is_some_and(|g| started - g.opened_at > WAIT_LIMIT_MS)
         {
-            *lane = Lane::default(); // its call was lost (e.g. its request was cancelled)
+            if let Some(stale) = l.open.take() {
+                *stale.outcome.borrow_mut() = Some(Err(timed_out()));
+            }
         }
-        if lane.busy_since.is_none() {
-            lane.busy_since = Some(now);
-            lane.next = Some(Group {
+        open_or_join(l, body, readings, started)
+    });
+    let outcome = match role {
+        Role::Alone(body) => return send(body).await,
+        Role::Member(outcome) => outcome,
+        Role::Owner(outcome) => {
+            own(lane, &send, started).await;
+            outcome
+        }
+    };
+    let mut step = FIRST_POLL_MS;
+    loop {
+        if let Some(result) = outcome.borrow().clone() {
+            return result;
+        }
+        if js_sys::Date::now() - started > WAIT_LIMIT_MS {
+            return Err(timed_out());
+        }
+        sleep_ms(step).await;
+        step = (step * 2).min(MAX_POLL_MS);
+    }
+}
+
+fn open_or_join(l: &mut Lane, body: String, readings: usize, now: f64) -> Role {
+    match l.open.as_mut() {
+        Some(group) if group.readings + readings > MAX_GROUP_READINGS => Role::Alone(body),
+        Some(group) => {
+            group.body.push_str(&body);
+            group.readings += readings;
+            Role::Member(group.outcome.clone())
+        }
+        None => {
+            let outcome = Shared::default();
+            l.open = Some(Group {
+                opened_at: now,
                 body,
                 readings,
-                ..Group::default()
+                outcome: outcome.clone(),
             });
-            return Role::Lead;
-        }
-        let opening = lane.next.is_none();
-        let group = lane.next.get_or_insert_with(Group::default);
-        if group.readings + readings > MAX_GROUP_READINGS {
-            return Role::Alone(body);
-        }
-        group.body.push_str(&body);
-        group.readings += readings;
-        let (promise, resolve) = signal();
-        if opening {
-            lane.next_leader = Some(resolve);
-            Role::LeaderElect(promise)
-        } else {
-            group.waiters.push(resolve);
-            Role::Wait(promise, group.outcome.clone())
-        }
-    });
-    match role {
-        Role::Alone(body) => send(body).await,
-        Role::Lead => {
-            // One timer turn for requests already queued in this isolate to join.
-            worker::Delay::from(Duration::ZERO).await;
-            lead(lane, &send).await
-        }
-        Role::LeaderElect(promise) => {
-            if !wait(promise).await {
-                return Err(timed_out());
-            }
-            lead(lane, &send).await
-        }
-        Role::Wait(promise, outcome) => {
-            if !wait(promise).await {
-                return Err(timed_out());
-            }
-            let result = outcome.borrow().clone();
-            result.unwrap_or_else(|| Err(timed_out()))
+            Role::Owner(outcome)
         }
     }
 }
 
-/// Takes the lane's gathered group, sends it, answers its members, and wakes the next leader.
-async fn lead<F, Fut>(lane: &str, send: &F) -> Outcome
+/// The owner of the open group: waits for a free lane, sends the group, publishes the outcome.
+async fn own<F, Fut>(lane: &str, send: &F, started: f64)
 where
     F: Fn(String) -> Fut,
     Fut: Future<Output = Outcome>,
 {
-    let group = LANES
-        .with(|lanes| lanes.borrow_mut().get_mut(lane).and_then(|l| l.next.take()))
-        .unwrap_or_default();
-    let outcome = if group.body.is_empty() {
-        Ok(())
-    } else {
-        send(group.body).await
-    };
-    *group.outcome.borrow_mut() = Some(outcome.clone());
-    for resolve in &group.waiters {
-        let _ = resolve.call0(&JsValue::NULL);
-    }
-    LANES.with(|lanes| {
-        let mut lanes = lanes.borrow_mut();
-        let Some(lane) = lanes.get_mut(lane) else {
-            return;
-        };
-        match lane.next_leader.take() {
-            Some(resolve) => {
-                lane.busy_since = Some(js_sys::Date::now());
-                let _ = resolve.call0(&JsValue::NULL);
+    // Found the lane free: one timer turn for requests already queued to join.
+    let mut step = 0;
+    let group = loop {
+        sleep_ms(step).await;
+        let now = js_sys::Date::now();
+        let taken = with_lane(lane, |l| {
+            if l.busy_since
+                .is_some_and(|since| now - since > WAIT_LIMIT_MS)
+            {
+                l.busy_since = None; // its call was lost (e.g. its request was cancelled)
             }
-            None => lane.busy_since = None,
+            if l.busy_since.is_some() {
+                return None;
+            }
+            l.busy_since = Some(now);
+            l.open.take()
+        });
+        if let Some(group) = taken {
+            break group;
         }
-    });
-    outcome
+        if now - started > WAIT_LIMIT_MS {
+            // Give up: close this group so nobody else joins it; its members read the failure.
+            with_lane(lane, |l| {
+                if let Some(group) = l.open.take() {
+                    *group.outcome.borrow_mut() = Some(Err(timed_out()));
+                }
+            });
+            return;
+        }
+        step = (step * 2).clamp(FIRST_POLL_MS, MAX_POLL_MS);
+    };
+    let outcome = send(group.body).await;
+    *group.outcome.borrow_mut() = Some(outcome);
+    with_lane(lane, |l| l.busy_since = None);
 }
