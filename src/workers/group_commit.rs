@@ -1,10 +1,10 @@
 //! Group commit: concurrent requests in one isolate share one call to their batcher.
 //!
 //! Per batcher ("lane") at most one call is in flight. A request joins the lane's open group if
-//! there is one; otherwise it opens a group and owns it. The owner waits until the lane is free
-//! (a request that finds it free at once first yields one zero-delay timer turn, so requests
-//! already queued in this isolate can join), takes the group and sends it; every member then
-//! reads the shared outcome. So under load one Durable Object call carries many requests.
+//! there is one; otherwise it opens a group and owns it. The owner waits until the lane is free,
+//! takes the group and sends it; every member then reads the shared outcome. Requests arriving
+//! while a call is in flight gather in the next group, so under load one Durable Object call
+//! carries many requests, and a request on an idle lane is sent at once.
 //!
 //! Workers rules shape the waiting. A request may only be resumed by its own events: a promise
 //! resolved by another request resumes its waiter in that other request's context, where its
@@ -143,10 +143,12 @@ where
     F: Fn(String) -> Fut,
     Fut: Future<Output = Outcome>,
 {
-    // Found the lane free: one timer turn for requests already queued to join.
+    // A free lane is taken at once; requests arriving during the call join the next group.
     let mut step = 0;
     let group = loop {
-        sleep_ms(step).await;
+        if step > 0 {
+            sleep_ms(step).await;
+        }
         let now = js_sys::Date::now();
         let taken = with_lane(lane, |l| {
             if l.busy_since
