@@ -6,53 +6,31 @@ fn main() {} // Criterion is native-only; the wasm figure comes from examples/ho
 
 #[cfg(not(target_arch = "wasm32"))]
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-#[cfg(not(target_arch = "wasm32"))]
-use edge_enrich::{sink, workload};
 
 #[cfg(not(target_arch = "wasm32"))]
 fn core(c: &mut Criterion) {
-    let settings = workload::settings();
-    let edge = workload::edge(&settings);
-    let body = workload::ndjson_body(500);
-    let (_, readings) = workload::handle(
-        &settings,
-        &edge,
-        "POST",
-        "",
-        Some("application/x-ndjson"),
-        body.as_bytes(),
-    );
-    assert_eq!(readings.len(), 500);
-
+    let fixture = edge_enrich::workload::Fixture::new();
     let mut group = c.benchmark_group("core");
-    group.throughput(Throughput::Elements(1));
-    group.bench_function("get_one_reading", |b| {
-        b.iter(|| workload::handle(&settings, &edge, "GET", workload::GET_QUERY, None, b""))
-    });
-    group.throughput(Throughput::Elements(500));
-    group.bench_function("post_ndjson_500", |b| {
-        b.iter(|| {
-            workload::handle(
-                &settings,
-                &edge,
-                "POST",
-                "",
-                Some("application/x-ndjson"),
-                body.as_bytes(),
-            )
-        })
-    });
-    group.throughput(Throughput::Elements(50));
-    group.bench_function("encode_json_batch_50", |b| {
-        b.iter(|| {
-            sink::encode_json_batch(
-                "batch",
-                "node",
-                1,
-                readings[..50].iter().map(String::as_str),
-            )
-        })
-    });
+    for (name, readings, work) in [
+        (
+            "get_one_reading",
+            1,
+            edge_enrich::workload::Fixture::get as fn(&_) -> usize,
+        ),
+        (
+            "post_ndjson_500",
+            500,
+            edge_enrich::workload::Fixture::post_500,
+        ),
+        (
+            "encode_json_batch_50",
+            50,
+            edge_enrich::workload::Fixture::encode_batch_50,
+        ),
+    ] {
+        group.throughput(Throughput::Elements(readings));
+        group.bench_function(name, |b| b.iter(|| work(&fixture)));
+    }
     group.finish();
 }
 

@@ -87,3 +87,71 @@ pub fn handle(
         Action::Admin(_) => (0, Vec::new()),
     }
 }
+
+/// Everything the benchmarks time, built once: settings, node tags, a 500-reading NDJSON body and
+/// the 500 enriched readings it yields (for batch encoding).
+pub struct Fixture {
+    pub settings: Settings,
+    pub edge: EdgeInfo,
+    pub ndjson_500: String,
+    pub readings: Vec<String>,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        let settings = settings();
+        let edge = edge(&settings);
+        let ndjson_500 = ndjson_body(500);
+        let (_, readings) = handle(
+            &settings,
+            &edge,
+            "POST",
+            "",
+            Some("application/x-ndjson"),
+            ndjson_500.as_bytes(),
+        );
+        assert_eq!(
+            readings.len(),
+            500,
+            "the benchmark workload must be accepted"
+        );
+        Self {
+            settings,
+            edge,
+            ndjson_500,
+            readings,
+        }
+    }
+
+    pub fn get(&self) -> usize {
+        handle(&self.settings, &self.edge, "GET", GET_QUERY, None, b"").0
+    }
+
+    pub fn post_500(&self) -> usize {
+        handle(
+            &self.settings,
+            &self.edge,
+            "POST",
+            "",
+            Some("application/x-ndjson"),
+            self.ndjson_500.as_bytes(),
+        )
+        .0
+    }
+
+    pub fn encode_batch_50(&self) -> usize {
+        crate::sink::encode_json_batch(
+            "batch",
+            "node",
+            1,
+            self.readings[..50].iter().map(String::as_str),
+        )
+        .len()
+    }
+}
+
+impl Default for Fixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -23,7 +23,7 @@ fn run(one_instance_per_request: bool) {
     };
     let dir = scratch(name);
     let mut collector = Collector::start(&dir);
-    let host = WasmtimeHost::start(
+    let host = LocalServer::wasmtime(
         &dir,
         &component(),
         &[

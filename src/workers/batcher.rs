@@ -570,17 +570,18 @@ impl Batcher {
     }
 
     fn set_counter(&self, name: &str, value: i64) -> worker::Result<()> {
-        self.sql.exec(
-            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            vec![name.into(), SqlStorageValue::Integer(value)],
-        )?;
-        Ok(())
+        self.write_counter(name, value, "excluded.value")
     }
 
     fn bump(&self, name: &str, by: i64) -> worker::Result<()> {
+        self.write_counter(name, by, "value + excluded.value")
+    }
+
+    /// Upserts a counter; `update` is the SQL for its new value on conflict.
+    fn write_counter(&self, name: &str, value: i64, update: &str) -> worker::Result<()> {
         self.sql.exec(
-            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-            vec![name.into(), SqlStorageValue::Integer(by)],
+            &format!("INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = {update}"),
+            vec![name.into(), SqlStorageValue::Integer(value)],
         )?;
         Ok(())
     }

@@ -233,7 +233,7 @@ fn workers_section(o: &Options, collector: &Collector, dir: &Path) -> Value {
                 startup[*name] = json!(host.startup.as_millis());
                 rows.extend(measure(name, &host.url(""), *delivers, admin, collector, o));
             } else {
-                let host = WorkerdHost::start(&scratch_dir, &spec);
+                let host = LocalServer::workerd(&scratch_dir, &spec);
                 startup[*name] = json!(host.startup.as_millis());
                 rows.extend(measure(name, &host.url(""), *delivers, admin, collector, o));
             }
@@ -267,7 +267,7 @@ fn wasmtime_section(o: &Options, collector: &Collector, dir: &Path) -> Value {
             let vars = edge_vars(collector);
             let env: Vec<(&str, &str)> =
                 vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            let host = WasmtimeHost::start(&scratch_dir, component, &env, one);
+            let host = LocalServer::wasmtime(&scratch_dir, component, &env, one);
             startup[*name] = json!(host.startup.as_millis());
             rows.extend(measure(name, &host.url(""), *delivers, false, collector, o));
         }

@@ -467,16 +467,43 @@ impl WorkersHost {
 
 pub const COMPATIBILITY_DATE: &str = "2026-04-01";
 
-/// The `workerd` binary that the wrangler npm package ships, run directly with a generated
-/// Cap'n Proto config: no dev proxy in front, so it shows what the runtime itself costs.
-pub struct WorkerdHost {
+/// A runtime serving on a loopback port picked at run time, started and waited for until its
+/// `/healthz` answers 200.
+pub struct LocalServer {
     pub port: u16,
     proc: Proc,
+    /// Time from spawning the process to its first 200.
     pub startup: Duration,
 }
 
-impl WorkerdHost {
-    pub fn start(dir: &Path, spec: &WorkerSpec) -> Self {
+impl LocalServer {
+    fn serve(cmd: Command, log: PathBuf, port: u16, what: &str) -> Self {
+        let started = Instant::now();
+        let proc = Proc::spawn(cmd, log);
+        let health = format!("http://127.0.0.1:{port}/healthz");
+        wait_for(Duration::from_secs(60), what, || {
+            try_request("GET", &health, None, None)
+                .ok()
+                .filter(|r| r.status == 200)
+        });
+        Self {
+            port,
+            proc,
+            startup: started.elapsed(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.proc.log_text()
+    }
+
+    /// The `workerd` binary that the wrangler npm package ships, run directly with a generated
+    /// Cap'n Proto config: no dev proxy in front, so it shows what the runtime itself costs.
+    pub fn workerd(dir: &Path, spec: &WorkerSpec) -> Self {
         let workerd = repo_root().join("node_modules/@cloudflare/workerd-linux-64/bin/workerd");
         assert!(
             workerd.exists(),
@@ -533,50 +560,18 @@ const worker :Workerd.Worker = (
         cmd.current_dir(dir)
             .args(["serve", "--experimental"])
             .arg(&path);
-        let started = Instant::now();
-        let proc = Proc::spawn(cmd, dir.join("workerd.log"));
-        let probe = format!("http://127.0.0.1:{port}/healthz");
-        wait_for(Duration::from_secs(60), "workerd to answer", || {
-            try_request("GET", &probe, None, None)
-                .ok()
-                .filter(|r| r.status == 200)
-        });
-        Self {
+        Self::serve(
+            cmd,
+            dir.join("workerd.log"),
             port,
-            proc,
-            startup: started.elapsed(),
-        }
+            "workerd to answer /healthz",
+        )
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    pub fn log_text(&self) -> String {
-        self.proc.log_text()
-    }
-}
-
-fn capnp_string(s: &str) -> String {
-    serde_json::to_string(s).expect("string") // JSON string escapes are valid Cap'n Proto text
-}
-
-fn toml_string(s: &str) -> String {
-    serde_json::to_string(s).expect("string") // a JSON string is a valid TOML basic string
-}
-
-/// `wasmtime serve` running a wasi:http component, configured through `--env`.
-pub struct WasmtimeHost {
-    pub port: u16,
-    proc: Proc,
-    /// Time from spawning `wasmtime serve` to the first 200 from `/healthz`.
-    pub startup: Duration,
-}
-
-impl WasmtimeHost {
+    /// `wasmtime serve` running a wasi:http component, configured through `--env`.
     /// `one_instance_per_request` adds `--max-instance-reuse-count 1`; otherwise wasmtime reuses
     /// instances (its default), which the component must not rely on either way.
-    pub fn start(
+    pub fn wasmtime(
         dir: &Path,
         component: &Path,
         env: &[(&str, &str)],
@@ -602,30 +597,19 @@ impl WasmtimeHost {
         } else {
             "reuse"
         };
-        let started = Instant::now();
-        let proc = Proc::spawn(cmd, dir.join(format!("wasmtime-{mode}.log")));
-        let health = format!("http://127.0.0.1:{port}/healthz");
-        wait_for(
-            Duration::from_secs(60),
-            "wasmtime serve to answer /healthz",
-            || {
-                try_request("GET", &health, None, None)
-                    .ok()
-                    .filter(|r| r.status == 200)
-            },
-        );
-        Self {
+        Self::serve(
+            cmd,
+            dir.join(format!("wasmtime-{mode}.log")),
             port,
-            proc,
-            startup: started.elapsed(),
-        }
+            "wasmtime serve to answer /healthz",
+        )
     }
+}
 
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
+fn capnp_string(s: &str) -> String {
+    serde_json::to_string(s).expect("string") // JSON string escapes are valid Cap'n Proto text
+}
 
-    pub fn log_text(&self) -> String {
-        self.proc.log_text()
-    }
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).expect("string") // a JSON string is a valid TOML basic string
 }
