@@ -56,6 +56,21 @@ fn run(one_instance_per_request: bool) {
     )));
     collector.assert_stored_exactly(&accepted, Duration::from_secs(10));
     assert!(!doomed.is_empty());
+
+    // The collector stops listening for 2 s (connections refused, not answered): readings
+    // accepted meanwhile are retried and arrive once it listens again.
+    collector.set_faults(serde_json::json!({"refuse_for_ms": 2000}));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        try_request("GET", &format!("{}/stats", collector.url()), None, None).is_err(),
+        "the collector should refuse connections"
+    );
+    for i in 0..5 {
+        accepted.extend(accepted_ids(&get(
+            &host.url(&format!("/v1/readings?device_id=refused-{i}&temp={i}"))
+        )));
+    }
+    collector.assert_stored_exactly(&accepted, Duration::from_secs(20));
 }
 
 #[test]

@@ -233,12 +233,19 @@ impl Collector {
     }
 
     pub fn stored_ids(&self) -> BTreeSet<String> {
-        let rows = get(&format!("{}/readings", self.url())).json();
-        rows.as_array()
-            .expect("array")
+        self.try_stored_ids()
+            .unwrap_or_else(|e| panic!("collector readings: {e}"))
+    }
+
+    /// The stored ids, or why the collector could not be asked (e.g. it refuses connections).
+    pub fn try_stored_ids(&self) -> Result<BTreeSet<String>, String> {
+        let r = try_request("GET", &format!("{}/readings", self.url()), None, None)?;
+        let rows: serde_json::Value = serde_json::from_str(&r.body).map_err(|e| e.to_string())?;
+        let rows = rows.as_array().ok_or("not an array")?;
+        Ok(rows
             .iter()
-            .map(|r| r["id"].as_str().expect("id").to_owned())
-            .collect()
+            .filter_map(|r| r["id"].as_str().map(str::to_owned))
+            .collect())
     }
 
     pub fn readings_of(&self, device_id: &str) -> Vec<serde_json::Value> {
@@ -261,7 +268,8 @@ impl Collector {
     /// Waits until every id in `ids` is stored, and checks that nothing else was.
     pub fn assert_stored_exactly(&self, ids: &BTreeSet<String>, timeout: Duration) {
         wait_for(timeout, "every accepted reading at the collector", || {
-            let stored = self.stored_ids();
+            // While the collector is down or refusing, keep waiting.
+            let stored = self.try_stored_ids().ok()?;
             ids.is_subset(&stored).then_some(())
         });
         let stored = self.stored_ids();
