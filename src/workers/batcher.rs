@@ -330,6 +330,18 @@ impl Batcher {
         }
     }
 
+    /// Removes a batch that is done with (delivered or dead-lettered); the collector answered,
+    /// so the failure streak ends.
+    fn forget(&self, batch: &PendingBatch) -> worker::Result<()> {
+        self.sql.exec(
+            "DELETE FROM pending WHERE batch_id = ?",
+            vec![batch.id.as_str().into()],
+        )?;
+        self.pending
+            .set(self.pending.get().saturating_sub(batch.docs.len()));
+        self.set_failures(0)
+    }
+
     /// Applies one delivery attempt's verdict to its batch; `Some(delay)` asks for a retry.
     fn settle(
         &self,
@@ -339,13 +351,7 @@ impl Batcher {
     ) -> worker::Result<Option<u64>> {
         match verdict(attempt.status) {
             Verdict::Delivered => {
-                self.sql.exec(
-                    "DELETE FROM pending WHERE batch_id = ?",
-                    vec![batch.id.as_str().into()],
-                )?;
-                self.pending
-                    .set(self.pending.get().saturating_sub(batch.docs.len()));
-                self.set_failures(0)?;
+                self.forget(batch)?;
                 self.bump("flushed_batches", 1)?;
                 self.bump("flushed_readings", batch.docs.len() as i64)?;
                 log::info(
@@ -396,13 +402,7 @@ impl Batcher {
                     body.into(),
                 ],
             )?;
-                self.sql.exec(
-                    "DELETE FROM pending WHERE batch_id = ?",
-                    vec![batch.id.as_str().into()],
-                )?;
-                self.pending
-                    .set(self.pending.get().saturating_sub(batch.docs.len()));
-                self.set_failures(0)?;
+                self.forget(batch)?;
                 self.bump("dead_letter_batches", 1)?;
                 log::error(
                     "flush_dead_letter",
