@@ -6,8 +6,9 @@ use crate::body::{parse_readings, BodyFormat};
 use crate::config::Settings;
 use crate::enrich::{enrich_all, EdgeInfo, EnrichedReading};
 use crate::ids::IdSource;
-use crate::problem::{FieldError, Problem, ProblemType};
+use crate::problem::{Problem, ProblemType};
 use crate::query::parse_reading_query;
+use crate::reading::FieldIssue;
 
 pub const READINGS_PATH: &str = "/v1/readings";
 pub const HEALTH_PATH: &str = "/healthz";
@@ -156,22 +157,11 @@ fn route(req: &HttpRequest<'_>, ctx: &RequestContext<'_>) -> Result<Action, Prob
         (READINGS_PATH, "GET") => {
             ctx.settings.ready()?;
             let reading = parse_reading_query(req.query).map_err(|issues| {
-                let kind = if issues
-                    .iter()
-                    .any(|i| i.severity == crate::reading::Severity::Invalid)
-                {
-                    ProblemType::InvalidRequest
-                } else {
-                    ProblemType::UnprocessableReading
-                };
-                let errors = issues
+                let kind = FieldIssue::problem_type(&issues);
+                let errors: Vec<_> = issues
                     .into_iter()
-                    .map(|i| FieldError {
-                        index: None,
-                        field: i.field.to_owned(),
-                        detail: i.detail,
-                    })
-                    .collect::<Vec<_>>();
+                    .map(|i| i.into_field_error(None))
+                    .collect();
                 Problem::new(
                     kind,
                     format!("the reading has {} invalid field(s)", errors.len()),

@@ -8,8 +8,8 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::problem::{FieldError, Problem, ProblemType};
-use crate::reading::{parse_device_ts, parse_seq, FieldIssue, Reading, ReadingDraft, Severity};
+use crate::problem::{Problem, ProblemType};
+use crate::reading::{parse_device_ts, parse_seq, FieldIssue, Reading, ReadingDraft};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFormat {
@@ -92,31 +92,21 @@ pub fn parse_readings(
     }
 
     let mut readings = Vec::with_capacity(items.len());
-    let mut errors = Vec::new();
-    let mut any_invalid = false;
+    let mut issues: Vec<(usize, FieldIssue)> = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
         match item.and_then(validate_item) {
             Ok(r) => readings.push(r),
-            Err(issues) => {
-                for issue in issues {
-                    any_invalid |= issue.severity == Severity::Invalid;
-                    errors.push(FieldError {
-                        index: Some(index),
-                        field: issue.field.to_owned(),
-                        detail: issue.detail,
-                    });
-                }
-            }
+            Err(found) => issues.extend(found.into_iter().map(|issue| (index, issue))),
         }
     }
-    if errors.is_empty() {
+    if issues.is_empty() {
         return Ok(readings);
     }
-    let kind = if any_invalid {
-        ProblemType::InvalidRequest
-    } else {
-        ProblemType::UnprocessableReading
-    };
+    let kind = FieldIssue::problem_type(issues.iter().map(|(_, issue)| issue));
+    let errors: Vec<_> = issues
+        .into_iter()
+        .map(|(index, issue)| issue.into_field_error(Some(index)))
+        .collect();
     let bad = {
         let mut idx: Vec<_> = errors.iter().filter_map(|e| e.index).collect();
         idx.dedup();

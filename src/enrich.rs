@@ -103,11 +103,7 @@ pub fn enrich_all(
     for (index, r) in readings.iter().enumerate() {
         match profiles.calibrate(&r.device_id, r.temp) {
             Ok(c) => calibrated.push(c),
-            Err(issue) => errors.push(FieldError {
-                index: Some(index),
-                field: issue.field.to_owned(),
-                detail: issue.detail,
-            }),
+            Err(issue) => errors.push(issue.into_field_error(Some(index))),
         }
     }
     if !errors.is_empty() {
