@@ -55,6 +55,49 @@ impl BodyFormat {
     }
 }
 
+/// Collects a request body, chunk by chunk, under a size limit. A body over `limit` is refused
+/// with 413, but up to `drain_limit` bytes of it are still read (and dropped), so that a client
+/// that is still sending receives the 413 rather than a reset connection.
+pub struct LimitedBody {
+    limit: usize,
+    drain_limit: usize,
+    seen: usize,
+    bytes: Vec<u8>,
+}
+
+impl LimitedBody {
+    /// Refuses at once a body whose declared length is beyond `drain_limit`.
+    pub fn new(limit: usize, drain_limit: usize, declared: Option<usize>) -> Result<Self, Problem> {
+        let drain_limit = drain_limit.max(limit);
+        if declared.is_some_and(|len| len > drain_limit) {
+            return Err(Problem::payload_too_large(limit));
+        }
+        let bytes = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+        Ok(Self {
+            limit,
+            drain_limit,
+            seen: 0,
+            bytes,
+        })
+    }
+
+    /// Takes the next chunk; false once the body should be read no further.
+    pub fn push(&mut self, chunk: &[u8]) -> bool {
+        self.seen += chunk.len();
+        if self.seen <= self.limit {
+            self.bytes.extend_from_slice(chunk);
+        }
+        self.seen <= self.drain_limit
+    }
+
+    pub fn finish(self) -> Result<Vec<u8>, Problem> {
+        if self.seen > self.limit {
+            return Err(Problem::payload_too_large(self.limit));
+        }
+        Ok(self.bytes)
+    }
+}
+
 /// Parses a whole request body into validated readings, or one problem describing all faults.
 pub fn parse_readings(
     body: &[u8],
@@ -427,6 +470,24 @@ mod tests {
         let truncated = "{\"device_id\":\"a\",\"temp\":1}\n{\"device_id\":\"b\",\"te";
         let p = parse_readings(truncated.as_bytes(), BodyFormat::Ndjson, 10).unwrap_err();
         assert_eq!(p.errors()[0].index, Some(1));
+    }
+
+    #[test]
+    fn limited_body_keeps_refuses_and_drains() {
+        let mut b = LimitedBody::new(4, 4, Some(3)).unwrap();
+        assert!(b.push(b"ab") && b.push(b"cd"));
+        assert_eq!(b.finish().unwrap(), b"abcd");
+        assert_eq!(
+            LimitedBody::new(4, 4, Some(5)).err().map(|p| p.status()),
+            Some(413)
+        );
+        let mut refuse_at_once = LimitedBody::new(4, 4, None).unwrap();
+        assert!(!refuse_at_once.push(b"abcde"));
+        assert_eq!(refuse_at_once.finish().unwrap_err().status(), 413);
+        let mut drain = LimitedBody::new(4, 10, Some(8)).unwrap();
+        assert!(drain.push(b"abcde") && drain.push(b"fgh"));
+        assert!(!drain.push(b"ijk"));
+        assert_eq!(drain.finish().unwrap_err().status(), 413);
     }
 
     #[test]

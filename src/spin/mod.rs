@@ -23,6 +23,7 @@ use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::{FullBody, Request};
 
 use crate::api::{self, Action, AdminQuery, HttpRequest, HttpResponse, RequestContext};
+use crate::body::LimitedBody;
 use crate::config::{Settings, KEYS};
 use crate::enrich::EdgeInfo;
 use crate::problem::Problem;
@@ -148,23 +149,17 @@ async fn serve(req: Request, now: u64, request_id: &str) -> HttpResponse {
     }
 }
 
-/// Bodies up to this size are read to the end even when refused, so that the client, still
-/// sending, reliably receives its 413 instead of a reset connection.
+/// Bodies up to this size are read to the end even when refused: wasmtime closes the
+/// connection on an unread body, and the client, still sending, would see a reset, not its 413.
 const DRAIN_LIMIT: usize = 4 * 1024 * 1024;
 
-/// Reads the body, keeping at most `limit` bytes; a larger one is refused with 413 (and read
-/// no further than `DRAIN_LIMIT`).
 async fn read_body(req: Request, limit: usize) -> Result<Vec<u8>, Problem> {
     let declared = req
         .headers()
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > DRAIN_LIMIT) {
-        return Err(Problem::payload_too_large(limit));
-    }
-    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit));
-    let mut seen = 0usize;
+    let mut body = LimitedBody::new(limit, DRAIN_LIMIT, declared)?;
     let mut stream = req.into_body().stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|_| {
@@ -173,18 +168,11 @@ async fn read_body(req: Request, limit: usize) -> Result<Vec<u8>, Problem> {
                 "the request body could not be read",
             )
         })?;
-        seen += chunk.len();
-        if seen > DRAIN_LIMIT {
+        if !body.push(&chunk) {
             break;
         }
-        if seen <= limit {
-            body.extend_from_slice(&chunk);
-        }
     }
-    if seen > limit {
-        return Err(Problem::payload_too_large(limit));
-    }
-    Ok(body)
+    body.finish()
 }
 
 fn to_response(answer: HttpResponse) -> http::Response<FullBody<Bytes>> {

@@ -18,6 +18,7 @@ use worker::{event, Context, Env, Headers, Method, Request, RequestInit, Respons
 pub use batcher::Batcher;
 
 use crate::api::{self, Accepted, Action, AdminQuery, HttpRequest, HttpResponse, RequestContext};
+use crate::body::LimitedBody;
 use crate::config::Settings;
 use crate::enrich::EdgeInfo;
 use crate::host::ConfigSource;
@@ -130,25 +131,24 @@ async fn serve(
     })
 }
 
-/// Reads the body up to `limit` bytes; a larger one is refused before it is buffered whole.
+/// Reads the body up to `limit` bytes; a larger one is refused at once, before it is buffered
+/// (the Workers runtime still delivers the 413 to a client that is sending).
 async fn read_body(req: &mut Request, limit: usize) -> worker::Result<Result<Vec<u8>, Problem>> {
     let declared = req
         .headers()
         .get("content-length")?
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Ok(Err(Problem::payload_too_large(limit)));
-    }
-    let mut body = Vec::with_capacity(declared.unwrap_or(0));
+    let mut body = match LimitedBody::new(limit, limit, declared) {
+        Ok(body) => body,
+        Err(problem) => return Ok(Err(problem)),
+    };
     let mut stream = req.stream()?;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        if body.len() + chunk.len() > limit {
-            return Ok(Err(Problem::payload_too_large(limit)));
+        if !body.push(&chunk?) {
+            break;
         }
-        body.extend_from_slice(&chunk);
     }
-    Ok(Ok(body))
+    Ok(body.finish())
 }
 
 /// Node tags from the request's `cf` object, which is absent or a placeholder locally. Read
