@@ -138,6 +138,14 @@ impl Config {
     }
 }
 
+impl Config {
+    /// `Retry-After` (seconds) for a request refused because the delivery backlog is full: one
+    /// longest retry step of the batcher, by when it has tried the collector again.
+    pub fn backlog_retry_after_s(&self) -> u32 {
+        self.retry_max_ms.div_ceil(1000).max(1) as u32
+    }
+}
+
 /// Where the active calibration profiles came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProfileSource {

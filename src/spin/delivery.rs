@@ -119,7 +119,7 @@ impl Instance {
 
 fn backlog_full(config: &Config) -> Problem {
     Problem::backlog_full(
-        config.retry_max_ms.div_ceil(1000).max(1) as u32,
+        config.backlog_retry_after_s(),
         format!(
             "this instance holds {} undelivered readings; the collector may be down",
             config.max_backlog

@@ -191,7 +191,7 @@ impl Batcher {
             // A full backlog must still drain: make sure a flush or retry alarm is set even if
             // the runtime lost it (e.g. a restart), since this refusal writes nothing new.
             self.schedule(&config, now).await?;
-            let retry_after = config.retry_max_ms.div_ceil(1000).max(1);
+            let retry_after = config.backlog_retry_after_s();
             let headers = Headers::new();
             headers.set("retry-after", &retry_after.to_string())?;
             let detail = format!("the delivery backlog holds {pending} readings (limit {}); the collector may be down", config.max_backlog);

@@ -172,14 +172,28 @@ fn edge_info(req: &Request, settings: &Settings) -> EdgeInfo {
     )
 }
 
-/// The Durable Object that owns this request's readings: one per colo and shard.
-fn batcher_name(edge: &EdgeInfo, shard_key: &str, shards: u32) -> String {
-    // FNV-1a: stable across isolates and releases, unlike std's randomly seeded hasher.
+/// How many batchers (Durable Objects) each colo has.
+fn shard_count(settings: &Settings) -> u32 {
+    settings
+        .config
+        .as_ref()
+        .map(|c| c.batcher_shards)
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// The name of one batcher: its colo and shard number.
+fn batcher_name(edge: &EdgeInfo, shard: u32) -> String {
+    format!("{}:{shard}", edge.colo.as_deref().unwrap_or("local"))
+}
+
+/// The shard that owns a request's readings, chosen by its first device id with FNV-1a: stable
+/// across isolates and releases, unlike std's randomly seeded hasher.
+fn shard_of(shard_key: &str, shards: u32) -> u32 {
     let hash = shard_key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     });
-    let shard = hash % u64::from(shards.max(1));
-    format!("{}:{shard}", edge.colo.as_deref().unwrap_or("local"))
+    (hash % u64::from(shards.max(1))) as u32
 }
 
 fn batcher_request(
@@ -203,12 +217,7 @@ async fn hand_to_batcher(
     edge: &EdgeInfo,
     accepted: &Accepted,
 ) -> Result<(), Problem> {
-    let shards = settings
-        .config
-        .as_ref()
-        .map(|c| c.batcher_shards)
-        .unwrap_or(1);
-    let name = batcher_name(edge, &accepted.shard_key, shards);
+    let name = batcher_name(edge, shard_of(&accepted.shard_key, shard_count(settings)));
     let mut body = String::with_capacity(accepted.readings.iter().map(|r| r.json.len() + 1).sum());
     for r in &accepted.readings {
         body.push_str(&r.json);
@@ -276,16 +285,10 @@ async fn admin(
         AdminQuery::Stats => "/stats",
         AdminQuery::DeadLetters => "/dead-letters",
     };
-    let shards = settings
-        .config
-        .as_ref()
-        .map(|c| c.batcher_shards)
-        .unwrap_or(1);
     let ns = env.durable_object(BATCHER_BINDING)?;
-    let colo = edge.colo.as_deref().unwrap_or("local");
     let mut batchers = Vec::new();
-    for shard in 0..shards {
-        let name = format!("{colo}:{shard}");
+    for shard in 0..shard_count(settings) {
+        let name = batcher_name(edge, shard);
         let mut answer = ns
             .get_by_name(&name)?
             .fetch_with_request(batcher_request(path, Method::Get, None, Headers::new())?)
