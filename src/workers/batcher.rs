@@ -248,10 +248,21 @@ impl Batcher {
             }
         };
         let failures = self.failures.get();
+        let pending = self.pending.get();
         let wanted = if failures > 0 {
             existing
                 .is_none()
                 .then(|| now + retry_policy(config).delay_ms(failures, js_sys::Math::random()))
+        } else if pending == 0 {
+            None
+        } else if pending >= config.flush_max_items {
+            // A full batch is pending (or one formed earlier is in flight): flush now.
+            Some(now)
+        } else if existing.is_some() && self.in_flight()?.is_none() {
+            // Fewer than a batch, none in flight, and an alarm is already set for the oldest
+            // one's max age: nothing newer can make it due earlier. (Spares a COUNT over the
+            // backlog on every accept.)
+            None
         } else {
             match self.due(config, now)? {
                 FlushAt::Idle => None,
