@@ -106,6 +106,15 @@ impl Instance {
         self.queue.len() + self.in_flight.as_ref().map_or(0, |(_, b)| b.len())
     }
 
+    /// A batch is done with (delivered or dead-lettered): the collector answered, so the
+    /// failure streak ends, and its readings are no longer held here.
+    fn forget(&mut self, batch: &[Pending]) {
+        self.failures = 0;
+        for p in batch {
+            self.held.remove(&p.id);
+        }
+    }
+
     fn hold(&mut self, items: Vec<Pending>) -> Result<(), ()> {
         if self.backlog() + items.len() > self.capacity {
             return Err(());
@@ -237,12 +246,9 @@ async fn flush_loop(config: &Config, node: &str) {
         match verdict(status) {
             Verdict::Delivered => {
                 with(config, |i| {
-                    i.failures = 0;
+                    i.forget(&batch);
                     i.counters.flushed_batches += 1;
                     i.counters.flushed_readings += batch.len() as u64;
-                    for p in &batch {
-                        i.held.remove(&p.id);
-                    }
                 });
                 #[cfg(feature = "spin")]
                 if let Ok(store) = super::kv::open().await {
@@ -309,11 +315,8 @@ async fn flush_loop(config: &Config, node: &str) {
                     .await;
                 }
                 with(config, |i| {
-                    i.failures = 0;
+                    i.forget(&batch);
                     i.counters.dead_letter_batches += 1;
-                    for p in &batch {
-                        i.held.remove(&p.id);
-                    }
                     if i.dead_letters.len() == DEAD_LETTERS_KEPT {
                         i.dead_letters.pop_front();
                     }
