@@ -2,6 +2,7 @@
 //! turns its platform's request into [`HttpRequest`], performs the action (handing accepted
 //! readings to its batcher, answering admin queries from its store) and sends the response.
 
+use crate::auth::{Credential, SignedParts};
 use crate::body::{parse_readings, BodyFormat};
 use crate::config::Settings;
 use crate::enrich::{enrich_all, EdgeInfo, EnrichedReading};
@@ -17,11 +18,35 @@ pub const ADMIN_PREFIX: &str = "/admin/";
 pub struct HttpRequest<'a> {
     pub method: &'a str,
     pub path: &'a str,
-    /// Without the leading `?`.
+    /// Exactly as sent, without the leading `?`.
     pub query: &'a str,
     pub content_type: Option<&'a str>,
     pub authorization: Option<&'a str>,
+    pub origin: Option<&'a str>,
+    /// `Access-Control-Request-Method` and `-Headers` of a CORS preflight.
+    pub preflight_method: Option<&'a str>,
+    pub preflight_headers: Option<&'a str>,
+    /// Total size of the request's header names and values.
+    pub header_bytes: usize,
     pub body: &'a [u8],
+}
+
+impl<'a> HttpRequest<'a> {
+    /// A request with no headers beyond those given, for tests and benches.
+    pub fn new(method: &'a str, path: &'a str, query: &'a str, body: &'a [u8]) -> Self {
+        Self {
+            method,
+            path,
+            query,
+            content_type: None,
+            authorization: None,
+            origin: None,
+            preflight_method: None,
+            preflight_headers: None,
+            header_bytes: 0,
+            body,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -50,7 +75,8 @@ impl HttpResponse {
             headers.push(("allow", allow.to_owned()));
         }
         if problem.status() == 401 {
-            headers.push(("www-authenticate", "Bearer".to_owned()));
+            let challenge = problem.challenge().unwrap_or("Bearer");
+            headers.push(("www-authenticate", challenge.to_owned()));
         }
         Self {
             status: problem.status(),
@@ -60,8 +86,17 @@ impl HttpResponse {
     }
 
     /// Headers every answer carries. `handler_ms` is the handler's own time as the host's
-    /// clock sees it (on Workers the clock only advances across I/O).
-    pub fn finish(mut self, request_id: &str, handler_ms: f64) -> Self {
+    /// clock sees it (on Workers the clock only advances across I/O). `cors` comes from
+    /// [`Settings::cors_headers`]; a preflight answer already carries its own.
+    pub fn finish(
+        mut self,
+        request_id: &str,
+        handler_ms: f64,
+        cors: Vec<(&'static str, String)>,
+    ) -> Self {
+        if !self.headers.iter().any(|(k, _)| *k == "vary") {
+            self.headers.extend(cors);
+        }
         self.headers.push(("x-request-id", request_id.to_owned()));
         self.headers.push(("cache-control", "no-store".to_owned()));
         self.headers.push((
@@ -111,6 +146,8 @@ pub struct Accepted {
     /// by it, so a request is stored by exactly one batcher (accepted or refused whole).
     pub shard_key: String,
     pub received_at_ms: u64,
+    /// Readings per device, for the host's rate limiter.
+    pub device_costs: Vec<(String, u32)>,
     shape: Shape,
 }
 
@@ -153,33 +190,35 @@ pub fn handle(req: &HttpRequest<'_>, ctx: &RequestContext<'_>) -> Action {
 }
 
 fn route(req: &HttpRequest<'_>, ctx: &RequestContext<'_>) -> Result<Action, Problem> {
+    check_request_size(req, ctx.settings)?;
     match (req.path, req.method) {
-        (READINGS_PATH, "GET") => {
-            ctx.settings.ready()?;
-            let reading = parse_reading_query(req.query).map_err(|issues| {
-                let kind = FieldIssue::problem_type(&issues);
-                let errors: Vec<_> = issues
-                    .into_iter()
-                    .map(|i| i.into_field_error(None))
-                    .collect();
-                Problem::new(
-                    kind,
-                    format!("the reading has {} invalid field(s)", errors.len()),
-                )
-                .with_errors(errors)
-            })?;
-            ingest(vec![reading], Shape::One, ctx)
-        }
-        (READINGS_PATH, "POST") => {
+        (READINGS_PATH, "GET" | "POST") => {
             let (config, _) = ctx.settings.ready()?;
-            if req.body.len() > config.max_body_bytes {
-                return Err(Problem::payload_too_large(config.max_body_bytes));
-            }
-            let format = BodyFormat::from_content_type(req.content_type)?;
-            let readings = parse_readings(req.body, format, config.max_readings_per_request)?;
-            ingest(readings, Shape::Many, ctx)
+            let signed = SignedParts {
+                method: req.method,
+                path: req.path,
+                query: req.query,
+                body: req.body,
+            };
+            // Credentials first: an unauthenticated body is never parsed.
+            let credential = config
+                .auth
+                .verify_request(&signed, req.authorization, ctx.now_ms)?;
+            let (readings, shape) = if req.method == "GET" {
+                (vec![parse_query(req.query)?], Shape::One)
+            } else {
+                if req.body.len() > config.max_body_bytes {
+                    return Err(Problem::payload_too_large(config.max_body_bytes));
+                }
+                let format = BodyFormat::from_content_type(req.content_type)?;
+                let readings = parse_readings(req.body, format, config.max_readings_per_request)?;
+                (readings, Shape::Many)
+            };
+            authorize(config, &credential, &readings)?;
+            ingest(readings, shape, ctx)
         }
-        (READINGS_PATH, _) => Err(Problem::method_not_allowed("GET, POST")),
+        (READINGS_PATH, "OPTIONS") => Ok(Action::Respond(preflight(req, ctx.settings))),
+        (READINGS_PATH, _) => Err(Problem::method_not_allowed(READINGS_ALLOW)),
         (HEALTH_PATH, "GET") => Ok(Action::Respond(health(ctx.settings, ctx.edge))),
         (HEALTH_PATH, _) => Err(Problem::method_not_allowed("GET")),
         (path, method) if path.starts_with(ADMIN_PREFIX) => {
@@ -198,6 +237,73 @@ fn route(req: &HttpRequest<'_>, ctx: &RequestContext<'_>) -> Result<Action, Prob
     }
 }
 
+const READINGS_ALLOW: &str = "GET, POST, OPTIONS";
+
+/// URL and header limits, checked before anything else is looked at.
+fn check_request_size(req: &HttpRequest<'_>, settings: &Settings) -> Result<(), Problem> {
+    let (max_url, max_headers) = settings.request_limits();
+    let url_len = req.path.len() + 1 + req.query.len();
+    if url_len > max_url {
+        return Err(Problem::new(
+            ProblemType::UriTooLong,
+            format!("the request target is {url_len} bytes; the limit is {max_url}"),
+        ));
+    }
+    if req.header_bytes > max_headers {
+        return Err(Problem::new(
+            ProblemType::HeadersTooLarge,
+            format!(
+                "the request headers total {} bytes; the limit is {max_headers}",
+                req.header_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_query(query: &str) -> Result<crate::reading::Reading, Problem> {
+    parse_reading_query(query).map_err(|issues| {
+        let kind = FieldIssue::problem_type(&issues);
+        let errors: Vec<_> = issues
+            .into_iter()
+            .map(|i| i.into_field_error(None))
+            .collect();
+        Problem::new(
+            kind,
+            format!("the reading has {} invalid field(s)", errors.len()),
+        )
+        .with_errors(errors)
+    })
+}
+
+fn authorize(
+    config: &crate::config::Config,
+    credential: &Credential,
+    readings: &[crate::reading::Reading],
+) -> Result<(), Problem> {
+    config
+        .auth
+        .authorize_devices(credential, readings.iter().map(|r| r.device_id.as_str()))
+}
+
+/// `OPTIONS /v1/readings`: a CORS preflight, or a plain capability query.
+fn preflight(req: &HttpRequest<'_>, settings: &Settings) -> HttpResponse {
+    let mut headers = match &settings.config {
+        Ok(config) if req.preflight_method.is_some() => {
+            config
+                .cors
+                .preflight_headers(req.origin, req.preflight_method, req.preflight_headers)
+        }
+        _ => Vec::new(),
+    };
+    headers.push(("allow", READINGS_ALLOW.to_owned()));
+    HttpResponse {
+        status: 204,
+        headers,
+        body: String::new(),
+    }
+}
+
 fn ingest(
     readings: Vec<crate::reading::Reading>,
     shape: Shape,
@@ -209,6 +315,10 @@ fn ingest(
         .first()
         .map(|r| r.device_id.as_str().to_owned())
         .unwrap_or_default();
+    let device_costs = crate::rate_limit::costs(readings.iter().map(|r| r.device_id.as_str()))
+        .into_iter()
+        .map(|(d, n)| (d.to_owned(), n))
+        .collect();
     let enriched =
         enrich_all(&readings, profiles, ctx.edge, ctx.now_ms, &mut ids).map_err(|errors| {
             Problem::new(
@@ -221,6 +331,7 @@ fn ingest(
         readings: enriched,
         shard_key,
         received_at_ms: ctx.now_ms,
+        device_costs,
         shape,
     }))
 }
@@ -285,8 +396,12 @@ mod tests {
     use crate::host::Pairs;
 
     fn settings(extra: &[(&str, &str)]) -> Settings {
-        let mut kv = vec![("COLLECTOR_URL", "http://127.0.0.1:1/ingest")];
-        kv.extend_from_slice(extra);
+        // The first pair with a key wins: the test's own settings before the defaults.
+        let mut kv = extra.to_vec();
+        kv.extend_from_slice(&[
+            ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
+            ("AUTH_MODE", "off"),
+        ]);
         Settings::load(&Pairs(&kv))
     }
 
@@ -310,12 +425,8 @@ mod tests {
             request_id: "req-1",
         };
         let req = HttpRequest {
-            method,
-            path,
-            query,
             content_type: ct,
-            authorization: None,
-            body: body.as_bytes(),
+            ..HttpRequest::new(method, path, query, body.as_bytes())
         };
         handle(&req, &ctx)
     }
@@ -430,7 +541,9 @@ mod tests {
     fn method_not_allowed_names_allow() {
         let a = run(&settings(&[]), "PUT", "/v1/readings", "", None, "");
         let Action::Respond(r) = a else { panic!() };
-        assert!(r.headers.contains(&("allow", "GET, POST".to_owned())));
+        assert!(r
+            .headers
+            .contains(&("allow", "GET, POST, OPTIONS".to_owned())));
     }
 
     #[test]
@@ -448,7 +561,7 @@ mod tests {
         };
         assert_eq!(acc.readings.len(), 1);
         assert_eq!(acc.shard_key, "abc");
-        let r = acc.response().finish("req-1", 0.25);
+        let r = acc.response().finish("req-1", 0.25, Vec::new());
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(v["temp_c"], 23.5);
         assert_eq!(v["edge"]["node"], "test-node");
@@ -483,7 +596,7 @@ mod tests {
 
     #[test]
     fn misconfiguration_refuses_ingest_and_shows_in_health() {
-        let s = Settings::load(&Pairs(&[("FLUSH_MAX_ITEMS", "x")]));
+        let s = Settings::load(&Pairs(&[("FLUSH_MAX_ITEMS", "x"), ("AUTH_MODE", "off")]));
         let a = run(&s, "GET", "/v1/readings", "device_id=a&temp=1", None, "");
         assert_eq!(status(&a), 503);
         let Action::Respond(h) = run(&s, "GET", "/healthz", "", None, "") else {
@@ -506,12 +619,8 @@ mod tests {
             request_id: "r",
         };
         let mk = |auth| HttpRequest {
-            method: "GET",
-            path: "/admin/dead-letters",
-            query: "",
-            content_type: None,
             authorization: auth,
-            body: b"",
+            ..HttpRequest::new("GET", "/admin/dead-letters", "", b"")
         };
         assert!(matches!(
             handle(&mk(Some("Bearer s3cret")), &ctx),
@@ -521,5 +630,157 @@ mod tests {
         assert_eq!(status(&handle(&mk(None), &ctx)), 401);
         assert!(!constant_time_eq(b"ab", b"abc"));
         assert!(constant_time_eq(b"abc", b"abc"));
+    }
+
+    const SECRET: &str = "an-api-test-secret-of-32-bytes-or-more";
+
+    fn ctx_run(s: &Settings, req: &HttpRequest<'_>) -> Action {
+        let edge = edge();
+        let ctx = RequestContext {
+            settings: s,
+            edge: &edge,
+            now_ms: 1_700_000_000_000,
+            request_id: "req-1",
+        };
+        handle(req, &ctx)
+    }
+
+    #[test]
+    fn device_credentials_gate_ingest_before_the_body_is_parsed() {
+        let s = settings(&[("AUTH_MODE", "token"), ("AUTH_SECRET", SECRET)]);
+        let token = crate::auth::MasterSecret::new(SECRET)
+            .unwrap()
+            .device_key("dev-1");
+        let bearer = format!("Bearer {token}");
+        let get = |query, auth| HttpRequest {
+            authorization: auth,
+            ..HttpRequest::new("GET", READINGS_PATH, query, b"")
+        };
+        assert!(matches!(
+            ctx_run(&s, &get("device_id=dev-1&temp=20", Some(&bearer))),
+            Action::Accept(_)
+        ));
+        // Another device's readings with this token; no token; garbage body without a token.
+        assert_eq!(
+            status(&ctx_run(&s, &get("device_id=dev-2&temp=20", Some(&bearer)))),
+            401
+        );
+        let a = ctx_run(&s, &get("device_id=dev-1&temp=20", None));
+        assert_eq!(status(&a), 401);
+        let Action::Respond(r) = a else { panic!() };
+        assert!(r
+            .headers
+            .iter()
+            .any(|(k, v)| *k == "www-authenticate" && v.starts_with("Bearer")));
+        assert!(!r.body.contains(&token));
+        let post = HttpRequest {
+            content_type: Some("application/json"),
+            ..HttpRequest::new("POST", READINGS_PATH, "", b"{{{{ not json")
+        };
+        assert_eq!(status(&ctx_run(&s, &post)), 401);
+        let mixed = br#"[{"device_id":"dev-1","temp":1},{"device_id":"dev-2","temp":1}]"#;
+        let post = HttpRequest {
+            content_type: Some("application/json"),
+            authorization: Some(&bearer),
+            ..HttpRequest::new("POST", READINGS_PATH, "", mixed)
+        };
+        assert_eq!(status(&ctx_run(&s, &post)), 403);
+    }
+
+    #[test]
+    fn signed_requests_verify_against_the_exact_request() {
+        let s = settings(&[("AUTH_MODE", "hmac"), ("AUTH_SECRET", SECRET)]);
+        let key = crate::auth::MasterSecret::new(SECRET)
+            .unwrap()
+            .device_key("dev-1");
+        let body = br#"{"device_id":"dev-1","temp":21.5}"#;
+        let parts = SignedParts {
+            method: "POST",
+            path: READINGS_PATH,
+            query: "",
+            body,
+        };
+        let header = crate::auth::sign(&key, "dev-1", &parts, 1_700_000_000);
+        let post = |body: &'static [u8]| HttpRequest {
+            content_type: Some("application/json"),
+            authorization: Some(&header),
+            ..HttpRequest::new("POST", READINGS_PATH, "", body)
+        };
+        assert!(matches!(ctx_run(&s, &post(body)), Action::Accept(_)));
+        assert_eq!(
+            status(&ctx_run(&s, &post(br#"{"device_id":"dev-1","temp":99}"#))),
+            401
+        );
+    }
+
+    #[test]
+    fn limits_are_checked_first() {
+        let s = settings(&[("MAX_URL_BYTES", "256"), ("MAX_HEADER_BYTES", "1024")]);
+        let long = format!("device_id=a&temp=1&x={}", "y".repeat(300));
+        assert_eq!(
+            status(&ctx_run(
+                &s,
+                &HttpRequest::new("GET", READINGS_PATH, &long, b"")
+            )),
+            414
+        );
+        let req = HttpRequest {
+            header_bytes: 2000,
+            ..HttpRequest::new("GET", READINGS_PATH, "device_id=a&temp=1", b"")
+        };
+        assert_eq!(status(&ctx_run(&s, &req)), 431);
+        let deep = format!("{}{}", "[".repeat(50), "]".repeat(50));
+        let req = HttpRequest {
+            content_type: Some("application/json"),
+            ..HttpRequest::new("POST", READINGS_PATH, "", deep.as_bytes())
+        };
+        let doc = problem_body(&ctx_run(&s, &req));
+        assert!(doc["detail"].as_str().unwrap().contains("nests deeper"));
+    }
+
+    #[test]
+    fn cors_preflight_and_answers() {
+        let s = settings(&[("CORS_ALLOWED_ORIGINS", "https://app.example.com")]);
+        let req = HttpRequest {
+            origin: Some("https://app.example.com"),
+            preflight_method: Some("POST"),
+            preflight_headers: Some("content-type"),
+            ..HttpRequest::new("OPTIONS", READINGS_PATH, "", b"")
+        };
+        let Action::Respond(r) = ctx_run(&s, &req) else {
+            panic!()
+        };
+        assert_eq!(r.status, 204);
+        let r = r.finish(
+            "req-1",
+            0.0,
+            s.cors_headers(Some("https://app.example.com")),
+        );
+        let acao: Vec<_> = r
+            .headers
+            .iter()
+            .filter(|(k, _)| *k == "access-control-allow-origin")
+            .collect();
+        assert_eq!(acao.len(), 1, "{:?}", r.headers);
+        let evil = HttpRequest {
+            origin: Some("https://evil.example"),
+            ..req
+        };
+        let Action::Respond(r) = ctx_run(&s, &evil) else {
+            panic!()
+        };
+        assert!(r
+            .headers
+            .iter()
+            .all(|(k, _)| !k.starts_with("access-control-")));
+        let answer = HttpResponse::json(200, "{}".into()).finish(
+            "r",
+            0.0,
+            s.cors_headers(Some("https://app.example.com")),
+        );
+        assert!(answer.headers.contains(&(
+            "access-control-allow-origin",
+            "https://app.example.com".to_owned()
+        )));
     }
 }

@@ -98,6 +98,47 @@ impl LimitedBody {
     }
 }
 
+/// How deep a body may nest: an array of readings whose fields may hold one level of objects or
+/// arrays (ignored unknown fields). Anything deeper is refused before the parser recurses.
+pub const MAX_NESTING: usize = 4;
+
+/// Counts bracket depth outside strings in one pass, so a body of `[[[[...` costs a scan rather
+/// than a deep parse.
+fn check_nesting(text: &str, format: BodyFormat) -> Result<(), Problem> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in text.bytes() {
+        if b == b'\n' && format == BodyFormat::Ndjson {
+            // Each NDJSON line starts afresh, so a truncated line carries nothing over.
+            (depth, in_string, escaped) = (0, false, false);
+            continue;
+        }
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(Problem::new(
+                        ProblemType::InvalidRequest,
+                        format!("the body nests deeper than {MAX_NESTING} levels"),
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Parses a whole request body into validated readings, or one problem describing all faults.
 pub fn parse_readings(
     body: &[u8],
@@ -114,6 +155,7 @@ pub fn parse_readings(
         )
     })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    check_nesting(text, format)?;
     let items: Vec<Item<'_>> = match format {
         BodyFormat::Json => split_json(text)?,
         BodyFormat::Ndjson => split_ndjson(text),

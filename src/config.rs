@@ -1,9 +1,12 @@
 //! Deployment configuration: parsed once per isolate/instance, validated precisely. An invalid
 //! setting is never guessed around: `/healthz` lists it and ingest refuses with 503.
 
+use crate::auth::{AuthMode, DeviceAuth, MasterSecret};
 use crate::calibration::{Profiles, EMBEDDED_PROFILES};
+use crate::cors::Cors;
 use crate::host::ConfigSource;
 use crate::problem::{Problem, ProblemType};
+use crate::rate_limit::RateLimit;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -21,9 +24,17 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Spin: age after which a spilled reading counts as orphaned and any instance re-sends it.
     pub spill_grace_ms: u64,
+    pub auth: DeviceAuth,
+    pub cors: Cors,
+    /// None when `RATE_LIMIT_READINGS_PER_S=0`.
+    pub rate_limit: Option<RateLimit>,
+    pub max_url_bytes: usize,
+    pub max_header_bytes: usize,
 }
 
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+pub const DEFAULT_MAX_URL_BYTES: usize = 2048;
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 8192;
 
 /// Every key the service reads, with its default, for the README and `/healthz`.
 pub const KEYS: &[(&str, &str)] = &[
@@ -39,6 +50,16 @@ pub const KEYS: &[(&str, &str)] = &[
     ("EDGE_NODE", "(derived from the colo)"),
     ("BATCHER_SHARDS", "1"),
     ("ADMIN_TOKEN", "(none: admin API off; secret)"),
+    ("AUTH_MODE", "(required: off, token or hmac)"),
+    (
+        "AUTH_SECRET",
+        "(required unless AUTH_MODE=off; secret, >= 32 bytes)",
+    ),
+    ("CORS_ALLOWED_ORIGINS", "(none: no CORS headers)"),
+    ("RATE_LIMIT_READINGS_PER_S", "5 (0 = off)"),
+    ("RATE_LIMIT_BURST", "500"),
+    ("MAX_URL_BYTES", "2048"),
+    ("MAX_HEADER_BYTES", "8192"),
     (
         "CALIBRATION_PROFILES",
         "(embedded profiles/calibration.json)",
@@ -81,6 +102,62 @@ impl Config {
         let retry_max_ms = number("RETRY_MAX_MS", 5_000, 10, 3_600_000);
         let batcher_shards = number("BATCHER_SHARDS", 1, 1, 64) as u32;
         let spill_grace_ms = number("SPILL_GRACE_MS", 5_000, 100, 3_600_000);
+        let max_url_bytes =
+            number("MAX_URL_BYTES", DEFAULT_MAX_URL_BYTES as u64, 256, 65_536) as usize;
+        let max_header_bytes = number(
+            "MAX_HEADER_BYTES",
+            DEFAULT_MAX_HEADER_BYTES as u64,
+            1_024,
+            65_536,
+        ) as usize;
+        let rate_burst = number("RATE_LIMIT_BURST", 500, 1, 1_000_000);
+        let rate_per_s = match text("RATE_LIMIT_READINGS_PER_S") {
+            None => 5.0,
+            Some(v) => match v.parse::<f64>() {
+                Ok(r) if r.is_finite() && (0.0..=1_000_000.0).contains(&r) => r,
+                _ => {
+                    errors.push(format!("RATE_LIMIT_READINGS_PER_S: must be a number from 0 (off) to 1000000 (got {v:?})"));
+                    5.0
+                }
+            },
+        };
+        let rate_limit = (rate_per_s > 0.0).then_some(RateLimit {
+            per_s: rate_per_s,
+            burst: rate_burst as f64,
+        });
+        if rate_limit.is_some() && (rate_burst as usize) < max_readings_per_request {
+            errors.push(format!(
+                "RATE_LIMIT_BURST ({rate_burst}) must be at least MAX_READINGS_PER_REQUEST ({max_readings_per_request}), or a full request could never be admitted"
+            ));
+        }
+        let auth = match text("AUTH_MODE").as_deref().map(AuthMode::parse) {
+            None => {
+                errors.push("AUTH_MODE: is required: token or hmac (device authentication), or off to let anyone write".into());
+                DeviceAuth::Off
+            }
+            Some(None) => {
+                errors.push("AUTH_MODE: must be off, token or hmac".into());
+                DeviceAuth::Off
+            }
+            Some(Some(AuthMode::Off)) => DeviceAuth::Off,
+            Some(Some(mode)) => match text("AUTH_SECRET").as_deref().map(MasterSecret::new) {
+                Some(Ok(secret)) if mode == AuthMode::Token => DeviceAuth::Token(secret),
+                Some(Ok(secret)) => DeviceAuth::Hmac(secret),
+                Some(Err(e)) => {
+                    errors.push(e);
+                    DeviceAuth::Off
+                }
+                None => {
+                    errors.push(format!("AUTH_SECRET: is required with AUTH_MODE={} (a secret of at least 32 bytes)", mode.as_str()));
+                    DeviceAuth::Off
+                }
+            },
+        };
+        let cors =
+            Cors::parse(&text("CORS_ALLOWED_ORIGINS").unwrap_or_default()).unwrap_or_else(|e| {
+                errors.push(e);
+                Cors::default()
+            });
 
         if retry_max_ms < retry_base_ms {
             errors.push(format!(
@@ -134,6 +211,11 @@ impl Config {
             batcher_shards,
             admin_token: text("ADMIN_TOKEN"),
             spill_grace_ms,
+            auth,
+            cors,
+            rate_limit,
+            max_url_bytes,
+            max_header_bytes,
         })
     }
 }
@@ -223,6 +305,22 @@ impl Settings {
             .unwrap_or(DEFAULT_MAX_BODY_BYTES)
     }
 
+    /// URL and header limits, enforced even before the configuration is known to be valid.
+    pub fn request_limits(&self) -> (usize, usize) {
+        self.config
+            .as_ref()
+            .map(|c| (c.max_url_bytes, c.max_header_bytes))
+            .unwrap_or((DEFAULT_MAX_URL_BYTES, DEFAULT_MAX_HEADER_BYTES))
+    }
+
+    /// CORS headers for an ordinary answer to a request from `origin`.
+    pub fn cors_headers(&self, origin: Option<&str>) -> Vec<(&'static str, String)> {
+        self.config
+            .as_ref()
+            .map(|c| c.cors.response_headers(origin))
+            .unwrap_or_default()
+    }
+
     pub fn edge_node(&self) -> Option<&str> {
         self.config
             .as_ref()
@@ -238,8 +336,11 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c =
-            Config::from_source(&Pairs(&[("COLLECTOR_URL", "http://127.0.0.1:1/ingest")])).unwrap();
+        let c = Config::from_source(&Pairs(&[
+            ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
+            ("AUTH_MODE", "off"),
+        ]))
+        .unwrap();
         assert_eq!(
             (
                 c.flush_interval_ms,
@@ -251,6 +352,47 @@ mod tests {
         assert_eq!(c.max_body_bytes, 262_144);
         assert_eq!(c.batcher_shards, 1);
         assert!(c.admin_token.is_none());
+        assert_eq!(c.auth, DeviceAuth::Off);
+        assert_eq!(
+            c.rate_limit,
+            Some(RateLimit {
+                per_s: 5.0,
+                burst: 500.0
+            })
+        );
+        assert!(!c.cors.is_enabled());
+    }
+
+    #[test]
+    fn authentication_is_never_off_by_default() {
+        let base = [("COLLECTOR_URL", "http://x/")];
+        let e = Config::from_source(&Pairs(&base)).unwrap_err();
+        assert!(
+            e.iter().any(|m| m.starts_with("AUTH_MODE: is required")),
+            "{e:?}"
+        );
+        let e = Config::from_source(&Pairs(&[base[0], ("AUTH_MODE", "token")])).unwrap_err();
+        assert!(
+            e.iter().any(|m| m.starts_with("AUTH_SECRET: is required")),
+            "{e:?}"
+        );
+        let e = Config::from_source(&Pairs(&[
+            base[0],
+            ("AUTH_MODE", "hmac"),
+            ("AUTH_SECRET", "short"),
+        ]))
+        .unwrap_err();
+        // The error names the rule, never the secret.
+        assert!(e.iter().all(|m| !m.contains("short")), "{e:?}");
+        let secret = "k".repeat(32);
+        let c = Config::from_source(&Pairs(&[
+            base[0],
+            ("AUTH_MODE", "hmac"),
+            ("AUTH_SECRET", &secret),
+        ]))
+        .unwrap();
+        assert_eq!(c.auth.mode(), AuthMode::Hmac);
+        assert!(!format!("{c:?}").contains(&secret));
     }
 
     #[test]
@@ -266,13 +408,14 @@ mod tests {
         assert!(e.iter().any(|m| m.starts_with("RETRY_MAX_MS")), "{e:?}");
         assert!(e.iter().any(|m| m.starts_with("COLLECTOR_URL")), "{e:?}");
         let e = Config::from_source(&Pairs(&[])).unwrap_err();
-        assert!(e[0].contains("COLLECTOR_URL: is required"));
+        assert!(e.iter().any(|m| m.contains("COLLECTOR_URL: is required")));
     }
 
     #[test]
     fn profiles_override_and_report() {
         let s = Settings::load(&Pairs(&[
             ("COLLECTOR_URL", "http://x/"),
+            ("AUTH_MODE", "off"),
             (
                 "CALIBRATION_PROFILES",
                 "[{\"match\":\"a\",\"gain\":-1,\"version\":1}]",
@@ -287,7 +430,10 @@ mod tests {
             "{}",
             p.detail()
         );
-        let ok = Settings::load(&Pairs(&[("COLLECTOR_URL", "http://x/")]));
+        let ok = Settings::load(&Pairs(&[
+            ("COLLECTOR_URL", "http://x/"),
+            ("AUTH_MODE", "off"),
+        ]));
         assert!(ok.ready().is_ok());
         assert_eq!(ok.profile_source, ProfileSource::Embedded);
     }

@@ -8,16 +8,19 @@
 //!   the `spin` feature selects the Spin flavour (variables, key-value) over the portable one.
 
 pub mod api;
+pub mod auth;
 pub mod batch;
 pub mod body;
 pub mod calibration;
 pub mod config;
+pub mod cors;
 pub mod enrich;
 pub mod host;
 pub mod ids;
 pub mod log;
 pub mod problem;
 pub mod query;
+pub mod rate_limit;
 pub mod reading;
 pub mod sink;
 pub mod spill;

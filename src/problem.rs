@@ -12,8 +12,11 @@ pub enum ProblemType {
     NotFound,
     MethodNotAllowed,
     PayloadTooLarge,
+    UriTooLong,
     UnsupportedMediaType,
     UnprocessableReading,
+    RateLimited,
+    HeadersTooLarge,
     BacklogFull,
     NotConfigured,
     Internal,
@@ -29,8 +32,11 @@ impl ProblemType {
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::PayloadTooLarge => 413,
+            Self::UriTooLong => 414,
             Self::UnsupportedMediaType => 415,
             Self::UnprocessableReading => 422,
+            Self::RateLimited => 429,
+            Self::HeadersTooLarge => 431,
             Self::Internal => 500,
             Self::BacklogFull | Self::NotConfigured | Self::UpstreamUnavailable => 503,
         }
@@ -45,8 +51,11 @@ impl ProblemType {
             Self::NotFound => "urn:edge-enrich:problem:not-found",
             Self::MethodNotAllowed => "urn:edge-enrich:problem:method-not-allowed",
             Self::PayloadTooLarge => "urn:edge-enrich:problem:payload-too-large",
+            Self::UriTooLong => "urn:edge-enrich:problem:uri-too-long",
             Self::UnsupportedMediaType => "urn:edge-enrich:problem:unsupported-media-type",
             Self::UnprocessableReading => "urn:edge-enrich:problem:unprocessable-reading",
+            Self::RateLimited => "urn:edge-enrich:problem:rate-limited",
+            Self::HeadersTooLarge => "urn:edge-enrich:problem:headers-too-large",
             Self::BacklogFull => "urn:edge-enrich:problem:backlog-full",
             Self::NotConfigured => "urn:edge-enrich:problem:not-configured",
             Self::Internal => "urn:edge-enrich:problem:internal",
@@ -62,8 +71,11 @@ impl ProblemType {
             Self::NotFound => "Not found",
             Self::MethodNotAllowed => "Method not allowed",
             Self::PayloadTooLarge => "Payload too large",
+            Self::UriTooLong => "URI too long",
             Self::UnsupportedMediaType => "Unsupported media type",
             Self::UnprocessableReading => "Unprocessable reading",
+            Self::RateLimited => "Rate limit exceeded",
+            Self::HeadersTooLarge => "Request headers too large",
             Self::BacklogFull => "Delivery backlog full",
             Self::NotConfigured => "Service not configured",
             Self::Internal => "Internal error",
@@ -104,6 +116,8 @@ struct Document {
     retry_after_s: Option<u32>,
     #[serde(skip)]
     allow: Option<&'static str>,
+    #[serde(skip)]
+    challenge: Option<&'static str>,
 }
 
 impl Problem {
@@ -118,6 +132,7 @@ impl Problem {
             kind,
             retry_after_s: None,
             allow: None,
+            challenge: None,
         }))
     }
 
@@ -166,6 +181,12 @@ impl Problem {
         self
     }
 
+    /// The `WWW-Authenticate` challenge a 401 carries.
+    pub fn with_challenge(mut self, challenge: &'static str) -> Self {
+        self.0.challenge = Some(challenge);
+        self
+    }
+
     /// RFC 9457 `instance`: we use the request id so a report can be matched to logs.
     pub fn with_instance(mut self, request_id: &str) -> Self {
         self.0.instance = Some(format!("urn:edge-enrich:request:{request_id}"));
@@ -189,6 +210,9 @@ impl Problem {
     }
     pub fn allow(&self) -> Option<&'static str> {
         self.0.allow
+    }
+    pub fn challenge(&self) -> Option<&'static str> {
+        self.0.challenge
     }
 
     pub fn to_json(&self) -> String {

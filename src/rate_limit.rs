@@ -1,0 +1,216 @@
+//! Per-device token buckets: each device may send `per_s` readings a second on average and up
+//! to `burst` at once. A request costs one token per reading of each device it carries and is
+//! admitted or refused whole. Hosts decide where the buckets live (a Durable Object's memory,
+//! Spin key-value, an instance's memory); the arithmetic is here.
+
+use std::collections::HashMap;
+
+use crate::problem::{Problem, ProblemType};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Readings per second each device earns.
+    pub per_s: f64,
+    /// Bucket size: the most readings a device may send at once.
+    pub burst: f64,
+}
+
+/// One device's bucket. Serializable as `tokens@updated_ms`, for hosts that keep it in a store.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    pub tokens: f64,
+    pub updated_ms: u64,
+}
+
+impl Bucket {
+    pub fn full(limit: &RateLimit, now_ms: u64) -> Self {
+        Self {
+            tokens: limit.burst,
+            updated_ms: now_ms,
+        }
+    }
+
+    /// Tokens earned since the last update, capped at the burst. A clock that went back
+    /// earns nothing rather than panicking or going negative.
+    fn refilled(self, limit: &RateLimit, now_ms: u64) -> Self {
+        let earned = now_ms.saturating_sub(self.updated_ms) as f64 / 1000.0 * limit.per_s;
+        Self {
+            tokens: (self.tokens + earned).min(limit.burst),
+            updated_ms: now_ms.max(self.updated_ms),
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        format!("{:.3}@{}", self.tokens, self.updated_ms)
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        let (tokens, updated) = text.split_once('@')?;
+        let tokens: f64 = tokens.parse().ok()?;
+        Some(Self {
+            tokens: if tokens.is_finite() { tokens } else { 0.0 },
+            updated_ms: updated.parse().ok()?,
+        })
+    }
+}
+
+/// What one request costs: readings per device, in order of first appearance.
+pub fn costs<'a>(devices: impl Iterator<Item = &'a str>) -> Vec<(&'a str, u32)> {
+    let mut costs: Vec<(&str, u32)> = Vec::new();
+    for device in devices {
+        match costs.iter_mut().find(|(d, _)| *d == device) {
+            Some((_, n)) => *n += 1,
+            None => costs.push((device, 1)),
+        }
+    }
+    costs
+}
+
+/// Takes `cost` tokens from each bucket, all or none. `buckets[i]` belongs to `costs[i]`; on
+/// refusal they are left untouched and the answer is the seconds until the request would fit.
+pub fn admit(
+    limit: &RateLimit,
+    buckets: &mut [Bucket],
+    costs: &[u32],
+    now_ms: u64,
+) -> Result<(), u32> {
+    let refilled: Vec<Bucket> = buckets.iter().map(|b| b.refilled(limit, now_ms)).collect();
+    let mut wait_s: f64 = 0.0;
+    for (bucket, &cost) in refilled.iter().zip(costs) {
+        let missing = f64::from(cost) - bucket.tokens;
+        if missing > 0.0 {
+            wait_s = wait_s.max(missing / limit.per_s);
+        }
+    }
+    if wait_s > 0.0 {
+        return Err(wait_s.ceil().clamp(1.0, 86_400.0) as u32);
+    }
+    for ((slot, mut bucket), &cost) in buckets.iter_mut().zip(refilled).zip(costs) {
+        bucket.tokens -= f64::from(cost);
+        *slot = bucket;
+    }
+    Ok(())
+}
+
+pub fn limited(retry_after_s: u32, limit: &RateLimit) -> Problem {
+    Problem::new(
+        ProblemType::RateLimited,
+        format!(
+            "a device may send {} readings per second (bursts of {}); nothing was accepted",
+            limit.per_s, limit.burst
+        ),
+    )
+    .with_retry_after(retry_after_s)
+}
+
+/// Buckets in memory, for hosts that keep them there. Bounded: past `max_devices` the
+/// buckets that have refilled completely (indistinguishable from new ones) are dropped.
+#[derive(Debug)]
+pub struct MemoryBuckets {
+    limit: RateLimit,
+    max_devices: usize,
+    buckets: HashMap<String, Bucket>,
+}
+
+impl MemoryBuckets {
+    pub fn new(limit: RateLimit, max_devices: usize) -> Self {
+        Self {
+            limit,
+            max_devices,
+            buckets: HashMap::new(),
+        }
+    }
+
+    pub fn limit(&self) -> RateLimit {
+        self.limit
+    }
+
+    pub fn admit(&mut self, costs: &[(&str, u32)], now_ms: u64) -> Result<(), u32> {
+        let limit = self.limit;
+        let mut current: Vec<Bucket> = costs
+            .iter()
+            .map(|(d, _)| {
+                self.buckets
+                    .get(*d)
+                    .copied()
+                    .unwrap_or_else(|| Bucket::full(&limit, now_ms))
+            })
+            .collect();
+        let amounts: Vec<u32> = costs.iter().map(|(_, n)| *n).collect();
+        admit(&limit, &mut current, &amounts, now_ms)?;
+        if self.buckets.len() + costs.len() > self.max_devices {
+            self.buckets
+                .retain(|_, b| b.refilled(&limit, now_ms).tokens < limit.burst);
+        }
+        for ((device, _), bucket) in costs.iter().zip(current) {
+            if self.buckets.len() < self.max_devices || self.buckets.contains_key(*device) {
+                self.buckets.insert((*device).to_owned(), bucket);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: RateLimit = RateLimit {
+        per_s: 2.0,
+        burst: 10.0,
+    };
+
+    #[test]
+    fn burst_then_rate() {
+        let mut m = MemoryBuckets::new(LIMIT, 100);
+        assert!(m.admit(&[("a", 10)], 0).is_ok());
+        assert_eq!(m.admit(&[("a", 1)], 0), Err(1));
+        assert_eq!(m.admit(&[("a", 4)], 0), Err(2));
+        // Another device has its own bucket.
+        assert!(m.admit(&[("b", 10)], 0).is_ok());
+        // Half a second earns one reading.
+        assert!(m.admit(&[("a", 1)], 500).is_ok());
+        assert!(m.admit(&[("a", 1)], 500).is_err());
+        // Refill is capped at the burst.
+        assert!(m.admit(&[("a", 10)], 3_600_000).is_ok());
+        assert!(m.admit(&[("a", 1)], 3_600_000).is_err());
+    }
+
+    #[test]
+    fn a_request_is_admitted_whole_or_not_at_all() {
+        let mut m = MemoryBuckets::new(LIMIT, 100);
+        assert!(m.admit(&[("a", 9)], 0).is_ok());
+        assert!(m.admit(&[("b", 5), ("a", 5)], 0).is_err());
+        // b was not charged for the refused request.
+        assert!(m.admit(&[("b", 10)], 0).is_ok());
+    }
+
+    #[test]
+    fn costs_count_readings_per_device() {
+        assert_eq!(
+            costs(["a", "b", "a", "a"].into_iter()),
+            vec![("a", 3), ("b", 1)]
+        );
+    }
+
+    #[test]
+    fn clock_going_back_is_harmless_and_memory_is_bounded() {
+        let mut m = MemoryBuckets::new(LIMIT, 2);
+        assert!(m.admit(&[("a", 10)], 10_000).is_ok());
+        assert!(m.admit(&[("a", 1)], 0).is_err());
+        assert!(m.admit(&[("b", 1)], 0).is_ok());
+        assert!(m.admit(&[("c", 1)], 0).is_ok());
+        assert!(m.buckets.len() <= 2);
+    }
+
+    #[test]
+    fn bucket_round_trips_through_text() {
+        let b = Bucket {
+            tokens: 3.25,
+            updated_ms: 42,
+        };
+        assert_eq!(Bucket::decode(&b.encode()), Some(b));
+        assert_eq!(Bucket::decode("x"), None);
+        assert_eq!(Bucket::decode("NaN@1").map(|b| b.tokens), Some(0.0));
+    }
+}
