@@ -36,17 +36,19 @@ cat <<MSG
          --data-binary \$'{"device_id":"greenhouse-1","temp":21.4}\\n{"device_id":"lab-ref-01","temp":300,"unit":"K"}\\n'
     curl -s 'http://127.0.0.1:$COLLECTOR_PORT/stats'
 
-  No device authentication in this build: keep it on loopback. State persists in .dev/.
+  Device authentication is OFF in this local run (AUTH_MODE=off): keep it on loopback.
+  Deployed, wrangler.toml sets AUTH_MODE=token (see README, "Device authentication").
+  State persists in .dev/.
 MSG
 
 if [[ "$host" == wasmtime ]]; then
   say "build the components"
   scripts/build-components.sh
   wasmtime serve -Scli --addr "127.0.0.1:$PORT" \
-    --env "COLLECTOR_URL=http://127.0.0.1:$COLLECTOR_PORT/ingest" --env EDGE_NODE=local-wasmtime \
+    --env "COLLECTOR_URL=http://127.0.0.1:$COLLECTOR_PORT/ingest" --env EDGE_NODE=local-wasmtime --env AUTH_MODE=off \
     target/components/edge_enrich_wasi_http.wasm
 else
   node_modules/.bin/wrangler dev --ip 127.0.0.1 --port "$PORT" \
-    --var "COLLECTOR_URL:http://127.0.0.1:$COLLECTOR_PORT/ingest" \
+    --var "COLLECTOR_URL:http://127.0.0.1:$COLLECTOR_PORT/ingest" --var AUTH_MODE:off \
     --persist-to .dev/state --show-interactive-dev-session=false
 fi

@@ -49,6 +49,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("RETRY_MAX_MS", "5000"),
     ("EDGE_NODE", "(derived from the colo)"),
     ("BATCHER_SHARDS", "1"),
+    ("SPILL_GRACE_MS", "5000"),
     ("ADMIN_TOKEN", "(none: admin API off; secret)"),
     ("AUTH_MODE", "(required: off, token or hmac)"),
     (

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use crate::host::KeyValue;
 use crate::problem::{Problem, ProblemType};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -151,9 +152,64 @@ impl MemoryBuckets {
     }
 }
 
+/// Key of a device's bucket in a host's key-value store.
+pub const BUCKET_PREFIX: &str = "ratelimit/";
+
+/// Buckets kept in a key-value store (Spin), one key per device: read, decide, write back.
+/// Concurrent instances may interleave between the read and the write (the store has no
+/// compare-and-swap), so under concurrency for one device the limit is approximate: it can admit
+/// up to one extra request per racing instance, never refuse one the bucket allows.
+pub async fn admit_in_store<K: KeyValue>(
+    kv: &K,
+    limit: &RateLimit,
+    costs: &[(&str, u32)],
+    now_ms: u64,
+) -> Result<Result<(), u32>, String> {
+    let mut buckets = Vec::with_capacity(costs.len());
+    for (device, _) in costs {
+        let stored = kv.get(&format!("{BUCKET_PREFIX}{device}")).await?;
+        let bucket = stored
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|t| Bucket::decode(&t))
+            .unwrap_or_else(|| Bucket::full(limit, now_ms));
+        buckets.push(bucket);
+    }
+    let amounts: Vec<u32> = costs.iter().map(|(_, n)| *n).collect();
+    if let Err(wait) = admit(limit, &mut buckets, &amounts, now_ms) {
+        return Ok(Err(wait));
+    }
+    for ((device, _), bucket) in costs.iter().zip(&buckets) {
+        kv.set(
+            &format!("{BUCKET_PREFIX}{device}"),
+            bucket.encode().as_bytes(),
+        )
+        .await?;
+    }
+    Ok(Ok(()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::testing::{run, MemoryKv};
+
+    #[test]
+    fn buckets_in_a_store_persist_across_instances() {
+        let kv = MemoryKv::default();
+        // Two "instances" share nothing but the store.
+        assert_eq!(run(admit_in_store(&kv, &LIMIT, &[("a", 8)], 0)), Ok(Ok(())));
+        assert_eq!(run(admit_in_store(&kv, &LIMIT, &[("a", 3)], 0)), Ok(Err(1)));
+        assert_eq!(
+            run(admit_in_store(&kv, &LIMIT, &[("a", 3)], 500)),
+            Ok(Ok(()))
+        );
+        assert!(kv.map.borrow().contains_key("ratelimit/a"));
+        let failing = MemoryKv {
+            fail_on: Some("ratelimit/"),
+            ..MemoryKv::default()
+        };
+        assert!(run(admit_in_store(&failing, &LIMIT, &[("a", 1)], 0)).is_err());
+    }
 
     const LIMIT: RateLimit = RateLimit {
         per_s: 2.0,

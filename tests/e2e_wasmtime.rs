@@ -28,6 +28,7 @@ fn run(one_instance_per_request: bool) {
         &component(),
         &[
             ("COLLECTOR_URL", &collector.ingest_url()),
+            ("AUTH_MODE", "off"),
             ("EDGE_NODE", "wt-node"),
         ],
         one_instance_per_request,

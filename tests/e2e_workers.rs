@@ -21,6 +21,7 @@ fn enriched_answers_problems_delivery_and_a_collector_outage() {
         &dir,
         &[
             ("COLLECTOR_URL", &collector.ingest_url()),
+            ("AUTH_MODE", "off"),
             ("EDGE_NODE", "e2e-node"),
         ],
     );
@@ -43,6 +44,7 @@ fn backlog_bound_dead_letters_and_a_crash_mid_stream() {
         &dir,
         &[
             ("COLLECTOR_URL", &collector.ingest_url()),
+            ("AUTH_MODE", "off"),
             ("ADMIN_TOKEN", "e2e-admin-token"),
             ("MAX_READINGS_PER_REQUEST", "50"),
             ("MAX_BACKLOG", "100"),
@@ -147,6 +149,7 @@ fn concurrent_requests_share_batcher_calls_and_lose_nothing() {
         &dir,
         &[
             ("COLLECTOR_URL", &collector.ingest_url()),
+            ("AUTH_MODE", "off"),
             ("ADMIN_TOKEN", "e2e-admin-token"),
         ],
     );

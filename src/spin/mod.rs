@@ -12,6 +12,7 @@
 mod delivery;
 #[cfg(feature = "spin")]
 mod kv;
+mod limiter;
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
@@ -83,12 +84,14 @@ async fn handle(req: Request) -> http::Response<FullBody<Bytes>> {
     let started = std::time::Instant::now();
     let now = now_ms();
     let request_id = ids::new_id(now).unwrap_or_else(|_| String::from("no-entropy"));
-    let answer = serve(req, now, &request_id).await;
-    to_response(answer.finish(&request_id, started.elapsed().as_secs_f64() * 1000.0))
+    let settings = settings().await;
+    let cors = settings.cors_headers(req.headers().get("origin").and_then(|v| v.to_str().ok()));
+    let answer = serve(req, &settings, now, &request_id).await;
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    to_response(answer.finish(&request_id, elapsed_ms, cors))
 }
 
-async fn serve(req: Request, now: u64, request_id: &str) -> HttpResponse {
-    let settings = settings().await;
+async fn serve(req: Request, settings: &Settings, now: u64, request_id: &str) -> HttpResponse {
     let edge = EdgeInfo::new(settings.edge_node(), None, None, None, PLATFORM);
     let header = |name: &str| {
         req.headers()
@@ -98,6 +101,14 @@ async fn serve(req: Request, now: u64, request_id: &str) -> HttpResponse {
     };
     let content_type = header("content-type");
     let authorization = header("authorization");
+    let origin = header("origin");
+    let preflight_method = header("access-control-request-method");
+    let preflight_headers = header("access-control-request-headers");
+    let header_bytes = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
@@ -115,10 +126,14 @@ async fn serve(req: Request, now: u64, request_id: &str) -> HttpResponse {
         query: &query,
         content_type: content_type.as_deref(),
         authorization: authorization.as_deref(),
+        origin: origin.as_deref(),
+        preflight_method: preflight_method.as_deref(),
+        preflight_headers: preflight_headers.as_deref(),
+        header_bytes,
         body: &body,
     };
     let ctx = RequestContext {
-        settings: &settings,
+        settings,
         edge: &edge,
         now_ms: now,
         request_id,
@@ -129,7 +144,11 @@ async fn serve(req: Request, now: u64, request_id: &str) -> HttpResponse {
             let Ok(config) = settings.config.as_ref() else {
                 return HttpResponse::problem(&Problem::internal(), request_id);
             };
-            match delivery::accept(config, &edge.node, &accepted).await {
+            let admitted = match limiter::admit(config, &accepted, now).await {
+                Ok(()) => delivery::accept(config, &edge.node, &accepted).await,
+                Err(limited) => Err(limited),
+            };
+            match admitted {
                 Ok(()) => accepted.response(),
                 Err(problem) => {
                     emit(

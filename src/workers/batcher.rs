@@ -7,6 +7,7 @@
 //!   (`Idempotency-Key`), failures back off exponentially with jitter, and a batch the
 //!   collector refuses for good (4xx other than 408/429) moves to the dead-letter table.
 //! - The backlog is bounded: past `MAX_BACKLOG` pending readings, `/accept` answers 503.
+//! - Per-device rate limits are enforced here, per request section (see `wire`).
 
 use std::cell::{Cell, RefCell};
 
@@ -17,10 +18,11 @@ use worker::{
     ScheduledTime, SqlStorage, SqlStorageValue, State,
 };
 
-use super::{log, now_ms, settings};
+use super::{log, now_ms, settings, wire};
 use crate::batch::{verdict, FlushAt, FlushPolicy, RetryPolicy, Verdict};
 use crate::config::Config;
 use crate::ids;
+use crate::rate_limit::MemoryBuckets;
 use crate::sink::{encode_json_batch, JSON_CONTENT_TYPE};
 
 /// Durable Object SQL allows 100 bound parameters per statement: 2 per row.
@@ -62,7 +64,12 @@ pub struct Batcher {
     /// `Some(t)`: an alarm is set for t; `None`: none is. Unknown until first asked.
     alarm: Cell<Option<Option<u64>>>,
     edge_node: RefCell<Option<String>>,
+    /// Per-device rate limits (token buckets), made on first use.
+    buckets: RefCell<Option<MemoryBuckets>>,
 }
+
+/// Devices whose buckets one object tracks; beyond this, only buckets still refilling are kept.
+const MAX_TRACKED_DEVICES: usize = 100_000;
 
 #[derive(Deserialize)]
 struct Backlog {
@@ -141,6 +148,7 @@ impl DurableObject for Batcher {
             failures: Cell::new(failures),
             alarm: Cell::new(None),
             edge_node: RefCell::new(None),
+            buckets: RefCell::new(None),
         }
     }
 
@@ -183,10 +191,13 @@ impl Batcher {
             Ok(c) => c,
             Err(e) => return Response::error(e, 500),
         };
-        let lines: Vec<&str> = body.split('\n').filter(|l| !l.is_empty()).collect();
+        let sections = wire::decode_sections(body);
+        let total: usize = sections.iter().map(|s| s.docs.len()).sum();
         let now = now_ms();
         let pending = self.pending.get();
-        if pending + lines.len() > config.max_backlog {
+        // The backlog bound is checked before any rate-limit tokens are taken, so a refused
+        // call costs no device anything.
+        if pending + total > config.max_backlog {
             self.bump("backlog_refusals", 1)?;
             // A full backlog must still drain: make sure a flush or retry alarm is set even if
             // the runtime lost it (e.g. a restart), since this refusal writes nothing new.
@@ -196,6 +207,17 @@ impl Batcher {
             headers.set("retry-after", &retry_after.to_string())?;
             let detail = format!("the delivery backlog holds {pending} readings (limit {}); the collector may be down", config.max_backlog);
             return Ok(Response::error(detail, 503)?.with_headers(headers));
+        }
+        let mut answer = wire::AcceptAnswer::default();
+        let mut lines: Vec<&str> = Vec::with_capacity(total);
+        for (index, section) in sections.iter().enumerate() {
+            match self.admit(&config, &section.costs, now) {
+                Ok(()) => lines.extend_from_slice(&section.docs),
+                Err(retry_after_s) => answer.limited.push((index, retry_after_s)),
+            }
+        }
+        if !answer.limited.is_empty() {
+            self.bump("rate_limited_requests", answer.limited.len() as i64)?;
         }
         // No await between these writes: the runtime commits them as one implicit transaction.
         for chunk in lines.chunks(ROWS_PER_INSERT) {
@@ -223,12 +245,27 @@ impl Batcher {
              ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
             vec![SqlStorageValue::Integer(lines.len() as i64)],
         )?;
-        self.schedule(&config, now).await?;
-        let mut answer = Response::from_json(
-            &serde_json::json!({ "accepted": lines.len(), "backlog": pending + lines.len() }),
-        )?;
-        answer = answer.with_status(202);
-        Ok(answer)
+        if !lines.is_empty() {
+            self.schedule(&config, now).await?;
+        }
+        answer.accepted = lines.len();
+        answer.backlog = pending + lines.len();
+        Ok(Response::from_json(&answer)?.with_status(202))
+    }
+
+    /// Charges one request's readings to its devices' token buckets, all or none. The buckets
+    /// live in this object's memory: exact for the devices it serves while it stays loaded; an
+    /// evicted object starts with full buckets (the limit then errs towards admitting).
+    fn admit(&self, config: &Config, costs: &[(&str, u32)], now: u64) -> Result<(), u32> {
+        let Some(limit) = config.rate_limit else {
+            return Ok(());
+        };
+        let mut buckets = self.buckets.borrow_mut();
+        let buckets = match buckets.as_mut() {
+            Some(b) if b.limit() == limit => b,
+            _ => buckets.insert(MemoryBuckets::new(limit, MAX_TRACKED_DEVICES)),
+        };
+        buckets.admit(costs, now)
     }
 
     /// Makes sure an alarm will fire when the policy says the next flush is due. During a
@@ -607,6 +644,7 @@ impl Batcher {
             "failed_attempts",
             "dead_letter_batches",
             "backlog_refusals",
+            "rate_limited_requests",
             "consecutive_failures",
         ] {
             doc.insert(name.into(), self.counter(name)?.into());

@@ -6,6 +6,10 @@
 //! while a call is in flight gather in the next group, so under load one Durable Object call
 //! carries many requests, and a request on an idle lane is sent at once.
 //!
+//! A group's body is a sequence of sections, one per request (see `hand_to_batcher`), and the
+//! call answers each section on its own: a request refused by its device's rate limit does not
+//! refuse the others in its group.
+//!
 //! Workers rules shape the waiting. A request may only be resumed by its own events: a promise
 //! resolved by another request resumes its waiter in that other request's context, where its
 //! I/O fails ("Cannot perform I/O on behalf of a different request"). So nobody wakes anybody:
@@ -30,14 +34,18 @@ const WAIT_LIMIT_MS: f64 = 20_000.0;
 const FIRST_POLL_MS: u64 = 1;
 const MAX_POLL_MS: u64 = 8;
 
-type Outcome = Result<(), Problem>;
-type Shared = Rc<RefCell<Option<Outcome>>>;
+/// One request's answer.
+pub type Outcome = Result<(), Problem>;
+/// One call's answer: an outcome per section, or one failure for all.
+pub type GroupOutcome = Result<Vec<Outcome>, Problem>;
+type Shared = Rc<RefCell<Option<GroupOutcome>>>;
 
 struct Group {
     opened_at: f64,
     /// Newline-terminated reading documents (NDJSON), in arrival order.
     body: String,
     readings: usize,
+    sections: usize,
     outcome: Shared,
 }
 
@@ -71,16 +79,17 @@ async fn sleep_ms(ms: u64) {
 
 enum Role {
     Owner(Shared),
-    Member(Shared),
+    /// A member and its section's index in the group.
+    Member(Shared, usize),
     Alone(String),
 }
 
-/// Sends `body` (NDJSON of `readings` documents) to batcher `lane` together with the readings
-/// of concurrent requests; `send` performs one call.
+/// Sends `body` (one section of `readings` documents) to batcher `lane` together with the
+/// sections of concurrent requests; `send` performs one call.
 pub async fn submit<F, Fut>(lane: &str, body: String, readings: usize, send: F) -> Outcome
 where
     F: Fn(String) -> Fut,
-    Fut: Future<Output = Outcome>,
+    Fut: Future<Output = GroupOutcome>,
 {
     let started = js_sys::Date::now();
     let role = with_lane(lane, |l| {
@@ -95,18 +104,18 @@ where
         }
         open_or_join(l, body, readings, started)
     });
-    let outcome = match role {
-        Role::Alone(body) => return send(body).await,
-        Role::Member(outcome) => outcome,
+    let (outcome, section) = match role {
+        Role::Alone(body) => return section_outcome(&send(body).await, 0),
+        Role::Member(outcome, section) => (outcome, section),
         Role::Owner(outcome) => {
             own(lane, &send, started).await;
-            outcome
+            (outcome, 0)
         }
     };
     let mut step = FIRST_POLL_MS;
     loop {
-        if let Some(result) = outcome.borrow().clone() {
-            return result;
+        if let Some(result) = outcome.borrow().as_ref() {
+            return section_outcome(result, section);
         }
         if js_sys::Date::now() - started > WAIT_LIMIT_MS {
             return Err(timed_out());
@@ -116,13 +125,25 @@ where
     }
 }
 
+fn section_outcome(group: &GroupOutcome, section: usize) -> Outcome {
+    match group {
+        // Fewer answers than sections sent would be a batcher fault: refuse, never assume.
+        Ok(sections) => sections
+            .get(section)
+            .cloned()
+            .unwrap_or_else(|| Err(Problem::internal())),
+        Err(problem) => Err(problem.clone()),
+    }
+}
+
 fn open_or_join(l: &mut Lane, body: String, readings: usize, now: f64) -> Role {
     match l.open.as_mut() {
         Some(group) if group.readings + readings > MAX_GROUP_READINGS => Role::Alone(body),
         Some(group) => {
             group.body.push_str(&body);
             group.readings += readings;
-            Role::Member(group.outcome.clone())
+            group.sections += 1;
+            Role::Member(group.outcome.clone(), group.sections - 1)
         }
         None => {
             let outcome = Shared::default();
@@ -130,6 +151,7 @@ fn open_or_join(l: &mut Lane, body: String, readings: usize, now: f64) -> Role {
                 opened_at: now,
                 body,
                 readings,
+                sections: 1,
                 outcome: outcome.clone(),
             });
             Role::Owner(outcome)
@@ -141,7 +163,7 @@ fn open_or_join(l: &mut Lane, body: String, readings: usize, now: f64) -> Role {
 async fn own<F, Fut>(lane: &str, send: &F, started: f64)
 where
     F: Fn(String) -> Fut,
-    Fut: Future<Output = Outcome>,
+    Fut: Future<Output = GroupOutcome>,
 {
     // A free lane is taken at once; requests arriving during the call join the next group.
     let mut step = 0;

@@ -7,6 +7,7 @@
 mod batcher;
 mod group_commit;
 mod log;
+mod wire;
 
 use std::cell::OnceCell;
 use std::rc::Rc;
@@ -70,28 +71,66 @@ fn start() {
 async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
     let started = js_sys::Date::now();
     let request_id = ids::new_id(started as u64).unwrap_or_else(|_| String::from("no-entropy"));
-    let answer = match serve(req, &env, started as u64, &request_id).await {
+    let settings = settings(&env);
+    let cors = settings.cors_headers(req.headers().get("origin")?.as_deref());
+    let answer = match serve(req, &env, &settings, started as u64, &request_id).await {
         Ok(answer) => answer,
         Err(e) => {
             log::error("request_failed", &request_id, &[("error", &e.to_string())]);
             HttpResponse::problem(&Problem::internal(), &request_id)
         }
     };
-    to_worker_response(answer.finish(&request_id, js_sys::Date::now() - started))
+    to_worker_response(answer.finish(&request_id, js_sys::Date::now() - started, cors))
+}
+
+/// The request headers the core looks at, and the size of all of them.
+struct HeaderView {
+    content_type: Option<String>,
+    authorization: Option<String>,
+    origin: Option<String>,
+    preflight_method: Option<String>,
+    preflight_headers: Option<String>,
+    total_bytes: usize,
+}
+
+impl HeaderView {
+    /// One pass over the headers (one crossing into JS per header rather than per lookup).
+    fn read(headers: &Headers) -> Self {
+        let mut view = Self {
+            content_type: None,
+            authorization: None,
+            origin: None,
+            preflight_method: None,
+            preflight_headers: None,
+            total_bytes: 0,
+        };
+        for (name, value) in headers.entries() {
+            view.total_bytes += name.len() + value.len() + 4;
+            let slot = match name.as_str() {
+                "content-type" => &mut view.content_type,
+                "authorization" => &mut view.authorization,
+                "origin" => &mut view.origin,
+                "access-control-request-method" => &mut view.preflight_method,
+                "access-control-request-headers" => &mut view.preflight_headers,
+                _ => continue,
+            };
+            *slot = Some(value);
+        }
+        view
+    }
 }
 
 async fn serve(
     mut req: Request,
     env: &Env,
+    settings: &Settings,
     now_ms: u64,
     request_id: &str,
 ) -> worker::Result<HttpResponse> {
-    let settings = settings(env);
     let url = req.url()?;
     let method = req.method();
-    let edge = edge_info(&req, &settings);
-    let content_type = req.headers().get("content-type")?;
-    let authorization = req.headers().get("authorization")?;
+    let edge = edge_info(&req, settings);
+    let headers = HeaderView::read(req.headers());
     let body = if method == Method::Post && url.path() == api::READINGS_PATH {
         match read_body(&mut req, settings.max_body_bytes()).await? {
             Ok(body) => body,
@@ -104,19 +143,23 @@ async fn serve(
         method: method.as_ref(),
         path: url.path(),
         query: url.query().unwrap_or(""),
-        content_type: content_type.as_deref(),
-        authorization: authorization.as_deref(),
+        content_type: headers.content_type.as_deref(),
+        authorization: headers.authorization.as_deref(),
+        origin: headers.origin.as_deref(),
+        preflight_method: headers.preflight_method.as_deref(),
+        preflight_headers: headers.preflight_headers.as_deref(),
+        header_bytes: headers.total_bytes,
         body: &body,
     };
     let ctx = RequestContext {
-        settings: &settings,
+        settings,
         edge: &edge,
         now_ms,
         request_id,
     };
     Ok(match api::handle(&request, &ctx) {
         Action::Respond(answer) => answer,
-        Action::Accept(accepted) => match hand_to_batcher(env, &settings, &edge, &accepted).await {
+        Action::Accept(accepted) => match hand_to_batcher(env, settings, &edge, &accepted).await {
             Ok(()) => accepted.response(),
             Err(problem) => {
                 log::warn(
@@ -127,7 +170,7 @@ async fn serve(
                 HttpResponse::problem(&problem, request_id)
             }
         },
-        Action::Admin(query) => admin(env, &settings, &edge, query).await?,
+        Action::Admin(query) => admin(env, settings, &edge, query).await?,
     })
 }
 
@@ -218,17 +261,20 @@ async fn hand_to_batcher(
     accepted: &Accepted,
 ) -> Result<(), Problem> {
     let name = batcher_name(edge, shard_of(&accepted.shard_key, shard_count(settings)));
-    let mut body = String::with_capacity(accepted.readings.iter().map(|r| r.json.len() + 1).sum());
-    for r in &accepted.readings {
-        body.push_str(&r.json);
-        body.push('\n');
-    }
-    let send = |body| call_batcher(env, &name, &edge.node, body);
+    let body = wire::encode_section(accepted);
+    let send = |body| call_batcher(env, settings, &name, &edge.node, body);
     group_commit::submit(&name, body, accepted.readings.len(), send).await
 }
 
-/// One `/accept` call to a batcher with NDJSON readings (possibly several requests' worth).
-async fn call_batcher(env: &Env, name: &str, node: &str, body: String) -> Result<(), Problem> {
+/// One `/accept` call to a batcher with one or more requests' sections; an outcome per section.
+async fn call_batcher(
+    env: &Env,
+    settings: &Settings,
+    name: &str,
+    node: &str,
+    body: String,
+) -> group_commit::GroupOutcome {
+    let sections = wire::section_count(&body);
     let unavailable = |e: worker::Error| {
         log::error("batcher_unreachable", "", &[("error", &e.to_string())]);
         Problem::new(
@@ -250,7 +296,17 @@ async fn call_batcher(env: &Env, name: &str, node: &str, body: String) -> Result
         .await
         .map_err(unavailable)?;
     match answer.status_code() {
-        200..=299 => Ok(()),
+        200..=299 => {
+            let answer: wire::AcceptAnswer = answer.json().await.map_err(unavailable)?;
+            let mut outcomes = vec![Ok(()); sections];
+            let limit = settings.config.as_ref().ok().and_then(|c| c.rate_limit);
+            for (index, retry_after_s) in answer.limited {
+                if let (Some(slot), Some(limit)) = (outcomes.get_mut(index), limit.as_ref()) {
+                    *slot = Err(crate::rate_limit::limited(retry_after_s, limit));
+                }
+            }
+            Ok(outcomes)
+        }
         503 => {
             let retry_after = answer
                 .headers()

@@ -196,6 +196,11 @@ fn edge_vars(collector: &Collector) -> Vec<(String, String)> {
         ("COLLECTOR_URL".into(), collector.ingest_url()),
         ("EDGE_NODE".into(), "bench".into()),
         ("ADMIN_TOKEN".into(), ADMIN.into()),
+        // The load comes from one device id, and the JS peer has no device auth: compare like
+        // with like. The rate limiter still runs (and is paid for), with a limit never reached.
+        ("AUTH_MODE".into(), "off".into()),
+        ("RATE_LIMIT_READINGS_PER_S".into(), "1000000".into()),
+        ("RATE_LIMIT_BURST".into(), "1000000".into()),
         (
             "CALIBRATION_PROFILES".into(),
             std::fs::read_to_string(repo_root().join("profiles/calibration.json"))

@@ -1,0 +1,68 @@
+//! Per-device rate limits on Spin / wasi:http. The spin flavour keeps each device's bucket in
+//! the key-value store, shared by all instances (approximate under concurrent requests of one
+//! device: see `rate_limit::admit_in_store`). The portable flavour has no store and keeps
+//! buckets in the instance's memory: exact while one instance serves a device, no limit at all
+//! when every request gets a fresh instance.
+
+use crate::api::Accepted;
+use crate::config::Config;
+use crate::problem::{Problem, ProblemType};
+use crate::rate_limit::{self, RateLimit};
+
+pub async fn admit(config: &Config, accepted: &Accepted, now_ms: u64) -> Result<(), Problem> {
+    let Some(limit) = config.rate_limit else {
+        return Ok(());
+    };
+    let costs: Vec<(&str, u32)> = accepted
+        .device_costs
+        .iter()
+        .map(|(d, n)| (d.as_str(), *n))
+        .collect();
+    match admit_costs(&limit, &costs, now_ms).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(retry_after_s)) => Err(rate_limit::limited(retry_after_s, &limit)),
+        Err(e) => {
+            super::emit("error", "rate_limit_store_failed", "", &[("error", &e)]);
+            Err(Problem::new(
+                ProblemType::UpstreamUnavailable,
+                "the rate-limit store is unavailable; nothing was accepted",
+            )
+            .with_retry_after(1))
+        }
+    }
+}
+
+#[cfg(feature = "spin")]
+async fn admit_costs(
+    limit: &RateLimit,
+    costs: &[(&str, u32)],
+    now_ms: u64,
+) -> Result<Result<(), u32>, String> {
+    let store = super::kv::open().await?;
+    rate_limit::admit_in_store(&store, limit, costs, now_ms).await
+}
+
+#[cfg(not(feature = "spin"))]
+async fn admit_costs(
+    limit: &RateLimit,
+    costs: &[(&str, u32)],
+    now_ms: u64,
+) -> Result<Result<(), u32>, String> {
+    use std::cell::RefCell;
+
+    use crate::rate_limit::MemoryBuckets;
+
+    /// Devices whose buckets one instance tracks.
+    const MAX_TRACKED_DEVICES: usize = 100_000;
+    thread_local! {
+        static BUCKETS: RefCell<Option<MemoryBuckets>> = const { RefCell::new(None) };
+    }
+    Ok(BUCKETS.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let buckets = match cell.as_mut() {
+            Some(b) if b.limit() == *limit => b,
+            _ => cell.insert(MemoryBuckets::new(*limit, MAX_TRACKED_DEVICES)),
+        };
+        buckets.admit(costs, now_ms)
+    }))
+}
