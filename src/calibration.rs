@@ -190,12 +190,20 @@ impl Profiles {
 /// Rounds half away from zero at `decimals` places.
 ///
 /// Binary floating point stores 0.15 as 0.1499999…, so a plain `(x * 10).round()` would round
-/// some decimal halves down. The value is nudged by a relative 1e-12 (far below any sensor's
-/// resolution) towards its own sign before rounding, so a decimal half rounds away from zero.
+/// some decimal halves down. The scaled value is nudged by a few units in its last place
+/// towards its own sign before rounding, so a decimal half rounds away from zero. (A fixed
+/// relative 1e-12 once moved large values by whole rounding steps; the property tests caught
+/// it.) Past 2^50 steps a double holds no finer digits worth rounding: the value is kept.
 pub fn round_half_away(value: f64, decimals: u8) -> f64 {
+    const NUDGE_ULPS: f64 = 4.0;
+    const PRECISION_LIMIT: f64 = (1u64 << 50) as f64;
     let scale = 10f64.powi(i32::from(decimals));
     let scaled = value * scale;
-    let nudged = scaled + scaled.signum() * scaled.abs().max(1.0) * 1e-12;
+    if !scaled.is_finite() || scaled.abs() >= PRECISION_LIMIT {
+        return if value == 0.0 { 0.0 } else { value };
+    }
+    let nudge = (scaled.abs().max(1.0) * NUDGE_ULPS * f64::EPSILON).min(1e-3);
+    let nudged = scaled + scaled.signum() * nudge;
     let rounded = nudged.round() / scale;
     if rounded == 0.0 {
         0.0 // never answer "-0.0"
@@ -250,6 +258,16 @@ mod tests {
             .calibrate(&dev("x"), Temperature::new(21.25, Unit::Celsius).unwrap())
             .unwrap();
         assert_eq!((v, prof), (21.3, None));
+    }
+
+    #[test]
+    fn rounding_keeps_large_values_in_place() {
+        // Found by tests/calibration_props.rs: the old fixed relative nudge moved this by 4 steps.
+        let x = 423_444_785.231_959_1;
+        assert_eq!(round_half_away(x, 4), 423_444_785.232);
+        assert_eq!(round_half_away(round_half_away(x, 4), 4), 423_444_785.232);
+        let y = round_half_away(722_869_792.966_834_9, 6);
+        assert_eq!(round_half_away(y, 6), y);
     }
 
     #[test]

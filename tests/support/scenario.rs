@@ -160,7 +160,7 @@ pub fn standard_behaviour(edge: &Edge<'_>, collector: &mut Collector) -> BTreeSe
         );
     }
     let r = try_request("PUT", &edge.url("/v1/readings"), None, None).unwrap();
-    assert_eq!(r.header("allow"), Some("GET, POST"));
+    assert_eq!(r.header("allow"), Some("GET, POST, OPTIONS"));
     let too_big = format!(
         "[{}]",
         vec![r#"{"device_id":"big","temp":1}"#; 10_000].join(",")
