@@ -142,9 +142,20 @@ impl Temperature {
                 "must be a finite number (no NaN or infinity)",
             ));
         }
+        let celsius = unit.to_celsius(value);
+        // A finite °F near f64::MAX overflows on the way to °C (found by fuzz/body_json).
+        if !celsius.is_finite() {
+            return Err(FieldIssue::unprocessable(
+                "temp",
+                format!(
+                    "{value} {} is out of range in degrees Celsius",
+                    unit.symbol()
+                ),
+            ));
+        }
         // A tiny tolerance keeps -273.15 itself (and its F/K spellings) acceptable
         // despite binary floating point.
-        if unit.to_celsius(value) < ABSOLUTE_ZERO_C - 1e-9 {
+        if celsius < ABSOLUTE_ZERO_C - 1e-9 {
             return Err(FieldIssue::unprocessable(
                 "temp",
                 format!(
@@ -336,6 +347,7 @@ mod tests {
         let e = Temperature::new(-0.01, Unit::Kelvin).unwrap_err();
         assert_eq!(e.severity, Severity::Unprocessable);
         assert!(Temperature::new(f64::NAN, Unit::Celsius).is_err());
+        assert!(Temperature::new(f64::MAX, Unit::Fahrenheit).is_err());
     }
 
     #[test]

@@ -1,0 +1,140 @@
+//! What every fuzz target checks, shared with `tests/regressions.rs`, which replays each input
+//! ever saved under `regressions/<target>/` (crashes turned into regression cases).
+//!
+//! Beyond "never panics", each check asserts the contract: bad input is a 4xx problem document
+//! (valid JSON with the RFC 9457 members), good input yields finite, calibrated readings.
+
+use edge_enrich::api::{self, Action, HttpRequest, RequestContext};
+use edge_enrich::body::{parse_readings, BodyFormat};
+use edge_enrich::calibration::Profiles;
+use edge_enrich::config::Settings;
+use edge_enrich::enrich::EdgeInfo;
+use edge_enrich::host::Pairs;
+use edge_enrich::query::parse_reading_query;
+use edge_enrich::reading::{DeviceId, Temperature, Unit};
+
+/// One target's checks over one input.
+pub type Check = fn(&[u8]);
+
+pub const TARGETS: &[(&str, Check)] = &[
+    ("query", query),
+    ("body_json", body_json),
+    ("body_ndjson", body_ndjson),
+    ("calibration_profiles", calibration_profiles),
+];
+
+const MAX_READINGS: usize = 50;
+
+fn settings() -> Settings {
+    Settings::load(&Pairs(&[
+        ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
+        ("AUTH_MODE", "off"),
+        ("MAX_READINGS_PER_REQUEST", "50"),
+        ("RATE_LIMIT_BURST", "50"),
+    ]))
+}
+
+/// Runs one request through the whole API and checks the answer's shape.
+fn through_api(method: &str, query: &str, content_type: Option<&str>, body: &[u8]) {
+    let settings = settings();
+    let edge = EdgeInfo::new(Some("fuzz"), None, None, None, "fuzz");
+    let ctx = RequestContext {
+        settings: &settings,
+        edge: &edge,
+        now_ms: 1_700_000_000_000,
+        request_id: "fuzz",
+    };
+    let request = HttpRequest {
+        content_type,
+        ..HttpRequest::new(method, api::READINGS_PATH, query, body)
+    };
+    match api::handle(&request, &ctx) {
+        Action::Respond(answer) => {
+            assert!(
+                (400..500).contains(&answer.status),
+                "status {}",
+                answer.status
+            );
+            let doc: serde_json::Value =
+                serde_json::from_str(&answer.body).expect("a problem document is JSON");
+            assert_eq!(doc["status"], answer.status);
+            assert!(doc["type"]
+                .as_str()
+                .unwrap()
+                .starts_with("urn:edge-enrich:problem:"));
+            assert!(!doc["detail"].as_str().unwrap().is_empty());
+        }
+        Action::Accept(accepted) => {
+            assert!(!accepted.readings.is_empty() && accepted.readings.len() <= MAX_READINGS);
+            for r in &accepted.readings {
+                let doc: serde_json::Value =
+                    serde_json::from_str(&r.json).expect("an enriched reading is JSON");
+                let temp_c = doc["temp_c"].as_f64().expect("temp_c is a number");
+                assert!(temp_c.is_finite());
+                DeviceId::parse(doc["device_id"].as_str().unwrap()).expect("a valid device id");
+            }
+            serde_json::from_str::<serde_json::Value>(&accepted.response().body)
+                .expect("the answer is JSON");
+        }
+        Action::Admin(_) => panic!("readings never route to admin"),
+    }
+}
+
+pub fn query(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match parse_reading_query(text) {
+        Ok(reading) => {
+            assert!(reading.temp.celsius().is_finite());
+            assert!(reading.temp.celsius() >= -273.15 - 1e-6);
+        }
+        Err(issues) => assert!(!issues.is_empty()),
+    }
+    through_api("GET", text, None, b"");
+}
+
+fn body(data: &[u8], format: BodyFormat, content_type: &str) {
+    match parse_readings(data, format, MAX_READINGS) {
+        Ok(readings) => {
+            assert!(!readings.is_empty() && readings.len() <= MAX_READINGS);
+            for r in &readings {
+                assert!(r.temp.celsius().is_finite());
+            }
+        }
+        Err(problem) => assert!((400..500).contains(&problem.status())),
+    }
+    through_api("POST", "", Some(content_type), data);
+}
+
+pub fn body_json(data: &[u8]) {
+    body(data, BodyFormat::Json, "application/json");
+}
+
+pub fn body_ndjson(data: &[u8]) {
+    body(data, BodyFormat::Ndjson, "application/x-ndjson");
+}
+
+pub fn calibration_profiles(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match Profiles::parse(text) {
+        Ok(profiles) => {
+            for device in ["a", "lab-01", "greenhouse-7", "x:y.z"] {
+                let device = DeviceId::parse(device).unwrap();
+                for (value, unit) in [
+                    (20.0, Unit::Celsius),
+                    (-459.67, Unit::Fahrenheit),
+                    (1e6, Unit::Kelvin),
+                ] {
+                    let temp = Temperature::new(value, unit).unwrap();
+                    if let Ok((c, _)) = profiles.calibrate(&device, temp) {
+                        assert!(c.is_finite());
+                    }
+                }
+            }
+        }
+        Err(errors) => assert!(!errors.is_empty() && errors.iter().all(|e| !e.is_empty())),
+    }
+}
