@@ -85,3 +85,25 @@ fn wasi_http_component_with_instance_reuse() {
 fn wasi_http_component_with_one_instance_per_request() {
     run(true);
 }
+
+/// The hostile-input suite (tests/support/hostile.rs) in `token` and in `hmac` mode, each on a
+/// fresh host and collector: every case its documented 4xx, the runtime healthy throughout,
+/// every accepted reading stored exactly once, no secret in any answer or log.
+#[test]
+#[ignore = "needs the built artifacts; run by scripts/test.sh"]
+fn hostile_inputs_in_token_and_hmac_mode() {
+    let mut total = 0;
+    for mode in ["token", "hmac"] {
+        let dir = scratch(&format!("wasmtime-hostile-{mode}"));
+        let collector = Collector::start(&dir);
+        let ingest = collector.ingest_url();
+        let mut vars = support::hostile::vars(mode);
+        vars.push(("COLLECTOR_URL", &ingest));
+        let host = LocalServer::wasmtime(&dir, &component(), &vars, false);
+        let log = || host.log_text();
+        let cases = support::hostile::run_suite(&host.url(""), mode, &collector, &log);
+        eprintln!("{mode}: {cases} hostile cases passed");
+        total += cases;
+    }
+    assert!(total >= 60, "only {total} hostile cases");
+}

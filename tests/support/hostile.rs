@@ -1,0 +1,682 @@
+//! The hostile-input suite, run against any host: requests written byte for byte (bad encodings,
+//! huge numbers, duplicate keys, 10 MB bodies, header injection, forged credentials...). Each
+//! must get its documented status and problem type; the runtime must stay healthy; a valid
+//! reading is sent before every case, and at the end every reading ever accepted must be at the
+//! collector exactly once (and nothing else). Secrets never show in answers or logs.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use edge_enrich::auth::{sign, MasterSecret, SignedParts};
+
+use super::*;
+
+pub const SECRET: &str = "hostile-suite-master-secret-0123456789";
+pub const ADMIN_TOKEN: &str = "hostile-admin-token";
+pub const ALLOWED_ORIGIN: &str = "https://dash.example.com";
+/// Small limits, so each is reachable with a modest request.
+pub const MAX_READINGS: usize = 20;
+
+/// The host settings the suite expects (besides COLLECTOR_URL); `mode` is `token` or `hmac`.
+pub fn vars(mode: &'static str) -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("AUTH_MODE", mode),
+        ("AUTH_SECRET", SECRET),
+        ("ADMIN_TOKEN", ADMIN_TOKEN),
+        ("CORS_ALLOWED_ORIGINS", ALLOWED_ORIGIN),
+        ("MAX_READINGS_PER_REQUEST", "20"),
+        ("RATE_LIMIT_READINGS_PER_S", "0.5"),
+        ("RATE_LIMIT_BURST", "20"),
+    ]
+}
+
+fn key(device: &str) -> String {
+    MasterSecret::new(SECRET).unwrap().device_key(device)
+}
+
+fn bearer(device: &str) -> String {
+    format!("Bearer {}", key(device))
+}
+
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// One request, byte for byte. `Content-Length` is added from the body unless given.
+struct Raw {
+    method: &'static str,
+    target: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Raw {
+    fn new(method: &'static str, target: impl Into<String>) -> Self {
+        Self {
+            method,
+            target: target.into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+    fn get(query: &str) -> Self {
+        Self::new("GET", format!("/v1/readings?{query}"))
+    }
+    fn post(content_type: &str, body: impl Into<Vec<u8>>) -> Self {
+        Self::new("POST", "/v1/readings")
+            .header("content-type", content_type)
+            .body(body)
+    }
+    fn json(body: impl Into<Vec<u8>>) -> Self {
+        Self::post("application/json", body)
+    }
+    fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+    fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+    fn auth(self, device: &str) -> Self {
+        self.header("authorization", bearer(device))
+    }
+    /// Signs the request as `device` with `device_key` at `timestamp` (hmac mode).
+    fn signed_with(self, device: &str, device_key: &str, timestamp: u64) -> Self {
+        let (path, query) = self.target.split_once('?').unwrap_or((&self.target, ""));
+        let parts = SignedParts {
+            method: self.method,
+            path,
+            query,
+            body: &self.body,
+        };
+        let header = sign(device_key, device, &parts, timestamp);
+        self.header("authorization", header)
+    }
+    fn signed(self, device: &str) -> Self {
+        let k = key(device);
+        self.signed_with(device, &k, now_s())
+    }
+    fn bytes(&self, base: &str) -> Vec<u8> {
+        let host = base.trim_start_matches("http://");
+        let mut out = format!(
+            "{} {} HTTP/1.1\r\nhost: {host}\r\n",
+            self.method, self.target
+        );
+        let mut has_length = false;
+        for (k, v) in &self.headers {
+            has_length |= k.eq_ignore_ascii_case("content-length");
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !has_length && (self.method == "POST" || !self.body.is_empty()) {
+            out.push_str(&format!("content-length: {}\r\n", self.body.len()));
+        }
+        out.push_str("connection: close\r\n\r\n");
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+}
+
+/// What a case must get back.
+enum Expect {
+    /// A problem document with this status (its type is checked against the status).
+    Problem(u16),
+    /// Accepted: 200 with the readings' ids (they join the set that must reach the collector).
+    Accepted,
+    /// A CORS preflight: 204, with or without `Access-Control-Allow-Origin`.
+    Preflight { allowed: bool },
+}
+
+struct Case {
+    name: &'static str,
+    request: Raw,
+    expect: Expect,
+}
+
+fn case(name: &'static str, request: Raw, expect: Expect) -> Case {
+    Case {
+        name,
+        request,
+        expect,
+    }
+}
+
+fn problem_type(status: u16) -> &'static str {
+    match status {
+        400 => "invalid-request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not-found",
+        405 => "method-not-allowed",
+        413 => "payload-too-large",
+        414 => "uri-too-long",
+        415 => "unsupported-media-type",
+        422 => "unprocessable-reading",
+        429 => "rate-limited",
+        431 => "headers-too-large",
+        other => panic!("no problem type documented for {other}"),
+    }
+}
+
+fn readings(device: &str, n: usize) -> String {
+    let items: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"device_id":"{device}","temp":{}.5,"seq":{i}}}"#,
+                20 + i
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(","))
+}
+
+/// Cases for `token` mode: every request carries device `h`'s token unless the case is about
+/// credentials, so each reaches the check it is about.
+fn token_cases() -> Vec<Case> {
+    use Expect::*;
+    let g = |q: &str| Raw::get(q).auth("h");
+    let j = |b: &str| Raw::json(b.to_owned()).auth("h");
+    let nd = |b: &str| Raw::post("application/x-ndjson", b.to_owned()).auth("h");
+    let long_id = "x".repeat(129);
+    let mut cases = vec![
+        // Query strings.
+        case("no parameters", g(""), Problem(400)),
+        case("device_id only", g("device_id=h"), Problem(400)),
+        case("temp only", g("temp=1"), Problem(400)),
+        case("empty device_id", g("device_id=&temp=1"), Problem(400)),
+        case(
+            "space in device_id",
+            g("device_id=h%20x&temp=1"),
+            Problem(400),
+        ),
+        case("temp not a number", g("device_id=h&temp=abc"), Problem(400)),
+        case("temp empty", g("device_id=h&temp="), Problem(400)),
+        case("temp in hex", g("device_id=h&temp=0x10"), Problem(400)),
+        case("temp NaN", g("device_id=h&temp=NaN"), Problem(422)),
+        case("temp inf", g("device_id=h&temp=inf"), Problem(422)),
+        case(
+            "temp -infinity",
+            g("device_id=h&temp=-infinity"),
+            Problem(422),
+        ),
+        case("temp 1e309", g("device_id=h&temp=1e309"), Problem(422)),
+        case("temp -1e309", g("device_id=h&temp=-1e309"), Problem(422)),
+        case(
+            "below absolute zero",
+            g("device_id=h&temp=-274"),
+            Problem(422),
+        ),
+        case(
+            "negative kelvin",
+            g("device_id=h&temp=-1&unit=K"),
+            Problem(422),
+        ),
+        case(
+            "F overflowing in C",
+            g("device_id=h&temp=1.7976931348623157e308&unit=F"),
+            Problem(422),
+        ),
+        case("unknown unit", g("device_id=h&temp=1&unit=X"), Problem(400)),
+        case(
+            "repeated temp",
+            g("device_id=h&temp=1&temp=2"),
+            Problem(400),
+        ),
+        case(
+            "repeated device_id",
+            g("device_id=h&device_id=i&temp=2"),
+            Problem(400),
+        ),
+        case("negative ts", g("device_id=h&temp=1&ts=-5"), Problem(400)),
+        case(
+            "ts beyond u64",
+            g("device_id=h&temp=1&ts=18446744073709551616"),
+            Problem(400),
+        ),
+        case(
+            "fractional seq",
+            g("device_id=h&temp=1&seq=1.5"),
+            Problem(400),
+        ),
+        case(
+            "invalid UTF-8 escape",
+            g("device_id=%ff%fe&temp=1"),
+            Problem(400),
+        ),
+        case(
+            "broken percent escape",
+            g("device_id=%zz&temp=1"),
+            Problem(400),
+        ),
+        case(
+            "device_id of 129 chars",
+            g(&format!("device_id={long_id}&temp=1")),
+            Problem(400),
+        ),
+        case(
+            "URL of 10 kB",
+            g(&format!("device_id={}&temp=1", "y".repeat(10_000))),
+            Problem(414),
+        ),
+        case(
+            "CRLF injection in query",
+            g("device_id=h%0d%0aSet-Cookie:%20pwn=1&temp=1"),
+            Problem(400),
+        ),
+        case(
+            "minus zero is a value",
+            g("device_id=h&temp=-0&unit=C"),
+            Accepted,
+        ),
+        // Bodies.
+        case(
+            "no content type",
+            Raw::new("POST", "/v1/readings")
+                .auth("h")
+                .body(readings("h", 1)),
+            Problem(415),
+        ),
+        case(
+            "text/plain",
+            Raw::post("text/plain", readings("h", 1)).auth("h"),
+            Problem(415),
+        ),
+        case(
+            "latin1 charset",
+            Raw::post("application/json; charset=latin1", readings("h", 1)).auth("h"),
+            Problem(415),
+        ),
+        case(
+            "form encoding",
+            Raw::post("application/x-www-form-urlencoded", "device_id=h&temp=1").auth("h"),
+            Problem(415),
+        ),
+        case("empty body", j(""), Problem(400)),
+        case("empty array", j("[]"), Problem(400)),
+        case("unclosed object", j("{"), Problem(400)),
+        case("bare number", j("42"), Problem(400)),
+        case("array of numbers", j("[1,2]"), Problem(400)),
+        case("missing temp", j(r#"{"device_id":"h"}"#), Problem(400)),
+        case(
+            "temp as string",
+            j(r#"{"device_id":"h","temp":"20"}"#),
+            Problem(400),
+        ),
+        case(
+            "device_id as number",
+            j(r#"{"device_id":7,"temp":20}"#),
+            Problem(400),
+        ),
+        case(
+            "temp null",
+            j(r#"{"device_id":"h","temp":null}"#),
+            Problem(400),
+        ),
+        case(
+            "duplicate keys",
+            j(r#"{"device_id":"h","temp":1,"temp":2}"#),
+            Problem(400),
+        ),
+        case(
+            "JSON NaN literal",
+            j(r#"{"device_id":"h","temp":NaN}"#),
+            Problem(400),
+        ),
+        case(
+            "1e400 in JSON",
+            j(r#"{"device_id":"h","temp":1e400}"#),
+            Problem(422),
+        ),
+        case(
+            "-300 C in JSON",
+            j(r#"{"device_id":"h","temp":-300}"#),
+            Problem(422),
+        ),
+        case(
+            "invalid UTF-8 in body",
+            Raw::json(b"{\"device_id\":\"h\xff\",\"temp\":1}".to_vec()).auth("h"),
+            Problem(400),
+        ),
+        case(
+            "UTF-16 body",
+            Raw::json(
+                "\u{feff}{\"device_id\":\"h\",\"temp\":1}"
+                    .encode_utf16()
+                    .flat_map(u16::to_le_bytes)
+                    .collect::<Vec<u8>>(),
+            )
+            .auth("h"),
+            Problem(400),
+        ),
+        case(
+            "truncated NDJSON",
+            nd("{\"device_id\":\"h\",\"temp\":1}\n{\"device"),
+            Problem(400),
+        ),
+        case("blank NDJSON", nd("\n\n\n"), Problem(400)),
+        case(
+            "nesting 1000 deep",
+            j(&format!("{}{}", "[".repeat(1000), "]".repeat(1000))),
+            Problem(400),
+        ),
+        case(
+            "21 readings (limit 20)",
+            j(&readings("h", 21)),
+            Problem(413),
+        ),
+        case(
+            "body of 300 kB",
+            j(&format!("[{}]", " ".repeat(300_000))),
+            Problem(413),
+        ),
+        case(
+            "body of 10 MB",
+            j(&"x".repeat(10 * 1024 * 1024)),
+            Problem(413),
+        ),
+        case(
+            "device_id of 129 chars in JSON",
+            j(&format!(r#"{{"device_id":"{long_id}","temp":1}}"#)),
+            Problem(400),
+        ),
+        case(
+            "CRLF injection in JSON device_id",
+            j(r#"{"device_id":"h\r\nSet-Cookie: pwn=1","temp":1}"#),
+            Problem(400),
+        ),
+        case(
+            "one bad reading refuses the batch",
+            j(r#"[{"device_id":"h","temp":1},{"device_id":"h","temp":-999}]"#),
+            Problem(422),
+        ),
+        // Requests as a whole.
+        case(
+            "headers of 10 kB",
+            g("device_id=h&temp=1").header("x-padding", "p".repeat(10_000)),
+            Problem(431),
+        ),
+        case(
+            "PUT",
+            Raw::new("PUT", "/v1/readings").auth("h").body("{}"),
+            Problem(405),
+        ),
+        case(
+            "DELETE",
+            Raw::new("DELETE", "/v1/readings").auth("h"),
+            Problem(405),
+        ),
+        case(
+            "unknown path",
+            Raw::new("GET", "/v1/readingz?device_id=h&temp=1"),
+            Problem(404),
+        ),
+        case(
+            "admin without token",
+            Raw::new("GET", "/admin/stats"),
+            Problem(401),
+        ),
+        case(
+            "admin with a device token",
+            Raw::new("GET", "/admin/stats").header("authorization", bearer("h")),
+            Problem(401),
+        ),
+        // Credentials.
+        case(
+            "no Authorization",
+            Raw::get("device_id=h&temp=1"),
+            Problem(401),
+        ),
+        case(
+            "malformed bearer",
+            Raw::get("device_id=h&temp=1").header("authorization", "Bearer xyz"),
+            Problem(401),
+        ),
+        case(
+            "Basic credentials",
+            Raw::get("device_id=h&temp=1").header("authorization", "Basic aDpwYXNz"),
+            Problem(401),
+        ),
+        case(
+            "another device's token",
+            Raw::get("device_id=h&temp=1").auth("other"),
+            Problem(401),
+        ),
+        case(
+            "forged token (right shape)",
+            Raw::get("device_id=h&temp=1")
+                .header("authorization", format!("Bearer {}", "ab".repeat(32))),
+            Problem(401),
+        ),
+        case(
+            "own token, another device's readings too",
+            j(r#"[{"device_id":"h","temp":1},{"device_id":"victim","temp":1}]"#),
+            Problem(403),
+        ),
+        case(
+            "admin token as device token",
+            Raw::get("device_id=h&temp=1").header("authorization", format!("Bearer {ADMIN_TOKEN}")),
+            Problem(401),
+        ),
+        // Rate limit: a full burst is accepted, the next reading is not.
+        case(
+            "full burst",
+            Raw::json(readings("flood", MAX_READINGS)).auth("flood"),
+            Accepted,
+        ),
+        case(
+            "over the rate limit",
+            Raw::get("device_id=flood&temp=1").auth("flood"),
+            Problem(429),
+        ),
+        // CORS.
+        case(
+            "preflight from an allowed origin",
+            Raw::new("OPTIONS", "/v1/readings")
+                .header("origin", ALLOWED_ORIGIN)
+                .header("access-control-request-method", "POST")
+                .header(
+                    "access-control-request-headers",
+                    "content-type, authorization",
+                ),
+            Preflight { allowed: true },
+        ),
+        case(
+            "preflight from another origin",
+            Raw::new("OPTIONS", "/v1/readings")
+                .header("origin", "https://evil.example")
+                .header("access-control-request-method", "POST"),
+            Preflight { allowed: false },
+        ),
+    ];
+    // A valid reading from a browser on the allowed origin gets CORS headers (checked below).
+    cases.push(case(
+        "reading from the allowed origin",
+        Raw::get("device_id=browser-1&temp=19.5")
+            .auth("browser-1")
+            .header("origin", ALLOWED_ORIGIN),
+        Accepted,
+    ));
+    cases
+}
+
+/// Cases for `hmac` mode: signatures over method, path, query, body digest and time.
+fn hmac_cases() -> Vec<Case> {
+    use Expect::*;
+    let body = r#"{"device_id":"s1","temp":21.5}"#;
+    let k1 = key("s1");
+    let now = now_s();
+    let mut tampered = Raw::json(body).signed("s1");
+    tampered.body = br#"{"device_id":"s1","temp":99.5}"#.to_vec();
+    let mut query_tampered = Raw::get("device_id=s1&temp=1").signed("s1");
+    query_tampered.target = "/v1/readings?device_id=s1&temp=2".into();
+    let truncated_header = Raw::get("device_id=s1&temp=1").header(
+        "authorization",
+        format!("EE-HMAC-SHA256 device_id=s1,timestamp={now}"),
+    );
+    vec![
+        case(
+            "signed GET",
+            Raw::get("device_id=s1&temp=20.5").signed("s1"),
+            Accepted,
+        ),
+        case("signed POST", Raw::json(body).signed("s1"), Accepted),
+        case("unsigned", Raw::get("device_id=s1&temp=1"), Problem(401)),
+        case(
+            "bearer token in hmac mode",
+            Raw::get("device_id=s1&temp=1").auth("s1"),
+            Problem(401),
+        ),
+        case(
+            "expired signature",
+            Raw::json(body).signed_with("s1", &k1, now - 400),
+            Problem(401),
+        ),
+        case(
+            "signature from the future",
+            Raw::json(body).signed_with("s1", &k1, now + 400),
+            Problem(401),
+        ),
+        case(
+            "forged signature",
+            Raw::json(body).signed_with("s1", &"0".repeat(64), now),
+            Problem(401),
+        ),
+        case(
+            "another device's key",
+            Raw::json(body).signed_with("s1", &key("s2"), now),
+            Problem(401),
+        ),
+        case("body changed after signing", tampered, Problem(401)),
+        case("query changed after signing", query_tampered, Problem(401)),
+        case(
+            "signature missing from header",
+            truncated_header,
+            Problem(401),
+        ),
+        case(
+            "signed by s1, readings of s2",
+            Raw::json(r#"{"device_id":"s2","temp":1}"#).signed("s1"),
+            Problem(403),
+        ),
+    ]
+}
+
+/// A valid reading from its own device, sent before every case.
+fn valid(mode: &str, n: usize) -> Raw {
+    let device = format!("ok-{n}");
+    let r = Raw::get(&format!("device_id={device}&temp={n}.25&seq={n}"));
+    if mode == "hmac" {
+        r.signed(&device)
+    } else {
+        r.auth(&device)
+    }
+}
+
+/// Runs every case of `mode` (`token` or `hmac`) against the edge at `base`, then checks the
+/// collector and the host's log. Returns how many cases ran.
+pub fn run_suite(
+    base: &str,
+    mode: &'static str,
+    collector: &Collector,
+    log: &dyn Fn() -> String,
+) -> usize {
+    let cases = if mode == "hmac" {
+        hmac_cases()
+    } else {
+        token_cases()
+    };
+    let secrets: Vec<String> = [SECRET.to_owned(), ADMIN_TOKEN.to_owned()]
+        .into_iter()
+        .chain(["h", "flood", "s1", "other"].map(key))
+        .collect();
+    let mut accepted = BTreeSet::new();
+    for (n, c) in cases.iter().enumerate() {
+        let before = raw_request(base, valid(mode, n).bytes(base))
+            .unwrap_or_else(|e| panic!("valid reading before {:?}: {e}", c.name));
+        accepted.extend(accepted_ids(&before));
+
+        let r = raw_request(base, c.request.bytes(base))
+            .unwrap_or_else(|e| panic!("case {:?}: {e}", c.name));
+        let context = format!("case {:?}: {} {}", c.name, r.status, r.body);
+        match c.expect {
+            Expect::Problem(status) => {
+                assert_eq!(r.status, status, "{context}");
+                let doc = assert_problem(&r, status);
+                assert_eq!(
+                    doc["type"],
+                    format!("urn:edge-enrich:problem:{}", problem_type(status)),
+                    "{context}"
+                );
+                match status {
+                    401 => assert!(r.header("www-authenticate").is_some(), "{context}"),
+                    405 => assert!(r.header("allow").is_some(), "{context}"),
+                    429 => assert!(
+                        r.header("retry-after")
+                            .and_then(|v| v.parse::<u32>().ok())
+                            .is_some_and(|s| s >= 1),
+                        "{context}"
+                    ),
+                    _ => {}
+                }
+            }
+            Expect::Accepted => {
+                accepted.extend(accepted_ids(&r));
+                if c.name.contains("minus zero") {
+                    assert_eq!(r.json()["temp_c"].to_string(), "0.0", "{context}");
+                }
+                if c.name.contains("allowed origin") {
+                    assert_eq!(
+                        r.header("access-control-allow-origin"),
+                        Some(ALLOWED_ORIGIN),
+                        "{context}"
+                    );
+                    assert!(
+                        r.header("vary").is_some_and(|v| v.contains("Origin")),
+                        "{context}"
+                    );
+                }
+            }
+            Expect::Preflight { allowed } => {
+                assert_eq!(r.status, 204, "{context}");
+                assert_eq!(
+                    r.header("access-control-allow-origin").is_some(),
+                    allowed,
+                    "{context} {:?}",
+                    r.headers
+                );
+                assert!(
+                    r.header("vary").is_some_and(|v| v.contains("Origin")),
+                    "{context}"
+                );
+            }
+        }
+        // Injection attempts never become headers; secrets never appear in an answer.
+        assert!(r.header("set-cookie").is_none(), "{context}");
+        for s in &secrets {
+            assert!(
+                !r.body.contains(s.as_str()),
+                "{context}: a secret in the answer"
+            );
+        }
+        // The runtime is still healthy.
+        let health = raw_request(base, Raw::new("GET", "/healthz").bytes(base))
+            .unwrap_or_else(|e| panic!("health after {:?}: {e}", c.name));
+        assert_eq!(
+            health.status, 200,
+            "health after {:?}: {}",
+            c.name, health.body
+        );
+    }
+    // Everything accepted, before, between and after the hostile cases, arrives exactly once,
+    // and nothing from a refused request arrives at all.
+    collector.assert_stored_exactly(&accepted, Duration::from_secs(30));
+    let log = log();
+    for s in &secrets {
+        assert!(!log.contains(s.as_str()), "a secret in the host's log");
+    }
+    cases.len()
+}
