@@ -11,9 +11,7 @@ shift || true
 targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=(query body_json body_ndjson calibration_profiles)
 
-if ! cargo fuzz --version 2>/dev/null | grep -q '0.13.2'; then
-  cargo install cargo-fuzz --version 0.13.2 --locked
-fi
+command -v cargo-fuzz >/dev/null || scripts/setup.sh
 export RUSTC_BOOTSTRAP=1
 # Replay the saved regressions first (plain test build, no fuzzer).
 (cd fuzz && cargo test --quiet)

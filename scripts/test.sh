@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets everything up and runs every test: lint, native unit tests, the Worker build and a
+# Sets everything up and runs every test: lint, native unit and property tests, bounded fuzzing
+# of the parsers, the Worker build and a
 # dry-run deploy, both wasm32-wasip2 components checked against their WIT worlds, then the
 # end-to-end tests under real workerd and real wasmtime serve against the real collector.
 set -euo pipefail
@@ -16,8 +17,13 @@ cargo clippy --all-targets --target wasm32-unknown-unknown -- -D warnings
 cargo clippy --all-targets --target wasm32-wasip2 -- -D warnings
 cargo clippy --all-targets --target wasm32-wasip2 --features spin -- -D warnings
 
-say "unit tests (native core and collector)"
+say "unit and property tests (native core and collector)"
 cargo test --workspace
+
+say "fuzz targets: lint, replay saved regressions, then 15 s of fuzzing per parser"
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
+scripts/fuzz.sh 15
 
 say "build the Worker and check that it deploys (wrangler deploy --dry-run runs the [build])"
 rm -rf dist
