@@ -1,21 +1,63 @@
 //! `cargo xtask <task>`: developer tasks that drive real processes.
 //!   bench [--duration SECONDS] [--connections 100,10] [--only core|sizes|workers|wasmtime]
+//!   mint-token DEVICE_ID                      a device's key / bearer token
+//!   sign DEVICE_ID METHOD TARGET [BODY_FILE]  an `hmac`-mode Authorization header for now
+//! The master secret is read from the environment (AUTH_SECRET), never from the command line,
+//! so it stays out of shell history and process listings.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use edge_enrich::auth::{sign, MasterSecret, SignedParts};
+use edge_enrich::reading::DeviceId;
 use xtask::bench;
+
+const USAGE: &str = "usage: cargo xtask bench [--duration SECONDS] [--connections 100,10] [--only core|sizes|workers|wasmtime]
+       AUTH_SECRET=... cargo xtask mint-token DEVICE_ID
+       AUTH_SECRET=... cargo xtask sign DEVICE_ID METHOD TARGET [BODY_FILE]   (TARGET: /v1/readings?...)";
+
+fn fail(message: &str) -> ! {
+    eprintln!("xtask: {message}");
+    std::process::exit(2);
+}
+
+fn device_key(device: &str) -> String {
+    let secret = std::env::var("AUTH_SECRET")
+        .unwrap_or_else(|_| fail("set AUTH_SECRET to the deployment's master secret"));
+    let secret = MasterSecret::new(&secret).unwrap_or_else(|e| fail(&e));
+    if let Err(issue) = DeviceId::parse(device) {
+        fail(&format!("device id {device:?}: {}", issue.detail));
+    }
+    secret.device_key(device)
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
+    let arg = |i: usize| args.get(i).map(String::as_str);
+    match arg(0) {
         Some("bench") => match bench::Options::parse(&args[1..]) {
             Ok(options) => bench::run(&options),
-            Err(e) => {
-                eprintln!("xtask bench: {e}");
-                std::process::exit(2);
-            }
+            Err(e) => fail(&format!("bench: {e}")),
         },
-        _ => {
-            eprintln!("usage: cargo xtask bench [--duration SECONDS] [--connections 100,10] [--only core|sizes|workers|wasmtime]");
-            std::process::exit(2);
+        Some("mint-token") if args.len() == 2 => println!("{}", device_key(&args[1])),
+        Some("sign") if (4..=5).contains(&args.len()) => {
+            let key = device_key(&args[1]);
+            let body = match arg(4) {
+                Some(file) => std::fs::read(file).unwrap_or_else(|e| fail(&format!("{file}: {e}"))),
+                None => Vec::new(),
+            };
+            let (path, query) = args[3].split_once('?').unwrap_or((&args[3], ""));
+            let parts = SignedParts {
+                method: &args[2],
+                path,
+                query,
+                body: &body,
+            };
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            println!("{}", sign(&key, &args[1], &parts, now));
         }
+        _ => fail(USAGE),
     }
 }
