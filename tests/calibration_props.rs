@@ -1,6 +1,8 @@
 //! Properties of calibration that must hold for every input, not just the examples in the unit
 //! tests: ordering is kept, unit conversion loses nothing beyond the rounding, rounding is stable.
 
+#![cfg(not(target_arch = "wasm32"))] // proptest is a native dev-dependency
+
 use edge_enrich::calibration::{round_half_away, Profiles, MAX_DECIMALS};
 use edge_enrich::reading::{DeviceId, Temperature, Unit};
 use proptest::prelude::*;
