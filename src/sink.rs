@@ -1,8 +1,72 @@
-//! What the collector receives: the batch envelope, built from readings already serialized at
-//! enrichment time (no re-parsing, no re-serializing).
+//! What the collector receives, in the format the deployment chose (`SINK_FORMAT`). All formats
+//! share the batching, retries and `Idempotency-Key: <batch_id>`; only the body differs.
+//! - `json`: `{"batch_id":…,"edge_node":…,"sent_at_ms":…,"readings":[…]}`, the readings verbatim
+//!   as enriched (no re-parsing, no re-serializing).
+//! - `ndjson`: the readings verbatim, one per line.
+//! - `influx`: InfluxDB line protocol (InfluxDB, VictoriaMetrics, Telegraf), one point per
+//!   reading: `temperature,colo=…,device_id=…,edge_node=… temp_c=…,raw=… <received_at_ms>`.
 
-/// `{"batch_id":…,"edge_node":…,"sent_at_ms":…,"readings":[…]}`; sent with
-/// `Idempotency-Key: <batch_id>` so a collector can recognise a retried batch.
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkFormat {
+    Json,
+    Ndjson,
+    Influx,
+}
+
+impl SinkFormat {
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "json" => Some(Self::Json),
+            "ndjson" => Some(Self::Ndjson),
+            "influx" => Some(Self::Influx),
+            _ => None,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Json => JSON_CONTENT_TYPE,
+            Self::Ndjson => "application/x-ndjson",
+            Self::Influx => "text/plain; charset=utf-8",
+        }
+    }
+}
+
+pub const JSON_CONTENT_TYPE: &str = "application/json";
+pub const INFLUX_MEASUREMENT: &str = "temperature";
+
+/// A batch body in `format`. Fails only if a stored reading is not an enriched reading document
+/// (which the edge never stores): the host then dead-letters the batch rather than drop it.
+pub fn encode_batch<'a>(
+    format: SinkFormat,
+    batch_id: &str,
+    edge_node: &str,
+    sent_at_ms: u64,
+    readings: impl IntoIterator<Item = &'a str>,
+) -> Result<String, String> {
+    match format {
+        SinkFormat::Json => Ok(encode_json_batch(batch_id, edge_node, sent_at_ms, readings)),
+        SinkFormat::Ndjson => {
+            let mut out = String::with_capacity(256);
+            for r in readings {
+                out.push_str(r);
+                out.push('\n');
+            }
+            Ok(out)
+        }
+        SinkFormat::Influx => {
+            let mut out = String::with_capacity(256);
+            for (i, r) in readings.into_iter().enumerate() {
+                push_influx_line(&mut out, r).map_err(|e| format!("readings[{i}]: {e}"))?;
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// `{"batch_id":…,"edge_node":…,"sent_at_ms":…,"readings":[…]}`.
 pub fn encode_json_batch<'a>(
     batch_id: &str,
     edge_node: &str,
@@ -27,15 +91,91 @@ pub fn encode_json_batch<'a>(
     out
 }
 
-pub const JSON_CONTENT_TYPE: &str = "application/json";
-
 fn push_json_string(out: &mut String, s: &str) {
     out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| String::from("\"\"")));
+}
+
+/// The fields of an enriched reading a line-protocol point needs.
+#[derive(Deserialize)]
+struct PointView<'a> {
+    #[serde(borrow)]
+    device_id: std::borrow::Cow<'a, str>,
+    temp_c: f64,
+    raw: RawView,
+    edge: EdgeView<'a>,
+    received_at_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct RawView {
+    value: f64,
+}
+
+#[derive(Deserialize)]
+struct EdgeView<'a> {
+    #[serde(borrow)]
+    node: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    colo: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn push_influx_line(out: &mut String, reading: &str) -> Result<(), String> {
+    let p: PointView<'_> = serde_json::from_str(reading).map_err(|e| e.to_string())?;
+    out.push_str(INFLUX_MEASUREMENT);
+    // Tags sorted by key (what InfluxDB stores and indexes fastest); an absent colo is no tag.
+    if let Some(colo) = p.edge.colo.as_deref().filter(|c| !c.is_empty()) {
+        push_tag(out, "colo", colo);
+    }
+    push_tag(out, "device_id", &p.device_id);
+    push_tag(out, "edge_node", &p.edge.node);
+    out.push_str(" temp_c=");
+    push_float(out, p.temp_c);
+    out.push_str(",raw=");
+    push_float(out, p.raw.value);
+    out.push(' ');
+    out.push_str(&p.received_at_ms.to_string());
+    out.push('\n');
+    Ok(())
+}
+
+fn push_tag(out: &mut String, key: &str, value: &str) {
+    out.push(',');
+    out.push_str(key);
+    out.push('=');
+    push_tag_value(out, value);
+}
+
+/// Line-protocol escaping for tag keys and values: comma, equals sign and space take a
+/// backslash; a newline cannot be escaped and becomes a space-free placeholder.
+pub fn push_tag_value(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            ',' | '=' | ' ' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' | '\r' => out.push_str("\\ "),
+            '\\' => out.push_str("\\\\"),
+            _ => out.push(c),
+        }
+    }
+}
+
+/// A float field: always with a decimal point or exponent, so InfluxDB types it as a float
+/// even when the value is whole (a field's type is fixed by its first write).
+fn push_float(out: &mut String, value: f64) {
+    let text = value.to_string();
+    out.push_str(&text);
+    if !text.contains(['.', 'e', 'E']) {
+        out.push_str(".0");
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const READING: &str = r#"{"id":"x","device_id":"greenhouse-1","temp_c":24.0,"raw":{"value":75.2,"unit":"F"},"calibration":null,"edge":{"node":"cf-dfw","colo":"DFW","country":"US","region":null,"platform":"cloudflare-workers"},"received_at_ms":1700000000123}"#;
 
     #[test]
     fn envelope_is_valid_json_with_readings_verbatim() {
@@ -54,5 +194,40 @@ mod tests {
         let empty: serde_json::Value =
             serde_json::from_str(&encode_json_batch("b", "n", 0, [])).unwrap();
         assert_eq!(empty["readings"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn ndjson_is_one_reading_per_line() {
+        let body = encode_batch(SinkFormat::Ndjson, "b", "n", 0, [READING, READING]).unwrap();
+        assert_eq!(body, format!("{READING}\n{READING}\n"));
+    }
+
+    #[test]
+    fn influx_line_protocol() {
+        let body = encode_batch(SinkFormat::Influx, "b", "n", 0, [READING]).unwrap();
+        assert_eq!(
+            body,
+            "temperature,colo=DFW,device_id=greenhouse-1,edge_node=cf-dfw temp_c=24.0,raw=75.2 1700000000123\n"
+        );
+        // No colo (local runs): no colo tag.
+        let local = READING.replace(r#""colo":"DFW""#, r#""colo":null"#);
+        let body = encode_batch(SinkFormat::Influx, "b", "n", 0, [local.as_str()]).unwrap();
+        assert!(body.starts_with("temperature,device_id=greenhouse-1,edge_node=cf-dfw "));
+        // A document that is not an enriched reading fails the batch (the host dead-letters it).
+        assert!(encode_batch(SinkFormat::Influx, "b", "n", 0, ["{}"]).is_err());
+    }
+
+    #[test]
+    fn tag_values_are_escaped() {
+        let mut out = String::new();
+        push_tag_value(&mut out, r"a b,c=d\e");
+        assert_eq!(out, r"a\ b\,c\=d\\e");
+    }
+
+    #[test]
+    fn formats_and_content_types() {
+        assert_eq!(SinkFormat::parse("influx"), Some(SinkFormat::Influx));
+        assert_eq!(SinkFormat::parse("csv"), None);
+        assert_eq!(SinkFormat::Ndjson.content_type(), "application/x-ndjson");
     }
 }
