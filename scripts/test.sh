@@ -2,7 +2,8 @@
 # Sets everything up and runs every test: lint, native unit and property tests, bounded fuzzing
 # of the parsers, the Worker build and a dry-run deploy, both wasm32-wasip2 components checked
 # against their WIT worlds, then the end-to-end tests (standard behaviour and the hostile-input
-# suite) under real workerd and real wasmtime serve against the real collector.
+# suite, the ndjson and influx sinks) under real workerd and real wasmtime serve against the
+# real collector and a real InfluxDB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH" WRANGLER_SEND_METRICS=false NO_COLOR=1

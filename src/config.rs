@@ -7,6 +7,7 @@ use crate::cors::Cors;
 use crate::host::ConfigSource;
 use crate::problem::{Problem, ProblemType};
 use crate::rate_limit::RateLimit;
+use crate::sink::SinkFormat;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -30,6 +31,7 @@ pub struct Config {
     pub rate_limit: Option<RateLimit>,
     pub max_url_bytes: usize,
     pub max_header_bytes: usize,
+    pub sink_format: SinkFormat,
 }
 
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
@@ -40,6 +42,7 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 8192;
 pub const KEYS: &[(&str, &str)] = &[
     ("COLLECTOR_URL", "(required)"),
     ("COLLECTOR_TOKEN", "(none; secret)"),
+    ("SINK_FORMAT", "json (or ndjson, influx)"),
     ("FLUSH_INTERVAL_MS", "200"),
     ("FLUSH_MAX_ITEMS", "50"),
     ("MAX_BACKLOG", "10000"),
@@ -185,6 +188,20 @@ impl Config {
                 String::new()
             }
         };
+        let sink_format = match text("SINK_FORMAT").as_deref() {
+            None => SinkFormat::Json,
+            Some(v) => SinkFormat::parse(v).unwrap_or_else(|| {
+                errors.push(format!(
+                    "SINK_FORMAT: must be json, ndjson or influx (got {v:?})"
+                ));
+                SinkFormat::Json
+            }),
+        };
+        // Line-protocol timestamps are milliseconds: a write endpoint assuming nanoseconds would
+        // file every point in January 1970.
+        if sink_format == SinkFormat::Influx && !collector_url.contains("precision=ms") {
+            errors.push("COLLECTOR_URL: with SINK_FORMAT=influx it must ask for precision=ms (e.g. http://influx:8086/write?db=edge&precision=ms)".into());
+        }
         let edge_node = text("EDGE_NODE");
         if let Some(node) = &edge_node {
             if node.len() > 64
@@ -217,6 +234,7 @@ impl Config {
             rate_limit,
             max_url_bytes,
             max_header_bytes,
+            sink_format,
         })
     }
 }
@@ -362,6 +380,32 @@ mod tests {
             })
         );
         assert!(!c.cors.is_enabled());
+    }
+
+    #[test]
+    fn influx_sink_needs_millisecond_precision() {
+        let base = [("AUTH_MODE", "off"), ("SINK_FORMAT", "influx")];
+        let e = Config::from_source(&Pairs(&[
+            base[0],
+            base[1],
+            ("COLLECTOR_URL", "http://i:8086/write?db=edge"),
+        ]))
+        .unwrap_err();
+        assert!(e.iter().any(|m| m.contains("precision=ms")), "{e:?}");
+        let c = Config::from_source(&Pairs(&[
+            base[0],
+            base[1],
+            ("COLLECTOR_URL", "http://i:8086/write?db=edge&precision=ms"),
+        ]))
+        .unwrap();
+        assert_eq!(c.sink_format, SinkFormat::Influx);
+        let e = Config::from_source(&Pairs(&[
+            base[0],
+            ("SINK_FORMAT", "csv"),
+            ("COLLECTOR_URL", "http://x/"),
+        ]))
+        .unwrap_err();
+        assert!(e.iter().any(|m| m.starts_with("SINK_FORMAT")), "{e:?}");
     }
 
     #[test]

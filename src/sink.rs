@@ -4,7 +4,10 @@
 //!   as enriched (no re-parsing, no re-serializing).
 //! - `ndjson`: the readings verbatim, one per line.
 //! - `influx`: InfluxDB line protocol (InfluxDB, VictoriaMetrics, Telegraf), one point per
-//!   reading: `temperature,colo=…,device_id=…,edge_node=… temp_c=…,raw=… <received_at_ms>`.
+//!   reading: `temperature,colo=…,device_id=…,edge_node=… temp_c=…,raw=… <ms>`, timed by the
+//!   device's `ts` when it sent one, else by `received_at_ms`. (A series holds one point per
+//!   millisecond: two readings of one device at the same time and node collapse into one, the
+//!   database's own rule; it also makes a retried batch harmless.)
 
 use serde::Deserialize;
 
@@ -104,6 +107,7 @@ struct PointView<'a> {
     raw: RawView,
     edge: EdgeView<'a>,
     received_at_ms: u64,
+    ts: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -133,7 +137,7 @@ fn push_influx_line(out: &mut String, reading: &str) -> Result<(), String> {
     out.push_str(",raw=");
     push_float(out, p.raw.value);
     out.push(' ');
-    out.push_str(&p.received_at_ms.to_string());
+    out.push_str(&p.ts.unwrap_or(p.received_at_ms).to_string());
     out.push('\n');
     Ok(())
 }
@@ -213,6 +217,13 @@ mod tests {
         let local = READING.replace(r#""colo":"DFW""#, r#""colo":null"#);
         let body = encode_batch(SinkFormat::Influx, "b", "n", 0, [local.as_str()]).unwrap();
         assert!(body.starts_with("temperature,device_id=greenhouse-1,edge_node=cf-dfw "));
+        // The device's own time, when it sent one.
+        let timed = READING.replace(
+            r#""received_at_ms":1700000000123"#,
+            r#""received_at_ms":1700000000123,"ts":1699999999000"#,
+        );
+        let body = encode_batch(SinkFormat::Influx, "b", "n", 0, [timed.as_str()]).unwrap();
+        assert!(body.ends_with(" 1699999999000\n"), "{body}");
         // A document that is not an enriched reading fails the batch (the host dead-letters it).
         assert!(encode_batch(SinkFormat::Influx, "b", "n", 0, ["{}"]).is_err());
     }

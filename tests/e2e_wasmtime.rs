@@ -107,3 +107,32 @@ fn hostile_inputs_in_token_and_hmac_mode() {
     }
     assert!(total >= 60, "only {total} hostile cases");
 }
+
+/// The `ndjson` sink into the reference collector and the `influx` sink into a real InfluxDB.
+#[test]
+#[ignore = "needs the built artifacts and influxd; run by scripts/test.sh"]
+fn ndjson_and_influx_sinks() {
+    let dir = scratch("wasmtime-sink-ndjson");
+    let collector = Collector::start(&dir);
+    let ingest = collector.ingest_url();
+    let vars = vec![
+        ("COLLECTOR_URL", ingest.as_str()),
+        ("AUTH_MODE", "off"),
+        ("SINK_FORMAT", "ndjson"),
+    ];
+    let host = LocalServer::wasmtime(&dir, &component(), &vars, false);
+    support::sinks::ndjson_round_trip(&host.url(""), &collector);
+    drop(host);
+
+    let dir = scratch("wasmtime-sink-influx");
+    let influx = Influx::start(&dir);
+    let write = influx.write_url();
+    let vars = vec![
+        ("COLLECTOR_URL", write.as_str()),
+        ("AUTH_MODE", "off"),
+        ("SINK_FORMAT", "influx"),
+        ("EDGE_NODE", "influx-node"),
+    ];
+    let host = LocalServer::wasmtime(&dir, &component(), &vars, false);
+    support::sinks::influx_round_trip(&host.url(""), &influx);
+}

@@ -166,16 +166,41 @@ async fn ingest(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
         Ok(t) => t,
         Err(_) => return problem(StatusCode::BAD_REQUEST, "body is not UTF-8"),
     };
-    let batch: Batch<'_> = match serde_json::from_str(text) {
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
+    let ndjson = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-ndjson"));
+    let parsed = if ndjson {
+        // The ndjson sink: readings one per line; the batch is named by its Idempotency-Key.
+        let Some(batch_id) = key else {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "an NDJSON batch needs an Idempotency-Key",
+            );
+        };
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<Vec<_>, _>>()
+            .map(|readings| Batch {
+                batch_id: batch_id.to_owned(),
+                edge_node: String::new(),
+                sent_at_ms: now_ms(),
+                readings,
+            })
+    } else {
+        serde_json::from_str(text)
+    };
+    let batch: Batch<'_> = match parsed {
         Ok(b) => b,
         Err(e) => {
             return problem(
                 StatusCode::BAD_REQUEST,
-                format!("not a batch envelope: {e}"),
+                format!("not a batch envelope or NDJSON readings: {e}"),
             )
         }
     };
-    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
     if key.is_some_and(|k| k != batch.batch_id) {
         return problem(
             StatusCode::BAD_REQUEST,

@@ -22,7 +22,7 @@ use crate::ids;
 use crate::problem::Problem;
 #[cfg(feature = "spin")]
 use crate::problem::ProblemType;
-use crate::sink::{encode_json_batch, JSON_CONTENT_TYPE};
+use crate::sink::encode_batch;
 
 const COLLECTOR_TIMEOUT: Duration = Duration::from_secs(10);
 const DEAD_LETTERS_KEPT: usize = 20;
@@ -236,13 +236,16 @@ async fn flush_loop(config: &Config, node: &str) {
             }
             Step::Send(id, batch) => (id, batch),
         };
-        let body = encode_json_batch(
-            &batch_id,
-            node,
-            now_ms(),
-            batch.iter().map(|p| p.json.as_str()),
-        );
-        let (status, detail) = send(config, &batch_id, body.clone()).await;
+        let docs = || batch.iter().map(|p| p.json.as_str());
+        let (status, detail) =
+            match encode_batch(config.sink_format, &batch_id, node, now_ms(), docs()) {
+                Ok(body) => send(config, &batch_id, body).await,
+                // Not a reading document: a permanent fault; the batch is dead-lettered (kept).
+                Err(e) => (
+                    Some(400),
+                    format!("the batch could not be encoded for the sink: {e}"),
+                ),
+            };
         match verdict(status) {
             Verdict::Delivered => {
                 with(config, |i| {
@@ -306,6 +309,8 @@ async fn flush_loop(config: &Config, node: &str) {
                 );
                 #[cfg(feature = "spin")]
                 if let Ok(store) = super::kv::open().await {
+                    // Kept as the JSON envelope whatever the sink format: readable and replayable.
+                    let body = crate::sink::encode_json_batch(&batch_id, node, now_ms(), docs());
                     let _ = crate::spill::dead_letter(
                         &store,
                         &batch_id,
@@ -394,7 +399,7 @@ fn jitter() -> f64 {
 /// is not 2xx, what it said.
 async fn send(config: &Config, batch_id: &str, body: String) -> (Option<u16>, String) {
     let mut builder = http::Request::post(config.collector_url.as_str())
-        .header("content-type", JSON_CONTENT_TYPE)
+        .header("content-type", config.sink_format.content_type())
         .header("idempotency-key", batch_id);
     if let Some(token) = &config.collector_token {
         builder = builder.header("authorization", format!("Bearer {token}"));

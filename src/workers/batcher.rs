@@ -23,7 +23,7 @@ use crate::batch::{verdict, FlushAt, FlushPolicy, RetryPolicy, Verdict};
 use crate::config::Config;
 use crate::ids;
 use crate::rate_limit::MemoryBuckets;
-use crate::sink::{encode_json_batch, JSON_CONTENT_TYPE};
+use crate::sink::{encode_batch, encode_json_batch};
 
 /// Durable Object SQL allows 100 bound parameters per statement: 2 per row.
 const ROWS_PER_INSERT: usize = 50;
@@ -528,14 +528,25 @@ impl Batcher {
     }
 
     async fn try_send(&self, config: &Config, batch: &PendingBatch) -> worker::Result<Attempt> {
-        let body = encode_json_batch(
+        let encoded = encode_batch(
+            config.sink_format,
             &batch.id,
             &self.edge_node()?,
             now_ms(),
             batch.docs.iter().map(|d| d.doc.as_str()),
         );
+        let body = match encoded {
+            Ok(body) => body,
+            // Not a reading document: a permanent fault, so the batch is dead-lettered (kept).
+            Err(e) => {
+                return Ok(Attempt {
+                    status: Some(400),
+                    detail: format!("the batch could not be encoded for the sink: {e}"),
+                })
+            }
+        };
         let headers = Headers::new();
-        headers.set("content-type", JSON_CONTENT_TYPE)?;
+        headers.set("content-type", config.sink_format.content_type())?;
         headers.set("idempotency-key", &batch.id)?;
         if let Some(token) = &config.collector_token {
             headers.set("authorization", &format!("Bearer {token}"))?;

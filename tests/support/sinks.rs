@@ -1,0 +1,107 @@
+//! The sinks other than the default envelope, end to end: `ndjson` into the reference collector
+//! and `influx` into a real InfluxDB, queried back with InfluxQL and compared value by value.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::*;
+
+/// Readings sent through the edge at `base`, whose collector takes NDJSON: all stored once.
+pub fn ndjson_round_trip(base: &str, collector: &Collector) {
+    let mut accepted = BTreeSet::new();
+    for i in 0..5 {
+        accepted.extend(accepted_ids(&get(&format!(
+            "{base}/v1/readings?device_id=nd-{i}&temp={i}.5"
+        ))));
+    }
+    let body: String = (0..30)
+        .map(|i| format!("{{\"device_id\":\"nd-batch\",\"temp\":{i},\"seq\":{i}}}\n"))
+        .collect();
+    accepted.extend(accepted_ids(&post(
+        &format!("{base}/v1/readings"),
+        "application/x-ndjson",
+        &body,
+    )));
+    collector.assert_stored_exactly(&accepted, Duration::from_secs(30));
+}
+
+/// Readings sent through the edge at `base`, whose sink is `influx` writing to `influx`: every
+/// one comes back from InfluxQL as one point with the answer's values, tags and time.
+pub fn influx_round_trip(base: &str, influx: &Influx) {
+    let mut sent: Vec<serde_json::Value> = Vec::new();
+    // Ids with every punctuation the id rules allow, mixed units, a calibrated device.
+    for (i, (device, temp, unit)) in [
+        ("plain-1", "21.5", "C"),
+        ("site:berlin.room_2-a", "70.7", "F"),
+        ("v1.2.3", "295.15", "K"),
+        ("greenhouse-7", "20", "C"),
+        ("lab-ref-01", "-40", "F"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let r = get(&format!(
+            "{base}/v1/readings?device_id={device}&temp={temp}&unit={unit}&seq={i}"
+        ));
+        assert_eq!(r.status, 200, "{}", r.body);
+        sent.push(r.json());
+    }
+    // A batch of one device's readings, each timed by the device.
+    let body: Vec<String> = (0..20)
+        .map(|i| {
+            format!(
+                r#"{{"device_id":"batched","temp":{}.25,"ts":{},"seq":{i}}}"#,
+                10 + i,
+                1_790_000_000_000u64 + i * 1000
+            )
+        })
+        .collect();
+    let r = post(
+        &format!("{base}/v1/readings"),
+        "application/json",
+        &format!("[{}]", body.join(",")),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    sent.extend(r.json().as_array().cloned().unwrap_or_default());
+
+    let q = "SELECT temp_c, raw, device_id, edge_node FROM temperature";
+    let rows = wait_for(Duration::from_secs(30), "every point in InfluxDB", || {
+        let rows = influx.rows(q);
+        (rows.len() >= sent.len()).then_some(rows)
+    });
+    assert_eq!(rows.len(), sent.len(), "one point per reading: {rows:?}");
+    for reading in &sent {
+        let time = reading
+            .get("ts")
+            .and_then(|t| t.as_u64())
+            .unwrap_or_else(|| reading["received_at_ms"].as_u64().unwrap());
+        let device = reading["device_id"].as_str().unwrap();
+        let row = rows
+            .iter()
+            .find(|r| r["device_id"] == device && r["time"].as_u64() == Some(time))
+            .unwrap_or_else(|| panic!("no point for {device} at {time}: {rows:?}"));
+        assert_eq!(
+            row["temp_c"].as_f64(),
+            reading["temp_c"].as_f64(),
+            "{device}"
+        );
+        assert_eq!(
+            row["raw"].as_f64(),
+            reading["raw"]["value"].as_f64(),
+            "{device}"
+        );
+        assert_eq!(row["edge_node"], reading["edge"]["node"], "{device}");
+    }
+    // Tags are tags (indexed, groupable), not fields.
+    let tags = influx.query("SHOW TAG KEYS FROM temperature");
+    let keys: Vec<&str> = tags["results"][0]["series"][0]["values"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v[0].as_str())
+        .collect();
+    assert!(
+        keys.contains(&"device_id") && keys.contains(&"edge_node"),
+        "{tags}"
+    );
+}
