@@ -136,3 +136,41 @@ fn ndjson_and_influx_sinks() {
     let host = LocalServer::wasmtime(&dir, &component(), &vars, false);
     support::sinks::influx_round_trip(&host.url(""), &influx);
 }
+
+/// The device simulator (`cargo xtask sim`) in `hmac` mode against the component, with its
+/// collector check: every reading it was told was accepted is stored exactly once.
+#[test]
+#[ignore = "needs the built artifacts; run by scripts/test.sh"]
+fn device_simulator_with_signatures_and_collector_check() {
+    let dir = scratch("wasmtime-simulator");
+    let collector = Collector::start(&dir);
+    let ingest = collector.ingest_url();
+    let secret = "simulator-master-secret-0123456789abcdef";
+    let vars = vec![
+        ("COLLECTOR_URL", ingest.as_str()),
+        ("AUTH_MODE", "hmac"),
+        ("AUTH_SECRET", secret),
+    ];
+    let host = LocalServer::wasmtime(&dir, &component(), &vars, false);
+    std::env::set_var("AUTH_SECRET", secret);
+    let options = xtask::sim::Options::parse(
+        &[
+            "--url",
+            &host.url(""),
+            "--devices",
+            "12",
+            "--rate",
+            "150",
+            "--duration",
+            "3",
+            "--auth",
+            "hmac",
+            "--check",
+            &collector.url(),
+        ]
+        .map(String::from),
+    )
+    .unwrap();
+    xtask::sim::run(&options).expect("every accepted reading stored exactly once");
+    assert!(collector.stats()["readings"].as_u64().unwrap() >= 300);
+}

@@ -2,3 +2,4 @@
 
 pub mod bench;
 pub mod harness;
+pub mod sim;

@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: developer tasks that drive real processes.
 //!   bench [--duration SECONDS] [--connections 100,10] [--only core|sizes|workers|wasmtime]
+//!   sim [--url URL] [--devices N] [--rate R] [--duration S] [--auth token|hmac] [--check COLLECTOR]
 //!   mint-token DEVICE_ID                      a device's key / bearer token
 //!   sign DEVICE_ID METHOD TARGET [BODY_FILE]  an `hmac`-mode Authorization header for now
 //! The master secret is read from the environment (AUTH_SECRET), never from the command line,
@@ -9,9 +10,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use edge_enrich::auth::{sign, MasterSecret, SignedParts};
 use edge_enrich::reading::DeviceId;
-use xtask::bench;
+use xtask::{bench, sim};
 
 const USAGE: &str = "usage: cargo xtask bench [--duration SECONDS] [--connections 100,10] [--only core|sizes|workers|wasmtime]
+       cargo xtask sim [--url URL] [--devices N] [--rate READINGS_PER_S] [--duration S] [--threads T] [--auth token|hmac] [--check COLLECTOR_URL]
        AUTH_SECRET=... cargo xtask mint-token DEVICE_ID
        AUTH_SECRET=... cargo xtask sign DEVICE_ID METHOD TARGET [BODY_FILE]   (TARGET: /v1/readings?...)";
 
@@ -37,6 +39,13 @@ fn main() {
         Some("bench") => match bench::Options::parse(&args[1..]) {
             Ok(options) => bench::run(&options),
             Err(e) => fail(&format!("bench: {e}")),
+        },
+        Some("sim") => match sim::Options::parse(&args[1..]).and_then(|o| sim::run(&o)) {
+            Ok(()) => {}
+            Err(e) => {
+                eprintln!("xtask sim: {e}");
+                std::process::exit(1);
+            }
         },
         Some("mint-token") if args.len() == 2 => println!("{}", device_key(&args[1])),
         Some("sign") if (4..=5).contains(&args.len()) => {
