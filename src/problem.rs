@@ -24,6 +24,25 @@ pub enum ProblemType {
 }
 
 impl ProblemType {
+    /// Every kind, for documents that must list them (the OpenAPI contract).
+    pub const ALL: [Self; 15] = [
+        Self::InvalidRequest,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::PayloadTooLarge,
+        Self::UriTooLong,
+        Self::UnsupportedMediaType,
+        Self::UnprocessableReading,
+        Self::RateLimited,
+        Self::HeadersTooLarge,
+        Self::BacklogFull,
+        Self::NotConfigured,
+        Self::Internal,
+        Self::UpstreamUnavailable,
+    ];
+
     pub const fn status(self) -> u16 {
         match self {
             Self::InvalidRequest => 400,

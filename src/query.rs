@@ -4,7 +4,8 @@ use std::borrow::Cow;
 
 use crate::reading::{parse_decimal, parse_device_ts, parse_seq, FieldIssue, ReadingDraft};
 
-const KNOWN: [&str; 5] = ["device_id", "temp", "unit", "ts", "seq"];
+/// The parameters a reading's query string may carry (the OpenAPI document lists the same).
+pub const KNOWN: [&str; 5] = ["device_id", "temp", "unit", "ts", "seq"];
 
 /// Parses the query string (without the leading `?`). Unknown parameters are ignored so that
 /// devices may add cache-busters; a known parameter given twice is refused, because silently

@@ -259,3 +259,59 @@ fn ndjson_and_influx_sinks() {
     let host = WorkersHost::start(&dir, &vars);
     support::sinks::influx_round_trip(&host.url(""), &influx);
 }
+
+/// schemathesis (PyPI) against the running Worker with the document it serves: no 5xx, and
+/// every answer's status, content type and body match the OpenAPI contract.
+#[test]
+#[ignore = "needs the built artifacts and schemathesis; run by scripts/test.sh"]
+fn openapi_contract_checked_by_schemathesis() {
+    let dir = scratch("workers-schemathesis");
+    let collector = Collector::start(&dir);
+    let ingest = collector.ingest_url();
+    let vars = vec![
+        ("COLLECTOR_URL", ingest.as_str()),
+        ("AUTH_MODE", "off"),
+        ("RATE_LIMIT_READINGS_PER_S", "0"),
+        ("ADMIN_TOKEN", "schemathesis-admin"),
+    ];
+    let host = WorkersHost::start(&dir, &vars);
+    let served = get(&host.url("/openapi.json"));
+    assert_eq!(
+        served.json(),
+        serde_json::from_str::<serde_json::Value>(edge_enrich::api::OPENAPI).unwrap()
+    );
+    let out = std::process::Command::new("schemathesis")
+        .args(["run", &host.url("/openapi.json")])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance",
+            "--max-examples",
+            "40",
+            "--seed",
+            "1",
+            "--workers",
+            "2",
+            "--no-color",
+            // The admin operations too (device auth is off here, so readings ignore it).
+            "--header",
+            "Authorization: Bearer schemathesis-admin",
+        ])
+        .env("SCHEMATHESIS_HOOKS", "")
+        .output()
+        .expect("schemathesis is installed by scripts/setup.sh");
+    let report = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(dir.join("schemathesis.txt"), &report).unwrap();
+    assert!(
+        out.status.success(),
+        "schemathesis found contract violations:\n{report}"
+    );
+    // Its requests were real: some readings were accepted and delivered.
+    assert!(
+        report.contains("passed") || report.contains("Passed"),
+        "{report}"
+    );
+}
