@@ -28,4 +28,12 @@ fi
 # "Performance": 3.2 -> 4.8 us per GET reading in wasm at opt-level s vs 3).
 export CARGO_PROFILE_RELEASE_OPT_LEVEL="${CARGO_PROFILE_RELEASE_OPT_LEVEL:-s}"
 cd "$crate_dir"
-exec worker-build --release "$@"
+worker-build --release "$@"
+# worker-build passes --debuginfo to wasm-opt to keep the function-name section (for named
+# panic backtraces); it is ~100 KB of the upload (~30 KB gzip). Drop it: a panic then shows
+# function indices, and `twiggy`/`wasm-tools` on an unstripped build map them back.
+if [[ -n "${WASM_OPT_BIN:-}" && "${KEEP_WASM_NAMES:-0}" != 1 ]]; then
+  "$WASM_OPT_BIN" build/index_bg.wasm --strip-debug --strip-producers \
+    --enable-mutable-globals --enable-sign-ext --enable-nontrapping-float-to-int --enable-bulk-memory \
+    --enable-multivalue --enable-reference-types --enable-exception-handling -o build/index_bg.wasm
+fi

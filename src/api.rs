@@ -124,6 +124,9 @@ impl HttpResponse {
 /// Everything the handler needs to know about this request's surroundings.
 pub struct RequestContext<'a> {
     pub settings: &'a Settings,
+    /// Profiles from the host's key-value store, when it has some: they replace the
+    /// deployment's (see `profile_cache`).
+    pub stored_profiles: Option<&'a crate::calibration::Profiles>,
     pub edge: &'a EdgeInfo,
     pub now_ms: u64,
     pub request_id: &'a str,
@@ -233,7 +236,7 @@ fn route(req: &HttpRequest<'_>, ctx: &RequestContext<'_>) -> Result<Action, Prob
         }
         (READINGS_PATH, "OPTIONS") => Ok(Action::Respond(preflight(req, ctx.settings))),
         (READINGS_PATH, _) => Err(Problem::method_not_allowed(READINGS_ALLOW)),
-        (HEALTH_PATH, "GET") => Ok(Action::Respond(health(ctx.settings, ctx.edge))),
+        (HEALTH_PATH, "GET") => Ok(Action::Respond(health(ctx))),
         (HEALTH_PATH | OPENAPI_PATH, _) if req.method != "GET" => {
             Err(Problem::method_not_allowed("GET"))
         }
@@ -326,7 +329,8 @@ fn ingest(
     shape: Shape,
     ctx: &RequestContext<'_>,
 ) -> Result<Action, Problem> {
-    let (_, profiles) = ctx.settings.ready()?;
+    let (_, deployed) = ctx.settings.ready()?;
+    let profiles = ctx.stored_profiles.unwrap_or(deployed);
     let mut ids = IdSource::new(ctx.now_ms, readings.len()).map_err(|_| Problem::internal())?;
     let shard_key = readings
         .first()
@@ -353,8 +357,16 @@ fn ingest(
     }))
 }
 
-fn health(settings: &Settings, edge: &EdgeInfo) -> HttpResponse {
+fn health(ctx: &RequestContext<'_>) -> HttpResponse {
+    let (settings, edge) = (ctx.settings, ctx.edge);
     let errors = settings.errors();
+    let (source, count) = match ctx.stored_profiles {
+        Some(p) => ("key-value store", Some(p.len())),
+        None => (
+            settings.profile_source.as_str(),
+            settings.profiles.as_ref().map(|p| p.len()).ok(),
+        ),
+    };
     let valid = errors.is_empty();
     let body = serde_json::json!({
         "status": if valid { "ok" } else { "misconfigured" },
@@ -363,10 +375,7 @@ fn health(settings: &Settings, edge: &EdgeInfo) -> HttpResponse {
         "config": {
             "valid": valid,
             "errors": errors,
-            "profiles": {
-                "source": settings.profile_source.as_str(),
-                "count": settings.profiles.as_ref().map(|p| p.len()).ok(),
-            },
+            "profiles": { "source": source, "count": count },
         },
         "version": env!("CARGO_PKG_VERSION"),
     });
@@ -437,6 +446,7 @@ mod tests {
         let edge = edge();
         let ctx = RequestContext {
             settings,
+            stored_profiles: None,
             edge: &edge,
             now_ms: 1_700_000_000_000,
             request_id: "req-1",
@@ -631,6 +641,7 @@ mod tests {
         let edge = edge();
         let ctx = RequestContext {
             settings: &s,
+            stored_profiles: None,
             edge: &edge,
             now_ms: 0,
             request_id: "r",
@@ -655,6 +666,7 @@ mod tests {
         let edge = edge();
         let ctx = RequestContext {
             settings: s,
+            stored_profiles: None,
             edge: &edge,
             now_ms: 1_700_000_000_000,
             request_id: "req-1",

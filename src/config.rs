@@ -32,6 +32,8 @@ pub struct Config {
     pub max_url_bytes: usize,
     pub max_header_bytes: usize,
     pub sink_format: SinkFormat,
+    /// How long profiles read from the host's key-value store are used before reading again.
+    pub profiles_ttl_s: u64,
 }
 
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
@@ -68,6 +70,7 @@ pub const KEYS: &[(&str, &str)] = &[
         "CALIBRATION_PROFILES",
         "(embedded profiles/calibration.json)",
     ),
+    ("PROFILES_TTL_S", "30"),
 ];
 
 impl Config {
@@ -106,6 +109,7 @@ impl Config {
         let retry_max_ms = number("RETRY_MAX_MS", 5_000, 10, 3_600_000);
         let batcher_shards = number("BATCHER_SHARDS", 1, 1, 64) as u32;
         let spill_grace_ms = number("SPILL_GRACE_MS", 5_000, 100, 3_600_000);
+        let profiles_ttl_s = number("PROFILES_TTL_S", 30, 1, 3_600);
         let max_url_bytes =
             number("MAX_URL_BYTES", DEFAULT_MAX_URL_BYTES as u64, 256, 65_536) as usize;
         let max_header_bytes = number(
@@ -235,6 +239,7 @@ impl Config {
             max_url_bytes,
             max_header_bytes,
             sink_format,
+            profiles_ttl_s,
         })
     }
 }
@@ -322,6 +327,10 @@ impl Settings {
             .as_ref()
             .map(|c| c.max_body_bytes)
             .unwrap_or(DEFAULT_MAX_BODY_BYTES)
+    }
+
+    pub fn profiles_ttl_ms(&self) -> u64 {
+        self.config.as_ref().map(|c| c.profiles_ttl_s).unwrap_or(30) * 1000
     }
 
     /// URL and header limits, enforced even before the configuration is known to be valid.

@@ -19,6 +19,7 @@ pub mod host;
 pub mod ids;
 pub mod log;
 pub mod problem;
+pub mod profile_cache;
 pub mod query;
 pub mod rate_limit;
 pub mod reading;

@@ -166,9 +166,10 @@ pub fn push_tag_value(out: &mut String, value: &str) {
 }
 
 /// A float field: always with a decimal point or exponent, so InfluxDB types it as a float
-/// even when the value is whole (a field's type is fixed by its first write).
+/// even when the value is whole (a field's type is fixed by its first write). Formatted by
+/// serde_json (ryu), which writes `24.0`, not by `f64`'s `Display` (some 30 KB of tables).
 fn push_float(out: &mut String, value: f64) {
-    let text = value.to_string();
+    let text = serde_json::to_string(&value).unwrap_or_else(|_| String::from("0.0"));
     out.push_str(&text);
     if !text.contains(['.', 'e', 'E']) {
         out.push_str(".0");

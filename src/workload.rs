@@ -69,6 +69,7 @@ pub fn handle(
     };
     let ctx = RequestContext {
         settings,
+        stored_profiles: None,
         edge,
         now_ms: 1_795_000_000_000,
         request_id: "bench",

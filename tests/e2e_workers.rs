@@ -315,3 +315,58 @@ fn openapi_contract_checked_by_schemathesis() {
         "{report}"
     );
 }
+
+/// Calibration profiles from the `PROFILES` KV namespace: `wrangler kv key put` changes the
+/// calibration without a redeploy, within the cache TTL, and a bad write changes nothing.
+#[test]
+#[ignore = "needs the built artifacts; run by scripts/test.sh"]
+fn profiles_from_workers_kv_take_effect_without_redeploy() {
+    let dir = scratch("workers-kv-profiles");
+    let collector = Collector::start(&dir);
+    let ingest = collector.ingest_url();
+    let vars = vec![
+        ("COLLECTOR_URL", ingest.as_str()),
+        ("AUTH_MODE", "off"),
+        ("PROFILES_TTL_S", "1"),
+    ];
+    let host = WorkersHost::start(&dir, &vars);
+    let calibration = || {
+        let r = get(&host.url("/v1/readings?device_id=kv-dev-1&temp=20"));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
+        (
+            v["temp_c"].as_f64().unwrap(),
+            v["calibration"]["version"].as_u64(),
+        )
+    };
+    // No key yet: the embedded profiles (no match for kv-*: identity).
+    assert_eq!(calibration(), (20.0, None));
+    host.kv_put(
+        "PROFILES",
+        "calibration",
+        r#"{"profiles":[{"match":"kv-*","gain":1.0,"offset":1.5,"version":41}]}"#,
+    );
+    wait_for(Duration::from_secs(60), "the KV profile in use", || {
+        (calibration() == (21.5, Some(41))).then_some(())
+    });
+    host.kv_put(
+        "PROFILES",
+        "calibration",
+        r#"{"profiles":[{"match":"kv-*","gain":1.0,"offset":-2,"version":42}]}"#,
+    );
+    wait_for(
+        Duration::from_secs(60),
+        "the updated KV profile in use",
+        || (calibration() == (18.0, Some(42))).then_some(()),
+    );
+    // An invalid document keeps version 42 in use.
+    host.kv_put(
+        "PROFILES",
+        "calibration",
+        r#"{"profiles":[{"match":"kv-*","gain":-1,"version":43}]}"#,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(calibration(), (18.0, Some(42)));
+    let health = get(&host.url("/healthz")).json();
+    assert_eq!(health["config"]["profiles"]["source"], "key-value store");
+}

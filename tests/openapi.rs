@@ -30,6 +30,7 @@ fn run(method: &str, query: &str) -> Action {
     let edge = EdgeInfo::new(Some("n"), Some("DFW".into()), None, None, "spin");
     let ctx = RequestContext {
         settings: &settings,
+        stored_profiles: None,
         edge: &edge,
         now_ms: 1_700_000_000_000,
         request_id: "r",

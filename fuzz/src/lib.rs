@@ -40,6 +40,7 @@ fn through_api(method: &str, query: &str, content_type: Option<&str>, body: &[u8
     let edge = EdgeInfo::new(Some("fuzz"), None, None, None, "fuzz");
     let ctx = RequestContext {
         settings: &settings,
+        stored_profiles: None,
         edge: &edge,
         now_ms: 1_700_000_000_000,
         request_id: "fuzz",

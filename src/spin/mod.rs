@@ -25,6 +25,7 @@ use spin_sdk::http::{FullBody, Request};
 
 use crate::api::{self, Action, AdminQuery, HttpRequest, HttpResponse, RequestContext};
 use crate::body::LimitedBody;
+use crate::calibration::Profiles;
 use crate::config::{Settings, KEYS};
 use crate::enrich::EdgeInfo;
 use crate::problem::Problem;
@@ -132,8 +133,10 @@ async fn serve(req: Request, settings: &Settings, now: u64, request_id: &str) ->
         header_bytes,
         body: &body,
     };
+    let stored = stored_profiles(settings, now, request_id).await;
     let ctx = RequestContext {
         settings,
+        stored_profiles: stored.as_deref(),
         edge: &edge,
         now_ms: now,
         request_id,
@@ -166,6 +169,55 @@ async fn serve(req: Request, settings: &Settings, now: u64, request_id: &str) ->
             HttpResponse::json(200, delivery::dead_letters().await)
         }
     }
+}
+
+/// Spin flavour: profiles from the key-value store `default` (key `calibration`), read again at
+/// most every `PROFILES_TTL_S` by an instance that lives that long (a fresh instance reads once).
+#[cfg(feature = "spin")]
+async fn stored_profiles(settings: &Settings, now: u64, request_id: &str) -> Option<Rc<Profiles>> {
+    use std::cell::RefCell;
+
+    use crate::profile_cache::{ProfileCache, PROFILES_KEY};
+    use crate::spill::KeyValue;
+
+    thread_local! {
+        static CACHE: RefCell<Option<ProfileCache>> = const { RefCell::new(None) };
+    }
+    let ttl_ms = settings.profiles_ttl_ms();
+    let due = CACHE.with(|c| {
+        c.borrow_mut()
+            .get_or_insert_with(|| ProfileCache::new(ttl_ms))
+            .claim_refresh(now)
+    });
+    if due {
+        let fetched = match kv::open().await {
+            Ok(store) => store
+                .get(PROFILES_KEY)
+                .await
+                .map(|v| v.map(|bytes| String::from_utf8_lossy(&bytes).into_owned())),
+            Err(e) => Err(e),
+        };
+        CACHE.with(|c| {
+            if let Some(cache) = c.borrow_mut().as_mut() {
+                cache.store(fetched, now);
+                if let Some(error) = cache.error() {
+                    emit(
+                        "warn",
+                        "profiles_not_updated",
+                        request_id,
+                        &[("detail", error)],
+                    );
+                }
+            }
+        });
+    }
+    CACHE.with(|c| c.borrow().as_ref().and_then(ProfileCache::current))
+}
+
+/// Portable flavour: no key-value store; the deployment's profiles apply.
+#[cfg(not(feature = "spin"))]
+async fn stored_profiles(_: &Settings, _: u64, _: &str) -> Option<Rc<Profiles>> {
+    None
 }
 
 /// Bodies up to this size are read to the end even when refused: wasmtime closes the

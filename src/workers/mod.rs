@@ -9,7 +9,7 @@ mod group_commit;
 mod log;
 mod wire;
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 
 use futures_util::StreamExt;
@@ -20,18 +20,25 @@ pub use batcher::Batcher;
 
 use crate::api::{self, Accepted, Action, AdminQuery, HttpRequest, HttpResponse, RequestContext};
 use crate::body::LimitedBody;
+use crate::calibration::Profiles;
 use crate::config::Settings;
 use crate::enrich::EdgeInfo;
 use crate::host::ConfigSource;
 use crate::ids;
 use crate::problem::{Problem, ProblemType};
+use crate::profile_cache::{ProfileCache, PROFILES_KEY};
 
 pub const PLATFORM: &str = "cloudflare-workers";
 const BATCHER_BINDING: &str = "BATCHER";
+/// Optional KV namespace holding calibration profiles under `profile_cache::PROFILES_KEY`.
+const PROFILES_BINDING: &str = "PROFILES";
+/// Workers KV caches a read at the edge for at least this long (its minimum `cacheTtl`).
+const KV_CACHE_TTL_S: u64 = 30;
 
 thread_local! {
     // Vars and secrets are fixed for an isolate's life: parse them once.
     static SETTINGS: OnceCell<Rc<Settings>> = const { OnceCell::new() };
+    static PROFILE_CACHE: RefCell<Option<ProfileCache>> = const { RefCell::new(None) };
 }
 
 pub(crate) fn settings(env: &Env) -> Rc<Settings> {
@@ -131,6 +138,12 @@ async fn serve(
     let method = req.method();
     let edge = edge_info(&req, settings);
     let headers = HeaderView::read(req.headers());
+    let path = url.path();
+    let stored = if path == api::READINGS_PATH || path == api::HEALTH_PATH {
+        stored_profiles(env, settings, now_ms, request_id).await
+    } else {
+        None
+    };
     let body = if method == Method::Post && url.path() == api::READINGS_PATH {
         match read_body(&mut req, settings.max_body_bytes()).await? {
             Ok(body) => body,
@@ -153,6 +166,7 @@ async fn serve(
     };
     let ctx = RequestContext {
         settings,
+        stored_profiles: stored.as_deref(),
         edge: &edge,
         now_ms,
         request_id,
@@ -172,6 +186,43 @@ async fn serve(
         },
         Action::Admin(query) => admin(env, settings, &edge, query).await?,
     })
+}
+
+/// Profiles from the `PROFILES` KV namespace, read again at most every `PROFILES_TTL_S` per
+/// isolate (plus KV's own edge cache), so `wrangler kv key put` shows within about a minute.
+/// Without the binding, or without the key, the deployment's own profiles apply.
+async fn stored_profiles(
+    env: &Env,
+    settings: &Settings,
+    now: u64,
+    request_id: &str,
+) -> Option<Rc<Profiles>> {
+    let kv = env.kv(PROFILES_BINDING).ok()?;
+    let with_cache = |f: &mut dyn FnMut(&mut ProfileCache)| {
+        PROFILE_CACHE.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            f(cell.get_or_insert_with(|| ProfileCache::new(settings.profiles_ttl_ms())))
+        })
+    };
+    let mut due = false;
+    with_cache(&mut |c| due = c.claim_refresh(now));
+    if due {
+        let fetched = kv
+            .get(PROFILES_KEY)
+            .cache_ttl(KV_CACHE_TTL_S)
+            .text()
+            .await
+            .map_err(|e| e.to_string());
+        with_cache(&mut |c| {
+            c.store(fetched.clone(), now);
+            if let Some(error) = c.error() {
+                log::warn("profiles_not_updated", request_id, &[("detail", error)]);
+            }
+        });
+    }
+    let mut current = None;
+    with_cache(&mut |c| current = c.current());
+    current
 }
 
 /// Reads the body up to `limit` bytes; a larger one is refused at once, before it is buffered

@@ -397,7 +397,8 @@ impl WorkersHost {
         if self.spec.batcher {
             config.push_str(
                 "\n[[durable_objects.bindings]]\nname = \"BATCHER\"\nclass_name = \"Batcher\"\n\n\
-                 [[migrations]]\ntag = \"v1\"\nnew_sqlite_classes = [\"Batcher\"]\n",
+                 [[migrations]]\ntag = \"v1\"\nnew_sqlite_classes = [\"Batcher\"]\n\n\
+                 [[kv_namespaces]]\nbinding = \"PROFILES\"\nid = \"edge-enrich-local-profiles\"\n",
             );
         }
         let path = self.dir.join("wrangler.toml");
@@ -457,6 +458,26 @@ impl WorkersHost {
             },
         );
         self.startup = started.elapsed();
+    }
+
+    /// `wrangler kv key put --local` into the running dev session's persisted KV namespace.
+    pub fn kv_put(&self, binding: &str, key: &str, value: &str) {
+        let out = Command::new(repo_root().join("node_modules/.bin/wrangler"))
+            .current_dir(&self.dir)
+            .env("WRANGLER_SEND_METRICS", "false")
+            .args(["kv", "key", "put", "--config"])
+            .arg(self.dir.join("wrangler.toml"))
+            .args(["--binding", binding, "--local", "--persist-to"])
+            .arg(self.dir.join("state"))
+            .args([key, value])
+            .output()
+            .expect("wrangler kv key put");
+        assert!(
+            out.status.success(),
+            "wrangler kv key put: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Kills workerd and wrangler without a chance to clean up, then starts them again on the

@@ -1,0 +1,116 @@
+//! Calibration profiles from the host's key-value store (a Workers KV namespace, Spin
+//! key-value), so a profile change needs no redeploy. The host reads the value under
+//! [`PROFILES_KEY`] when [`ProfileCache::is_due`] and hands it to [`ProfileCache::store`]; the
+//! cache keeps the last good set, so a bad write or a failed read never stops ingest: the edge
+//! keeps calibrating with what it had (or the deployment's own profiles) and `/healthz` says why.
+
+use std::rc::Rc;
+
+use crate::calibration::Profiles;
+
+/// The key whose value is the profile document (the same JSON as `CALIBRATION_PROFILES`).
+pub const PROFILES_KEY: &str = "calibration";
+
+#[derive(Debug)]
+pub struct ProfileCache {
+    ttl_ms: u64,
+    /// The last good set from the store; None: the key is absent (use the deployment's).
+    profiles: Option<Rc<Profiles>>,
+    fetched_at_ms: Option<u64>,
+    error: Option<String>,
+}
+
+impl ProfileCache {
+    pub fn new(ttl_ms: u64) -> Self {
+        Self {
+            ttl_ms,
+            profiles: None,
+            fetched_at_ms: None,
+            error: None,
+        }
+    }
+
+    /// True when the store should be read again (never read, or older than the TTL).
+    pub fn is_due(&self, now_ms: u64) -> bool {
+        self.fetched_at_ms
+            .is_none_or(|at| now_ms.saturating_sub(at) >= self.ttl_ms)
+    }
+
+    /// Like [`is_due`](Self::is_due), and if so marks the read as started, so that requests
+    /// arriving while it is under way do not read too.
+    pub fn claim_refresh(&mut self, now_ms: u64) -> bool {
+        let due = self.is_due(now_ms);
+        if due {
+            self.fetched_at_ms = Some(now_ms);
+        }
+        due
+    }
+
+    /// Takes what the store returned: `Ok(Some(json))`, `Ok(None)` for an absent key, or the
+    /// read's error. A document that does not parse keeps the previous set.
+    pub fn store(&mut self, fetched: Result<Option<String>, String>, now_ms: u64) {
+        self.fetched_at_ms = Some(now_ms);
+        match fetched {
+            Ok(None) => {
+                self.profiles = None;
+                self.error = None;
+            }
+            Ok(Some(json)) => match Profiles::parse(&json) {
+                Ok(p) => {
+                    self.profiles = Some(Rc::new(p));
+                    self.error = None;
+                }
+                Err(errors) => {
+                    self.error = Some(format!(
+                        "key {PROFILES_KEY:?} is invalid, the previous profiles stay in use: {}",
+                        errors.join("; ")
+                    ))
+                }
+            },
+            Err(e) => {
+                self.error = Some(format!(
+                    "key {PROFILES_KEY:?} could not be read, the previous profiles stay in use: {e}"
+                ))
+            }
+        }
+    }
+
+    /// The store's profiles, if it has any.
+    pub fn current(&self) -> Option<Rc<Profiles>> {
+        self.profiles.clone()
+    }
+
+    pub fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE: &str = r#"[{"match":"a*","gain":2,"version":7}]"#;
+
+    #[test]
+    fn refreshes_after_the_ttl_and_keeps_the_last_good_set() {
+        let mut c = ProfileCache::new(30_000);
+        assert!(c.is_due(0));
+        assert!(c.claim_refresh(0) && !c.claim_refresh(1));
+        c.store(Ok(Some(ONE.into())), 1_000);
+        assert!(!c.is_due(30_999));
+        assert!(c.is_due(31_000));
+        assert_eq!(c.current().unwrap().lookup("abc").unwrap().version, 7);
+        // A bad write keeps version 7 in use and says why.
+        c.store(
+            Ok(Some(r#"[{"match":"a*","gain":-1,"version":8}]"#.into())),
+            31_000,
+        );
+        assert_eq!(c.current().unwrap().lookup("abc").unwrap().version, 7);
+        assert!(c.error().unwrap().contains("gain"));
+        // So does a failed read; a deleted key falls back to the deployment's profiles.
+        c.store(Err("timeout".into()), 62_000);
+        assert!(c.current().is_some() && c.error().unwrap().contains("timeout"));
+        c.store(Ok(None), 93_000);
+        assert!(c.current().is_none() && c.error().is_none());
+    }
+}
