@@ -29,6 +29,9 @@ pub struct Profile {
 /// A validated profile set with its lookup indexes.
 #[derive(Debug, Clone, Default)]
 pub struct Profiles {
+    /// The set's own version (`{"version": N, "profiles": [...]}`; 0 for a bare array): every
+    /// enriched reading names it, so each `temp_c` can be traced to the profiles in force.
+    version: u32,
     profiles: Vec<Profile>,
     exact: HashMap<String, usize>,
     /// `(prefix, index)`, longest prefix first; `*` is the empty prefix, so it comes last.
@@ -56,9 +59,12 @@ fn default_decimals() -> u8 {
     DEFAULT_DECIMALS
 }
 
-/// `{"profiles": [...]}`; the entries stay raw so each is reported by its own index.
+/// `{"version": N, "profiles": [...]}`; the entries stay raw so each is reported by its own
+/// index.
 #[derive(Deserialize)]
 struct ProfileFile<'a> {
+    #[serde(default)]
+    version: u32,
     #[serde(borrow)]
     profiles: Vec<&'a serde_json::value::RawValue>,
 }
@@ -72,14 +78,14 @@ impl Profiles {
                 "calibration profiles are not valid JSON of the form {{\"profiles\": [...]}}: {e}"
             )]
         };
-        // A bare array is accepted too.
-        let raw: Vec<&serde_json::value::RawValue> = if json.trim_start().starts_with('[') {
-            serde_json::from_str(json).map_err(shape_error)?
-        } else {
-            serde_json::from_str::<ProfileFile<'_>>(json)
-                .map_err(shape_error)?
-                .profiles
-        };
+        // A bare array is accepted too (set version 0).
+        let (version, raw): (u32, Vec<&serde_json::value::RawValue>) =
+            if json.trim_start().starts_with('[') {
+                (0, serde_json::from_str(json).map_err(shape_error)?)
+            } else {
+                let file = serde_json::from_str::<ProfileFile<'_>>(json).map_err(shape_error)?;
+                (file.version, file.profiles)
+            };
         if raw.len() > MAX_PROFILES {
             return Err(vec![format!(
                 "{} profiles; at most {MAX_PROFILES} are supported",
@@ -87,7 +93,10 @@ impl Profiles {
             )]);
         }
         let mut errors = Vec::new();
-        let mut set = Profiles::default();
+        let mut set = Profiles {
+            version,
+            ..Profiles::default()
+        };
         for (i, value) in raw.into_iter().enumerate() {
             let spec: ProfileSpec = match serde_json::from_str(value.get()) {
                 Ok(s) => s,
@@ -145,6 +154,11 @@ impl Profiles {
             version: spec.version,
         });
         Ok(())
+    }
+
+    /// The set's version (see the field).
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     pub fn len(&self) -> usize {
@@ -237,6 +251,9 @@ mod tests {
     fn exact_then_longest_prefix_then_default() {
         let p = profiles();
         assert_eq!(p.lookup("lab-01").unwrap().version, 3);
+        assert_eq!(p.version(), 0, "a bare array has set version 0");
+        let file = Profiles::parse(r#"{"version":12,"profiles":[{"match":"a","version":1}]}"#);
+        assert_eq!(file.unwrap().version(), 12);
         assert_eq!(p.lookup("lab-02").unwrap().gain, 2.0);
         assert_eq!(p.lookup("lx").unwrap().gain, 1.5);
         assert_eq!(p.lookup("zzz").unwrap().pattern, "*");

@@ -60,6 +60,8 @@ struct Enriched<'a> {
     temp_c: f64,
     raw: Raw,
     calibration: Option<CalibrationTag<'a>>,
+    /// The version of the profile set in force, calibrated or not.
+    profiles_version: u32,
     edge: &'a EdgeInfo,
     received_at_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -132,6 +134,7 @@ pub fn enrich_all(
                 gain: p.gain,
                 offset: p.offset,
             }),
+            profiles_version: profiles.version(),
             edge,
             received_at_ms,
             ts: r.ts,

@@ -297,6 +297,7 @@ fn openapi_contract_checked_by_schemathesis() {
             "Authorization: Bearer schemathesis-admin",
         ])
         .env("SCHEMATHESIS_HOOKS", "")
+        .current_dir(&dir) // its example cache stays in the scratch directory
         .output()
         .expect("schemathesis is installed by scripts/setup.sh");
     let report = format!(
@@ -337,36 +338,37 @@ fn profiles_from_workers_kv_take_effect_without_redeploy() {
         (
             v["temp_c"].as_f64().unwrap(),
             v["calibration"]["version"].as_u64(),
+            v["profiles_version"].as_u64().unwrap(),
         )
     };
-    // No key yet: the embedded profiles (no match for kv-*: identity).
-    assert_eq!(calibration(), (20.0, None));
+    // No key yet: the embedded profiles (set version 1; no match for kv-*: identity).
+    assert_eq!(calibration(), (20.0, None, 1));
     host.kv_put(
         "PROFILES",
         "calibration",
-        r#"{"profiles":[{"match":"kv-*","gain":1.0,"offset":1.5,"version":41}]}"#,
+        r#"{"version":7,"profiles":[{"match":"kv-*","gain":1.0,"offset":1.5,"version":41}]}"#,
     );
     wait_for(Duration::from_secs(60), "the KV profile in use", || {
-        (calibration() == (21.5, Some(41))).then_some(())
+        (calibration() == (21.5, Some(41), 7)).then_some(())
     });
     host.kv_put(
         "PROFILES",
         "calibration",
-        r#"{"profiles":[{"match":"kv-*","gain":1.0,"offset":-2,"version":42}]}"#,
+        r#"{"version":8,"profiles":[{"match":"kv-*","gain":1.0,"offset":-2,"version":42}]}"#,
     );
     wait_for(
         Duration::from_secs(60),
         "the updated KV profile in use",
-        || (calibration() == (18.0, Some(42))).then_some(()),
+        || (calibration() == (18.0, Some(42), 8)).then_some(()),
     );
     // An invalid document keeps version 42 in use.
     host.kv_put(
         "PROFILES",
         "calibration",
-        r#"{"profiles":[{"match":"kv-*","gain":-1,"version":43}]}"#,
+        r#"{"version":9,"profiles":[{"match":"kv-*","gain":-1,"version":43}]}"#,
     );
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(calibration(), (18.0, Some(42)));
+    assert_eq!(calibration(), (18.0, Some(42), 8));
     let health = get(&host.url("/healthz")).json();
     assert_eq!(health["config"]["profiles"]["source"], "key-value store");
 }
