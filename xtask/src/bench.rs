@@ -11,6 +11,9 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
+/// Each load run of a full bench.
+const FULL_RUN_DURATION: Duration = Duration::from_secs(20);
+
 pub struct Options {
     pub duration: Duration,
     pub connections: Vec<u32>,
@@ -20,7 +23,7 @@ pub struct Options {
 impl Options {
     pub fn parse(args: &[String]) -> Result<Self, String> {
         let mut o = Options {
-            duration: Duration::from_secs(20),
+            duration: FULL_RUN_DURATION,
             connections: vec![100, 10],
             only: None,
         };
@@ -549,7 +552,15 @@ pub fn run(o: &Options) {
         .map(|t| json!({ "target": t.what, "value": t.value, "met": t.met }))
         .collect();
     print_table(&results, o);
-    let out = root.join("bench/results.json");
+    // A partial run (--only, --duration) is written beside the full one, never over it: the
+    // committed bench/results.json stays one whole run.
+    let name = if o.only.is_some() || o.duration != FULL_RUN_DURATION || o.connections != [100, 10]
+    {
+        "bench/results-partial.json"
+    } else {
+        "bench/results.json"
+    };
+    let out = root.join(name);
     std::fs::write(
         &out,
         serde_json::to_string_pretty(&results).unwrap_or_default(),
