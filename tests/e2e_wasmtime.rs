@@ -92,49 +92,18 @@ fn wasi_http_component_with_one_instance_per_request() {
 #[test]
 #[ignore = "needs the built artifacts; run by scripts/test.sh"]
 fn hostile_inputs_in_token_and_hmac_mode() {
-    let mut total = 0;
-    for mode in ["token", "hmac"] {
-        let dir = scratch(&format!("wasmtime-hostile-{mode}"));
-        let collector = Collector::start(&dir);
-        let ingest = collector.ingest_url();
-        let mut vars = support::hostile::vars(mode);
-        vars.push(("COLLECTOR_URL", &ingest));
-        let host = LocalServer::wasmtime(&dir, &component(), &vars, false);
-        let log = || host.log_text();
-        let cases = support::hostile::run_suite(&host.url(""), mode, &collector, &log);
-        eprintln!("{mode}: {cases} hostile cases passed");
-        total += cases;
-    }
-    assert!(total >= 60, "only {total} hostile cases");
+    support::hostile::in_both_modes("wasmtime", |dir, vars| {
+        LocalServer::wasmtime(dir, &component(), vars, false)
+    });
 }
 
 /// The `ndjson` sink into the reference collector and the `influx` sink into a real InfluxDB.
 #[test]
 #[ignore = "needs the built artifacts and influxd; run by scripts/test.sh"]
 fn ndjson_and_influx_sinks() {
-    let dir = scratch("wasmtime-sink-ndjson");
-    let collector = Collector::start(&dir);
-    let ingest = collector.ingest_url();
-    let vars = vec![
-        ("COLLECTOR_URL", ingest.as_str()),
-        ("AUTH_MODE", "off"),
-        ("SINK_FORMAT", "ndjson"),
-    ];
-    let host = LocalServer::wasmtime(&dir, &component(), &vars, false);
-    support::sinks::ndjson_round_trip(&host.url(""), &collector);
-    drop(host);
-
-    let dir = scratch("wasmtime-sink-influx");
-    let influx = Influx::start(&dir);
-    let write = influx.write_url();
-    let vars = vec![
-        ("COLLECTOR_URL", write.as_str()),
-        ("AUTH_MODE", "off"),
-        ("SINK_FORMAT", "influx"),
-        ("EDGE_NODE", "influx-node"),
-    ];
-    let host = LocalServer::wasmtime(&dir, &component(), &vars, false);
-    support::sinks::influx_round_trip(&host.url(""), &influx);
+    support::sinks::ndjson_and_influx("wasmtime", |dir, vars| {
+        LocalServer::wasmtime(dir, &component(), vars, false)
+    });
 }
 
 /// The device simulator (`cargo xtask sim`) in `hmac` mode against the component, with its

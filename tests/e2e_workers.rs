@@ -215,49 +215,14 @@ fn concurrent_requests_share_batcher_calls_and_lose_nothing() {
 #[test]
 #[ignore = "needs the built artifacts; run by scripts/test.sh"]
 fn hostile_inputs_in_token_and_hmac_mode() {
-    let mut total = 0;
-    for mode in ["token", "hmac"] {
-        let dir = scratch(&format!("workers-hostile-{mode}"));
-        let collector = Collector::start(&dir);
-        let ingest = collector.ingest_url();
-        let mut vars = support::hostile::vars(mode);
-        vars.push(("COLLECTOR_URL", &ingest));
-        let host = WorkersHost::start(&dir, &vars);
-        let log = || host.log_text();
-        let cases = support::hostile::run_suite(&host.url(""), mode, &collector, &log);
-        eprintln!("{mode}: {cases} hostile cases passed");
-        total += cases;
-    }
-    assert!(total >= 60, "only {total} hostile cases");
+    support::hostile::in_both_modes("workers", WorkersHost::start);
 }
 
 /// The `ndjson` sink into the reference collector and the `influx` sink into a real InfluxDB.
 #[test]
 #[ignore = "needs the built artifacts and influxd; run by scripts/test.sh"]
 fn ndjson_and_influx_sinks() {
-    let dir = scratch("workers-sink-ndjson");
-    let collector = Collector::start(&dir);
-    let ingest = collector.ingest_url();
-    let vars = vec![
-        ("COLLECTOR_URL", ingest.as_str()),
-        ("AUTH_MODE", "off"),
-        ("SINK_FORMAT", "ndjson"),
-    ];
-    let host = WorkersHost::start(&dir, &vars);
-    support::sinks::ndjson_round_trip(&host.url(""), &collector);
-    drop(host);
-
-    let dir = scratch("workers-sink-influx");
-    let influx = Influx::start(&dir);
-    let write = influx.write_url();
-    let vars = vec![
-        ("COLLECTOR_URL", write.as_str()),
-        ("AUTH_MODE", "off"),
-        ("SINK_FORMAT", "influx"),
-        ("EDGE_NODE", "influx-node"),
-    ];
-    let host = WorkersHost::start(&dir, &vars);
-    support::sinks::influx_round_trip(&host.url(""), &influx);
+    support::sinks::ndjson_and_influx("workers", WorkersHost::start);
 }
 
 /// schemathesis (PyPI) against the running Worker with the document it serves: no 5xx, and

@@ -5,6 +5,7 @@
 //! collector exactly once (and nothing else). Secrets never show in answers or logs.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use edge_enrich::auth::{sign, MasterSecret, SignedParts};
@@ -679,4 +680,22 @@ pub fn run_suite(
         assert!(!log.contains(s.as_str()), "a secret in the host's log");
     }
     cases.len()
+}
+
+/// The suite in `token` and in `hmac` mode, each on a fresh host (`start(dir, vars)`, named
+/// `<name>-hostile-<mode>`) and collector; at least 60 cases in all.
+pub fn in_both_modes<H: EdgeHost>(name: &str, start: impl Fn(&Path, &[(&str, &str)]) -> H) {
+    let mut total = 0;
+    for mode in ["token", "hmac"] {
+        let dir = scratch(&format!("{name}-hostile-{mode}"));
+        let collector = Collector::start(&dir);
+        let ingest = collector.ingest_url();
+        let mut vars = vars(mode);
+        vars.push(("COLLECTOR_URL", &ingest));
+        let host = start(&dir, &vars);
+        let cases = run_suite(&host.base_url(), mode, &collector, &|| host.log());
+        eprintln!("{mode}: {cases} hostile cases passed");
+        total += cases;
+    }
+    assert!(total >= 60, "only {total} hostile cases");
 }

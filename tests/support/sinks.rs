@@ -2,6 +2,7 @@
 //! and `influx` into a real InfluxDB, queried back with InfluxQL and compared value by value.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::Duration;
 
 use super::*;
@@ -104,4 +105,32 @@ pub fn influx_round_trip(base: &str, influx: &Influx) {
         keys.contains(&"device_id") && keys.contains(&"edge_node"),
         "{tags}"
     );
+}
+
+/// Both sinks, each on a fresh host (`start(dir, vars)`): `ndjson` into the reference collector,
+/// `influx` into a real InfluxDB.
+pub fn ndjson_and_influx<H: EdgeHost>(name: &str, start: impl Fn(&Path, &[(&str, &str)]) -> H) {
+    let dir = scratch(&format!("{name}-sink-ndjson"));
+    let collector = Collector::start(&dir);
+    let ingest = collector.ingest_url();
+    let vars = [
+        ("COLLECTOR_URL", ingest.as_str()),
+        ("AUTH_MODE", "off"),
+        ("SINK_FORMAT", "ndjson"),
+    ];
+    let host = start(&dir, &vars);
+    ndjson_round_trip(&host.base_url(), &collector);
+    drop(host);
+
+    let dir = scratch(&format!("{name}-sink-influx"));
+    let influx = Influx::start(&dir);
+    let write = influx.write_url();
+    let vars = [
+        ("COLLECTOR_URL", write.as_str()),
+        ("AUTH_MODE", "off"),
+        ("SINK_FORMAT", "influx"),
+        ("EDGE_NODE", "influx-node"),
+    ];
+    let host = start(&dir, &vars);
+    influx_round_trip(&host.base_url(), &influx);
 }

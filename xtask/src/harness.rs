@@ -855,3 +855,28 @@ impl Influx {
         rows
     }
 }
+
+/// A running edge host, whichever runtime: what host-independent test suites need of it.
+pub trait EdgeHost {
+    /// `http://127.0.0.1:PORT`.
+    fn base_url(&self) -> String;
+    fn log(&self) -> String;
+}
+
+impl EdgeHost for WorkersHost {
+    fn base_url(&self) -> String {
+        self.url("")
+    }
+    fn log(&self) -> String {
+        self.log_text()
+    }
+}
+
+impl EdgeHost for LocalServer {
+    fn base_url(&self) -> String {
+        self.url("")
+    }
+    fn log(&self) -> String {
+        self.log_text()
+    }
+}
