@@ -407,13 +407,11 @@ fn authorize_admin(settings: &Settings, authorization: Option<&str>) -> Result<(
     }
 }
 
-/// Compares without an early exit, so timing does not reveal how much of a token matched.
+/// Compares without an early exit (`subtle`, as for device credentials), so timing does not
+/// reveal how much of a token matched.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
-    for (i, &x) in a.iter().enumerate() {
-        diff |= x ^ b.get(i).copied().unwrap_or(0);
-    }
-    diff == 0
+    use subtle::ConstantTimeEq;
+    bool::from(a.ct_eq(b))
 }
 
 #[cfg(test)]
