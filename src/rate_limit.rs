@@ -115,6 +115,10 @@ fn decimal(x: f64) -> String {
     }
 }
 
+/// Devices whose buckets a host keeps in memory; beyond this, only buckets still refilling are
+/// kept, and a new device is admitted untracked (the limit errs towards admitting).
+pub const MAX_TRACKED_DEVICES: usize = 100_000;
+
 /// Buckets in memory, for hosts that keep them there. Bounded: past `max_devices` the
 /// buckets that have refilled completely (indistinguishable from new ones) are dropped.
 #[derive(Debug)]
@@ -133,8 +137,19 @@ impl MemoryBuckets {
         }
     }
 
-    pub fn limit(&self) -> RateLimit {
-        self.limit
+    /// Admits against the buckets a host keeps in `slot`: made on first use (with
+    /// [`MAX_TRACKED_DEVICES`]), and afresh if the configured limit changed.
+    pub fn admit_in(
+        slot: &mut Option<Self>,
+        limit: RateLimit,
+        costs: &[(&str, u32)],
+        now_ms: u64,
+    ) -> Result<(), u32> {
+        let buckets = match slot {
+            Some(b) if b.limit == limit => b,
+            _ => slot.insert(Self::new(limit, MAX_TRACKED_DEVICES)),
+        };
+        buckets.admit(costs, now_ms)
     }
 
     pub fn admit(&mut self, costs: &[(&str, u32)], now_ms: u64) -> Result<(), u32> {

@@ -52,17 +52,8 @@ async fn admit_costs(
 
     use crate::rate_limit::MemoryBuckets;
 
-    /// Devices whose buckets one instance tracks.
-    const MAX_TRACKED_DEVICES: usize = 100_000;
     thread_local! {
         static BUCKETS: RefCell<Option<MemoryBuckets>> = const { RefCell::new(None) };
     }
-    Ok(BUCKETS.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        let buckets = match cell.as_mut() {
-            Some(b) if b.limit() == *limit => b,
-            _ => cell.insert(MemoryBuckets::new(*limit, MAX_TRACKED_DEVICES)),
-        };
-        buckets.admit(costs, now_ms)
-    }))
+    Ok(BUCKETS.with(|slot| MemoryBuckets::admit_in(&mut slot.borrow_mut(), *limit, costs, now_ms)))
 }

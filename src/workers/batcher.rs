@@ -68,9 +68,6 @@ pub struct Batcher {
     buckets: RefCell<Option<MemoryBuckets>>,
 }
 
-/// Devices whose buckets one object tracks; beyond this, only buckets still refilling are kept.
-const MAX_TRACKED_DEVICES: usize = 100_000;
-
 #[derive(Deserialize)]
 struct Backlog {
     n: f64,
@@ -260,12 +257,7 @@ impl Batcher {
         let Some(limit) = config.rate_limit else {
             return Ok(());
         };
-        let mut buckets = self.buckets.borrow_mut();
-        let buckets = match buckets.as_mut() {
-            Some(b) if b.limit() == limit => b,
-            _ => buckets.insert(MemoryBuckets::new(limit, MAX_TRACKED_DEVICES)),
-        };
-        buckets.admit(costs, now)
+        MemoryBuckets::admit_in(&mut self.buckets.borrow_mut(), limit, costs, now)
     }
 
     /// Makes sure an alarm will fire when the policy says the next flush is due. During a
