@@ -177,41 +177,26 @@ async fn serve(req: Request, settings: &Settings, now: u64, request_id: &str) ->
 async fn stored_profiles(settings: &Settings, now: u64, request_id: &str) -> Option<Rc<Profiles>> {
     use std::cell::RefCell;
 
-    use crate::profile_cache::{ProfileCache, PROFILES_KEY};
+    use crate::profile_cache::{self, CacheSlot, PROFILES_KEY};
     use crate::spill::KeyValue;
 
     thread_local! {
-        static CACHE: RefCell<Option<ProfileCache>> = const { RefCell::new(None) };
+        static CACHE: CacheSlot = const { RefCell::new(None) };
     }
-    let ttl_ms = settings.profiles_ttl_ms();
-    let due = CACHE.with(|c| {
-        c.borrow_mut()
-            .get_or_insert_with(|| ProfileCache::new(ttl_ms))
-            .claim_refresh(now)
-    });
-    if due {
-        let fetched = match kv::open().await {
-            Ok(store) => store
-                .get(PROFILES_KEY)
-                .await
-                .map(|v| v.map(|bytes| String::from_utf8_lossy(&bytes).into_owned())),
-            Err(e) => Err(e),
-        };
-        CACHE.with(|c| {
-            if let Some(cache) = c.borrow_mut().as_mut() {
-                cache.store(fetched, now);
-                if let Some(error) = cache.error() {
-                    emit(
-                        "warn",
-                        "profiles_not_updated",
-                        request_id,
-                        &[("detail", error)],
-                    );
-                }
-            }
-        });
-    }
-    CACHE.with(|c| c.borrow().as_ref().and_then(ProfileCache::current))
+    let read = || async {
+        let store = kv::open().await?;
+        let value = store.get(PROFILES_KEY).await?;
+        Ok(value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    let log_kept = |error: &str| {
+        emit(
+            "warn",
+            "profiles_not_updated",
+            request_id,
+            &[("detail", error)],
+        )
+    };
+    profile_cache::refreshed(&CACHE, settings.profiles_ttl_ms(), now, read, log_kept).await
 }
 
 /// Portable flavour: no key-value store; the deployment's profiles apply.

@@ -26,7 +26,7 @@ use crate::enrich::EdgeInfo;
 use crate::host::ConfigSource;
 use crate::ids;
 use crate::problem::{Problem, ProblemType};
-use crate::profile_cache::{ProfileCache, PROFILES_KEY};
+use crate::profile_cache::{self, CacheSlot, PROFILES_KEY};
 
 pub const PLATFORM: &str = "cloudflare-workers";
 const BATCHER_BINDING: &str = "BATCHER";
@@ -38,7 +38,7 @@ const KV_CACHE_TTL_S: u64 = 30;
 thread_local! {
     // Vars and secrets are fixed for an isolate's life: parse them once.
     static SETTINGS: OnceCell<Rc<Settings>> = const { OnceCell::new() };
-    static PROFILE_CACHE: RefCell<Option<ProfileCache>> = const { RefCell::new(None) };
+    static PROFILE_CACHE: CacheSlot = const { RefCell::new(None) };
 }
 
 pub(crate) fn settings(env: &Env) -> Rc<Settings> {
@@ -198,31 +198,23 @@ async fn stored_profiles(
     request_id: &str,
 ) -> Option<Rc<Profiles>> {
     let kv = env.kv(PROFILES_BINDING).ok()?;
-    let with_cache = |f: &mut dyn FnMut(&mut ProfileCache)| {
-        PROFILE_CACHE.with(|cell| {
-            let mut cell = cell.borrow_mut();
-            f(cell.get_or_insert_with(|| ProfileCache::new(settings.profiles_ttl_ms())))
-        })
-    };
-    let mut due = false;
-    with_cache(&mut |c| due = c.claim_refresh(now));
-    if due {
-        let fetched = kv
-            .get(PROFILES_KEY)
+    let read = || async move {
+        kv.get(PROFILES_KEY)
             .cache_ttl(KV_CACHE_TTL_S)
             .text()
             .await
-            .map_err(|e| e.to_string());
-        with_cache(&mut |c| {
-            c.store(fetched.clone(), now);
-            if let Some(error) = c.error() {
-                log::warn("profiles_not_updated", request_id, &[("detail", error)]);
-            }
-        });
-    }
-    let mut current = None;
-    with_cache(&mut |c| current = c.current());
-    current
+            .map_err(|e| e.to_string())
+    };
+    let log_kept =
+        |error: &str| log::warn("profiles_not_updated", request_id, &[("detail", error)]);
+    profile_cache::refreshed(
+        &PROFILE_CACHE,
+        settings.profiles_ttl_ms(),
+        now,
+        read,
+        log_kept,
+    )
+    .await
 }
 
 /// Reads the body up to `limit` bytes; a larger one is refused at once, before it is buffered
