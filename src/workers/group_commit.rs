@@ -85,10 +85,10 @@ enum Role {
 }
 
 /// Sends `body` (one section of `readings` documents) to batcher `lane` together with the
-/// sections of concurrent requests; `send` performs one call.
+/// sections of concurrent requests; `send(body, sections)` performs one call.
 pub async fn submit<F, Fut>(lane: &str, body: String, readings: usize, send: F) -> Outcome
 where
-    F: Fn(String) -> Fut,
+    F: Fn(String, usize) -> Fut,
     Fut: Future<Output = GroupOutcome>,
 {
     let started = js_sys::Date::now();
@@ -105,7 +105,7 @@ where
         open_or_join(l, body, readings, started)
     });
     let (outcome, section) = match role {
-        Role::Alone(body) => return section_outcome(&send(body).await, 0),
+        Role::Alone(body) => return section_outcome(&send(body, 1).await, 0),
         Role::Member(outcome, section) => (outcome, section),
         Role::Owner(outcome) => {
             own(lane, &send, started).await;
@@ -162,7 +162,7 @@ fn open_or_join(l: &mut Lane, body: String, readings: usize, now: f64) -> Role {
 /// The owner of the open group: waits for a free lane, sends the group, publishes the outcome.
 async fn own<F, Fut>(lane: &str, send: &F, started: f64)
 where
-    F: Fn(String) -> Fut,
+    F: Fn(String, usize) -> Fut,
     Fut: Future<Output = GroupOutcome>,
 {
     // A free lane is taken at once; requests arriving during the call join the next group.
@@ -198,7 +198,7 @@ where
         }
         step = (step * 2).clamp(FIRST_POLL_MS, MAX_POLL_MS);
     };
-    let outcome = send(group.body).await;
+    let outcome = send(group.body, group.sections).await;
     *group.outcome.borrow_mut() = Some(outcome);
     with_lane(lane, |l| l.busy_since = None);
 }

@@ -79,8 +79,9 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
     let started = js_sys::Date::now();
     let request_id = ids::new_id(started as u64).unwrap_or_else(|_| String::from("no-entropy"));
     let settings = settings(&env);
-    let cors = settings.cors_headers(req.headers().get("origin")?.as_deref());
-    let answer = match serve(req, &env, &settings, started as u64, &request_id).await {
+    let headers = HeaderView::read(req.headers());
+    let cors = settings.cors_headers(headers.origin.as_deref());
+    let answer = match serve(req, &headers, &env, &settings, started as u64, &request_id).await {
         Ok(answer) => answer,
         Err(e) => {
             log::error("request_failed", &request_id, &[("error", &e.to_string())]);
@@ -129,6 +130,7 @@ impl HeaderView {
 
 async fn serve(
     mut req: Request,
+    headers: &HeaderView,
     env: &Env,
     settings: &Settings,
     now_ms: u64,
@@ -137,7 +139,6 @@ async fn serve(
     let url = req.url()?;
     let method = req.method();
     let edge = edge_info(&req, settings);
-    let headers = HeaderView::read(req.headers());
     let path = url.path();
     let stored = if path == api::READINGS_PATH || path == api::HEALTH_PATH {
         stored_profiles(env, settings, now_ms, request_id).await
@@ -305,7 +306,7 @@ async fn hand_to_batcher(
 ) -> Result<(), Problem> {
     let name = batcher_name(edge, shard_of(&accepted.shard_key, shard_count(settings)));
     let body = wire::encode_section(accepted);
-    let send = |body| call_batcher(env, settings, &name, &edge.node, body);
+    let send = |body, sections| call_batcher(env, settings, &name, &edge.node, body, sections);
     group_commit::submit(&name, body, accepted.readings.len(), send).await
 }
 
@@ -316,8 +317,8 @@ async fn call_batcher(
     name: &str,
     node: &str,
     body: String,
+    sections: usize,
 ) -> group_commit::GroupOutcome {
-    let sections = wire::section_count(&body);
     let unavailable = |e: worker::Error| {
         log::error("batcher_unreachable", "", &[("error", &e.to_string())]);
         Problem::new(

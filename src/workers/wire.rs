@@ -28,10 +28,6 @@ pub fn encode_section(accepted: &Accepted) -> String {
     body
 }
 
-pub fn section_count(body: &str) -> usize {
-    body.split('\n').filter(|l| l.starts_with('#')).count()
-}
-
 pub struct Section<'a> {
     pub costs: Vec<(&'a str, u32)>,
     pub docs: Vec<&'a str>,
