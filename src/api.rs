@@ -2,7 +2,7 @@
 //! turns its platform's request into [`HttpRequest`], performs the action (handing accepted
 //! readings to its batcher, answering admin queries from its store) and sends the response.
 
-use crate::auth::{Credential, SignedParts};
+use crate::auth::SignedParts;
 use crate::body::{parse_readings, BodyFormat};
 use crate::config::Settings;
 use crate::enrich::{enrich_all, EdgeInfo, EnrichedReading};
@@ -231,7 +231,8 @@ fn route(req: &HttpRequest<'_>, ctx: &RequestContext<'_>) -> Result<Action, Prob
                 let readings = parse_readings(req.body, format, config.max_readings_per_request)?;
                 (readings, Shape::Many)
             };
-            authorize(config, &credential, &readings)?;
+            let devices = readings.iter().map(|r| r.device_id.as_str());
+            config.auth.authorize_devices(&credential, devices)?;
             ingest(readings, shape, ctx)
         }
         (READINGS_PATH, "OPTIONS") => Ok(Action::Respond(preflight(req, ctx.settings))),
@@ -294,16 +295,6 @@ fn parse_query(query: &str) -> Result<crate::reading::Reading, Problem> {
         )
         .with_errors(errors)
     })
-}
-
-fn authorize(
-    config: &crate::config::Config,
-    credential: &Credential,
-    readings: &[crate::reading::Reading],
-) -> Result<(), Problem> {
-    config
-        .auth
-        .authorize_devices(credential, readings.iter().map(|r| r.device_id.as_str()))
 }
 
 /// `OPTIONS /v1/readings`: a CORS preflight, or a plain capability query.
