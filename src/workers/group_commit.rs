@@ -15,7 +15,10 @@
 //! I/O fails ("Cannot perform I/O on behalf of a different request"). So nobody wakes anybody:
 //! each waiting request polls the shared state on its own timers (which are also pending I/O of
 //! its own, so the runtime does not cancel it as hung), and each call is made by its group's
-//! owner, a request that is still waiting for it.
+//! owner, a request that is still waiting for it. Waiters sleep until the lane's call is due to
+//! end (its start plus the lane's typical call time), then poll every millisecond: a fixed
+//! backoff (1, 2, 4, 8 ms) woke a waiter up to 8 ms after its answer was there, and left the
+//! lane idle as long while the next group's owner slept.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -30,9 +33,13 @@ const MAX_GROUP_READINGS: usize = 2_000;
 /// How long a request waits for its group's call before answering 503 itself; a lane whose call
 /// has been out longer than this is considered lost and freed.
 const WAIT_LIMIT_MS: f64 = 20_000.0;
-/// Polling steps: short at first (a Durable Object round trip is a few ms), then capped.
-const FIRST_POLL_MS: u64 = 1;
-const MAX_POLL_MS: u64 = 8;
+/// Polling: never sooner than this, never later than `MAX_POLL_MS` after the last look.
+const MIN_POLL_MS: f64 = 1.0;
+const MAX_POLL_MS: f64 = 8.0;
+/// A lane's first estimate of its call time, before it has timed one (a Durable Object round
+/// trip is a few ms), and how much each timed call moves the estimate.
+const FIRST_CALL_MS: f64 = 2.0;
+const CALL_MS_WEIGHT: f64 = 0.2;
 
 /// One request's answer.
 pub type Outcome = Result<(), Problem>;
@@ -49,12 +56,40 @@ struct Group {
     outcome: Shared,
 }
 
-#[derive(Default)]
 struct Lane {
     /// Since when (Unix ms) a call is in flight; None when the lane is free.
     busy_since: Option<f64>,
     /// The group being gathered; its owner sends it once the lane is free.
     open: Option<Group>,
+    /// Moving average of this lane's call times (ms): when the call in flight should end.
+    typical_call_ms: f64,
+}
+
+impl Default for Lane {
+    fn default() -> Self {
+        Lane {
+            busy_since: None,
+            open: None,
+            typical_call_ms: FIRST_CALL_MS,
+        }
+    }
+}
+
+impl Lane {
+    /// How long a waiter sleeps before its next look: until the call in flight is due to end,
+    /// within [MIN_POLL_MS, MAX_POLL_MS].
+    fn next_look_ms(&self, now: f64) -> u64 {
+        let due_in = self
+            .busy_since
+            .map_or(MIN_POLL_MS, |since| since + self.typical_call_ms - now);
+        due_in.clamp(MIN_POLL_MS, MAX_POLL_MS).ceil() as u64
+    }
+
+    fn call_ended(&mut self, now: f64) {
+        if let Some(since) = self.busy_since.take() {
+            self.typical_call_ms += CALL_MS_WEIGHT * ((now - since) - self.typical_call_ms);
+        }
+    }
 }
 
 thread_local! {
@@ -112,16 +147,15 @@ where
             (outcome, 0)
         }
     };
-    let mut step = FIRST_POLL_MS;
     loop {
         if let Some(result) = outcome.borrow().as_ref() {
             return section_outcome(result, section);
         }
-        if js_sys::Date::now() - started > WAIT_LIMIT_MS {
+        let now = js_sys::Date::now();
+        if now - started > WAIT_LIMIT_MS {
             return Err(timed_out());
         }
-        sleep_ms(step).await;
-        step = (step * 2).min(MAX_POLL_MS);
+        sleep_ms(with_lane(lane, |l| l.next_look_ms(now))).await;
     }
 }
 
@@ -166,10 +200,10 @@ where
     Fut: Future<Output = GroupOutcome>,
 {
     // A free lane is taken at once; requests arriving during the call join the next group.
-    let mut step = 0;
+    let mut wait = 0;
     let group = loop {
-        if step > 0 {
-            sleep_ms(step).await;
+        if wait > 0 {
+            sleep_ms(wait).await;
         }
         let now = js_sys::Date::now();
         let taken = with_lane(lane, |l| {
@@ -196,9 +230,10 @@ where
             });
             return;
         }
-        step = (step * 2).clamp(FIRST_POLL_MS, MAX_POLL_MS);
+        wait = with_lane(lane, |l| l.next_look_ms(now));
     };
     let outcome = send(group.body, group.sections).await;
     *group.outcome.borrow_mut() = Some(outcome);
-    with_lane(lane, |l| l.busy_since = None);
+    let ended = js_sys::Date::now();
+    with_lane(lane, |l| l.call_ended(ended));
 }

@@ -51,6 +51,13 @@ impl Options {
     fn wants(&self, section: &str) -> bool {
         self.only.as_deref().is_none_or(|o| o == section)
     }
+
+    /// One Workers runtime alone (`--only workerd`, `--only wrangler-dev`), or both.
+    fn wants_runtime(&self, runtime: &str) -> bool {
+        self.only
+            .as_deref()
+            .is_none_or(|o| o == "workers" || o == runtime)
+    }
 }
 
 const GET_PATH: &str = "/v1/readings?device_id=bench-1&temp=21.5&unit=C";
@@ -225,6 +232,9 @@ fn workers_section(o: &Options, collector: &Collector, dir: &Path) -> Value {
     ];
     let mut out = json!({});
     for runtime in ["wrangler-dev", "workerd"] {
+        if !o.wants_runtime(runtime) {
+            continue;
+        }
         let mut rows = Vec::new();
         let mut startup = json!({});
         for (name, main_js, delivers) in &peers {
@@ -539,7 +549,7 @@ pub fn run(o: &Options) {
     let collector_dir: PathBuf = dir.join("collector");
     std::fs::create_dir_all(&collector_dir).expect("collector dir");
     let collector = Collector::start(&collector_dir);
-    if o.wants("workers") {
+    if o.wants_runtime("workerd") || o.wants_runtime("wrangler-dev") {
         eprintln!("load on workerd (wrangler dev and workerd direct) ...");
         results["workers"] = workers_section(o, &collector, &dir);
     }
