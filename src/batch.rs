@@ -87,6 +87,14 @@ pub struct BacklogFull {
     pub retry_after_s: u32,
 }
 
+/// How long an instance that has taken one request's readings waits for a second request
+/// before it flushes, instead of the full max age. A wasi:http host may run one request per
+/// instance (Spin does; so does `wasmtime serve --max-instance-reuse-count 1`), and such an
+/// instance holds its memory and a slot of the host's instance pool until its batch is sent:
+/// waiting out max age there only delays delivery and, under load, exhausts the pool. Until
+/// a second request arrives the instance has no evidence that it is reused.
+pub const LONE_REQUEST_WAIT_MS: u64 = 20;
+
 /// An in-memory batch queue for hosts whose instance owns its batch (Spin, wasi:http).
 /// Items keep their arrival order; a failed batch goes back to the front.
 #[derive(Debug)]
@@ -94,6 +102,9 @@ pub struct MemoryBatcher<T> {
     queue: VecDeque<(u64, T)>,
     policy: FlushPolicy,
     capacity: usize,
+    /// Pushes so far (one per request) and when the first came: see `LONE_REQUEST_WAIT_MS`.
+    pushes: u64,
+    first_push_ms: u64,
 }
 
 impl<T> MemoryBatcher<T> {
@@ -102,6 +113,8 @@ impl<T> MemoryBatcher<T> {
             queue: VecDeque::new(),
             policy,
             capacity,
+            pushes: 0,
+            first_push_ms: 0,
         }
     }
 
@@ -113,7 +126,7 @@ impl<T> MemoryBatcher<T> {
         self.queue.is_empty()
     }
 
-    /// Accepts all items or none.
+    /// Accepts all items (one request's readings) or none.
     pub fn push(
         &mut self,
         clock: &dyn Clock,
@@ -125,15 +138,29 @@ impl<T> MemoryBatcher<T> {
         }
         let now = clock.now_ms();
         self.queue.extend(items.map(|i| (now, i)));
+        if self.pushes == 0 {
+            self.first_push_ms = now;
+        }
+        self.pushes += 1;
         Ok(())
     }
 
     pub fn next_flush(&self, clock: &dyn Clock) -> FlushAt {
-        self.policy.next_flush(
-            self.queue.len(),
-            self.queue.front().map(|(t, _)| *t),
-            clock.now_ms(),
-        )
+        let now = clock.now_ms();
+        let at = self
+            .policy
+            .next_flush(self.queue.len(), self.queue.front().map(|(t, _)| *t), now);
+        match at {
+            FlushAt::At(due) if self.pushes == 1 => {
+                let lone_due = self.first_push_ms.saturating_add(LONE_REQUEST_WAIT_MS);
+                if lone_due <= now {
+                    FlushAt::Now
+                } else {
+                    FlushAt::At(due.min(lone_due))
+                }
+            }
+            other => other,
+        }
     }
 
     /// Removes and returns the oldest batch (at most `max_items`).
@@ -177,12 +204,47 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_request_is_flushed_soon_and_a_second_restores_max_age() {
+        let clock = FakeClock(Cell::new(10_000));
+        let mut b = MemoryBatcher::new(POLICY, 5);
+        b.push(&clock, [1].into_iter()).unwrap();
+        assert_eq!(
+            b.next_flush(&clock),
+            FlushAt::At(10_000 + LONE_REQUEST_WAIT_MS)
+        );
+        clock.0.set(10_000 + LONE_REQUEST_WAIT_MS);
+        assert_eq!(b.next_flush(&clock), FlushAt::Now);
+        // A second request within the wait: this instance is reused, max age applies again.
+        clock.0.set(10_005);
+        b.push(&clock, [2].into_iter()).unwrap();
+        clock.0.set(10_000 + LONE_REQUEST_WAIT_MS);
+        assert_eq!(b.next_flush(&clock), FlushAt::At(10_200));
+        // ... also to what comes after the first batch has gone.
+        assert_eq!(b.take_batch(), vec![1, 2]);
+        b.push(&clock, [3].into_iter()).unwrap();
+        assert_eq!(
+            b.next_flush(&clock),
+            FlushAt::At(10_000 + LONE_REQUEST_WAIT_MS + 200)
+        );
+    }
+
+    #[test]
     fn memory_batcher_with_fake_clock() {
         let clock = FakeClock(Cell::new(10_000));
         let mut b = MemoryBatcher::new(POLICY, 5);
         assert_eq!(b.next_flush(&clock), FlushAt::Idle);
-        b.push(&clock, ["a", "b"].into_iter()).unwrap();
+        b.push(&clock, ["y"].into_iter()).unwrap();
+        assert_eq!(
+            b.next_flush(&clock),
+            FlushAt::At(10_000 + LONE_REQUEST_WAIT_MS),
+            "one request so far: a short wait for a second"
+        );
+        clock.0.set(10_010);
+        b.push(&clock, ["z"].into_iter()).unwrap();
         assert_eq!(b.next_flush(&clock), FlushAt::At(10_200));
+        assert_eq!(b.take_batch(), vec!["y", "z"]);
+        b.push(&clock, ["a", "b"].into_iter()).unwrap();
+        assert_eq!(b.next_flush(&clock), FlushAt::At(10_210));
         clock.0.set(10_100);
         b.push(&clock, ["c"].into_iter()).unwrap();
         assert_eq!(
