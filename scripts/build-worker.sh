@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the Worker (build/index.js + build/index_bg.wasm) with worker-build, pointing it at
+# Builds the Worker (build/index.js + build/index_bg.wasm, and for edge-enrich the entry module
+# build/entry.mjs from src/workers/entry.mjs) with worker-build, pointing it at
 # tools installed from package registries instead of its own GitHub downloads.
 # wrangler.toml's [build] command runs this, so a plain `npx wrangler dev` builds too.
 #   scripts/build-worker.sh [CRATE_DIR]   (default: the repository root, i.e. edge-enrich)
@@ -36,4 +37,8 @@ if [[ -n "${WASM_OPT_BIN:-}" && "${KEEP_WASM_NAMES:-0}" != 1 ]]; then
   "$WASM_OPT_BIN" build/index_bg.wasm --strip-debug --strip-producers \
     --enable-mutable-globals --enable-sign-ext --enable-nontrapping-float-to-int --enable-bulk-memory \
     --enable-multivalue --enable-reference-types --enable-exception-handling -o build/index_bg.wasm
+fi
+# edge-enrich's entry module wraps the bundle so that its Durable Object serves Workers RPC.
+if [[ -f src/workers/entry.mjs ]]; then
+  cp src/workers/entry.mjs build/entry.mjs
 fi

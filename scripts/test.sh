@@ -30,7 +30,7 @@ say "build the Worker and check that it deploys (wrangler deploy --dry-run runs 
 rm -rf dist
 node_modules/.bin/wrangler deploy --dry-run --outdir dist > target/deploy-dry-run.log 2>&1 || { cat target/deploy-dry-run.log; exit 1; }
 grep -E "Total Upload|env\.BATCHER " target/deploy-dry-run.log
-compgen -G "dist/*.wasm" > /dev/null && test -s dist/index.js && test -s build/index.js
+compgen -G "dist/*.wasm" > /dev/null && compgen -G "dist/*.js" > /dev/null && test -s build/entry.mjs
 
 say "build both Spin / wasi:http components and check their imports against wit/"
 scripts/build-components.sh

@@ -1,17 +1,19 @@
 //! The `Batcher` Durable Object: the durable half of the delivery promise on Workers.
 //!
-//! - `POST /accept` writes the readings to the object's SQLite storage and answers only then
+//! - `accept` (a Workers RPC method, see `accept_rpc`) writes the readings to the object's SQLite
+//!   storage and answers only then
 //!   (the output gate holds the answer until the write is durable), so a 2xx to the device
 //!   means the reading survives isolate eviction and `wrangler dev` restarts.
 //! - An alarm flushes at max age or at max items; the batch keeps its id across retries
 //!   (`Idempotency-Key`), failures back off exponentially with jitter, and a batch the
 //!   collector refuses for good (4xx other than 408/429) moves to the dead-letter table.
-//! - The backlog is bounded: past `MAX_BACKLOG` pending readings, `/accept` answers 503.
+//! - The backlog is bounded: past `MAX_BACKLOG` pending readings, `accept` refuses.
 //! - Per-device rate limits are enforced here, per request section (see `wire`).
 
 use std::cell::{Cell, RefCell};
 
 use serde::Deserialize;
+use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::JsValue;
 use worker::{
     durable_object, DurableObject, Env, Fetch, Headers, Method, Request, RequestInit, Response,
@@ -149,17 +151,9 @@ impl DurableObject for Batcher {
         }
     }
 
-    async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
+    async fn fetch(&self, req: Request) -> worker::Result<Response> {
         let path = req.path();
         match (req.method(), path.as_str()) {
-            (Method::Post, "/accept") => {
-                let node = req
-                    .headers()
-                    .get("x-edge-node")?
-                    .unwrap_or_else(|| String::from("local"));
-                let body = req.text().await?;
-                self.accept(&node, &body).await
-            }
             (Method::Get, "/stats") => self.stats().await,
             (Method::Get, "/dead-letters") => self.dead_letters(),
             _ => Response::error("not found", 404),
@@ -178,15 +172,33 @@ impl DurableObject for Batcher {
     }
 }
 
+/// Workers RPC: the group-commit call. A fetch builds a Request, Headers and a Response on both
+/// sides of every call, and the Durable Object hop is most of a request's cost on Workers.
+/// (`src/workers/entry.mjs` makes the exported class derive from `DurableObject`, which the
+/// runtime requires before it serves RPC.)
+#[wasm_bindgen]
+impl Batcher {
+    #[wasm_bindgen(js_name = accept)]
+    pub async fn accept_rpc(&self, node: String, body: String) -> Result<JsValue, JsValue> {
+        let reply = self
+            .accept(&node, &body)
+            .await
+            .map_err(|e| JsValue::from_str(&e.to_string()))?;
+        serde_json::to_string(&reply)
+            .map(|json| JsValue::from_str(&json))
+            .map_err(|e| JsValue::from_str(&e.to_string()))
+    }
+}
+
 impl Batcher {
     fn config(&self) -> Result<Config, String> {
         settings(&self.env).config.clone().map_err(|e| e.join("; "))
     }
 
-    async fn accept(&self, node: &str, body: &str) -> worker::Result<Response> {
+    async fn accept(&self, node: &str, body: &str) -> worker::Result<wire::AcceptReply> {
         let config = match self.config() {
             Ok(c) => c,
-            Err(e) => return Response::error(e, 500),
+            Err(detail) => return Ok(wire::AcceptReply::Refused { detail }),
         };
         let sections = wire::decode_sections(body);
         let total: usize = sections.iter().map(|s| s.docs.len()).sum();
@@ -199,11 +211,11 @@ impl Batcher {
             // A full backlog must still drain: make sure a flush or retry alarm is set even if
             // the runtime lost it (e.g. a restart), since this refusal writes nothing new.
             self.schedule(&config, now).await?;
-            let retry_after = config.backlog_retry_after_s();
-            let headers = Headers::new();
-            headers.set("retry-after", &retry_after.to_string())?;
             let detail = format!("the delivery backlog holds {pending} readings (limit {}); the collector may be down", config.max_backlog);
-            return Ok(Response::error(detail, 503)?.with_headers(headers));
+            return Ok(wire::AcceptReply::BacklogFull {
+                retry_after_s: config.backlog_retry_after_s(),
+                detail,
+            });
         }
         let mut answer = wire::AcceptAnswer::default();
         let mut lines: Vec<&str> = Vec::with_capacity(total);
@@ -247,7 +259,7 @@ impl Batcher {
         }
         answer.accepted = lines.len();
         answer.backlog = pending + lines.len();
-        Ok(Response::from_json(&answer)?.with_status(202))
+        Ok(wire::AcceptReply::Accepted(answer))
     }
 
     /// Charges one request's readings to its devices' token buckets, all or none. The buckets

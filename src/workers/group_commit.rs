@@ -40,6 +40,11 @@ const MAX_POLL_MS: f64 = 8.0;
 /// trip is a few ms), and how much each timed call moves the estimate.
 const FIRST_CALL_MS: f64 = 2.0;
 const CALL_MS_WEIGHT: f64 = 0.2;
+/// A lane starts at most one call per this many ms. Each call is one storage commit in the
+/// batcher, a fixed cost whatever the group's size: calls by RPC take about a millisecond, and
+/// back to back they shrank groups to ~1.4 requests until the commits saturated the object
+/// (p99 81 ms on workerd at 10 connections). Spaced, groups grow with the load instead.
+const MIN_CALL_SPACING_MS: f64 = 1.0;
 
 /// One request's answer.
 pub type Outcome = Result<(), Problem>;
@@ -59,6 +64,8 @@ struct Group {
 struct Lane {
     /// Since when (Unix ms) a call is in flight; None when the lane is free.
     busy_since: Option<f64>,
+    /// When (Unix ms) the last call started.
+    last_call_at: f64,
     /// The group being gathered; its owner sends it once the lane is free.
     open: Option<Group>,
     /// Moving average of this lane's call times (ms): when the call in flight should end.
@@ -69,6 +76,7 @@ impl Default for Lane {
     fn default() -> Self {
         Lane {
             busy_since: None,
+            last_call_at: 0.0,
             open: None,
             typical_call_ms: FIRST_CALL_MS,
         }
@@ -76,13 +84,19 @@ impl Default for Lane {
 }
 
 impl Lane {
-    /// How long a waiter sleeps before its next look: until the call in flight is due to end,
-    /// within [MIN_POLL_MS, MAX_POLL_MS].
+    /// How long a waiter sleeps before its next look: until the call in flight is due to end
+    /// and the next may start, within [MIN_POLL_MS, MAX_POLL_MS].
     fn next_look_ms(&self, now: f64) -> u64 {
-        let due_in = self
+        let call_ends = self
             .busy_since
-            .map_or(MIN_POLL_MS, |since| since + self.typical_call_ms - now);
+            .map_or(now, |since| since + self.typical_call_ms);
+        let due_in = call_ends.max(self.last_call_at + MIN_CALL_SPACING_MS) - now;
         due_in.clamp(MIN_POLL_MS, MAX_POLL_MS).ceil() as u64
+    }
+
+    /// Whether the owner of the open group may send it now.
+    fn may_call(&self, now: f64) -> bool {
+        self.busy_since.is_none() && now - self.last_call_at >= MIN_CALL_SPACING_MS
     }
 
     fn call_ended(&mut self, now: f64) {
@@ -199,7 +213,8 @@ where
     F: Fn(String, usize) -> Fut,
     Fut: Future<Output = GroupOutcome>,
 {
-    // A free lane is taken at once; requests arriving during the call join the next group.
+    // A free lane is taken at once (calls spaced by MIN_CALL_SPACING_MS); requests arriving
+    // meanwhile join the next group.
     let mut wait = 0;
     let group = loop {
         if wait > 0 {
@@ -212,10 +227,11 @@ where
             {
                 l.busy_since = None; // its call was lost (e.g. its request was cancelled)
             }
-            if l.busy_since.is_some() {
+            if !l.may_call(now) {
                 return None;
             }
             l.busy_since = Some(now);
+            l.last_call_at = now;
             l.open.take()
         });
         if let Some(group) = taken {

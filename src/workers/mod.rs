@@ -13,6 +13,7 @@ use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 
 use futures_util::StreamExt;
+use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::JsValue;
 use worker::{event, Context, Env, Headers, Method, Request, RequestInit, Response};
 
@@ -310,7 +311,15 @@ async fn hand_to_batcher(
     group_commit::submit(&name, body, accepted.readings.len(), send).await
 }
 
-/// One `/accept` call to a batcher with one or more requests' sections; an outcome per section.
+#[wasm_bindgen]
+extern "C" {
+    /// A `Batcher` stub seen through Workers RPC (see `batcher::Batcher::accept_rpc`).
+    type BatcherRpc;
+    #[wasm_bindgen(method, catch)]
+    fn accept(this: &BatcherRpc, node: &str, body: &str) -> Result<js_sys::Promise, JsValue>;
+}
+
+/// One `accept` call to a batcher with one or more requests' sections; an outcome per section.
 async fn call_batcher(
     env: &Env,
     settings: &Settings,
@@ -319,29 +328,30 @@ async fn call_batcher(
     body: String,
     sections: usize,
 ) -> group_commit::GroupOutcome {
-    let unavailable = |e: worker::Error| {
-        log::error("batcher_unreachable", "", &[("error", &e.to_string())]);
+    let unavailable = |error: String| {
+        log::error("batcher_unreachable", "", &[("error", &error)]);
         Problem::new(
             ProblemType::UpstreamUnavailable,
             "the batcher could not be reached; nothing was accepted",
         )
         .with_retry_after(1)
     };
+    let js_error = |e: JsValue| e.as_string().unwrap_or_else(|| format!("{e:?}"));
     let stub = env
         .durable_object(BATCHER_BINDING)
         .and_then(|ns| ns.get_by_name(name))
-        .map_err(unavailable)?;
-    let headers = Headers::new();
-    headers.set("x-edge-node", node).map_err(unavailable)?;
-    let request =
-        batcher_request("/accept", Method::Post, Some(body), headers).map_err(unavailable)?;
-    let mut answer = stub
-        .fetch_with_request(request)
+        .map_err(|e| unavailable(e.to_string()))?
+        .into_rpc::<BatcherRpc>();
+    let call = stub
+        .accept(node, &body)
+        .map_err(|e| unavailable(js_error(e)))?;
+    let reply = wasm_bindgen_futures::JsFuture::from(call)
         .await
-        .map_err(unavailable)?;
-    match answer.status_code() {
-        200..=299 => {
-            let answer: wire::AcceptAnswer = answer.json().await.map_err(unavailable)?;
+        .map_err(|e| unavailable(js_error(e)))?
+        .as_string()
+        .ok_or_else(|| unavailable("the batcher answered something other than text".into()))?;
+    match serde_json::from_str(&reply) {
+        Ok(wire::AcceptReply::Accepted(answer)) => {
             let mut outcomes = vec![Ok(()); sections];
             let limit = settings.config.as_ref().ok().and_then(|c| c.rate_limit);
             for (index, retry_after_s) in answer.limited {
@@ -351,24 +361,16 @@ async fn call_batcher(
             }
             Ok(outcomes)
         }
-        503 => {
-            let retry_after = answer
-                .headers()
-                .get("retry-after")
-                .ok()
-                .flatten()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1);
-            let detail = answer.text().await.unwrap_or_default();
-            Err(Problem::backlog_full(retry_after, detail))
+        Ok(wire::AcceptReply::BacklogFull {
+            retry_after_s,
+            detail,
+        }) => Err(Problem::backlog_full(retry_after_s, detail)),
+        Ok(wire::AcceptReply::Refused { detail }) => {
+            log::error("batcher_refused", "", &[("detail", &detail)]);
+            Err(Problem::internal())
         }
-        status => {
-            let detail = answer.text().await.unwrap_or_default();
-            log::error(
-                "batcher_refused",
-                "",
-                &[("status", &status.to_string()), ("detail", &detail)],
-            );
+        Err(e) => {
+            log::error("batcher_refused", "", &[("detail", &e.to_string())]);
             Err(Problem::internal())
         }
     }

@@ -1,4 +1,4 @@
-//! The `/accept` call between a Worker and its batcher. The body is a sequence of sections, one
+//! The `accept` call (Workers RPC) between a Worker and its batcher. The body is a sequence of sections, one
 //! per request: a line `#device=count device=count ...` (what the request costs each device's
 //! rate limit) and then its enriched readings, one JSON document per line. Device ids never
 //! hold `=`, spaces or `#`, and a reading document always starts with `{`.
@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::Accepted;
 
-/// One request's section of an `/accept` body.
+/// One request's section of an `accept` body.
 pub fn encode_section(accepted: &Accepted) -> String {
     let docs: usize = accepted.readings.iter().map(|r| r.json.len() + 1).sum();
     let mut body = String::with_capacity(docs + 16 * accepted.device_costs.len() + 2);
@@ -60,8 +60,24 @@ pub fn decode_sections(body: &str) -> Vec<Section<'_>> {
     sections
 }
 
-/// The batcher's 202 answer: what it stored, and which sections (by index) it refused because a
-/// device was over its rate limit, with the seconds until they would fit.
+/// The batcher's answer to `accept`, as JSON (the RPC passes one string each way).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum AcceptReply {
+    Accepted(AcceptAnswer),
+    /// Nothing was stored: the delivery backlog is full.
+    BacklogFull {
+        retry_after_s: u32,
+        detail: String,
+    },
+    /// Nothing was stored: the batcher cannot work (e.g. its configuration is invalid).
+    Refused {
+        detail: String,
+    },
+}
+
+/// What the batcher stored, and which sections (by index) it refused because a device was over
+/// its rate limit, with the seconds until they would fit.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct AcceptAnswer {
     pub accepted: usize,

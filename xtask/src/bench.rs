@@ -226,7 +226,7 @@ fn edge_vars(collector: &Collector) -> Vec<(String, String)> {
 fn workers_section(o: &Options, collector: &Collector, dir: &Path) -> Value {
     let root = repo_root();
     let peers = [
-        ("edge-enrich", root.join("build/index.js"), true),
+        ("edge-enrich", root.join("build/entry.mjs"), true),
         (
             "hello-rust",
             root.join("bench/peers/hello/build/index.js"),

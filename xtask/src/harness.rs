@@ -323,7 +323,7 @@ pub fn assert_problem(resp: &Resp, status: u16) -> serde_json::Value {
     doc
 }
 
-/// A Worker to run: its bundled entry module (with `index_bg.wasm` beside it for Rust
+/// A Worker to run: its entry module (with `index.js` and `index_bg.wasm` beside it for Rust
 /// workers), its vars, and whether it binds the `Batcher` Durable Object as `BATCHER`.
 #[derive(Clone)]
 pub struct WorkerSpec {
@@ -336,7 +336,7 @@ impl WorkerSpec {
     /// edge-enrich as built by `scripts/build-worker.sh` into `build/`.
     pub fn edge_enrich(vars: &[(&str, &str)]) -> Self {
         Self {
-            main_js: repo_root().join("build/index.js"),
+            main_js: repo_root().join("build/entry.mjs"),
             vars: vars
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -538,14 +538,26 @@ impl LocalServer {
             workerd.exists(),
             "workerd is missing: run scripts/setup.sh (npm ci)"
         );
-        // embed paths are relative to the config: copy the modules next to it.
-        std::fs::copy(&spec.main_js, dir.join("worker.js")).expect("copy worker module");
-        let wasm = spec.main_js.with_file_name("index_bg.wasm");
-        let mut modules = String::from("(name = \"worker.js\", esModule = embed \"worker.js\")");
-        if wasm.exists() {
-            std::fs::copy(&wasm, dir.join("index_bg.wasm")).expect("copy wasm module");
-            modules.push_str(", (name = \"index_bg.wasm\", wasm = embed \"index_bg.wasm\")");
+        // embed paths are relative to the config: copy the modules next to it, under their own
+        // names (an entry module imports its siblings by name). The first module is the main one.
+        let main = spec
+            .main_js
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("worker.js");
+        let mut names = vec![(main, "esModule")];
+        for sibling in [("index.js", "esModule"), ("index_bg.wasm", "wasm")] {
+            if sibling.0 != main && spec.main_js.with_file_name(sibling.0).exists() {
+                names.push(sibling);
+            }
         }
+        let mut modules = Vec::new();
+        for (name, kind) in names {
+            std::fs::copy(spec.main_js.with_file_name(name), dir.join(name)).expect("copy module");
+            let name = capnp_string(name);
+            modules.push(format!("(name = {name}, {kind} = embed {name})"));
+        }
+        let modules = modules.join(", ");
         let mut bindings: Vec<String> = spec
             .vars
             .iter()
