@@ -40,11 +40,15 @@ const MAX_POLL_MS: f64 = 8.0;
 /// trip is a few ms), and how much each timed call moves the estimate.
 const FIRST_CALL_MS: f64 = 2.0;
 const CALL_MS_WEIGHT: f64 = 0.2;
-/// A lane starts at most one call per this many ms. Each call is one storage commit in the
-/// batcher, a fixed cost whatever the group's size: calls by RPC take about a millisecond, and
-/// back to back they shrank groups to ~1.4 requests until the commits saturated the object
-/// (p99 81 ms on workerd at 10 connections). Spaced, groups grow with the load instead.
+/// Calls on a lane start at least this far apart: per request of the last group, within
+/// [MIN, MAX]. Each call is one storage commit in the batcher, a fixed cost whatever the
+/// group's size. Calls by RPC take about a millisecond, and back to back they shrank groups to
+/// ~1.4 requests until the commits saturated the object (p99 81 ms on workerd at 10
+/// connections); under heavy load quick calls meant more commits and the object's flushes fell
+/// behind. Spaced by the load they carry, groups grow with it instead.
+const CALL_SPACING_PER_REQUEST_MS: f64 = 0.15;
 const MIN_CALL_SPACING_MS: f64 = 1.0;
+const MAX_CALL_SPACING_MS: f64 = 10.0;
 
 /// One request's answer.
 pub type Outcome = Result<(), Problem>;
@@ -64,8 +68,9 @@ struct Group {
 struct Lane {
     /// Since when (Unix ms) a call is in flight; None when the lane is free.
     busy_since: Option<f64>,
-    /// When (Unix ms) the last call started.
+    /// When (Unix ms) the last call started, and how long after it the next may start.
     last_call_at: f64,
+    spacing_ms: f64,
     /// The group being gathered; its owner sends it once the lane is free.
     open: Option<Group>,
     /// Moving average of this lane's call times (ms): when the call in flight should end.
@@ -77,6 +82,7 @@ impl Default for Lane {
         Lane {
             busy_since: None,
             last_call_at: 0.0,
+            spacing_ms: MIN_CALL_SPACING_MS,
             open: None,
             typical_call_ms: FIRST_CALL_MS,
         }
@@ -90,13 +96,13 @@ impl Lane {
         let call_ends = self
             .busy_since
             .map_or(now, |since| since + self.typical_call_ms);
-        let due_in = call_ends.max(self.last_call_at + MIN_CALL_SPACING_MS) - now;
+        let due_in = call_ends.max(self.last_call_at + self.spacing_ms) - now;
         due_in.clamp(MIN_POLL_MS, MAX_POLL_MS).ceil() as u64
     }
 
     /// Whether the owner of the open group may send it now.
     fn may_call(&self, now: f64) -> bool {
-        self.busy_since.is_none() && now - self.last_call_at >= MIN_CALL_SPACING_MS
+        self.busy_since.is_none() && now - self.last_call_at >= self.spacing_ms
     }
 
     fn call_ended(&mut self, now: f64) {
@@ -213,8 +219,8 @@ where
     F: Fn(String, usize) -> Fut,
     Fut: Future<Output = GroupOutcome>,
 {
-    // A free lane is taken at once (calls spaced by MIN_CALL_SPACING_MS); requests arriving
-    // meanwhile join the next group.
+    // A free lane is taken at once (calls spaced as above); requests arriving meanwhile join
+    // the next group.
     let mut wait = 0;
     let group = loop {
         if wait > 0 {
@@ -230,9 +236,12 @@ where
             if !l.may_call(now) {
                 return None;
             }
+            let group = l.open.take()?;
             l.busy_since = Some(now);
             l.last_call_at = now;
-            l.open.take()
+            l.spacing_ms = (group.sections as f64 * CALL_SPACING_PER_REQUEST_MS)
+                .clamp(MIN_CALL_SPACING_MS, MAX_CALL_SPACING_MS);
+            Some(group)
         });
         if let Some(group) = taken {
             break group;
