@@ -163,7 +163,7 @@ where
         Role::Alone(body) => return section_outcome(&send(body, 1).await, 0),
         Role::Member(outcome, section) => (outcome, section),
         Role::Owner(outcome) => {
-            own(lane, &send, started).await;
+            own(lane, &send, started, &outcome).await;
             (outcome, 0)
         }
     };
@@ -214,7 +214,7 @@ fn open_or_join(l: &mut Lane, body: String, readings: usize, now: f64) -> Role {
 }
 
 /// The owner of the open group: waits for a free lane, sends the group, publishes the outcome.
-async fn own<F, Fut>(lane: &str, send: &F, started: f64)
+async fn own<F, Fut>(lane: &str, send: &F, started: f64, outcome: &Shared)
 where
     F: Fn(String, usize) -> Fut,
     Fut: Future<Output = GroupOutcome>,
@@ -225,6 +225,9 @@ where
     let group = loop {
         if wait > 0 {
             sleep_ms(wait).await;
+        }
+        if outcome.borrow().is_some() {
+            return; // our group was failed as stale by a later request: nothing left to send
         }
         let now = js_sys::Date::now();
         let taken = with_lane(lane, |l| {
@@ -257,8 +260,8 @@ where
         }
         wait = with_lane(lane, |l| l.next_look_ms(now));
     };
-    let outcome = send(group.body, group.sections).await;
-    *group.outcome.borrow_mut() = Some(outcome);
+    let answer = send(group.body, group.sections).await;
+    *group.outcome.borrow_mut() = Some(answer);
     let ended = js_sys::Date::now();
     with_lane(lane, |l| l.call_ended(ended));
 }
