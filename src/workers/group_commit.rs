@@ -68,9 +68,8 @@ struct Group {
 struct Lane {
     /// Since when (Unix ms) a call is in flight; None when the lane is free.
     busy_since: Option<f64>,
-    /// When (Unix ms) the last call started, and how long after it the next may start.
-    last_call_at: f64,
-    spacing_ms: f64,
+    /// The earliest (Unix ms) the next call may start.
+    next_call_at: f64,
     /// The group being gathered; its owner sends it once the lane is free.
     open: Option<Group>,
     /// Moving average of this lane's call times (ms): when the call in flight should end.
@@ -81,8 +80,7 @@ impl Default for Lane {
     fn default() -> Self {
         Lane {
             busy_since: None,
-            last_call_at: 0.0,
-            spacing_ms: MIN_CALL_SPACING_MS,
+            next_call_at: 0.0,
             open: None,
             typical_call_ms: FIRST_CALL_MS,
         }
@@ -96,13 +94,13 @@ impl Lane {
         let call_ends = self
             .busy_since
             .map_or(now, |since| since + self.typical_call_ms);
-        let due_in = call_ends.max(self.last_call_at + self.spacing_ms) - now;
+        let due_in = call_ends.max(self.next_call_at) - now;
         due_in.clamp(MIN_POLL_MS, MAX_POLL_MS).ceil() as u64
     }
 
     /// Whether the owner of the open group may send it now.
     fn may_call(&self, now: f64) -> bool {
-        self.busy_since.is_none() && now - self.last_call_at >= self.spacing_ms
+        self.busy_since.is_none() && now >= self.next_call_at
     }
 
     fn call_ended(&mut self, now: f64) {
@@ -241,9 +239,9 @@ where
             }
             let group = l.open.take()?;
             l.busy_since = Some(now);
-            l.last_call_at = now;
-            l.spacing_ms = (group.sections as f64 * CALL_SPACING_PER_REQUEST_MS)
-                .clamp(MIN_CALL_SPACING_MS, MAX_CALL_SPACING_MS);
+            l.next_call_at = now
+                + (group.sections as f64 * CALL_SPACING_PER_REQUEST_MS)
+                    .clamp(MIN_CALL_SPACING_MS, MAX_CALL_SPACING_MS);
             Some(group)
         });
         if let Some(group) = taken {
