@@ -124,9 +124,13 @@ fn load(url: &str, connections: u32, duration: Duration) -> Value {
         .as_object()
         .map(|m| m.values().filter_map(Value::as_u64).sum())
         .unwrap_or(0);
+    let rps = v["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0);
     json!({
         "connections": connections,
-        "rps": v["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0).round(),
+        "rps": rps.round(),
+        // What an ingest function is for: a 503 is answered fast and accepts nothing, so the
+        // ratios compare requests answered 2xx per second.
+        "ok_rps": if total == 0 { 0.0 } else { (rps * ok as f64 / total as f64).round() },
         "p50_ms": ms("p50"), "p99_ms": ms("p99"),
         "max_ms": v["summary"]["slowest"].as_f64().map(|s| s * 1000.0),
         "responses": total, "non_2xx": total - ok, "errors": errors,
@@ -398,10 +402,10 @@ fn targets(r: &Value, o: &Options) -> Vec<Target> {
                 format!("{}", e["non_2xx"]),
                 e["non_2xx"] == 0 && e["errors"] == 0,
             );
-            let ratio = f(&e["rps"]) / f(&fl["rps"]);
+            let ratio = f(&e["ok_rps"]) / f(&fl["ok_rps"]);
             check(
-                format!("{host} c={c}: rps >= 0.9x floor"),
-                format!("{ratio:.2}x ({} vs {})", e["rps"], fl["rps"]),
+                format!("{host} c={c}: 2xx rps >= 0.9x floor"),
+                format!("{ratio:.2}x ({} vs {})", e["ok_rps"], fl["ok_rps"]),
                 ratio >= 0.9,
             );
             let p99 = f(&e["p99_ms"]) / f(&fl["p99_ms"]);
@@ -415,12 +419,12 @@ fn targets(r: &Value, o: &Options) -> Vec<Target> {
                 p99 <= 1.2,
             );
             if let Some(js) = find(runs, "js-peer", c) {
-                let vs = f(&e["rps"]) / f(&js["rps"]);
+                let vs = f(&e["ok_rps"]) / f(&js["ok_rps"]);
                 let met = vs >= 1.0 && f(&e["p99_ms"]) <= f(&js["p99_ms"]);
                 check(
-                    format!("{host} c={c}: >= JS peer rps at <= its p99"),
+                    format!("{host} c={c}: >= JS peer 2xx rps at <= its p99"),
                     format!(
-                        "{vs:.2}x rps, p99 {:.1} vs {:.1} ms",
+                        "{vs:.2}x 2xx rps, p99 {:.1} vs {:.1} ms",
                         f(&e["p99_ms"]),
                         f(&js["p99_ms"])
                     ),
@@ -460,33 +464,40 @@ fn targets(r: &Value, o: &Options) -> Vec<Target> {
             }
         }
     }
+    // A partial run (--only) leaves the other sections null: no verdict on what was not run.
     let wasm_get = f(&r["core"]["wasm"]["get_ns_per_reading"]);
-    check(
-        "enrichment path in wasm <= 20 us/reading".into(),
-        format!(
-            "{:.1} us (GET), {:.1} us (500-reading POST)",
-            wasm_get / 1000.0,
-            f(&r["core"]["wasm"]["post_ndjson_500_ns_per_reading"]) / 1000.0
-        ),
-        wasm_get <= 20_000.0,
-    );
+    if !wasm_get.is_nan() {
+        check(
+            "enrichment path in wasm <= 20 us/reading".into(),
+            format!(
+                "{:.1} us (GET), {:.1} us (500-reading POST)",
+                wasm_get / 1000.0,
+                f(&r["core"]["wasm"]["post_ndjson_500_ns_per_reading"]) / 1000.0
+            ),
+            wasm_get <= 20_000.0,
+        );
+    }
     let gz = f(&r["sizes"]["worker_upload_gzip_kib"]);
-    check(
-        "Worker upload <= 250 KB gzip".into(),
-        format!("{gz} KiB"),
-        gz * 1.024 <= 250.0,
-    );
+    if !gz.is_nan() {
+        check(
+            "Worker upload <= 250 KB gzip".into(),
+            format!("{gz} KiB"),
+            gz * 1.024 <= 250.0,
+        );
+    }
     let spin = f(&r["sizes"]["spin_component"]["bytes"]);
-    check(
-        "Spin component <= 500 KB".into(),
-        format!("{:.0} KB", spin / 1000.0),
-        spin <= 500_000.0,
-    );
+    if !spin.is_nan() {
+        check(
+            "Spin component <= 500 KB".into(),
+            format!("{:.0} KB", spin / 1000.0),
+            spin <= 500_000.0,
+        );
+    }
     t
 }
 
 fn print_table(r: &Value, o: &Options) {
-    println!("\n{:<26} {:<17} {:>5} {:>9} {:>9} {:>9} {:>9} {:>7}  delivery (req/1000, rd/batch, lag p50/p99 ms)", "host", "handler", "conns", "rps", "p50 ms", "p99 ms", "max ms", "non2xx");
+    println!("\n{:<26} {:<17} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  delivery (req/1000, rd/batch, lag p50/p99 ms)", "host", "handler", "conns", "rps", "2xx rps", "p50 ms", "p99 ms", "max ms", "non2xx");
     let mut sections: Vec<(String, &Value)> = Vec::new();
     for rt in ["wrangler-dev", "workerd"] {
         sections.push((format!("workers/{rt}"), &r["workers"][rt]));
@@ -518,11 +529,12 @@ fn print_table(r: &Value, o: &Options) {
                 String::new()
             };
             println!(
-                "{:<26} {:<17} {:>5} {:>9} {:>9} {:>9} {:>9} {:>7}  {delivery}",
+                "{:<26} {:<17} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  {delivery}",
                 host,
                 row["name"].as_str().unwrap_or("?"),
                 row["connections"],
                 n("rps"),
+                n("ok_rps"),
                 n("p50_ms"),
                 n("p99_ms"),
                 n("max_ms"),
