@@ -95,6 +95,9 @@ pub struct BacklogFull {
 /// a second request arrives the instance has no evidence that it is reused.
 pub const LONE_REQUEST_WAIT_MS: u64 = 20;
 
+/// The shortest sleep `MemoryBatcher::next_look` asks for ahead of a flush that is not yet due.
+pub const MIN_LOOK_AHEAD_MS: u64 = 2;
+
 /// An in-memory batch queue for hosts whose instance owns its batch (Spin, wasi:http).
 /// Items keep their arrival order; a failed batch goes back to the front.
 #[derive(Debug)]
@@ -105,6 +108,8 @@ pub struct MemoryBatcher<T> {
     /// Pushes so far (one per request) and when the first came: see `LONE_REQUEST_WAIT_MS`.
     pushes: u64,
     first_push_ms: u64,
+    /// Items pushed so far: with `first_push_ms`, this instance's arrival rate.
+    received: u64,
 }
 
 impl<T> MemoryBatcher<T> {
@@ -115,6 +120,7 @@ impl<T> MemoryBatcher<T> {
             capacity,
             pushes: 0,
             first_push_ms: 0,
+            received: 0,
         }
     }
 
@@ -137,6 +143,7 @@ impl<T> MemoryBatcher<T> {
             return Err(BacklogFull { retry_after_s });
         }
         let now = clock.now_ms();
+        self.received += items.len() as u64;
         self.queue.extend(items.map(|i| (now, i)));
         if self.pushes == 0 {
             self.first_push_ms = now;
@@ -158,6 +165,27 @@ impl<T> MemoryBatcher<T> {
                 } else {
                     FlushAt::At(due.min(lone_due))
                 }
+            }
+            other => other,
+        }
+    }
+
+    /// When the flusher should look again: when a flush is due, or sooner when readings arrive
+    /// fast enough that a full batch should be waiting by then. A flusher asleep until max age
+    /// is not woken by the request that fills its batch (a task runs in the component-model
+    /// task of the request that spawned it, and waking it from another request's task needs
+    /// wit-bindgen's `inter-task-wakeup`, which hosts may not support), so it wakes by the
+    /// arrival rate instead: at load a full batch leaves within about `MIN_LOOK_AHEAD_MS` of
+    /// filling, and a quiet instance sleeps until max age as before.
+    pub fn next_look(&self, clock: &dyn Clock) -> FlushAt {
+        let now = clock.now_ms();
+        match self.next_flush(clock) {
+            FlushAt::At(due) if self.pushes > 1 => {
+                let elapsed_ms = now.saturating_sub(self.first_push_ms).max(1) as f64;
+                let per_ms = self.received as f64 / elapsed_ms;
+                let missing = self.policy.max_items.saturating_sub(self.queue.len()) as f64;
+                let full_in_ms = (missing / per_ms).ceil() as u64;
+                FlushAt::At(due.min(now + full_in_ms.max(MIN_LOOK_AHEAD_MS)))
             }
             other => other,
         }
@@ -226,6 +254,51 @@ mod tests {
             b.next_flush(&clock),
             FlushAt::At(10_000 + LONE_REQUEST_WAIT_MS + 200)
         );
+    }
+
+    #[test]
+    fn the_flusher_looks_again_when_a_full_batch_is_expected() {
+        let clock = FakeClock(Cell::new(10_000));
+        let policy = FlushPolicy {
+            max_items: 50,
+            max_age_ms: 200,
+        };
+        let mut b = MemoryBatcher::new(policy, 1_000);
+        b.push(&clock, [0].into_iter()).unwrap();
+        assert_eq!(
+            b.next_look(&clock),
+            b.next_flush(&clock),
+            "one request: the lone-request wait, nothing sooner"
+        );
+        // One reading per ms: 10 here after 10 ms, 40 more expected in 40 ms.
+        for i in 1..10 {
+            clock.0.set(10_000 + i);
+            b.push(&clock, [i].into_iter()).unwrap();
+        }
+        clock.0.set(10_010);
+        assert_eq!(b.next_flush(&clock), FlushAt::At(10_200));
+        assert_eq!(b.next_look(&clock), FlushAt::At(10_050));
+        // Traffic stops: each look expects the batch later, and max age bounds it.
+        clock.0.set(10_020);
+        assert_eq!(b.next_look(&clock), FlushAt::At(10_100));
+        clock.0.set(10_050);
+        assert_eq!(b.next_look(&clock), FlushAt::At(10_200));
+        // A full batch is due at once, as before.
+        for i in 10..50 {
+            b.push(&clock, [i].into_iter()).unwrap();
+        }
+        assert_eq!(b.next_look(&clock), FlushAt::Now);
+    }
+
+    #[test]
+    fn a_fast_stream_is_looked_at_no_sooner_than_the_minimum() {
+        let clock = FakeClock(Cell::new(10_000));
+        let mut b = MemoryBatcher::new(POLICY, 1_000);
+        b.push(&clock, [1].into_iter()).unwrap();
+        b.push(&clock, [2].into_iter()).unwrap();
+        assert_eq!(b.next_look(&clock), FlushAt::At(10_000 + MIN_LOOK_AHEAD_MS));
+        b.push(&clock, [3].into_iter()).unwrap();
+        assert_eq!(b.next_look(&clock), FlushAt::Now);
     }
 
     #[test]

@@ -216,7 +216,7 @@ async fn flush_loop(config: &Config, node: &str) {
             if let Some((id, batch)) = i.in_flight.take() {
                 return Step::Send(id, batch);
             }
-            match i.queue.next_flush(&WallClock) {
+            match i.queue.next_look(&WallClock) {
                 FlushAt::Now => Step::Send(
                     ids::new_id(now_ms()).unwrap_or_else(|_| format!("batch-{}", now_ms())),
                     i.queue.take_batch(),
