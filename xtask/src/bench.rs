@@ -97,6 +97,7 @@ fn load(url: &str, connections: u32, duration: Duration) -> Value {
         .args([
             "--no-tui",
             "--wait-ongoing-requests-after-deadline",
+            "--stats-success-breakdown",
             "--output-format",
             "json",
             "-z",
@@ -110,6 +111,11 @@ fn load(url: &str, connections: u32, duration: Duration) -> Value {
     let v: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("oha output ({e}): {}", String::from_utf8_lossy(&out.stderr)));
     let ms = |p: &str| v["latencyPercentiles"][p].as_f64().map(|s| s * 1000.0);
+    let ok_ms = |p: &str| {
+        v["latencyPercentilesSuccessful"][p]
+            .as_f64()
+            .map(|s| s * 1000.0)
+    };
     let statuses = v["statusCodeDistribution"]
         .as_object()
         .cloned()
@@ -132,6 +138,9 @@ fn load(url: &str, connections: u32, duration: Duration) -> Value {
         // ratios compare requests answered 2xx per second.
         "ok_rps": if total == 0 { 0.0 } else { (rps * ok as f64 / total as f64).round() },
         "p50_ms": ms("p50"), "p99_ms": ms("p99"),
+        // Latency of the 2xx answers alone, which the p99 targets compare: a peer that answers
+        // most requests with a fast 503 has a low p99 overall.
+        "ok_p99_ms": ok_ms("p99"),
         "max_ms": v["summary"]["slowest"].as_f64().map(|s| s * 1000.0),
         "responses": total, "non_2xx": total - ok, "errors": errors,
     })
@@ -408,25 +417,25 @@ fn targets(r: &Value, o: &Options) -> Vec<Target> {
                 format!("{ratio:.2}x ({} vs {})", e["ok_rps"], fl["ok_rps"]),
                 ratio >= 0.9,
             );
-            let p99 = f(&e["p99_ms"]) / f(&fl["p99_ms"]);
+            let p99 = f(&e["ok_p99_ms"]) / f(&fl["ok_p99_ms"]);
             check(
-                format!("{host} c={c}: p99 <= 1.2x floor"),
+                format!("{host} c={c}: 2xx p99 <= 1.2x floor"),
                 format!(
                     "{p99:.2}x ({:.1} vs {:.1} ms)",
-                    f(&e["p99_ms"]),
-                    f(&fl["p99_ms"])
+                    f(&e["ok_p99_ms"]),
+                    f(&fl["ok_p99_ms"])
                 ),
                 p99 <= 1.2,
             );
             if let Some(js) = find(runs, "js-peer", c) {
                 let vs = f(&e["ok_rps"]) / f(&js["ok_rps"]);
-                let met = vs >= 1.0 && f(&e["p99_ms"]) <= f(&js["p99_ms"]);
+                let met = vs >= 1.0 && f(&e["ok_p99_ms"]) <= f(&js["ok_p99_ms"]);
                 check(
-                    format!("{host} c={c}: >= JS peer 2xx rps at <= its p99"),
+                    format!("{host} c={c}: >= JS peer 2xx rps at <= its 2xx p99"),
                     format!(
-                        "{vs:.2}x 2xx rps, p99 {:.1} vs {:.1} ms",
-                        f(&e["p99_ms"]),
-                        f(&js["p99_ms"])
+                        "{vs:.2}x 2xx rps, 2xx p99 {:.1} vs {:.1} ms",
+                        f(&e["ok_p99_ms"]),
+                        f(&js["ok_p99_ms"])
                     ),
                     met,
                 );
@@ -497,7 +506,7 @@ fn targets(r: &Value, o: &Options) -> Vec<Target> {
 }
 
 fn print_table(r: &Value, o: &Options) {
-    println!("\n{:<26} {:<17} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  delivery (req/1000, rd/batch, lag p50/p99 ms)", "host", "handler", "conns", "rps", "2xx rps", "p50 ms", "p99 ms", "max ms", "non2xx");
+    println!("\n{:<26} {:<17} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  delivery (req/1000, rd/batch, lag p50/p99 ms)", "host", "handler", "conns", "rps", "2xx rps", "p50 ms", "p99 ms", "2xx p99", "max ms", "non2xx");
     let mut sections: Vec<(String, &Value)> = Vec::new();
     for rt in ["wrangler-dev", "workerd"] {
         sections.push((format!("workers/{rt}"), &r["workers"][rt]));
@@ -529,7 +538,7 @@ fn print_table(r: &Value, o: &Options) {
                 String::new()
             };
             println!(
-                "{:<26} {:<17} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  {delivery}",
+                "{:<26} {:<17} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  {delivery}",
                 host,
                 row["name"].as_str().unwrap_or("?"),
                 row["connections"],
@@ -537,6 +546,7 @@ fn print_table(r: &Value, o: &Options) {
                 n("ok_rps"),
                 n("p50_ms"),
                 n("p99_ms"),
+                n("ok_p99_ms"),
                 n("max_ms"),
                 row["non_2xx"]
             );
