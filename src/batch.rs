@@ -185,7 +185,7 @@ impl<T> MemoryBatcher<T> {
                 let per_ms = self.received as f64 / elapsed_ms;
                 let missing = self.policy.max_items.saturating_sub(self.queue.len()) as f64;
                 let full_in_ms = (missing / per_ms).ceil() as u64;
-                FlushAt::At(due.min(now + full_in_ms.max(MIN_LOOK_AHEAD_MS)))
+                FlushAt::At(due.min(now.saturating_add(full_in_ms.max(MIN_LOOK_AHEAD_MS))))
             }
             other => other,
         }
