@@ -1,7 +1,7 @@
-//! The `accept` call (Workers RPC) between a Worker and its batcher. The body is a sequence of sections, one
-//! per request: a line `#device=count device=count ...` (what the request costs each device's
-//! rate limit) and then its enriched readings, one JSON document per line. Device ids never
-//! hold `=`, spaces or `#`, and a reading document always starts with `{`.
+//! The `accept` call (Workers RPC) between a Worker and its batcher. The body is a sequence of
+//! sections, one per request: a line `#device=count device=count ...` (what the request costs
+//! each device's rate limit) and then its enriched readings, one JSON document per line. Device
+//! ids never hold `=`, spaces or `#`, and a reading document always starts with `{`.
 
 use serde::{Deserialize, Serialize};
 
