@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Worker (build/index.js + build/index_bg.wasm, and for edge-enrich the entry module
-# build/entry.mjs from src/workers/entry.mjs) with worker-build, pointing it at
+# build/entry.mjs from src/hosts/workers/entry.mjs) with worker-build, pointing it at
 # tools installed from package registries instead of its own GitHub downloads.
 # wrangler.toml's [build] command runs this, so a plain `npx wrangler dev` builds too.
 #   scripts/build-worker.sh [CRATE_DIR]   (default: the repository root, i.e. edge-enrich)
@@ -39,6 +39,6 @@ if [[ -n "${WASM_OPT_BIN:-}" && "${KEEP_WASM_NAMES:-0}" != 1 ]]; then
     --enable-multivalue --enable-reference-types --enable-exception-handling -o build/index_bg.wasm
 fi
 # edge-enrich's entry module wraps the bundle so that its Durable Object serves Workers RPC.
-if [[ -f src/workers/entry.mjs ]]; then
-  cp src/workers/entry.mjs build/entry.mjs
+if [[ -f src/hosts/workers/entry.mjs ]]; then
+  cp src/hosts/workers/entry.mjs build/entry.mjs
 fi

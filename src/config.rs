@@ -1,13 +1,13 @@
 //! Deployment configuration: parsed once per isolate/instance, validated precisely. An invalid
 //! setting is never guessed around: `/healthz` lists it and ingest refuses with 503.
 
-use crate::auth::{AuthMode, DeviceAuth, MasterSecret};
-use crate::calibration::{Profiles, EMBEDDED_PROFILES};
-use crate::cors::Cors;
-use crate::host::ConfigSource;
-use crate::problem::{Problem, ProblemType};
-use crate::rate_limit::RateLimit;
-use crate::sink::SinkFormat;
+use crate::delivery::sink::SinkFormat;
+use crate::domain::calibration::{Profiles, EMBEDDED_PROFILES};
+use crate::http::auth::{AuthMode, DeviceAuth, MasterSecret};
+use crate::http::cors::Cors;
+use crate::http::problem::{Problem, ProblemType};
+use crate::http::rate_limit::RateLimit;
+use crate::ports::ConfigSource;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -360,7 +360,7 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::Pairs;
+    use crate::ports::Pairs;
 
     #[test]
     fn defaults() {

@@ -2,10 +2,10 @@
 //! `examples/hot_path.rs` inside wasm), so both time exactly the same work.
 #![doc(hidden)]
 
-use crate::api::{self, Action, HttpRequest, RequestContext};
 use crate::config::Settings;
-use crate::enrich::EdgeInfo;
-use crate::host::Pairs;
+use crate::domain::enrich::EdgeInfo;
+use crate::http::routes::{self, Action, HttpRequest, RequestContext};
+use crate::ports::Pairs;
 
 pub const GET_QUERY: &str = "device_id=greenhouse-12&temp=74.3&unit=F&ts=1700000000000&seq=42";
 
@@ -65,7 +65,7 @@ pub fn handle(
 ) -> (usize, Vec<String>) {
     let request = HttpRequest {
         content_type,
-        ..HttpRequest::new(method, api::READINGS_PATH, query, body)
+        ..HttpRequest::new(method, routes::READINGS_PATH, query, body)
     };
     let ctx = RequestContext {
         settings,
@@ -74,7 +74,7 @@ pub fn handle(
         now_ms: 1_795_000_000_000,
         request_id: "bench",
     };
-    match api::handle(&request, &ctx) {
+    match routes::handle(&request, &ctx) {
         Action::Accept(accepted) => {
             let answer = accepted.response();
             (
@@ -139,7 +139,7 @@ impl Fixture {
     }
 
     pub fn encode_batch_50(&self) -> usize {
-        crate::sink::encode_json_batch(
+        crate::delivery::sink::encode_json_batch(
             "batch",
             "node",
             1,

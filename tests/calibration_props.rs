@@ -3,8 +3,8 @@
 
 #![cfg(not(target_arch = "wasm32"))] // proptest is a native dev-dependency
 
-use edge_enrich::calibration::{round_half_away, Profiles, MAX_DECIMALS};
-use edge_enrich::reading::{DeviceId, Temperature, Unit};
+use edge_enrich::domain::calibration::{round_half_away, Profiles, MAX_DECIMALS};
+use edge_enrich::domain::reading::{DeviceId, Temperature, Unit};
 use proptest::prelude::*;
 
 fn profiles(gain: f64, offset: f64, decimals: u8) -> Profiles {

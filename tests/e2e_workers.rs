@@ -243,7 +243,7 @@ fn openapi_contract_checked_by_schemathesis() {
     let served = get(&host.url("/openapi.json"));
     assert_eq!(
         served.json(),
-        serde_json::from_str::<serde_json::Value>(edge_enrich::api::OPENAPI).unwrap()
+        serde_json::from_str::<serde_json::Value>(edge_enrich::http::routes::OPENAPI).unwrap()
     );
     let out = std::process::Command::new("schemathesis")
         .args(["run", &host.url("/openapi.json")])

@@ -7,15 +7,15 @@
 
 use std::collections::BTreeSet;
 
-use edge_enrich::api::{self, Action, HttpRequest, RequestContext, ROUTES};
 use edge_enrich::config::Settings;
-use edge_enrich::enrich::EdgeInfo;
-use edge_enrich::host::Pairs;
-use edge_enrich::problem::ProblemType;
+use edge_enrich::domain::enrich::EdgeInfo;
+use edge_enrich::http::problem::ProblemType;
+use edge_enrich::http::routes::{self, Action, HttpRequest, RequestContext, ROUTES};
+use edge_enrich::ports::Pairs;
 use serde_json::Value;
 
 fn doc() -> Value {
-    serde_json::from_str(api::OPENAPI).expect("the OpenAPI document is JSON")
+    serde_json::from_str(routes::OPENAPI).expect("the OpenAPI document is JSON")
 }
 
 fn schema<'a>(doc: &'a Value, name: &str) -> &'a Value {
@@ -35,8 +35,8 @@ fn run(method: &str, query: &str) -> Action {
         now_ms: 1_700_000_000_000,
         request_id: "r",
     };
-    api::handle(
-        &HttpRequest::new(method, api::READINGS_PATH, query, b""),
+    routes::handle(
+        &HttpRequest::new(method, routes::READINGS_PATH, query, b""),
         &ctx,
     )
 }
@@ -106,7 +106,7 @@ fn query_parameters_match_the_parser() {
         .iter()
         .filter_map(|p| p["name"].as_str())
         .collect();
-    let parsed: BTreeSet<&str> = edge_enrich::query::KNOWN.into_iter().collect();
+    let parsed: BTreeSet<&str> = edge_enrich::http::query::KNOWN.into_iter().collect();
     assert_eq!(documented, parsed);
     let body: BTreeSet<&str> = schema(&doc, "Reading")["properties"]
         .as_object()

@@ -4,14 +4,14 @@
 //! Beyond "never panics", each check asserts the contract: bad input is a 4xx problem document
 //! (valid JSON with the RFC 9457 members), good input yields finite, calibrated readings.
 
-use edge_enrich::api::{self, Action, HttpRequest, RequestContext};
-use edge_enrich::body::{parse_readings, BodyFormat};
-use edge_enrich::calibration::Profiles;
+use edge_enrich::http::routes::{self, Action, HttpRequest, RequestContext};
+use edge_enrich::http::body::{parse_readings, BodyFormat};
+use edge_enrich::domain::calibration::Profiles;
 use edge_enrich::config::Settings;
-use edge_enrich::enrich::EdgeInfo;
-use edge_enrich::host::Pairs;
-use edge_enrich::query::parse_reading_query;
-use edge_enrich::reading::{DeviceId, Temperature, Unit};
+use edge_enrich::domain::enrich::EdgeInfo;
+use edge_enrich::ports::Pairs;
+use edge_enrich::http::query::parse_reading_query;
+use edge_enrich::domain::reading::{DeviceId, Temperature, Unit};
 
 /// One target's checks over one input.
 pub type Check = fn(&[u8]);
@@ -47,9 +47,9 @@ fn through_api(method: &str, query: &str, content_type: Option<&str>, body: &[u8
     };
     let request = HttpRequest {
         content_type,
-        ..HttpRequest::new(method, api::READINGS_PATH, query, body)
+        ..HttpRequest::new(method, routes::READINGS_PATH, query, body)
     };
-    match api::handle(&request, &ctx) {
+    match routes::handle(&request, &ctx) {
         Action::Respond(answer) => {
             assert!(
                 (400..500).contains(&answer.status),

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use edge_enrich::auth::{sign, MasterSecret, SignedParts};
+use edge_enrich::http::auth::{sign, MasterSecret, SignedParts};
 
 use super::*;
 

@@ -8,8 +8,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use edge_enrich::auth::{sign, MasterSecret, SignedParts};
-use edge_enrich::reading::DeviceId;
+use edge_enrich::domain::reading::DeviceId;
+use edge_enrich::http::auth::{sign, MasterSecret, SignedParts};
 use xtask::{bench, sim};
 
 const USAGE: &str = "usage: cargo xtask bench [--duration SECONDS] [--connections 100,10] [--only core|sizes|workers|wasmtime]

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use edge_enrich::auth::{sign, MasterSecret, SignedParts};
+use edge_enrich::http::auth::{sign, MasterSecret, SignedParts};
 
 pub struct Options {
     pub url: String,

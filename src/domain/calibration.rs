@@ -7,10 +7,10 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use crate::reading::{DeviceId, FieldIssue, Temperature};
+use crate::domain::reading::{DeviceId, FieldIssue, Temperature};
 
 /// The profile set compiled into the binary; a deployment may replace it (see `Config`).
-pub const EMBEDDED_PROFILES: &str = include_str!("../profiles/calibration.json");
+pub const EMBEDDED_PROFILES: &str = include_str!("../../profiles/calibration.json");
 
 pub const DEFAULT_DECIMALS: u8 = 1;
 pub const MAX_DECIMALS: u8 = 6;
@@ -229,7 +229,7 @@ pub fn round_half_away(value: f64, decimals: u8) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reading::Unit;
+    use crate::domain::reading::Unit;
 
     fn profiles() -> Profiles {
         Profiles::parse(

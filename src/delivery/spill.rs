@@ -4,8 +4,8 @@
 //! period (its instance crashed). One key per reading: no read-modify-write, so concurrent
 //! instances never race on a shared value.
 
-use crate::enrich::EnrichedReading;
-pub use crate::host::KeyValue;
+use crate::domain::enrich::EnrichedReading;
+pub use crate::ports::KeyValue;
 
 pub const PENDING_PREFIX: &str = "pending/";
 pub const DEAD_PREFIX: &str = "dead/";
@@ -118,7 +118,7 @@ pub async fn orphans<K: KeyValue>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::testing::{run, MemoryKv};
+    use crate::ports::testing::{run, MemoryKv};
 
     fn reading(id: &str) -> EnrichedReading {
         EnrichedReading {

@@ -3,7 +3,7 @@
 //! Readings wait in the instance's memory; one spawned task per instance flushes them at max
 //! items or max age, after the answer has been sent, and keeps the instance alive until its
 //! queue is empty (retrying with backoff while the collector is down). In the spin flavour the
-//! key-value spill (see `crate::spill`) makes them survive the instance.
+//! key-value spill (see `crate::delivery::spill`) makes them survive the instance.
 
 use std::cell::RefCell;
 use std::collections::{HashSet, VecDeque};
@@ -14,15 +14,15 @@ use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::FullBody;
 
 use super::{emit, now_ms};
-use crate::api::Accepted;
-use crate::batch::{verdict, FlushAt, FlushPolicy, MemoryBatcher, RetryPolicy, Verdict};
 use crate::config::Config;
-use crate::host::Clock;
-use crate::ids;
-use crate::problem::Problem;
+use crate::delivery::policy::{verdict, FlushAt, FlushPolicy, MemoryBatcher, RetryPolicy, Verdict};
+use crate::delivery::sink::encode_batch;
+use crate::domain::ids;
+use crate::http::problem::Problem;
 #[cfg(feature = "spin")]
-use crate::problem::ProblemType;
-use crate::sink::encode_batch;
+use crate::http::problem::ProblemType;
+use crate::http::routes::Accepted;
+use crate::ports::Clock;
 
 const COLLECTOR_TIMEOUT: Duration = Duration::from_secs(10);
 const DEAD_LETTERS_KEPT: usize = 20;
@@ -147,7 +147,7 @@ pub async fn accept(config: &Config, node: &str, accepted: &Accepted) -> Result<
     #[cfg(feature = "spin")]
     {
         let store = super::kv::open().await.map_err(spill_unavailable)?;
-        crate::spill::record(&store, accepted.received_at_ms, &accepted.readings)
+        crate::delivery::spill::record(&store, accepted.received_at_ms, &accepted.readings)
             .await
             .map_err(spill_unavailable)?;
     }
@@ -164,7 +164,7 @@ pub async fn accept(config: &Config, node: &str, accepted: &Accepted) -> Result<
         // Filled up by a concurrent request while we wrote to key-value.
         #[cfg(feature = "spin")]
         if let Ok(store) = super::kv::open().await {
-            crate::spill::release(
+            crate::delivery::spill::release(
                 &store,
                 accepted
                     .readings
@@ -255,7 +255,7 @@ async fn flush_loop(config: &Config, node: &str) {
                 });
                 #[cfg(feature = "spin")]
                 if let Ok(store) = super::kv::open().await {
-                    crate::spill::release(
+                    crate::delivery::spill::release(
                         &store,
                         batch.iter().map(|p| (p.received_at_ms, p.id.as_str())),
                     )
@@ -310,8 +310,9 @@ async fn flush_loop(config: &Config, node: &str) {
                 #[cfg(feature = "spin")]
                 if let Ok(store) = super::kv::open().await {
                     // Kept as the JSON envelope whatever the sink format: readable and replayable.
-                    let body = crate::sink::encode_json_batch(&batch_id, node, now_ms(), docs());
-                    let _ = crate::spill::dead_letter(
+                    let body =
+                        crate::delivery::sink::encode_json_batch(&batch_id, node, now_ms(), docs());
+                    let _ = crate::delivery::spill::dead_letter(
                         &store,
                         &batch_id,
                         &body,
@@ -354,7 +355,7 @@ async fn recover_orphans(config: &Config) {
         return;
     };
     let held: HashSet<String> = with(config, |i| i.held.clone());
-    match crate::spill::orphans(
+    match crate::delivery::spill::orphans(
         &store,
         now,
         config.spill_grace_ms,
@@ -462,13 +463,13 @@ pub async fn dead_letters() -> String {
     let recent = serde_json::to_string(&recent).unwrap_or_else(|_| "[]".into());
     #[cfg(feature = "spin")]
     {
-        use crate::spill::KeyValue;
+        use crate::delivery::spill::KeyValue;
         let mut stored = Vec::new();
         if let Ok(store) = super::kv::open().await {
             let keys = store.keys().await.unwrap_or_default();
             for key in keys
                 .iter()
-                .filter(|k| k.starts_with(crate::spill::DEAD_PREFIX))
+                .filter(|k| k.starts_with(crate::delivery::spill::DEAD_PREFIX))
                 .take(100)
             {
                 if let Ok(Some(body)) = store.get(key).await {

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use crate::host::Clock;
+use crate::ports::Clock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlushPolicy {

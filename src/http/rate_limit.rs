@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
-use crate::host::KeyValue;
-use crate::problem::{Problem, ProblemType};
+use crate::http::problem::{Problem, ProblemType};
+use crate::ports::KeyValue;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {
@@ -217,7 +217,7 @@ pub async fn admit_in_store<K: KeyValue>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::testing::{run, MemoryKv};
+    use crate::ports::testing::{run, MemoryKv};
 
     #[test]
     fn buckets_in_a_store_persist_across_instances() {

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::Accepted;
+use crate::http::routes::Accepted;
 
 /// One request's section of an `accept` body.
 pub fn encode_section(accepted: &Accepted) -> String {

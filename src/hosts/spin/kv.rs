@@ -2,7 +2,7 @@
 
 use spin_sdk::key_value::Store;
 
-use crate::spill::KeyValue;
+use crate::delivery::spill::KeyValue;
 
 pub struct SpinStore(Store);
 

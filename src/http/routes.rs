@@ -2,14 +2,14 @@
 //! turns its platform's request into [`HttpRequest`], performs the action (handing accepted
 //! readings to its batcher, answering admin queries from its store) and sends the response.
 
-use crate::auth::SignedParts;
-use crate::body::{parse_readings, BodyFormat};
 use crate::config::Settings;
-use crate::enrich::{enrich_all, EdgeInfo, EnrichedReading};
-use crate::ids::IdSource;
-use crate::problem::{Problem, ProblemType};
-use crate::query::parse_reading_query;
-use crate::reading::FieldIssue;
+use crate::domain::enrich::{enrich_all, EdgeInfo, EnrichedReading};
+use crate::domain::ids::IdSource;
+use crate::domain::reading::FieldIssue;
+use crate::http::auth::SignedParts;
+use crate::http::body::{parse_readings, BodyFormat};
+use crate::http::problem::{Problem, ProblemType};
+use crate::http::query::parse_reading_query;
 
 pub const READINGS_PATH: &str = "/v1/readings";
 pub const HEALTH_PATH: &str = "/healthz";
@@ -18,7 +18,7 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
 
 /// The API contract (OpenAPI 3.1), served at [`OPENAPI_PATH`]; `tests/openapi.rs` keeps it in
 /// step with this router and schemathesis checks the running Worker against it.
-pub const OPENAPI: &str = include_str!("../openapi/openapi.json");
+pub const OPENAPI: &str = include_str!("../../openapi/openapi.json");
 
 /// Every route and its methods, as the router below serves them.
 pub const ROUTES: &[(&str, &[&str])] = &[
@@ -126,7 +126,7 @@ pub struct RequestContext<'a> {
     pub settings: &'a Settings,
     /// Profiles from the host's key-value store, when it has some: they replace the
     /// deployment's (see `profile_cache`).
-    pub stored_profiles: Option<&'a crate::calibration::Profiles>,
+    pub stored_profiles: Option<&'a crate::domain::calibration::Profiles>,
     pub edge: &'a EdgeInfo,
     pub now_ms: u64,
     pub request_id: &'a str,
@@ -282,7 +282,7 @@ fn check_request_size(req: &HttpRequest<'_>, settings: &Settings) -> Result<(), 
     Ok(())
 }
 
-fn parse_query(query: &str) -> Result<crate::reading::Reading, Problem> {
+fn parse_query(query: &str) -> Result<crate::domain::reading::Reading, Problem> {
     parse_reading_query(query).map_err(|issues| {
         let kind = FieldIssue::problem_type(&issues);
         let errors: Vec<_> = issues
@@ -316,7 +316,7 @@ fn preflight(req: &HttpRequest<'_>, settings: &Settings) -> HttpResponse {
 }
 
 fn ingest(
-    readings: Vec<crate::reading::Reading>,
+    readings: Vec<crate::domain::reading::Reading>,
     shape: Shape,
     ctx: &RequestContext<'_>,
 ) -> Result<Action, Problem> {
@@ -327,10 +327,11 @@ fn ingest(
         .first()
         .map(|r| r.device_id.as_str().to_owned())
         .unwrap_or_default();
-    let device_costs = crate::rate_limit::costs(readings.iter().map(|r| r.device_id.as_str()))
-        .into_iter()
-        .map(|(d, n)| (d.to_owned(), n))
-        .collect();
+    let device_costs =
+        crate::http::rate_limit::costs(readings.iter().map(|r| r.device_id.as_str()))
+            .into_iter()
+            .map(|(d, n)| (d.to_owned(), n))
+            .collect();
     let enriched =
         enrich_all(&readings, profiles, ctx.edge, ctx.now_ms, &mut ids).map_err(|errors| {
             Problem::new(
@@ -408,7 +409,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::Pairs;
+    use crate::ports::Pairs;
 
     fn settings(extra: &[(&str, &str)]) -> Settings {
         // The first pair with a key wins: the test's own settings before the defaults.
@@ -666,7 +667,7 @@ mod tests {
     #[test]
     fn device_credentials_gate_ingest_before_the_body_is_parsed() {
         let s = settings(&[("AUTH_MODE", "token"), ("AUTH_SECRET", SECRET)]);
-        let token = crate::auth::MasterSecret::new(SECRET)
+        let token = crate::http::auth::MasterSecret::new(SECRET)
             .unwrap()
             .device_key("dev-1");
         let bearer = format!("Bearer {token}");
@@ -708,7 +709,7 @@ mod tests {
     #[test]
     fn signed_requests_verify_against_the_exact_request() {
         let s = settings(&[("AUTH_MODE", "hmac"), ("AUTH_SECRET", SECRET)]);
-        let key = crate::auth::MasterSecret::new(SECRET)
+        let key = crate::http::auth::MasterSecret::new(SECRET)
             .unwrap()
             .device_key("dev-1");
         let body = br#"{"device_id":"dev-1","temp":21.5}"#;
@@ -718,7 +719,7 @@ mod tests {
             query: "",
             body,
         };
-        let header = crate::auth::sign(&key, "dev-1", &parts, 1_700_000_000);
+        let header = crate::http::auth::sign(&key, "dev-1", &parts, 1_700_000_000);
         let post = |body: &'static [u8]| HttpRequest {
             content_type: Some("application/json"),
             authorization: Some(&header),

@@ -26,7 +26,7 @@ use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::problem::{Problem, ProblemType};
+use crate::http::problem::{Problem, ProblemType};
 
 /// A group larger than this is not joined: the request makes its own call instead.
 const MAX_GROUP_READINGS: usize = 2_000;

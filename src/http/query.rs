@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use crate::reading::{parse_decimal, parse_device_ts, parse_seq, FieldIssue, ReadingDraft};
+use crate::domain::reading::{parse_decimal, parse_device_ts, parse_seq, FieldIssue, ReadingDraft};
 
 /// The parameters a reading's query string may carry (the OpenAPI document lists the same).
 pub const KNOWN: [&str; 5] = ["device_id", "temp", "unit", "ts", "seq"];
@@ -10,7 +10,9 @@ pub const KNOWN: [&str; 5] = ["device_id", "temp", "unit", "ts", "seq"];
 /// Parses the query string (without the leading `?`). Unknown parameters are ignored so that
 /// devices may add cache-busters; a known parameter given twice is refused, because silently
 /// picking one of two temperatures would be a guess.
-pub fn parse_reading_query(query: &str) -> Result<crate::reading::Reading, Vec<FieldIssue>> {
+pub fn parse_reading_query(
+    query: &str,
+) -> Result<crate::domain::reading::Reading, Vec<FieldIssue>> {
     let mut draft = ReadingDraft::default();
     let mut seen = [false; KNOWN.len()];
     let mut issues = Vec::new();
@@ -100,7 +102,7 @@ fn hex_value(b: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reading::Unit;
+    use crate::domain::reading::Unit;
 
     #[test]
     fn parses_a_full_reading() {

@@ -21,11 +21,11 @@ use worker::{
 };
 
 use super::{log, now_ms, settings, wire};
-use crate::batch::{verdict, FlushAt, FlushPolicy, RetryPolicy, Verdict};
 use crate::config::Config;
-use crate::ids;
-use crate::rate_limit::MemoryBuckets;
-use crate::sink::{encode_batch, encode_json_batch};
+use crate::delivery::policy::{verdict, FlushAt, FlushPolicy, RetryPolicy, Verdict};
+use crate::delivery::sink::{encode_batch, encode_json_batch};
+use crate::domain::ids;
+use crate::http::rate_limit::MemoryBuckets;
 
 /// Durable Object SQL allows 100 bound parameters per statement: 2 per row.
 const ROWS_PER_INSERT: usize = 50;

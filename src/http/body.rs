@@ -8,8 +8,8 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::problem::{Problem, ProblemType};
-use crate::reading::{parse_device_ts, parse_seq, FieldIssue, Reading, ReadingDraft};
+use crate::domain::reading::{parse_device_ts, parse_seq, FieldIssue, Reading, ReadingDraft};
+use crate::http::problem::{Problem, ProblemType};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFormat {

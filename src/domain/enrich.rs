@@ -4,10 +4,10 @@
 
 use serde::Serialize;
 
-use crate::calibration::Profiles;
-use crate::ids::IdSource;
-use crate::problem::FieldError;
-use crate::reading::Reading;
+use crate::domain::calibration::Profiles;
+use crate::domain::ids::IdSource;
+use crate::domain::reading::Reading;
+use crate::http::problem::FieldError;
 
 /// Where a reading was handled. `colo`/`country`/`region` come from the host's request
 /// metadata and are null when the host has none (e.g. locally).
@@ -150,7 +150,7 @@ pub fn enrich_all(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::query::parse_reading_query;
+    use crate::http::query::parse_reading_query;
 
     #[test]
     fn node_naming() {

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::rc::Rc;
 use std::thread::LocalKey;
 
-use crate::calibration::Profiles;
+use crate::domain::calibration::Profiles;
 
 /// The key whose value is the profile document (the same JSON as `CALIBRATION_PROFILES`).
 pub const PROFILES_KEY: &str = "calibration";
@@ -126,7 +126,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::testing::run;
+    use crate::ports::testing::run;
 
     thread_local! {
         static SLOT: CacheSlot = const { RefCell::new(None) };

@@ -1,6 +1,6 @@
 //! Cloudflare Workers adapter (`wasm32-unknown-unknown` only).
 //!
-//! The fetch handler is thin: it turns the platform request into [`crate::api::HttpRequest`],
+//! The fetch handler is thin: it turns the platform request into [`crate::http::routes::HttpRequest`],
 //! lets the core decide, and hands accepted readings to a [`Batcher`] Durable Object, which
 //! stores them durably before the device gets its 200 and delivers them to the collector.
 
@@ -19,15 +19,17 @@ use worker::{event, Context, Env, Headers, Method, Request, RequestInit, Respons
 
 pub use batcher::Batcher;
 
-use crate::api::{self, Accepted, Action, AdminQuery, HttpRequest, HttpResponse, RequestContext};
-use crate::body::LimitedBody;
-use crate::calibration::Profiles;
 use crate::config::Settings;
-use crate::enrich::EdgeInfo;
-use crate::host::ConfigSource;
-use crate::ids;
-use crate::problem::{Problem, ProblemType};
-use crate::profile_cache::{self, CacheSlot, PROFILES_KEY};
+use crate::domain::calibration::Profiles;
+use crate::domain::enrich::EdgeInfo;
+use crate::domain::ids;
+use crate::domain::profile_cache::{self, CacheSlot, PROFILES_KEY};
+use crate::http::body::LimitedBody;
+use crate::http::problem::{Problem, ProblemType};
+use crate::http::routes::{
+    self, Accepted, Action, AdminQuery, HttpRequest, HttpResponse, RequestContext,
+};
+use crate::ports::ConfigSource;
 
 pub const PLATFORM: &str = "cloudflare-workers";
 const BATCHER_BINDING: &str = "BATCHER";
@@ -141,12 +143,12 @@ async fn serve(
     let method = req.method();
     let edge = edge_info(&req, settings);
     let path = url.path();
-    let stored = if path == api::READINGS_PATH || path == api::HEALTH_PATH {
+    let stored = if path == routes::READINGS_PATH || path == routes::HEALTH_PATH {
         stored_profiles(env, settings, now_ms, request_id).await
     } else {
         None
     };
-    let body = if method == Method::Post && url.path() == api::READINGS_PATH {
+    let body = if method == Method::Post && url.path() == routes::READINGS_PATH {
         match read_body(&mut req, settings.max_body_bytes()).await? {
             Ok(body) => body,
             Err(problem) => return Ok(HttpResponse::problem(&problem, request_id)),
@@ -173,7 +175,7 @@ async fn serve(
         now_ms,
         request_id,
     };
-    Ok(match api::handle(&request, &ctx) {
+    Ok(match routes::handle(&request, &ctx) {
         Action::Respond(answer) => answer,
         Action::Accept(accepted) => match hand_to_batcher(env, settings, &edge, &accepted).await {
             Ok(()) => accepted.response(),
@@ -356,7 +358,7 @@ async fn call_batcher(
             let limit = settings.config.as_ref().ok().and_then(|c| c.rate_limit);
             for (index, retry_after_s) in answer.limited {
                 if let (Some(slot), Some(limit)) = (outcomes.get_mut(index), limit.as_ref()) {
-                    *slot = Err(crate::rate_limit::limited(retry_after_s, limit));
+                    *slot = Err(crate::http::rate_limit::limited(retry_after_s, limit));
                 }
             }
             Ok(outcomes)

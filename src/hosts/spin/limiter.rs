@@ -4,10 +4,10 @@
 //! buckets in the instance's memory: exact while one instance serves a device, no limit at all
 //! when every request gets a fresh instance.
 
-use crate::api::Accepted;
 use crate::config::Config;
-use crate::problem::{Problem, ProblemType};
-use crate::rate_limit::{self, RateLimit};
+use crate::http::problem::{Problem, ProblemType};
+use crate::http::rate_limit::{self, RateLimit};
+use crate::http::routes::Accepted;
 
 pub async fn admit(config: &Config, accepted: &Accepted, now_ms: u64) -> Result<(), Problem> {
     let Some(limit) = config.rate_limit else {
@@ -50,7 +50,7 @@ async fn admit_costs(
 ) -> Result<Result<(), u32>, String> {
     use std::cell::RefCell;
 
-    use crate::rate_limit::MemoryBuckets;
+    use crate::http::rate_limit::MemoryBuckets;
 
     thread_local! {
         static BUCKETS: RefCell<Option<MemoryBuckets>> = const { RefCell::new(None) };

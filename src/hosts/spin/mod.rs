@@ -23,13 +23,14 @@ use futures_util::StreamExt;
 use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::{FullBody, Request};
 
-use crate::api::{self, Action, AdminQuery, HttpRequest, HttpResponse, RequestContext};
-use crate::body::LimitedBody;
-use crate::calibration::Profiles;
 use crate::config::{Settings, KEYS};
-use crate::enrich::EdgeInfo;
-use crate::problem::Problem;
-use crate::{ids, log};
+use crate::domain::calibration::Profiles;
+use crate::domain::enrich::EdgeInfo;
+use crate::domain::ids;
+use crate::http::body::LimitedBody;
+use crate::http::problem::Problem;
+use crate::http::routes::{self, Action, AdminQuery, HttpRequest, HttpResponse, RequestContext};
+use crate::log;
 
 #[cfg(feature = "spin")]
 pub const PLATFORM: &str = "spin";
@@ -113,7 +114,7 @@ async fn serve(req: Request, settings: &Settings, now: u64, request_id: &str) ->
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
-    let body = if method == "POST" && path == api::READINGS_PATH {
+    let body = if method == "POST" && path == routes::READINGS_PATH {
         match read_body(req, settings.max_body_bytes()).await {
             Ok(body) => body,
             Err(problem) => return HttpResponse::problem(&problem, request_id),
@@ -141,7 +142,7 @@ async fn serve(req: Request, settings: &Settings, now: u64, request_id: &str) ->
         now_ms: now,
         request_id,
     };
-    match api::handle(&request, &ctx) {
+    match routes::handle(&request, &ctx) {
         Action::Respond(answer) => answer,
         Action::Accept(accepted) => {
             let Ok(config) = settings.config.as_ref() else {
@@ -177,8 +178,8 @@ async fn serve(req: Request, settings: &Settings, now: u64, request_id: &str) ->
 async fn stored_profiles(settings: &Settings, now: u64, request_id: &str) -> Option<Rc<Profiles>> {
     use std::cell::RefCell;
 
-    use crate::profile_cache::{self, CacheSlot, PROFILES_KEY};
-    use crate::spill::KeyValue;
+    use crate::delivery::spill::KeyValue;
+    use crate::domain::profile_cache::{self, CacheSlot, PROFILES_KEY};
 
     thread_local! {
         static CACHE: CacheSlot = const { RefCell::new(None) };
@@ -220,7 +221,7 @@ async fn read_body(req: Request, limit: usize) -> Result<Vec<u8>, Problem> {
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|_| {
             Problem::new(
-                crate::problem::ProblemType::InvalidRequest,
+                crate::http::problem::ProblemType::InvalidRequest,
                 "the request body could not be read",
             )
         })?;

@@ -18,8 +18,8 @@ pub struct FieldIssue {
 
 impl FieldIssue {
     /// This issue as an entry of a problem document; `index` is the reading's position in a batch.
-    pub fn into_field_error(self, index: Option<usize>) -> crate::problem::FieldError {
-        crate::problem::FieldError {
+    pub fn into_field_error(self, index: Option<usize>) -> crate::http::problem::FieldError {
+        crate::http::problem::FieldError {
             index,
             field: self.field.to_owned(),
             detail: self.detail,
@@ -30,11 +30,11 @@ impl FieldIssue {
     /// well-formed but physically meaningless values make it a 422.
     pub fn problem_type<'a>(
         issues: impl IntoIterator<Item = &'a FieldIssue>,
-    ) -> crate::problem::ProblemType {
+    ) -> crate::http::problem::ProblemType {
         if issues.into_iter().any(|i| i.severity == Severity::Invalid) {
-            crate::problem::ProblemType::InvalidRequest
+            crate::http::problem::ProblemType::InvalidRequest
         } else {
-            crate::problem::ProblemType::UnprocessableReading
+            crate::http::problem::ProblemType::UnprocessableReading
         }
     }
 

@@ -13,8 +13,8 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::problem::{Problem, ProblemType};
-use crate::reading::DeviceId;
+use crate::domain::reading::DeviceId;
+use crate::http::problem::{Problem, ProblemType};
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -1,0 +1,7 @@
+//! The domain: what a reading is, how it is calibrated and enriched. No I/O, no HTTP.
+
+pub mod calibration;
+pub mod enrich;
+pub mod ids;
+pub mod profile_cache;
+pub mod reading;

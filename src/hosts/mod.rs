@@ -1,0 +1,10 @@
+//! Host adapters, one per platform, chosen by target so that no host SDK reaches the core:
+//! - `wasm32-unknown-unknown`: Cloudflare Workers (`worker` crate), see `workers`;
+//! - `wasm32-wasip2`: Fermyon Spin and any wasi:http P3 host (`spin-sdk` crate), see `spin`; the
+//!   `spin` cargo feature selects the Spin flavour (variables, key-value) over the portable one.
+
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+pub mod workers;
+
+#[cfg(all(target_os = "wasi", target_env = "p2"))]
+pub mod spin;
