@@ -5,5 +5,6 @@
 pub mod hostile;
 pub mod scenario;
 pub mod sinks;
+pub mod traffic;
 
 pub use xtask::harness::*;

@@ -1,0 +1,92 @@
+//! Child processes in their own process group, killed (with their children) on drop, and the
+//! runtimes that serve a component or Worker on a loopback port (`LocalServer`).
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{try_request, wait_for};
+
+/// A child process in its own process group, killed (with its children) on drop.
+pub struct Proc {
+    child: Child,
+    pub log: PathBuf,
+    killed: bool,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Self {
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        Self {
+            child,
+            log,
+            killed: false,
+        }
+    }
+
+    /// SIGKILL to the whole group: a crash, not a shutdown.
+    pub fn kill(&mut self) {
+        if std::mem::replace(&mut self.killed, true) {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A runtime serving on a loopback port picked at run time, started and waited for until its
+/// `/healthz` answers 200.
+pub struct LocalServer {
+    pub port: u16,
+    proc: Proc,
+    /// Time from spawning the process to its first 200.
+    pub startup: Duration,
+}
+
+impl LocalServer {
+    pub(super) fn serve(cmd: Command, log: PathBuf, port: u16, what: &str) -> Self {
+        let started = Instant::now();
+        let proc = Proc::spawn(cmd, log);
+        let health = format!("http://127.0.0.1:{port}/healthz");
+        wait_for(Duration::from_secs(60), what, || {
+            try_request("GET", &health, None, None)
+                .ok()
+                .filter(|r| r.status == 200)
+        });
+        Self {
+            port,
+            proc,
+            startup: started.elapsed(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.proc.log_text()
+    }
+}

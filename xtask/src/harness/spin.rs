@@ -1,0 +1,225 @@
+//! `spin up`: a real Spin CLI running the spin flavour from `spin.toml`, with its state directory
+//! (the key-value store's SQLite file, the component's logs) kept across restarts.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// The Spin CLI the tests use: `$SPIN` if set, else the one this workplace provides in
+/// `../shared/tools/spin` (Spin is on no package registry). None on a machine with neither.
+pub fn spin_cli() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("SPIN").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    let shared = repo_root().join("../shared/tools/spin");
+    shared.exists().then_some(shared)
+}
+
+pub struct SpinHost {
+    pub port: u16,
+    dir: PathBuf,
+    variables: Vec<(String, String)>,
+    args: Vec<String>,
+    proc: Option<Proc>,
+    starts: u32,
+    /// Time from spawning `spin up` to the first 200 from `/healthz`.
+    pub startup: Duration,
+}
+
+impl SpinHost {
+    /// `vars` use the Workers names (`COLLECTOR_URL`, `AUTH_MODE`, ...), as for the other hosts;
+    /// they become the Spin application's variables.
+    pub fn start(dir: &Path, vars: &[(&str, &str)]) -> Self {
+        Self::start_with(dir, vars, &[])
+    }
+
+    /// As `start`, with extra `spin up` arguments (e.g. `--max-instance-reuse-count 1`).
+    pub fn start_with(dir: &Path, vars: &[(&str, &str)], args: &[&str]) -> Self {
+        let mut host = Self {
+            port: free_port(),
+            dir: dir.to_owned(),
+            variables: spin_variables(vars),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            proc: None,
+            starts: 0,
+            startup: Duration::ZERO,
+        };
+        host.launch();
+        host
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("spin-state")
+    }
+
+    /// Spin's default key-value store (`default`): SQLite, table `spin_key_value`.
+    pub fn key_value_db(&self) -> PathBuf {
+        self.state_dir().join("sqlite_key_value.db")
+    }
+
+    fn launch(&mut self) {
+        let cli = spin_cli().expect("no Spin CLI: set SPIN or provide ../shared/tools/spin");
+        let component = repo_root().join("target/components/edge_enrich_spin.wasm");
+        assert!(
+            component.exists(),
+            "{} is missing: run scripts/build-components.sh",
+            component.display()
+        );
+        let mut cmd = Command::new(cli);
+        cmd.current_dir(&self.dir)
+            .arg("up")
+            .arg("--from")
+            .arg(repo_root().join("spin.toml"))
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(&self.args);
+        for (k, v) in &self.variables {
+            cmd.arg("--variable").arg(format!("{k}={v}"));
+        }
+        self.starts += 1;
+        let started = Instant::now();
+        self.proc = Some(Proc::spawn(
+            cmd,
+            self.dir.join(format!("spin-{}.log", self.starts)),
+        ));
+        let health = self.url("/healthz");
+        let proc = self.proc.as_ref().expect("proc");
+        wait_for(
+            Duration::from_secs(60),
+            "spin up to serve /healthz",
+            || match try_request("GET", &health, None, None) {
+                Ok(r) if r.status == 200 => Some(()),
+                _ => {
+                    let log = proc.log_text();
+                    assert!(!log.contains("Error:"), "spin up failed:\n{log}");
+                    None
+                }
+            },
+        );
+        self.startup = started.elapsed();
+    }
+
+    /// Writes `key` in the application's key-value store `default`, as `spin up --key-value`
+    /// or a deployment tool would, while the application runs.
+    pub fn kv_set(&self, key: &str, value: &str) {
+        let db = rusqlite::Connection::open(self.key_value_db()).expect("open Spin's key-value db");
+        db.busy_timeout(Duration::from_secs(5))
+            .expect("busy timeout");
+        db.execute(
+            "INSERT INTO spin_key_value (store, key, value) VALUES ('default', ?1, ?2)
+             ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+            rusqlite::params![key, value.as_bytes()],
+        )
+        .expect("write Spin's key-value db");
+    }
+
+    /// The keys of the store `default` that start with `prefix`.
+    pub fn kv_keys(&self, prefix: &str) -> Vec<String> {
+        let db = rusqlite::Connection::open(self.key_value_db()).expect("open Spin's key-value db");
+        db.busy_timeout(Duration::from_secs(5))
+            .expect("busy timeout");
+        let mut stmt = db
+            .prepare("SELECT key FROM spin_key_value WHERE store = 'default' AND substr(key, 1, length(?1)) = ?1 ORDER BY key")
+            .expect("query Spin's key-value db");
+        let keys = stmt
+            .query_map([prefix], |row| row.get::<_, String>(0))
+            .expect("query Spin's key-value db")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("keys");
+        keys
+    }
+
+    /// SIGKILL to `spin up` (no chance to clean up), then a new `spin up` on the same port
+    /// and state directory.
+    pub fn crash_and_restart(&mut self) {
+        self.crash();
+        self.launch();
+    }
+
+    /// SIGKILL to `spin up`, leaving it down.
+    pub fn crash(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// Spin's own output of every start, then what the component wrote to its log files.
+    pub fn log_text(&self) -> String {
+        let mut text = String::new();
+        for n in 1..=self.starts {
+            text.push_str(
+                &std::fs::read_to_string(self.dir.join(format!("spin-{n}.log")))
+                    .unwrap_or_default(),
+            );
+        }
+        if let Ok(entries) = std::fs::read_dir(self.state_dir().join("logs")) {
+            for entry in entries.flatten() {
+                text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+        text
+    }
+}
+
+/// The Workers-style settings as the Spin application's variables: lower-case names, and
+/// `COLLECTOR_URL` split into `collector_origin` (which `allowed_outbound_hosts` permits) and
+/// `collector_path`.
+fn spin_variables(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    vars.iter()
+        .flat_map(|(k, v)| {
+            if *k == "COLLECTOR_URL" {
+                let after_scheme = v.find("://").map_or(0, |i| i + 3);
+                let split = v[after_scheme..]
+                    .find('/')
+                    .map_or(v.len(), |i| after_scheme + i);
+                vec![
+                    ("collector_origin".to_owned(), v[..split].to_owned()),
+                    ("collector_path".to_owned(), v[split..].to_owned()),
+                ]
+            } else {
+                vec![(k.to_ascii_lowercase(), (*v).to_owned())]
+            }
+        })
+        .collect()
+}
+
+impl EdgeHost for SpinHost {
+    fn base_url(&self) -> String {
+        self.url("")
+    }
+    fn log(&self) -> String {
+        self.log_text()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn collector_url_becomes_origin_and_path() {
+        let v = super::spin_variables(&[
+            (
+                "COLLECTOR_URL",
+                "http://127.0.0.1:9/write?db=edge&precision=ms",
+            ),
+            ("AUTH_MODE", "off"),
+        ]);
+        assert_eq!(
+            v,
+            [
+                ("collector_origin".into(), "http://127.0.0.1:9".into()),
+                (
+                    "collector_path".into(),
+                    "/write?db=edge&precision=ms".into()
+                ),
+                ("auth_mode".into(), "off".into()),
+            ]
+        );
+    }
+}
