@@ -140,9 +140,11 @@ fn restart_during_a_collector_outage_loses_nothing() {
     traffic.run_for(Duration::from_secs(3));
     collector.stop();
     traffic.run_for(Duration::from_secs(7));
+    eprintln!("{}", traffic.progress("collector down"));
     host.crash_and_restart();
     let restarted = Instant::now();
     traffic.run_for(Duration::from_secs(10));
+    eprintln!("{}", traffic.progress("restarted during the outage"));
     collector.resume();
     let back = Instant::now();
     traffic.run_for(Duration::from_secs(5));

@@ -110,6 +110,17 @@ impl Traffic {
         None
     }
 
+    /// A line on what was sent so far, for the test's output.
+    pub fn progress(&self, phase: &str) -> String {
+        format!(
+            "{phase}: {} requests, {} readings acknowledged, {} refused, {} unanswered",
+            self.sent,
+            self.accepted.len(),
+            self.refused,
+            self.errors.len()
+        )
+    }
+
     /// Errors after `since`: requests that got no answer while the host was meant to be up.
     pub fn errors_since(&self, since: Instant) -> Vec<&str> {
         self.errors
