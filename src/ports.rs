@@ -1,4 +1,10 @@
-//! The small seams through which a host reaches the core. The core never names a host SDK.
+//! The small seams through which a host reaches the core: configuration, time, entropy, storage,
+//! outbound HTTP and logging. The core never names a host SDK; each host adapter implements
+//! these, and the native tests implement them with fakes.
+#![allow(async_fn_in_trait)] // hosts are single-threaded (an isolate, an instance): no Send wanted
+
+use std::fmt;
+use std::rc::Rc;
 
 /// Deployment configuration by key (wrangler `[vars]`/secrets, Spin variables, environment).
 pub trait ConfigSource {
@@ -28,19 +34,157 @@ pub trait Clock {
     fn now_ms(&self) -> u64;
 }
 
-/// The few key-value operations the core needs from a host's store (Spin key-value): the spill
-/// and stored rate-limit buckets.
-#[allow(async_fn_in_trait)] // instances are single-threaded: no Send bound wanted
+/// Waiting: a Workers `Delay`, a WASI monotonic-clock sleep.
+pub trait Timer {
+    async fn sleep_ms(&self, ms: u64);
+}
+
+/// The host's CSPRNG could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntropyUnavailable;
+
+/// Randomness for ids and retry jitter.
+pub trait Entropy {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), EntropyUnavailable>;
+}
+
+/// The host's CSPRNG through `getrandom` (JavaScript's `crypto.getRandomValues` on Workers,
+/// `wasi:random` on wasi hosts, the OS natively).
+pub struct SystemEntropy;
+
+impl Entropy for SystemEntropy {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), EntropyUnavailable> {
+        // getRandomValues refuses more than 65536 bytes per call.
+        for chunk in buf.chunks_mut(65_536) {
+            getrandom::fill(chunk).map_err(|_| EntropyUnavailable)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// Structured log events (see `crate::log`): the host decides where the line goes.
+pub trait Log {
+    fn emit(&self, level: Level, event: &str, fields: &[(&str, &str)]);
+}
+
+/// What a storage backend said when an operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError(pub String);
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The few key-value operations the core needs from a host's store (Spin key-value): the
+/// outbox's segments, rate-limit buckets and profiles.
 pub trait KeyValue {
-    async fn set(&self, key: &str, value: &[u8]) -> Result<(), String>;
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
-    async fn delete(&self, key: &str) -> Result<(), String>;
-    async fn keys(&self) -> Result<Vec<String>, String>;
+    async fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    async fn keys(&self) -> Result<Vec<String>, StoreError>;
+}
+
+/// One accepted segment as a store gives it back after memory was lost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSegment<K> {
+    pub key: K,
+    pub received_at_ms: u64,
+    /// The node that accepted it, named in the batch envelope.
+    pub node: String,
+    /// Its readings not yet delivered or dead-lettered, in order.
+    pub readings: Vec<Rc<str>>,
+}
+
+/// A batch the collector refused for good, as kept for an operator to inspect and replay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub batch_id: String,
+    pub failed_at_ms: u64,
+    /// The collector's status (0: the batch could not even be encoded).
+    pub status: u16,
+    pub detail: String,
+    pub readings: usize,
+    /// The batch as a JSON envelope, whatever the sink format: readable and replayable.
+    pub body: String,
+}
+
+/// Where the outbox makes accepted segments durable: a Durable Object's SQLite (one row per
+/// segment), Spin key-value (one key per segment), or nowhere (memory only). Written once per
+/// accepted segment, trimmed as its readings are settled; read back only after memory was lost.
+pub trait OutboxStore {
+    type Key: Clone + PartialEq + fmt::Debug;
+
+    /// Makes a segment durable; called before the device gets its 2xx.
+    async fn append(
+        &self,
+        received_at_ms: u64,
+        node: &str,
+        readings: &[Rc<str>],
+    ) -> Result<Self::Key, StoreError>;
+
+    /// The first `settled` of the segment's `readings` (all it held when appended) are
+    /// delivered or dead-lettered; `settled == readings.len()` removes the segment.
+    async fn trim(
+        &self,
+        key: &Self::Key,
+        settled: usize,
+        readings: &[Rc<str>],
+    ) -> Result<(), StoreError>;
+
+    /// Keeps a batch the collector refused for good; called before its readings are trimmed.
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError>;
+}
+
+/// One POST to the collector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectorRequest<'a> {
+    pub url: &'a str,
+    pub content_type: &'static str,
+    /// The batch id: the same on every retry of the batch.
+    pub idempotency_key: &'a str,
+    /// Sent as `Authorization: Bearer …`.
+    pub token: Option<&'a str>,
+    pub body: String,
+}
+
+/// The collector's answer: its status and, when it is not 2xx, the start of what it said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectorAnswer {
+    pub status: u16,
+    pub detail: String,
+}
+
+/// The request got no answer (connection refused, DNS, reset...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportError(pub String);
+
+/// Outbound HTTP to the collector (Workers `fetch`, `wasi:http` outgoing handler).
+pub trait Collector {
+    async fn post(&self, request: CollectorRequest<'_>) -> Result<CollectorAnswer, TransportError>;
 }
 
 #[cfg(test)]
 pub mod testing {
-    use super::KeyValue;
+    use super::{KeyValue, StoreError};
     use std::cell::RefCell;
     use std::collections::BTreeMap;
     use std::future::Future;
@@ -53,21 +197,21 @@ pub mod testing {
     }
 
     impl KeyValue for MemoryKv {
-        async fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        async fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
             if self.fail_on.is_some_and(|f| key.contains(f)) {
-                return Err("store unavailable".into());
+                return Err(StoreError("store unavailable".into()));
             }
             self.map.borrow_mut().insert(key.into(), value.into());
             Ok(())
         }
-        async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
             Ok(self.map.borrow().get(key).cloned())
         }
-        async fn delete(&self, key: &str) -> Result<(), String> {
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
             self.map.borrow_mut().remove(key);
             Ok(())
         }
-        async fn keys(&self) -> Result<Vec<String>, String> {
+        async fn keys(&self) -> Result<Vec<String>, StoreError> {
             Ok(self.map.borrow().keys().cloned().collect())
         }
     }

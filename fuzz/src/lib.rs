@@ -4,14 +4,14 @@
 //! Beyond "never panics", each check asserts the contract: bad input is a 4xx problem document
 //! (valid JSON with the RFC 9457 members), good input yields finite, calibrated readings.
 
-use edge_enrich::http::routes::{self, Action, HttpRequest, RequestContext};
-use edge_enrich::http::body::{parse_readings, BodyFormat};
-use edge_enrich::domain::calibration::Profiles;
 use edge_enrich::config::Settings;
+use edge_enrich::domain::calibration::Profiles;
 use edge_enrich::domain::enrich::EdgeInfo;
-use edge_enrich::ports::Pairs;
-use edge_enrich::http::query::parse_reading_query;
 use edge_enrich::domain::reading::{DeviceId, Temperature, Unit};
+use edge_enrich::http::body::{parse_readings, BodyFormat};
+use edge_enrich::http::query::parse_reading_query;
+use edge_enrich::http::routes::{self, Action, HttpRequest, RequestContext};
+use edge_enrich::ports::Pairs;
 
 /// One target's checks over one input.
 pub type Check = fn(&[u8]);

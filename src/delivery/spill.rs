@@ -45,7 +45,7 @@ pub async fn record<K: KeyValue>(
             for done in &readings[..n] {
                 let _ = kv.delete(&pending_key(received_at_ms, &done.id)).await;
             }
-            return Err(e);
+            return Err(e.0);
         }
     }
     Ok(())
@@ -74,7 +74,8 @@ pub async fn dead_letter<K: KeyValue>(
     readings: impl IntoIterator<Item = (u64, &str)>,
 ) -> Result<(), String> {
     kv.set(&format!("{DEAD_PREFIX}{batch_id}"), body.as_bytes())
-        .await?;
+        .await
+        .map_err(|e| e.0)?;
     release(kv, readings).await;
     Ok(())
 }
@@ -90,7 +91,8 @@ pub async fn orphans<K: KeyValue>(
 ) -> Result<Vec<Spilled>, String> {
     let mut candidates: Vec<(u64, String, String)> = kv
         .keys()
-        .await?
+        .await
+        .map_err(|e| e.0)?
         .into_iter()
         .filter_map(|key| {
             let (ts, id) = parse_pending_key(&key)?;
@@ -102,7 +104,7 @@ pub async fn orphans<K: KeyValue>(
     let mut found = Vec::new();
     for (received_at_ms, id, key) in candidates.into_iter().take(limit) {
         // Another instance may have delivered and deleted it meanwhile: skip, don't fail.
-        if let Some(bytes) = kv.get(&key).await? {
+        if let Some(bytes) = kv.get(&key).await.map_err(|e| e.0)? {
             if let Ok(json) = String::from_utf8(bytes) {
                 found.push(Spilled {
                     id,

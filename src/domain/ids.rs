@@ -43,7 +43,7 @@ pub fn new_id(unix_ms: u64) -> Result<String, EntropyUnavailable> {
         .ok_or(EntropyUnavailable)
 }
 
-fn uuid_v7(unix_ms: u64, rand: [u8; BYTES_PER_ID]) -> String {
+pub(crate) fn uuid_v7(unix_ms: u64, rand: [u8; BYTES_PER_ID]) -> String {
     let mut b = [0u8; 16];
     b[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
     b[6..].copy_from_slice(&rand);

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use crate::http::problem::{Problem, ProblemType};
-use crate::ports::KeyValue;
+use crate::ports::{KeyValue, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {
@@ -190,7 +190,7 @@ pub async fn admit_in_store<K: KeyValue>(
     limit: &RateLimit,
     costs: &[(&str, u32)],
     now_ms: u64,
-) -> Result<Result<(), u32>, String> {
+) -> Result<Result<(), u32>, StoreError> {
     let mut buckets = Vec::with_capacity(costs.len());
     for (device, _) in costs {
         let stored = kv.get(&format!("{BUCKET_PREFIX}{device}")).await?;

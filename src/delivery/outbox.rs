@@ -1,0 +1,828 @@
+//! The outbox: the one delivery engine of every host.
+//!
+//! Accepted readings arrive as **segments**: the readings of one accepted request (or, on
+//! Workers, of one group-commit call). The host's store makes a segment durable with one write
+//! before the device gets its 2xx ([`OutboxStore::append`]); the segment then waits in memory.
+//! Batches of up to `FLUSH_MAX_ITEMS` readings are cut from the queue in order, across segment
+//! boundaries, when a batch is full or the oldest reading reaches `FLUSH_INTERVAL_MS`, and sent
+//! through the [`Collector`] port, up to [`SENDS_IN_FLIGHT`] at once. Each answer settles its
+//! batch:
+//! - delivered: its readings are settled;
+//! - retryable (no answer, timeout, 408, 429, 5xx): the batch keeps its id and is sent again
+//!   after a capped exponential backoff with jitter; nothing else goes out meanwhile, and new
+//!   traffic does not cut the backoff short;
+//! - refused for good: it becomes a dead letter in the store, and its readings are settled.
+//!
+//! Settled readings are trimmed from the store once per round and segment: a segment whose
+//! readings are all settled is removed, a partly settled one records how far it got, so a
+//! segment never costs one record per reading. The store is read back ([`Outbox::restore`])
+//! only after memory was lost: an evicted Durable Object, a crashed Spin instance.
+//!
+//! Guarantee: every reading of an appended segment is sent until it is settled. A crash between a
+//! send and its trim sends those readings again (at least once; collectors deduplicate by reading
+//! id). After a restore a retried batch gets a new batch id.
+//!
+//! The engine itself is synchronous state; [`deliver_round`] is the async part, the same for
+//! every host, and never holds a borrow across an await, so requests keep appending while a
+//! round waits on the collector.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Range;
+use std::rc::Rc;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::delivery::policy::{
+    verdict, FlushPolicy, RetryPolicy, Verdict, LONE_REQUEST_WAIT_MS, MIN_LOOK_AHEAD_MS,
+};
+use crate::delivery::sink::{encode_batch, encode_json_batch, SinkFormat};
+use crate::domain::ids;
+use crate::ports::{
+    Clock, Collector, CollectorRequest, DeadLetter, Entropy, Level, Log, OutboxStore,
+    StoredSegment, Timer,
+};
+
+/// Batches one round sends at once, so delivery keeps up with a busy colo or instance.
+pub const SENDS_IN_FLIGHT: usize = 4;
+/// A collector that has not answered by then counts as not answering.
+pub const COLLECTOR_TIMEOUT_MS: u64 = 10_000;
+
+/// How the host's delivery driver learns that work is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wakeups {
+    /// The host schedules it when work arrives: a Durable Object sets its alarm on accept.
+    OnArrival,
+    /// Nothing can wake it: a wasi:http instance's flusher task runs in the component-model
+    /// task of the request that started it, and a later request cannot wake it (that needs
+    /// wit-bindgen's `inter-task-wakeup`). It looks again when a full batch is expected at the
+    /// instance's arrival rate, and an instance that has served one request so far flushes
+    /// after `LONE_REQUEST_WAIT_MS` (a host may run one request per instance).
+    Polled,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxConfig {
+    pub flush: FlushPolicy,
+    pub retry: RetryPolicy,
+    pub max_backlog: usize,
+    pub backlog_retry_after_s: u32,
+    pub wakeups: Wakeups,
+}
+
+impl OutboxConfig {
+    pub fn from_config(config: &Config, wakeups: Wakeups) -> Self {
+        Self {
+            flush: FlushPolicy {
+                max_items: config.flush_max_items,
+                max_age_ms: config.flush_interval_ms,
+            },
+            retry: RetryPolicy {
+                base_ms: config.retry_base_ms,
+                max_ms: config.retry_max_ms,
+            },
+            max_backlog: config.max_backlog,
+            backlog_retry_after_s: config.backlog_retry_after_s(),
+            wakeups,
+        }
+    }
+}
+
+/// Where batches go and in what shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkTarget {
+    pub format: SinkFormat,
+    pub url: String,
+    pub token: Option<String>,
+}
+
+impl SinkTarget {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            format: config.sink_format,
+            url: config.collector_url.clone(),
+            token: config.collector_token.clone(),
+        }
+    }
+}
+
+/// The backlog is at `MAX_BACKLOG`: the request is refused with 503 and this `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BacklogFull {
+    pub held: usize,
+    pub limit: usize,
+    pub retry_after_s: u32,
+}
+
+/// Room for one request's readings, taken before its segment is appended (an append can wait
+/// on the store while other requests come in), and given back by `push` or `release`.
+#[derive(Debug)]
+#[must_use = "a reservation must be pushed or released"]
+pub struct Reservation(usize);
+
+/// Counters since this outbox was made (an isolate or instance's life).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct OutboxStats {
+    pub since_ms: u64,
+    pub accepted_segments: u64,
+    pub accepted_readings: u64,
+    pub backlog_refusals: u64,
+    pub flushed_batches: u64,
+    pub flushed_readings: u64,
+    pub failed_attempts: u64,
+    pub dead_letter_batches: u64,
+    pub dead_letter_readings: u64,
+    pub recovered_segments: u64,
+    pub recovered_readings: u64,
+    pub store_failures: u64,
+}
+
+struct Entry<K> {
+    key: K,
+    node: Rc<str>,
+    readings: Vec<Rc<str>>,
+    /// Readings [0, cut) are in batches.
+    cut: usize,
+    settled: Vec<bool>,
+    settled_count: usize,
+    /// The settled prefix the store has been told of.
+    trimmed: usize,
+}
+
+/// Entries are kept in age order (received time, then arrival), so restored old segments go
+/// out first.
+type EntryId = (u64, u64);
+
+struct Flight {
+    id: String,
+    node: Rc<str>,
+    parts: Vec<(EntryId, Range<usize>)>,
+    readings: usize,
+    sending: bool,
+}
+
+/// One batch to send now.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub batch_id: String,
+    pub node: Rc<str>,
+    pub readings: Vec<Rc<str>>,
+}
+
+/// What an attempt came back with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Answered {
+        status: u16,
+        detail: String,
+    },
+    NoAnswer(String),
+    /// A stored document is not an enriched reading (the edge never stores one): permanent.
+    Unencodable(String),
+}
+
+impl Outcome {
+    fn verdict(&self) -> Verdict {
+        match self {
+            Self::Answered { status, .. } => verdict(Some(*status)),
+            Self::NoAnswer(_) => verdict(None),
+            Self::Unencodable(_) => Verdict::DeadLetter,
+        }
+    }
+
+    fn status(&self) -> u16 {
+        match self {
+            Self::Answered { status, .. } => *status,
+            _ => 0,
+        }
+    }
+
+    fn detail(&self) -> &str {
+        match self {
+            Self::Answered { detail, .. } | Self::NoAnswer(detail) | Self::Unencodable(detail) => {
+                detail
+            }
+        }
+    }
+}
+
+/// A store update a round owes: the first `settled` of the segment's `readings` are done.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trim<K> {
+    pub key: K,
+    pub settled: usize,
+    pub readings: Vec<Rc<str>>,
+}
+
+/// What the driver should do now.
+#[derive(Debug)]
+pub enum Due {
+    Send(Vec<Attempt>),
+    /// Nothing before this Unix ms.
+    At(u64),
+    /// Nothing is held; the driver may stop.
+    Idle,
+}
+
+/// When the driver should run again after a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    At(u64),
+    Idle,
+}
+
+#[derive(Debug, Default)]
+struct Arrivals {
+    segments: u64,
+    first_ms: u64,
+    readings: u64,
+}
+
+pub struct Outbox<K> {
+    config: OutboxConfig,
+    entries: BTreeMap<EntryId, Entry<K>>,
+    next_seq: u64,
+    /// Batches cut and not yet settled, oldest first; at most `SENDS_IN_FLIGHT`.
+    flights: VecDeque<Flight>,
+    /// Readings not yet in a batch.
+    unbatched: usize,
+    /// Readings held and not yet settled, and readings reserved by requests still appending.
+    held: usize,
+    reserved: usize,
+    /// Rounds in a row with a failed attempt, and when sending may resume.
+    failures: u32,
+    retry_at: Option<u64>,
+    round_failed: bool,
+    /// Entries whose settled prefix may have grown this round.
+    touched: BTreeSet<EntryId>,
+    /// Whether the host's delivery driver runs (a flusher task): see `push`.
+    driver: bool,
+    arrivals: Arrivals,
+    stats: OutboxStats,
+}
+
+impl<K: Clone + PartialEq> Outbox<K> {
+    pub fn new(config: OutboxConfig, now_ms: u64) -> Self {
+        Self {
+            config,
+            entries: BTreeMap::new(),
+            next_seq: 0,
+            flights: VecDeque::new(),
+            unbatched: 0,
+            held: 0,
+            reserved: 0,
+            failures: 0,
+            retry_at: None,
+            round_failed: false,
+            touched: BTreeSet::new(),
+            driver: false,
+            arrivals: Arrivals::default(),
+            stats: OutboxStats {
+                since_ms: now_ms,
+                ..OutboxStats::default()
+            },
+        }
+    }
+
+    pub fn config(&self) -> &OutboxConfig {
+        &self.config
+    }
+
+    /// Takes room for `n` readings, or refuses: the one backlog bound of every host.
+    pub fn reserve(&mut self, n: usize) -> Result<Reservation, BacklogFull> {
+        if self.held + self.reserved + n > self.config.max_backlog {
+            self.stats.backlog_refusals += 1;
+            return Err(BacklogFull {
+                held: self.held + self.reserved,
+                limit: self.config.max_backlog,
+                retry_after_s: self.config.backlog_retry_after_s,
+            });
+        }
+        self.reserved += n;
+        Ok(Reservation(n))
+    }
+
+    /// Gives back room that was not used (the append failed, or the request was refused).
+    pub fn release(&mut self, reservation: Reservation) {
+        self.reserved = self.reserved.saturating_sub(reservation.0);
+    }
+
+    /// Queues a segment the store has made durable under `key`. True when the host must start
+    /// its delivery driver (none is running).
+    pub fn push(
+        &mut self,
+        reservation: Reservation,
+        key: K,
+        received_at_ms: u64,
+        node: &str,
+        readings: Vec<Rc<str>>,
+    ) -> bool {
+        self.release(reservation);
+        let n = readings.len() as u64;
+        if self.arrivals.segments == 0 {
+            self.arrivals.first_ms = received_at_ms;
+        }
+        self.arrivals.segments += 1;
+        self.arrivals.readings += n;
+        self.stats.accepted_segments += 1;
+        self.stats.accepted_readings += n;
+        self.insert(key, received_at_ms, node.into(), readings);
+        !std::mem::replace(&mut self.driver, true)
+    }
+
+    /// Segments read back from the store after memory was lost, except those held already.
+    /// True when the host must start its delivery driver.
+    pub fn restore(&mut self, segments: Vec<StoredSegment<K>>) -> bool {
+        for s in segments {
+            if s.readings.is_empty() || self.holds(&s.key) {
+                continue;
+            }
+            self.stats.recovered_segments += 1;
+            self.stats.recovered_readings += s.readings.len() as u64;
+            self.insert(s.key, s.received_at_ms, s.node.into(), s.readings);
+        }
+        self.held > 0 && !std::mem::replace(&mut self.driver, true)
+    }
+
+    fn insert(&mut self, key: K, received_at_ms: u64, node: Rc<str>, readings: Vec<Rc<str>>) {
+        let n = readings.len();
+        self.held += n;
+        self.unbatched += n;
+        self.next_seq += 1;
+        self.entries.insert(
+            (received_at_ms, self.next_seq),
+            Entry {
+                key,
+                node,
+                settled: vec![false; n],
+                readings,
+                cut: 0,
+                settled_count: 0,
+                trimmed: 0,
+            },
+        );
+    }
+
+    pub fn holds(&self, key: &K) -> bool {
+        self.entries.values().any(|e| &e.key == key)
+    }
+
+    /// Readings held and not yet settled.
+    pub fn pending(&self) -> usize {
+        self.held
+    }
+
+    /// True while no delivery is failing: the collector answered the last round (or none ran).
+    pub fn is_healthy(&self) -> bool {
+        self.failures == 0
+    }
+
+    pub fn stats(&self) -> &OutboxStats {
+        &self.stats
+    }
+
+    /// A store operation failed (counted; the engine keeps going).
+    pub fn note_store_failure(&mut self) {
+        self.stats.store_failures += 1;
+    }
+
+    /// Live state and counters, for `/admin/stats`.
+    pub fn stats_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.stats).unwrap_or_default();
+        v["pending"] = self.held.into();
+        v["in_flight_batches"] = self.flights.len().into();
+        v["consecutive_failures"] = self.failures.into();
+        v["retry_at_ms"] = self.retry_at.into();
+        v
+    }
+
+    fn oldest_unbatched(&self) -> Option<u64> {
+        self.entries
+            .iter()
+            .find(|(_, e)| e.cut < e.readings.len())
+            .map(|((received_at_ms, _), _)| *received_at_ms)
+    }
+
+    /// When new readings should go out by the flush policy (and the wakeup rules).
+    fn batch_due_at(&self, now: u64) -> Option<u64> {
+        let oldest = self.oldest_unbatched()?;
+        let flush = self.config.flush;
+        if self.unbatched >= flush.max_items {
+            return Some(now);
+        }
+        let due = oldest.saturating_add(flush.max_age_ms);
+        if self.config.wakeups == Wakeups::OnArrival {
+            return Some(due);
+        }
+        // Polled: see `Wakeups::Polled`.
+        let a = &self.arrivals;
+        if a.segments <= 1 {
+            return Some(due.min(a.first_ms.saturating_add(LONE_REQUEST_WAIT_MS)));
+        }
+        let elapsed_ms = now.saturating_sub(a.first_ms).max(1) as f64;
+        let per_ms = a.readings as f64 / elapsed_ms;
+        let missing = flush.max_items.saturating_sub(self.unbatched) as f64;
+        let full_in_ms = (missing / per_ms).ceil() as u64;
+        Some(due.min(now.saturating_add(full_in_ms.max(MIN_LOOK_AHEAD_MS))))
+    }
+
+    /// When the driver should run next, or None when nothing is held.
+    pub fn next_wake(&self, now: u64) -> Option<u64> {
+        let work = if self.flights.iter().any(|f| !f.sending) {
+            Some(now)
+        } else {
+            self.batch_due_at(now)
+        }?;
+        Some(self.retry_at.map_or(work, |r| work.max(r)))
+    }
+
+    /// When the driver should run again; `Idle` records that it stops, in the same step in
+    /// which it decides to (see [`take_due`](Self::take_due)).
+    pub fn next_after_round(&mut self, now: u64) -> Next {
+        match self.next_wake(now) {
+            Some(at) => Next::At(at),
+            None => {
+                self.driver = false;
+                Next::Idle
+            }
+        }
+    }
+
+    /// The batches to send now: those waiting for a retry first, under their ids, then new
+    /// ones while a batch is due. `Idle` also records that the driver stops, in the same step
+    /// in which it decides to, so a `push` right after starts a new one.
+    pub fn take_due(&mut self, now: u64, entropy: &dyn Entropy) -> Due {
+        if let Some(at) = self.retry_at.filter(|at| *at > now) {
+            return Due::At(at);
+        }
+        let mut attempts = Vec::new();
+        for i in 0..self.flights.len() {
+            if !self.flights[i].sending {
+                self.flights[i].sending = true;
+                attempts.push(self.attempt_of(&self.flights[i]));
+            }
+        }
+        while self.flights.len() < SENDS_IN_FLIGHT
+            && self.batch_due_at(now).is_some_and(|at| at <= now)
+        {
+            let flight = self.cut(now, entropy);
+            attempts.push(self.attempt_of(&flight));
+            self.flights.push_back(flight);
+        }
+        if !attempts.is_empty() {
+            return Due::Send(attempts);
+        }
+        match self.next_wake(now) {
+            Some(at) => Due::At(at),
+            None => {
+                self.driver = false;
+                Due::Idle
+            }
+        }
+    }
+
+    fn attempt_of(&self, flight: &Flight) -> Attempt {
+        let mut readings = Vec::with_capacity(flight.readings);
+        for (id, range) in &flight.parts {
+            if let Some(e) = self.entries.get(id) {
+                readings.extend(e.readings[range.clone()].iter().cloned());
+            }
+        }
+        Attempt {
+            batch_id: flight.id.clone(),
+            node: flight.node.clone(),
+            readings,
+        }
+    }
+
+    /// Cuts the next batch from the oldest unbatched readings, across segments.
+    fn cut(&mut self, now: u64, entropy: &dyn Entropy) -> Flight {
+        let mut left = self.config.flush.max_items;
+        let mut parts = Vec::new();
+        let mut node = None;
+        for (id, e) in self.entries.iter_mut() {
+            if left == 0 {
+                break;
+            }
+            let take = (e.readings.len() - e.cut).min(left);
+            if take == 0 {
+                continue;
+            }
+            node.get_or_insert_with(|| e.node.clone());
+            parts.push((*id, e.cut..e.cut + take));
+            e.cut += take;
+            left -= take;
+        }
+        let readings = self.config.flush.max_items - left;
+        self.unbatched -= readings;
+        self.next_seq += 1;
+        Flight {
+            id: batch_id(now, self.next_seq, entropy),
+            node: node.unwrap_or_else(|| "local".into()),
+            parts,
+            readings,
+            sending: true,
+        }
+    }
+
+    /// Applies an attempt's outcome. A permanent refusal returns the dead letter to keep: the
+    /// driver writes it, then calls [`dead_lettered`](Self::dead_lettered) (or, if the write
+    /// failed, [`dead_letter_failed`](Self::dead_letter_failed)).
+    pub fn settle(&mut self, batch_id: &str, outcome: &Outcome, now: u64) -> Option<DeadLetter> {
+        let index = self.flights.iter().position(|f| f.id == batch_id)?;
+        match outcome.verdict() {
+            Verdict::Delivered => {
+                let flight = self.flights.remove(index)?;
+                self.stats.flushed_batches += 1;
+                self.stats.flushed_readings += flight.readings as u64;
+                self.settle_parts(&flight);
+                None
+            }
+            Verdict::Retry => {
+                self.flights[index].sending = false;
+                self.stats.failed_attempts += 1;
+                self.round_failed = true;
+                None
+            }
+            Verdict::DeadLetter => {
+                let flight = &self.flights[index];
+                let attempt = self.attempt_of(flight);
+                Some(DeadLetter {
+                    batch_id: flight.id.clone(),
+                    failed_at_ms: now,
+                    status: outcome.status(),
+                    detail: outcome.detail().to_owned(),
+                    readings: flight.readings,
+                    body: encode_json_batch(
+                        &flight.id,
+                        &flight.node,
+                        now,
+                        attempt.readings.iter().map(|r| &**r),
+                    ),
+                })
+            }
+        }
+    }
+
+    /// The dead letter of `batch_id` is kept: its readings are settled.
+    pub fn dead_lettered(&mut self, batch_id: &str) {
+        if let Some(index) = self.flights.iter().position(|f| f.id == batch_id) {
+            if let Some(flight) = self.flights.remove(index) {
+                self.stats.dead_letter_batches += 1;
+                self.stats.dead_letter_readings += flight.readings as u64;
+                self.settle_parts(&flight);
+            }
+        }
+    }
+
+    /// The dead letter could not be kept: the batch stays and is tried again after a backoff,
+    /// rather than its readings being dropped.
+    pub fn dead_letter_failed(&mut self, batch_id: &str) {
+        if let Some(f) = self.flights.iter_mut().find(|f| f.id == batch_id) {
+            f.sending = false;
+        }
+        self.stats.store_failures += 1;
+        self.round_failed = true;
+    }
+
+    fn settle_parts(&mut self, flight: &Flight) {
+        for (id, range) in &flight.parts {
+            if let Some(e) = self.entries.get_mut(id) {
+                for i in range.clone() {
+                    if !std::mem::replace(&mut e.settled[i], true) {
+                        e.settled_count += 1;
+                        self.held -= 1;
+                    }
+                }
+                self.touched.insert(*id);
+            }
+        }
+    }
+
+    /// Ends a round: sets the backoff if an attempt failed, and returns the store updates the
+    /// round owes, one per touched segment (fully settled segments leave memory here).
+    pub fn finish_round(&mut self, now: u64, jitter: f64) -> Vec<Trim<K>> {
+        if std::mem::take(&mut self.round_failed) {
+            self.failures += 1;
+            self.retry_at = Some(now + self.config.retry.delay_ms(self.failures, jitter));
+        } else {
+            self.failures = 0;
+            self.retry_at = None;
+        }
+        let mut trims = Vec::new();
+        for id in std::mem::take(&mut self.touched) {
+            let Some(e) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            let prefix = e.settled.iter().take_while(|s| **s).count();
+            if prefix == e.readings.len() {
+                if let Some(e) = self.entries.remove(&id) {
+                    trims.push(Trim {
+                        key: e.key,
+                        settled: prefix,
+                        readings: e.readings,
+                    });
+                }
+            } else if prefix > e.trimmed {
+                e.trimmed = prefix;
+                trims.push(Trim {
+                    key: e.key.clone(),
+                    settled: prefix,
+                    readings: e.readings.clone(),
+                });
+            }
+        }
+        trims
+    }
+}
+
+/// A UUIDv7; without entropy, still unique within this outbox (its time and sequence number).
+fn batch_id(now: u64, seq: u64, entropy: &dyn Entropy) -> String {
+    let mut rand = [0u8; 10];
+    match entropy.fill(&mut rand) {
+        Ok(()) => ids::uuid_v7(now, rand),
+        Err(_) => format!("batch-{now}-{seq}"),
+    }
+}
+
+/// A number in [0, 1) for the retry jitter.
+fn jitter(entropy: &dyn Entropy) -> f64 {
+    let mut b = [0u8; 2];
+    match entropy.fill(&mut b) {
+        Ok(()) => f64::from(u16::from_le_bytes(b)) / 65_536.0,
+        Err(_) => 0.5,
+    }
+}
+
+/// The ports a delivery round uses.
+pub struct Delivery<'a, S, C, T> {
+    pub store: &'a S,
+    pub collector: &'a C,
+    pub timer: &'a T,
+    pub clock: &'a dyn Clock,
+    pub entropy: &'a dyn Entropy,
+    pub log: &'a dyn Log,
+    pub sink: &'a SinkTarget,
+}
+
+/// One delivery round, the same on every host: sends what is due (up to `SENDS_IN_FLIGHT`
+/// batches at once), settles each answer, keeps dead letters, trims the store, and says when to
+/// run again. Requests keep appending meanwhile: no borrow of `outbox` is held across an await.
+pub async fn deliver_round<K, S, C, T>(
+    outbox: &RefCell<Outbox<K>>,
+    d: &Delivery<'_, S, C, T>,
+) -> Next
+where
+    K: Clone + PartialEq,
+    S: OutboxStore<Key = K>,
+    C: Collector,
+    T: Timer,
+{
+    let attempts = match outbox.borrow_mut().take_due(d.clock.now_ms(), d.entropy) {
+        Due::Send(attempts) => attempts,
+        Due::At(at) => return Next::At(at),
+        Due::Idle => return Next::Idle,
+    };
+    let outcomes = futures_util::future::join_all(attempts.iter().map(|a| send(a, d))).await;
+    for (attempt, outcome) in attempts.iter().zip(outcomes) {
+        let now = d.clock.now_ms();
+        let letter = outbox.borrow_mut().settle(&attempt.batch_id, &outcome, now);
+        log_outcome(d.log, attempt, &outcome);
+        if let Some(letter) = letter {
+            match d.store.dead_letter(&letter).await {
+                Ok(()) => outbox.borrow_mut().dead_lettered(&attempt.batch_id),
+                Err(e) => {
+                    d.log.emit(
+                        Level::Error,
+                        "dead_letter_store_failed",
+                        &[("batch_id", &attempt.batch_id), ("error", &e.0)],
+                    );
+                    outbox.borrow_mut().dead_letter_failed(&attempt.batch_id);
+                }
+            }
+        }
+    }
+    let trims = outbox
+        .borrow_mut()
+        .finish_round(d.clock.now_ms(), jitter(d.entropy));
+    for t in trims {
+        if let Err(e) = d.store.trim(&t.key, t.settled, &t.readings).await {
+            // The segment stays in the store: after a restore its readings go out again (a
+            // duplicate the collector drops by id), never a loss.
+            d.log
+                .emit(Level::Warn, "outbox_trim_failed", &[("error", &e.0)]);
+            outbox.borrow_mut().note_store_failure();
+        }
+    }
+    outbox.borrow_mut().next_after_round(d.clock.now_ms())
+}
+
+async fn send<S, C: Collector, T: Timer>(attempt: &Attempt, d: &Delivery<'_, S, C, T>) -> Outcome {
+    let docs = attempt.readings.iter().map(|r| &**r);
+    let body = match encode_batch(
+        d.sink.format,
+        &attempt.batch_id,
+        &attempt.node,
+        d.clock.now_ms(),
+        docs,
+    ) {
+        Ok(body) => body,
+        Err(e) => {
+            return Outcome::Unencodable(format!(
+                "the batch could not be encoded for the sink: {e}"
+            ))
+        }
+    };
+    let request = CollectorRequest {
+        url: &d.sink.url,
+        content_type: d.sink.format.content_type(),
+        idempotency_key: &attempt.batch_id,
+        token: d.sink.token.as_deref(),
+        body,
+    };
+    let post = std::pin::pin!(d.collector.post(request));
+    let timeout = std::pin::pin!(d.timer.sleep_ms(COLLECTOR_TIMEOUT_MS));
+    match futures_util::future::select(post, timeout).await {
+        futures_util::future::Either::Left((Ok(answer), _)) => Outcome::Answered {
+            status: answer.status,
+            detail: answer.detail,
+        },
+        futures_util::future::Either::Left((Err(e), _)) => Outcome::NoAnswer(e.0),
+        futures_util::future::Either::Right(_) => {
+            Outcome::NoAnswer(format!("no answer within {COLLECTOR_TIMEOUT_MS} ms"))
+        }
+    }
+}
+
+fn log_outcome(log: &dyn Log, attempt: &Attempt, outcome: &Outcome) {
+    let readings = attempt.readings.len().to_string();
+    let status = match outcome {
+        Outcome::Answered { status, .. } => status.to_string(),
+        _ => "none".to_owned(),
+    };
+    let fields = [
+        ("batch_id", attempt.batch_id.as_str()),
+        ("readings", readings.as_str()),
+        ("status", status.as_str()),
+        ("detail", outcome.detail()),
+    ];
+    match outcome.verdict() {
+        Verdict::Delivered => log.emit(Level::Info, "flush_delivered", &fields[..3]),
+        Verdict::Retry => log.emit(Level::Warn, "flush_retry", &fields),
+        Verdict::DeadLetter => log.emit(Level::Error, "flush_dead_letter", &fields),
+    }
+}
+
+/// The store of a host that keeps nothing beyond memory (the portable wasi:http flavour): the
+/// outbox is the whole state, and dead letters are the last few, in memory.
+#[derive(Default)]
+pub struct MemoryStore {
+    next: std::cell::Cell<u64>,
+    dead: RefCell<VecDeque<DeadLetter>>,
+}
+
+/// Dead letters a `MemoryStore` keeps.
+pub const MEMORY_DEAD_LETTERS: usize = 20;
+
+impl MemoryStore {
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.dead.borrow().iter().cloned().collect()
+    }
+}
+
+impl OutboxStore for MemoryStore {
+    type Key = u64;
+
+    async fn append(
+        &self,
+        _received_at_ms: u64,
+        _node: &str,
+        _readings: &[Rc<str>],
+    ) -> Result<u64, crate::ports::StoreError> {
+        let key = self.next.get() + 1;
+        self.next.set(key);
+        Ok(key)
+    }
+
+    async fn trim(
+        &self,
+        _key: &u64,
+        _settled: usize,
+        _readings: &[Rc<str>],
+    ) -> Result<(), crate::ports::StoreError> {
+        Ok(())
+    }
+
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), crate::ports::StoreError> {
+        let mut dead = self.dead.borrow_mut();
+        if dead.len() == MEMORY_DEAD_LETTERS {
+            dead.pop_front();
+        }
+        dead.push_back(letter.clone());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,729 @@
+//! The outbox against fakes behind its ports: a store, a collector, a clock, entropy. A crash is
+//! the outbox dropped at a chosen point and a new one restored from the store, as after an
+//! evicted Durable Object or a killed Spin. Every test checks the two halves of the promise:
+//! every acknowledged reading reaches the collector, and nothing reaches it that was not
+//! appended; the only duplicates are those of a batch whose answer a crash cut off.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::rc::Rc;
+
+use super::*;
+use crate::delivery::policy::{FlushPolicy, RetryPolicy};
+use crate::ports::testing::run;
+use crate::ports::{CollectorAnswer, EntropyUnavailable, StoreError, TransportError};
+
+// ---- fakes ----------------------------------------------------------------------------------
+
+struct FakeClock(Cell<u64>);
+impl Clock for FakeClock {
+    fn now_ms(&self) -> u64 {
+        self.0.get()
+    }
+}
+
+/// Deterministic bytes.
+struct FakeEntropy(Cell<u8>);
+impl Entropy for FakeEntropy {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), EntropyUnavailable> {
+        for b in buf {
+            self.0.set(self.0.get().wrapping_add(37));
+            *b = self.0.get();
+        }
+        Ok(())
+    }
+}
+
+/// Never fires: the fake collector always answers at once.
+struct NoTimeout;
+impl Timer for NoTimeout {
+    async fn sleep_ms(&self, _ms: u64) {
+        std::future::pending::<()>().await
+    }
+}
+
+#[derive(Default)]
+struct Events(RefCell<Vec<String>>);
+impl Log for Events {
+    fn emit(&self, _level: Level, event: &str, _fields: &[(&str, &str)]) {
+        self.0.borrow_mut().push(event.to_owned());
+    }
+}
+
+/// A collector with scripted answers (200 when the script runs out) that records what it got.
+#[derive(Default)]
+struct FakeCollector {
+    script: RefCell<VecDeque<Result<u16, ()>>>,
+    /// Reading ids of every batch answered 2xx, in order, duplicates included.
+    stored: RefCell<Vec<String>>,
+    /// Every batch id seen, per attempt.
+    attempts: RefCell<Vec<String>>,
+}
+
+impl FakeCollector {
+    fn answer(&self, answers: &[Result<u16, ()>]) {
+        self.script.borrow_mut().extend(answers.iter().copied());
+    }
+    fn stored_set(&self) -> BTreeSet<String> {
+        self.stored.borrow().iter().cloned().collect()
+    }
+    fn duplicates(&self) -> usize {
+        self.stored.borrow().len() - self.stored_set().len()
+    }
+}
+
+impl Collector for FakeCollector {
+    async fn post(&self, request: CollectorRequest<'_>) -> Result<CollectorAnswer, TransportError> {
+        self.attempts
+            .borrow_mut()
+            .push(request.idempotency_key.to_owned());
+        let answer = self.script.borrow_mut().pop_front().unwrap_or(Ok(200));
+        match answer {
+            Err(()) => Err(TransportError("connection refused".into())),
+            Ok(status) => {
+                if (200..300).contains(&status) {
+                    let v: serde_json::Value = serde_json::from_str(&request.body).unwrap();
+                    for r in v["readings"].as_array().unwrap() {
+                        self.stored
+                            .borrow_mut()
+                            .push(r["id"].as_str().unwrap().to_owned());
+                    }
+                }
+                Ok(CollectorAnswer {
+                    status,
+                    detail: String::new(),
+                })
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Row {
+    received_at_ms: u64,
+    node: String,
+    readings: Vec<Rc<str>>,
+    settled: usize,
+}
+
+/// A store like a Durable Object's table: a row per segment with how far it is settled.
+#[derive(Default)]
+struct FakeStore {
+    rows: RefCell<BTreeMap<u64, Row>>,
+    next: Cell<u64>,
+    dead: RefCell<Vec<DeadLetter>>,
+    fail_appends: Cell<bool>,
+    fail_trims: Cell<bool>,
+    fail_dead_letters: Cell<bool>,
+    /// Writes of any kind: what a host bills.
+    writes: Cell<u64>,
+}
+
+impl FakeStore {
+    /// What a restarted host reads back.
+    fn load(&self) -> Vec<StoredSegment<u64>> {
+        self.rows
+            .borrow()
+            .iter()
+            .map(|(k, r)| StoredSegment {
+                key: *k,
+                received_at_ms: r.received_at_ms,
+                node: r.node.clone(),
+                readings: r.readings[r.settled..].to_vec(),
+            })
+            .collect()
+    }
+    fn pending(&self) -> usize {
+        self.rows
+            .borrow()
+            .values()
+            .map(|r| r.readings.len() - r.settled)
+            .sum()
+    }
+}
+
+impl OutboxStore for FakeStore {
+    type Key = u64;
+    async fn append(
+        &self,
+        received_at_ms: u64,
+        node: &str,
+        readings: &[Rc<str>],
+    ) -> Result<u64, StoreError> {
+        if self.fail_appends.get() {
+            return Err(StoreError("disk full".into()));
+        }
+        self.writes.set(self.writes.get() + 1);
+        let key = self.next.get() + 1;
+        self.next.set(key);
+        self.rows.borrow_mut().insert(
+            key,
+            Row {
+                received_at_ms,
+                node: node.to_owned(),
+                readings: readings.to_vec(),
+                settled: 0,
+            },
+        );
+        Ok(key)
+    }
+    async fn trim(
+        &self,
+        key: &u64,
+        settled: usize,
+        readings: &[Rc<str>],
+    ) -> Result<(), StoreError> {
+        if self.fail_trims.get() {
+            return Err(StoreError("disk full".into()));
+        }
+        self.writes.set(self.writes.get() + 1);
+        let mut rows = self.rows.borrow_mut();
+        if settled == readings.len() {
+            rows.remove(key);
+        } else if let Some(row) = rows.get_mut(key) {
+            row.settled = row.settled.max(settled);
+        }
+        Ok(())
+    }
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+        if self.fail_dead_letters.get() {
+            return Err(StoreError("disk full".into()));
+        }
+        self.writes.set(self.writes.get() + 1);
+        self.dead.borrow_mut().push(letter.clone());
+        Ok(())
+    }
+}
+
+// ---- a host around the engine ---------------------------------------------------------------
+
+const T0: u64 = 1_800_000_000_000;
+
+struct Host {
+    clock: FakeClock,
+    entropy: FakeEntropy,
+    store: FakeStore,
+    collector: FakeCollector,
+    events: Events,
+    sink: SinkTarget,
+    outbox: RefCell<Outbox<u64>>,
+    /// Every reading acknowledged to a device.
+    acknowledged: BTreeSet<String>,
+    next_reading: u64,
+}
+
+fn config(max_items: usize, wakeups: Wakeups) -> OutboxConfig {
+    OutboxConfig {
+        flush: FlushPolicy {
+            max_items,
+            max_age_ms: 200,
+        },
+        retry: RetryPolicy {
+            base_ms: 200,
+            max_ms: 5_000,
+        },
+        max_backlog: 10_000,
+        backlog_retry_after_s: 5,
+        wakeups,
+    }
+}
+
+impl Host {
+    fn new(max_items: usize) -> Self {
+        Self::with(config(max_items, Wakeups::OnArrival))
+    }
+
+    fn with(config: OutboxConfig) -> Self {
+        Self {
+            clock: FakeClock(Cell::new(T0)),
+            entropy: FakeEntropy(Cell::new(1)),
+            store: FakeStore::default(),
+            collector: FakeCollector::default(),
+            events: Events::default(),
+            sink: SinkTarget {
+                format: SinkFormat::Json,
+                url: "http://collector/ingest".into(),
+                token: None,
+            },
+            outbox: RefCell::new(Outbox::new(config, T0)),
+            acknowledged: BTreeSet::new(),
+            next_reading: 0,
+        }
+    }
+
+    fn readings(&mut self, n: usize) -> Vec<Rc<str>> {
+        (0..n)
+            .map(|_| {
+                self.next_reading += 1;
+                format!(r#"{{"id":"r{}","temp_c":1.5}}"#, self.next_reading).into()
+            })
+            .collect()
+    }
+
+    /// A request with `n` readings, as a host's accept path runs it: reserve, append, queue,
+    /// answer. Returns whether it was acknowledged.
+    fn accept(&mut self, n: usize) -> bool {
+        let readings = self.readings(n);
+        let now = self.clock.now_ms();
+        let Ok(reservation) = self.outbox.borrow_mut().reserve(n) else {
+            return false;
+        };
+        match run(self.store.append(now, "node-1", &readings)) {
+            Ok(key) => {
+                self.outbox
+                    .borrow_mut()
+                    .push(reservation, key, now, "node-1", readings.clone());
+                self.acknowledged.extend(readings.iter().map(|r| id_of(r)));
+                true
+            }
+            Err(_) => {
+                self.outbox.borrow_mut().release(reservation);
+                false
+            }
+        }
+    }
+
+    fn round(&self) -> Next {
+        let d = Delivery {
+            store: &self.store,
+            collector: &self.collector,
+            timer: &NoTimeout,
+            clock: &self.clock,
+            entropy: &self.entropy,
+            log: &self.events,
+            sink: &self.sink,
+        };
+        run(deliver_round(&self.outbox, &d))
+    }
+
+    /// Runs rounds, moving the clock to each wake-up, until the outbox is idle.
+    fn drain(&self) {
+        for _ in 0..10_000 {
+            match self.round() {
+                Next::Idle => return,
+                Next::At(at) => self.clock.0.set(self.clock.0.get().max(at)),
+            }
+        }
+        panic!("the outbox never went idle");
+    }
+
+    /// Memory is lost; the host comes back and reads its store.
+    fn crash_and_restore(&self) {
+        let fresh = Outbox::new(self.outbox.borrow().config().clone(), self.clock.now_ms());
+        *self.outbox.borrow_mut() = fresh;
+        self.outbox.borrow_mut().restore(self.store.load());
+    }
+
+    fn tick(&self, ms: u64) {
+        self.clock.0.set(self.clock.0.get() + ms);
+    }
+
+    /// The promise: every acknowledged reading arrived; nothing arrived that was not appended.
+    fn assert_delivered(&self) {
+        let stored = self.collector.stored_set();
+        let missing: Vec<_> = self.acknowledged.difference(&stored).collect();
+        assert!(missing.is_empty(), "lost: {missing:?}");
+        let issued: BTreeSet<String> = (1..=self.next_reading).map(|n| format!("r{n}")).collect();
+        assert!(stored.is_subset(&issued), "sent what was never appended");
+    }
+}
+
+fn id_of(reading: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(reading).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+// ---- tests ----------------------------------------------------------------------------------
+
+#[test]
+fn a_batch_spans_several_segments_and_each_costs_two_writes() {
+    let mut h = Host::new(50);
+    for _ in 0..10 {
+        assert!(h.accept(10));
+    }
+    h.drain();
+    h.assert_delivered();
+    assert_eq!(h.collector.attempts.borrow().len(), 2, "two full batches");
+    assert_eq!(h.collector.duplicates(), 0);
+    assert_eq!(h.store.pending(), 0);
+    assert_eq!(
+        h.store.writes.get(),
+        20,
+        "an append and a removal per segment"
+    );
+}
+
+#[test]
+fn a_segment_larger_than_a_batch_is_trimmed_as_it_goes_not_per_reading() {
+    let mut h = Host::new(50);
+    assert!(h.accept(500));
+    assert!(matches!(h.round(), Next::At(_)));
+    assert_eq!(
+        h.collector.stored.borrow().len(),
+        200,
+        "four batches in flight"
+    );
+    assert_eq!(h.store.pending(), 300, "the store knows 200 are settled");
+    h.drain();
+    h.assert_delivered();
+    // One append, two partial trims, one removal: not 500 of anything.
+    assert_eq!(h.store.writes.get(), 4);
+    assert_eq!(h.collector.duplicates(), 0);
+}
+
+#[test]
+fn a_crash_after_a_partial_trim_sends_only_what_was_not_settled() {
+    let mut h = Host::new(50);
+    assert!(h.accept(500));
+    h.round();
+    h.crash_and_restore();
+    assert_eq!(h.outbox.borrow().pending(), 300);
+    h.drain();
+    h.assert_delivered();
+    assert_eq!(h.collector.duplicates(), 0);
+    assert_eq!(h.store.pending(), 0);
+    assert_eq!(h.outbox.borrow().stats().recovered_readings, 300);
+}
+
+#[test]
+fn a_crash_after_the_append_and_before_the_answer_still_delivers() {
+    let mut h = Host::new(50);
+    assert!(h.accept(3));
+    // A request whose readings were appended, but the host died before it answered: the
+    // device saw no 2xx (it will send again), and these readings are delivered anyway, the
+    // documented at-least-once case of a durable hand-off.
+    let unanswered = h.readings(2);
+    run(h.store.append(T0, "node-1", &unanswered)).unwrap();
+    h.crash_and_restore();
+    h.drain();
+    h.assert_delivered();
+    for r in &unanswered {
+        assert!(h.collector.stored_set().contains(&id_of(r)));
+    }
+}
+
+#[test]
+fn a_crash_after_a_send_and_before_its_trim_sends_that_batch_again() {
+    let mut h = Host::new(50);
+    for _ in 0..3 {
+        assert!(h.accept(20));
+    }
+    // The collector stores the batch, but the host dies before the answer is settled.
+    let Due::Send(attempts) = h.outbox.borrow_mut().take_due(T0, &h.entropy) else {
+        panic!("a full batch is due")
+    };
+    let d = Delivery {
+        store: &h.store,
+        collector: &h.collector,
+        timer: &NoTimeout,
+        clock: &h.clock,
+        entropy: &h.entropy,
+        log: &h.events,
+        sink: &h.sink,
+    };
+    let sent = attempts.iter().map(|a| a.readings.len()).sum::<usize>();
+    for a in &attempts {
+        run(send(a, &d));
+    }
+    h.crash_and_restore();
+    h.tick(1_000);
+    h.drain();
+    h.assert_delivered();
+    assert_eq!(
+        h.collector.duplicates(),
+        sent,
+        "exactly the readings of the interrupted batch come twice"
+    );
+    assert_eq!(h.store.pending(), 0);
+}
+
+#[test]
+fn a_crash_during_a_dead_letter_keeps_the_batch_and_never_delivers_it() {
+    let mut h = Host::new(50);
+    assert!(h.accept(5));
+    // The collector refuses for good, and the host dies before it kept the dead letter.
+    h.collector.answer(&[Ok(400)]);
+    h.store.fail_dead_letters.set(true);
+    h.tick(300);
+    h.round();
+    assert!(h.store.dead.borrow().is_empty());
+    assert_eq!(
+        h.store.pending(),
+        5,
+        "a dead letter that was not kept drops nothing"
+    );
+    h.crash_and_restore();
+    h.store.fail_dead_letters.set(false);
+    h.collector.answer(&[Ok(400)]);
+    h.tick(300);
+    h.drain();
+    let dead = h.store.dead.borrow();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].status, dead[0].readings), (400, 5));
+    let body: serde_json::Value = serde_json::from_str(&dead[0].body).unwrap();
+    assert_eq!(body["readings"].as_array().unwrap().len(), 5);
+    assert!(
+        h.collector.stored_set().is_empty(),
+        "a refused batch is never delivered"
+    );
+    assert_eq!(
+        h.store.pending(),
+        0,
+        "a kept dead letter settles its readings"
+    );
+}
+
+#[test]
+fn a_crash_after_the_dead_letter_and_before_the_trim_only_repeats_the_dead_letter() {
+    let mut h = Host::new(50);
+    assert!(h.accept(5));
+    h.collector.answer(&[Ok(400), Ok(400)]);
+    h.store.fail_trims.set(true);
+    h.tick(300);
+    h.round();
+    assert_eq!(h.store.dead.borrow().len(), 1);
+    h.crash_and_restore();
+    h.store.fail_trims.set(false);
+    h.tick(300);
+    h.drain();
+    assert_eq!(
+        h.store.dead.borrow().len(),
+        2,
+        "kept twice, never delivered"
+    );
+    assert!(h.collector.stored_set().is_empty());
+    assert_eq!(h.store.pending(), 0);
+}
+
+#[test]
+fn a_store_that_fails_on_append_refuses_the_request_and_holds_nothing() {
+    let mut h = Host::new(50);
+    h.store.fail_appends.set(true);
+    assert!(!h.accept(10));
+    assert_eq!(h.outbox.borrow().pending(), 0);
+    // The reservation was given back: the whole backlog is still available.
+    let full = h.outbox.borrow().config().max_backlog;
+    let r = h
+        .outbox
+        .borrow_mut()
+        .reserve(full)
+        .expect("room for a full backlog");
+    h.outbox.borrow_mut().release(r);
+    h.store.fail_appends.set(false);
+    assert!(h.accept(10));
+    h.drain();
+    h.assert_delivered();
+    assert_eq!(
+        h.collector.stored.borrow().len(),
+        10,
+        "nothing of the refused request"
+    );
+}
+
+#[test]
+fn a_store_that_fails_on_trim_costs_duplicates_after_a_crash_never_readings() {
+    let mut h = Host::new(50);
+    assert!(h.accept(50));
+    h.store.fail_trims.set(true);
+    h.drain();
+    assert_eq!(h.outbox.borrow().stats().store_failures, 1);
+    assert!(h
+        .events
+        .0
+        .borrow()
+        .contains(&"outbox_trim_failed".to_owned()));
+    h.store.fail_trims.set(false);
+    h.crash_and_restore();
+    h.drain();
+    h.assert_delivered();
+    assert_eq!(h.collector.duplicates(), 50);
+    assert_eq!(h.store.pending(), 0);
+}
+
+#[test]
+fn retries_keep_the_batch_id_back_off_and_are_not_cut_short_by_traffic() {
+    let mut h = Host::new(50);
+    assert!(h.accept(50));
+    h.collector.answer(&[Err(()), Ok(503)]);
+    let Next::At(first_retry) = h.round() else {
+        panic!()
+    };
+    assert!(first_retry >= T0 + 100, "backoff after the first failure");
+    // New readings arrive during the backoff: nothing is sent before the retry time.
+    assert!(h.accept(50));
+    assert!(matches!(h.round(), Next::At(at) if at == first_retry));
+    assert_eq!(h.collector.attempts.borrow().len(), 1);
+    h.clock.0.set(first_retry);
+    let Next::At(second_retry) = h.round() else {
+        panic!()
+    };
+    assert!(second_retry - first_retry >= 200, "the backoff grows");
+    h.drain();
+    h.assert_delivered();
+    let attempts = h.collector.attempts.borrow();
+    let first = &attempts[0];
+    assert_eq!(
+        attempts.iter().filter(|id| *id == first).count(),
+        3,
+        "a retry keeps its batch id: {attempts:?}"
+    );
+    assert_eq!(h.outbox.borrow().stats().failed_attempts, 2);
+    assert!(h.outbox.borrow().is_healthy());
+}
+
+#[test]
+fn a_collector_that_never_answers_times_out_and_is_retried() {
+    struct Hangs;
+    impl Collector for Hangs {
+        async fn post(&self, _: CollectorRequest<'_>) -> Result<CollectorAnswer, TransportError> {
+            std::future::pending().await
+        }
+    }
+    struct Fires;
+    impl Timer for Fires {
+        async fn sleep_ms(&self, _ms: u64) {}
+    }
+    let mut h = Host::new(50);
+    assert!(h.accept(50));
+    let d = Delivery {
+        store: &h.store,
+        collector: &Hangs,
+        timer: &Fires,
+        clock: &h.clock,
+        entropy: &h.entropy,
+        log: &h.events,
+        sink: &h.sink,
+    };
+    assert!(matches!(run(deliver_round(&h.outbox, &d)), Next::At(_)));
+    assert!(!h.outbox.borrow().is_healthy());
+    assert_eq!(h.store.pending(), 50);
+    h.tick(10_000);
+    h.drain();
+    h.assert_delivered();
+}
+
+#[test]
+fn the_backlog_bound_refuses_whole_requests_with_retry_after() {
+    let mut h = Host::with(OutboxConfig {
+        max_backlog: 100,
+        ..config(50, Wakeups::OnArrival)
+    });
+    h.collector.answer(&[Err(())]);
+    assert!(h.accept(60));
+    h.round();
+    assert!(h.accept(40));
+    let refusal = h.outbox.borrow_mut().reserve(1).unwrap_err();
+    assert_eq!(
+        refusal,
+        BacklogFull {
+            held: 100,
+            limit: 100,
+            retry_after_s: 5
+        }
+    );
+    assert!(!h.accept(1));
+    assert_eq!(h.outbox.borrow().stats().backlog_refusals, 2);
+    h.tick(60_000);
+    h.drain();
+    h.assert_delivered();
+    assert!(h.accept(100), "room again once delivered");
+}
+
+#[test]
+fn flush_timing_on_arrival_hosts() {
+    let mut h = Host::new(50);
+    assert_eq!(h.outbox.borrow().next_wake(T0), None);
+    assert!(h.accept(1));
+    assert_eq!(h.outbox.borrow().next_wake(T0), Some(T0 + 200), "max age");
+    assert!(h.accept(49));
+    assert_eq!(
+        h.outbox.borrow().next_wake(T0),
+        Some(T0),
+        "a full batch: now"
+    );
+}
+
+#[test]
+fn polled_hosts_flush_a_lone_request_soon_and_look_by_arrival_rate() {
+    let mut h = Host::with(config(50, Wakeups::Polled));
+    assert!(h.accept(1));
+    assert_eq!(
+        h.outbox.borrow().next_wake(T0),
+        Some(T0 + LONE_REQUEST_WAIT_MS),
+        "one request so far: a short wait for a second"
+    );
+    // One reading a ms for 10 ms: 40 more expected in 40 ms.
+    for _ in 1..10 {
+        h.tick(1);
+        assert!(h.accept(1));
+    }
+    h.tick(1);
+    assert_eq!(h.outbox.borrow().next_wake(T0 + 10), Some(T0 + 50));
+    // Traffic stops: each look expects the batch later, and max age bounds it.
+    assert_eq!(h.outbox.borrow().next_wake(T0 + 50), Some(T0 + 200));
+}
+
+#[test]
+fn a_driver_that_went_idle_is_started_again_by_the_next_push() {
+    let mut h = Host::new(50);
+    let r = h.outbox.borrow_mut().reserve(1).unwrap();
+    let one = h.readings(1);
+    assert!(
+        h.outbox.borrow_mut().push(r, 1, T0, "n", one),
+        "first: start one"
+    );
+    let r = h.outbox.borrow_mut().reserve(1).unwrap();
+    let one = h.readings(1);
+    assert!(!h.outbox.borrow_mut().push(r, 2, T0, "n", one), "it runs");
+    h.drain();
+    let r = h.outbox.borrow_mut().reserve(1).unwrap();
+    let one = h.readings(1);
+    assert!(h.outbox.borrow_mut().push(r, 3, T0, "n", one), "it stopped");
+}
+
+#[test]
+fn restore_skips_segments_already_held() {
+    let mut h = Host::new(50);
+    assert!(h.accept(5));
+    h.outbox.borrow_mut().restore(h.store.load());
+    assert_eq!(h.outbox.borrow().pending(), 5, "not twice");
+    h.drain();
+    assert_eq!(h.collector.duplicates(), 0);
+}
+
+/// Random traffic, collector faults and crashes at every point of a round: the promise holds
+/// after each seed, and duplicates only ever come from interrupted batches.
+#[test]
+fn random_faults_and_crashes_never_lose_an_acknowledged_reading() {
+    for seed in 1..=200u64 {
+        let mut rng = seed;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut h = Host::new(1 + next(60) as usize);
+        for _ in 0..60 {
+            match next(10) {
+                0..=4 => {
+                    let n = 1 + next(120) as usize;
+                    h.accept(n);
+                }
+                5 => h.collector.answer(&[Err(())]),
+                6 => h.collector.answer(&[Ok(503)]),
+                7 => h.crash_and_restore(),
+                _ => {
+                    h.tick(next(400));
+                    h.round();
+                }
+            }
+        }
+        h.tick(60_000);
+        h.drain();
+        h.assert_delivered();
+        assert_eq!(h.store.pending(), 0, "seed {seed}: the store drained");
+    }
+}
