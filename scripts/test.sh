@@ -3,7 +3,8 @@
 # of the parsers, the Worker build and a dry-run deploy, both wasm32-wasip2 components checked
 # against their WIT worlds, then the end-to-end tests (standard behaviour and the hostile-input
 # suite, the ndjson and influx sinks) under real workerd and real wasmtime serve against the
-# real collector and a real InfluxDB.
+# real collector and a real InfluxDB, and the spin flavour under real Spin when a Spin CLI is
+# there (SPIN=..., else ../shared/tools/spin; the command says plainly when it is not).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH" WRANGLER_SEND_METRICS=false NO_COLOR=1
@@ -40,3 +41,14 @@ say "end-to-end under wasmtime serve (portable component; instance reuse on and 
 cargo test --test e2e_wasmtime -- --ignored --test-threads=1
 say "end-to-end under workerd (wrangler dev) against the reference collector"
 cargo test --test e2e_workers -- --ignored --test-threads=1
+
+# Spin is on no package registry: use $SPIN, else the CLI this workplace provides beside the
+# checkout. Without either, say so: the spin flavour's end-to-end suite did not run.
+SPIN="${SPIN:-}"
+[[ -z "$SPIN" && -x ../shared/tools/spin ]] && SPIN="$(cd ../shared/tools && pwd)/spin"
+if [[ -n "$SPIN" ]]; then
+  say "end-to-end under real Spin ($("$SPIN" --version)): the spin flavour against the reference collector"
+  SPIN="$SPIN" cargo test --test e2e_spin -- --ignored --test-threads=1
+else
+  say "SKIPPED: the spin flavour's end-to-end suite (tests/e2e_spin.rs): no Spin CLI (set SPIN=/path/to/spin)"
+fi

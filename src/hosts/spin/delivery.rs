@@ -1,12 +1,19 @@
-//! Per-instance batching and delivery on Spin / wasi:http.
+//! The instance's outbox on Spin / wasi:http: the core's engine (`delivery::outbox`) with this
+//! host's ports. Accepted segments are appended to the store (spin flavour: one key-value key
+//! per request; portable flavour: memory only) before the answer; one spawned task per instance
+//! runs the delivery rounds after the answer has been sent, and ends when nothing is held.
 //!
-//! Readings wait in the instance's memory; one spawned task per instance flushes them at max
-//! items or max age, after the answer has been sent, and keeps the instance alive until its
-//! queue is empty (retrying with backoff while the collector is down). In the spin flavour the
-//! key-value spill (see `crate::delivery::spill`) makes them survive the instance.
+//! Spin keeps an instance, and its tasks, alive while that task runs (seen under Spin 4.1: a
+//! flusher retrying against a dead collector kept logging for minutes after the instance's last
+//! request), but may retire it at any time after, and nothing survives `spin up` going down.
+//! So in the spin flavour an instance also recovers orphans: segments older than
+//! `SPILL_GRACE_MS` that no live instance of its own holds. It looks when it starts, when its
+//! deliveries recover after failing, again at once while the last look was cut short by its
+//! bound, and otherwise every `RECOVERY_LOOK_EVERY_MS`; it never recovers while its own
+//! deliveries fail (it could not deliver them either, and fresh readings need the room).
 
 use std::cell::RefCell;
-use std::collections::{HashSet, VecDeque};
+use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,19 +22,294 @@ use spin_sdk::http::FullBody;
 
 use super::{emit, now_ms};
 use crate::config::Config;
-use crate::delivery::policy::{verdict, FlushAt, FlushPolicy, MemoryBatcher, RetryPolicy, Verdict};
-use crate::delivery::sink::encode_batch;
-use crate::domain::ids;
-use crate::http::problem::Problem;
-#[cfg(feature = "spin")]
-use crate::http::problem::ProblemType;
+use crate::delivery::outbox::{
+    deliver_round, Delivery, Next, Outbox, OutboxConfig, SinkTarget, Wakeups,
+};
+use crate::http::problem::{Problem, ProblemType};
 use crate::http::routes::Accepted;
-use crate::ports::Clock;
+use crate::ports::{
+    Clock, Collector, CollectorAnswer, CollectorRequest, Level, Log, OutboxStore, SystemEntropy,
+    Timer, TransportError,
+};
 
-const COLLECTOR_TIMEOUT: Duration = Duration::from_secs(10);
-const DEAD_LETTERS_KEPT: usize = 20;
 #[cfg(feature = "spin")]
-const ORPHAN_SCAN_EVERY_MS: u64 = 1_000;
+use super::kv::{self, SpinKv};
+#[cfg(feature = "spin")]
+use crate::delivery::kv_store::KvOutboxStore;
+
+#[cfg(feature = "spin")]
+type Store = KvOutboxStore<SpinKv>;
+#[cfg(not(feature = "spin"))]
+type Store = crate::delivery::outbox::MemoryStore;
+type Key = <Store as OutboxStore>::Key;
+
+/// Readings one look takes at most: 40 batches at the default size.
+#[cfg(feature = "spin")]
+const RECOVER_READINGS: usize = 2_000;
+/// A fleet lists its keys for orphans about this often (see `kv_store::SCAN_HINT_KEY`).
+#[cfg(feature = "spin")]
+const SCAN_EVERY_MS: u64 = 2_000;
+/// How often an instance looks when nothing suggests it should.
+#[cfg(feature = "spin")]
+const RECOVERY_LOOK_EVERY_MS: u64 = 30_000;
+
+struct Instance {
+    outbox: RefCell<Outbox<Key>>,
+    store: Store,
+    sink: SinkTarget,
+    #[cfg_attr(not(feature = "spin"), allow(dead_code))]
+    config: Config,
+    /// When to look for orphans next (spin flavour), and whether deliveries were failing.
+    #[cfg(feature = "spin")]
+    recovery: RefCell<Recovery>,
+}
+
+#[cfg(feature = "spin")]
+struct Recovery {
+    next_look_ms: u64,
+    was_healthy: bool,
+}
+
+thread_local! {
+    static INSTANCE: RefCell<Option<Rc<Instance>>> = const { RefCell::new(None) };
+}
+
+async fn instance(config: &Config) -> Result<Rc<Instance>, Problem> {
+    if let Some(i) = INSTANCE.with(|c| c.borrow().clone()) {
+        return Ok(i);
+    }
+    #[cfg(feature = "spin")]
+    let store = KvOutboxStore {
+        kv: kv::open(kv::Path::Background)
+            .await
+            .map_err(store_unavailable)?,
+    };
+    #[cfg(not(feature = "spin"))]
+    let store = Store::default();
+    let made = Rc::new(Instance {
+        outbox: RefCell::new(Outbox::new(
+            OutboxConfig::from_config(config, Wakeups::Polled),
+            now_ms(),
+        )),
+        store,
+        sink: SinkTarget::from_config(config),
+        config: config.clone(),
+        #[cfg(feature = "spin")]
+        recovery: RefCell::new(Recovery {
+            next_look_ms: 0,
+            was_healthy: true,
+        }),
+    });
+    Ok(INSTANCE.with(|c| c.borrow_mut().get_or_insert(made).clone()))
+}
+
+fn store_unavailable(e: crate::ports::StoreError) -> Problem {
+    emit("error", "outbox_store_failed", "", &[("error", &e.0)]);
+    Problem::new(
+        ProblemType::UpstreamUnavailable,
+        "the key-value store is unavailable; nothing was accepted",
+    )
+    .with_retry_after(1)
+}
+
+/// Takes one request's readings: room in the backlog, one write to the store, then the queue;
+/// makes sure the flusher runs. Never waits for the collector.
+pub async fn accept(config: &Config, node: &str, accepted: &Accepted) -> Result<(), Problem> {
+    let inst = instance(config).await?;
+    let readings: Vec<Rc<str>> = accepted
+        .readings
+        .iter()
+        .map(|r| Rc::from(r.json.as_str()))
+        .collect();
+    let reservation = inst
+        .outbox
+        .borrow_mut()
+        .reserve(readings.len())
+        .map_err(|full| {
+            Problem::backlog_full(
+                full.retry_after_s,
+                format!(
+                    "this instance holds {} undelivered readings (limit {}); the collector may be down",
+                    full.held, full.limit
+                ),
+            )
+        })?;
+    #[cfg(feature = "spin")]
+    let appended = match kv::open(kv::Path::Request).await {
+        Ok(kv) => {
+            KvOutboxStore { kv }
+                .append(accepted.received_at_ms, node, &readings)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    #[cfg(not(feature = "spin"))]
+    let appended = inst
+        .store
+        .append(accepted.received_at_ms, node, &readings)
+        .await;
+    let key = match appended {
+        Ok(key) => key,
+        Err(e) => {
+            inst.outbox.borrow_mut().release(reservation);
+            return Err(store_unavailable(e));
+        }
+    };
+    let start =
+        inst.outbox
+            .borrow_mut()
+            .push(reservation, key, accepted.received_at_ms, node, readings);
+    if start {
+        spawn_flusher(inst);
+    }
+    Ok(())
+}
+
+/// Any request: in the spin flavour, starts the flusher when it is time to look for orphans
+/// and none runs, so recovery goes on whenever traffic arrives (a health check included).
+pub async fn nudge(config: &Config) {
+    #[cfg(feature = "spin")]
+    if let Ok(inst) = instance(config).await {
+        let due = inst.recovery.borrow().next_look_ms <= now_ms();
+        if due && inst.outbox.borrow_mut().start_driver() {
+            spawn_flusher(inst);
+        }
+    }
+    #[cfg(not(feature = "spin"))]
+    let _ = config;
+}
+
+fn spawn_flusher(inst: Rc<Instance>) {
+    spin_sdk::wasip3::spawn(async move { flush_loop(&inst).await });
+}
+
+async fn flush_loop(inst: &Instance) {
+    let delivery = Delivery {
+        store: &inst.store,
+        collector: &SpinCollector,
+        timer: &SpinTimer,
+        clock: &WallClock,
+        entropy: &SystemEntropy,
+        log: &SpinLog,
+        sink: &inst.sink,
+    };
+    loop {
+        #[cfg(feature = "spin")]
+        recover(inst).await;
+        match deliver_round(&inst.outbox, &delivery).await {
+            Next::At(at) => SpinTimer.sleep_ms(at.saturating_sub(now_ms()).max(1)).await,
+            Next::Idle => return,
+        }
+    }
+}
+
+/// Looks for orphans when it is time to (see the module comment) and queues what it finds.
+#[cfg(feature = "spin")]
+async fn recover(inst: &Instance) {
+    let now = now_ms();
+    let (healthy, pending, held) = {
+        let outbox = inst.outbox.borrow();
+        (outbox.is_healthy(), outbox.pending(), outbox.keys())
+    };
+    {
+        let mut r = inst.recovery.borrow_mut();
+        if healthy && !r.was_healthy {
+            r.next_look_ms = now; // the collector answers again: orphans may be waiting
+        }
+        r.was_healthy = healthy;
+        let room = pending + RECOVER_READINGS <= inst.config.max_backlog / 2;
+        if !healthy || !room || r.next_look_ms > now {
+            return;
+        }
+        r.next_look_ms = now + RECOVERY_LOOK_EVERY_MS;
+    }
+    match inst.store.claim_scan(now, SCAN_EVERY_MS).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            emit("error", "outbox_scan_failed", "", &[("error", &e.0)]);
+            return;
+        }
+    }
+    let held: std::collections::HashSet<String> = held.into_iter().collect();
+    let node = inst.config.edge_node.as_deref().unwrap_or("local");
+    let found = inst
+        .store
+        .find_orphans(
+            now,
+            inst.config.spill_grace_ms,
+            |k| held.contains(k),
+            RECOVER_READINGS,
+            node,
+        )
+        .await;
+    match found {
+        Ok(found) if !found.is_empty() => {
+            let segments = found.len().to_string();
+            let readings: usize = found.iter().map(|s| s.readings.len()).sum();
+            if readings >= RECOVER_READINGS {
+                inst.recovery.borrow_mut().next_look_ms = now; // more remain: look again soon
+            }
+            inst.outbox.borrow_mut().restore(found);
+            emit(
+                "warn",
+                "outbox_recovered",
+                "",
+                &[("segments", &segments), ("readings", &readings.to_string())],
+            );
+        }
+        Ok(_) => {}
+        Err(e) => emit("error", "outbox_scan_failed", "", &[("error", &e.0)]),
+    }
+}
+
+/// This instance's view: on Spin / wasi:http every instance batches on its own.
+pub fn stats() -> serde_json::Value {
+    let mut v = INSTANCE.with(|c| match c.borrow().as_ref() {
+        Some(i) => i.outbox.borrow().stats_json(),
+        None => serde_json::json!({ "pending": 0 }),
+    });
+    v["scope"] = "instance".into();
+    #[cfg(feature = "spin")]
+    {
+        let (request, background) = kv::counts();
+        v["key_value"] = serde_json::json!({ "request_path": request, "background": background });
+    }
+    v
+}
+
+/// The admin view of dead letters, as JSON text.
+pub async fn dead_letters(config: &Config) -> String {
+    let Ok(inst) = instance(config).await else {
+        return "{\"dead_letters\":[]}".into();
+    };
+    #[cfg(feature = "spin")]
+    {
+        // Stored documents, passed through verbatim.
+        let stored = inst.store.dead_letters(100).await.unwrap_or_default();
+        format!("{{\"dead_letters\":[{}]}}", stored.join(","))
+    }
+    #[cfg(not(feature = "spin"))]
+    {
+        let letters: Vec<serde_json::Value> = inst
+            .store
+            .dead_letters()
+            .into_iter()
+            .map(|d| {
+                serde_json::json!({
+                    "batch_id": d.batch_id, "failed_at_ms": d.failed_at_ms, "status": d.status,
+                    "detail": d.detail, "readings": d.readings,
+                    "body": serde_json::from_str::<serde_json::Value>(&d.body).unwrap_or_default(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "dead_letters": letters,
+            "note": "the portable flavour keeps the last dead letters in instance memory only (and logs them)",
+        })
+        .to_string()
+    }
+}
 
 struct WallClock;
 
@@ -37,453 +319,50 @@ impl Clock for WallClock {
     }
 }
 
-#[derive(Clone)]
-struct Pending {
-    id: String,
-    /// Part of the reading's spill key (spin flavour).
-    #[cfg_attr(not(feature = "spin"), allow(dead_code))]
-    received_at_ms: u64,
-    json: String,
-}
+struct SpinTimer;
 
-#[derive(Default, Clone, Copy, serde::Serialize)]
-struct Counters {
-    accepted_readings: u64,
-    flushed_batches: u64,
-    flushed_readings: u64,
-    failed_attempts: u64,
-    dead_letter_batches: u64,
-    backlog_refusals: u64,
-    recovered_readings: u64,
-}
-
-/// What this instance holds. Single-threaded: borrowed only between awaits, never across one.
-struct Instance {
-    queue: MemoryBatcher<Pending>,
-    /// A batch that failed and waits for its retry, under the same batch id.
-    in_flight: Option<(String, Vec<Pending>)>,
-    held: HashSet<String>,
-    capacity: usize,
-    flusher_running: bool,
-    failures: u32,
-    counters: Counters,
-    dead_letters: VecDeque<serde_json::Value>,
-    #[cfg(feature = "spin")]
-    last_orphan_scan_ms: u64,
-}
-
-thread_local! {
-    static INSTANCE: RefCell<Option<Instance>> = const { RefCell::new(None) };
-}
-
-fn with<T>(config: &Config, f: impl FnOnce(&mut Instance) -> T) -> T {
-    INSTANCE.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let instance = slot.get_or_insert_with(|| Instance {
-            queue: MemoryBatcher::new(
-                FlushPolicy {
-                    max_items: config.flush_max_items,
-                    max_age_ms: config.flush_interval_ms,
-                },
-                config.max_backlog,
-            ),
-            in_flight: None,
-            held: HashSet::new(),
-            capacity: config.max_backlog,
-            flusher_running: false,
-            failures: 0,
-            counters: Counters::default(),
-            dead_letters: VecDeque::new(),
-            #[cfg(feature = "spin")]
-            last_orphan_scan_ms: 0,
-        });
-        f(instance)
-    })
-}
-
-impl Instance {
-    fn backlog(&self) -> usize {
-        self.queue.len() + self.in_flight.as_ref().map_or(0, |(_, b)| b.len())
+impl Timer for SpinTimer {
+    async fn sleep_ms(&self, ms: u64) {
+        spin_sdk::time::sleep(Duration::from_millis(ms)).await;
     }
+}
 
-    /// A batch is done with (delivered or dead-lettered): the collector answered, so the
-    /// failure streak ends, and its readings are no longer held here.
-    fn forget(&mut self, batch: &[Pending]) {
-        self.failures = 0;
-        for p in batch {
-            self.held.remove(&p.id);
+struct SpinLog;
+
+impl Log for SpinLog {
+    fn emit(&self, level: Level, event: &str, fields: &[(&str, &str)]) {
+        emit(level.as_str(), event, "", fields);
+    }
+}
+
+/// Outbound HTTP through wasi:http (Spin checks it against `allowed_outbound_hosts`).
+struct SpinCollector;
+
+impl Collector for SpinCollector {
+    async fn post(&self, r: CollectorRequest<'_>) -> Result<CollectorAnswer, TransportError> {
+        let mut builder = http::Request::post(r.url)
+            .header("content-type", r.content_type)
+            .header("idempotency-key", r.idempotency_key);
+        if let Some(token) = r.token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
         }
-    }
-
-    fn hold(&mut self, items: Vec<Pending>) -> Result<(), ()> {
-        if self.backlog() + items.len() > self.capacity {
-            return Err(());
-        }
-        self.held.extend(items.iter().map(|p| p.id.clone()));
-        self.queue
-            .push(&WallClock, items.into_iter())
-            .map_err(|_| ())
-    }
-}
-
-fn backlog_full(config: &Config) -> Problem {
-    Problem::backlog_full(
-        config.backlog_retry_after_s(),
-        format!(
-            "this instance holds {} undelivered readings; the collector may be down",
-            config.max_backlog
-        ),
-    )
-}
-
-/// Takes the readings into this instance's batch (and, in the spin flavour, into key-value
-/// first) and makes sure the flusher runs. Never waits for the collector.
-pub async fn accept(config: &Config, node: &str, accepted: &Accepted) -> Result<(), Problem> {
-    let n = accepted.readings.len();
-    if with(config, |i| i.backlog() + n > i.capacity) {
-        with(config, |i| i.counters.backlog_refusals += 1);
-        return Err(backlog_full(config));
-    }
-    #[cfg(feature = "spin")]
-    {
-        let store = super::kv::open().await.map_err(spill_unavailable)?;
-        crate::delivery::spill::record(&store, accepted.received_at_ms, &accepted.readings)
+        let request = builder
+            .body(FullBody::new(Bytes::from(r.body)))
+            .map_err(|e| TransportError(e.to_string()))?;
+        let answer = spin_sdk::http::send(request)
             .await
-            .map_err(spill_unavailable)?;
-    }
-    let items: Vec<Pending> = accepted
-        .readings
-        .iter()
-        .map(|r| Pending {
-            id: r.id.clone(),
-            received_at_ms: accepted.received_at_ms,
-            json: r.json.clone(),
-        })
-        .collect();
-    if with(config, |i| i.hold(items)).is_err() {
-        // Filled up by a concurrent request while we wrote to key-value.
-        #[cfg(feature = "spin")]
-        if let Ok(store) = super::kv::open().await {
-            crate::delivery::spill::release(
-                &store,
-                accepted
-                    .readings
-                    .iter()
-                    .map(|r| (accepted.received_at_ms, r.id.as_str())),
-            )
-            .await;
-        }
-        return Err(backlog_full(config));
-    }
-    with(config, |i| i.counters.accepted_readings += n as u64);
-    start_flusher(config, node);
-    Ok(())
-}
-
-#[cfg(feature = "spin")]
-fn spill_unavailable(e: String) -> Problem {
-    emit("error", "spill_failed", "", &[("error", &e)]);
-    Problem::new(
-        ProblemType::UpstreamUnavailable,
-        "the key-value store is unavailable; nothing was accepted",
-    )
-    .with_retry_after(1)
-}
-
-fn start_flusher(config: &Config, node: &str) {
-    let start = with(config, |i| !std::mem::replace(&mut i.flusher_running, true));
-    if start {
-        let (config, node) = (config.clone(), node.to_owned());
-        spin_sdk::wasip3::spawn(async move { flush_loop(&config, &node).await });
-    }
-}
-
-enum Step {
-    Send(String, Vec<Pending>),
-    Wait(u64),
-    Done,
-}
-
-async fn flush_loop(config: &Config, node: &str) {
-    let retry = RetryPolicy {
-        base_ms: config.retry_base_ms,
-        max_ms: config.retry_max_ms,
-    };
-    loop {
-        #[cfg(feature = "spin")]
-        recover_orphans(config).await;
-        let step = with(config, |i| {
-            if let Some((id, batch)) = i.in_flight.take() {
-                return Step::Send(id, batch);
-            }
-            match i.queue.next_look(&WallClock) {
-                FlushAt::Now => Step::Send(
-                    ids::new_id(now_ms()).unwrap_or_else(|_| format!("batch-{}", now_ms())),
-                    i.queue.take_batch(),
-                ),
-                FlushAt::At(t) => Step::Wait(t.saturating_sub(now_ms())),
-                FlushAt::Idle => {
-                    i.flusher_running = false;
-                    Step::Done
-                }
-            }
-        });
-        let (batch_id, batch) = match step {
-            Step::Done => return,
-            Step::Wait(ms) => {
-                spin_sdk::time::sleep(Duration::from_millis(ms.max(1))).await;
-                continue;
-            }
-            Step::Send(id, batch) => (id, batch),
+            .map_err(|code| TransportError(format!("{code:?}")))?;
+        let status = answer.status().as_u16();
+        let detail = if (200..300).contains(&status) {
+            String::new()
+        } else {
+            answer
+                .into_body()
+                .bytes()
+                .await
+                .map(|b| String::from_utf8_lossy(&b).chars().take(500).collect())
+                .unwrap_or_default()
         };
-        let docs = || batch.iter().map(|p| p.json.as_str());
-        let (status, detail) =
-            match encode_batch(config.sink_format, &batch_id, node, now_ms(), docs()) {
-                Ok(body) => send(config, &batch_id, body).await,
-                // Not a reading document: a permanent fault; the batch is dead-lettered (kept).
-                Err(e) => (
-                    Some(400),
-                    format!("the batch could not be encoded for the sink: {e}"),
-                ),
-            };
-        match verdict(status) {
-            Verdict::Delivered => {
-                with(config, |i| {
-                    i.forget(&batch);
-                    i.counters.flushed_batches += 1;
-                    i.counters.flushed_readings += batch.len() as u64;
-                });
-                #[cfg(feature = "spin")]
-                if let Ok(store) = super::kv::open().await {
-                    crate::delivery::spill::release(
-                        &store,
-                        batch.iter().map(|p| (p.received_at_ms, p.id.as_str())),
-                    )
-                    .await;
-                }
-                emit(
-                    "info",
-                    "flush_delivered",
-                    "",
-                    &[
-                        ("batch_id", &batch_id),
-                        ("readings", &batch.len().to_string()),
-                    ],
-                );
-            }
-            Verdict::Retry => {
-                let failures = with(config, |i| {
-                    i.failures += 1;
-                    i.counters.failed_attempts += 1;
-                    i.failures
-                });
-                let delay = retry.delay_ms(failures, jitter());
-                let shown = status
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "network".into());
-                emit(
-                    "warn",
-                    "flush_retry",
-                    "",
-                    &[
-                        ("batch_id", &batch_id),
-                        ("status", &shown),
-                        ("detail", &detail),
-                        ("retry_in_ms", &delay.to_string()),
-                    ],
-                );
-                with(config, |i| i.in_flight = Some((batch_id, batch)));
-                spin_sdk::time::sleep(Duration::from_millis(delay)).await;
-            }
-            Verdict::DeadLetter => {
-                let status = status.unwrap_or(0);
-                emit(
-                    "error",
-                    "flush_dead_letter",
-                    "",
-                    &[
-                        ("batch_id", &batch_id),
-                        ("status", &status.to_string()),
-                        ("detail", &detail),
-                    ],
-                );
-                #[cfg(feature = "spin")]
-                if let Ok(store) = super::kv::open().await {
-                    // Kept as the JSON envelope whatever the sink format: readable and replayable.
-                    let body =
-                        crate::delivery::sink::encode_json_batch(&batch_id, node, now_ms(), docs());
-                    let _ = crate::delivery::spill::dead_letter(
-                        &store,
-                        &batch_id,
-                        &body,
-                        batch.iter().map(|p| (p.received_at_ms, p.id.as_str())),
-                    )
-                    .await;
-                }
-                with(config, |i| {
-                    i.forget(&batch);
-                    i.counters.dead_letter_batches += 1;
-                    if i.dead_letters.len() == DEAD_LETTERS_KEPT {
-                        i.dead_letters.pop_front();
-                    }
-                    i.dead_letters.push_back(serde_json::json!({
-                        "batch_id": batch_id, "failed_at_ms": now_ms(), "status": status,
-                        "detail": detail, "readings": batch.len(),
-                    }));
-                });
-            }
-        }
+        Ok(CollectorAnswer { status, detail })
     }
-}
-
-/// Re-sends spilled readings whose instance is gone (older than the grace period and not held
-/// here). Several instances may pick up the same orphan: at least once, deduplicated by id.
-#[cfg(feature = "spin")]
-async fn recover_orphans(config: &Config) {
-    let now = now_ms();
-    let (due, room) = with(config, |i| {
-        let due = now.saturating_sub(i.last_orphan_scan_ms) >= ORPHAN_SCAN_EVERY_MS;
-        if due {
-            i.last_orphan_scan_ms = now;
-        }
-        (due, i.capacity.saturating_sub(i.backlog()))
-    });
-    if !due || room == 0 {
-        return;
-    }
-    let Ok(store) = super::kv::open().await else {
-        return;
-    };
-    let held: HashSet<String> = with(config, |i| i.held.clone());
-    match crate::delivery::spill::orphans(
-        &store,
-        now,
-        config.spill_grace_ms,
-        |id| held.contains(id),
-        room,
-    )
-    .await
-    {
-        Ok(found) if !found.is_empty() => {
-            let n = found.len();
-            let items = found
-                .into_iter()
-                .map(|s| Pending {
-                    id: s.id,
-                    received_at_ms: s.received_at_ms,
-                    json: s.json,
-                })
-                .collect();
-            if with(config, |i| i.hold(items)).is_ok() {
-                with(config, |i| i.counters.recovered_readings += n as u64);
-                emit(
-                    "warn",
-                    "spill_recovered",
-                    "",
-                    &[("readings", &n.to_string())],
-                );
-            }
-        }
-        Ok(_) => {}
-        Err(e) => emit("error", "spill_scan_failed", "", &[("error", &e)]),
-    }
-}
-
-fn jitter() -> f64 {
-    let mut b = [0u8; 2];
-    getrandom::fill(&mut b)
-        .map(|_| f64::from(u16::from_le_bytes(b)) / 65_536.0)
-        .unwrap_or(0.5)
-}
-
-/// One POST to the collector: its status (None for a network fault or timeout) and, when it
-/// is not 2xx, what it said.
-async fn send(config: &Config, batch_id: &str, body: String) -> (Option<u16>, String) {
-    let mut builder = http::Request::post(config.collector_url.as_str())
-        .header("content-type", config.sink_format.content_type())
-        .header("idempotency-key", batch_id);
-    if let Some(token) = &config.collector_token {
-        builder = builder.header("authorization", format!("Bearer {token}"));
-    }
-    let request = match builder.body(FullBody::new(Bytes::from(body))) {
-        Ok(r) => r,
-        Err(e) => return (None, e.to_string()),
-    };
-    let sending = Box::pin(spin_sdk::http::send(request));
-    let timeout = Box::pin(spin_sdk::time::sleep(COLLECTOR_TIMEOUT));
-    let outcome = futures_util::future::select(sending, timeout).await;
-    match outcome {
-        futures_util::future::Either::Left((Ok(answer), _)) => {
-            let status = answer.status().as_u16();
-            if (200..300).contains(&status) {
-                (Some(status), String::new())
-            } else {
-                let text = answer
-                    .into_body()
-                    .bytes()
-                    .await
-                    .map(|b| String::from_utf8_lossy(&b).chars().take(500).collect())
-                    .unwrap_or_default();
-                (Some(status), text)
-            }
-        }
-        futures_util::future::Either::Left((Err(code), _)) => (None, format!("{code:?}")),
-        futures_util::future::Either::Right(_) => (
-            None,
-            format!("no answer within {} ms", COLLECTOR_TIMEOUT.as_millis()),
-        ),
-    }
-}
-
-/// This instance's view: on Spin/wasi:http every instance batches on its own.
-pub fn stats() -> serde_json::Value {
-    INSTANCE.with(|cell| match cell.borrow().as_ref() {
-        None => serde_json::json!({ "scope": "instance", "pending": 0, "in_flight": 0 }),
-        Some(i) => {
-            let mut v = serde_json::to_value(i.counters).unwrap_or_default();
-            v["scope"] = "instance".into();
-            v["pending"] = i.queue.len().into();
-            v["in_flight"] = i.in_flight.as_ref().map_or(0, |(_, b)| b.len()).into();
-            v["consecutive_failures"] = i.failures.into();
-            v["flusher_running"] = i.flusher_running.into();
-            v
-        }
-    })
-}
-
-/// The admin view of dead letters, as JSON text: this instance's recent ones and, in the spin
-/// flavour, the batch bodies parked in key-value (passed through verbatim, not re-parsed).
-pub async fn dead_letters() -> String {
-    let recent: Vec<serde_json::Value> = INSTANCE.with(|cell| {
-        cell.borrow()
-            .as_ref()
-            .map(|i| i.dead_letters.iter().cloned().collect())
-            .unwrap_or_default()
-    });
-    let recent = serde_json::to_string(&recent).unwrap_or_else(|_| "[]".into());
-    #[cfg(feature = "spin")]
-    {
-        use crate::delivery::spill::KeyValue;
-        let mut stored = Vec::new();
-        if let Ok(store) = super::kv::open().await {
-            let keys = store.keys().await.unwrap_or_default();
-            for key in keys
-                .iter()
-                .filter(|k| k.starts_with(crate::delivery::spill::DEAD_PREFIX))
-                .take(100)
-            {
-                if let Ok(Some(body)) = store.get(key).await {
-                    if let Ok(text) = String::from_utf8(body) {
-                        stored.push(text);
-                    }
-                }
-            }
-        }
-        format!(
-            "{{\"dead_letters\":{recent},\"stored\":[{}]}}",
-            stored.join(",")
-        )
-    }
-    #[cfg(not(feature = "spin"))]
-    format!("{{\"dead_letters\":{recent},\"note\":\"the portable flavour keeps dead letters in instance memory only (and logs them)\"}}")
 }

@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::http::problem::{Problem, ProblemType};
 use crate::http::rate_limit::{self, RateLimit};
 use crate::http::routes::Accepted;
+use crate::ports::StoreError;
 
 pub async fn admit(config: &Config, accepted: &Accepted, now_ms: u64) -> Result<(), Problem> {
     let Some(limit) = config.rate_limit else {
@@ -22,7 +23,7 @@ pub async fn admit(config: &Config, accepted: &Accepted, now_ms: u64) -> Result<
         Ok(Ok(())) => Ok(()),
         Ok(Err(retry_after_s)) => Err(rate_limit::limited(retry_after_s, &limit)),
         Err(e) => {
-            super::emit("error", "rate_limit_store_failed", "", &[("error", &e)]);
+            super::emit("error", "rate_limit_store_failed", "", &[("error", &e.0)]);
             Err(Problem::new(
                 ProblemType::UpstreamUnavailable,
                 "the rate-limit store is unavailable; nothing was accepted",
@@ -37,8 +38,8 @@ async fn admit_costs(
     limit: &RateLimit,
     costs: &[(&str, u32)],
     now_ms: u64,
-) -> Result<Result<(), u32>, String> {
-    let store = super::kv::open().await?;
+) -> Result<Result<(), u32>, StoreError> {
+    let store = super::kv::open(super::kv::Path::Request).await?;
     rate_limit::admit_in_store(&store, limit, costs, now_ms).await
 }
 
@@ -47,7 +48,7 @@ async fn admit_costs(
     limit: &RateLimit,
     costs: &[(&str, u32)],
     now_ms: u64,
-) -> Result<Result<(), u32>, String> {
+) -> Result<Result<(), u32>, StoreError> {
     use std::cell::RefCell;
 
     use crate::http::rate_limit::MemoryBuckets;

@@ -89,6 +89,9 @@ async fn handle(req: Request) -> http::Response<FullBody<Bytes>> {
     let settings = settings().await;
     let cors = settings.cors_headers(req.headers().get("origin").and_then(|v| v.to_str().ok()));
     let answer = serve(req, &settings, now, &request_id).await;
+    if let Ok(config) = settings.config.as_ref() {
+        delivery::nudge(config).await;
+    }
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     to_response(answer.finish(&request_id, elapsed_ms, cors))
 }
@@ -166,9 +169,10 @@ async fn serve(req: Request, settings: &Settings, now: u64, request_id: &str) ->
             }
         }
         Action::Admin(AdminQuery::Stats) => HttpResponse::json(200, delivery::stats().to_string()),
-        Action::Admin(AdminQuery::DeadLetters) => {
-            HttpResponse::json(200, delivery::dead_letters().await)
-        }
+        Action::Admin(AdminQuery::DeadLetters) => match settings.config.as_ref() {
+            Ok(config) => HttpResponse::json(200, delivery::dead_letters(config).await),
+            Err(_) => HttpResponse::problem(&Problem::internal(), request_id),
+        },
     }
 }
 
@@ -178,15 +182,15 @@ async fn serve(req: Request, settings: &Settings, now: u64, request_id: &str) ->
 async fn stored_profiles(settings: &Settings, now: u64, request_id: &str) -> Option<Rc<Profiles>> {
     use std::cell::RefCell;
 
-    use crate::delivery::spill::KeyValue;
     use crate::domain::profile_cache::{self, CacheSlot, PROFILES_KEY};
+    use crate::ports::KeyValue;
 
     thread_local! {
         static CACHE: CacheSlot = const { RefCell::new(None) };
     }
     let read = || async {
-        let store = kv::open().await?;
-        let value = store.get(PROFILES_KEY).await?;
+        let store = kv::open(kv::Path::Request).await.map_err(|e| e.0)?;
+        let value = store.get(PROFILES_KEY).await.map_err(|e| e.0)?;
         Ok(value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
     };
     let log_kept = |error: &str| {

@@ -120,6 +120,20 @@ impl SpinHost {
         .expect("write Spin's key-value db");
     }
 
+    /// The value of `key` in the store `default`, as text.
+    pub fn kv_get(&self, key: &str) -> Option<String> {
+        let db = rusqlite::Connection::open(self.key_value_db()).expect("open Spin's key-value db");
+        db.busy_timeout(Duration::from_secs(5))
+            .expect("busy timeout");
+        db.query_row(
+            "SELECT value FROM spin_key_value WHERE store = 'default' AND key = ?1",
+            [key],
+            |row| row.get::<_, Vec<u8>>(0),
+        )
+        .ok()
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+
     /// The keys of the store `default` that start with `prefix`.
     pub fn kv_keys(&self, prefix: &str) -> Vec<String> {
         let db = rusqlite::Connection::open(self.key_value_db()).expect("open Spin's key-value db");
