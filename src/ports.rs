@@ -141,12 +141,14 @@ pub trait OutboxStore {
         readings: &[Rc<str>],
     ) -> Result<Self::Key, StoreError>;
 
-    /// The first `settled` of the segment's `readings` (all it held when appended) are
-    /// delivered or dead-lettered; `settled == readings.len()` removes the segment.
+    /// The first `settled` of the segment's `readings` (all it held when appended or restored)
+    /// are delivered or dead-lettered: the store keeps the rest, or removes the segment when
+    /// `settled == readings.len()`.
     async fn trim(
         &self,
         key: &Self::Key,
         settled: usize,
+        node: &str,
         readings: &[Rc<str>],
     ) -> Result<(), StoreError>;
 

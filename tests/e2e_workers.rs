@@ -190,8 +190,20 @@ fn concurrent_requests_share_batcher_calls_and_lose_nothing() {
         .expect("admin stats")
         .into_json()
         .expect("json");
-    let calls = stats["batchers"][0]["accept_calls"].as_u64().unwrap();
+    let calls = stats["batchers"][0]["billed"]["requests"]["accept_calls"]
+        .as_u64()
+        .unwrap();
     assert_eq!(stats["batchers"][0]["accepted_readings"], 640);
+    // Storage is written per call, not per reading: a row in, a row out for each call's
+    // segment, and at most one partial trim per batch.
+    let rows_written = stats["batchers"][0]["billed"]["storage"]["rows_written"]
+        .as_u64()
+        .unwrap();
+    let batches = stats["batchers"][0]["flushed_batches"].as_u64().unwrap();
+    assert!(
+        rows_written <= 2 * calls + batches,
+        "{rows_written} rows written for {calls} calls and {batches} batches"
+    );
     assert!(
         calls <= 640,
         "at most one batcher call per request ({calls})"
@@ -206,7 +218,7 @@ fn concurrent_requests_share_batcher_calls_and_lose_nothing() {
         !log.contains("code had hung"),
         "a request was cancelled as hung:\n{log}"
     );
-    eprintln!("640 concurrent readings took {calls} batcher calls");
+    eprintln!("640 concurrent readings took {calls} batcher calls and {rows_written} rows written");
 }
 
 /// The hostile-input suite (tests/support/hostile.rs) in `token` and in `hmac` mode, each on a

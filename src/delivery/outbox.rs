@@ -212,6 +212,7 @@ impl Outcome {
 pub struct Trim<K> {
     pub key: K,
     pub settled: usize,
+    pub node: Rc<str>,
     pub readings: Vec<Rc<str>>,
 }
 
@@ -632,6 +633,7 @@ impl<K: Clone + PartialEq> Outbox<K> {
                     trims.push(Trim {
                         key: e.key,
                         settled: prefix,
+                        node: e.node,
                         readings: e.readings,
                     });
                 }
@@ -640,6 +642,7 @@ impl<K: Clone + PartialEq> Outbox<K> {
                 trims.push(Trim {
                     key: e.key.clone(),
                     settled: prefix,
+                    node: e.node.clone(),
                     readings: e.readings.clone(),
                 });
             }
@@ -718,7 +721,7 @@ where
         .borrow_mut()
         .finish_round(d.clock.now_ms(), jitter(d.entropy));
     for t in trims {
-        if let Err(e) = d.store.trim(&t.key, t.settled, &t.readings).await {
+        if let Err(e) = d.store.trim(&t.key, t.settled, &t.node, &t.readings).await {
             // The segment stays in the store: after a restore its readings go out again (a
             // duplicate the collector drops by id), never a loss.
             d.log
@@ -820,6 +823,7 @@ impl OutboxStore for MemoryStore {
         &self,
         _key: &u64,
         _settled: usize,
+        _node: &str,
         _readings: &[Rc<str>],
     ) -> Result<(), crate::ports::StoreError> {
         Ok(())

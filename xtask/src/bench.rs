@@ -206,8 +206,12 @@ fn measure(
         }
         if admin {
             let after = admin_stats(base);
-            let calls = after["accept_calls"].as_f64().unwrap_or(0.0)
-                - stats_before["accept_calls"].as_f64().unwrap_or(0.0);
+            let calls = after["billed"]["requests"]["accept_calls"]
+                .as_f64()
+                .unwrap_or(0.0)
+                - stats_before["billed"]["requests"]["accept_calls"]
+                    .as_f64()
+                    .unwrap_or(0.0);
             let readings = after["accepted_readings"].as_f64().unwrap_or(0.0)
                 - stats_before["accepted_readings"].as_f64().unwrap_or(0.0);
             if readings > 0.0 {

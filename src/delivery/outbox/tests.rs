@@ -171,6 +171,7 @@ impl OutboxStore for FakeStore {
         &self,
         key: &u64,
         settled: usize,
+        _node: &str,
         readings: &[Rc<str>],
     ) -> Result<(), StoreError> {
         if self.fail_trims.get() {

@@ -7,6 +7,7 @@
 mod batcher;
 mod group_commit;
 mod log;
+mod sql_store;
 mod wire;
 
 use std::cell::{OnceCell, RefCell};
