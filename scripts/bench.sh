@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The bench command: installs what it needs, builds release artifacts (edge-enrich and its
 # peers), then runs `cargo xtask bench`, which prints one table and writes bench/results.json.
-#   scripts/bench.sh [--duration SECONDS] [--connections 100,10] [--only core|sizes|workers|workerd|wrangler-dev|wasmtime]
-# Loopback only; each load run is bounded by --duration (default 20 s). About 10 minutes in all.
+#   scripts/bench.sh [--duration SECONDS] [--connections 100,10] [--only core|sizes|workers|workerd|wrangler-dev|wasmtime|spin]
+# Loopback only; each load run is bounded by --duration (default 20 s). About 15 minutes in all.
+# The spin section runs under a real Spin CLI ($SPIN, else ../shared/tools/spin) and is skipped,
+# saying so, without one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH" WRANGLER_SEND_METRICS=false NO_COLOR=1
@@ -25,5 +27,6 @@ say "criterion (native core)"
 cargo bench --bench core -- --noplot 2>&1 | grep -E "^core/|time:|thrpt:" || true
 
 export EDGE_ENRICH_COLLECTOR_BIN="$PWD/target/release/edge-enrich-collector"
+[[ -z "${SPIN:-}" && -x ../shared/tools/spin ]] && export SPIN="$(cd ../shared/tools && pwd)/spin"
 say "cargo xtask bench $*"
 cargo xtask bench "$@"

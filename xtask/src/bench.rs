@@ -180,6 +180,7 @@ fn measure(
     base: &str,
     delivers: bool,
     admin: bool,
+    cpu_ms: &dyn Fn() -> f64,
     collector: &Collector,
     o: &Options,
 ) -> Vec<Value> {
@@ -198,7 +199,13 @@ fn measure(
         } else {
             Value::Null
         };
+        let cpu_before = cpu_ms();
         let mut row = load(&url, c, o.duration);
+        let responses = row["responses"].as_f64().unwrap_or(0.0);
+        if responses > 0.0 {
+            let per_request = (cpu_ms() - cpu_before) / responses;
+            row["cpu_ms_per_request"] = json!((per_request * 1000.0).round() / 1000.0);
+        }
         if delivers {
             let accepted =
                 row["responses"].as_u64().unwrap_or(0) - row["non_2xx"].as_u64().unwrap_or(0);
@@ -206,16 +213,25 @@ fn measure(
         }
         if admin {
             let after = admin_stats(base);
-            let calls = after["billed"]["requests"]["accept_calls"]
-                .as_f64()
-                .unwrap_or(0.0)
-                - stats_before["billed"]["requests"]["accept_calls"]
-                    .as_f64()
-                    .unwrap_or(0.0);
-            let readings = after["accepted_readings"].as_f64().unwrap_or(0.0)
-                - stats_before["accepted_readings"].as_f64().unwrap_or(0.0);
+            let delta = |path: &[&str]| {
+                let at = |v: &Value| path.iter().fold(v.clone(), |v, k| v[*k].clone());
+                at(&after).as_f64().unwrap_or(0.0) - at(&stats_before).as_f64().unwrap_or(0.0)
+            };
+            let readings = delta(&["accepted_readings"]);
             if readings > 0.0 {
-                row["batcher_calls_per_1000"] = json!((calls * 1000.0 / readings).round());
+                let per_1000 = |v: f64| (v * 10_000.0 / readings).round() / 10.0;
+                let requests = |k| delta(&["billed", "requests", k]);
+                let storage = |k| delta(&["billed", "storage", k]);
+                row["batcher_calls_per_1000"] = json!(per_1000(requests("accept_calls")).round());
+                row["billed_per_1000_readings"] = json!({
+                    "do_requests": per_1000(requests("accept_calls") + requests("alarm_runs")),
+                    "accept_calls": per_1000(requests("accept_calls")),
+                    "alarm_runs": per_1000(requests("alarm_runs")),
+                    "alarms_set": per_1000(requests("alarms_set")),
+                    "rows_written": per_1000(storage("rows_written")),
+                    "rows_read": per_1000(storage("rows_read")),
+                });
+                row["usd_per_million_readings"] = cost_per_million_readings(&row, o.duration);
             }
         }
         row["name"] = json!(name);
@@ -223,6 +239,55 @@ fn measure(
         rows.push(row);
     }
     rows
+}
+
+/// Cloudflare's published prices, with the date they were read (bench/prices.json).
+fn prices() -> Value {
+    let path = repo_root().join("bench/prices.json");
+    std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_else(|| panic!("{} is missing or not JSON", path.display()))
+}
+
+/// What a million GET readings cost on Cloudflare at this run's rates: one Worker request and
+/// its CPU each, the Durable Object's requests, rows and duration (see bench/prices.json for
+/// the prices and what is assumed). None without the counts.
+fn cost_per_million_readings(row: &Value, run: Duration) -> Value {
+    let p = prices();
+    let price = |k: &str| p["usd_per_million"][k].as_f64().unwrap_or(f64::NAN) / 1e6;
+    let b = &row["billed_per_1000_readings"];
+    let per_reading = |k: &str| b[k].as_f64().unwrap_or(f64::NAN) / 1000.0;
+    let readings =
+        row["responses"].as_f64().unwrap_or(0.0) - row["non_2xx"].as_f64().unwrap_or(0.0);
+    let cpu_ms = row["cpu_ms_per_request"].as_f64().unwrap_or(f64::NAN);
+    let gb_s = p["do_memory_gb"].as_f64().unwrap_or(f64::NAN) * run.as_secs_f64() / readings;
+    let parts = [
+        ("worker_requests", price("worker_requests")),
+        ("worker_cpu", price("worker_cpu_ms") * cpu_ms),
+        (
+            "do_requests",
+            price("do_requests") * per_reading("do_requests"),
+        ),
+        (
+            "do_rows_written",
+            price("do_rows_written") * (per_reading("rows_written") + per_reading("alarms_set")),
+        ),
+        (
+            "do_rows_read",
+            price("do_rows_read") * per_reading("rows_read"),
+        ),
+        ("do_duration", price("do_gb_s") * gb_s),
+    ];
+    let mut out = json!({});
+    let mut total = 0.0;
+    for (k, usd) in parts {
+        out[k] = json!((usd * 1e6 * 10_000.0).round() / 10_000.0);
+        total += usd * 1e6;
+    }
+    out["total"] = json!((total * 10_000.0).round() / 10_000.0);
+    out["prices_read_on"] = p["read_on"].clone();
+    out
 }
 
 fn edge_vars(collector: &Collector) -> Vec<(String, String)> {
@@ -269,15 +334,34 @@ fn workers_section(o: &Options, collector: &Collector, dir: &Path) -> Value {
             };
             let scratch_dir = dir.join(format!("{runtime}-{name}"));
             std::fs::create_dir_all(&scratch_dir).expect("scratch");
-            let admin = *name == "edge-enrich";
+            // Both delivering Workers report what their Durable Object is billed for.
+            let admin = *delivers;
             if runtime == "wrangler-dev" {
                 let host = WorkersHost::start_worker(&scratch_dir, spec);
                 startup[*name] = json!(host.startup.as_millis());
-                rows.extend(measure(name, &host.url(""), *delivers, admin, collector, o));
+                let cpu = || host.workerd_cpu_ms();
+                rows.extend(measure(
+                    name,
+                    &host.url(""),
+                    *delivers,
+                    admin,
+                    &cpu,
+                    collector,
+                    o,
+                ));
             } else {
                 let host = LocalServer::workerd(&scratch_dir, &spec);
                 startup[*name] = json!(host.startup.as_millis());
-                rows.extend(measure(name, &host.url(""), *delivers, admin, collector, o));
+                let cpu = || host.cpu_ms();
+                rows.extend(measure(
+                    name,
+                    &host.url(""),
+                    *delivers,
+                    admin,
+                    &cpu,
+                    collector,
+                    o,
+                ));
             }
         }
         out[runtime] = json!({ "runs": rows, "startup_ms": startup });
@@ -311,9 +395,128 @@ fn wasmtime_section(o: &Options, collector: &Collector, dir: &Path) -> Value {
                 vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             let host = LocalServer::wasmtime(&scratch_dir, component, &env, one);
             startup[*name] = json!(host.startup.as_millis());
-            rows.extend(measure(name, &host.url(""), *delivers, false, collector, o));
+            let cpu = || host.cpu_ms();
+            rows.extend(measure(
+                name,
+                &host.url(""),
+                *delivers,
+                false,
+                &cpu,
+                collector,
+                o,
+            ));
         }
         out[mode] = json!({ "runs": rows, "startup_ms": startup });
+    }
+    out
+}
+
+/// The spin flavour against a hello-world component under a real `spin up`, when a Spin CLI is
+/// there; then what one 500-reading NDJSON POST asks of key-value before its answer.
+fn spin_section(o: &Options, collector: &Collector, dir: &Path) -> Value {
+    let Some(cli) = spin_cli() else {
+        eprintln!("  SKIPPED: no Spin CLI (set SPIN=/path/to/spin)");
+        return json!({ "skipped": "no Spin CLI" });
+    };
+    let root = repo_root();
+    let hello_dir = dir.join("spin-hello-component");
+    std::fs::create_dir_all(&hello_dir).expect("scratch");
+    let hello_manifest = hello_dir.join("spin.toml");
+    std::fs::write(
+        &hello_manifest,
+        format!(
+            "spin_manifest_version = 2\n[application]\nname = \"hello\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"hello\"\n[component.hello]\nsource = {}\n",
+            serde_json::to_string(&root.join("target/wasm32-wasip2/component/hello_peer.wasm").display().to_string()).expect("path")
+        ),
+    )
+    .expect("hello manifest");
+    let vars = edge_vars(collector);
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut rows = Vec::new();
+    let mut startup = json!({});
+    {
+        let edge_dir = dir.join("spin-edge-enrich");
+        std::fs::create_dir_all(&edge_dir).expect("scratch");
+        let host = SpinHost::start(&edge_dir, &vars);
+        startup["edge-enrich"] = json!(host.startup.as_millis());
+        let cpu = || host.cpu_ms();
+        rows.extend(measure(
+            "edge-enrich",
+            &host.url(""),
+            true,
+            false,
+            &cpu,
+            collector,
+            o,
+        ));
+    }
+    {
+        let host = SpinHost::start_app(&hello_dir, &hello_manifest, &[], &[]);
+        startup["hello-component"] = json!(host.startup.as_millis());
+        let cpu = || host.cpu_ms();
+        rows.extend(measure(
+            "hello-component",
+            &host.url(""),
+            false,
+            false,
+            &cpu,
+            collector,
+            o,
+        ));
+    }
+    json!({
+        "version": sh(&format!("{} --version", cli.display())),
+        "runs": rows,
+        "startup_ms": startup,
+        "key_value_per_post_500": spin_key_value_per_post(collector, dir),
+    })
+}
+
+/// 20 NDJSON POSTs of 500 readings, one after the other (one instance serves them), then that
+/// instance's key-value calls on the request path: without and with the rate limit.
+fn spin_key_value_per_post(collector: &Collector, dir: &Path) -> Value {
+    let body: String = (0..500)
+        .map(|i| {
+            format!(
+                "{{\"device_id\":\"bench-post\",\"temp\":{}.5,\"seq\":{i}}}\n",
+                i % 40
+            )
+        })
+        .collect();
+    let mut out = json!({});
+    for (label, rate) in [("rate_limit_off", "0"), ("rate_limit_on", "1000000")] {
+        let scratch_dir = dir.join(format!("spin-kv-{label}"));
+        std::fs::create_dir_all(&scratch_dir).expect("scratch");
+        let ingest = collector.ingest_url();
+        let host = SpinHost::start(
+            &scratch_dir,
+            &[
+                ("COLLECTOR_URL", &ingest),
+                ("AUTH_MODE", "off"),
+                ("ADMIN_TOKEN", ADMIN),
+                ("RATE_LIMIT_READINGS_PER_S", rate),
+                ("RATE_LIMIT_BURST", "1000000"),
+            ],
+        );
+        for _ in 0..20 {
+            let r = post(&host.url("/v1/readings"), "application/x-ndjson", &body);
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+        let stats = ureq::get(&host.url("/admin/stats"))
+            .set("authorization", &format!("Bearer {ADMIN}"))
+            .call()
+            .ok()
+            .and_then(|r| r.into_json::<Value>().ok())
+            .unwrap_or(Value::Null);
+        let requests = stats["accepted_segments"].as_f64().unwrap_or(f64::NAN);
+        let path = &stats["key_value"]["request_path"];
+        let per = |k: &str| path[k].as_f64().unwrap_or(f64::NAN) / requests;
+        out[label] = json!({
+            "requests_seen_by_instance": requests,
+            "writes_per_request": per("set"), "reads_per_request": per("get"),
+            "deletes_per_request": per("delete"), "lists_per_request": per("list"),
+            "background": stats["key_value"]["background"],
+        });
     }
     out
 }
@@ -401,6 +604,7 @@ fn targets(r: &Value, o: &Options) -> Vec<Target> {
             "hello-component",
         ));
     }
+    hosts.push(("spin up".to_owned(), &r["spin"], "hello-component"));
     for (host, runs, floor) in &hosts {
         for &c in &o.connections {
             let (Some(e), Some(fl)) = (find(runs, "edge-enrich", c), find(runs, floor, c)) else {
@@ -473,6 +677,47 @@ fn targets(r: &Value, o: &Options) -> Vec<Target> {
             }
         }
     }
+    // What Cloudflare bills, at load on workerd (100 connections, the measure).
+    if let Some(e) = find(&r["workers"]["workerd"], "edge-enrich", 100) {
+        let b = &e["billed_per_1000_readings"];
+        let rows = f(&b["rows_written"]) + f(&b["alarms_set"]);
+        check(
+            "workerd c=100: <= 50 DO rows written / 1000 readings".into(),
+            format!(
+                "{rows:.1} ({} SQL rows + {} setAlarm)",
+                b["rows_written"], b["alarms_set"]
+            ),
+            rows <= 50.0,
+        );
+        check(
+            "workerd c=100: <= 50 DO requests / 1000 readings".into(),
+            format!(
+                "{} ({} accept calls + {} alarm runs)",
+                b["do_requests"], b["accept_calls"], b["alarm_runs"]
+            ),
+            f(&b["do_requests"]) <= 50.0,
+        );
+        let usd = f(&e["usd_per_million_readings"]["total"]);
+        check(
+            "workerd c=100: <= $0.35 per million GET readings".into(),
+            format!("${usd:.4} (Worker request floor $0.30)"),
+            usd <= 0.35,
+        );
+    }
+    let kv = &r["spin"]["key_value_per_post_500"]["rate_limit_off"];
+    if kv.is_object() {
+        check(
+            "spin: a 500-reading NDJSON POST makes 1 key-value write before its answer".into(),
+            format!(
+                "{} writes, {} reads per request (rate limit off; on: {} writes, {} reads)",
+                kv["writes_per_request"],
+                kv["reads_per_request"],
+                r["spin"]["key_value_per_post_500"]["rate_limit_on"]["writes_per_request"],
+                r["spin"]["key_value_per_post_500"]["rate_limit_on"]["reads_per_request"]
+            ),
+            f(&kv["writes_per_request"]) <= 1.0,
+        );
+    }
     // A partial run (--only) leaves the other sections null: no verdict on what was not run.
     let wasm_get = f(&r["core"]["wasm"]["get_ns_per_reading"]);
     if !wasm_get.is_nan() {
@@ -514,6 +759,8 @@ fn print_table(r: &Value, o: &Options) {
     for mode in ["reuse", "one-instance-per-request"] {
         sections.push((format!("wasmtime/{mode}"), &r["wasmtime"][mode]));
     }
+    sections.push(("spin up".to_owned(), &r["spin"]));
+    let mut billing = Vec::new();
     for (host, runs) in sections {
         for row in runs["runs"].as_array().into_iter().flatten() {
             let n = |k: &str| {
@@ -537,6 +784,23 @@ fn print_table(r: &Value, o: &Options) {
             } else {
                 String::new()
             };
+            if let Some(b) = row.get("billed_per_1000_readings") {
+                billing.push(format!(
+                    "  {:<20} {:<12} c={:<4} DO requests {:>6} ({} accept calls + {} alarm runs), rows written {:>6} + {} setAlarm, rows read {:>6}; CPU {} ms/request; ${} per million readings {}",
+                    host,
+                    row["name"].as_str().unwrap_or("?"),
+                    row["connections"],
+                    b["do_requests"],
+                    b["accept_calls"],
+                    b["alarm_runs"],
+                    b["rows_written"],
+                    b["alarms_set"],
+                    b["rows_read"],
+                    row["cpu_ms_per_request"],
+                    row["usd_per_million_readings"]["total"],
+                    row["usd_per_million_readings"]
+                ));
+            }
             println!(
                 "{:<26} {:<17} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  {delivery}",
                 host,
@@ -556,6 +820,17 @@ fn print_table(r: &Value, o: &Options) {
             "", runs["startup_ms"]
         );
     }
+    println!(
+        "\nwhat Cloudflare bills, per 1000 readings (prices of {}, bench/prices.json):",
+        prices()["read_on"]
+    );
+    for line in billing {
+        println!("{line}");
+    }
+    println!(
+        "spin: key-value calls per 500-reading POST: {}",
+        r["spin"]["key_value_per_post_500"]
+    );
     let c = &r["core"];
     println!(
         "\ncore ns/reading: wasm {} | native {} | criterion {}",
@@ -601,6 +876,10 @@ pub fn run(o: &Options) {
     if o.wants("wasmtime") {
         eprintln!("load on wasmtime serve ...");
         results["wasmtime"] = wasmtime_section(o, &collector, &dir);
+    }
+    if o.wants("spin") {
+        eprintln!("load on spin up ...");
+        results["spin"] = spin_section(o, &collector, &dir);
     }
     results["targets"] = targets(&results, o)
         .into_iter()

@@ -1,5 +1,5 @@
 //! `cargo xtask <task>`: developer tasks that drive real processes.
-//!   bench [--duration SECONDS] [--connections 100,10] [--only core|sizes|workers|wasmtime]
+//!   bench [--duration SECONDS] [--connections 100,10] [--only core|sizes|workers|workerd|wrangler-dev|wasmtime|spin]
 //!   sim [--url URL] [--devices N] [--rate R] [--duration S] [--auth token|hmac] [--check COLLECTOR]
 //!   mint-token DEVICE_ID                      a device's key / bearer token
 //!   sign DEVICE_ID METHOD TARGET [BODY_FILE]  an `hmac`-mode Authorization header for now
@@ -12,7 +12,7 @@ use edge_enrich::domain::reading::DeviceId;
 use edge_enrich::http::auth::{sign, MasterSecret, SignedParts};
 use xtask::{bench, sim};
 
-const USAGE: &str = "usage: cargo xtask bench [--duration SECONDS] [--connections 100,10] [--only core|sizes|workers|wasmtime]
+const USAGE: &str = "usage: cargo xtask bench [--duration SECONDS] [--connections 100,10] [--only core|sizes|workers|workerd|wrangler-dev|wasmtime|spin]
        cargo xtask sim [--url URL] [--devices N] [--rate READINGS_PER_S] [--duration S] [--threads T] [--auth token|hmac] [--check COLLECTOR_URL]
        AUTH_SECRET=... cargo xtask mint-token DEVICE_ID
        AUTH_SECRET=... cargo xtask sign DEVICE_ID METHOD TARGET [BODY_FILE]   (TARGET: /v1/readings?...)";

@@ -83,6 +83,12 @@ export default {
   async fetch(request, env) {
     const url = new URL(request.url);
     if (url.pathname === "/healthz") return Response.json({ status: "ok", platform: "cloudflare-workers-js" });
+    if (url.pathname === "/admin/stats") {
+      // Shaped like edge-enrich's, so the bench reads both the same way.
+      const cf = request.cf ?? {};
+      const stub = env.BATCHER.get(env.BATCHER.idFromName(`${cf.colo ?? "local"}:0`));
+      return Response.json({ batchers: [await stub.stats()] });
+    }
     if (url.pathname !== "/v1/readings") return problem(404, "Not found", "no such resource");
     let items;
     if (request.method === "GET") {
@@ -128,14 +134,18 @@ export default {
 // one multi-row INSERT, and an alarm sends up to SENDS_IN_FLIGHT batches at once.
 const ROWS_PER_INSERT = 50; // 2 bound parameters per row, 100 per statement
 const SENDS_IN_FLIGHT = 4;
+// What Cloudflare bills the object for is counted as edge-enrich counts its own: every RPC call
+// and alarm run, every setAlarm, and the rows each statement's cursor read and wrote.
 
 export class Batcher extends DurableObject {
   constructor(ctx, env) {
     super(ctx, env);
     this.sql = ctx.storage.sql;
-    this.sql.exec("CREATE TABLE IF NOT EXISTS pending (seq INTEGER PRIMARY KEY, received_at_ms INTEGER, doc TEXT, batch_id TEXT)");
-    this.sql.exec("CREATE INDEX IF NOT EXISTS pending_batch ON pending (batch_id)");
-    this.pending = this.sql.exec("SELECT COUNT(*) AS n FROM pending").one().n;
+    this.billed = { accept_calls: 0, alarm_runs: 0, alarms_set: 0, rows_read: 0, rows_written: 0 };
+    this.acceptedReadings = 0;
+    this.exec("CREATE TABLE IF NOT EXISTS pending (seq INTEGER PRIMARY KEY, received_at_ms INTEGER, doc TEXT, batch_id TEXT)");
+    this.exec("CREATE INDEX IF NOT EXISTS pending_batch ON pending (batch_id)");
+    this.pending = this.exec("SELECT COUNT(*) AS n FROM pending")[0].n;
     this.alarmAt = undefined; // unknown until first read
     this.failures = 0;
     this.maxItems = Number(env.FLUSH_MAX_ITEMS ?? 50);
@@ -143,21 +153,42 @@ export class Batcher extends DurableObject {
     this.maxBacklog = Number(env.MAX_BACKLOG ?? 10000);
   }
 
+  // Runs a statement, returns its rows, and counts what it read and wrote.
+  exec(query, ...binds) {
+    const cursor = this.sql.exec(query, ...binds);
+    const rows = cursor.toArray();
+    this.billed.rows_read += cursor.rowsRead;
+    this.billed.rows_written += cursor.rowsWritten;
+    return rows;
+  }
+
+  stats() {
+    const { accept_calls, alarm_runs, alarms_set, rows_read, rows_written } = this.billed;
+    return {
+      accepted_readings: this.acceptedReadings,
+      pending: this.pending,
+      billed: { requests: { accept_calls, alarm_runs, alarms_set }, storage: { rows_read, rows_written } },
+    };
+  }
+
   async setAlarm(at) {
+    this.billed.alarms_set += 1;
     await this.ctx.storage.setAlarm(at);
     this.alarmAt = at;
   }
 
   async accept(docs, node) {
+    this.billed.accept_calls += 1;
     this.node = node;
     if (this.pending + docs.length > this.maxBacklog) return false;
     const now = Date.now();
     for (let i = 0; i < docs.length; i += ROWS_PER_INSERT) {
       const chunk = docs.slice(i, i + ROWS_PER_INSERT);
       const binds = chunk.flatMap((doc) => [now, doc]);
-      this.sql.exec(`INSERT INTO pending (received_at_ms, doc) VALUES ${chunk.map(() => "(?, ?)").join(", ")}`, ...binds);
+      this.exec(`INSERT INTO pending (received_at_ms, doc) VALUES ${chunk.map(() => "(?, ?)").join(", ")}`, ...binds);
     }
     this.pending += docs.length;
+    this.acceptedReadings += docs.length;
     if (this.alarmAt === undefined) this.alarmAt = await this.ctx.storage.getAlarm();
     const due = this.pending >= this.maxItems ? now : now + this.maxAgeMs;
     if (this.failures === 0 && (this.alarmAt === null || this.alarmAt > due)) await this.setAlarm(due);
@@ -167,10 +198,10 @@ export class Batcher extends DurableObject {
   // The readings of the next batch: one formed earlier and not yet delivered, or a new one if
   // enough are waiting or the oldest is due. null: nothing due now (an alarm is set for later).
   async nextBatch() {
-    const formed = this.sql.exec("SELECT batch_id FROM pending WHERE batch_id IS NOT NULL AND batch_id NOT IN (SELECT value FROM json_each(?)) LIMIT 1", JSON.stringify([...this.sending])).toArray()[0];
+    const formed = this.exec("SELECT batch_id FROM pending WHERE batch_id IS NOT NULL AND batch_id NOT IN (SELECT value FROM json_each(?)) LIMIT 1", JSON.stringify([...this.sending]))[0];
     let batchId = formed?.batch_id;
     if (!batchId) {
-      const oldest = this.sql.exec("SELECT received_at_ms FROM pending WHERE batch_id IS NULL ORDER BY seq LIMIT 1").toArray()[0]?.received_at_ms;
+      const oldest = this.exec("SELECT received_at_ms FROM pending WHERE batch_id IS NULL ORDER BY seq LIMIT 1")[0]?.received_at_ms;
       if (oldest === undefined) return null;
       const unassigned = this.pending - this.assigned;
       if (unassigned < this.maxItems && oldest + this.maxAgeMs > Date.now()) {
@@ -178,9 +209,9 @@ export class Batcher extends DurableObject {
         return null;
       }
       batchId = crypto.randomUUID();
-      this.sql.exec("UPDATE pending SET batch_id = ? WHERE seq IN (SELECT seq FROM pending WHERE batch_id IS NULL ORDER BY seq LIMIT ?)", batchId, this.maxItems);
+      this.exec("UPDATE pending SET batch_id = ? WHERE seq IN (SELECT seq FROM pending WHERE batch_id IS NULL ORDER BY seq LIMIT ?)", batchId, this.maxItems);
     }
-    const docs = this.sql.exec("SELECT doc FROM pending WHERE batch_id = ? ORDER BY seq", batchId).toArray().map((r) => r.doc);
+    const docs = this.exec("SELECT doc FROM pending WHERE batch_id = ? ORDER BY seq", batchId).map((r) => r.doc);
     this.sending.add(batchId);
     this.assigned += docs.length;
     return { batchId, docs };
@@ -197,9 +228,10 @@ export class Batcher extends DurableObject {
   }
 
   async alarm() {
+    this.billed.alarm_runs += 1;
     this.alarmAt = null; // this alarm has fired
     this.sending = new Set();
-    this.assigned = this.sql.exec("SELECT COUNT(*) AS n FROM pending WHERE batch_id IS NOT NULL").one().n;
+    this.assigned = this.exec("SELECT COUNT(*) AS n FROM pending WHERE batch_id IS NOT NULL")[0].n;
     for (;;) {
       const batches = [];
       for (let b; batches.length < SENDS_IN_FLIGHT && (b = await this.nextBatch()); ) batches.push(b);
@@ -213,7 +245,7 @@ export class Batcher extends DurableObject {
           return;
         }
         // Delivered, or refused for good (dead letter, dropped here).
-        this.sql.exec("DELETE FROM pending WHERE batch_id = ?", b.batchId);
+        this.exec("DELETE FROM pending WHERE batch_id = ?", b.batchId);
         this.pending -= b.docs.length;
         this.assigned -= b.docs.length;
       });

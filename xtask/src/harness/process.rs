@@ -33,6 +33,36 @@ impl Proc {
         }
     }
 
+    /// CPU time (user + system, ms) of the processes in this child's process group, or only of
+    /// those whose command is `comm` (e.g. `workerd` under `wrangler dev`, not its Node proxy):
+    /// read from /proc, Linux only; 0 where unreadable.
+    pub fn group_cpu_ms(&self, comm: Option<&str>) -> f64 {
+        let group = self.child.id().to_string();
+        let ticks_per_s = 100.0; // USER_HZ, 100 on Linux
+        let mut ticks = 0u64;
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid pgrp ... utime(14) stime(15); comm may hold spaces.
+            let Some((head, rest)) = stat.rsplit_once(") ") else {
+                continue;
+            };
+            let name = head.split_once(" (").map(|(_, n)| n).unwrap_or("");
+            let fields: Vec<&str> = rest.split(' ').collect();
+            if comm.is_none_or(|c| c == name) && fields.get(2) == Some(&group.as_str()) {
+                let field = |i: usize| {
+                    fields
+                        .get(i)
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                ticks += field(11) + field(12);
+            }
+        }
+        ticks as f64 * 1000.0 / ticks_per_s
+    }
+
     /// SIGKILL to the whole group: a crash, not a shutdown.
     pub fn kill(&mut self) {
         if std::mem::replace(&mut self.killed, true) {
@@ -88,5 +118,10 @@ impl LocalServer {
 
     pub fn log_text(&self) -> String {
         self.proc.log_text()
+    }
+
+    /// CPU time (ms) the runtime's processes have used so far; see `Proc::group_cpu_ms`.
+    pub fn cpu_ms(&self) -> f64 {
+        self.proc.group_cpu_ms(None)
     }
 }

@@ -20,6 +20,8 @@ pub fn spin_cli() -> Option<PathBuf> {
 pub struct SpinHost {
     pub port: u16,
     dir: PathBuf,
+    /// The application: edge-enrich's `spin.toml`, or another (the bench's hello floor).
+    manifest: PathBuf,
     variables: Vec<(String, String)>,
     args: Vec<String>,
     proc: Option<Proc>,
@@ -37,9 +39,15 @@ impl SpinHost {
 
     /// As `start`, with extra `spin up` arguments (e.g. `--max-instance-reuse-count 1`).
     pub fn start_with(dir: &Path, vars: &[(&str, &str)], args: &[&str]) -> Self {
+        Self::start_app(dir, &repo_root().join("spin.toml"), vars, args)
+    }
+
+    /// Another Spin application (its manifest) on the same terms.
+    pub fn start_app(dir: &Path, manifest: &Path, vars: &[(&str, &str)], args: &[&str]) -> Self {
         let mut host = Self {
             port: free_port(),
             dir: dir.to_owned(),
+            manifest: manifest.to_owned(),
             variables: spin_variables(vars),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             proc: None,
@@ -67,7 +75,7 @@ impl SpinHost {
         let cli = spin_cli().expect("no Spin CLI: set SPIN or provide ../shared/tools/spin");
         let component = repo_root().join("target/components/edge_enrich_spin.wasm");
         assert!(
-            component.exists(),
+            self.manifest != repo_root().join("spin.toml") || component.exists(),
             "{} is missing: run scripts/build-components.sh",
             component.display()
         );
@@ -75,7 +83,7 @@ impl SpinHost {
         cmd.current_dir(&self.dir)
             .arg("up")
             .arg("--from")
-            .arg(repo_root().join("spin.toml"))
+            .arg(&self.manifest)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .arg("--state-dir")
             .arg(self.state_dir())
@@ -162,6 +170,14 @@ impl SpinHost {
         if let Some(mut p) = self.proc.take() {
             p.kill();
         }
+    }
+
+    /// CPU time (ms) `spin up` has used so far.
+    pub fn cpu_ms(&self) -> f64 {
+        self.proc
+            .as_ref()
+            .map(|p| p.group_cpu_ms(None))
+            .unwrap_or(0.0)
     }
 
     /// Spin's own output of every start, then what the component wrote to its log files.

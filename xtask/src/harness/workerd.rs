@@ -176,6 +176,14 @@ impl WorkersHost {
     pub fn log_text(&self) -> String {
         self.proc.as_ref().map(|p| p.log_text()).unwrap_or_default()
     }
+
+    /// CPU time (ms) workerd has used so far (not wrangler's Node proxy).
+    pub fn workerd_cpu_ms(&self) -> f64 {
+        self.proc
+            .as_ref()
+            .map(|p| p.group_cpu_ms(Some("workerd")))
+            .unwrap_or(0.0)
+    }
 }
 
 pub const COMPATIBILITY_DATE: &str = "2026-04-01";
