@@ -90,7 +90,33 @@ impl WorkersHost {
         path
     }
 
+    /// Starts wrangler dev and waits for `/healthz`. workerd sometimes fails to start when a
+    /// port it was given was taken meanwhile (ports are picked free, then bound by another
+    /// process): then it is started again, up to three times, on fresh ports (keeping the
+    /// edge's port once it has been reached, so a restart keeps its URL).
     fn launch(&mut self) {
+        let first_start = self.starts == 0;
+        for attempt in 1..=3 {
+            match self.try_launch() {
+                Ok(()) => return,
+                Err(log) if attempt < 3 => {
+                    eprintln!(
+                        "wrangler dev did not start (attempt {attempt}), trying again:\n{log}"
+                    );
+                    if let Some(mut p) = self.proc.take() {
+                        p.kill();
+                    }
+                    if first_start {
+                        self.port = free_port();
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(log) => panic!("wrangler failed:\n{log}"),
+            }
+        }
+    }
+
+    fn try_launch(&mut self) -> Result<(), String> {
         let config = self.write_config();
         let wrangler = repo_root().join("node_modules/.bin/wrangler");
         assert!(
@@ -126,22 +152,24 @@ impl WorkersHost {
         ));
         let health = self.url("/healthz");
         let proc = self.proc.as_ref().expect("proc");
-        wait_for(
-            Duration::from_secs(120),
-            "wrangler dev to serve /healthz",
-            || match try_request("GET", &health, None, None) {
-                Ok(r) if r.status == 200 => Some(()),
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            match try_request("GET", &health, None, None) {
+                Ok(r) if r.status == 200 => break,
                 _ => {
                     let log = proc.log_text();
-                    assert!(
-                        !log.contains("ERROR") || log.contains("Ready on"),
-                        "wrangler failed:\n{log}"
-                    );
-                    None
+                    if log.contains("ERROR") && !log.contains("Ready on") {
+                        return Err(log);
+                    }
+                    if Instant::now() > deadline {
+                        return Err(format!("no /healthz answer within 120 s\n{log}"));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
                 }
-            },
-        );
+            }
+        }
         self.startup = started.elapsed();
+        Ok(())
     }
 
     /// `wrangler kv key put --local` into the running dev session's persisted KV namespace.
