@@ -184,6 +184,67 @@ pub trait Collector {
     async fn post(&self, request: CollectorRequest<'_>) -> Result<CollectorAnswer, TransportError>;
 }
 
+/// A request body as the host streams it.
+pub trait BodyStream {
+    type Chunk: AsRef<[u8]>;
+    /// The next chunk, `None` at the end, or `Err` when the stream broke.
+    async fn next_chunk(&mut self) -> Option<Result<Self::Chunk, BodyBroken>>;
+}
+
+/// The request body could not be read to its end (the client went away, the stream failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyBroken;
+
+/// What the host's platform knows of where the request came in; `None` where it does not say
+/// (locally, or on hosts without such metadata).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EdgeFacts {
+    pub colo: Option<String>,
+    pub country: Option<String>,
+    pub region: Option<String>,
+}
+
+/// Everything the request pipeline needs of a host (`crate::http::pipeline`): its settings,
+/// clocks and log, its profile store, its outbox hand-off and its admin views.
+pub trait Host {
+    /// The platform tag in answers and readings (`edge.platform`).
+    fn platform(&self) -> &'static str;
+    /// Bytes of a refused body the host reads and drops before answering, so that a client
+    /// still sending hears the answer rather than a reset (see `pipeline`).
+    fn drain_limit(&self) -> usize;
+    /// The deployment's settings, parsed once per isolate or instance.
+    async fn settings(&self) -> Rc<crate::config::Settings>;
+    fn now_ms(&self) -> u64;
+    /// Milliseconds on the clock `Server-Timing` reports (Workers' only advances across I/O).
+    fn timer_ms(&self) -> f64;
+    async fn sleep_ms(&self, ms: u64);
+    /// Profiles from the host's key-value store, when it has them (see `domain::profile_cache`).
+    async fn stored_profiles(
+        &self,
+        settings: &crate::config::Settings,
+        now_ms: u64,
+        request_id: &str,
+    ) -> Option<Rc<crate::domain::calibration::Profiles>>;
+    /// Takes accepted readings into the outbox (rate limits included): `Ok` once they are as
+    /// durable as the host makes them.
+    async fn accept(
+        &self,
+        settings: &crate::config::Settings,
+        edge: &crate::domain::enrich::EdgeInfo,
+        accepted: &crate::http::routes::Accepted,
+    ) -> Result<(), crate::http::problem::Problem>;
+    /// An admin query's answer, as JSON text.
+    async fn admin(
+        &self,
+        settings: &crate::config::Settings,
+        edge: &crate::domain::enrich::EdgeInfo,
+        query: crate::http::routes::AdminQuery,
+    ) -> Result<String, crate::http::problem::Problem>;
+    fn log(&self, level: Level, event: &str, request_id: &str, fields: &[(&str, &str)]);
+    /// Work after the answer is decided (Spin: keep its recovery going). Nothing by default.
+    async fn after(&self, _settings: &crate::config::Settings) {}
+}
+
 #[cfg(test)]
 pub mod testing {
     use super::{KeyValue, StoreError};

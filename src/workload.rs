@@ -4,7 +4,9 @@
 
 use crate::config::Settings;
 use crate::domain::enrich::EdgeInfo;
-use crate::http::routes::{self, Action, HttpRequest, RequestContext};
+use http::request::Parts;
+
+use crate::http::routes::{self, Action, RequestContext};
 use crate::ports::Pairs;
 
 pub const GET_QUERY: &str = "device_id=greenhouse-12&temp=74.3&unit=F&ts=1700000000000&seq=42";
@@ -52,21 +54,35 @@ pub fn ndjson_body(n: usize) -> String {
     body
 }
 
+/// The head of a readings request, built once per fixture (hosts build it from their own
+/// request; its parsing is theirs, not the core's).
+pub fn head(method: &str, query: &str, content_type: Option<&str>) -> Parts {
+    let target = if query.is_empty() {
+        routes::READINGS_PATH.to_owned()
+    } else {
+        format!("{}?{query}", routes::READINGS_PATH)
+    };
+    let headers: Vec<(&str, &str)> = content_type
+        .map(|c| ("content-type", c))
+        .into_iter()
+        .collect();
+    routes::request_head(method, &target, &headers).unwrap_or_else(|| {
+        // The fixture's own requests are valid; a bad one is refused like any other (404).
+        let mut parts = http::Request::new(()).into_parts().0;
+        parts.uri = http::Uri::from_static("/invalid");
+        parts
+    })
+}
+
 /// One request through validation, calibration, enrichment and answer serialization, as the
-/// host adapters run it. Returns the answer's length (so nothing is optimized away) and the
-/// readings accepted.
+/// pipeline runs it between the host's body and its outbox. Returns the answer's length (so
+/// nothing is optimized away) and the readings accepted.
 pub fn handle(
     settings: &Settings,
     edge: &EdgeInfo,
-    method: &str,
-    query: &str,
-    content_type: Option<&str>,
+    head: &Parts,
     body: &[u8],
 ) -> (usize, Vec<String>) {
-    let request = HttpRequest {
-        content_type,
-        ..HttpRequest::new(method, routes::READINGS_PATH, query, body)
-    };
     let ctx = RequestContext {
         settings,
         stored_profiles: None,
@@ -74,24 +90,26 @@ pub fn handle(
         now_ms: 1_795_000_000_000,
         request_id: "bench",
     };
-    match routes::handle(&request, &ctx) {
+    match routes::decide(head, body, &ctx) {
         Action::Accept(accepted) => {
-            let answer = accepted.response();
+            let answer = accepted.answer();
             (
-                answer.body.len(),
+                answer.body().len(),
                 accepted.readings.into_iter().map(|r| r.json).collect(),
             )
         }
-        Action::Respond(answer) => (answer.body.len(), Vec::new()),
+        Action::Respond(answer) => (answer.body().len(), Vec::new()),
         Action::Admin(_) => (0, Vec::new()),
     }
 }
 
-/// Everything the benchmarks time, built once: settings, node tags, a 500-reading NDJSON body and
-/// the 500 enriched readings it yields (for batch encoding).
+/// Everything the benchmarks time, built once: settings, node tags, the two request heads, a
+/// 500-reading NDJSON body and the 500 enriched readings it yields (for batch encoding).
 pub struct Fixture {
     pub settings: Settings,
     pub edge: EdgeInfo,
+    get_head: Parts,
+    post_head: Parts,
     pub ndjson_500: String,
     pub readings: Vec<String>,
 }
@@ -101,14 +119,9 @@ impl Fixture {
         let settings = settings();
         let edge = edge(&settings);
         let ndjson_500 = ndjson_body(500);
-        let (_, readings) = handle(
-            &settings,
-            &edge,
-            "POST",
-            "",
-            Some("application/x-ndjson"),
-            ndjson_500.as_bytes(),
-        );
+        let get_head = head("GET", GET_QUERY, None);
+        let post_head = head("POST", "", Some("application/x-ndjson"));
+        let (_, readings) = handle(&settings, &edge, &post_head, ndjson_500.as_bytes());
         assert_eq!(
             readings.len(),
             500,
@@ -117,22 +130,22 @@ impl Fixture {
         Self {
             settings,
             edge,
+            get_head,
+            post_head,
             ndjson_500,
             readings,
         }
     }
 
     pub fn get(&self) -> usize {
-        handle(&self.settings, &self.edge, "GET", GET_QUERY, None, b"").0
+        handle(&self.settings, &self.edge, &self.get_head, b"").0
     }
 
     pub fn post_500(&self) -> usize {
         handle(
             &self.settings,
             &self.edge,
-            "POST",
-            "",
-            Some("application/x-ndjson"),
+            &self.post_head,
             self.ndjson_500.as_bytes(),
         )
         .0

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use edge_enrich::config::Settings;
 use edge_enrich::domain::enrich::EdgeInfo;
 use edge_enrich::http::problem::ProblemType;
-use edge_enrich::http::routes::{self, Action, HttpRequest, RequestContext, ROUTES};
+use edge_enrich::http::routes::{self, Action, RequestContext, ROUTES};
 use edge_enrich::ports::Pairs;
 use serde_json::Value;
 
@@ -35,10 +35,9 @@ fn run(method: &str, query: &str) -> Action {
         now_ms: 1_700_000_000_000,
         request_id: "r",
     };
-    routes::handle(
-        &HttpRequest::new(method, routes::READINGS_PATH, query, b""),
-        &ctx,
-    )
+    let head = routes::request_head(method, &format!("{}?{query}", routes::READINGS_PATH), &[])
+        .expect("a valid request head");
+    routes::decide(&head, b"", &ctx)
 }
 
 /// The keys of `value` are allowed by `schema` and include every required one.
@@ -146,7 +145,7 @@ fn answers_fit_their_schemas() {
     else {
         panic!("a valid reading is accepted")
     };
-    let reading: Value = serde_json::from_str(&accepted.response().body).unwrap();
+    let reading: Value = serde_json::from_str(accepted.answer().body()).unwrap();
     let enriched = schema(&doc, "EnrichedReading");
     fits(&reading, enriched, "EnrichedReading");
     fits(&reading["edge"], &enriched["properties"]["edge"], "edge");
@@ -159,7 +158,7 @@ fn answers_fit_their_schemas() {
     let Action::Respond(problem) = run("GET", "device_id=a&temp=NaN") else {
         panic!("NaN is refused")
     };
-    let problem: Value = serde_json::from_str(&problem.body).unwrap();
+    let problem: Value = serde_json::from_str(problem.body()).unwrap();
     fits(&problem, schema(&doc, "Problem"), "Problem");
     fits(
         &problem["errors"][0],

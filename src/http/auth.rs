@@ -103,25 +103,23 @@ impl DeviceAuth {
         }
     }
 
-    /// The checks that need no body: the header is there and well formed, and in `hmac` mode
-    /// the signature over the whole request (body digest included) verifies. Returns the device
-    /// the credentials speak for, or, in `token` mode, the token to check once the body is read.
-    pub fn verify_request(
+    /// The checks that need no body, made before a byte of it is read: the header is there and
+    /// well formed, and in `hmac` mode its timestamp is within the window.
+    pub fn presented<'a>(
         &self,
-        req: &SignedParts<'_>,
-        authorization: Option<&str>,
+        authorization: Option<&'a str>,
         now_ms: u64,
-    ) -> Result<Credential, Problem> {
+    ) -> Result<Presented<'a>, Problem> {
         match self {
-            Self::Off => Ok(Credential::Anyone),
+            Self::Off => Ok(Presented::Anyone),
             Self::Token(_) => {
                 let token = authorization
                     .and_then(|h| h.strip_prefix("Bearer "))
                     .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
                     .ok_or_else(|| unauthenticated(AuthMode::Token))?;
-                Ok(Credential::Token(token.to_ascii_lowercase()))
+                Ok(Presented::Token(token.to_ascii_lowercase()))
             }
-            Self::Hmac(secret) => {
+            Self::Hmac(_) => {
                 let sig = authorization
                     .and_then(SignatureHeader::parse)
                     .ok_or_else(|| unauthenticated(AuthMode::Hmac))?;
@@ -133,6 +131,22 @@ impl DeviceAuth {
                     )
                     .with_challenge(AuthMode::Hmac.challenge()));
                 }
+                Ok(Presented::Signature(sig))
+            }
+        }
+    }
+
+    /// The check that needs the body: in `hmac` mode, the signature over the whole request
+    /// (body digest included). Returns who the credentials speak for.
+    pub fn verify(
+        &self,
+        presented: Presented<'_>,
+        req: &SignedParts<'_>,
+    ) -> Result<Credential, Problem> {
+        match (self, presented) {
+            (_, Presented::Anyone) => Ok(Credential::Anyone),
+            (_, Presented::Token(token)) => Ok(Credential::Token(token)),
+            (Self::Hmac(secret), Presented::Signature(sig)) => {
                 let key = secret.device_key(sig.device_id.as_str());
                 let expected = hmac(
                     key.as_bytes(),
@@ -145,7 +159,19 @@ impl DeviceAuth {
                     Err(unauthenticated(AuthMode::Hmac))
                 }
             }
+            (_, Presented::Signature(_)) => Err(unauthenticated(self.mode())),
         }
+    }
+
+    /// Both checks at once, for a request whose body is in hand.
+    pub fn verify_request(
+        &self,
+        req: &SignedParts<'_>,
+        authorization: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Credential, Problem> {
+        let presented = self.presented(authorization, now_ms)?;
+        self.verify(presented, req)
     }
 
     /// The check that needs the readings: every one must belong to the authenticated device.
@@ -178,7 +204,18 @@ impl DeviceAuth {
     }
 }
 
-/// What the request's credentials established before its body was read.
+/// Credentials as presented, checked for shape (and time) before the body is read.
+#[derive(Debug)]
+pub enum Presented<'a> {
+    /// Authentication is off.
+    Anyone,
+    /// A well-formed bearer token, to check against the readings' device.
+    Token(String),
+    /// A well-formed signature within the time window, to check over the body.
+    Signature(SignatureHeader<'a>),
+}
+
+/// What the request's credentials established.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Credential {
     /// Authentication is off.
@@ -217,7 +254,8 @@ pub fn sign(device_key: &str, device_id: &str, req: &SignedParts<'_>, timestamp:
     format!("{HMAC_SCHEME} device_id={device_id},timestamp={timestamp},signature={signature}")
 }
 
-struct SignatureHeader<'a> {
+#[derive(Debug)]
+pub struct SignatureHeader<'a> {
     device_id: DeviceId,
     timestamp: u64,
     signature: &'a str,

@@ -55,49 +55,6 @@ impl BodyFormat {
     }
 }
 
-/// Collects a request body, chunk by chunk, under a size limit. A body over `limit` is refused
-/// with 413, but up to `drain_limit` bytes of it are still read (and dropped), so that a client
-/// that is still sending receives the 413 rather than a reset connection.
-pub struct LimitedBody {
-    limit: usize,
-    drain_limit: usize,
-    seen: usize,
-    bytes: Vec<u8>,
-}
-
-impl LimitedBody {
-    /// Refuses at once a body whose declared length is beyond `drain_limit`.
-    pub fn new(limit: usize, drain_limit: usize, declared: Option<usize>) -> Result<Self, Problem> {
-        let drain_limit = drain_limit.max(limit);
-        if declared.is_some_and(|len| len > drain_limit) {
-            return Err(Problem::payload_too_large(limit));
-        }
-        let bytes = Vec::with_capacity(declared.unwrap_or(0).min(limit));
-        Ok(Self {
-            limit,
-            drain_limit,
-            seen: 0,
-            bytes,
-        })
-    }
-
-    /// Takes the next chunk; false once the body should be read no further.
-    pub fn push(&mut self, chunk: &[u8]) -> bool {
-        self.seen += chunk.len();
-        if self.seen <= self.limit {
-            self.bytes.extend_from_slice(chunk);
-        }
-        self.seen <= self.drain_limit
-    }
-
-    pub fn finish(self) -> Result<Vec<u8>, Problem> {
-        if self.seen > self.limit {
-            return Err(Problem::payload_too_large(self.limit));
-        }
-        Ok(self.bytes)
-    }
-}
-
 /// How deep a body may nest: an array of readings whose fields may hold one level of objects or
 /// arrays (ignored unknown fields). Anything deeper is refused before the parser recurses.
 pub const MAX_NESTING: usize = 4;
@@ -262,6 +219,12 @@ fn validate_item(wire: WireReading<'_>) -> Result<Reading, Vec<FieldIssue>> {
         .iter()
         .map(|f| FieldIssue::invalid(f, "appears more than once in the object"))
         .collect();
+    if let Some(key) = &wire.other_repeated {
+        issues.push(FieldIssue::invalid(
+            "reading",
+            format!("holds the key {key:?} more than once"),
+        ));
+    }
     let mut draft = ReadingDraft::default();
     match string_field("device_id", wire.device_id) {
         Ok(v) => draft.device_id = v,
@@ -333,37 +296,50 @@ struct WireReading<'a> {
     ts: Option<&'a RawValue>,
     seq: Option<&'a RawValue>,
     duplicates: Vec<&'static str>,
+    /// Keys outside the reading fields, to refuse one given twice (a duplicate key is
+    /// ambiguous JSON whatever it names).
+    others: Vec<Cow<'a, str>>,
+    other_repeated: Option<String>,
 }
 
-enum Key {
+enum Key<'a> {
     DeviceId,
     Temp,
     Unit,
     Ts,
     Seq,
-    Other,
+    Other(Cow<'a, str>),
 }
 
-impl<'de> Deserialize<'de> for Key {
+impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct KeyVisitor;
-        impl Visitor<'_> for KeyVisitor {
-            type Value = Key;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a field name")
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
-                Ok(match v {
-                    "device_id" => Key::DeviceId,
-                    "temp" => Key::Temp,
-                    "unit" => Key::Unit,
-                    "ts" => Key::Ts,
-                    "seq" => Key::Seq,
-                    _ => Key::Other,
-                })
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key::known(v).unwrap_or(Key::Other(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key::known(v).unwrap_or_else(|| Key::Other(Cow::Owned(v.to_owned()))))
             }
         }
         d.deserialize_identifier(KeyVisitor)
+    }
+}
+
+impl Key<'_> {
+    fn known(name: &str) -> Option<Self> {
+        Some(match name {
+            "device_id" => Self::DeviceId,
+            "temp" => Self::Temp,
+            "unit" => Self::Unit,
+            "ts" => Self::Ts,
+            "seq" => Self::Seq,
+            _ => return None,
+        })
     }
 }
 
@@ -384,8 +360,13 @@ impl<'de> Deserialize<'de> for WireReading<'de> {
                         Key::Unit => ("unit", &mut w.unit),
                         Key::Ts => ("ts", &mut w.ts),
                         Key::Seq => ("seq", &mut w.seq),
-                        Key::Other => {
+                        Key::Other(name) => {
                             map.next_value::<IgnoredAny>()?;
+                            if w.others.contains(&name) {
+                                w.other_repeated.get_or_insert_with(|| name.into_owned());
+                            } else {
+                                w.others.push(name);
+                            }
                             continue;
                         }
                     };
@@ -488,6 +469,13 @@ mod tests {
         let p = parse_json(r#"{"device_id":"a","temp":1,"temp":2}"#).unwrap_err();
         assert_eq!(p.errors()[0].field, "temp");
         assert!(p.errors()[0].detail.contains("more than once"));
+        // Outside the reading fields too: a duplicate key is ambiguous whatever it names.
+        let p = parse_json(r#"{"device_id":"a","temp":1,"note":"x","note":"y"}"#).unwrap_err();
+        assert_eq!(p.status(), 400);
+        assert!(p.errors()[0].detail.contains("\"note\" more than once"));
+        // Escaped and plain spellings of one key are one key.
+        assert!(parse_json(r#"{"device_id":"a","temp":1,"n\u006fte":1,"note":2}"#).is_err());
+        assert!(parse_json(r#"{"device_id":"a","temp":1,"note":1,"other":2}"#).is_ok());
     }
 
     #[test]
@@ -512,24 +500,6 @@ mod tests {
         let truncated = "{\"device_id\":\"a\",\"temp\":1}\n{\"device_id\":\"b\",\"te";
         let p = parse_readings(truncated.as_bytes(), BodyFormat::Ndjson, 10).unwrap_err();
         assert_eq!(p.errors()[0].index, Some(1));
-    }
-
-    #[test]
-    fn limited_body_keeps_refuses_and_drains() {
-        let mut b = LimitedBody::new(4, 4, Some(3)).unwrap();
-        assert!(b.push(b"ab") && b.push(b"cd"));
-        assert_eq!(b.finish().unwrap(), b"abcd");
-        assert_eq!(
-            LimitedBody::new(4, 4, Some(5)).err().map(|p| p.status()),
-            Some(413)
-        );
-        let mut refuse_at_once = LimitedBody::new(4, 4, None).unwrap();
-        assert!(!refuse_at_once.push(b"abcde"));
-        assert_eq!(refuse_at_once.finish().unwrap_err().status(), 413);
-        let mut drain = LimitedBody::new(4, 10, Some(8)).unwrap();
-        assert!(drain.push(b"abcde") && drain.push(b"fgh"));
-        assert!(!drain.push(b"ijk"));
-        assert_eq!(drain.finish().unwrap_err().status(), 413);
     }
 
     #[test]

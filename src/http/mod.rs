@@ -1,9 +1,13 @@
-//! The HTTP API: routing, limits, credentials, CORS, rate limits, request bodies and query
-//! strings, and RFC 9457 problem documents.
+//! The HTTP API: the one request pipeline of every host (`pipeline`), routing and the checks
+//! before and after the body (`routes`), answers (`answer`), credentials (`auth`), CORS
+//! (`cors`), rate limits (`rate_limit`), request bodies and query strings (`body`, `query`),
+//! and RFC 9457 problem documents (`problem`).
 
+pub mod answer;
 pub mod auth;
 pub mod body;
 pub mod cors;
+pub mod pipeline;
 pub mod problem;
 pub mod query;
 pub mod rate_limit;

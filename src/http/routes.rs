@@ -1,12 +1,25 @@
-//! The HTTP API, independent of any host: a request in, an [`Action`] out. A host adapter
-//! turns its platform's request into [`HttpRequest`], performs the action (handing accepted
-//! readings to its batcher, answering admin queries from its store) and sends the response.
+//! The router and the two halves of every decision, independent of any host:
+//! - [`plan`]: everything the request line and headers settle, before a byte of the body is
+//!   read (limits, route and method, readiness, credentials, declared length, media type);
+//! - [`ingest`]: what needs the body (signature, parsing, validation, the readings' devices,
+//!   enrichment).
+//!
+//! [`crate::http::pipeline`] runs them around the host's body stream; [`decide`] runs them on a
+//! body already in hand (tests, fuzzing, benches).
+
+use http::header::{
+    HeaderName, ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, AUTHORIZATION,
+    CONTENT_LENGTH, CONTENT_TYPE, ORIGIN,
+};
+use http::request::Parts;
+use http::Method;
 
 use crate::config::Settings;
 use crate::domain::enrich::{enrich_all, EdgeInfo, EnrichedReading};
 use crate::domain::ids::IdSource;
-use crate::domain::reading::FieldIssue;
-use crate::http::auth::SignedParts;
+use crate::domain::reading::{FieldIssue, Reading};
+use crate::http::answer::{self, Answer};
+use crate::http::auth::{Presented, SignedParts};
 use crate::http::body::{parse_readings, BodyFormat};
 use crate::http::problem::{Problem, ProblemType};
 use crate::http::query::parse_reading_query;
@@ -29,118 +42,55 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/admin/dead-letters", &["GET"]),
 ];
 
-pub struct HttpRequest<'a> {
-    pub method: &'a str,
-    pub path: &'a str,
-    /// Exactly as sent, without the leading `?`.
-    pub query: &'a str,
-    pub content_type: Option<&'a str>,
-    pub authorization: Option<&'a str>,
-    pub origin: Option<&'a str>,
-    /// `Access-Control-Request-Method` and `-Headers` of a CORS preflight.
-    pub preflight_method: Option<&'a str>,
-    pub preflight_headers: Option<&'a str>,
-    /// Total size of the request's header names and values.
-    pub header_bytes: usize,
-    pub body: &'a [u8],
+const READINGS_ALLOW: &str = "GET, POST, OPTIONS";
+
+/// A header's value as text, if it is there and is text.
+pub fn header(parts: &Parts, name: HeaderName) -> Option<&str> {
+    parts.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-impl<'a> HttpRequest<'a> {
-    /// A request with no headers beyond those given, for tests and benches.
-    pub fn new(method: &'a str, path: &'a str, query: &'a str, body: &'a [u8]) -> Self {
-        Self {
-            method,
-            path,
-            query,
-            content_type: None,
-            authorization: None,
-            origin: None,
-            preflight_method: None,
-            preflight_headers: None,
-            header_bytes: 0,
-            body,
-        }
-    }
+/// The size of all request headers, as the limit counts it.
+pub fn header_bytes(parts: &Parts) -> usize {
+    parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: String,
+fn path(parts: &Parts) -> &str {
+    parts.uri.path()
 }
 
-impl HttpResponse {
-    pub fn json(status: u16, body: String) -> Self {
-        Self {
-            status,
-            headers: vec![("content-type", "application/json".into())],
-            body,
-        }
-    }
-
-    pub fn problem(problem: &Problem, request_id: &str) -> Self {
-        let problem = problem.clone().with_instance(request_id);
-        let mut headers = vec![("content-type", "application/problem+json".to_owned())];
-        if let Some(s) = problem.retry_after_s() {
-            headers.push(("retry-after", s.to_string()));
-        }
-        if let Some(allow) = problem.allow() {
-            headers.push(("allow", allow.to_owned()));
-        }
-        if problem.status() == 401 {
-            let challenge = problem.challenge().unwrap_or("Bearer");
-            headers.push(("www-authenticate", challenge.to_owned()));
-        }
-        Self {
-            status: problem.status(),
-            headers,
-            body: problem.to_json(),
-        }
-    }
-
-    /// Headers every answer carries. `handler_ms` is the handler's own time as the host's
-    /// clock sees it (on Workers the clock only advances across I/O). `cors` comes from
-    /// [`Settings::cors_headers`]; a preflight answer already carries its own.
-    pub fn finish(
-        mut self,
-        request_id: &str,
-        handler_ms: f64,
-        cors: Vec<(&'static str, String)>,
-    ) -> Self {
-        if !self.headers.iter().any(|(k, _)| *k == "vary") {
-            self.headers.extend(cors);
-        }
-        self.headers.push(("x-request-id", request_id.to_owned()));
-        self.headers.push(("cache-control", "no-store".to_owned()));
-        self.headers.push((
-            "server-timing",
-            format!("handler;dur={:.1}", handler_ms.max(0.0)),
-        ));
-        self
-    }
+fn query(parts: &Parts) -> &str {
+    parts.uri.query().unwrap_or("")
 }
 
-/// Everything the handler needs to know about this request's surroundings.
-pub struct RequestContext<'a> {
-    pub settings: &'a Settings,
-    /// Profiles from the host's key-value store, when it has some: they replace the
-    /// deployment's (see `profile_cache`).
-    pub stored_profiles: Option<&'a crate::domain::calibration::Profiles>,
-    pub edge: &'a EdgeInfo,
-    pub now_ms: u64,
-    pub request_id: &'a str,
-}
-
-/// What the host must do next.
+/// What the request line and headers settled.
 #[derive(Debug)]
-pub enum Action {
-    Respond(HttpResponse),
-    /// Hand these readings to the batcher; answer `accepted.response()` once it acknowledged,
-    /// or a 503 problem if it did not.
-    Accept(Accepted),
-    /// An authenticated admin query for the host's batcher state.
+pub enum Plan<'a> {
+    /// Answered without a body or the host's help.
+    Answer(Answer),
+    /// `/healthz`: needs the profiles the host's store holds.
+    Health,
+    /// An authenticated admin query for the host's delivery state.
     Admin(AdminQuery),
+    /// Readings: GET (no body) or POST (a body to read, within `limit` bytes).
+    Readings(Ingest<'a>),
+}
+
+#[derive(Debug)]
+pub struct Ingest<'a> {
+    presented: Presented<'a>,
+    body: Option<BodyFormat>,
+    pub limit: usize,
+}
+
+impl Ingest<'_> {
+    /// Whether there is a body to read (POST).
+    pub fn reads_body(&self) -> bool {
+        self.body.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,13 +99,94 @@ pub enum AdminQuery {
     DeadLetters,
 }
 
+/// Everything that can be decided before the body is read, in the documented order: URL and
+/// header size, route and method, the deployment's readiness, credentials (their shape and, for
+/// signatures, their time), then for a POST its declared length and media type.
+pub fn plan<'a>(parts: &'a Parts, settings: &Settings, now_ms: u64) -> Result<Plan<'a>, Problem> {
+    check_request_size(parts, settings)?;
+    let method = &parts.method;
+    match path(parts) {
+        READINGS_PATH if method == Method::GET || method == Method::POST => {
+            let (config, _) = settings.ready()?;
+            let presented = config
+                .auth
+                .presented(header(parts, AUTHORIZATION), now_ms)?;
+            let body = if method == Method::POST {
+                let declared = header(parts, CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
+                if declared.is_some_and(|n| n > config.max_body_bytes as u64) {
+                    return Err(Problem::payload_too_large(config.max_body_bytes));
+                }
+                Some(BodyFormat::from_content_type(header(parts, CONTENT_TYPE))?)
+            } else {
+                None
+            };
+            Ok(Plan::Readings(Ingest {
+                presented,
+                body,
+                limit: config.max_body_bytes,
+            }))
+        }
+        READINGS_PATH if method == Method::OPTIONS => Ok(Plan::Answer(preflight(parts, settings))),
+        READINGS_PATH => Err(Problem::method_not_allowed(READINGS_ALLOW)),
+        HEALTH_PATH | OPENAPI_PATH if method != Method::GET => {
+            Err(Problem::method_not_allowed("GET"))
+        }
+        HEALTH_PATH => Ok(Plan::Health),
+        OPENAPI_PATH => Ok(Plan::Answer(answer::json(200, OPENAPI.to_owned()))),
+        p if p.starts_with(ADMIN_PREFIX) => {
+            let query = match &p[ADMIN_PREFIX.len()..] {
+                "stats" => AdminQuery::Stats,
+                "dead-letters" => AdminQuery::DeadLetters,
+                _ => return Err(Problem::not_found(p)),
+            };
+            if method != Method::GET {
+                return Err(Problem::method_not_allowed("GET"));
+            }
+            authorize_admin(settings, header(parts, AUTHORIZATION))?;
+            Ok(Plan::Admin(query))
+        }
+        p => Err(Problem::not_found(p)),
+    }
+}
+
+/// URL and header limits, checked before anything else is looked at.
+fn check_request_size(parts: &Parts, settings: &Settings) -> Result<(), Problem> {
+    let (max_url, max_headers) = settings.request_limits();
+    let url_len = path(parts).len() + 1 + query(parts).len();
+    if url_len > max_url {
+        return Err(Problem::new(
+            ProblemType::UriTooLong,
+            format!("the request target is {url_len} bytes; the limit is {max_url}"),
+        ));
+    }
+    let header_bytes = header_bytes(parts);
+    if header_bytes > max_headers {
+        return Err(Problem::new(
+            ProblemType::HeadersTooLarge,
+            format!("the request headers total {header_bytes} bytes; the limit is {max_headers}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Everything ingest needs to know about the request's surroundings.
+pub struct RequestContext<'a> {
+    pub settings: &'a Settings,
+    /// Profiles from the host's key-value store, when it has some: they replace the
+    /// deployment's (see `domain::profile_cache`).
+    pub stored_profiles: Option<&'a crate::domain::calibration::Profiles>,
+    pub edge: &'a EdgeInfo,
+    pub now_ms: u64,
+    pub request_id: &'a str,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shape {
     One,
     Many,
 }
 
-/// Readings that passed validation and enrichment and now wait for the batcher's acknowledgement.
+/// Readings that passed validation and enrichment and now wait for the host's acknowledgement.
 #[derive(Debug)]
 pub struct Accepted {
     pub readings: Vec<EnrichedReading>,
@@ -169,7 +200,8 @@ pub struct Accepted {
 }
 
 impl Accepted {
-    pub fn response(&self) -> HttpResponse {
+    /// The answer once the host has the readings: the reading for a GET, an array for a POST.
+    pub fn answer(&self) -> Answer {
         let body = match self.shape {
             Shape::One => self
                 .readings
@@ -195,94 +227,40 @@ impl Accepted {
                 s
             }
         };
-        HttpResponse::json(200, body)
+        answer::json(200, body)
     }
 }
 
-pub fn handle(req: &HttpRequest<'_>, ctx: &RequestContext<'_>) -> Action {
-    match route(req, ctx) {
-        Ok(action) => action,
-        Err(problem) => Action::Respond(HttpResponse::problem(&problem, ctx.request_id)),
-    }
+/// What needs the body: the signature over it, the readings it holds (or the query's), their
+/// devices against the credentials, and their enrichment.
+pub fn ingest(
+    parts: &Parts,
+    plan: Ingest<'_>,
+    body: &[u8],
+    ctx: &RequestContext<'_>,
+) -> Result<Accepted, Problem> {
+    let (config, deployed) = ctx.settings.ready()?;
+    let signed = SignedParts {
+        method: parts.method.as_str(),
+        path: path(parts),
+        query: query(parts),
+        body,
+    };
+    let credential = config.auth.verify(plan.presented, &signed)?;
+    let (readings, shape) = match plan.body {
+        None => (vec![parse_query(query(parts))?], Shape::One),
+        Some(format) => (
+            parse_readings(body, format, config.max_readings_per_request)?,
+            Shape::Many,
+        ),
+    };
+    let devices = readings.iter().map(|r| r.device_id.as_str());
+    config.auth.authorize_devices(&credential, devices)?;
+    let profiles = ctx.stored_profiles.unwrap_or(deployed);
+    enrich(readings, shape, profiles, ctx)
 }
 
-fn route(req: &HttpRequest<'_>, ctx: &RequestContext<'_>) -> Result<Action, Problem> {
-    check_request_size(req, ctx.settings)?;
-    match (req.path, req.method) {
-        (READINGS_PATH, "GET" | "POST") => {
-            let (config, _) = ctx.settings.ready()?;
-            let signed = SignedParts {
-                method: req.method,
-                path: req.path,
-                query: req.query,
-                body: req.body,
-            };
-            // Credentials first: an unauthenticated body is never parsed.
-            let credential = config
-                .auth
-                .verify_request(&signed, req.authorization, ctx.now_ms)?;
-            let (readings, shape) = if req.method == "GET" {
-                (vec![parse_query(req.query)?], Shape::One)
-            } else {
-                if req.body.len() > config.max_body_bytes {
-                    return Err(Problem::payload_too_large(config.max_body_bytes));
-                }
-                let format = BodyFormat::from_content_type(req.content_type)?;
-                let readings = parse_readings(req.body, format, config.max_readings_per_request)?;
-                (readings, Shape::Many)
-            };
-            let devices = readings.iter().map(|r| r.device_id.as_str());
-            config.auth.authorize_devices(&credential, devices)?;
-            ingest(readings, shape, ctx)
-        }
-        (READINGS_PATH, "OPTIONS") => Ok(Action::Respond(preflight(req, ctx.settings))),
-        (READINGS_PATH, _) => Err(Problem::method_not_allowed(READINGS_ALLOW)),
-        (HEALTH_PATH, "GET") => Ok(Action::Respond(health(ctx))),
-        (HEALTH_PATH | OPENAPI_PATH, _) if req.method != "GET" => {
-            Err(Problem::method_not_allowed("GET"))
-        }
-        (OPENAPI_PATH, _) => Ok(Action::Respond(HttpResponse::json(200, OPENAPI.to_owned()))),
-        (path, method) if path.starts_with(ADMIN_PREFIX) => {
-            let query = match &path[ADMIN_PREFIX.len()..] {
-                "stats" => AdminQuery::Stats,
-                "dead-letters" => AdminQuery::DeadLetters,
-                _ => return Err(Problem::not_found(path)),
-            };
-            if method != "GET" {
-                return Err(Problem::method_not_allowed("GET"));
-            }
-            authorize_admin(ctx.settings, req.authorization)?;
-            Ok(Action::Admin(query))
-        }
-        (path, _) => Err(Problem::not_found(path)),
-    }
-}
-
-const READINGS_ALLOW: &str = "GET, POST, OPTIONS";
-
-/// URL and header limits, checked before anything else is looked at.
-fn check_request_size(req: &HttpRequest<'_>, settings: &Settings) -> Result<(), Problem> {
-    let (max_url, max_headers) = settings.request_limits();
-    let url_len = req.path.len() + 1 + req.query.len();
-    if url_len > max_url {
-        return Err(Problem::new(
-            ProblemType::UriTooLong,
-            format!("the request target is {url_len} bytes; the limit is {max_url}"),
-        ));
-    }
-    if req.header_bytes > max_headers {
-        return Err(Problem::new(
-            ProblemType::HeadersTooLarge,
-            format!(
-                "the request headers total {} bytes; the limit is {max_headers}",
-                req.header_bytes
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn parse_query(query: &str) -> Result<crate::domain::reading::Reading, Problem> {
+fn parse_query(query: &str) -> Result<Reading, Problem> {
     parse_reading_query(query).map_err(|issues| {
         let kind = FieldIssue::problem_type(&issues);
         let errors: Vec<_> = issues
@@ -297,31 +275,12 @@ fn parse_query(query: &str) -> Result<crate::domain::reading::Reading, Problem> 
     })
 }
 
-/// `OPTIONS /v1/readings`: a CORS preflight, or a plain capability query.
-fn preflight(req: &HttpRequest<'_>, settings: &Settings) -> HttpResponse {
-    let mut headers = match &settings.config {
-        Ok(config) if req.preflight_method.is_some() => {
-            config
-                .cors
-                .preflight_headers(req.origin, req.preflight_method, req.preflight_headers)
-        }
-        _ => Vec::new(),
-    };
-    headers.push(("allow", READINGS_ALLOW.to_owned()));
-    HttpResponse {
-        status: 204,
-        headers,
-        body: String::new(),
-    }
-}
-
-fn ingest(
-    readings: Vec<crate::domain::reading::Reading>,
+fn enrich(
+    readings: Vec<Reading>,
     shape: Shape,
+    profiles: &crate::domain::calibration::Profiles,
     ctx: &RequestContext<'_>,
-) -> Result<Action, Problem> {
-    let (_, deployed) = ctx.settings.ready()?;
-    let profiles = ctx.stored_profiles.unwrap_or(deployed);
+) -> Result<Accepted, Problem> {
     let mut ids = IdSource::new(ctx.now_ms, readings.len()).map_err(|_| Problem::internal())?;
     let shard_key = readings
         .first()
@@ -340,19 +299,38 @@ fn ingest(
             )
             .with_errors(errors)
         })?;
-    Ok(Action::Accept(Accepted {
+    Ok(Accepted {
         readings: enriched,
         shard_key,
         received_at_ms: ctx.now_ms,
         device_costs,
         shape,
-    }))
+    })
 }
 
-fn health(ctx: &RequestContext<'_>) -> HttpResponse {
-    let (settings, edge) = (ctx.settings, ctx.edge);
+/// `OPTIONS /v1/readings`: a CORS preflight, or a plain capability query.
+fn preflight(parts: &Parts, settings: &Settings) -> Answer {
+    let method = header(parts, ACCESS_CONTROL_REQUEST_METHOD);
+    let mut headers = match &settings.config {
+        Ok(config) if method.is_some() => config.cors.preflight_headers(
+            header(parts, ORIGIN),
+            method,
+            header(parts, ACCESS_CONTROL_REQUEST_HEADERS),
+        ),
+        _ => Vec::new(),
+    };
+    headers.push(("allow", READINGS_ALLOW.to_owned()));
+    answer::empty(204, &headers)
+}
+
+/// `/healthz`: the configuration's state, and where the profiles in use came from.
+pub fn health(
+    settings: &Settings,
+    edge: &EdgeInfo,
+    stored: Option<&crate::domain::calibration::Profiles>,
+) -> Answer {
     let errors = settings.errors();
-    let (source, count) = match ctx.stored_profiles {
+    let (source, count) = match stored {
         Some(p) => ("key-value store", Some(p.len())),
         None => (
             settings.profile_source.as_str(),
@@ -371,7 +349,7 @@ fn health(ctx: &RequestContext<'_>) -> HttpResponse {
         },
         "version": env!("CARGO_PKG_VERSION"),
     });
-    HttpResponse::json(if valid { 200 } else { 503 }, body.to_string())
+    answer::json(if valid { 200 } else { 503 }, body.to_string())
 }
 
 fn authorize_admin(settings: &Settings, authorization: Option<&str>) -> Result<(), Problem> {
@@ -406,400 +384,43 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     bool::from(a.ct_eq(b))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ports::Pairs;
+/// What to do with a request whose body is in hand.
+#[derive(Debug)]
+pub enum Action {
+    Respond(Answer),
+    /// Hand these readings to the host's outbox; answer `accepted.answer()` once it has them.
+    Accept(Accepted),
+    Admin(AdminQuery),
+}
 
-    fn settings(extra: &[(&str, &str)]) -> Settings {
-        // The first pair with a key wins: the test's own settings before the defaults.
-        let mut kv = extra.to_vec();
-        kv.extend_from_slice(&[
-            ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
-            ("AUTH_MODE", "off"),
-        ]);
-        Settings::load(&Pairs(&kv))
-    }
-
-    fn edge() -> EdgeInfo {
-        EdgeInfo::new(Some("test-node"), None, None, None, "test")
-    }
-
-    fn run(
-        settings: &Settings,
-        method: &str,
-        path: &str,
-        query: &str,
-        ct: Option<&str>,
-        body: &str,
-    ) -> Action {
-        let edge = edge();
-        let ctx = RequestContext {
-            settings,
-            stored_profiles: None,
-            edge: &edge,
-            now_ms: 1_700_000_000_000,
-            request_id: "req-1",
-        };
-        let req = HttpRequest {
-            content_type: ct,
-            ..HttpRequest::new(method, path, query, body.as_bytes())
-        };
-        handle(&req, &ctx)
-    }
-
-    fn status(a: &Action) -> u16 {
-        match a {
-            Action::Respond(r) => r.status,
-            Action::Accept(a) => a.response().status,
-            Action::Admin(_) => 0,
+/// Both halves on a body already read: what tests, the fuzzer and the benches drive. The
+/// pipeline does the same with the host's body stream between them.
+pub fn decide(parts: &Parts, body: &[u8], ctx: &RequestContext<'_>) -> Action {
+    let refused = |p: Problem| Action::Respond(answer::problem(&p, ctx.request_id));
+    match plan(parts, ctx.settings, ctx.now_ms) {
+        Err(p) => refused(p),
+        Ok(Plan::Answer(a)) => Action::Respond(a),
+        Ok(Plan::Health) => Action::Respond(health(ctx.settings, ctx.edge, ctx.stored_profiles)),
+        Ok(Plan::Admin(q)) => Action::Admin(q),
+        Ok(Plan::Readings(_)) if body.len() > ctx.settings.max_body_bytes() => {
+            refused(Problem::payload_too_large(ctx.settings.max_body_bytes()))
         }
-    }
-
-    fn problem_body(a: &Action) -> serde_json::Value {
-        match a {
-            Action::Respond(r) => {
-                assert!(r
-                    .headers
-                    .iter()
-                    .any(|(k, v)| *k == "content-type" && v == "application/problem+json"));
-                serde_json::from_str(&r.body).unwrap()
-            }
-            other => panic!("expected a problem, got {other:?}"),
-        }
-    }
-
-    /// The table of bad inputs the issue asks for: every one a clear 4xx problem document.
-    #[test]
-    fn bad_input_table() {
-        let s = settings(&[
-            ("MAX_READINGS_PER_REQUEST", "3"),
-            ("MAX_BODY_BYTES", "2048"),
-        ]);
-        let j = Some("application/json");
-        let nd = Some("application/x-ndjson");
-        let big = "x".repeat(3000);
-        let long_id = format!("device_id={}&temp=1", "a".repeat(129));
-        let four = r#"[{"device_id":"a","temp":1},{"device_id":"a","temp":1},{"device_id":"a","temp":1},{"device_id":"a","temp":1}]"#;
-        /// method, path, query, content type, body, expected status
-        type Case<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, &'a str, u16);
-        #[rustfmt::skip]
-        let cases: Vec<Case<'_>> = vec![
-            ("GET", "/v1/readings", "", None, "", 400),
-            ("GET", "/v1/readings", "device_id=a", None, "", 400),
-            ("GET", "/v1/readings", "temp=1", None, "", 400),
-            ("GET", "/v1/readings", "device_id=&temp=1", None, "", 400),
-            ("GET", "/v1/readings", "device_id=a%20b&temp=1", None, "", 400),
-            ("GET", "/v1/readings", "device_id=a&temp=abc", None, "", 400),
-            ("GET", "/v1/readings", "device_id=a&temp=", None, "", 400),
-            ("GET", "/v1/readings", "device_id=a&temp=0x10", None, "", 400),
-            ("GET", "/v1/readings", "device_id=a&temp=NaN", None, "", 422),
-            ("GET", "/v1/readings", "device_id=a&temp=inf", None, "", 422),
-            ("GET", "/v1/readings", "device_id=a&temp=1e309", None, "", 422),
-            ("GET", "/v1/readings", "device_id=a&temp=-274", None, "", 422),
-            ("GET", "/v1/readings", "device_id=a&temp=-1&unit=K", None, "", 422),
-            ("GET", "/v1/readings", "device_id=a&temp=-460&unit=F", None, "", 422),
-            ("GET", "/v1/readings", "device_id=a&temp=1&unit=X", None, "", 400),
-            ("GET", "/v1/readings", "device_id=a&temp=1&temp=2", None, "", 400),
-            ("GET", "/v1/readings", "device_id=a&device_id=b&temp=2", None, "", 400),
-            ("GET", "/v1/readings", "device_id=a&temp=1&ts=-5", None, "", 400),
-            ("GET", "/v1/readings", "device_id=a&temp=1&ts=99999999999999999999", None, "", 400),
-            ("GET", "/v1/readings", "device_id=a&temp=1&seq=1.5", None, "", 400),
-            ("GET", "/v1/readings", "device_id=%ff&temp=1", None, "", 400),
-            ("GET", "/v1/readings", "device_id=%zz&temp=1", None, "", 400),
-            ("GET", "/v1/readings", &long_id, None, "", 400),
-            ("POST", "/v1/readings", "", None, "{}", 415),
-            ("POST", "/v1/readings", "", Some("text/plain"), "{}", 415),
-            ("POST", "/v1/readings", "", Some("application/json; charset=latin1"), "{}", 415),
-            ("POST", "/v1/readings", "", j, "", 400),
-            ("POST", "/v1/readings", "", j, "[]", 400),
-            ("POST", "/v1/readings", "", j, "{", 400),
-            ("POST", "/v1/readings", "", j, "42", 400),
-            ("POST", "/v1/readings", "", j, "[1,2]", 400),
-            ("POST", "/v1/readings", "", j, r#"{"device_id":"a"}"#, 400),
-            ("POST", "/v1/readings", "", j, r#"{"device_id":"a","temp":"20"}"#, 400),
-            ("POST", "/v1/readings", "", j, r#"{"device_id":7,"temp":20}"#, 400),
-            ("POST", "/v1/readings", "", j, r#"{"device_id":"a","temp":null}"#, 400),
-            ("POST", "/v1/readings", "", j, r#"{"device_id":"a","temp":1,"temp":2}"#, 400),
-            ("POST", "/v1/readings", "", j, r#"{"device_id":"a","temp":1e400}"#, 422),
-            ("POST", "/v1/readings", "", j, r#"{"device_id":"a","temp":-300}"#, 422),
-            ("POST", "/v1/readings", "", j, four, 413),
-            ("POST", "/v1/readings", "", j, &big, 413),
-            ("POST", "/v1/readings", "", nd, "{\"device_id\":\"a\",\"temp\":1}\n{\"device", 400),
-            ("POST", "/v1/readings", "", nd, "\n\n", 400),
-            ("PUT", "/v1/readings", "", None, "", 405),
-            ("DELETE", "/v1/readings", "", None, "", 405),
-            ("POST", "/healthz", "", None, "", 405),
-            ("GET", "/nope", "", None, "", 404),
-            ("GET", "/v1/readings/x", "", None, "", 404),
-            ("GET", "/admin/stats", "", None, "", 403),
-            ("GET", "/admin/other", "", None, "", 404),
-        ];
-        assert!(cases.len() >= 30);
-        for (method, path, query, ct, body, expected) in cases {
-            let action = run(&s, method, path, query, ct, body);
-            assert_eq!(
-                status(&action),
-                expected,
-                "{method} {path}?{query} body={body:.60}"
-            );
-            let doc = problem_body(&action);
-            assert_eq!(doc["status"], expected);
-            assert!(doc["type"]
-                .as_str()
-                .unwrap()
-                .starts_with("urn:edge-enrich:problem:"));
-            assert_eq!(doc["instance"], "urn:edge-enrich:request:req-1");
-            assert!(!doc["detail"].as_str().unwrap().is_empty());
-        }
-    }
-
-    #[test]
-    fn method_not_allowed_names_allow() {
-        let a = run(&settings(&[]), "PUT", "/v1/readings", "", None, "");
-        let Action::Respond(r) = a else { panic!() };
-        assert!(r
-            .headers
-            .contains(&("allow", "GET, POST, OPTIONS".to_owned())));
-    }
-
-    #[test]
-    fn get_accepts_one_reading() {
-        let a = run(
-            &settings(&[]),
-            "GET",
-            "/v1/readings",
-            "device_id=abc&temp=74.3&unit=F",
-            None,
-            "",
-        );
-        let Action::Accept(acc) = a else {
-            panic!("{a:?}")
-        };
-        assert_eq!(acc.readings.len(), 1);
-        assert_eq!(acc.shard_key, "abc");
-        let r = acc.response().finish("req-1", 0.25, Vec::new());
-        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-        assert_eq!(v["temp_c"], 23.5);
-        assert_eq!(v["edge"]["node"], "test-node");
-        assert!(r
-            .headers
-            .contains(&("cache-control", "no-store".to_owned())));
-        assert!(r.headers.contains(&("x-request-id", "req-1".to_owned())));
-        assert!(
-            r.headers
-                .contains(&("server-timing", "handler;dur=0.2".to_owned()))
-                || r.headers
-                    .contains(&("server-timing", "handler;dur=0.3".to_owned()))
-        );
-    }
-
-    #[test]
-    fn post_answers_an_array() {
-        let a = run(
-            &settings(&[]),
-            "POST",
-            "/v1/readings",
-            "",
-            Some("application/json"),
-            r#"{"device_id":"a","temp":20}"#,
-        );
-        let Action::Accept(acc) = a else {
-            panic!("{a:?}")
-        };
-        let v: serde_json::Value = serde_json::from_str(&acc.response().body).unwrap();
-        assert_eq!(v.as_array().unwrap().len(), 1);
-    }
-
-    #[test]
-    fn misconfiguration_refuses_ingest_and_shows_in_health() {
-        let s = Settings::load(&Pairs(&[("FLUSH_MAX_ITEMS", "x"), ("AUTH_MODE", "off")]));
-        let a = run(&s, "GET", "/v1/readings", "device_id=a&temp=1", None, "");
-        assert_eq!(status(&a), 503);
-        let Action::Respond(h) = run(&s, "GET", "/healthz", "", None, "") else {
-            panic!()
-        };
-        assert_eq!(h.status, 503);
-        let v: serde_json::Value = serde_json::from_str(&h.body).unwrap();
-        assert_eq!(v["config"]["valid"], false);
-        assert_eq!(v["config"]["errors"].as_array().unwrap().len(), 2);
-    }
-
-    #[test]
-    fn admin_requires_the_token() {
-        let s = settings(&[("ADMIN_TOKEN", "s3cret")]);
-        let edge = edge();
-        let ctx = RequestContext {
-            settings: &s,
-            stored_profiles: None,
-            edge: &edge,
-            now_ms: 0,
-            request_id: "r",
-        };
-        let mk = |auth| HttpRequest {
-            authorization: auth,
-            ..HttpRequest::new("GET", "/admin/dead-letters", "", b"")
-        };
-        assert!(matches!(
-            handle(&mk(Some("Bearer s3cret")), &ctx),
-            Action::Admin(AdminQuery::DeadLetters)
-        ));
-        assert_eq!(status(&handle(&mk(Some("Bearer s3cre")), &ctx)), 401);
-        assert_eq!(status(&handle(&mk(None), &ctx)), 401);
-        assert!(!constant_time_eq(b"ab", b"abc"));
-        assert!(constant_time_eq(b"abc", b"abc"));
-    }
-
-    const SECRET: &str = "an-api-test-secret-of-32-bytes-or-more";
-
-    fn ctx_run(s: &Settings, req: &HttpRequest<'_>) -> Action {
-        let edge = edge();
-        let ctx = RequestContext {
-            settings: s,
-            stored_profiles: None,
-            edge: &edge,
-            now_ms: 1_700_000_000_000,
-            request_id: "req-1",
-        };
-        handle(req, &ctx)
-    }
-
-    #[test]
-    fn device_credentials_gate_ingest_before_the_body_is_parsed() {
-        let s = settings(&[("AUTH_MODE", "token"), ("AUTH_SECRET", SECRET)]);
-        let token = crate::http::auth::MasterSecret::new(SECRET)
-            .unwrap()
-            .device_key("dev-1");
-        let bearer = format!("Bearer {token}");
-        let get = |query, auth| HttpRequest {
-            authorization: auth,
-            ..HttpRequest::new("GET", READINGS_PATH, query, b"")
-        };
-        assert!(matches!(
-            ctx_run(&s, &get("device_id=dev-1&temp=20", Some(&bearer))),
-            Action::Accept(_)
-        ));
-        // Another device's readings with this token; no token; garbage body without a token.
-        assert_eq!(
-            status(&ctx_run(&s, &get("device_id=dev-2&temp=20", Some(&bearer)))),
-            401
-        );
-        let a = ctx_run(&s, &get("device_id=dev-1&temp=20", None));
-        assert_eq!(status(&a), 401);
-        let Action::Respond(r) = a else { panic!() };
-        assert!(r
-            .headers
-            .iter()
-            .any(|(k, v)| *k == "www-authenticate" && v.starts_with("Bearer")));
-        assert!(!r.body.contains(&token));
-        let post = HttpRequest {
-            content_type: Some("application/json"),
-            ..HttpRequest::new("POST", READINGS_PATH, "", b"{{{{ not json")
-        };
-        assert_eq!(status(&ctx_run(&s, &post)), 401);
-        let mixed = br#"[{"device_id":"dev-1","temp":1},{"device_id":"dev-2","temp":1}]"#;
-        let post = HttpRequest {
-            content_type: Some("application/json"),
-            authorization: Some(&bearer),
-            ..HttpRequest::new("POST", READINGS_PATH, "", mixed)
-        };
-        assert_eq!(status(&ctx_run(&s, &post)), 403);
-    }
-
-    #[test]
-    fn signed_requests_verify_against_the_exact_request() {
-        let s = settings(&[("AUTH_MODE", "hmac"), ("AUTH_SECRET", SECRET)]);
-        let key = crate::http::auth::MasterSecret::new(SECRET)
-            .unwrap()
-            .device_key("dev-1");
-        let body = br#"{"device_id":"dev-1","temp":21.5}"#;
-        let parts = SignedParts {
-            method: "POST",
-            path: READINGS_PATH,
-            query: "",
-            body,
-        };
-        let header = crate::http::auth::sign(&key, "dev-1", &parts, 1_700_000_000);
-        let post = |body: &'static [u8]| HttpRequest {
-            content_type: Some("application/json"),
-            authorization: Some(&header),
-            ..HttpRequest::new("POST", READINGS_PATH, "", body)
-        };
-        assert!(matches!(ctx_run(&s, &post(body)), Action::Accept(_)));
-        assert_eq!(
-            status(&ctx_run(&s, &post(br#"{"device_id":"dev-1","temp":99}"#))),
-            401
-        );
-    }
-
-    #[test]
-    fn limits_are_checked_first() {
-        let s = settings(&[("MAX_URL_BYTES", "256"), ("MAX_HEADER_BYTES", "1024")]);
-        let long = format!("device_id=a&temp=1&x={}", "y".repeat(300));
-        assert_eq!(
-            status(&ctx_run(
-                &s,
-                &HttpRequest::new("GET", READINGS_PATH, &long, b"")
-            )),
-            414
-        );
-        let req = HttpRequest {
-            header_bytes: 2000,
-            ..HttpRequest::new("GET", READINGS_PATH, "device_id=a&temp=1", b"")
-        };
-        assert_eq!(status(&ctx_run(&s, &req)), 431);
-        let deep = format!("{}{}", "[".repeat(50), "]".repeat(50));
-        let req = HttpRequest {
-            content_type: Some("application/json"),
-            ..HttpRequest::new("POST", READINGS_PATH, "", deep.as_bytes())
-        };
-        let doc = problem_body(&ctx_run(&s, &req));
-        assert!(doc["detail"].as_str().unwrap().contains("nests deeper"));
-    }
-
-    #[test]
-    fn cors_preflight_and_answers() {
-        let s = settings(&[("CORS_ALLOWED_ORIGINS", "https://app.example.com")]);
-        let req = HttpRequest {
-            origin: Some("https://app.example.com"),
-            preflight_method: Some("POST"),
-            preflight_headers: Some("content-type"),
-            ..HttpRequest::new("OPTIONS", READINGS_PATH, "", b"")
-        };
-        let Action::Respond(r) = ctx_run(&s, &req) else {
-            panic!()
-        };
-        assert_eq!(r.status, 204);
-        let r = r.finish(
-            "req-1",
-            0.0,
-            s.cors_headers(Some("https://app.example.com")),
-        );
-        let acao: Vec<_> = r
-            .headers
-            .iter()
-            .filter(|(k, _)| *k == "access-control-allow-origin")
-            .collect();
-        assert_eq!(acao.len(), 1, "{:?}", r.headers);
-        let evil = HttpRequest {
-            origin: Some("https://evil.example"),
-            ..req
-        };
-        let Action::Respond(r) = ctx_run(&s, &evil) else {
-            panic!()
-        };
-        assert!(r
-            .headers
-            .iter()
-            .all(|(k, _)| !k.starts_with("access-control-")));
-        let answer = HttpResponse::json(200, "{}".into()).finish(
-            "r",
-            0.0,
-            s.cors_headers(Some("https://app.example.com")),
-        );
-        assert!(answer.headers.contains(&(
-            "access-control-allow-origin",
-            "https://app.example.com".to_owned()
-        )));
+        Ok(Plan::Readings(i)) => match ingest(parts, i, body, ctx) {
+            Ok(accepted) => Action::Accept(accepted),
+            Err(p) => refused(p),
+        },
     }
 }
+
+/// A request's head from a method, a target (`/path?query`) and headers: for tests, the fuzzer
+/// and the benches. None when they do not make a valid request.
+pub fn request_head(method: &str, target: &str, headers: &[(&str, &str)]) -> Option<Parts> {
+    let mut builder = http::Request::builder().method(method).uri(target);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(()).ok().map(|r| r.into_parts().0)
+}
+
+#[cfg(test)]
+mod tests;

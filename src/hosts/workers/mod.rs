@@ -1,10 +1,14 @@
 //! Cloudflare Workers adapter (`wasm32-unknown-unknown` only).
 //!
-//! The fetch handler is thin: it turns the platform request into [`crate::http::routes::HttpRequest`],
-//! lets the core decide, and hands accepted readings to a [`Batcher`] Durable Object, which
-//! stores them durably before the device gets its 200 and delivers them to the collector.
+//! The fetch handler converts: the platform's request into an `http::Request` whose body streams
+//! from the platform's, the `cf` object into edge facts, the pipeline's `http::Response` back.
+//! Everything in between is the core's request pipeline (`crate::http::pipeline`), with this
+//! file's [`Worker`] as its host: settings from `[vars]` and secrets, profiles from the
+//! `PROFILES` KV namespace, accepted readings handed to a [`Batcher`] Durable Object
+//! (`batcher_client`), which keeps them durably (`sql_store`) and delivers them (`batcher`).
 
 mod batcher;
+mod batcher_client;
 mod group_commit;
 mod log;
 mod sql_store;
@@ -12,28 +16,26 @@ mod wire;
 
 use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
-use wasm_bindgen::prelude::wasm_bindgen;
+use http::{HeaderName, HeaderValue};
 use wasm_bindgen::JsValue;
-use worker::{event, Context, Env, Headers, Method, Request, RequestInit, Response};
+use worker::{event, ByteStream, Context, Env, Headers, Request, Response};
 
 pub use batcher::Batcher;
 
 use crate::config::Settings;
 use crate::domain::calibration::Profiles;
 use crate::domain::enrich::EdgeInfo;
-use crate::domain::ids;
 use crate::domain::profile_cache::{self, CacheSlot, PROFILES_KEY};
-use crate::http::body::LimitedBody;
-use crate::http::problem::{Problem, ProblemType};
-use crate::http::routes::{
-    self, Accepted, Action, AdminQuery, HttpRequest, HttpResponse, RequestContext,
-};
-use crate::ports::ConfigSource;
+use crate::http::answer::Answer;
+use crate::http::pipeline;
+use crate::http::problem::Problem;
+use crate::http::routes::{Accepted, AdminQuery};
+use crate::ports::{BodyBroken, BodyStream, ConfigSource, EdgeFacts, Host, Level};
 
 pub const PLATFORM: &str = "cloudflare-workers";
-const BATCHER_BINDING: &str = "BATCHER";
 /// Optional KV namespace holding calibration profiles under `profile_cache::PROFILES_KEY`.
 const PROFILES_BINDING: &str = "PROFILES";
 /// Workers KV caches a read at the edge for at least this long (its minimum `cacheTtl`).
@@ -80,171 +82,70 @@ fn start() {
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
-    let started = js_sys::Date::now();
-    let request_id = ids::new_id(started as u64).unwrap_or_else(|_| String::from("no-entropy"));
-    let settings = settings(&env);
-    let headers = HeaderView::read(req.headers());
-    let cors = settings.cors_headers(headers.origin.as_deref());
-    let answer = match serve(req, &headers, &env, &settings, started as u64, &request_id).await {
-        Ok(answer) => answer,
-        Err(e) => {
-            log::error("request_failed", &request_id, &[("error", &e.to_string())]);
-            HttpResponse::problem(&Problem::internal(), &request_id)
-        }
+    let host = Worker { env: &env };
+    let facts = edge_facts(&req);
+    let answer = match to_http(req) {
+        Ok(request) => pipeline::handle(&host, request, facts).await,
+        Err(detail) => pipeline::unreadable(&host, &detail).await,
     };
-    to_worker_response(answer.finish(&request_id, js_sys::Date::now() - started, cors))
+    to_worker_response(answer)
 }
 
-/// The request headers the core looks at, and the size of all of them.
-struct HeaderView {
-    content_type: Option<String>,
-    authorization: Option<String>,
-    origin: Option<String>,
-    preflight_method: Option<String>,
-    preflight_headers: Option<String>,
-    total_bytes: usize,
-}
-
-impl HeaderView {
-    /// One pass over the headers (one crossing into JS per header rather than per lookup).
-    fn read(headers: &Headers) -> Self {
-        let mut view = Self {
-            content_type: None,
-            authorization: None,
-            origin: None,
-            preflight_method: None,
-            preflight_headers: None,
-            total_bytes: 0,
-        };
-        for (name, value) in headers.entries() {
-            view.total_bytes += name.len() + value.len() + 4;
-            let slot = match name.as_str() {
-                "content-type" => &mut view.content_type,
-                "authorization" => &mut view.authorization,
-                "origin" => &mut view.origin,
-                "access-control-request-method" => &mut view.preflight_method,
-                "access-control-request-headers" => &mut view.preflight_headers,
-                _ => continue,
-            };
-            *slot = Some(value);
-        }
-        view
-    }
-}
-
-async fn serve(
-    mut req: Request,
-    headers: &HeaderView,
-    env: &Env,
-    settings: &Settings,
-    now_ms: u64,
-    request_id: &str,
-) -> worker::Result<HttpResponse> {
-    let url = req.url()?;
-    let method = req.method();
-    let edge = edge_info(&req, settings);
-    let path = url.path();
-    let stored = if path == routes::READINGS_PATH || path == routes::HEALTH_PATH {
-        stored_profiles(env, settings, now_ms, request_id).await
-    } else {
-        None
+/// The platform's request as an `http::Request`; the body is read only when the pipeline asks.
+fn to_http(req: Request) -> Result<http::Request<WorkerBody>, String> {
+    let url = req.url().map_err(|e| e.to_string())?;
+    let target = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_owned(),
     };
-    let body = if method == Method::Post && url.path() == routes::READINGS_PATH {
-        match read_body(&mut req, settings.max_body_bytes()).await? {
-            Ok(body) => body,
-            Err(problem) => return Ok(HttpResponse::problem(&problem, request_id)),
-        }
-    } else {
-        Vec::new()
-    };
-    let request = HttpRequest {
-        method: method.as_ref(),
-        path: url.path(),
-        query: url.query().unwrap_or(""),
-        content_type: headers.content_type.as_deref(),
-        authorization: headers.authorization.as_deref(),
-        origin: headers.origin.as_deref(),
-        preflight_method: headers.preflight_method.as_deref(),
-        preflight_headers: headers.preflight_headers.as_deref(),
-        header_bytes: headers.total_bytes,
-        body: &body,
-    };
-    let ctx = RequestContext {
-        settings,
-        stored_profiles: stored.as_deref(),
-        edge: &edge,
-        now_ms,
-        request_id,
-    };
-    Ok(match routes::handle(&request, &ctx) {
-        Action::Respond(answer) => answer,
-        Action::Accept(accepted) => match hand_to_batcher(env, settings, &edge, &accepted).await {
-            Ok(()) => accepted.response(),
-            Err(problem) => {
-                log::warn(
-                    "ingest_refused",
-                    request_id,
-                    &[("detail", problem.detail())],
-                );
-                HttpResponse::problem(&problem, request_id)
+    let mut builder = http::Request::builder()
+        .method(req.method().as_ref())
+        .uri(target);
+    if let Some(headers) = builder.headers_mut() {
+        for (name, value) in req.headers().entries() {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(value.as_bytes()),
+            ) {
+                headers.append(name, value);
             }
-        },
-        Action::Admin(query) => admin(env, settings, &edge, query).await?,
-    })
-}
-
-/// Profiles from the `PROFILES` KV namespace, read again at most every `PROFILES_TTL_S` per
-/// isolate (plus KV's own edge cache), so `wrangler kv key put` shows within about a minute.
-/// Without the binding, or without the key, the deployment's own profiles apply.
-async fn stored_profiles(
-    env: &Env,
-    settings: &Settings,
-    now: u64,
-    request_id: &str,
-) -> Option<Rc<Profiles>> {
-    let kv = env.kv(PROFILES_BINDING).ok()?;
-    let read = || async move {
-        kv.get(PROFILES_KEY)
-            .cache_ttl(KV_CACHE_TTL_S)
-            .text()
-            .await
-            .map_err(|e| e.to_string())
-    };
-    let log_kept =
-        |error: &str| log::warn("profiles_not_updated", request_id, &[("detail", error)]);
-    profile_cache::refreshed(
-        &PROFILE_CACHE,
-        settings.profiles_ttl_ms(),
-        now,
-        read,
-        log_kept,
-    )
-    .await
-}
-
-/// Reads the body up to `limit` bytes; a larger one is refused at once, before it is buffered
-/// (the Workers runtime still delivers the 413 to a client that is sending).
-async fn read_body(req: &mut Request, limit: usize) -> worker::Result<Result<Vec<u8>, Problem>> {
-    let declared = req
-        .headers()
-        .get("content-length")?
-        .and_then(|v| v.parse::<usize>().ok());
-    let mut body = match LimitedBody::new(limit, limit, declared) {
-        Ok(body) => body,
-        Err(problem) => return Ok(Err(problem)),
-    };
-    let mut stream = req.stream()?;
-    while let Some(chunk) = stream.next().await {
-        if !body.push(&chunk?) {
-            break;
         }
     }
-    Ok(body.finish())
+    builder
+        .body(WorkerBody::Unread(req))
+        .map_err(|e| e.to_string())
+}
+
+/// The request body, opened as a stream on the first read.
+enum WorkerBody {
+    Unread(Request),
+    Reading(ByteStream),
+    Done,
+}
+
+impl BodyStream for WorkerBody {
+    type Chunk = Vec<u8>;
+
+    async fn next_chunk(&mut self) -> Option<Result<Vec<u8>, BodyBroken>> {
+        if let Self::Unread(req) = self {
+            *self = match req.stream() {
+                Ok(stream) => Self::Reading(stream),
+                Err(_) => Self::Done, // no body at all
+            };
+        }
+        let Self::Reading(stream) = self else {
+            return None;
+        };
+        stream
+            .next()
+            .await
+            .map(|chunk| chunk.map_err(|_| BodyBroken))
+    }
 }
 
 /// Node tags from the request's `cf` object, which is absent or a placeholder locally. Read
 /// through `Reflect` rather than `worker::Cf`, whose getters unwrap a missing field.
-fn edge_info(req: &Request, settings: &Settings) -> EdgeInfo {
+fn edge_facts(req: &Request) -> EdgeFacts {
     let cf = js_sys::Reflect::get(req.inner(), &JsValue::from_str("cf"))
         .ok()
         .filter(|v| v.is_object());
@@ -254,167 +155,110 @@ fn edge_info(req: &Request, settings: &Settings) -> EdgeInfo {
             .and_then(|v| v.as_string())
             .filter(|s| !s.is_empty())
     };
-    EdgeInfo::new(
-        settings.edge_node(),
-        field("colo"),
-        field("country"),
-        field("region"),
-        PLATFORM,
-    )
-}
-
-/// How many batchers (Durable Objects) each colo has.
-fn shard_count(settings: &Settings) -> u32 {
-    settings
-        .config
-        .as_ref()
-        .map(|c| c.batcher_shards)
-        .unwrap_or(1)
-        .max(1)
-}
-
-/// The name of one batcher: its colo and shard number.
-fn batcher_name(edge: &EdgeInfo, shard: u32) -> String {
-    format!("{}:{shard}", edge.colo.as_deref().unwrap_or("local"))
-}
-
-/// The shard that owns a request's readings, chosen by its first device id with FNV-1a: stable
-/// across isolates and releases, unlike std's randomly seeded hasher.
-fn shard_of(shard_key: &str, shards: u32) -> u32 {
-    let hash = shard_key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    (hash % u64::from(shards.max(1))) as u32
-}
-
-fn batcher_request(
-    path: &str,
-    method: Method,
-    body: Option<String>,
-    headers: Headers,
-) -> worker::Result<Request> {
-    let mut init = RequestInit::new();
-    init.with_method(method)
-        .with_headers(headers)
-        .with_body(body.map(|b| JsValue::from_str(&b)));
-    Request::new_with_init(&format!("https://batcher.internal{path}"), &init)
-}
-
-/// Waits only for the batcher's durable acceptance, never for the collector. Concurrent
-/// requests in this isolate share one Durable Object call (see `group_commit`).
-async fn hand_to_batcher(
-    env: &Env,
-    settings: &Settings,
-    edge: &EdgeInfo,
-    accepted: &Accepted,
-) -> Result<(), Problem> {
-    let name = batcher_name(edge, shard_of(&accepted.shard_key, shard_count(settings)));
-    let body = wire::encode_section(accepted);
-    let send = |body, sections| call_batcher(env, settings, &name, &edge.node, body, sections);
-    group_commit::submit(&name, body, accepted.readings.len(), send).await
-}
-
-#[wasm_bindgen]
-extern "C" {
-    /// A `Batcher` stub seen through Workers RPC (see `batcher::Batcher::accept_rpc`).
-    type BatcherRpc;
-    #[wasm_bindgen(method, catch)]
-    fn accept(this: &BatcherRpc, node: &str, body: &str) -> Result<js_sys::Promise, JsValue>;
-}
-
-/// One `accept` call to a batcher with one or more requests' sections; an outcome per section.
-async fn call_batcher(
-    env: &Env,
-    settings: &Settings,
-    name: &str,
-    node: &str,
-    body: String,
-    sections: usize,
-) -> group_commit::GroupOutcome {
-    let unavailable = |error: String| {
-        log::error("batcher_unreachable", "", &[("error", &error)]);
-        Problem::new(
-            ProblemType::UpstreamUnavailable,
-            "the batcher could not be reached; nothing was accepted",
-        )
-        .with_retry_after(1)
-    };
-    let js_error = |e: JsValue| e.as_string().unwrap_or_else(|| format!("{e:?}"));
-    let stub = env
-        .durable_object(BATCHER_BINDING)
-        .and_then(|ns| ns.get_by_name(name))
-        .map_err(|e| unavailable(e.to_string()))?
-        .into_rpc::<BatcherRpc>();
-    let call = stub
-        .accept(node, &body)
-        .map_err(|e| unavailable(js_error(e)))?;
-    let reply = wasm_bindgen_futures::JsFuture::from(call)
-        .await
-        .map_err(|e| unavailable(js_error(e)))?
-        .as_string()
-        .ok_or_else(|| unavailable("the batcher answered something other than text".into()))?;
-    match serde_json::from_str(&reply) {
-        Ok(wire::AcceptReply::Accepted(answer)) => {
-            let mut outcomes = vec![Ok(()); sections];
-            let limit = settings.config.as_ref().ok().and_then(|c| c.rate_limit);
-            for (index, retry_after_s) in answer.limited {
-                if let (Some(slot), Some(limit)) = (outcomes.get_mut(index), limit.as_ref()) {
-                    *slot = Err(crate::http::rate_limit::limited(retry_after_s, limit));
-                }
-            }
-            Ok(outcomes)
-        }
-        Ok(wire::AcceptReply::BacklogFull {
-            retry_after_s,
-            detail,
-        }) => Err(Problem::backlog_full(retry_after_s, detail)),
-        Ok(wire::AcceptReply::Refused { detail }) => {
-            log::error("batcher_refused", "", &[("detail", &detail)]);
-            Err(Problem::internal())
-        }
-        Err(e) => {
-            log::error("batcher_refused", "", &[("detail", &e.to_string())]);
-            Err(Problem::internal())
-        }
+    EdgeFacts {
+        colo: field("colo"),
+        country: field("country"),
+        region: field("region"),
     }
 }
 
-/// Admin queries fan out to every shard of this colo's batchers.
-async fn admin(
-    env: &Env,
-    settings: &Settings,
-    edge: &EdgeInfo,
-    query: AdminQuery,
-) -> worker::Result<HttpResponse> {
-    let path = match query {
-        AdminQuery::Stats => "/stats",
-        AdminQuery::DeadLetters => "/dead-letters",
-    };
-    let ns = env.durable_object(BATCHER_BINDING)?;
-    let mut batchers = Vec::new();
-    for shard in 0..shard_count(settings) {
-        let name = batcher_name(edge, shard);
-        let mut answer = ns
-            .get_by_name(&name)?
-            .fetch_with_request(batcher_request(path, Method::Get, None, Headers::new())?)
-            .await?;
-        let mut doc: serde_json::Value =
-            serde_json::from_str(&answer.text().await?).unwrap_or_default();
-        doc["batcher"] = name.into();
-        batchers.push(doc);
-    }
-    Ok(HttpResponse::json(
-        200,
-        serde_json::json!({ "batchers": batchers }).to_string(),
-    ))
-}
-
-fn to_worker_response(answer: HttpResponse) -> worker::Result<Response> {
+fn to_worker_response(answer: Answer) -> worker::Result<Response> {
+    let (parts, body) = answer.into_parts();
     let headers = Headers::new();
-    for (name, value) in &answer.headers {
-        headers.set(name, value)?;
+    for (name, value) in &parts.headers {
+        if let Ok(value) = value.to_str() {
+            headers.append(name.as_str(), value)?;
+        }
     }
-    Ok(Response::ok(answer.body)?
-        .with_status(answer.status)
+    Ok(Response::ok(body)?
+        .with_status(parts.status.as_u16())
         .with_headers(headers))
+}
+
+/// The pipeline's host on Workers.
+struct Worker<'a> {
+    env: &'a Env,
+}
+
+impl Host for Worker<'_> {
+    fn platform(&self) -> &'static str {
+        PLATFORM
+    }
+
+    /// None: the runtime delivers an early answer to a client that is still sending.
+    fn drain_limit(&self) -> usize {
+        0
+    }
+
+    async fn settings(&self) -> Rc<Settings> {
+        settings(self.env)
+    }
+
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+
+    fn timer_ms(&self) -> f64 {
+        js_sys::Date::now()
+    }
+
+    async fn sleep_ms(&self, ms: u64) {
+        worker::Delay::from(Duration::from_millis(ms)).await;
+    }
+
+    /// Profiles from the `PROFILES` KV namespace, read again at most every `PROFILES_TTL_S` per
+    /// isolate (plus KV's own edge cache), so `wrangler kv key put` shows within about a minute.
+    /// Without the binding, or without the key, the deployment's own profiles apply.
+    async fn stored_profiles(
+        &self,
+        settings: &Settings,
+        now_ms: u64,
+        request_id: &str,
+    ) -> Option<Rc<Profiles>> {
+        let kv = self.env.kv(PROFILES_BINDING).ok()?;
+        let read = || async move {
+            kv.get(PROFILES_KEY)
+                .cache_ttl(KV_CACHE_TTL_S)
+                .text()
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let log_kept =
+            |error: &str| log::warn("profiles_not_updated", request_id, &[("detail", error)]);
+        let ttl = settings.profiles_ttl_ms();
+        profile_cache::refreshed(&PROFILE_CACHE, ttl, now_ms, read, log_kept).await
+    }
+
+    /// Waits only for the batcher's durable acceptance (rate limits included), never for the
+    /// collector.
+    async fn accept(
+        &self,
+        settings: &Settings,
+        edge: &EdgeInfo,
+        accepted: &Accepted,
+    ) -> Result<(), Problem> {
+        batcher_client::hand_to_batcher(self.env, settings, edge, accepted).await
+    }
+
+    async fn admin(
+        &self,
+        settings: &Settings,
+        edge: &EdgeInfo,
+        query: AdminQuery,
+    ) -> Result<String, Problem> {
+        batcher_client::admin(self.env, settings, edge, query)
+            .await
+            .map_err(|e| {
+                log::error("admin_failed", "", &[("error", &e.to_string())]);
+                Problem::internal()
+            })
+    }
+
+    fn log(&self, level: Level, event: &str, request_id: &str, fields: &[(&str, &str)]) {
+        match level {
+            Level::Info => log::info(event, request_id, fields),
+            Level::Warn => log::warn(event, request_id, fields),
+            Level::Error => log::error(event, request_id, fields),
+        }
+    }
 }

@@ -1,0 +1,158 @@
+//! The Worker's side of its batchers: which shard takes a request, the group-commit call by
+//! Workers RPC (see `group_commit`), what the batcher's answer means for each request, and the
+//! admin queries that fan out to every shard.
+
+use wasm_bindgen::prelude::wasm_bindgen;
+use wasm_bindgen::JsValue;
+use worker::{Env, Headers, Method, Request, RequestInit};
+
+use super::{group_commit, log, wire};
+use crate::config::Settings;
+use crate::domain::enrich::EdgeInfo;
+use crate::http::problem::{Problem, ProblemType};
+use crate::http::routes::{Accepted, AdminQuery};
+
+const BATCHER_BINDING: &str = "BATCHER";
+
+/// How many batchers (Durable Objects) each colo has.
+fn shard_count(settings: &Settings) -> u32 {
+    settings
+        .config
+        .as_ref()
+        .map(|c| c.batcher_shards)
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// The name of one batcher: its colo and shard number.
+fn batcher_name(edge: &EdgeInfo, shard: u32) -> String {
+    format!("{}:{shard}", edge.colo.as_deref().unwrap_or("local"))
+}
+
+/// The shard that owns a request's readings, chosen by its first device id with FNV-1a: stable
+/// across isolates and releases, unlike std's randomly seeded hasher.
+fn shard_of(shard_key: &str, shards: u32) -> u32 {
+    let hash = shard_key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    (hash % u64::from(shards.max(1))) as u32
+}
+
+fn batcher_request(
+    path: &str,
+    method: Method,
+    body: Option<String>,
+    headers: Headers,
+) -> worker::Result<Request> {
+    let mut init = RequestInit::new();
+    init.with_method(method)
+        .with_headers(headers)
+        .with_body(body.map(|b| JsValue::from_str(&b)));
+    Request::new_with_init(&format!("https://batcher.internal{path}"), &init)
+}
+
+/// Waits only for the batcher's durable acceptance, never for the collector. Concurrent
+/// requests in this isolate share one Durable Object call (see `group_commit`).
+pub async fn hand_to_batcher(
+    env: &Env,
+    settings: &Settings,
+    edge: &EdgeInfo,
+    accepted: &Accepted,
+) -> Result<(), Problem> {
+    let name = batcher_name(edge, shard_of(&accepted.shard_key, shard_count(settings)));
+    let body = wire::encode_section(accepted);
+    let send = |body, sections| call_batcher(env, settings, &name, &edge.node, body, sections);
+    group_commit::submit(&name, body, accepted.readings.len(), send).await
+}
+
+#[wasm_bindgen]
+extern "C" {
+    /// A `Batcher` stub seen through Workers RPC (see `batcher::Batcher::accept_rpc`).
+    type BatcherRpc;
+    #[wasm_bindgen(method, catch)]
+    fn accept(this: &BatcherRpc, node: &str, body: &str) -> Result<js_sys::Promise, JsValue>;
+}
+
+/// One `accept` call to a batcher with one or more requests' sections; an outcome per section.
+async fn call_batcher(
+    env: &Env,
+    settings: &Settings,
+    name: &str,
+    node: &str,
+    body: String,
+    sections: usize,
+) -> group_commit::GroupOutcome {
+    let unavailable = |error: String| {
+        log::error("batcher_unreachable", "", &[("error", &error)]);
+        Problem::new(
+            ProblemType::UpstreamUnavailable,
+            "the batcher could not be reached; nothing was accepted",
+        )
+        .with_retry_after(1)
+    };
+    let js_error = |e: JsValue| e.as_string().unwrap_or_else(|| format!("{e:?}"));
+    let stub = env
+        .durable_object(BATCHER_BINDING)
+        .and_then(|ns| ns.get_by_name(name))
+        .map_err(|e| unavailable(e.to_string()))?
+        .into_rpc::<BatcherRpc>();
+    let call = stub
+        .accept(node, &body)
+        .map_err(|e| unavailable(js_error(e)))?;
+    let reply = wasm_bindgen_futures::JsFuture::from(call)
+        .await
+        .map_err(|e| unavailable(js_error(e)))?
+        .as_string()
+        .ok_or_else(|| unavailable("the batcher answered something other than text".into()))?;
+    match serde_json::from_str(&reply) {
+        Ok(wire::AcceptReply::Accepted(answer)) => {
+            let mut outcomes = vec![Ok(()); sections];
+            let limit = settings.config.as_ref().ok().and_then(|c| c.rate_limit);
+            for (index, retry_after_s) in answer.limited {
+                if let (Some(slot), Some(limit)) = (outcomes.get_mut(index), limit.as_ref()) {
+                    *slot = Err(crate::http::rate_limit::limited(retry_after_s, limit));
+                }
+            }
+            Ok(outcomes)
+        }
+        Ok(wire::AcceptReply::BacklogFull {
+            retry_after_s,
+            detail,
+        }) => Err(Problem::backlog_full(retry_after_s, detail)),
+        Ok(wire::AcceptReply::Refused { detail }) => {
+            log::error("batcher_refused", "", &[("detail", &detail)]);
+            Err(Problem::internal())
+        }
+        Err(e) => {
+            log::error("batcher_refused", "", &[("detail", &e.to_string())]);
+            Err(Problem::internal())
+        }
+    }
+}
+
+/// Admin queries fan out to every shard of this colo's batchers.
+pub async fn admin(
+    env: &Env,
+    settings: &Settings,
+    edge: &EdgeInfo,
+    query: AdminQuery,
+) -> worker::Result<String> {
+    let path = match query {
+        AdminQuery::Stats => "/stats",
+        AdminQuery::DeadLetters => "/dead-letters",
+    };
+    let ns = env.durable_object(BATCHER_BINDING)?;
+    let mut batchers = Vec::new();
+    for shard in 0..shard_count(settings) {
+        let name = batcher_name(edge, shard);
+        let mut answer = ns
+            .get_by_name(&name)?
+            .fetch_with_request(batcher_request(path, Method::Get, None, Headers::new())?)
+            .await?;
+        let mut doc: serde_json::Value =
+            serde_json::from_str(&answer.text().await?).unwrap_or_default();
+        doc["batcher"] = name.into();
+        batchers.push(doc);
+    }
+    Ok(serde_json::json!({ "batchers": batchers }).to_string())
+}

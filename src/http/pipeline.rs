@@ -1,0 +1,233 @@
+//! The one request path of every host: an `http::Request` whose body the host streams, a
+//! [`Host`] for everything platform-specific, an `http::Response` back. Request ids, the order
+//! of checks, the body limit, routing, credentials, validation, enrichment, the hand-off to the
+//! outbox, admin answers, error mapping, CORS and timing headers are all here, once.
+//!
+//! Order: everything the request line and headers settle is decided before a byte of the body
+//! is read (`routes::plan`); then at most `MAX_BODY_BYTES` of the body are read; then the rest
+//! (`routes::ingest`) and the host's acceptance.
+//!
+//! The drain: a refused request's body is not read, but a host whose runtime closes a
+//! connection with an unread body (wasmtime serve, Spin: hyper resets it, and a client still
+//! sending sees the reset, not its 4xx) reads and drops up to [`Host::drain_limit`] bytes of it
+//! first, for at most [`DRAIN_WAIT_MS`]. Workers needs none (its runtime delivers the answer to
+//! a client that is still sending). A 414 or 431 is never drained: its answer goes at once.
+
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, ORIGIN, TRANSFER_ENCODING, VARY};
+use http::request::Parts;
+use http::Request;
+
+use crate::config::Settings;
+use crate::domain::enrich::EdgeInfo;
+use crate::domain::ids;
+use crate::http::answer::{self, Answer};
+use crate::http::problem::{Problem, ProblemType};
+use crate::http::routes::{self, Plan, RequestContext};
+use crate::ports::{BodyStream, EdgeFacts, Host, Level};
+
+/// How long a drain may wait for a body that is declared but does not come.
+pub const DRAIN_WAIT_MS: u64 = 1_000;
+
+/// Answers one request.
+pub async fn handle<H: Host, B: BodyStream>(
+    host: &H,
+    request: Request<B>,
+    facts: EdgeFacts,
+) -> Answer {
+    let started = host.timer_ms();
+    let now = host.now_ms();
+    let request_id = ids::new_id(now).unwrap_or_else(|_| String::from("no-entropy"));
+    let settings = host.settings().await;
+    let (parts, mut body) = request.into_parts();
+    let edge = EdgeInfo::new(
+        settings.edge_node(),
+        facts.colo,
+        facts.country,
+        facts.region,
+        host.platform(),
+    );
+    let outcome = serve(host, &settings, &parts, &mut body, &edge, now, &request_id).await;
+    let answer = match outcome {
+        Ok(answer) => answer,
+        Err(refusal) => {
+            if refusal.drain && declares_body(&parts) {
+                drain(host, &mut body).await;
+            }
+            answer::problem(&refusal.problem, &request_id)
+        }
+    };
+    host.after(&settings).await;
+    finish(
+        answer,
+        &settings,
+        &parts,
+        &request_id,
+        host.timer_ms() - started,
+    )
+}
+
+/// The answer to a request the host could not even turn into an `http::Request` (a target or
+/// header the `http` crate refuses): a 400 with the headers every answer carries.
+pub async fn unreadable<H: Host>(host: &H, detail: &str) -> Answer {
+    let now = host.now_ms();
+    let request_id = ids::new_id(now).unwrap_or_else(|_| String::from("no-entropy"));
+    let settings = host.settings().await;
+    let problem = Problem::new(
+        ProblemType::InvalidRequest,
+        format!("the request could not be read: {detail}"),
+    );
+    let parts = Request::new(()).into_parts().0;
+    finish(
+        answer::problem(&problem, &request_id),
+        &settings,
+        &parts,
+        &request_id,
+        0.0,
+    )
+}
+
+/// A problem, and whether the body may still be coming (see the module comment).
+struct Refusal {
+    problem: Problem,
+    drain: bool,
+}
+
+impl From<Problem> for Refusal {
+    fn from(problem: Problem) -> Self {
+        let drain = !matches!(
+            problem.kind(),
+            ProblemType::UriTooLong | ProblemType::HeadersTooLarge
+        );
+        Self { problem, drain }
+    }
+}
+
+/// After the body was read: nothing left to drain.
+fn read_already(problem: Problem) -> Refusal {
+    Refusal {
+        problem,
+        drain: false,
+    }
+}
+
+async fn serve<H: Host, B: BodyStream>(
+    host: &H,
+    settings: &Settings,
+    parts: &Parts,
+    body: &mut B,
+    edge: &EdgeInfo,
+    now: u64,
+    request_id: &str,
+) -> Result<Answer, Refusal> {
+    match routes::plan(parts, settings, now)? {
+        Plan::Answer(answer) => Ok(answer),
+        Plan::Health => {
+            let stored = host.stored_profiles(settings, now, request_id).await;
+            Ok(routes::health(settings, edge, stored.as_deref()))
+        }
+        Plan::Admin(query) => {
+            let json = host.admin(settings, edge, query).await?;
+            Ok(answer::json(200, json))
+        }
+        Plan::Readings(ingest) => {
+            let bytes = if ingest.reads_body() {
+                read_body(body, ingest.limit).await?
+            } else {
+                Vec::new()
+            };
+            let stored = host.stored_profiles(settings, now, request_id).await;
+            let ctx = RequestContext {
+                settings,
+                stored_profiles: stored.as_deref(),
+                edge,
+                now_ms: now,
+                request_id,
+            };
+            let accepted = routes::ingest(parts, ingest, &bytes, &ctx).map_err(read_already)?;
+            if let Err(problem) = host.accept(settings, edge, &accepted).await {
+                host.log(
+                    Level::Warn,
+                    "ingest_refused",
+                    request_id,
+                    &[("detail", problem.detail())],
+                );
+                return Err(read_already(problem));
+            }
+            Ok(accepted.answer())
+        }
+    }
+}
+
+/// The body, at most `limit` bytes of it. Past the limit it is refused (and drained as the
+/// host needs); a stream that breaks is the client's request failing, a 400.
+async fn read_body<B: BodyStream>(body: &mut B, limit: usize) -> Result<Vec<u8>, Refusal> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.next_chunk().await {
+        let chunk = chunk.map_err(|_| {
+            read_already(Problem::new(
+                ProblemType::InvalidRequest,
+                "the request body could not be read",
+            ))
+        })?;
+        let chunk = chunk.as_ref();
+        if bytes.len() + chunk.len() > limit {
+            return Err(Problem::payload_too_large(limit).into());
+        }
+        bytes.extend_from_slice(chunk);
+    }
+    Ok(bytes)
+}
+
+fn declares_body(parts: &Parts) -> bool {
+    parts.headers.contains_key(TRANSFER_ENCODING)
+        || routes::header(parts, CONTENT_LENGTH).is_some_and(|v| v.trim() != "0")
+}
+
+/// Reads and drops what is left of the body, up to the host's drain limit and `DRAIN_WAIT_MS`.
+async fn drain<H: Host, B: BodyStream>(host: &H, body: &mut B) {
+    let limit = host.drain_limit();
+    if limit == 0 {
+        return;
+    }
+    let read = async {
+        let mut seen = 0;
+        while seen <= limit {
+            match body.next_chunk().await {
+                Some(Ok(chunk)) => seen += chunk.as_ref().len(),
+                _ => break,
+            }
+        }
+    };
+    let read = std::pin::pin!(read);
+    let wait = std::pin::pin!(host.sleep_ms(DRAIN_WAIT_MS));
+    futures_util::future::select(read, wait).await;
+}
+
+/// The headers every answer carries: CORS (a preflight carries its own), the request id, no
+/// caching, and the handler's time as the host's clock saw it.
+fn finish(
+    mut answer: Answer,
+    settings: &Settings,
+    parts: &Parts,
+    request_id: &str,
+    handler_ms: f64,
+) -> Answer {
+    if !answer.headers().contains_key(VARY) {
+        for (name, value) in settings.cors_headers(routes::header(parts, ORIGIN)) {
+            answer::add_header(&mut answer, name, &value);
+        }
+    }
+    answer::add_header(&mut answer, "x-request-id", request_id);
+    answer
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    answer::add_header(
+        &mut answer,
+        "server-timing",
+        &format!("handler;dur={:.1}", handler_ms.max(0.0)),
+    );
+    answer
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,478 @@
+//! The pipeline natively, against a fake host configured as each real one: the Worker, the
+//! spin flavour and the portable wasi:http flavour. Same bytes in, same bytes out, except what
+//! `host_specific` names: the platform tag (in answers and readings), the node name, and how
+//! much of a refused body the host drains.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use super::*;
+use crate::domain::calibration::Profiles;
+use crate::http::auth::{sign, MasterSecret, SignedParts};
+use crate::http::routes::{Accepted, AdminQuery};
+use crate::ports::testing::run;
+use crate::ports::{BodyBroken, Pairs};
+
+const SECRET: &str = "pipeline-test-master-secret-0123456789";
+
+struct FakeHost {
+    platform: &'static str,
+    drain_limit: usize,
+    settings: Rc<Settings>,
+    accepted: RefCell<Vec<String>>,
+    refuse_with: Option<Problem>,
+}
+
+impl FakeHost {
+    /// The three hosts, as their adapters configure the pipeline.
+    fn all(vars: &[(&str, &str)]) -> Vec<Self> {
+        let mut kv = vars.to_vec();
+        kv.extend_from_slice(&[
+            ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
+            ("AUTH_MODE", "token"),
+            ("AUTH_SECRET", SECRET),
+            ("ADMIN_TOKEN", "admin-token"),
+            ("MAX_BODY_BYTES", "2048"),
+            ("MAX_URL_BYTES", "512"),
+            ("CORS_ALLOWED_ORIGINS", "https://app.example.com"),
+        ]);
+        let settings = Rc::new(Settings::load(&Pairs(&kv)));
+        [
+            ("cloudflare-workers", 0),
+            ("spin", 4 * 1024 * 1024),
+            ("wasi-http", 4 * 1024 * 1024),
+        ]
+        .into_iter()
+        .map(|(platform, drain_limit)| Self {
+            platform,
+            drain_limit,
+            settings: settings.clone(),
+            accepted: RefCell::new(Vec::new()),
+            refuse_with: None,
+        })
+        .collect()
+    }
+}
+
+impl Host for FakeHost {
+    fn platform(&self) -> &'static str {
+        self.platform
+    }
+    fn drain_limit(&self) -> usize {
+        self.drain_limit
+    }
+    async fn settings(&self) -> Rc<Settings> {
+        self.settings.clone()
+    }
+    fn now_ms(&self) -> u64 {
+        1_800_000_000_000
+    }
+    fn timer_ms(&self) -> f64 {
+        0.0
+    }
+    async fn sleep_ms(&self, _ms: u64) {}
+    async fn stored_profiles(&self, _: &Settings, _: u64, _: &str) -> Option<Rc<Profiles>> {
+        None
+    }
+    async fn accept(&self, _: &Settings, _: &EdgeInfo, accepted: &Accepted) -> Result<(), Problem> {
+        if let Some(p) = &self.refuse_with {
+            return Err(p.clone());
+        }
+        self.accepted
+            .borrow_mut()
+            .extend(accepted.readings.iter().map(|r| r.id.clone()));
+        Ok(())
+    }
+    async fn admin(&self, _: &Settings, _: &EdgeInfo, q: AdminQuery) -> Result<String, Problem> {
+        Ok(format!("{{\"query\":\"{q:?}\"}}"))
+    }
+    fn log(&self, _: Level, _: &str, _: &str, _: &[(&str, &str)]) {}
+}
+
+/// A body in chunks; it can also break, or be declared and never come.
+#[derive(Clone, Default)]
+struct FakeBody {
+    chunks: Vec<Vec<u8>>,
+    broken: bool,
+    withheld: bool,
+    read: Rc<Cell<usize>>,
+}
+
+impl BodyStream for FakeBody {
+    type Chunk = Vec<u8>;
+    async fn next_chunk(&mut self) -> Option<Result<Vec<u8>, BodyBroken>> {
+        if self.withheld {
+            return std::future::pending().await;
+        }
+        if self.chunks.is_empty() {
+            return self.broken.then_some(Err(BodyBroken));
+        }
+        let chunk = self.chunks.remove(0);
+        self.read.set(self.read.get() + chunk.len());
+        Some(Ok(chunk))
+    }
+}
+
+fn body(bytes: &[u8]) -> FakeBody {
+    FakeBody {
+        chunks: bytes.chunks(512).map(<[u8]>::to_vec).collect(),
+        ..FakeBody::default()
+    }
+}
+
+fn token(device: &str) -> String {
+    format!(
+        "Bearer {}",
+        MasterSecret::new(SECRET).unwrap().device_key(device)
+    )
+}
+
+fn request(
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: FakeBody,
+) -> Request<FakeBody> {
+    let mut b = Request::builder().method(method).uri(target);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(body).unwrap()
+}
+
+/// An answer with what differs by host taken out: status, sorted headers, normalized body.
+type Seen = (u16, Vec<(String, String)>, String);
+/// method, target, headers, body
+type Case<'a> = (&'a str, String, Vec<(&'a str, String)>, Vec<u8>);
+
+/// The one place host differences are named: the platform tag, the node name derived from it,
+/// request ids and reading ids, and the handler time. Everything else must be equal.
+fn host_specific(answer: &Answer, platform: &str) -> Seen {
+    let mut headers: Vec<(String, String)> = answer
+        .headers()
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "x-request-id" | "server-timing"))
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("?").to_owned()))
+        .collect();
+    headers.sort();
+    let mut text = answer.body().replace(platform, "<platform>");
+    if let Some(id) = answer::header(answer, "x-request-id") {
+        text = text.replace(id, "<request-id>");
+    }
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    scrub(&mut v);
+    (answer.status().as_u16(), headers, v.to_string())
+}
+
+fn scrub(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for key in ["id"] {
+                if m.contains_key(key) {
+                    m.insert(key.into(), "<id>".into());
+                }
+            }
+            m.values_mut().for_each(scrub);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(scrub),
+        _ => {}
+    }
+}
+
+fn on_every_host(hosts: &[FakeHost], make: impl Fn() -> Request<FakeBody>) -> Vec<Seen> {
+    hosts
+        .iter()
+        .map(|h| {
+            let facts = EdgeFacts::default();
+            let answer = run(handle(h, make(), facts));
+            host_specific(&answer, h.platform)
+        })
+        .collect()
+}
+
+#[test]
+fn same_bytes_in_same_bytes_out_on_every_host() {
+    let hosts = FakeHost::all(&[("EDGE_NODE", "node-1")]);
+    let readings = br#"[{"device_id":"d1","temp":20.5},{"device_id":"d1","temp":70,"unit":"F"}]"#;
+    let h = token("d1");
+    let json = "application/json";
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "GET",
+            "/v1/readings?device_id=d1&temp=20".into(),
+            vec![("authorization", h.clone())],
+            vec![],
+        ),
+        (
+            "POST",
+            "/v1/readings".into(),
+            vec![("authorization", h.clone()), ("content-type", json.into())],
+            readings.to_vec(),
+        ),
+        (
+            "GET",
+            "/v1/readings?device_id=d1&temp=NaN".into(),
+            vec![("authorization", h.clone())],
+            vec![],
+        ),
+        (
+            "GET",
+            "/v1/readings?device_id=d2&temp=1".into(),
+            vec![("authorization", h.clone())],
+            vec![],
+        ),
+        (
+            "GET",
+            "/v1/readings?device_id=d1&temp=1".into(),
+            vec![],
+            vec![],
+        ),
+        (
+            "POST",
+            "/v1/readings".into(),
+            vec![
+                ("authorization", h.clone()),
+                ("content-type", "text/plain".into()),
+            ],
+            b"x".to_vec(),
+        ),
+        (
+            "POST",
+            "/v1/readings".into(),
+            vec![("authorization", h.clone()), ("content-type", json.into())],
+            br#"{"device_id":"d1","temp":1,"x":1,"x":2}"#.to_vec(),
+        ),
+        (
+            "POST",
+            "/v1/readings".into(),
+            vec![("authorization", h.clone()), ("content-type", json.into())],
+            vec![b' '; 3000],
+        ),
+        ("PUT", "/v1/readings".into(), vec![], b"{}".to_vec()),
+        ("GET", "/nowhere".into(), vec![], vec![]),
+        (
+            "GET",
+            format!("/v1/readings?x={}", "y".repeat(600)),
+            vec![],
+            vec![],
+        ),
+        ("GET", "/healthz".into(), vec![], vec![]),
+        (
+            "GET",
+            "/admin/stats".into(),
+            vec![("authorization", "Bearer admin-token".into())],
+            vec![],
+        ),
+        (
+            "GET",
+            "/admin/stats".into(),
+            vec![("authorization", h.clone())],
+            vec![],
+        ),
+        (
+            "OPTIONS",
+            "/v1/readings".into(),
+            vec![
+                ("origin", "https://app.example.com".into()),
+                ("access-control-request-method", "POST".into()),
+            ],
+            vec![],
+        ),
+        (
+            "GET",
+            "/v1/readings?device_id=d1&temp=2".into(),
+            vec![
+                ("authorization", h.clone()),
+                ("origin", "https://app.example.com".into()),
+            ],
+            vec![],
+        ),
+    ];
+    for (method, target, headers, bytes) in &cases {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let answers = on_every_host(&hosts, || request(method, target, &headers, body(bytes)));
+        assert!(
+            answers.windows(2).all(|w| w[0] == w[1]),
+            "{method} {target:.60}: hosts disagree: {answers:#?}"
+        );
+        let (status, headers, _) = &answers[0];
+        let has = |name: &str| headers.iter().any(|(k, _)| k == name);
+        assert!(has("cache-control"), "{method} {target:.60}");
+        if *status >= 400 {
+            assert!(headers.contains(&("content-type".into(), "application/problem+json".into())));
+        }
+    }
+    // Each host accepted the same readings (3 per host: a GET, a POST of two, a CORS GET).
+    for h in &hosts {
+        assert_eq!(h.accepted.borrow().len(), 4, "{}", h.platform);
+    }
+}
+
+#[test]
+fn the_request_line_and_headers_are_answered_before_any_body_byte() {
+    for host in FakeHost::all(&[]) {
+        let h = token("d1");
+        // A long URL with a large declared body: 414, not 413, and the body is not read, even
+        // when it never comes.
+        let withheld = FakeBody {
+            withheld: true,
+            ..FakeBody::default()
+        };
+        let long = format!("/v1/readings?x={}", "y".repeat(600));
+        let a = run(handle(
+            &host,
+            request(
+                "POST",
+                &long,
+                &[("content-length", "1000000")],
+                withheld.clone(),
+            ),
+            EdgeFacts::default(),
+        ));
+        assert_eq!(a.status(), 414, "{}", host.platform);
+        assert_eq!(withheld.read.get(), 0);
+        // A declared length over MAX_BODY_BYTES: 413 from the header alone; a host that must
+        // drain reads a bounded amount and drops it, none keeps it.
+        let big = body(&vec![b'x'; 8192]);
+        let a = run(handle(
+            &host,
+            request(
+                "POST",
+                "/v1/readings",
+                &[
+                    ("authorization", &h),
+                    ("content-type", "application/json"),
+                    ("content-length", "8192"),
+                ],
+                big.clone(),
+            ),
+            EdgeFacts::default(),
+        ));
+        assert_eq!(a.status(), 413, "{}", host.platform);
+        assert_eq!(
+            big.read.get() > 0,
+            host.drain_limit > 0,
+            "{}: drained {} bytes",
+            host.platform,
+            big.read.get()
+        );
+        // Wrong credentials on a POST: 401 before the body.
+        let unread = body(br#"{"device_id":"d1","temp":1}"#);
+        let a = run(handle(
+            &host,
+            request(
+                "POST",
+                "/v1/readings",
+                &[("content-type", "application/json")],
+                unread.clone(),
+            ),
+            EdgeFacts::default(),
+        ));
+        assert_eq!(a.status(), 401);
+        assert!(host.drain_limit > 0 || unread.read.get() == 0);
+    }
+}
+
+#[test]
+fn a_body_past_the_limit_is_refused_without_keeping_it_and_a_broken_one_is_a_400() {
+    for host in FakeHost::all(&[]) {
+        let h = token("d1");
+        let headers = [
+            ("authorization", h.as_str()),
+            ("content-type", "application/json"),
+        ];
+        // No declared length (chunked): read up to the limit, then refused.
+        let a = run(handle(
+            &host,
+            request("POST", "/v1/readings", &headers, body(&vec![b' '; 5000])),
+            EdgeFacts::default(),
+        ));
+        assert_eq!(a.status(), 413, "{}", host.platform);
+        let broken = FakeBody {
+            chunks: vec![b"{\"device_id\":".to_vec()],
+            broken: true,
+            ..FakeBody::default()
+        };
+        let a = run(handle(
+            &host,
+            request("POST", "/v1/readings", &headers, broken),
+            EdgeFacts::default(),
+        ));
+        assert_eq!(
+            a.status(),
+            400,
+            "{}: a broken stream is the request's fault",
+            host.platform
+        );
+        assert!(a.body().contains("could not be read"));
+    }
+}
+
+#[test]
+fn a_signature_is_checked_over_the_body_it_was_made_for() {
+    for host in FakeHost::all(&[("AUTH_MODE", "hmac")]) {
+        let key = MasterSecret::new(SECRET).unwrap().device_key("s1");
+        let signed_body = br#"{"device_id":"s1","temp":21.5}"#;
+        let parts = SignedParts {
+            method: "POST",
+            path: "/v1/readings",
+            query: "",
+            body: signed_body,
+        };
+        let header = sign(&key, "s1", &parts, 1_800_000_000);
+        let post = |bytes: &[u8]| {
+            let req = request(
+                "POST",
+                "/v1/readings",
+                &[
+                    ("authorization", &header),
+                    ("content-type", "application/json"),
+                ],
+                body(bytes),
+            );
+            run(handle(&host, req, EdgeFacts::default()))
+                .status()
+                .as_u16()
+        };
+        assert_eq!(post(signed_body), 200, "{}", host.platform);
+        assert_eq!(post(br#"{"device_id":"s1","temp":99.5}"#), 401);
+    }
+}
+
+#[test]
+fn a_refusal_by_the_host_is_answered_with_its_problem() {
+    for mut host in FakeHost::all(&[]) {
+        host.refuse_with = Some(Problem::backlog_full(5, "full"));
+        let req = request(
+            "GET",
+            "/v1/readings?device_id=d1&temp=1",
+            &[("authorization", &token("d1"))],
+            FakeBody::default(),
+        );
+        let a = run(handle(&host, req, EdgeFacts::default()));
+        assert_eq!(a.status(), 503);
+        assert_eq!(answer::header(&a, "retry-after"), Some("5"));
+    }
+}
+
+#[test]
+fn edge_facts_and_timing_reach_the_answer() {
+    let host = FakeHost::all(&[]).remove(0);
+    let req = request(
+        "GET",
+        "/v1/readings?device_id=d1&temp=1",
+        &[("authorization", &token("d1"))],
+        FakeBody::default(),
+    );
+    let facts = EdgeFacts {
+        colo: Some("DFW".into()),
+        country: Some("US".into()),
+        region: None,
+    };
+    let a = run(handle(&host, req, facts));
+    let v: serde_json::Value = serde_json::from_str(a.body()).unwrap();
+    assert_eq!(v["edge"]["colo"], "DFW");
+    assert_eq!(v["edge"]["node"], "cf-dfw");
+    assert!(answer::header(&a, "server-timing").is_some_and(|t| t.starts_with("handler;dur=")));
+    assert_eq!(answer::header(&a, "x-request-id").map(str::len), Some(36));
+}
