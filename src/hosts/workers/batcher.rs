@@ -113,7 +113,7 @@ impl DurableObject for Batcher {
     }
 
     async fn fetch(&self, req: Request) -> worker::Result<Response> {
-        match (req.method(), req.path().as_str()) {
+        match (req.method(), super::target(&req.inner().url())) {
             (Method::Get, "/stats") => Response::from_json(&self.stats().await?),
             (Method::Get, "/dead-letters") => {
                 let list = match &self.store {

@@ -476,3 +476,10 @@ fn edge_facts_and_timing_reach_the_answer() {
     assert!(answer::header(&a, "server-timing").is_some_and(|t| t.starts_with("handler;dur=")));
     assert_eq!(answer::header(&a, "x-request-id").map(str::len), Some(36));
 }
+
+#[test]
+fn server_timing_has_one_decimal() {
+    assert_eq!(server_timing(1.24), "handler;dur=1.2");
+    assert_eq!(server_timing(12.06), "handler;dur=12.1");
+    assert_eq!(server_timing(-3.0), "handler;dur=0.0");
+}
