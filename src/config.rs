@@ -1,5 +1,6 @@
 //! Deployment configuration: parsed once per isolate/instance, validated precisely. An invalid
 //! setting is never guessed around: `/healthz` lists it and ingest refuses with 503.
+#![forbid(unsafe_code)]
 
 use crate::delivery::sink::SinkFormat;
 use crate::domain::calibration::{Profiles, EMBEDDED_PROFILES};
@@ -36,42 +37,224 @@ pub struct Config {
     pub profiles_ttl_s: u64,
 }
 
+/// One setting of the deployment: its name (a wrangler var or secret, an environment variable;
+/// the Spin variable is the name in lower case), what it means, and how it is read. Parsing,
+/// defaults, `/healthz` and the manifest check (`tests/manifests.rs`) all come from [`KEYS`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Key {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub meaning: &'static str,
+    /// Read only by the Workers adapter (not a Spin variable).
+    pub workers_only: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    /// An integer within `min..=max`.
+    Integer { default: u64, min: u64, max: u64 },
+    /// A decimal within `min..=max`.
+    Decimal { default: f64, min: f64, max: f64 },
+    /// Text checked by its own rules; `default` is what applies when it is unset, as documented.
+    Text { default: &'static str, secret: bool },
+}
+
+impl Key {
+    /// The default as the manifests write it (`"200"`), or the documented rule for text.
+    pub fn default_text(&self) -> String {
+        match self.kind {
+            Kind::Integer { default, .. } => default.to_string(),
+            Kind::Decimal { default, .. } => crate::http::rate_limit::decimal(default),
+            Kind::Text { default, .. } => default.to_owned(),
+        }
+    }
+
+    pub fn is_secret(&self) -> bool {
+        matches!(self.kind, Kind::Text { secret: true, .. })
+    }
+}
+
+const fn int(name: &'static str, default: u64, min: u64, max: u64, meaning: &'static str) -> Key {
+    Key {
+        name,
+        kind: Kind::Integer { default, min, max },
+        meaning,
+        workers_only: false,
+    }
+}
+
+const fn text(name: &'static str, default: &'static str, meaning: &'static str) -> Key {
+    Key {
+        name,
+        kind: Kind::Text {
+            default,
+            secret: false,
+        },
+        meaning,
+        workers_only: false,
+    }
+}
+
+const fn secret(name: &'static str, default: &'static str, meaning: &'static str) -> Key {
+    Key {
+        name,
+        kind: Kind::Text {
+            default,
+            secret: true,
+        },
+        meaning,
+        workers_only: false,
+    }
+}
+
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
 pub const DEFAULT_MAX_URL_BYTES: usize = 2048;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 8192;
+const DEFAULT_PROFILES_TTL_S: u64 = 30;
 
-/// Every key the service reads, with its default, for the README and `/healthz`.
-pub const KEYS: &[(&str, &str)] = &[
-    ("COLLECTOR_URL", "(required)"),
-    ("COLLECTOR_TOKEN", "(none; secret)"),
-    ("SINK_FORMAT", "json (or ndjson, influx)"),
-    ("FLUSH_INTERVAL_MS", "200"),
-    ("FLUSH_MAX_ITEMS", "50"),
-    ("MAX_BACKLOG", "10000"),
-    ("MAX_READINGS_PER_REQUEST", "500"),
-    ("MAX_BODY_BYTES", "262144"),
-    ("RETRY_BASE_MS", "200"),
-    ("RETRY_MAX_MS", "5000"),
-    ("EDGE_NODE", "(derived from the colo)"),
-    ("BATCHER_SHARDS", "1"),
-    ("SPILL_GRACE_MS", "5000"),
-    ("ADMIN_TOKEN", "(none: admin API off; secret)"),
-    ("AUTH_MODE", "(required: off, token or hmac)"),
-    (
-        "AUTH_SECRET",
-        "(required unless AUTH_MODE=off; secret, >= 32 bytes)",
+/// Every setting the service reads.
+pub const KEYS: &[Key] = &[
+    text("COLLECTOR_URL", "(required)", "where batches are POSTed"),
+    secret(
+        "COLLECTOR_TOKEN",
+        "(none)",
+        "sent as Authorization: Bearer to the collector",
     ),
-    ("CORS_ALLOWED_ORIGINS", "(none: no CORS headers)"),
-    ("RATE_LIMIT_READINGS_PER_S", "5 (0 = off)"),
-    ("RATE_LIMIT_BURST", "500"),
-    ("MAX_URL_BYTES", "2048"),
-    ("MAX_HEADER_BYTES", "8192"),
-    (
+    text("SINK_FORMAT", "json", "json, ndjson or influx"),
+    int(
+        "FLUSH_INTERVAL_MS",
+        200,
+        10,
+        60_000,
+        "max age of a pending reading before its batch is sent",
+    ),
+    int(
+        "FLUSH_MAX_ITEMS",
+        50,
+        1,
+        5_000,
+        "batch size that sends a batch at once",
+    ),
+    int(
+        "MAX_BACKLOG",
+        10_000,
+        1,
+        10_000_000,
+        "readings held undelivered before ingest answers 503",
+    ),
+    int(
+        "MAX_READINGS_PER_REQUEST",
+        500,
+        1,
+        10_000,
+        "readings per POST",
+    ),
+    int(
+        "MAX_BODY_BYTES",
+        DEFAULT_MAX_BODY_BYTES as u64,
+        1_024,
+        10 * 1024 * 1024,
+        "POST body size",
+    ),
+    int(
+        "RETRY_BASE_MS",
+        200,
+        10,
+        600_000,
+        "first step of the capped exponential backoff",
+    ),
+    int(
+        "RETRY_MAX_MS",
+        5_000,
+        10,
+        3_600_000,
+        "longest step of the backoff",
+    ),
+    text(
+        "EDGE_NODE",
+        "(derived from the colo)",
+        "node name in readings and batch envelopes",
+    ),
+    Key {
+        workers_only: true,
+        ..int("BATCHER_SHARDS", 1, 1, 64, "Durable Objects per colo")
+    },
+    int(
+        "SPILL_GRACE_MS",
+        5_000,
+        100,
+        3_600_000,
+        "Spin: age after which an unheld outbox segment is recovered by another instance",
+    ),
+    secret(
+        "ADMIN_TOKEN",
+        "(none: admin API off)",
+        "bearer token of /admin/*",
+    ),
+    text(
+        "AUTH_MODE",
+        "(required: off, token or hmac)",
+        "device authentication",
+    ),
+    secret(
+        "AUTH_SECRET",
+        "(required unless AUTH_MODE=off; >= 32 bytes)",
+        "master secret every device key derives from",
+    ),
+    text(
+        "CORS_ALLOWED_ORIGINS",
+        "(none: no CORS headers)",
+        "browser origins allowed, comma-separated, or *",
+    ),
+    Key {
+        name: "RATE_LIMIT_READINGS_PER_S",
+        kind: Kind::Decimal {
+            default: 5.0,
+            min: 0.0,
+            max: 1_000_000.0,
+        },
+        meaning: "per-device token bucket rate (0 = off)",
+        workers_only: false,
+    },
+    int(
+        "RATE_LIMIT_BURST",
+        500,
+        1,
+        1_000_000,
+        "per-device token bucket size",
+    ),
+    int(
+        "MAX_URL_BYTES",
+        DEFAULT_MAX_URL_BYTES as u64,
+        256,
+        65_536,
+        "path + query, else 414",
+    ),
+    int(
+        "MAX_HEADER_BYTES",
+        DEFAULT_MAX_HEADER_BYTES as u64,
+        1_024,
+        65_536,
+        "all request headers, else 431",
+    ),
+    text(
         "CALIBRATION_PROFILES",
         "(embedded profiles/calibration.json)",
+        "the profile set, JSON",
     ),
-    ("PROFILES_TTL_S", "30"),
+    int(
+        "PROFILES_TTL_S",
+        DEFAULT_PROFILES_TTL_S,
+        1,
+        3_600,
+        "how long profiles from the key-value store are used before reading again",
+    ),
 ];
+
+/// The entry of `name` in [`KEYS`].
+pub fn key(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
 
 impl Config {
     pub fn from_source(src: &dyn ConfigSource) -> Result<Self, Vec<String>> {
@@ -81,53 +264,64 @@ impl Config {
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
         };
-        let mut number = |key: &str, default: u64, min: u64, max: u64| -> u64 {
-            match text(key) {
+        // Each setting within its bounds from the table, else its default and a named fault.
+        let mut number = |name: &str| -> u64 {
+            let Some(Key {
+                kind: Kind::Integer { default, min, max },
+                ..
+            }) = key(name)
+            else {
+                errors.push(format!("{name}: not an integer setting"));
+                return 0;
+            };
+            let (default, min, max) = (*default, *min, *max);
+            match text(name) {
                 None => default,
                 Some(v) => match v.parse::<u64>() {
                     Ok(n) if (min..=max).contains(&n) => n,
                     _ => {
                         errors.push(format!(
-                            "{key}: must be an integer from {min} to {max} (got {v:?})"
+                            "{name}: must be an integer from {min} to {max} (got {v:?})"
                         ));
                         default
                     }
                 },
             }
         };
-        let flush_interval_ms = number("FLUSH_INTERVAL_MS", 200, 10, 60_000);
-        let flush_max_items = number("FLUSH_MAX_ITEMS", 50, 1, 5_000) as usize;
-        let max_backlog = number("MAX_BACKLOG", 10_000, 1, 10_000_000) as usize;
-        let max_readings_per_request = number("MAX_READINGS_PER_REQUEST", 500, 1, 10_000) as usize;
-        let max_body_bytes = number(
-            "MAX_BODY_BYTES",
-            DEFAULT_MAX_BODY_BYTES as u64,
-            1_024,
-            10 * 1024 * 1024,
-        ) as usize;
-        let retry_base_ms = number("RETRY_BASE_MS", 200, 10, 600_000);
-        let retry_max_ms = number("RETRY_MAX_MS", 5_000, 10, 3_600_000);
-        let batcher_shards = number("BATCHER_SHARDS", 1, 1, 64) as u32;
-        let spill_grace_ms = number("SPILL_GRACE_MS", 5_000, 100, 3_600_000);
-        let profiles_ttl_s = number("PROFILES_TTL_S", 30, 1, 3_600);
-        let max_url_bytes =
-            number("MAX_URL_BYTES", DEFAULT_MAX_URL_BYTES as u64, 256, 65_536) as usize;
-        let max_header_bytes = number(
-            "MAX_HEADER_BYTES",
-            DEFAULT_MAX_HEADER_BYTES as u64,
-            1_024,
-            65_536,
-        ) as usize;
-        let rate_burst = number("RATE_LIMIT_BURST", 500, 1, 1_000_000);
-        let rate_per_s = match text("RATE_LIMIT_READINGS_PER_S") {
-            None => 5.0,
-            Some(v) => match v.parse::<f64>() {
-                Ok(r) if r.is_finite() && (0.0..=1_000_000.0).contains(&r) => r,
-                _ => {
-                    errors.push(format!("RATE_LIMIT_READINGS_PER_S: must be a number from 0 (off) to 1000000 (got {v:?})"));
-                    5.0
-                }
+        let flush_interval_ms = number("FLUSH_INTERVAL_MS");
+        let flush_max_items = number("FLUSH_MAX_ITEMS") as usize;
+        let max_backlog = number("MAX_BACKLOG") as usize;
+        let max_readings_per_request = number("MAX_READINGS_PER_REQUEST") as usize;
+        let max_body_bytes = number("MAX_BODY_BYTES") as usize;
+        let retry_base_ms = number("RETRY_BASE_MS");
+        let retry_max_ms = number("RETRY_MAX_MS");
+        let batcher_shards = number("BATCHER_SHARDS") as u32;
+        let spill_grace_ms = number("SPILL_GRACE_MS");
+        let profiles_ttl_s = number("PROFILES_TTL_S");
+        let max_url_bytes = number("MAX_URL_BYTES") as usize;
+        let max_header_bytes = number("MAX_HEADER_BYTES") as usize;
+        let rate_burst = number("RATE_LIMIT_BURST");
+        let rate_per_s = match (
+            text("RATE_LIMIT_READINGS_PER_S"),
+            key("RATE_LIMIT_READINGS_PER_S"),
+        ) {
+            (
+                raw,
+                Some(Key {
+                    kind: Kind::Decimal { default, min, max },
+                    ..
+                }),
+            ) => match raw {
+                None => *default,
+                Some(v) => match v.parse::<f64>() {
+                    Ok(r) if r.is_finite() && (*min..=*max).contains(&r) => r,
+                    _ => {
+                        errors.push(format!("RATE_LIMIT_READINGS_PER_S: must be a number from {min} (off) to {max} (got {v:?})"));
+                        *default
+                    }
+                },
             },
+            _ => 0.0,
         };
         let rate_limit = (rate_per_s > 0.0).then_some(RateLimit {
             per_s: rate_per_s,
@@ -330,7 +524,11 @@ impl Settings {
     }
 
     pub fn profiles_ttl_ms(&self) -> u64 {
-        self.config.as_ref().map(|c| c.profiles_ttl_s).unwrap_or(30) * 1000
+        self.config
+            .as_ref()
+            .map(|c| c.profiles_ttl_s)
+            .unwrap_or(DEFAULT_PROFILES_TTL_S)
+            * 1000
     }
 
     /// URL and header limits, enforced even before the configuration is known to be valid.

@@ -1,5 +1,6 @@
 //! Structured log lines: one JSON object per line with `level`, `event`, `request_id` and
 //! fields, which Workers Logs and Spin's log capture index cleanly. Never pass secrets.
+#![forbid(unsafe_code)]
 
 pub fn line(level: &str, event: &str, request_id: &str, fields: &[(&str, &str)]) -> String {
     let mut obj = serde_json::Map::new();

@@ -2,6 +2,8 @@
 //! a collector's answer means (`policy`), what a batch looks like on the wire (`sink`), and how a
 //! segment is kept in a store (`segment`, and `kv_store` for a shared key-value store).
 
+#![forbid(unsafe_code)]
+
 pub mod kv_store;
 pub mod outbox;
 pub mod policy;

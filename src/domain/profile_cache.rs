@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::thread::LocalKey;
 
 use crate::domain::calibration::Profiles;
+use crate::ports::StoreError;
 
 /// The key whose value is the profile document (the same JSON as `CALIBRATION_PROFILES`).
 pub const PROFILES_KEY: &str = "calibration";
@@ -51,7 +52,7 @@ impl ProfileCache {
 
     /// Takes what the store returned: `Ok(Some(json))`, `Ok(None)` for an absent key, or the
     /// read's error. A document that does not parse keeps the previous set.
-    pub fn store(&mut self, fetched: Result<Option<String>, String>, now_ms: u64) {
+    pub fn store(&mut self, fetched: Result<Option<String>, StoreError>, now_ms: u64) {
         self.fetched_at_ms = Some(now_ms);
         match fetched {
             Ok(None) => {
@@ -102,7 +103,7 @@ pub async fn refreshed<Fut>(
     on_error: impl FnOnce(&str),
 ) -> Option<Rc<Profiles>>
 where
-    Fut: Future<Output = Result<Option<String>, String>>,
+    Fut: Future<Output = Result<Option<String>, StoreError>>,
 {
     let due = slot.with(|c| {
         c.borrow_mut()
@@ -170,7 +171,7 @@ mod tests {
         assert_eq!(c.current().unwrap().lookup("abc").unwrap().version, 7);
         assert!(c.error().unwrap().contains("gain"));
         // So does a failed read; a deleted key falls back to the deployment's profiles.
-        c.store(Err("timeout".into()), 62_000);
+        c.store(Err(StoreError("timeout".into())), 62_000);
         assert!(c.current().is_some() && c.error().unwrap().contains("timeout"));
         c.store(Ok(None), 93_000);
         assert!(c.current().is_none() && c.error().is_none());

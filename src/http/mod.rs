@@ -3,6 +3,8 @@
 //! (`cors`), rate limits (`rate_limit`), request bodies and query strings (`body`, `query`),
 //! and RFC 9457 problem documents (`problem`).
 
+#![forbid(unsafe_code)]
+
 pub mod answer;
 pub mod auth;
 pub mod body;

@@ -107,7 +107,7 @@ pub fn limited(retry_after_s: u32, limit: &RateLimit) -> Problem {
 
 /// A number as text through serde_json's shortest round-trip formatting (ryu), not `f64`'s
 /// `Display`, whose formatting tables would add some 30 KB to the Worker for two messages.
-fn decimal(x: f64) -> String {
+pub(crate) fn decimal(x: f64) -> String {
     if x.fract() == 0.0 && x.abs() < 1e15 {
         (x as i64).to_string()
     } else {

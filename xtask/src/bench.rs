@@ -68,11 +68,10 @@ const WASMTIME_REUSE_COUNT: usize = 128;
 
 /// A setting's default as the service documents it (`config::KEYS`), which the bench runs with.
 fn default_of(key: &str) -> usize {
-    edge_enrich::config::KEYS
-        .iter()
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or_else(|| panic!("config::KEYS has no numeric default for {key}"))
+    match edge_enrich::config::key(key).map(|k| k.kind) {
+        Some(edge_enrich::config::Kind::Integer { default, .. }) => default as usize,
+        _ => panic!("config::KEYS has no integer default for {key}"),
+    }
 }
 
 fn now_ms() -> u64 {

@@ -66,9 +66,9 @@ pub(crate) fn emit(level: &str, event: &str, request_id: &str, fields: &[(&str, 
 #[cfg(feature = "spin")]
 async fn load_config() -> HashMap<String, String> {
     let mut vars = HashMap::new();
-    for (key, _) in KEYS {
-        if let Ok(value) = spin_sdk::variables::get(key.to_ascii_lowercase()).await {
-            vars.insert((*key).to_owned(), value);
+    for key in KEYS.iter().filter(|k| !k.workers_only) {
+        if let Ok(value) = spin_sdk::variables::get(key.name.to_ascii_lowercase()).await {
+            vars.insert(key.name.to_owned(), value);
         }
     }
     vars
@@ -77,7 +77,7 @@ async fn load_config() -> HashMap<String, String> {
 #[cfg(not(feature = "spin"))]
 async fn load_config() -> HashMap<String, String> {
     KEYS.iter()
-        .filter_map(|(key, _)| std::env::var(key).ok().map(|v| ((*key).to_owned(), v)))
+        .filter_map(|k| std::env::var(k.name).ok().map(|v| (k.name.to_owned(), v)))
         .collect()
 }
 
@@ -158,8 +158,8 @@ impl Host for Component {
                 static CACHE: CacheSlot = const { RefCell::new(None) };
             }
             let read = || async {
-                let store = kv::open(kv::Path::Request).await.map_err(|e| e.0)?;
-                let value = store.get(PROFILES_KEY).await.map_err(|e| e.0)?;
+                let store = kv::open(kv::Path::Request).await?;
+                let value = store.get(PROFILES_KEY).await?;
                 Ok(value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
             };
             let log_kept = |error: &str| {

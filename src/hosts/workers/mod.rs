@@ -225,7 +225,7 @@ impl Host for Worker<'_> {
                 .cache_ttl(KV_CACHE_TTL_S)
                 .text()
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| crate::ports::StoreError(e.to_string()))
         };
         let log_kept =
             |error: &str| log::warn("profiles_not_updated", request_id, &[("detail", error)]);
