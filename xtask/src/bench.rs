@@ -161,15 +161,28 @@ fn delivery(collector: &Collector, since_ms: u64, requests_before: u64, expected
     })
 }
 
-fn admin_stats(base: &str) -> Value {
+fn admin_doc(base: &str) -> Value {
     ureq::get(&format!("{base}/admin/stats"))
         .set("authorization", &format!("Bearer {ADMIN}"))
         .call()
         .ok()
         .and_then(|r| r.into_string().ok())
         .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-        .map(|v| v["batchers"][0].clone())
         .unwrap_or(Value::Null)
+}
+
+fn admin_stats(base: &str) -> Value {
+    admin_doc(base)["batchers"][0].clone()
+}
+
+/// The answering isolate's group-commit call time (ms, moving average): one Durable Object
+/// call's round trip, RPC and its one-row write.
+fn do_call_ms(base: &str) -> Option<f64> {
+    admin_doc(base)["isolate_lanes"]
+        .as_object()?
+        .values()
+        .filter_map(|l| l["typical_call_ms"].as_f64())
+        .next()
 }
 
 /// Runs the load at each connection count against a started host; `delivers` hosts are also
@@ -231,6 +244,7 @@ fn measure(
                     "rows_read": per_1000(storage("rows_read")),
                 });
                 row["usd_per_million_readings"] = cost_per_million_readings(&row, o.duration);
+                row["do_call_ms"] = json!(do_call_ms(base));
             }
         }
         row["name"] = json!(name);
@@ -785,7 +799,7 @@ fn print_table(r: &Value, o: &Options) {
             };
             if let Some(b) = row.get("billed_per_1000_readings") {
                 billing.push(format!(
-                    "  {:<20} {:<12} c={:<4} DO requests {:>6} ({} accept calls + {} alarm runs), rows written {:>6} + {} setAlarm, rows read {:>6}; CPU {} ms/request; ${} per million readings {}",
+                    "  {:<20} {:<12} c={:<4} DO requests {:>6} ({} accept calls + {} alarm runs), rows written {:>6} + {} setAlarm, rows read {:>6}; CPU {} ms/request; DO call {} ms; ${} per million readings {}",
                     host,
                     row["name"].as_str().unwrap_or("?"),
                     row["connections"],
@@ -796,6 +810,7 @@ fn print_table(r: &Value, o: &Options) {
                     b["alarms_set"],
                     b["rows_read"],
                     row["cpu_ms_per_request"],
+                    row["do_call_ms"],
                     row["usd_per_million_readings"]["total"],
                     row["usd_per_million_readings"]
                 ));

@@ -154,5 +154,10 @@ pub async fn admin(
         doc["batcher"] = name.into();
         batchers.push(doc);
     }
-    Ok(serde_json::json!({ "batchers": batchers }).to_string())
+    Ok(serde_json::json!({
+        "batchers": batchers,
+        // The group-commit lanes of the isolate that answered (an isolate's own view).
+        "isolate_lanes": group_commit::lane_stats(),
+    })
+    .to_string())
 }

@@ -74,6 +74,9 @@ struct Lane {
     open: Option<Group>,
     /// Moving average of this lane's call times (ms): when the call in flight should end.
     typical_call_ms: f64,
+    /// Calls made and the requests they carried, for `lane_stats`.
+    calls: u64,
+    requests: u64,
 }
 
 impl Default for Lane {
@@ -83,6 +86,8 @@ impl Default for Lane {
             next_call_at: 0.0,
             open: None,
             typical_call_ms: FIRST_CALL_MS,
+            calls: 0,
+            requests: 0,
         }
     }
 }
@@ -112,6 +117,26 @@ impl Lane {
 
 thread_local! {
     static LANES: RefCell<HashMap<String, Lane>> = RefCell::new(HashMap::new());
+}
+
+/// This isolate's lanes: calls, requests carried, and the moving average of a call's round trip
+/// (RPC plus the batcher's one-row write), for `/admin/stats`.
+pub fn lane_stats() -> serde_json::Value {
+    LANES.with(|lanes| {
+        let lanes = lanes.borrow();
+        let mut out = serde_json::Map::new();
+        for (name, l) in lanes.iter() {
+            out.insert(
+                name.clone(),
+                serde_json::json!({
+                    "calls": l.calls,
+                    "requests": l.requests,
+                    "typical_call_ms": (l.typical_call_ms * 100.0).round() / 100.0,
+                }),
+            );
+        }
+        serde_json::Value::Object(out)
+    })
 }
 
 fn with_lane<T>(name: &str, f: impl FnOnce(&mut Lane) -> T) -> T {
@@ -239,6 +264,8 @@ where
             }
             let group = l.open.take()?;
             l.busy_since = Some(now);
+            l.calls += 1;
+            l.requests += group.sections as u64;
             l.next_call_at = now
                 + (group.sections as f64 * CALL_SPACING_PER_REQUEST_MS)
                     .clamp(MIN_CALL_SPACING_MS, MAX_CALL_SPACING_MS);
