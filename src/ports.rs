@@ -176,6 +176,24 @@ pub struct CollectorAnswer {
     pub detail: String,
 }
 
+impl CollectorAnswer {
+    /// How much of a refusal's body is kept (in logs and dead letters).
+    pub const DETAIL_CHARS: usize = 500;
+
+    /// Whether an answer with this status is worth reading: only a refusal's body is kept.
+    pub fn wants_body(status: u16) -> bool {
+        !(200..300).contains(&status)
+    }
+
+    /// An answer, keeping the start of what the collector said.
+    pub fn new(status: u16, body: &str) -> Self {
+        Self {
+            status,
+            detail: body.chars().take(Self::DETAIL_CHARS).collect(),
+        }
+    }
+}
+
 /// The request got no answer (connection refused, DNS, reset...).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransportError(pub String);

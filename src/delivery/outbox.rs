@@ -14,8 +14,10 @@
 //! - refused for good: it becomes a dead letter in the store, and its readings are settled.
 //!
 //! Settled readings are trimmed from the store once per round and segment: a segment whose
-//! readings are all settled is removed, a partly settled one records how far it got, so a
-//! segment never costs one record per reading. The store is read back ([`Outbox::restore`])
+//! readings are all settled is removed; a partly settled one is rewritten with the rest once
+//! more than a batch of it has been settled since (so a segment never costs a record per
+//! reading, and one that merely straddles a batch boundary costs none: a crash then sends at
+//! most a batch of its readings again). The store is read back ([`Outbox::restore`])
 //! only after memory was lost: an evicted Durable Object, a crashed Spin instance.
 //!
 //! Guarantee: every reading of an appended segment is sent until it is settled. A crash between a
@@ -637,7 +639,7 @@ impl<K: Clone + PartialEq> Outbox<K> {
                         readings: e.readings,
                     });
                 }
-            } else if prefix > e.trimmed {
+            } else if prefix - e.trimmed > self.config.flush.max_items {
                 e.trimmed = prefix;
                 trims.push(Trim {
                     key: e.key.clone(),

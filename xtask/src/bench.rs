@@ -185,6 +185,21 @@ fn do_call_ms(base: &str) -> Option<f64> {
         .next()
 }
 
+/// `measure` on a running host, with its start-up time noted under `name`.
+fn measure_host(
+    name: &str,
+    host: &dyn EdgeHost,
+    delivers: bool,
+    admin: bool,
+    collector: &Collector,
+    o: &Options,
+    startup: &mut Value,
+) -> Vec<Value> {
+    startup[name] = json!(host.startup().as_millis());
+    let cpu = || host.cpu_ms();
+    measure(name, &host.base_url(), delivers, admin, &cpu, collector, o)
+}
+
 /// Runs the load at each connection count against a started host; `delivers` hosts are also
 /// checked at the collector.
 fn measure(
@@ -348,34 +363,20 @@ fn workers_section(o: &Options, collector: &Collector, dir: &Path) -> Value {
             let scratch_dir = dir.join(format!("{runtime}-{name}"));
             std::fs::create_dir_all(&scratch_dir).expect("scratch");
             // Both delivering Workers report what their Durable Object is billed for.
-            let admin = *delivers;
-            if runtime == "wrangler-dev" {
-                let host = WorkersHost::start_worker(&scratch_dir, spec);
-                startup[*name] = json!(host.startup.as_millis());
-                let cpu = || host.workerd_cpu_ms();
-                rows.extend(measure(
-                    name,
-                    &host.url(""),
-                    *delivers,
-                    admin,
-                    &cpu,
-                    collector,
-                    o,
-                ));
+            let host: Box<dyn EdgeHost> = if runtime == "wrangler-dev" {
+                Box::new(WorkersHost::start_worker(&scratch_dir, spec))
             } else {
-                let host = LocalServer::workerd(&scratch_dir, &spec);
-                startup[*name] = json!(host.startup.as_millis());
-                let cpu = || host.cpu_ms();
-                rows.extend(measure(
-                    name,
-                    &host.url(""),
-                    *delivers,
-                    admin,
-                    &cpu,
-                    collector,
-                    o,
-                ));
-            }
+                Box::new(LocalServer::workerd(&scratch_dir, &spec))
+            };
+            rows.extend(measure_host(
+                name,
+                host.as_ref(),
+                *delivers,
+                *delivers,
+                collector,
+                o,
+                &mut startup,
+            ));
         }
         out[runtime] = json!({ "runs": rows, "startup_ms": startup });
     }
@@ -407,7 +408,15 @@ fn wasmtime_section(o: &Options, collector: &Collector, dir: &Path) -> Value {
             let env: Vec<(&str, &str)> =
                 vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             let host = LocalServer::wasmtime(&scratch_dir, component, &env, one);
-            startup[*name] = json!(host.startup.as_millis());
+            rows.extend(measure_host(
+                name,
+                &host,
+                *delivers,
+                false,
+                collector,
+                o,
+                &mut startup,
+            ));
             let cpu = || host.cpu_ms();
             rows.extend(measure(
                 name,
@@ -451,30 +460,26 @@ fn spin_section(o: &Options, collector: &Collector, dir: &Path) -> Value {
         let edge_dir = dir.join("spin-edge-enrich");
         std::fs::create_dir_all(&edge_dir).expect("scratch");
         let host = SpinHost::start(&edge_dir, &vars);
-        startup["edge-enrich"] = json!(host.startup.as_millis());
-        let cpu = || host.cpu_ms();
-        rows.extend(measure(
+        rows.extend(measure_host(
             "edge-enrich",
-            &host.url(""),
+            &host,
             true,
             false,
-            &cpu,
             collector,
             o,
+            &mut startup,
         ));
     }
     {
         let host = SpinHost::start_app(&hello_dir, &hello_manifest, &[], &[]);
-        startup["hello-component"] = json!(host.startup.as_millis());
-        let cpu = || host.cpu_ms();
-        rows.extend(measure(
+        rows.extend(measure_host(
             "hello-component",
-            &host.url(""),
+            &host,
             false,
             false,
-            &cpu,
             collector,
             o,
+            &mut startup,
         ));
     }
     json!({

@@ -357,6 +357,24 @@ fn a_batch_spans_several_segments_and_each_costs_two_writes() {
 }
 
 #[test]
+fn segments_that_straddle_batch_boundaries_cost_no_partial_trims() {
+    // 60-reading segments, 50-reading batches, 200 readings a round: every round ends inside a
+    // segment, with less than a batch of it settled.
+    let mut h = Host::new(50);
+    for _ in 0..10 {
+        assert!(h.accept(60));
+    }
+    h.drain();
+    h.assert_delivered();
+    assert_eq!(h.collector.duplicates(), 0);
+    assert_eq!(
+        h.store.writes.get(),
+        20,
+        "an append and a removal per segment, nothing between"
+    );
+}
+
+#[test]
 fn a_segment_larger_than_a_batch_is_trimmed_as_it_goes_not_per_reading() {
     let mut h = Host::new(50);
     assert!(h.accept(500));

@@ -353,16 +353,13 @@ impl Collector for SpinCollector {
             .await
             .map_err(|code| TransportError(format!("{code:?}")))?;
         let status = answer.status().as_u16();
-        let detail = if (200..300).contains(&status) {
-            String::new()
-        } else {
-            answer
-                .into_body()
-                .bytes()
-                .await
-                .map(|b| String::from_utf8_lossy(&b).chars().take(500).collect())
-                .unwrap_or_default()
-        };
-        Ok(CollectorAnswer { status, detail })
+        if !CollectorAnswer::wants_body(status) {
+            return Ok(CollectorAnswer::new(status, ""));
+        }
+        let body = answer.into_body().bytes().await.unwrap_or_default();
+        Ok(CollectorAnswer::new(
+            status,
+            &String::from_utf8_lossy(&body),
+        ))
     }
 }

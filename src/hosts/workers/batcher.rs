@@ -370,18 +370,13 @@ impl WorkersCollector {
         let request = Request::new_with_init(r.url, &init)?;
         let mut answer = Fetch::Request(request).send().await?;
         let status = answer.status_code();
-        let detail = if (200..300).contains(&status) {
-            String::new()
-        } else {
-            answer
-                .text()
-                .await
-                .unwrap_or_default()
-                .chars()
-                .take(500)
-                .collect()
-        };
-        Ok(CollectorAnswer { status, detail })
+        if !CollectorAnswer::wants_body(status) {
+            return Ok(CollectorAnswer::new(status, ""));
+        }
+        Ok(CollectorAnswer::new(
+            status,
+            &answer.text().await.unwrap_or_default(),
+        ))
     }
 }
 

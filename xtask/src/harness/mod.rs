@@ -69,6 +69,10 @@ pub trait EdgeHost {
     /// `http://127.0.0.1:PORT`.
     fn base_url(&self) -> String;
     fn log(&self) -> String;
+    /// CPU time (ms) the runtime has used so far (the runtime itself, not a proxy in front).
+    fn cpu_ms(&self) -> f64;
+    /// From spawning the runtime to its first 200.
+    fn startup(&self) -> Duration;
 }
 
 impl EdgeHost for WorkersHost {
@@ -78,11 +82,23 @@ impl EdgeHost for WorkersHost {
     fn log(&self) -> String {
         self.log_text()
     }
+    fn cpu_ms(&self) -> f64 {
+        self.workerd_cpu_ms()
+    }
+    fn startup(&self) -> Duration {
+        self.startup
+    }
 }
 
 impl EdgeHost for LocalServer {
     fn base_url(&self) -> String {
         self.url("")
+    }
+    fn cpu_ms(&self) -> f64 {
+        LocalServer::cpu_ms(self)
+    }
+    fn startup(&self) -> Duration {
+        self.startup
     }
     fn log(&self) -> String {
         self.log_text()

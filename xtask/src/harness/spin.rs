@@ -227,6 +227,12 @@ impl EdgeHost for SpinHost {
     fn log(&self) -> String {
         self.log_text()
     }
+    fn cpu_ms(&self) -> f64 {
+        SpinHost::cpu_ms(self)
+    }
+    fn startup(&self) -> Duration {
+        self.startup
+    }
 }
 
 #[cfg(test)]
