@@ -417,16 +417,6 @@ fn wasmtime_section(o: &Options, collector: &Collector, dir: &Path) -> Value {
                 o,
                 &mut startup,
             ));
-            let cpu = || host.cpu_ms();
-            rows.extend(measure(
-                name,
-                &host.url(""),
-                *delivers,
-                false,
-                &cpu,
-                collector,
-                o,
-            ));
         }
         out[mode] = json!({ "runs": rows, "startup_ms": startup });
     }
