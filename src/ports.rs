@@ -155,6 +155,12 @@ pub trait OutboxStore {
 
     /// Keeps a batch the collector refused for good; called before its readings are trimmed.
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError>;
+
+    /// A delivery round's trims are done: a store that records what is settled once per round
+    /// (see `delivery::slots`) writes it now. Nothing to do by default.
+    async fn end_round(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// One POST to the collector.

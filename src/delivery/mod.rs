@@ -9,3 +9,4 @@ pub mod outbox;
 pub mod policy;
 pub mod segment;
 pub mod sink;
+pub mod slots;

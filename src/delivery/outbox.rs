@@ -731,6 +731,11 @@ where
             outbox.borrow_mut().note_store_failure();
         }
     }
+    if let Err(e) = d.store.end_round().await {
+        d.log
+            .emit(Level::Warn, "outbox_trim_failed", &[("error", &e.0)]);
+        outbox.borrow_mut().note_store_failure();
+    }
     outbox.borrow_mut().next_after_round(d.clock.now_ms())
 }
 

@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::delivery::outbox::{
     deliver_round, Delivery, Next, Outbox, OutboxConfig, SinkTarget, Wakeups,
 };
+use crate::delivery::slots::SlotKey;
 use crate::http::rate_limit::MemoryBuckets;
 use crate::ports::{
     Clock, Collector, CollectorAnswer, CollectorRequest, Level, Log, OutboxStore, SystemEntropy,
@@ -56,7 +57,7 @@ struct Requests {
 /// What needs a valid configuration: the engine and where batches go.
 struct Engine {
     config: Config,
-    outbox: RefCell<Outbox<i64>>,
+    outbox: RefCell<Outbox<SlotKey>>,
     sink: SinkTarget,
 }
 

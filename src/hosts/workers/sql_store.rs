@@ -1,24 +1,31 @@
 //! The Batcher's outbox store: its Durable Object's SQLite, one row per accepted segment (a
 //! group-commit call's readings, `segment::encode`d into one text column). Cloudflare bills
 //! SQLite-backed Durable Objects by rows written, so the layout is chosen for it: the key is
-//! the rowid (no index to keep up), a segment costs one row to insert and one to delete, and a
-//! partly delivered one is rewritten in place (one row), never one row per reading. Every
-//! statement's rows read and written are counted from its cursor, for `/admin/stats`.
+//! the rowid (no index to keep up); rows are slots (`delivery::slots`): a new segment overwrites
+//! the row of a delivered one (one row written), what is delivered is recorded once per round as
+//! a watermark (one row), and a large segment partly delivered is rewritten in place (one row);
+//! never a row per reading, nor a delete per segment. Every statement's rows read and written
+//! are counted from its cursor, for `/admin/stats`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use worker::{SqlCursor, SqlStorage, SqlStorageValue};
 
 use crate::delivery::segment;
+use crate::delivery::slots::{Placement, SlotKey, Slots};
 use crate::ports::{DeadLetter, OutboxStore, StoreError, StoredSegment};
 
-const SCHEMA: [&str; 2] = [
-    "CREATE TABLE IF NOT EXISTS outbox (
-        seq INTEGER PRIMARY KEY,
+const SCHEMA: [&str; 3] = [
+    "CREATE TABLE IF NOT EXISTS segments (
+        slot INTEGER PRIMARY KEY,
+        seq INTEGER NOT NULL,
         received_at_ms INTEGER NOT NULL,
         segment TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS segments_settled (
+        id INTEGER PRIMARY KEY,
+        settled_below INTEGER NOT NULL)",
     // Rare (a collector refusing batches for good): a plain rowid table, newest listed first.
     "CREATE TABLE IF NOT EXISTS dead_letters (
         batch_id TEXT NOT NULL,
@@ -39,15 +46,27 @@ pub struct RowCounts {
 
 pub struct SqlOutboxStore {
     sql: SqlStorage,
-    last_seq: Cell<i64>,
+    slots: RefCell<Slots>,
     counts: Cell<RowCounts>,
 }
 
 #[derive(Deserialize)]
+struct SlotRow {
+    slot: f64,
+    seq: f64,
+}
+
+#[derive(Deserialize)]
 struct SegmentRow {
+    slot: f64,
     seq: f64,
     received_at_ms: f64,
     segment: String,
+}
+
+#[derive(Deserialize)]
+struct Watermark {
+    settled_below: f64,
 }
 
 #[derive(Deserialize)]
@@ -72,31 +91,49 @@ fn err(e: worker::Error) -> StoreError {
 
 impl SqlOutboxStore {
     /// Opens the store: creates its tables and moves readings an earlier release kept one row
-    /// each (table `pending`) into one segment. Returns the store and every segment it holds.
+    /// each (table `pending`) into one segment. Returns the store and every segment it holds
+    /// that is not settled.
     pub fn open(
         sql: SqlStorage,
         default_node: &str,
-    ) -> Result<(Self, Vec<StoredSegment<i64>>), StoreError> {
+    ) -> Result<(Self, Vec<StoredSegment<SlotKey>>), StoreError> {
         let store = Self {
             sql,
-            last_seq: Cell::new(0),
+            slots: RefCell::new(Slots::default()),
             counts: Cell::new(RowCounts::default()),
         };
         for statement in SCHEMA {
             store.exec(statement, None)?;
         }
-        store.migrate_legacy(default_node)?;
-        let rows: Vec<SegmentRow> = store.query(
-            "SELECT seq, received_at_ms, segment FROM outbox ORDER BY seq",
+        let marks: Vec<Watermark> = store.query(
+            "SELECT settled_below FROM segments_settled WHERE id = 1",
             None,
         )?;
-        let segments = rows
+        let settled_below = marks.first().map_or(0, |m| m.settled_below as i64);
+        let rows: Vec<SlotRow> = store.query("SELECT slot, seq FROM segments", None)?;
+        let keys: Vec<SlotKey> = rows
+            .iter()
+            .map(|r| SlotKey {
+                slot: r.slot as i64,
+                seq: r.seq as i64,
+            })
+            .collect();
+        let (slots, _) = Slots::load(&keys, settled_below);
+        *store.slots.borrow_mut() = slots;
+        store.migrate_legacy(default_node)?;
+        let live: Vec<SegmentRow> = store.query(
+            "SELECT slot, seq, received_at_ms, segment FROM segments WHERE seq >= ? ORDER BY seq",
+            Some(vec![SqlStorageValue::Integer(settled_below)]),
+        )?;
+        let segments = live
             .into_iter()
             .map(|r| {
                 let (node, readings) = segment::decode(&r.segment);
-                store.last_seq.set(store.last_seq.get().max(r.seq as i64));
                 StoredSegment {
-                    key: r.seq as i64,
+                    key: SlotKey {
+                        slot: r.slot as i64,
+                        seq: r.seq as i64,
+                    },
                     received_at_ms: r.received_at_ms as u64,
                     node,
                     readings,
@@ -104,6 +141,48 @@ impl SqlOutboxStore {
             })
             .collect();
         Ok((store, segments))
+    }
+
+    /// Writes a segment into a free row or a new one.
+    fn write_segment(
+        &self,
+        received_at_ms: u64,
+        node: &str,
+        readings: &[Rc<str>],
+    ) -> Result<SlotKey, StoreError> {
+        let placement = self.slots.borrow_mut().place();
+        let key = placement.key();
+        let text = segment::encode(node, readings);
+        let written = match placement {
+            Placement::Reuse(_) => self.exec(
+                "UPDATE segments SET seq = ?, received_at_ms = ?, segment = ? WHERE slot = ?",
+                Some(vec![
+                    SqlStorageValue::Integer(key.seq),
+                    SqlStorageValue::Integer(received_at_ms as i64),
+                    text.into(),
+                    SqlStorageValue::Integer(key.slot),
+                ]),
+            ),
+            Placement::Insert(_) => self.exec(
+                "INSERT INTO segments (slot, seq, received_at_ms, segment) VALUES (?, ?, ?, ?)",
+                Some(vec![
+                    SqlStorageValue::Integer(key.slot),
+                    SqlStorageValue::Integer(key.seq),
+                    SqlStorageValue::Integer(received_at_ms as i64),
+                    text.into(),
+                ]),
+            ),
+        };
+        match written {
+            Ok(()) => {
+                self.slots.borrow_mut().written(key);
+                Ok(key)
+            }
+            Err(e) => {
+                self.slots.borrow_mut().not_written(placement);
+                Err(e)
+            }
+        }
     }
 
     pub fn counts(&self) -> RowCounts {
@@ -151,13 +230,7 @@ impl SqlOutboxStore {
             self.query("SELECT received_at_ms, doc FROM pending ORDER BY seq", None)?;
         if let Some(first) = rows.first() {
             let readings: Vec<Rc<str>> = rows.iter().map(|r| Rc::from(r.doc.as_str())).collect();
-            self.exec(
-                "INSERT INTO outbox (received_at_ms, segment) VALUES (?, ?)",
-                Some(vec![
-                    SqlStorageValue::Integer(first.received_at_ms as i64),
-                    segment::encode(default_node, &readings).into(),
-                ]),
-            )?;
+            self.write_segment(first.received_at_ms as u64, default_node, &readings)?;
         }
         for table in ["pending", "counters", "meta"] {
             self.exec(&format!("DROP TABLE IF EXISTS {table}"), None)?;
@@ -188,46 +261,47 @@ impl SqlOutboxStore {
 }
 
 impl OutboxStore for SqlOutboxStore {
-    type Key = i64;
+    type Key = SlotKey;
 
     async fn append(
         &self,
         received_at_ms: u64,
         node: &str,
         readings: &[Rc<str>],
-    ) -> Result<i64, StoreError> {
-        let seq = self.last_seq.get() + 1;
-        self.exec(
-            "INSERT INTO outbox (seq, received_at_ms, segment) VALUES (?, ?, ?)",
-            Some(vec![
-                SqlStorageValue::Integer(seq),
-                SqlStorageValue::Integer(received_at_ms as i64),
-                segment::encode(node, readings).into(),
-            ]),
-        )?;
-        self.last_seq.set(seq);
-        Ok(seq)
+    ) -> Result<SlotKey, StoreError> {
+        self.write_segment(received_at_ms, node, readings)
     }
 
+    /// A settled segment's row is only marked free (the next segment overwrites it, and the
+    /// round's watermark records it); a large one partly settled is rewritten with the rest.
     async fn trim(
         &self,
-        key: &i64,
+        key: &SlotKey,
         settled: usize,
         node: &str,
         readings: &[Rc<str>],
     ) -> Result<(), StoreError> {
         if settled >= readings.len() {
-            return self.exec(
-                "DELETE FROM outbox WHERE seq = ?",
-                Some(vec![SqlStorageValue::Integer(*key)]),
-            );
+            self.slots.borrow_mut().settled(*key);
+            return Ok(());
         }
         self.exec(
-            "UPDATE outbox SET segment = ? WHERE seq = ?",
+            "UPDATE segments SET segment = ? WHERE slot = ? AND seq = ?",
             Some(vec![
                 segment::encode(node, &readings[settled..]).into(),
-                SqlStorageValue::Integer(*key),
+                SqlStorageValue::Integer(key.slot),
+                SqlStorageValue::Integer(key.seq),
             ]),
+        )
+    }
+
+    async fn end_round(&self) -> Result<(), StoreError> {
+        let Some(mark) = self.slots.borrow_mut().watermark_to_write() else {
+            return Ok(());
+        };
+        self.exec(
+            "INSERT INTO segments_settled (id, settled_below) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET settled_below = excluded.settled_below",
+            Some(vec![SqlStorageValue::Integer(mark)]),
         )
     }
 

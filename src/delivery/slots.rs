@@ -1,0 +1,184 @@
+//! Rows reused as slots, for a store that bills every row it writes (a Durable Object's SQLite).
+//!
+//! Inserting a row per segment and deleting it once delivered costs two rows written per
+//! segment. Instead, a delivered segment's row is only marked free in memory and the next
+//! segment overwrites it (one row written); what is delivered is recorded once per delivery round
+//! as a watermark, `settled_below`: every segment numbered below it is settled. After memory is
+//! lost, rows numbered at or above the watermark come back; rows below it are free. A row is
+//! reused only once its segment is settled, so a crash can at worst send again what was settled
+//! since the last watermark (at-least-once), never lose a segment.
+
+use std::collections::BTreeSet;
+
+/// Where a segment lives: its row (`slot`) and its number (`seq`, rising, never reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SlotKey {
+    pub slot: i64,
+    pub seq: i64,
+}
+
+/// How to write a new segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Overwrite this free row.
+    Reuse(SlotKey),
+    /// No row is free: add one.
+    Insert(SlotKey),
+}
+
+impl Placement {
+    pub fn key(self) -> SlotKey {
+        match self {
+            Self::Reuse(k) | Self::Insert(k) => k,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Slots {
+    free: Vec<i64>,
+    /// Segments not yet settled, by number.
+    live: BTreeSet<i64>,
+    last_seq: i64,
+    last_slot: i64,
+    /// The watermark the store holds.
+    persisted: i64,
+}
+
+impl Slots {
+    /// The book after reading the store back: its rows as (slot, seq) and its watermark. Returns
+    /// the book and the rows whose segments are not settled.
+    pub fn load(rows: &[SlotKey], settled_below: i64) -> (Self, Vec<SlotKey>) {
+        // Numbers start at 1: "below 1" holds without being written.
+        let settled_below = settled_below.max(1);
+        let mut book = Self {
+            persisted: settled_below,
+            ..Self::default()
+        };
+        let mut live = Vec::new();
+        for &row in rows {
+            book.last_seq = book.last_seq.max(row.seq);
+            book.last_slot = book.last_slot.max(row.slot);
+            if row.seq >= settled_below {
+                book.live.insert(row.seq);
+                live.push(row);
+            } else {
+                book.free.push(row.slot);
+            }
+        }
+        book.last_seq = book.last_seq.max(settled_below - 1);
+        live.sort_by_key(|k| k.seq);
+        (book, live)
+    }
+
+    /// Where the next segment goes: a free row if there is one.
+    pub fn place(&mut self) -> Placement {
+        self.last_seq += 1;
+        let seq = self.last_seq;
+        match self.free.pop() {
+            Some(slot) => Placement::Reuse(SlotKey { slot, seq }),
+            None => {
+                self.last_slot += 1;
+                Placement::Insert(SlotKey {
+                    slot: self.last_slot,
+                    seq,
+                })
+            }
+        }
+    }
+
+    /// The segment is live (its row was written).
+    pub fn written(&mut self, key: SlotKey) {
+        self.live.insert(key.seq);
+    }
+
+    /// The row could not be written: it stays free (a new row is taken next time).
+    pub fn not_written(&mut self, placement: Placement) {
+        if let Placement::Reuse(key) = placement {
+            self.free.push(key.slot);
+        }
+    }
+
+    /// The segment is settled: its row is free to reuse.
+    pub fn settled(&mut self, key: SlotKey) {
+        if self.live.remove(&key.seq) {
+            self.free.push(key.slot);
+        }
+    }
+
+    /// The watermark to write, if it moved since the store last took one: every segment below
+    /// it is settled.
+    pub fn watermark_to_write(&mut self) -> Option<i64> {
+        let mark = self.live.first().copied().unwrap_or(self.last_seq + 1);
+        (mark > self.persisted).then(|| {
+            self.persisted = mark;
+            mark
+        })
+    }
+
+    /// Rows kept free for reuse.
+    pub fn free_rows(&self) -> usize {
+        self.free.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_reused_once_settled_and_the_watermark_follows_the_oldest_live() {
+        let (mut b, _) = Slots::load(&[], 0);
+        let a = b.place();
+        let c = b.place();
+        assert!(matches!(a, Placement::Insert(SlotKey { slot: 1, seq: 1 })));
+        assert!(matches!(c, Placement::Insert(SlotKey { slot: 2, seq: 2 })));
+        b.written(a.key());
+        b.written(c.key());
+        // Settled out of order: the row is free, but the watermark waits for the oldest.
+        b.settled(c.key());
+        assert_eq!(b.watermark_to_write(), None);
+        let d = b.place();
+        assert_eq!(d, Placement::Reuse(SlotKey { slot: 2, seq: 3 }));
+        b.written(d.key());
+        b.settled(a.key());
+        assert_eq!(b.watermark_to_write(), Some(3));
+        assert_eq!(b.watermark_to_write(), None, "written once");
+        b.settled(d.key());
+        assert_eq!(b.watermark_to_write(), Some(4));
+        assert_eq!(b.free_rows(), 2);
+    }
+
+    #[test]
+    fn loading_keeps_what_is_not_settled_and_frees_the_rest() {
+        let rows = [
+            SlotKey { slot: 1, seq: 7 },
+            SlotKey { slot: 2, seq: 3 },
+            SlotKey { slot: 3, seq: 9 },
+        ];
+        let (mut b, live) = Slots::load(&rows, 5);
+        assert_eq!(
+            live,
+            [SlotKey { slot: 1, seq: 7 }, SlotKey { slot: 3, seq: 9 }]
+        );
+        // Numbers go on after the highest; the settled row is reused first.
+        assert_eq!(b.place(), Placement::Reuse(SlotKey { slot: 2, seq: 10 }));
+        assert_eq!(b.place(), Placement::Insert(SlotKey { slot: 4, seq: 11 }));
+        // An empty store with a watermark: numbers start above it.
+        let (mut empty, none) = Slots::load(&[], 40);
+        assert!(none.is_empty());
+        assert_eq!(empty.place().key().seq, 40);
+    }
+
+    #[test]
+    fn a_failed_write_gives_the_row_back() {
+        let (mut b, _) = Slots::load(&[], 0);
+        let a = b.place();
+        b.written(a.key());
+        b.settled(a.key());
+        let p = b.place();
+        assert!(matches!(p, Placement::Reuse(_)));
+        b.not_written(p);
+        assert!(matches!(b.place(), Placement::Reuse(_)));
+    }
+}
