@@ -156,9 +156,10 @@ pub trait OutboxStore {
     /// Keeps a batch the collector refused for good; called before its readings are trimmed.
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError>;
 
-    /// A delivery round's trims are done: a store that records what is settled once per round
-    /// (see `delivery::slots`) writes it now. Nothing to do by default.
-    async fn end_round(&self) -> Result<(), StoreError> {
+    /// A delivery round's trims are done; `idle`: nothing is held any more. A store that records
+    /// what is settled now and then rather than per segment (see `delivery::slots`) may write it
+    /// now. Nothing to do by default.
+    async fn end_round(&self, _idle: bool) -> Result<(), StoreError> {
         Ok(())
     }
 }

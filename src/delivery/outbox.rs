@@ -731,7 +731,8 @@ where
             outbox.borrow_mut().note_store_failure();
         }
     }
-    if let Err(e) = d.store.end_round().await {
+    let idle = outbox.borrow().pending() == 0;
+    if let Err(e) = d.store.end_round(idle).await {
         d.log
             .emit(Level::Warn, "outbox_trim_failed", &[("error", &e.0)]);
         outbox.borrow_mut().note_store_failure();

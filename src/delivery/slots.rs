@@ -2,13 +2,18 @@
 //!
 //! Inserting a row per segment and deleting it once delivered costs two rows written per
 //! segment. Instead, a delivered segment's row is only marked free in memory and the next
-//! segment overwrites it (one row written); what is delivered is recorded once per delivery round
-//! as a watermark, `settled_below`: every segment numbered below it is settled. After memory is
+//! segment overwrites it (one row written); what is delivered is recorded now and then as a
+//! watermark, `settled_below`: every segment numbered below it is settled. It is written once it
+//! has moved by [`WATERMARK_STEP`] segments, or when nothing is held any more. After memory is
 //! lost, rows numbered at or above the watermark come back; rows below it are free. A row is
-//! reused only once its segment is settled, so a crash can at worst send again what was settled
-//! since the last watermark (at-least-once), never lose a segment.
+//! reused only once its segment is settled, so a crash can at worst send again the segments
+//! settled since the last watermark (at most `WATERMARK_STEP` of them, or what a round settled;
+//! at-least-once), never lose one.
 
 use std::collections::BTreeSet;
+
+/// How many segments the watermark may lag behind what is settled before it is written.
+pub const WATERMARK_STEP: i64 = 16;
 
 /// Where a segment lives: its row (`slot`) and its number (`seq`, rising, never reused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -106,11 +111,16 @@ impl Slots {
         }
     }
 
-    /// The watermark to write, if it moved since the store last took one: every segment below
-    /// it is settled.
-    pub fn watermark_to_write(&mut self) -> Option<i64> {
+    /// The watermark to write, if it moved by `WATERMARK_STEP` since the store last took one, or
+    /// at all when `idle` (nothing held): every segment below it is settled.
+    pub fn watermark_to_write(&mut self, idle: bool) -> Option<i64> {
         let mark = self.live.first().copied().unwrap_or(self.last_seq + 1);
-        (mark > self.persisted).then(|| {
+        let due = if idle {
+            mark > self.persisted
+        } else {
+            mark - self.persisted >= WATERMARK_STEP
+        };
+        due.then(|| {
             self.persisted = mark;
             mark
         })
@@ -137,16 +147,35 @@ mod tests {
         b.written(c.key());
         // Settled out of order: the row is free, but the watermark waits for the oldest.
         b.settled(c.key());
-        assert_eq!(b.watermark_to_write(), None);
+        assert_eq!(b.watermark_to_write(true), None);
         let d = b.place();
         assert_eq!(d, Placement::Reuse(SlotKey { slot: 2, seq: 3 }));
         b.written(d.key());
         b.settled(a.key());
-        assert_eq!(b.watermark_to_write(), Some(3));
-        assert_eq!(b.watermark_to_write(), None, "written once");
+        assert_eq!(
+            b.watermark_to_write(false),
+            None,
+            "moved by 2, less than a step"
+        );
+        assert_eq!(b.watermark_to_write(true), Some(3), "idle: written");
+        assert_eq!(b.watermark_to_write(true), None, "written once");
         b.settled(d.key());
-        assert_eq!(b.watermark_to_write(), Some(4));
+        assert_eq!(b.watermark_to_write(true), Some(4));
         assert_eq!(b.free_rows(), 2);
+    }
+
+    #[test]
+    fn a_busy_store_writes_the_watermark_once_per_step() {
+        let (mut b, _) = Slots::load(&[], 0);
+        let mut writes = 0;
+        for _ in 0..100 {
+            let p = b.place();
+            b.written(p.key());
+            b.settled(p.key());
+            writes += usize::from(b.watermark_to_write(false).is_some());
+        }
+        assert_eq!(writes, 100 / WATERMARK_STEP as usize);
+        assert_eq!(b.watermark_to_write(true), Some(101));
     }
 
     #[test]

@@ -295,8 +295,8 @@ impl OutboxStore for SqlOutboxStore {
         )
     }
 
-    async fn end_round(&self) -> Result<(), StoreError> {
-        let Some(mark) = self.slots.borrow_mut().watermark_to_write() else {
+    async fn end_round(&self, idle: bool) -> Result<(), StoreError> {
+        let Some(mark) = self.slots.borrow_mut().watermark_to_write(idle) else {
             return Ok(());
         };
         self.exec(
