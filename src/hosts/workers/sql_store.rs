@@ -2,9 +2,9 @@
 //! group-commit call's readings, `segment::encode`d into one text column). Cloudflare bills
 //! SQLite-backed Durable Objects by rows written, so the layout is chosen for it: the key is
 //! the rowid (no index to keep up); rows are slots (`delivery::slots`): a new segment overwrites
-//! the row of a delivered one (one row written), what is delivered is recorded once per round as
-//! a watermark (one row), and a large segment partly delivered is rewritten in place (one row);
-//! never a row per reading, nor a delete per segment. Every statement's rows read and written
+//! the row of a delivered one (one row written), what is delivered is recorded as a watermark
+//! (one row, every 16 segments or when idle), and a large segment partly delivered is rewritten
+//! in place (one row); never a row per reading, nor a delete per segment. Every statement's rows read and written
 //! are counted from its cursor, for `/admin/stats`.
 
 use std::cell::{Cell, RefCell};
@@ -48,12 +48,6 @@ pub struct SqlOutboxStore {
     sql: SqlStorage,
     slots: RefCell<Slots>,
     counts: Cell<RowCounts>,
-}
-
-#[derive(Deserialize)]
-struct SlotRow {
-    slot: f64,
-    seq: f64,
 }
 
 #[derive(Deserialize)]
@@ -110,36 +104,32 @@ impl SqlOutboxStore {
             None,
         )?;
         let settled_below = marks.first().map_or(0, |m| m.settled_below as i64);
-        let rows: Vec<SlotRow> = store.query("SELECT slot, seq FROM segments", None)?;
-        let keys: Vec<SlotKey> = rows
-            .iter()
-            .map(|r| SlotKey {
-                slot: r.slot as i64,
-                seq: r.seq as i64,
-            })
-            .collect();
-        let (slots, _) = Slots::load(&keys, settled_below);
-        *store.slots.borrow_mut() = slots;
-        store.migrate_legacy(default_node)?;
-        let live: Vec<SegmentRow> = store.query(
-            "SELECT slot, seq, received_at_ms, segment FROM segments WHERE seq >= ? ORDER BY seq",
-            Some(vec![SqlStorageValue::Integer(settled_below)]),
+        // One scan reads every row (free ones too: the book needs their slots), oldest first.
+        let rows: Vec<SegmentRow> = store.query(
+            "SELECT slot, seq, received_at_ms, segment FROM segments ORDER BY seq",
+            None,
         )?;
-        let segments = live
-            .into_iter()
+        let key = |r: &SegmentRow| SlotKey {
+            slot: r.slot as i64,
+            seq: r.seq as i64,
+        };
+        let slots = Slots::load(rows.iter().map(key), settled_below);
+        let settled_below = slots.settled_below();
+        *store.slots.borrow_mut() = slots;
+        let mut segments: Vec<StoredSegment<SlotKey>> = rows
+            .iter()
+            .filter(|r| r.seq as i64 >= settled_below)
             .map(|r| {
                 let (node, readings) = segment::decode(&r.segment);
                 StoredSegment {
-                    key: SlotKey {
-                        slot: r.slot as i64,
-                        seq: r.seq as i64,
-                    },
+                    key: key(r),
                     received_at_ms: r.received_at_ms as u64,
                     node,
                     readings,
                 }
             })
             .collect();
+        segments.extend(store.migrate_legacy(default_node)?);
         Ok((store, segments))
     }
 
@@ -213,7 +203,10 @@ impl SqlOutboxStore {
         Ok(rows)
     }
 
-    fn migrate_legacy(&self, default_node: &str) -> Result<(), StoreError> {
+    fn migrate_legacy(
+        &self,
+        default_node: &str,
+    ) -> Result<Option<StoredSegment<SlotKey>>, StoreError> {
         #[derive(Deserialize)]
         struct Name {
             #[allow(dead_code)]
@@ -224,18 +217,26 @@ impl SqlOutboxStore {
             None,
         )?;
         if legacy.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let rows: Vec<LegacyRow> =
             self.query("SELECT received_at_ms, doc FROM pending ORDER BY seq", None)?;
+        let mut moved = None;
         if let Some(first) = rows.first() {
             let readings: Vec<Rc<str>> = rows.iter().map(|r| Rc::from(r.doc.as_str())).collect();
-            self.write_segment(first.received_at_ms as u64, default_node, &readings)?;
+            let received_at_ms = first.received_at_ms as u64;
+            let key = self.write_segment(received_at_ms, default_node, &readings)?;
+            moved = Some(StoredSegment {
+                key,
+                received_at_ms,
+                node: default_node.to_owned(),
+                readings,
+            });
         }
         for table in ["pending", "counters", "meta"] {
             self.exec(&format!("DROP TABLE IF EXISTS {table}"), None)?;
         }
-        Ok(())
+        Ok(moved)
     }
 
     /// The last dead letters, newest first, as JSON.
@@ -273,7 +274,7 @@ impl OutboxStore for SqlOutboxStore {
     }
 
     /// A settled segment's row is only marked free (the next segment overwrites it, and the
-    /// round's watermark records it); a large one partly settled is rewritten with the rest.
+    /// watermark records it); a large one partly settled is rewritten with the rest.
     async fn trim(
         &self,
         key: &SlotKey,
