@@ -244,13 +244,10 @@ pub trait Host {
     /// Milliseconds on the clock `Server-Timing` reports (Workers' only advances across I/O).
     fn timer_ms(&self) -> f64;
     async fn sleep_ms(&self, ms: u64);
-    /// Profiles from the host's key-value store, when it has them (see `domain::profile_cache`).
-    async fn stored_profiles(
-        &self,
-        settings: &crate::config::Settings,
-        now_ms: u64,
-        request_id: &str,
-    ) -> Option<Rc<crate::domain::calibration::Profiles>>;
+    /// The profile document under `domain::profile_cache::PROFILES_KEY` in the host's
+    /// key-value store: `Ok(None)` when the key is absent or the host has no such store. The
+    /// pipeline decides when to read (at most every `PROFILES_TTL_S`) and keeps the last good set.
+    async fn read_stored_profiles(&self) -> Result<Option<String>, StoreError>;
     /// Takes accepted readings into the outbox (rate limits included): `Ok` once they are as
     /// durable as the host makes them.
     async fn accept(

@@ -42,7 +42,7 @@ use crate::delivery::policy::{
 use crate::delivery::sink::{encode_batch, encode_json_batch, SinkFormat};
 use crate::domain::ids;
 use crate::ports::{
-    Clock, Collector, CollectorRequest, DeadLetter, Entropy, Level, Log, OutboxStore,
+    Clock, Collector, CollectorRequest, DeadLetter, Entropy, Level, Log, OutboxStore, StoreError,
     StoredSegment, Timer,
 };
 
@@ -680,6 +680,32 @@ pub struct Delivery<'a, S, C, T> {
     pub entropy: &'a dyn Entropy,
     pub log: &'a dyn Log,
     pub sink: &'a SinkTarget,
+}
+
+/// Makes reserved readings durable, then queues them: one `append` to the store (before the
+/// device's answer), and the reservation given back if that write fails, so a refused request
+/// holds no room. `Ok(true)` when the host must start its delivery driver.
+pub async fn append_reserved<K, S>(
+    outbox: &RefCell<Outbox<K>>,
+    store: &S,
+    reservation: Reservation,
+    received_at_ms: u64,
+    node: &str,
+    readings: Vec<Rc<str>>,
+) -> Result<bool, StoreError>
+where
+    K: Clone + PartialEq,
+    S: OutboxStore<Key = K>,
+{
+    match store.append(received_at_ms, node, &readings).await {
+        Ok(key) => Ok(outbox
+            .borrow_mut()
+            .push(reservation, key, received_at_ms, node, readings)),
+        Err(e) => {
+            outbox.borrow_mut().release(reservation);
+            Err(e)
+        }
+    }
 }
 
 /// One delivery round, the same on every host: sends what is due (up to `SENDS_IN_FLIGHT`

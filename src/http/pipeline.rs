@@ -17,9 +17,14 @@ use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, ORIGIN, TRANSFER_
 use http::request::Parts;
 use http::Request;
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use crate::config::Settings;
+use crate::domain::calibration::Profiles;
 use crate::domain::enrich::EdgeInfo;
 use crate::domain::ids;
+use crate::domain::profile_cache::{self, CacheSlot};
 use crate::http::answer::{self, Answer};
 use crate::http::problem::{Problem, ProblemType};
 use crate::http::routes::{self, Plan, RequestContext};
@@ -27,6 +32,11 @@ use crate::ports::{BodyStream, EdgeFacts, Host, Level};
 
 /// How long a drain may wait for a body that is declared but does not come.
 pub const DRAIN_WAIT_MS: u64 = 1_000;
+
+thread_local! {
+    // Profiles from the host's key-value store, per isolate / instance.
+    static PROFILE_CACHE: CacheSlot = const { RefCell::new(None) };
+}
 
 /// Answers one request.
 pub async fn handle<H: Host, B: BodyStream>(
@@ -36,7 +46,7 @@ pub async fn handle<H: Host, B: BodyStream>(
 ) -> Answer {
     let started = host.timer_ms();
     let now = host.now_ms();
-    let request_id = ids::new_id(now).unwrap_or_else(|_| String::from("no-entropy"));
+    let request_id = request_id(now);
     let settings = host.settings().await;
     let (parts, mut body) = request.into_parts();
     let edge = EdgeInfo::new(
@@ -70,7 +80,7 @@ pub async fn handle<H: Host, B: BodyStream>(
 /// header the `http` crate refuses): a 400 with the headers every answer carries.
 pub async fn unreadable<H: Host>(host: &H, detail: &str) -> Answer {
     let now = host.now_ms();
-    let request_id = ids::new_id(now).unwrap_or_else(|_| String::from("no-entropy"));
+    let request_id = request_id(now);
     let settings = host.settings().await;
     let problem = Problem::new(
         ProblemType::InvalidRequest,
@@ -84,6 +94,11 @@ pub async fn unreadable<H: Host>(host: &H, detail: &str) -> Answer {
         &request_id,
         0.0,
     )
+}
+
+/// A UUIDv7 for the request (`x-request-id`, log lines), or a marker when entropy failed.
+fn request_id(now: u64) -> String {
+    ids::new_id(now).unwrap_or_else(|_| String::from("no-entropy"))
 }
 
 /// A problem, and whether the body may still be coming (see the module comment).
@@ -122,7 +137,7 @@ async fn serve<H: Host, B: BodyStream>(
     match routes::plan(parts, settings, now)? {
         Plan::Answer(answer) => Ok(answer),
         Plan::Health => {
-            let stored = host.stored_profiles(settings, now, request_id).await;
+            let stored = stored_profiles(host, settings, now, request_id).await;
             Ok(routes::health(settings, edge, stored.as_deref()))
         }
         Plan::Admin(query) => {
@@ -135,7 +150,7 @@ async fn serve<H: Host, B: BodyStream>(
             } else {
                 Vec::new()
             };
-            let stored = host.stored_profiles(settings, now, request_id).await;
+            let stored = stored_profiles(host, settings, now, request_id).await;
             let ctx = RequestContext {
                 settings,
                 stored_profiles: stored.as_deref(),
@@ -156,6 +171,33 @@ async fn serve<H: Host, B: BodyStream>(
             Ok(accepted.answer())
         }
     }
+}
+
+/// The host's stored profiles, read again at most every `PROFILES_TTL_S`; a refresh that kept
+/// the previous set (a bad document, a failed read) is logged.
+async fn stored_profiles<H: Host>(
+    host: &H,
+    settings: &Settings,
+    now: u64,
+    request_id: &str,
+) -> Option<Rc<Profiles>> {
+    let kept = |error: &str| {
+        host.log(
+            Level::Warn,
+            "profiles_not_updated",
+            request_id,
+            &[("detail", error)],
+        )
+    };
+    let ttl = settings.profiles_ttl_ms();
+    profile_cache::refreshed(
+        &PROFILE_CACHE,
+        ttl,
+        now,
+        || host.read_stored_profiles(),
+        kept,
+    )
+    .await
 }
 
 /// The body, at most `limit` bytes of it. Past the limit it is refused (and drained as the

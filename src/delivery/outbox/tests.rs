@@ -269,19 +269,19 @@ impl Host {
         let Ok(reservation) = self.outbox.borrow_mut().reserve(n) else {
             return false;
         };
-        match run(self.store.append(now, "node-1", &readings)) {
-            Ok(key) => {
-                self.outbox
-                    .borrow_mut()
-                    .push(reservation, key, now, "node-1", readings.clone());
-                self.acknowledged.extend(readings.iter().map(|r| id_of(r)));
-                true
-            }
-            Err(_) => {
-                self.outbox.borrow_mut().release(reservation);
-                false
-            }
+        let appended = append_reserved(
+            &self.outbox,
+            &self.store,
+            reservation,
+            now,
+            "node-1",
+            readings.clone(),
+        );
+        if run(appended).is_err() {
+            return false;
         }
+        self.acknowledged.extend(readings.iter().map(|r| id_of(r)));
+        true
     }
 
     fn round(&self) -> Next {

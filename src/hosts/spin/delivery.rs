@@ -23,7 +23,7 @@ use spin_sdk::http::FullBody;
 use super::{emit, now_ms};
 use crate::config::Config;
 use crate::delivery::outbox::{
-    deliver_round, Delivery, Next, Outbox, OutboxConfig, SinkTarget, Wakeups,
+    append_reserved, deliver_round, Delivery, Next, Outbox, OutboxConfig, SinkTarget, Wakeups,
 };
 use crate::http::problem::{Problem, ProblemType};
 use crate::http::routes::Accepted;
@@ -134,32 +134,22 @@ pub async fn accept(config: &Config, node: &str, accepted: &Accepted) -> Result<
                 ),
             )
         })?;
+    let at = accepted.received_at_ms;
     #[cfg(feature = "spin")]
     let appended = match kv::open(kv::Path::Request).await {
         Ok(kv) => {
-            KvOutboxStore { kv }
-                .append(accepted.received_at_ms, node, &readings)
-                .await
+            let store = KvOutboxStore { kv };
+            append_reserved(&inst.outbox, &store, reservation, at, node, readings).await
         }
-        Err(e) => Err(e),
-    };
-    #[cfg(not(feature = "spin"))]
-    let appended = inst
-        .store
-        .append(accepted.received_at_ms, node, &readings)
-        .await;
-    let key = match appended {
-        Ok(key) => key,
         Err(e) => {
             inst.outbox.borrow_mut().release(reservation);
-            return Err(store_unavailable(e));
+            Err(e)
         }
     };
-    let start =
-        inst.outbox
-            .borrow_mut()
-            .push(reservation, key, accepted.received_at_ms, node, readings);
-    if start {
+    #[cfg(not(feature = "spin"))]
+    let appended =
+        append_reserved(&inst.outbox, &inst.store, reservation, at, node, readings).await;
+    if appended.map_err(store_unavailable)? {
         spawn_flusher(inst);
     }
     Ok(())

@@ -27,13 +27,12 @@ use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::{FullBody, Request};
 
 use crate::config::{Settings, KEYS};
-use crate::domain::calibration::Profiles;
 use crate::domain::enrich::EdgeInfo;
 use crate::http::pipeline;
 use crate::http::problem::Problem;
 use crate::http::routes::{Accepted, AdminQuery};
 use crate::log;
-use crate::ports::{BodyBroken, BodyStream, EdgeFacts, Host, Level};
+use crate::ports::{BodyBroken, BodyStream, EdgeFacts, Host, Level, StoreError};
 
 #[cfg(feature = "spin")]
 pub const PLATFORM: &str = "spin";
@@ -138,46 +137,21 @@ impl Host for Component {
         spin_sdk::time::sleep(Duration::from_millis(ms)).await;
     }
 
-    /// Spin flavour: profiles from the key-value store `default` (key `calibration`), read again
-    /// at most every `PROFILES_TTL_S` by an instance that lives that long (a fresh instance reads
-    /// once). Portable flavour: no store; the deployment's profiles apply.
-    async fn stored_profiles(
-        &self,
-        settings: &Settings,
-        now_ms: u64,
-        request_id: &str,
-    ) -> Option<Rc<Profiles>> {
+    /// Spin flavour: the key-value store `default`, key `calibration` (an instance that lives
+    /// past `PROFILES_TTL_S` reads it again; a fresh one reads once). Portable flavour: no store;
+    /// the deployment's profiles apply.
+    async fn read_stored_profiles(&self) -> Result<Option<String>, StoreError> {
         #[cfg(feature = "spin")]
         {
-            use std::cell::RefCell;
-
-            use crate::domain::profile_cache::{self, CacheSlot, PROFILES_KEY};
+            use crate::domain::profile_cache::PROFILES_KEY;
             use crate::ports::KeyValue;
 
-            thread_local! {
-                static CACHE: CacheSlot = const { RefCell::new(None) };
-            }
-            let read = || async {
-                let store = kv::open(kv::Path::Request).await?;
-                let value = store.get(PROFILES_KEY).await?;
-                Ok(value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
-            };
-            let log_kept = |error: &str| {
-                emit(
-                    "warn",
-                    "profiles_not_updated",
-                    request_id,
-                    &[("detail", error)],
-                )
-            };
-            let ttl = settings.profiles_ttl_ms();
-            profile_cache::refreshed(&CACHE, ttl, now_ms, read, log_kept).await
+            let store = kv::open(kv::Path::Request).await?;
+            let value = store.get(PROFILES_KEY).await?;
+            Ok(value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
         }
         #[cfg(not(feature = "spin"))]
-        {
-            let _ = (settings, now_ms, request_id);
-            None
-        }
+        Ok(None)
     }
 
     async fn accept(

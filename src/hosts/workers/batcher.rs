@@ -28,13 +28,13 @@ use super::sql_store::SqlOutboxStore;
 use super::{log, now_ms, settings, wire};
 use crate::config::Config;
 use crate::delivery::outbox::{
-    deliver_round, Delivery, Next, Outbox, OutboxConfig, SinkTarget, Wakeups,
+    append_reserved, deliver_round, Delivery, Next, Outbox, OutboxConfig, SinkTarget, Wakeups,
 };
 use crate::delivery::slots::SlotKey;
 use crate::http::rate_limit::MemoryBuckets;
 use crate::ports::{
-    Clock, Collector, CollectorAnswer, CollectorRequest, Level, Log, OutboxStore, SystemEntropy,
-    Timer, TransportError,
+    Clock, Collector, CollectorAnswer, CollectorRequest, Level, Log, SystemEntropy, Timer,
+    TransportError,
 };
 
 /// One alarm runs delivery rounds for at most this long, then yields to a fresh alarm.
@@ -258,19 +258,16 @@ impl Batcher {
         }
         // One row for the whole call; no await before the answer, so the runtime's output
         // gate holds the answer until it is durable.
-        let key = match store.append(now, node, &readings).await {
-            Ok(key) => key,
-            Err(e) => {
-                engine.outbox.borrow_mut().release(reservation);
-                return Ok(wire::AcceptReply::Refused {
-                    detail: format!("storage: {e}"),
-                });
-            }
-        };
         answer.accepted = readings.len();
+        let appended =
+            append_reserved(&engine.outbox, store, reservation, now, node, readings).await;
+        if let Err(e) = appended {
+            return Ok(wire::AcceptReply::Refused {
+                detail: format!("storage: {e}"),
+            });
+        }
         let next = {
-            let mut outbox = engine.outbox.borrow_mut();
-            let _ = outbox.push(reservation, key, now, node, readings);
+            let outbox = engine.outbox.borrow();
             answer.backlog = outbox.pending();
             outbox.next_wake(now)
         };
@@ -357,11 +354,7 @@ struct WorkersLog;
 
 impl Log for WorkersLog {
     fn emit(&self, level: Level, event: &str, fields: &[(&str, &str)]) {
-        match level {
-            Level::Info => log::info(event, "", fields),
-            Level::Warn => log::warn(event, "", fields),
-            Level::Error => log::error(event, "", fields),
-        }
+        log::at(level, event, "", fields);
     }
 }
 

@@ -9,12 +9,11 @@ fn emit(level: &str, event: &str, request_id: &str, fields: &[(&str, &str)]) {
     }
 }
 
-pub fn info(event: &str, request_id: &str, fields: &[(&str, &str)]) {
-    emit("info", event, request_id, fields)
+/// A line at the level the core's ports name.
+pub fn at(level: crate::ports::Level, event: &str, request_id: &str, fields: &[(&str, &str)]) {
+    emit(level.as_str(), event, request_id, fields)
 }
-pub fn warn(event: &str, request_id: &str, fields: &[(&str, &str)]) {
-    emit("warn", event, request_id, fields)
-}
+
 pub fn error(event: &str, request_id: &str, fields: &[(&str, &str)]) {
     emit("error", event, request_id, fields)
 }

@@ -14,7 +14,7 @@ mod log;
 mod sql_store;
 mod wire;
 
-use std::cell::{OnceCell, RefCell};
+use std::cell::OnceCell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -26,14 +26,13 @@ use worker::{event, ByteStream, Context, Env, Headers, Request, Response};
 pub use batcher::Batcher;
 
 use crate::config::Settings;
-use crate::domain::calibration::Profiles;
 use crate::domain::enrich::EdgeInfo;
-use crate::domain::profile_cache::{self, CacheSlot, PROFILES_KEY};
+use crate::domain::profile_cache::PROFILES_KEY;
 use crate::http::answer::Answer;
 use crate::http::pipeline;
 use crate::http::problem::Problem;
 use crate::http::routes::{Accepted, AdminQuery};
-use crate::ports::{BodyBroken, BodyStream, ConfigSource, EdgeFacts, Host, Level};
+use crate::ports::{BodyBroken, BodyStream, ConfigSource, EdgeFacts, Host, Level, StoreError};
 
 pub const PLATFORM: &str = "cloudflare-workers";
 /// Optional KV namespace holding calibration profiles under `profile_cache::PROFILES_KEY`.
@@ -44,7 +43,6 @@ const KV_CACHE_TTL_S: u64 = 30;
 thread_local! {
     // Vars and secrets are fixed for an isolate's life: parse them once.
     static SETTINGS: OnceCell<Rc<Settings>> = const { OnceCell::new() };
-    static PROFILE_CACHE: CacheSlot = const { RefCell::new(None) };
 }
 
 pub(crate) fn settings(env: &Env) -> Rc<Settings> {
@@ -210,27 +208,18 @@ impl Host for Worker<'_> {
         worker::Delay::from(Duration::from_millis(ms)).await;
     }
 
-    /// Profiles from the `PROFILES` KV namespace, read again at most every `PROFILES_TTL_S` per
-    /// isolate (plus KV's own edge cache), so `wrangler kv key put` shows within about a minute.
-    /// Without the binding, or without the key, the deployment's own profiles apply.
-    async fn stored_profiles(
-        &self,
-        settings: &Settings,
-        now_ms: u64,
-        request_id: &str,
-    ) -> Option<Rc<Profiles>> {
-        let kv = self.env.kv(PROFILES_BINDING).ok()?;
-        let read = || async move {
-            kv.get(PROFILES_KEY)
-                .cache_ttl(KV_CACHE_TTL_S)
-                .text()
-                .await
-                .map_err(|e| crate::ports::StoreError(e.to_string()))
+    /// The `PROFILES` KV namespace (behind KV's own edge cache, so with the pipeline's TTL a
+    /// `wrangler kv key put` shows within about a minute). Without the binding, or without the
+    /// key, the deployment's own profiles apply.
+    async fn read_stored_profiles(&self) -> Result<Option<String>, StoreError> {
+        let Ok(kv) = self.env.kv(PROFILES_BINDING) else {
+            return Ok(None);
         };
-        let log_kept =
-            |error: &str| log::warn("profiles_not_updated", request_id, &[("detail", error)]);
-        let ttl = settings.profiles_ttl_ms();
-        profile_cache::refreshed(&PROFILE_CACHE, ttl, now_ms, read, log_kept).await
+        kv.get(PROFILES_KEY)
+            .cache_ttl(KV_CACHE_TTL_S)
+            .text()
+            .await
+            .map_err(|e| StoreError(e.to_string()))
     }
 
     /// Waits only for the batcher's durable acceptance (rate limits included), never for the
@@ -259,10 +248,6 @@ impl Host for Worker<'_> {
     }
 
     fn log(&self, level: Level, event: &str, request_id: &str, fields: &[(&str, &str)]) {
-        match level {
-            Level::Info => log::info(event, request_id, fields),
-            Level::Warn => log::warn(event, request_id, fields),
-            Level::Error => log::error(event, request_id, fields),
-        }
+        log::at(level, event, request_id, fields);
     }
 }

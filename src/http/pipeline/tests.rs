@@ -7,10 +7,10 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use super::*;
-use crate::domain::calibration::Profiles;
 use crate::http::auth::{sign, MasterSecret, SignedParts};
 use crate::http::routes::{Accepted, AdminQuery};
 use crate::ports::testing::run;
+use crate::ports::StoreError;
 use crate::ports::{BodyBroken, Pairs};
 
 const SECRET: &str = "pipeline-test-master-secret-0123456789";
@@ -71,8 +71,8 @@ impl Host for FakeHost {
         0.0
     }
     async fn sleep_ms(&self, _ms: u64) {}
-    async fn stored_profiles(&self, _: &Settings, _: u64, _: &str) -> Option<Rc<Profiles>> {
-        None
+    async fn read_stored_profiles(&self) -> Result<Option<String>, StoreError> {
+        Ok(None)
     }
     async fn accept(&self, _: &Settings, _: &EdgeInfo, accepted: &Accepted) -> Result<(), Problem> {
         if let Some(p) = &self.refuse_with {
