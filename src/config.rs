@@ -4,16 +4,56 @@
 
 use crate::delivery::sink::SinkFormat;
 use crate::domain::calibration::{Profiles, EMBEDDED_PROFILES};
-use crate::http::auth::{AuthMode, DeviceAuth, MasterSecret};
+use crate::http::auth::{AdminToken, AuthMode, DeviceAuth, MasterSecret};
 use crate::http::cors::Cors;
 use crate::http::problem::{Problem, ProblemType};
 use crate::http::rate_limit::RateLimit;
 use crate::ports::ConfigSource;
 
+/// A configuration fault: the setting and the rule it breaks. It never carries the value, since
+/// `/healthz` and every `not-configured` answer list faults to anyone, and a value may be a
+/// secret (or a URL with credentials in it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub rule: String,
+}
+
+impl ConfigError {
+    pub fn new(key: &'static str, rule: impl Into<String>) -> Self {
+        Self {
+            key,
+            rule: rule.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.rule)
+    }
+}
+
+/// A secret setting: its `Debug` shows nothing, so it cannot leak through a log of the config.
+#[derive(Clone, PartialEq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub collector_url: String,
-    pub collector_token: Option<String>,
+    pub collector_token: Option<Secret>,
     pub flush_interval_ms: u64,
     pub flush_max_items: usize,
     pub max_backlog: usize,
@@ -23,7 +63,7 @@ pub struct Config {
     pub retry_max_ms: u64,
     pub edge_node: Option<String>,
     pub batcher_shards: u32,
-    pub admin_token: Option<String>,
+    pub admin_token: Option<AdminToken>,
     /// Spin: age after which a spilled reading counts as orphaned and any instance re-sends it.
     pub spill_grace_ms: u64,
     pub auth: DeviceAuth,
@@ -188,7 +228,7 @@ pub const KEYS: &[Key] = &[
     ),
     secret(
         "ADMIN_TOKEN",
-        "(none: admin API off)",
+        "(none: admin API off; >= 32 bytes)",
         "bearer token of /admin/*",
     ),
     text(
@@ -200,6 +240,11 @@ pub const KEYS: &[Key] = &[
         "AUTH_SECRET",
         "(required unless AUTH_MODE=off; >= 32 bytes)",
         "master secret every device key derives from",
+    ),
+    text(
+        "HMAC_V1_UNTIL",
+        "(none: version-1 signatures refused)",
+        "Unix seconds until which hmac signatures of version 1 (no host, no content type) are accepted",
     ),
     text(
         "CORS_ALLOWED_ORIGINS",
@@ -257,7 +302,7 @@ pub fn key(name: &str) -> Option<&'static Key> {
 }
 
 impl Config {
-    pub fn from_source(src: &dyn ConfigSource) -> Result<Self, Vec<String>> {
+    pub fn from_source(src: &dyn ConfigSource) -> Result<Self, Vec<ConfigError>> {
         let mut errors = Vec::new();
         let text = |key: &str| {
             src.get(key)
@@ -267,11 +312,12 @@ impl Config {
         // Each setting within its bounds from the table, else its default and a named fault.
         let mut number = |name: &str| -> u64 {
             let Some(Key {
+                name,
                 kind: Kind::Integer { default, min, max },
                 ..
             }) = key(name)
             else {
-                errors.push(format!("{name}: not an integer setting"));
+                errors.push(ConfigError::new("(internal)", format!("{name} is not an integer setting")));
                 return 0;
             };
             let (default, min, max) = (*default, *min, *max);
@@ -280,8 +326,9 @@ impl Config {
                 Some(v) => match v.parse::<u64>() {
                     Ok(n) if (min..=max).contains(&n) => n,
                     _ => {
-                        errors.push(format!(
-                            "{name}: must be an integer from {min} to {max} (got {v:?})"
+                        errors.push(ConfigError::new(
+                            name,
+                            format!("must be an integer from {min} to {max}"),
                         ));
                         default
                     }
@@ -316,7 +363,10 @@ impl Config {
                 Some(v) => match v.parse::<f64>() {
                     Ok(r) if r.is_finite() && (*min..=*max).contains(&r) => r,
                     _ => {
-                        errors.push(format!("RATE_LIMIT_READINGS_PER_S: must be a number from {min} (off) to {max} (got {v:?})"));
+                        errors.push(ConfigError::new(
+                            "RATE_LIMIT_READINGS_PER_S",
+                            format!("must be a number from {min} (off) to {max}"),
+                        ));
                         *default
                     }
                 },
@@ -328,77 +378,98 @@ impl Config {
             burst: rate_burst as f64,
         });
         if rate_limit.is_some() && (rate_burst as usize) < max_readings_per_request {
-            errors.push(format!(
-                "RATE_LIMIT_BURST ({rate_burst}) must be at least MAX_READINGS_PER_REQUEST ({max_readings_per_request}), or a full request could never be admitted"
+            errors.push(ConfigError::new(
+                "RATE_LIMIT_BURST",
+                "must be at least MAX_READINGS_PER_REQUEST, or a full request could never be admitted",
             ));
         }
+        let v1_until_s = match text("HMAC_V1_UNTIL") {
+            None => None,
+            Some(v) => match v.parse::<u64>() {
+                Ok(t) => Some(t),
+                Err(_) => {
+                    errors.push(ConfigError::new(
+                        "HMAC_V1_UNTIL",
+                        "must be a time in Unix seconds (or unset: version-1 signatures refused)",
+                    ));
+                    None
+                }
+            },
+        };
         let auth = match text("AUTH_MODE").as_deref().map(AuthMode::parse) {
             None => {
-                errors.push("AUTH_MODE: is required: token or hmac (device authentication), or off to let anyone write".into());
+                errors.push(ConfigError::new("AUTH_MODE", "is required: token or hmac (device authentication), or off to let anyone write"));
                 DeviceAuth::Off
             }
             Some(None) => {
-                errors.push("AUTH_MODE: must be off, token or hmac".into());
+                errors.push(ConfigError::new("AUTH_MODE", "must be off, token or hmac"));
                 DeviceAuth::Off
             }
             Some(Some(AuthMode::Off)) => DeviceAuth::Off,
             Some(Some(mode)) => match text("AUTH_SECRET").as_deref().map(MasterSecret::new) {
                 Some(Ok(secret)) if mode == AuthMode::Token => DeviceAuth::Token(secret),
-                Some(Ok(secret)) => DeviceAuth::Hmac(secret),
-                Some(Err(e)) => {
-                    errors.push(e);
+                Some(Ok(secret)) => DeviceAuth::Hmac { secret, v1_until_s },
+                Some(Err(rule)) => {
+                    errors.push(ConfigError::new("AUTH_SECRET", rule));
                     DeviceAuth::Off
                 }
                 None => {
-                    errors.push(format!("AUTH_SECRET: is required with AUTH_MODE={} (a secret of at least 32 bytes)", mode.as_str()));
+                    errors.push(ConfigError::new(
+                        "AUTH_SECRET",
+                        format!("is required with AUTH_MODE={} (a secret of at least 32 bytes)", mode.as_str()),
+                    ));
                     DeviceAuth::Off
                 }
             },
         };
+        let admin_token = match text("ADMIN_TOKEN").as_deref().map(AdminToken::new) {
+            None => None,
+            Some(Ok(token)) => Some(token),
+            Some(Err(rule)) => {
+                errors.push(ConfigError::new("ADMIN_TOKEN", rule));
+                None
+            }
+        };
         let cors =
-            Cors::parse(&text("CORS_ALLOWED_ORIGINS").unwrap_or_default()).unwrap_or_else(|e| {
-                errors.push(e);
+            Cors::parse(&text("CORS_ALLOWED_ORIGINS").unwrap_or_default()).unwrap_or_else(|rule| {
+                errors.push(ConfigError::new("CORS_ALLOWED_ORIGINS", rule));
                 Cors::default()
             });
 
         if retry_max_ms < retry_base_ms {
-            errors.push(format!(
-                "RETRY_MAX_MS ({retry_max_ms}) must not be below RETRY_BASE_MS ({retry_base_ms})"
-            ));
+            errors.push(ConfigError::new("RETRY_MAX_MS", "must not be below RETRY_BASE_MS"));
         }
         if max_backlog < max_readings_per_request {
-            errors.push(format!(
-                "MAX_BACKLOG ({max_backlog}) must be at least MAX_READINGS_PER_REQUEST ({max_readings_per_request}), or a full request could never be accepted"
+            errors.push(ConfigError::new(
+                "MAX_BACKLOG",
+                "must be at least MAX_READINGS_PER_REQUEST, or a full request could never be accepted",
             ));
         }
         let collector_url = match text("COLLECTOR_URL") {
             None => {
-                errors.push(
-                    "COLLECTOR_URL: is required (e.g. https://collector.example.com/ingest)".into(),
-                );
+                errors.push(ConfigError::new(
+                    "COLLECTOR_URL",
+                    "is required (e.g. https://collector.example.com/ingest)",
+                ));
                 String::new()
             }
             Some(u) if u.starts_with("http://") || u.starts_with("https://") => u,
-            Some(u) => {
-                errors.push(format!(
-                    "COLLECTOR_URL: must be an http:// or https:// URL (got {u:?})"
-                ));
+            Some(_) => {
+                errors.push(ConfigError::new("COLLECTOR_URL", "must be an http:// or https:// URL"));
                 String::new()
             }
         };
         let sink_format = match text("SINK_FORMAT").as_deref() {
             None => SinkFormat::Json,
             Some(v) => SinkFormat::parse(v).unwrap_or_else(|| {
-                errors.push(format!(
-                    "SINK_FORMAT: must be json, ndjson or influx (got {v:?})"
-                ));
+                errors.push(ConfigError::new("SINK_FORMAT", "must be json, ndjson or influx"));
                 SinkFormat::Json
             }),
         };
         // Line-protocol timestamps are milliseconds: a write endpoint assuming nanoseconds would
         // file every point in January 1970.
         if sink_format == SinkFormat::Influx && !collector_url.contains("precision=ms") {
-            errors.push("COLLECTOR_URL: with SINK_FORMAT=influx it must ask for precision=ms (e.g. http://influx:8086/write?db=edge&precision=ms)".into());
+            errors.push(ConfigError::new("COLLECTOR_URL", "with SINK_FORMAT=influx it must ask for precision=ms (e.g. http://influx:8086/write?db=edge&precision=ms)"));
         }
         let edge_node = text("EDGE_NODE");
         if let Some(node) = &edge_node {
@@ -407,7 +478,7 @@ impl Config {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
             {
-                errors.push("EDGE_NODE: must be 1 to 64 characters of A-Z a-z 0-9 . _ : -".into());
+                errors.push(ConfigError::new("EDGE_NODE", "must be 1 to 64 characters of A-Z a-z 0-9 . _ : -"));
             }
         }
         if !errors.is_empty() {
@@ -415,7 +486,7 @@ impl Config {
         }
         Ok(Self {
             collector_url,
-            collector_token: text("COLLECTOR_TOKEN"),
+            collector_token: text("COLLECTOR_TOKEN").map(Secret),
             flush_interval_ms,
             flush_max_items,
             max_backlog,
@@ -425,7 +496,7 @@ impl Config {
             retry_max_ms,
             edge_node,
             batcher_shards,
-            admin_token: text("ADMIN_TOKEN"),
+            admin_token,
             spill_grace_ms,
             auth,
             cors,
@@ -465,8 +536,8 @@ impl ProfileSource {
 /// Configuration and profiles as loaded, faults included.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub config: Result<Config, Vec<String>>,
-    pub profiles: Result<Profiles, Vec<String>>,
+    pub config: Result<Config, Vec<ConfigError>>,
+    pub profiles: Result<Profiles, Vec<ConfigError>>,
     pub profile_source: ProfileSource,
 }
 
@@ -483,7 +554,7 @@ impl Settings {
             config: Config::from_source(src),
             profiles: profiles.map_err(|e| {
                 e.into_iter()
-                    .map(|m| format!("CALIBRATION_PROFILES: {m}"))
+                    .map(|rule| ConfigError::new("CALIBRATION_PROFILES", rule))
                     .collect()
             }),
             profile_source,
@@ -504,13 +575,14 @@ impl Settings {
         }
     }
 
+    /// Every fault, as `KEY: rule` (never a value).
     pub fn errors(&self) -> Vec<String> {
         let mut all = Vec::new();
         if let Err(e) = &self.config {
-            all.extend(e.iter().cloned());
+            all.extend(e.iter().map(ToString::to_string));
         }
         if let Err(e) = &self.profiles {
-            all.extend(e.iter().cloned());
+            all.extend(e.iter().map(ToString::to_string));
         }
         all
     }
@@ -597,7 +669,10 @@ mod tests {
             base[1],
             ("COLLECTOR_URL", "http://i:8086/write?db=edge"),
         ]))
-        .unwrap_err();
+        .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>();
         assert!(e.iter().any(|m| m.contains("precision=ms")), "{e:?}");
         let c = Config::from_source(&Pairs(&[
             base[0],
@@ -611,19 +686,28 @@ mod tests {
             ("SINK_FORMAT", "csv"),
             ("COLLECTOR_URL", "http://x/"),
         ]))
-        .unwrap_err();
+        .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>();
         assert!(e.iter().any(|m| m.starts_with("SINK_FORMAT")), "{e:?}");
     }
 
     #[test]
     fn authentication_is_never_off_by_default() {
         let base = [("COLLECTOR_URL", "http://x/")];
-        let e = Config::from_source(&Pairs(&base)).unwrap_err();
+        let e = Config::from_source(&Pairs(&base)).unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>();
         assert!(
             e.iter().any(|m| m.starts_with("AUTH_MODE: is required")),
             "{e:?}"
         );
-        let e = Config::from_source(&Pairs(&[base[0], ("AUTH_MODE", "token")])).unwrap_err();
+        let e = Config::from_source(&Pairs(&[base[0], ("AUTH_MODE", "token")])).unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>();
         assert!(
             e.iter().any(|m| m.starts_with("AUTH_SECRET: is required")),
             "{e:?}"
@@ -633,7 +717,10 @@ mod tests {
             ("AUTH_MODE", "hmac"),
             ("AUTH_SECRET", "short"),
         ]))
-        .unwrap_err();
+        .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>();
         // The error names the rule, never the secret.
         assert!(e.iter().all(|m| !m.contains("short")), "{e:?}");
         let secret = "k".repeat(32);
@@ -648,6 +735,50 @@ mod tests {
     }
 
     #[test]
+    fn faults_name_the_setting_and_rule_never_the_value() {
+        let url = "http://user:pa55word@influx:8086/write?db=edge";
+        let short_admin = "admin-short";
+        let e = Config::from_source(&Pairs(&[
+            ("COLLECTOR_URL", url),
+            ("SINK_FORMAT", "influx"),
+            ("AUTH_MODE", "token"),
+            ("AUTH_SECRET", "tiny-secret"),
+            ("ADMIN_TOKEN", short_admin),
+            ("FLUSH_MAX_ITEMS", "999999999"),
+            ("CORS_ALLOWED_ORIGINS", "ftp:/weird-origin"),
+            ("HMAC_V1_UNTIL", "soon"),
+        ]))
+        .unwrap_err();
+        let keys: Vec<_> = e.iter().map(|f| f.key).collect();
+        for key in [
+            "COLLECTOR_URL",
+            "AUTH_SECRET",
+            "ADMIN_TOKEN",
+            "FLUSH_MAX_ITEMS",
+            "CORS_ALLOWED_ORIGINS",
+            "HMAC_V1_UNTIL",
+        ] {
+            assert!(keys.contains(&key), "{key} not named in {e:?}");
+        }
+        let text = e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        for value in ["pa55word", "tiny-secret", short_admin, "999999999", "weird-origin", "soon", "11"] {
+            assert!(!text.contains(value), "{value:?} echoed: {text}");
+        }
+        // An admin token of 32 bytes or more is kept only as a digest.
+        let admin = "a".repeat(32);
+        let c = Config::from_source(&Pairs(&[
+            ("COLLECTOR_URL", "http://x/"),
+            ("AUTH_MODE", "off"),
+            ("ADMIN_TOKEN", &admin),
+            ("COLLECTOR_TOKEN", "collector-secret"),
+        ]))
+        .unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains(&admin) && !debug.contains("collector-secret"), "{debug}");
+        assert!(c.admin_token.unwrap().admits(Some(&format!("Bearer {admin}"))));
+    }
+
+    #[test]
     fn every_fault_is_named() {
         let e = Config::from_source(&Pairs(&[
             ("FLUSH_MAX_ITEMS", "0"),
@@ -655,11 +786,17 @@ mod tests {
             ("RETRY_MAX_MS", "100"),
             ("COLLECTOR_URL", "ftp://x"),
         ]))
-        .unwrap_err();
+        .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>();
         assert!(e.iter().any(|m| m.starts_with("FLUSH_MAX_ITEMS")), "{e:?}");
         assert!(e.iter().any(|m| m.starts_with("RETRY_MAX_MS")), "{e:?}");
         assert!(e.iter().any(|m| m.starts_with("COLLECTOR_URL")), "{e:?}");
-        let e = Config::from_source(&Pairs(&[])).unwrap_err();
+        let e = Config::from_source(&Pairs(&[])).unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>();
         assert!(e.iter().any(|m| m.contains("COLLECTOR_URL: is required")));
     }
 

@@ -96,7 +96,7 @@ impl OutboxConfig {
 pub struct SinkTarget {
     pub format: SinkFormat,
     pub url: String,
-    pub token: Option<String>,
+    pub token: Option<crate::config::Secret>,
 }
 
 impl SinkTarget {
@@ -786,7 +786,7 @@ async fn send<S, C: Collector, T: Timer>(attempt: &Attempt, d: &Delivery<'_, S, 
         url: &d.sink.url,
         content_type: d.sink.format.content_type(),
         idempotency_key: &attempt.batch_id,
-        token: d.sink.token.as_deref(),
+        token: d.sink.token.as_ref().map(crate::config::Secret::expose),
         body,
     };
     let post = std::pin::pin!(d.collector.post(request));

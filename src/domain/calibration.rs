@@ -135,7 +135,7 @@ impl Profiles {
                 DeviceId::parse(prefix).map_err(|e| format!("match: prefix {}", e.detail))?;
             }
             if self.prefixes.iter().any(|(p, _)| p == prefix) {
-                return Err(format!("match: {pattern:?} is listed twice"));
+                return Err("match: the pattern is listed twice".into());
             }
             self.prefixes.push((prefix.to_owned(), index));
         } else {
@@ -143,7 +143,7 @@ impl Profiles {
                 format!("match: must be a device id, `prefix*` or `*`: {}", e.detail)
             })?;
             if self.exact.insert(pattern.clone(), index).is_some() {
-                return Err(format!("match: {pattern:?} is listed twice"));
+                return Err("match: the pattern is listed twice".into());
             }
         }
         self.profiles.push(Profile {

@@ -1,10 +1,16 @@
 //! Device authentication without a device table: every device's key is derived from one master
 //! secret, `key = hex(HMAC-SHA256(AUTH_SECRET, device_id))`.
 //!
-//! - `token` mode: the device sends its key as `Authorization: Bearer <key>`.
+//! - `token` mode: the device sends its key as `Authorization: Bearer <key>`. The token is
+//!   compared before any body is parsed: against the `device_id` query parameter a POST names
+//!   (or a GET's reading carries), else against the first `device_id` of the body found by a
+//!   linear pre-scan ([`crate::http::body::first_device_id`]) for clients that do not name it.
 //! - `hmac` mode: the device signs each request with its key (see [`canonical_request`]) and
-//!   sends `Authorization: EE-HMAC-SHA256 device_id=<id>,timestamp=<unix s>,signature=<hex>`;
-//!   a timestamp more than [`REPLAY_WINDOW_S`] from the edge's clock is refused.
+//!   sends `Authorization: EE-HMAC-SHA256 v=2,device_id=<id>,timestamp=<unix s>,signature=<hex>`;
+//!   a timestamp more than [`REPLAY_WINDOW_S`] from the edge's clock is refused. Version 2 signs
+//!   the host and the content type too, so a request signed for one deployment does not replay
+//!   against another that shares the secret; version 1 (no `v=`) is accepted only until
+//!   `HMAC_V1_UNTIL`.
 //!
 //! Either way a request may only carry readings of the device its credentials name. Failures
 //! never say which part of a credential was wrong, and comparisons run in constant time.
@@ -66,10 +72,7 @@ pub struct MasterSecret(Vec<u8>);
 impl MasterSecret {
     pub fn new(secret: &str) -> Result<Self, String> {
         if secret.len() < MIN_SECRET_LEN {
-            return Err(format!(
-                "AUTH_SECRET: must be at least {MIN_SECRET_LEN} bytes (got {})",
-                secret.len()
-            ));
+            return Err(format!("must be at least {MIN_SECRET_LEN} bytes"));
         }
         Ok(Self(secret.as_bytes().to_vec()))
     }
@@ -86,12 +89,50 @@ impl std::fmt::Debug for MasterSecret {
     }
 }
 
+/// The admin API's bearer token, kept only as its SHA-256 digest: a presented token is hashed
+/// and the digests compared in constant time, so neither timing nor an early exit tells how
+/// long the token is or how much of it matched.
+#[derive(Clone, PartialEq)]
+pub struct AdminToken([u8; 32]);
+
+/// Shortest `ADMIN_TOKEN` accepted: as for `AUTH_SECRET`.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
+
+impl AdminToken {
+    pub fn new(token: &str) -> Result<Self, String> {
+        if token.len() < MIN_ADMIN_TOKEN_LEN {
+            return Err(format!("must be at least {MIN_ADMIN_TOKEN_LEN} bytes"));
+        }
+        Ok(Self(Sha256::digest(token.as_bytes()).into()))
+    }
+
+    /// Whether `Authorization: Bearer <token>` carries this token.
+    pub fn admits(&self, authorization: Option<&str>) -> bool {
+        let given = authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        bool::from(digest.ct_eq(&self.0))
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
 /// How this deployment authenticates devices; `Off` only by explicit choice (`AUTH_MODE=off`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeviceAuth {
     Off,
     Token(MasterSecret),
-    Hmac(MasterSecret),
+    Hmac {
+        secret: MasterSecret,
+        /// Unix seconds until which version-1 signatures (no host, no content type) are still
+        /// accepted; `None`: refused.
+        v1_until_s: Option<u64>,
+    },
 }
 
 impl DeviceAuth {
@@ -99,27 +140,36 @@ impl DeviceAuth {
         match self {
             Self::Off => AuthMode::Off,
             Self::Token(_) => AuthMode::Token,
-            Self::Hmac(_) => AuthMode::Hmac,
+            Self::Hmac { .. } => AuthMode::Hmac,
         }
     }
 
     /// The checks that need no body, made before a byte of it is read: the header is there and
-    /// well formed, and in `hmac` mode its timestamp is within the window.
+    /// well formed; in `token` mode the token is the key of `named`, the device the request
+    /// names before its body (when it names one); in `hmac` mode the timestamp is within the
+    /// window and the signature's version is accepted.
     pub fn presented<'a>(
         &self,
         authorization: Option<&'a str>,
+        named: Option<&DeviceId>,
         now_ms: u64,
     ) -> Result<Presented<'a>, Problem> {
         match self {
             Self::Off => Ok(Presented::Anyone),
-            Self::Token(_) => {
+            Self::Token(secret) => {
                 let token = authorization
                     .and_then(|h| h.strip_prefix("Bearer "))
                     .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
                     .ok_or_else(|| unauthenticated(AuthMode::Token))?;
-                Ok(Presented::Token(token.to_ascii_lowercase()))
+                let token = BearerToken(token.to_ascii_lowercase());
+                match named {
+                    Some(device) => Ok(Presented::Verified(Credential::Device(
+                        secret.verify_token(&token, device)?,
+                    ))),
+                    None => Ok(Presented::Token(token)),
+                }
             }
-            Self::Hmac(_) => {
+            Self::Hmac { v1_until_s, .. } => {
                 let sig = authorization
                     .and_then(SignatureHeader::parse)
                     .ok_or_else(|| unauthenticated(AuthMode::Hmac))?;
@@ -128,6 +178,13 @@ impl DeviceAuth {
                     return Err(Problem::new(
                         ProblemType::Unauthorized,
                         format!("the signature's timestamp is more than {REPLAY_WINDOW_S} s from the edge's clock; sign with the current time"),
+                    )
+                    .with_challenge(AuthMode::Hmac.challenge()));
+                }
+                if sig.version == SignatureVersion::V1 && !v1_until_s.is_some_and(|t| now_s < t) {
+                    return Err(Problem::new(
+                        ProblemType::Unauthorized,
+                        "version-1 signatures (without v=2) are no longer accepted by this deployment; sign version 2, which covers the host and the content type",
                     )
                     .with_challenge(AuthMode::Hmac.challenge()));
                 }
@@ -145,12 +202,19 @@ impl DeviceAuth {
     ) -> Result<Credential, Problem> {
         match (self, presented) {
             (_, Presented::Anyone) => Ok(Credential::Anyone),
-            (_, Presented::Token(token)) => Ok(Credential::Token(token)),
-            (Self::Hmac(secret), Presented::Signature(sig)) => {
+            (_, Presented::Verified(credential)) => Ok(credential),
+            (Self::Token(secret), Presented::Token(token)) => {
+                // The request named no device before its body: the first one the body names.
+                let device = req
+                    .device_hint
+                    .ok_or_else(|| unauthenticated(AuthMode::Token))?;
+                Ok(Credential::Device(secret.verify_token(&token, device)?))
+            }
+            (Self::Hmac { secret, .. }, Presented::Signature(sig)) => {
                 let key = secret.device_key(sig.device_id.as_str());
                 let expected = hmac(
                     key.as_bytes(),
-                    canonical_request(req, sig.timestamp).as_bytes(),
+                    canonical_request(req, sig.version, sig.timestamp).as_bytes(),
                 );
                 let given = unhex(sig.signature).unwrap_or_default();
                 if bool::from(expected.as_slice().ct_eq(&given)) {
@@ -159,7 +223,9 @@ impl DeviceAuth {
                     Err(unauthenticated(AuthMode::Hmac))
                 }
             }
-            (_, Presented::Signature(_)) => Err(unauthenticated(self.mode())),
+            (_, Presented::Token(_) | Presented::Signature(_)) => {
+                Err(unauthenticated(self.mode()))
+            }
         }
     }
 
@@ -170,31 +236,21 @@ impl DeviceAuth {
         authorization: Option<&str>,
         now_ms: u64,
     ) -> Result<Credential, Problem> {
-        let presented = self.presented(authorization, now_ms)?;
+        let presented = self.presented(authorization, None, now_ms)?;
         self.verify(presented, req)
     }
+}
 
+impl Credential {
     /// The check that needs the readings: every one must belong to the authenticated device.
     pub fn authorize_devices<'d>(
         &self,
-        credential: &Credential,
         mut devices: impl Iterator<Item = &'d str>,
     ) -> Result<(), Problem> {
-        let device = match (self, credential) {
-            (Self::Off, _) | (_, Credential::Anyone) => return Ok(()),
-            (_, Credential::Device(device)) => device.as_str().to_owned(),
-            (Self::Token(secret), Credential::Token(token)) => {
-                // The token names no device: it must be the key of the readings' device.
-                let first = devices.next().unwrap_or_default().to_owned();
-                let expected = secret.device_key(&first);
-                if !bool::from(expected.as_bytes().ct_eq(token.as_bytes())) {
-                    return Err(unauthenticated(AuthMode::Token));
-                }
-                first
-            }
-            (_, Credential::Token(_)) => return Err(unauthenticated(self.mode())),
+        let Self::Device(device) = self else {
+            return Ok(());
         };
-        match devices.find(|d| *d != device) {
+        match devices.find(|d| *d != device.as_str()) {
             None => Ok(()),
             Some(_) => Err(Problem::new(
                 ProblemType::Forbidden,
@@ -204,58 +260,125 @@ impl DeviceAuth {
     }
 }
 
+impl MasterSecret {
+    /// The device whose key `token` is, or 401.
+    fn verify_token(&self, token: &BearerToken, device: &DeviceId) -> Result<DeviceId, Problem> {
+        let expected = self.device_key(device.as_str());
+        if bool::from(expected.as_bytes().ct_eq(token.0.as_bytes())) {
+            Ok(device.clone())
+        } else {
+            Err(unauthenticated(AuthMode::Token))
+        }
+    }
+}
+
+/// A well-formed bearer token, not yet tied to a device. Its `Debug` shows nothing.
+pub struct BearerToken(String);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(..)")
+    }
+}
+
 /// Credentials as presented, checked for shape (and time) before the body is read.
 #[derive(Debug)]
 pub enum Presented<'a> {
     /// Authentication is off.
     Anyone,
-    /// A well-formed bearer token, to check against the readings' device.
-    Token(String),
+    /// Checked already: a token against the device the request named before its body.
+    Verified(Credential),
+    /// A well-formed token of a request that named no device before its body: checked against
+    /// the body's first `device_id` (`SignedParts::device_hint`) before the body is parsed.
+    Token(BearerToken),
     /// A well-formed signature within the time window, to check over the body.
     Signature(SignatureHeader<'a>),
 }
 
-/// What the request's credentials established.
+/// What the request's credentials established. A `Device` exists only once its credentials
+/// were verified for that device.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Credential {
     /// Authentication is off.
     Anyone,
-    /// A well-formed bearer token, checked against the readings' device.
-    Token(String),
-    /// A verified signature by this device.
+    /// A token or signature verified for this device.
     Device(DeviceId),
 }
 
-/// The parts of a request a signature covers.
+/// The parts of a request its credentials are checked over.
 pub struct SignedParts<'a> {
     pub method: &'a str,
+    /// The `Host` the client addressed (the header, else the target's authority).
+    pub host: &'a str,
     pub path: &'a str,
     /// Exactly as sent, without the leading `?`.
     pub query: &'a str,
+    /// The `Content-Type` header as sent; empty without one.
+    pub content_type: &'a str,
     pub body: &'a [u8],
+    /// `token` mode, for a request that named no device before its body: the first
+    /// `device_id` the body names (found without parsing it).
+    pub device_hint: Option<&'a DeviceId>,
 }
 
-/// The string a device signs in `hmac` mode, lines joined by `\n`:
-/// scheme, method, path, query, timestamp, hex SHA-256 of the body.
-pub fn canonical_request(req: &SignedParts<'_>, timestamp: u64) -> String {
+/// Which string a signature covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureVersion {
+    /// scheme, method, path, query, timestamp, body digest (no `v=` in the header).
+    V1,
+    /// `v=2`: scheme and version, method, host, path, query, content type, timestamp, body digest.
+    V2,
+}
+
+/// The string a device signs in `hmac` mode, lines joined by `\n`. Version 2:
+/// `EE-HMAC-SHA256/2`, method, host (lower case), path, query, content type, timestamp, hex
+/// SHA-256 of the body. Version 1: `EE-HMAC-SHA256`, method, path, query, timestamp, digest.
+pub fn canonical_request(req: &SignedParts<'_>, version: SignatureVersion, timestamp: u64) -> String {
     let digest = hex(&Sha256::digest(req.body));
-    format!(
-        "{HMAC_SCHEME}\n{}\n{}\n{}\n{timestamp}\n{digest}",
-        req.method, req.path, req.query
-    )
+    match version {
+        SignatureVersion::V1 => format!(
+            "{HMAC_SCHEME}\n{}\n{}\n{}\n{timestamp}\n{digest}",
+            req.method, req.path, req.query
+        ),
+        SignatureVersion::V2 => format!(
+            "{HMAC_SCHEME}/2\n{}\n{}\n{}\n{}\n{}\n{timestamp}\n{digest}",
+            req.method,
+            req.host.to_ascii_lowercase(),
+            req.path,
+            req.query,
+            req.content_type
+        ),
+    }
 }
 
-/// The `Authorization` value a device sends in `hmac` mode (for clients, tests and the simulator).
+/// The `Authorization` value a device sends in `hmac` mode, version 2 (for clients, tests and
+/// the simulator).
 pub fn sign(device_key: &str, device_id: &str, req: &SignedParts<'_>, timestamp: u64) -> String {
+    sign_version(device_key, device_id, req, SignatureVersion::V2, timestamp)
+}
+
+/// `sign` for a chosen version (version 1: devices not yet updated, and their tests).
+pub fn sign_version(
+    device_key: &str,
+    device_id: &str,
+    req: &SignedParts<'_>,
+    version: SignatureVersion,
+    timestamp: u64,
+) -> String {
     let signature = hex(&hmac(
         device_key.as_bytes(),
-        canonical_request(req, timestamp).as_bytes(),
+        canonical_request(req, version, timestamp).as_bytes(),
     ));
-    format!("{HMAC_SCHEME} device_id={device_id},timestamp={timestamp},signature={signature}")
+    let v = match version {
+        SignatureVersion::V1 => "",
+        SignatureVersion::V2 => "v=2,",
+    };
+    format!("{HMAC_SCHEME} {v}device_id={device_id},timestamp={timestamp},signature={signature}")
 }
 
 #[derive(Debug)]
 pub struct SignatureHeader<'a> {
+    version: SignatureVersion,
     device_id: DeviceId,
     timestamp: u64,
     signature: &'a str,
@@ -264,10 +387,11 @@ pub struct SignatureHeader<'a> {
 impl<'a> SignatureHeader<'a> {
     fn parse(header: &'a str) -> Option<Self> {
         let params = header.strip_prefix(HMAC_SCHEME)?.strip_prefix(' ')?;
-        let (mut device_id, mut timestamp, mut signature) = (None, None, None);
+        let (mut version, mut device_id, mut timestamp, mut signature) = (None, None, None, None);
         for part in params.split(',') {
             let (name, value) = part.trim().split_once('=')?;
             let slot = match name {
+                "v" => &mut version,
                 "device_id" => &mut device_id,
                 "timestamp" => &mut timestamp,
                 "signature" => &mut signature,
@@ -277,6 +401,11 @@ impl<'a> SignatureHeader<'a> {
                 return None; // a repeated parameter is ambiguous
             }
         }
+        let version = match version {
+            None => SignatureVersion::V1,
+            Some("2") => SignatureVersion::V2,
+            Some(_) => return None,
+        };
         let timestamp = timestamp?;
         if timestamp.is_empty()
             || timestamp.len() > 12
@@ -286,6 +415,7 @@ impl<'a> SignatureHeader<'a> {
         }
         let signature = signature.filter(|s| s.len() == 64)?;
         Some(Self {
+            version,
             device_id: DeviceId::parse(device_id?).ok()?,
             timestamp: timestamp.parse().ok()?,
             signature,
@@ -347,12 +477,26 @@ mod tests {
         MasterSecret::new(SECRET).unwrap()
     }
 
+    fn hmac_auth(v1_until_s: Option<u64>) -> DeviceAuth {
+        DeviceAuth::Hmac {
+            secret: secret(),
+            v1_until_s,
+        }
+    }
+
+    fn device(id: &str) -> DeviceId {
+        DeviceId::parse(id).unwrap()
+    }
+
     fn parts(body: &[u8]) -> SignedParts<'_> {
         SignedParts {
             method: "POST",
+            host: "edge.example.com",
             path: "/v1/readings",
             query: "",
+            content_type: "application/json",
             body,
+            device_hint: None,
         }
     }
 
@@ -365,29 +509,50 @@ mod tests {
         );
         assert_eq!(secret().device_key("dev-1").len(), 64);
         assert_ne!(secret().device_key("dev-1"), secret().device_key("dev-2"));
-        assert!(MasterSecret::new("short").is_err());
+        // The rule, never the length of what was given.
+        assert_eq!(
+            MasterSecret::new("short").unwrap_err(),
+            "must be at least 32 bytes"
+        );
         assert_eq!(format!("{:?}", secret()), "MasterSecret(..)");
     }
 
     #[test]
-    fn token_binds_to_its_device() {
+    fn token_is_checked_against_the_named_device_before_the_body() {
         let auth = DeviceAuth::Token(secret());
-        let token = secret().device_key("dev-1");
-        let header = format!("Bearer {token}");
-        let cred = auth
-            .verify_request(&parts(b""), Some(&header), NOW_MS)
+        let header = format!("Bearer {}", secret().device_key("dev-1"));
+        // Named before the body: checked at once, and the credential is that device's.
+        let p = auth
+            .presented(Some(&header), Some(&device("dev-1")), NOW_MS)
             .unwrap();
-        assert!(auth
-            .authorize_devices(&cred, ["dev-1", "dev-1"].into_iter())
-            .is_ok());
+        let cred = auth.verify(p, &parts(b"not even json")).unwrap();
+        assert_eq!(cred, Credential::Device(device("dev-1")));
+        let p = auth
+            .presented(Some(&header), Some(&device("dev-2")), NOW_MS)
+            .unwrap_err();
+        assert_eq!(p.status(), 401);
+        // Not named: checked against the body's first device (the hint), else refused.
+        let p = auth.presented(Some(&header), None, NOW_MS).unwrap();
+        assert!(matches!(p, Presented::Token(_)));
         assert_eq!(
-            auth.authorize_devices(&cred, ["dev-2"].into_iter())
-                .unwrap_err()
-                .status(),
-            401
+            auth.verify(p, &parts(b"")).unwrap_err().status(),
+            401,
+            "no device to check the token against"
         );
+        let hint = device("dev-1");
+        let p = auth.presented(Some(&header), None, NOW_MS).unwrap();
+        let cred = auth
+            .verify(
+                p,
+                &SignedParts {
+                    device_hint: Some(&hint),
+                    ..parts(b"")
+                },
+            )
+            .unwrap();
+        assert!(cred.authorize_devices(["dev-1", "dev-1"].into_iter()).is_ok());
         assert_eq!(
-            auth.authorize_devices(&cred, ["dev-1", "dev-2"].into_iter())
+            cred.authorize_devices(["dev-1", "dev-2"].into_iter())
                 .unwrap_err()
                 .status(),
             403
@@ -399,33 +564,55 @@ mod tests {
             Some("Basic abc"),
             Some(&header[..70]),
         ] {
-            let p = auth.verify_request(&parts(b""), bad, NOW_MS).unwrap_err();
+            let p = auth
+                .presented(bad, Some(&device("dev-1")), NOW_MS)
+                .unwrap_err();
             assert_eq!(p.status(), 401);
-            assert!(!p.detail().contains(&token[..8]));
+            assert!(!p.detail().contains(&header[7..15]));
         }
+        assert_eq!(
+            format!("{:?}", BearerToken("abc".into())),
+            "BearerToken(..)"
+        );
     }
 
     #[test]
-    fn signature_covers_every_part_and_the_clock() {
-        let auth = DeviceAuth::Hmac(secret());
+    fn signature_v2_covers_every_part_and_the_clock() {
+        let auth = hmac_auth(None);
         let key = secret().device_key("dev-1");
         let body = br#"{"device_id":"dev-1","temp":20}"#;
         let ts = NOW_MS / 1000;
         let header = sign(&key, "dev-1", &parts(body), ts);
+        assert!(header.starts_with("EE-HMAC-SHA256 v=2,device_id=dev-1,"));
         let cred = auth
             .verify_request(&parts(body), Some(&header), NOW_MS)
             .unwrap();
-        assert_eq!(cred, Credential::Device(DeviceId::parse("dev-1").unwrap()));
+        assert_eq!(cred, Credential::Device(device("dev-1")));
         assert_eq!(
-            auth.authorize_devices(&cred, ["dev-2"].into_iter())
+            cred.authorize_devices(["dev-2"].into_iter())
                 .unwrap_err()
                 .status(),
             403
         );
-        // Another body, path, method or query: refused.
+        // The host's case does not matter (hosts are case-insensitive).
+        assert!(auth
+            .verify_request(
+                &SignedParts {
+                    host: "EDGE.example.com",
+                    ..parts(body)
+                },
+                Some(&header),
+                NOW_MS
+            )
+            .is_ok());
+        // Another body, host, path, method, query or content type: refused.
         let tampered = [
             SignedParts {
                 body: b"{}",
+                ..parts(body)
+            },
+            SignedParts {
+                host: "staging.example.com",
                 ..parts(body)
             },
             SignedParts {
@@ -438,6 +625,10 @@ mod tests {
             },
             SignedParts {
                 query: "x=1",
+                ..parts(body)
+            },
+            SignedParts {
+                content_type: "application/x-ndjson",
                 ..parts(body)
             },
         ];
@@ -469,6 +660,7 @@ mod tests {
         for bad in [
             &repeated,
             &header.replace("device_id=dev-1", "device_id=a b"),
+            &header.replace("v=2", "v=3"),
             &header[1..],
         ] {
             assert_eq!(
@@ -481,12 +673,55 @@ mod tests {
     }
 
     #[test]
+    fn signature_v1_only_within_its_window() {
+        let key = secret().device_key("dev-1");
+        let body = br#"{"device_id":"dev-1","temp":20}"#;
+        let ts = NOW_MS / 1000;
+        let v1 = sign_version(&key, "dev-1", &parts(body), SignatureVersion::V1, ts);
+        assert!(v1.starts_with("EE-HMAC-SHA256 device_id=dev-1,"));
+        // v1 does not cover the host: valid for any host while accepted.
+        let elsewhere = SignedParts {
+            host: "staging.example.com",
+            ..parts(body)
+        };
+        assert!(hmac_auth(Some(ts + 1))
+            .verify_request(&elsewhere, Some(&v1), NOW_MS)
+            .is_ok());
+        for closed in [None, Some(ts), Some(ts - 1)] {
+            let p = hmac_auth(closed)
+                .verify_request(&parts(body), Some(&v1), NOW_MS)
+                .unwrap_err();
+            assert_eq!(p.status(), 401);
+            assert!(p.detail().contains("version-1"), "{}", p.detail());
+        }
+    }
+
+    #[test]
+    fn admin_token_compares_digests() {
+        assert_eq!(
+            AdminToken::new("short").unwrap_err(),
+            "must be at least 32 bytes"
+        );
+        let token = "t".repeat(40);
+        let admin = AdminToken::new(&token).unwrap();
+        assert!(admin.admits(Some(&format!("Bearer {token}"))));
+        for bad in [
+            None,
+            Some(token.as_str()),
+            Some("Bearer "),
+            Some(&format!("Bearer {}", &token[..39])),
+            Some(&format!("Bearer {token}x")),
+        ] {
+            assert!(!admin.admits(bad), "{bad:?}");
+        }
+        assert_eq!(format!("{admin:?}"), "AdminToken(..)");
+    }
+
+    #[test]
     fn off_lets_anyone_in() {
         let cred = DeviceAuth::Off
             .verify_request(&parts(b""), None, NOW_MS)
             .unwrap();
-        assert!(DeviceAuth::Off
-            .authorize_devices(&cred, ["a", "b"].into_iter())
-            .is_ok());
+        assert!(cred.authorize_devices(["a", "b"].into_iter()).is_ok());
     }
 }

@@ -8,7 +8,9 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::domain::reading::{parse_device_ts, parse_seq, FieldIssue, Reading, ReadingDraft};
+use crate::domain::reading::{
+    parse_device_ts, parse_seq, DeviceId, FieldIssue, Reading, ReadingDraft,
+};
 use crate::http::problem::{Problem, ProblemType};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +98,85 @@ fn check_nesting(text: &str, format: BodyFormat) -> Result<(), Problem> {
     Ok(())
 }
 
+/// Unknown fields one reading may carry. They are skipped, but a key given twice must still be
+/// refused (duplicate keys are ambiguous JSON), and that check is a scan of the keys seen: a cap
+/// keeps it, and the whole parse, linear in the body however many keys a hostile body holds.
+pub const MAX_UNKNOWN_FIELDS: usize = 32;
+
+/// The first reading's `device_id`, found without parsing the body: one pass that tracks
+/// strings and nesting, and takes the first key `"device_id"` at a reading's level whose value
+/// is a string without escapes. In `token` mode this names the device whose token is checked
+/// before the body is parsed, for clients that do not name it in the query. `None` when there
+/// is no such key (the request is then refused as unauthenticated). Parsing later checks that
+/// every reading is of this device.
+pub fn first_device_id(body: &[u8], format: BodyFormat) -> Option<DeviceId> {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    // Readings are the top-level objects (NDJSON lines, a lone object) or an array's items.
+    let reading_depth = if body[start] == b'[' && format == BodyFormat::Json {
+        2
+    } else {
+        1
+    };
+    let (mut depth, mut i) = (0usize, start);
+    while i < body.len() {
+        match body[i] {
+            b'\n' if format == BodyFormat::Ndjson => depth = 0,
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'"' => {
+                let end = string_end(body, i)?;
+                let is_key = depth == reading_depth
+                    && &body[i + 1..end] == b"device_id"
+                    && next_non_space(body, end + 1) == Some(b':');
+                if is_key {
+                    let at = skip_space(body, skip_space(body, end + 1) + 1);
+                    if body.get(at) != Some(&b'"') {
+                        return None;
+                    }
+                    let value_end = string_end(body, at)?;
+                    let value = std::str::from_utf8(&body[at + 1..value_end]).ok()?;
+                    return if value.contains('\\') {
+                        None
+                    } else {
+                        DeviceId::parse(value).ok()
+                    };
+                }
+                i = end;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The index of the quote closing the string that opens at `open`.
+fn string_end(body: &[u8], open: usize) -> Option<usize> {
+    let mut i = open + 1;
+    while i < body.len() {
+        match body[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+fn skip_space(body: &[u8], mut i: usize) -> usize {
+    while body.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    i
+}
+
+fn next_non_space(body: &[u8], i: usize) -> Option<u8> {
+    body.get(skip_space(body, i)).copied()
+}
+
 /// Parses a whole request body into validated readings, or one problem describing all faults.
+/// Time is linear in the body and memory bounded by `max_readings`: items are counted as they
+/// are found, and the body is refused at `max_readings + 1` before any reading is built.
 pub fn parse_readings(
     body: &[u8],
     format: BodyFormat,
@@ -113,9 +193,9 @@ pub fn parse_readings(
     })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     check_nesting(text, format)?;
-    let items: Vec<Item<'_>> = match format {
-        BodyFormat::Json => split_json(text)?,
-        BodyFormat::Ndjson => split_ndjson(text),
+    let items: Vec<&str> = match format {
+        BodyFormat::Json => split_json(text, max_readings)?,
+        BodyFormat::Ndjson => split_ndjson(text, max_readings)?,
     };
     if items.is_empty() {
         return Err(Problem::new(
@@ -123,20 +203,11 @@ pub fn parse_readings(
             "the body holds no readings",
         ));
     }
-    if items.len() > max_readings {
-        return Err(Problem::new(
-            ProblemType::PayloadTooLarge,
-            format!(
-                "{} readings in one request; the limit is {max_readings}",
-                items.len()
-            ),
-        ));
-    }
 
     let mut readings = Vec::with_capacity(items.len());
     let mut issues: Vec<(usize, FieldIssue)> = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
-        match item.and_then(validate_item) {
+        match read_object(item).and_then(validate_item) {
             Ok(r) => readings.push(r),
             Err(found) => issues.extend(found.into_iter().map(|issue| (index, issue))),
         }
@@ -167,7 +238,16 @@ pub fn parse_readings(
 /// One reading's raw fields, or why it could not even be read as an object.
 type Item<'a> = Result<WireReading<'a>, Vec<FieldIssue>>;
 
-fn split_json(text: &str) -> Result<Vec<Item<'_>>, Problem> {
+fn too_many(max_readings: usize) -> Problem {
+    Problem::new(
+        ProblemType::PayloadTooLarge,
+        format!("more than {max_readings} readings in one request; the limit is {max_readings}"),
+    )
+}
+
+/// The items of a JSON body (one object, or an array of values) as raw text, refused at
+/// `max_readings + 1` while the array is still being read.
+fn split_json(text: &str, max_readings: usize) -> Result<Vec<&str>, Problem> {
     let syntax = |e: serde_json::Error| {
         Problem::new(
             ProblemType::InvalidRequest,
@@ -176,12 +256,25 @@ fn split_json(text: &str) -> Result<Vec<Item<'_>>, Problem> {
     };
     match text.trim_start().as_bytes().first() {
         Some(b'[') => {
-            let raw: Vec<&RawValue> = serde_json::from_str(text).map_err(syntax)?;
-            Ok(raw.into_iter().map(|r| read_object(r.get())).collect())
+            let over = std::cell::Cell::new(false);
+            let mut de = serde_json::Deserializer::from_str(text);
+            let items = de::DeserializeSeed::deserialize(
+                CountedItems {
+                    max: max_readings,
+                    over: &over,
+                },
+                &mut de,
+            )
+            .and_then(|items| de.end().map(|()| items));
+            match items {
+                Ok(items) => Ok(items),
+                Err(_) if over.get() => Err(too_many(max_readings)),
+                Err(e) => Err(syntax(e)),
+            }
         }
         Some(b'{') => {
             let raw: &RawValue = serde_json::from_str(text).map_err(syntax)?;
-            Ok(vec![read_object(raw.get())])
+            Ok(vec![raw.get()])
         }
         _ => Err(Problem::new(
             ProblemType::InvalidRequest,
@@ -190,12 +283,51 @@ fn split_json(text: &str) -> Result<Vec<Item<'_>>, Problem> {
     }
 }
 
-fn split_ndjson(text: &str) -> Vec<Item<'_>> {
-    text.split('\n')
-        .map(|line| line.trim_end_matches('\r'))
-        .filter(|line| !line.trim().is_empty())
-        .map(read_object)
-        .collect()
+/// An array's items as raw text, at most `max`; the next one sets `over` and stops the parse.
+struct CountedItems<'c> {
+    max: usize,
+    over: &'c std::cell::Cell<bool>,
+}
+
+impl<'de> de::DeserializeSeed<'de> for CountedItems<'_> {
+    type Value = Vec<&'de str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CountedItems<'_> {
+    type Value = Vec<&'de str>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of readings")
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+            if items.len() == self.max {
+                self.over.set(true);
+                return Err(de::Error::custom("too many readings"));
+            }
+            items.push(raw.get());
+        }
+        Ok(items)
+    }
+}
+
+/// The non-blank lines of an NDJSON body, refused at `max_readings + 1`.
+fn split_ndjson(text: &str, max_readings: usize) -> Result<Vec<&str>, Problem> {
+    let mut items = Vec::new();
+    for line in text.split('\n') {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        if items.len() == max_readings {
+            return Err(too_many(max_readings));
+        }
+        items.push(line);
+    }
+    Ok(items)
 }
 
 fn read_object(json: &str) -> Item<'_> {
@@ -219,11 +351,16 @@ fn validate_item(wire: WireReading<'_>) -> Result<Reading, Vec<FieldIssue>> {
         .iter()
         .map(|f| FieldIssue::invalid(f, "appears more than once in the object"))
         .collect();
-    if let Some(key) = &wire.other_repeated {
-        issues.push(FieldIssue::invalid(
+    match &wire.others {
+        Others::Repeated(key) => issues.push(FieldIssue::invalid(
             "reading",
             format!("holds the key {key:?} more than once"),
-        ));
+        )),
+        Others::TooMany => issues.push(FieldIssue::invalid(
+            "reading",
+            format!("has more than {MAX_UNKNOWN_FIELDS} fields besides device_id, temp, unit, ts and seq"),
+        )),
+        Others::Seen(_) => {}
     }
     let mut draft = ReadingDraft::default();
     match string_field("device_id", wire.device_id) {
@@ -296,10 +433,21 @@ struct WireReading<'a> {
     ts: Option<&'a RawValue>,
     seq: Option<&'a RawValue>,
     duplicates: Vec<&'static str>,
-    /// Keys outside the reading fields, to refuse one given twice (a duplicate key is
-    /// ambiguous JSON whatever it names).
-    others: Vec<Cow<'a, str>>,
-    other_repeated: Option<String>,
+    others: Others<'a>,
+}
+
+/// Keys outside the reading fields, to refuse one given twice (a duplicate key is ambiguous JSON
+/// whatever it names), at most `MAX_UNKNOWN_FIELDS` of them.
+enum Others<'a> {
+    Seen(Vec<Cow<'a, str>>),
+    Repeated(String),
+    TooMany,
+}
+
+impl Default for Others<'_> {
+    fn default() -> Self {
+        Self::Seen(Vec::new())
+    }
 }
 
 enum Key<'a> {
@@ -362,11 +510,16 @@ impl<'de> Deserialize<'de> for WireReading<'de> {
                         Key::Seq => ("seq", &mut w.seq),
                         Key::Other(name) => {
                             map.next_value::<IgnoredAny>()?;
-                            if w.others.contains(&name) {
-                                w.other_repeated.get_or_insert_with(|| name.into_owned());
-                            } else {
-                                w.others.push(name);
+                            if let Others::Seen(seen) = &mut w.others {
+                                if seen.contains(&name) {
+                                    w.others = Others::Repeated(name.into_owned());
+                                } else if seen.len() == MAX_UNKNOWN_FIELDS {
+                                    w.others = Others::TooMany;
+                                } else {
+                                    seen.push(name);
+                                }
                             }
+                            // Once refused, the rest of the object is only skipped: linear.
                             continue;
                         }
                     };
@@ -506,5 +659,79 @@ mod tests {
     fn escaped_strings_decode() {
         let v = parse_json(r#"{"device_id":"a\u002db","temp":1,"unit":"\u0046"}"#).unwrap();
         assert_eq!(v[0].device_id.as_str(), "a-b");
+    }
+
+    #[test]
+    fn unknown_fields_are_capped() {
+        let with = |n: usize| {
+            let extra: String = (0..n).map(|i| format!(",\"k{i}\":{i}")).collect();
+            format!(r#"{{"device_id":"a","temp":1{extra}}}"#)
+        };
+        assert!(parse_json(&with(MAX_UNKNOWN_FIELDS)).is_ok());
+        let p = parse_json(&with(MAX_UNKNOWN_FIELDS + 1)).unwrap_err();
+        assert_eq!(p.status(), 400);
+        assert!(p.errors()[0].detail.contains("more than 32 fields"), "{:?}", p.errors());
+        // A repeat is still found among the first ones.
+        let p = parse_json(r#"{"device_id":"a","temp":1,"x":1,"y":2,"x":3}"#).unwrap_err();
+        assert!(p.errors()[0].detail.contains("\"x\" more than once"));
+    }
+
+    #[test]
+    fn items_are_refused_at_the_limit_plus_one_while_parsing() {
+        let limit = 10;
+        let of = |n: usize| format!("[{}]", vec!["{}"; n].join(","));
+        // At the limit: read, then refused item by item (400); one more: 413 before any item.
+        assert_eq!(
+            parse_readings(of(limit).as_bytes(), BodyFormat::Json, limit)
+                .unwrap_err()
+                .status(),
+            400
+        );
+        let p = parse_readings(of(limit + 1).as_bytes(), BodyFormat::Json, limit).unwrap_err();
+        assert_eq!(p.status(), 413);
+        assert!(p.errors().is_empty());
+        // Even when the rest of the body is not JSON: the count stops the parse first.
+        let broken = format!("[{},{{{{{{", vec!["{}"; limit + 1].join(","));
+        assert_eq!(
+            parse_readings(broken.as_bytes(), BodyFormat::Json, limit)
+                .unwrap_err()
+                .status(),
+            413
+        );
+        let lines = "{}\n".repeat(limit + 1);
+        assert_eq!(
+            parse_readings(lines.as_bytes(), BodyFormat::Ndjson, limit)
+                .unwrap_err()
+                .status(),
+            413
+        );
+    }
+
+    #[test]
+    fn first_device_id_is_found_without_parsing() {
+        let find = |body: &str, format| first_device_id(body.as_bytes(), format).map(|d| d.as_str().to_owned());
+        let json = BodyFormat::Json;
+        assert_eq!(find(r#"{"temp":1,"device_id":"a"}"#, json).as_deref(), Some("a"));
+        assert_eq!(find(r#" [ {"device_id" : "b"}, {"device_id":"c"}]"#, json).as_deref(), Some("b"));
+        // Not inside a string, not in a nested object, not a value.
+        let tricky = r#"[{"note":"\"device_id\":\"x\"","meta":{"device_id":"y"},"k":"device_id","device_id":"z"}]"#;
+        assert_eq!(find(tricky, json).as_deref(), Some("z"));
+        assert_eq!(
+            find("{\"device_id\":\"n1\"}\n{\"device_id\":\"n2\"}", BodyFormat::Ndjson).as_deref(),
+            Some("n1")
+        );
+        // The rest of the body does not matter to the pre-scan.
+        assert_eq!(find(r#"{"device_id":"a",{{{{"#, json).as_deref(), Some("a"));
+        for none in [
+            "",
+            "[]",
+            r#"{"device_id":7}"#,
+            r#"{"device_id":"a\u0062"}"#,
+            r#"{"device_id":"a b"}"#,
+            r#"{"device_id":"unterminated"#,
+            r#"{"temp":1}"#,
+        ] {
+            assert_eq!(find(none, json), None, "{none}");
+        }
     }
 }

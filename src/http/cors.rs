@@ -19,14 +19,20 @@ type Headers = Vec<(&'static str, String)>;
 impl Cors {
     pub fn parse(list: &str) -> Result<Self, String> {
         let mut cors = Self::default();
-        for origin in list.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        for (i, origin) in list
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .enumerate()
+        {
             if origin == "*" {
                 cors.any = true;
             } else if is_origin(origin) {
                 cors.origins.push(origin.to_ascii_lowercase());
             } else {
                 return Err(format!(
-                    "CORS_ALLOWED_ORIGINS: {origin:?} is not an origin like https://app.example.com"
+                    "entry {} is not an origin like https://app.example.com",
+                    i + 1
                 ));
             }
         }

@@ -2,7 +2,9 @@
 
 use std::borrow::Cow;
 
-use crate::domain::reading::{parse_decimal, parse_device_ts, parse_seq, FieldIssue, ReadingDraft};
+use crate::domain::reading::{
+    parse_decimal, parse_device_ts, parse_seq, DeviceId, FieldIssue, ReadingDraft,
+};
 
 /// The parameters a reading's query string may carry (the OpenAPI document lists the same).
 pub const KNOWN: [&str; 5] = ["device_id", "temp", "unit", "ts", "seq"];
@@ -58,6 +60,24 @@ pub fn parse_reading_query(
             Err(issues)
         }
     }
+}
+
+/// The device a query string names (`device_id=`), if it names exactly one, validly. A POST
+/// names its device this way so that its token is checked before the body is read.
+pub fn named_device(query: &str) -> Result<Option<DeviceId>, FieldIssue> {
+    let mut named = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+        if percent_decode(raw_name).ok().as_deref() != Some("device_id") {
+            continue;
+        }
+        if named.is_some() {
+            return Err(FieldIssue::invalid("device_id", "is repeated; give it once"));
+        }
+        let value = percent_decode(raw_value).map_err(|why| FieldIssue::invalid("device_id", why))?;
+        named = Some(DeviceId::parse(&value)?);
+    }
+    Ok(named)
 }
 
 /// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte; the result

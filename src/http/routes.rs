@@ -20,9 +20,9 @@ use crate::domain::ids::IdSource;
 use crate::domain::reading::{FieldIssue, Reading};
 use crate::http::answer::{self, Answer};
 use crate::http::auth::{Presented, SignedParts};
-use crate::http::body::{parse_readings, BodyFormat};
+use crate::http::body::{first_device_id, parse_readings, BodyFormat};
 use crate::http::problem::{Problem, ProblemType};
-use crate::http::query::parse_reading_query;
+use crate::http::query::{named_device, parse_reading_query};
 
 pub const READINGS_PATH: &str = "/v1/readings";
 pub const HEALTH_PATH: &str = "/healthz";
@@ -56,6 +56,13 @@ pub fn header_bytes(parts: &Parts) -> usize {
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum()
+}
+
+/// The host the client addressed: the `Host` header, else the target's authority.
+pub fn request_host(parts: &Parts) -> &str {
+    header(parts, http::header::HOST)
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("")
 }
 
 fn path(parts: &Parts) -> &str {
@@ -108,9 +115,21 @@ pub fn plan<'a>(parts: &'a Parts, settings: &Settings, now_ms: u64) -> Result<Pl
     match path(parts) {
         READINGS_PATH if method == Method::GET || method == Method::POST => {
             let (config, _) = settings.ready()?;
-            let presented = config
-                .auth
-                .presented(header(parts, AUTHORIZATION), now_ms)?;
+            // The device the request names before its body (`?device_id=`): a token is checked
+            // against it now. A POST naming it badly is refused here; a GET's query is its
+            // reading, whose faults `ingest` lists field by field.
+            let named = match named_device(query(parts)) {
+                Ok(named) => named,
+                Err(issue) if method == Method::POST => {
+                    return Err(Problem::new(ProblemType::InvalidRequest, "the device_id query parameter is invalid")
+                        .with_errors(vec![issue.into_field_error(None)]))
+                }
+                Err(_) => None,
+            };
+            let presented =
+                config
+                    .auth
+                    .presented(header(parts, AUTHORIZATION), named.as_ref(), now_ms)?;
             let body = if method == Method::POST {
                 let declared = header(parts, CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
                 if declared.is_some_and(|n| n > config.max_body_bytes as u64) {
@@ -240,22 +259,37 @@ pub fn ingest(
     ctx: &RequestContext<'_>,
 ) -> Result<Accepted, Problem> {
     let (config, deployed) = ctx.settings.ready()?;
+    // A token not yet checked (the request named no device before its body) is checked against
+    // the device the request carries before anything is parsed: a GET's query (its reading,
+    // bounded by MAX_URL_BYTES, so parsed first) or the body's first device_id (a linear scan).
+    let (query_reading, hint) = match (&plan.presented, plan.body) {
+        (Presented::Token(_), None) => {
+            let reading = parse_query(query(parts))?;
+            let device = reading.device_id.clone();
+            (Some(reading), Some(device))
+        }
+        (Presented::Token(_), Some(format)) => (None, first_device_id(body, format)),
+        _ => (None, None),
+    };
     let signed = SignedParts {
         method: parts.method.as_str(),
+        host: request_host(parts),
         path: path(parts),
         query: query(parts),
+        content_type: header(parts, CONTENT_TYPE).unwrap_or(""),
         body,
+        device_hint: hint.as_ref(),
     };
     let credential = config.auth.verify(plan.presented, &signed)?;
-    let (readings, shape) = match plan.body {
-        None => (vec![parse_query(query(parts))?], Shape::One),
-        Some(format) => (
+    let (readings, shape) = match (query_reading, plan.body) {
+        (Some(reading), _) => (vec![reading], Shape::One),
+        (None, None) => (vec![parse_query(query(parts))?], Shape::One),
+        (None, Some(format)) => (
             parse_readings(body, format, config.max_readings_per_request)?,
             Shape::Many,
         ),
     };
-    let devices = readings.iter().map(|r| r.device_id.as_str());
-    config.auth.authorize_devices(&credential, devices)?;
+    credential.authorize_devices(readings.iter().map(|r| r.device_id.as_str()))?;
     let profiles = ctx.stored_profiles.unwrap_or(deployed);
     enrich(readings, shape, profiles, ctx)
 }
@@ -357,17 +391,14 @@ fn authorize_admin(settings: &Settings, authorization: Option<&str>) -> Result<(
         .config
         .as_ref()
         .ok()
-        .and_then(|c| c.admin_token.as_deref())
+        .and_then(|c| c.admin_token.as_ref())
     else {
         return Err(Problem::new(
             ProblemType::Forbidden,
             "the admin API is disabled: set the ADMIN_TOKEN secret",
         ));
     };
-    let given = authorization
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+    if expected.admits(authorization) {
         Ok(())
     } else {
         Err(Problem::new(
@@ -375,13 +406,6 @@ fn authorize_admin(settings: &Settings, authorization: Option<&str>) -> Result<(
             "a valid admin bearer token is required",
         ))
     }
-}
-
-/// Compares without an early exit (`subtle`, as for device credentials), so timing does not
-/// reveal how much of a token matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    use subtle::ConstantTimeEq;
-    bool::from(a.ct_eq(b))
 }
 
 /// What to do with a request whose body is in hand.

@@ -114,6 +114,8 @@ struct Tally {
     ids: Mutex<BTreeSet<String>>,
 }
 
+const NDJSON: &str = "application/x-ndjson";
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -241,17 +243,22 @@ fn send(
                 device.id, device.unit, device.seq
             ));
         }
-        ("POST", "/v1/readings".to_owned(), body)
+        // Named in the query, so that the edge checks the token before it reads the body.
+        ("POST", format!("/v1/readings?device_id={}", device.id), body)
     };
     let mut request = agent.request(method, &format!("{url}{target}"));
     if let (Some(mode), Some(key)) = (mode, device.key.as_deref()) {
         let header = if mode == "hmac" {
             let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+            let host = url.split_once("://").map_or(url, |(_, rest)| rest);
             let parts = SignedParts {
                 method,
+                host: host.split('/').next().unwrap_or(host),
                 path,
                 query,
+                content_type: if method == "POST" { NDJSON } else { "" },
                 body: body.as_bytes(),
+                device_hint: None,
             };
             sign(key, &device.id, &parts, now / 1000)
         } else {
@@ -265,7 +272,7 @@ fn send(
         request.call()
     } else {
         request
-            .set("content-type", "application/x-ndjson")
+            .set("content-type", NDJSON)
             .send_string(&body)
     };
     let micros = started.elapsed().as_micros() as u64;

@@ -31,7 +31,7 @@ impl FakeHost {
             ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
             ("AUTH_MODE", "token"),
             ("AUTH_SECRET", SECRET),
-            ("ADMIN_TOKEN", "admin-token"),
+            ("ADMIN_TOKEN", "admin-token-admin-token-admin-token"),
             ("MAX_BODY_BYTES", "2048"),
             ("MAX_URL_BYTES", "512"),
             ("CORS_ALLOWED_ORIGINS", "https://app.example.com"),
@@ -260,7 +260,7 @@ fn same_bytes_in_same_bytes_out_on_every_host() {
         (
             "GET",
             "/admin/stats".into(),
-            vec![("authorization", "Bearer admin-token".into())],
+            vec![("authorization", "Bearer admin-token-admin-token-admin-token".into())],
             vec![],
         ),
         (
@@ -415,9 +415,12 @@ fn a_signature_is_checked_over_the_body_it_was_made_for() {
         let signed_body = br#"{"device_id":"s1","temp":21.5}"#;
         let parts = SignedParts {
             method: "POST",
+            host: "",
             path: "/v1/readings",
             query: "",
+            content_type: "application/json",
             body: signed_body,
+            device_hint: None,
         };
         let header = sign(&key, "s1", &parts, 1_800_000_000);
         let post = |bytes: &[u8]| {

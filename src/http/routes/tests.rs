@@ -222,7 +222,7 @@ fn misconfiguration_refuses_ingest_and_shows_in_health() {
 
 #[test]
 fn admin_requires_the_token() {
-    let s = settings(&[("ADMIN_TOKEN", "s3cret")]);
+    let s = settings(&[("ADMIN_TOKEN", "s3cret-s3cret-s3cret-s3cret-s3cret")]);
     let admin = |auth: Option<&str>| {
         let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
         decide_at(
@@ -233,13 +233,17 @@ fn admin_requires_the_token() {
         )
     };
     assert!(matches!(
-        admin(Some("Bearer s3cret")),
+        admin(Some("Bearer s3cret-s3cret-s3cret-s3cret-s3cret")),
         Action::Admin(AdminQuery::DeadLetters)
     ));
-    assert_eq!(status(&admin(Some("Bearer s3cre"))), 401);
+    assert_eq!(
+        status(&admin(Some("Bearer s3cret-s3cret-s3cret-s3cret-s3cre"))),
+        401
+    );
     assert_eq!(status(&admin(None)), 401);
-    assert!(!constant_time_eq(b"ab", b"abc"));
-    assert!(constant_time_eq(b"abc", b"abc"));
+    // A token shorter than 32 bytes is a configuration fault, not a weak admin API.
+    let weak = settings(&[("ADMIN_TOKEN", "s3cret")]);
+    assert!(weak.config.is_err());
 }
 
 const SECRET: &str = "an-api-test-secret-of-32-bytes-or-more";
@@ -285,6 +289,48 @@ fn device_credentials_gate_ingest_before_the_body_is_parsed() {
         ],
     );
     assert_eq!(status(&decide_at(&s, &post, mixed, NOW)), 403);
+
+    // A POST naming its device in the query: the token is checked before the body is looked
+    // at, so a wrong token on a broken body is a 401, never a 400 (no parse happened).
+    let named = |auth: &str| {
+        head(
+            "POST",
+            READINGS_PATH,
+            "device_id=dev-1",
+            &[("content-type", "application/json"), ("authorization", auth)],
+        )
+    };
+    let wrong = format!("Bearer {}", "ab".repeat(32));
+    assert_eq!(status(&decide_at(&s, &named(&wrong), b"{{{{ not json", NOW)), 401);
+    assert_eq!(status(&decide_at(&s, &named(&bearer), b"{{{{ not json", NOW)), 400);
+    assert!(matches!(
+        decide_at(&s, &named(&bearer), br#"{"device_id":"dev-1","temp":1}"#, NOW),
+        Action::Accept(_)
+    ));
+    assert_eq!(status(&decide_at(&s, &named(&bearer), mixed, NOW)), 403);
+    // Without the query: the body's first device_id, found without parsing. A broken body
+    // after it is still a 401 with a wrong token.
+    let old = |auth: &str| {
+        head(
+            "POST",
+            READINGS_PATH,
+            "",
+            &[("content-type", "application/json"), ("authorization", auth)],
+        )
+    };
+    let broken_after = br#"[{"note":"\"device_id\":\"dev-2\"","device_id":"dev-1","temp":1},{{{"#;
+    assert_eq!(status(&decide_at(&s, &old(&wrong), broken_after, NOW)), 401);
+    assert_eq!(status(&decide_at(&s, &old(&bearer), broken_after, NOW)), 400);
+    // A repeated or invalid device_id in a POST's query is refused before anything else.
+    for query in ["device_id=dev-1&device_id=dev-2", "device_id=a%20b"] {
+        let p = head(
+            "POST",
+            READINGS_PATH,
+            query,
+            &[("content-type", "application/json"), ("authorization", &bearer)],
+        );
+        assert_eq!(status(&decide_at(&s, &p, b"", NOW)), 400, "{query}");
+    }
 }
 
 #[test]
@@ -296,9 +342,12 @@ fn signed_requests_verify_against_the_exact_request() {
     let body = br#"{"device_id":"dev-1","temp":21.5}"#;
     let parts = SignedParts {
         method: "POST",
+        host: "",
         path: READINGS_PATH,
         query: "",
+        content_type: "application/json",
         body,
+        device_hint: None,
     };
     let signature = crate::http::auth::sign(&key, "dev-1", &parts, 1_700_000_000);
     let post = head(
