@@ -317,7 +317,10 @@ impl Config {
                 ..
             }) = key(name)
             else {
-                errors.push(ConfigError::new("(internal)", format!("{name} is not an integer setting")));
+                errors.push(ConfigError::new(
+                    "(internal)",
+                    format!("{name} is not an integer setting"),
+                ));
                 return 0;
             };
             let (default, min, max) = (*default, *min, *max);
@@ -416,7 +419,10 @@ impl Config {
                 None => {
                     errors.push(ConfigError::new(
                         "AUTH_SECRET",
-                        format!("is required with AUTH_MODE={} (a secret of at least 32 bytes)", mode.as_str()),
+                        format!(
+                            "is required with AUTH_MODE={} (a secret of at least 32 bytes)",
+                            mode.as_str()
+                        ),
                     ));
                     DeviceAuth::Off
                 }
@@ -437,7 +443,10 @@ impl Config {
             });
 
         if retry_max_ms < retry_base_ms {
-            errors.push(ConfigError::new("RETRY_MAX_MS", "must not be below RETRY_BASE_MS"));
+            errors.push(ConfigError::new(
+                "RETRY_MAX_MS",
+                "must not be below RETRY_BASE_MS",
+            ));
         }
         if max_backlog < max_readings_per_request {
             errors.push(ConfigError::new(
@@ -455,14 +464,20 @@ impl Config {
             }
             Some(u) if u.starts_with("http://") || u.starts_with("https://") => u,
             Some(_) => {
-                errors.push(ConfigError::new("COLLECTOR_URL", "must be an http:// or https:// URL"));
+                errors.push(ConfigError::new(
+                    "COLLECTOR_URL",
+                    "must be an http:// or https:// URL",
+                ));
                 String::new()
             }
         };
         let sink_format = match text("SINK_FORMAT").as_deref() {
             None => SinkFormat::Json,
             Some(v) => SinkFormat::parse(v).unwrap_or_else(|| {
-                errors.push(ConfigError::new("SINK_FORMAT", "must be json, ndjson or influx"));
+                errors.push(ConfigError::new(
+                    "SINK_FORMAT",
+                    "must be json, ndjson or influx",
+                ));
                 SinkFormat::Json
             }),
         };
@@ -478,7 +493,10 @@ impl Config {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
             {
-                errors.push(ConfigError::new("EDGE_NODE", "must be 1 to 64 characters of A-Z a-z 0-9 . _ : -"));
+                errors.push(ConfigError::new(
+                    "EDGE_NODE",
+                    "must be 1 to 64 characters of A-Z a-z 0-9 . _ : -",
+                ));
             }
         }
         if !errors.is_empty() {
@@ -670,9 +688,9 @@ mod tests {
             ("COLLECTOR_URL", "http://i:8086/write?db=edge"),
         ]))
         .unwrap_err()
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>();
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>();
         assert!(e.iter().any(|m| m.contains("precision=ms")), "{e:?}");
         let c = Config::from_source(&Pairs(&[
             base[0],
@@ -687,16 +705,17 @@ mod tests {
             ("COLLECTOR_URL", "http://x/"),
         ]))
         .unwrap_err()
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>();
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>();
         assert!(e.iter().any(|m| m.starts_with("SINK_FORMAT")), "{e:?}");
     }
 
     #[test]
     fn authentication_is_never_off_by_default() {
         let base = [("COLLECTOR_URL", "http://x/")];
-        let e = Config::from_source(&Pairs(&base)).unwrap_err()
+        let e = Config::from_source(&Pairs(&base))
+            .unwrap_err()
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>();
@@ -704,7 +723,8 @@ mod tests {
             e.iter().any(|m| m.starts_with("AUTH_MODE: is required")),
             "{e:?}"
         );
-        let e = Config::from_source(&Pairs(&[base[0], ("AUTH_MODE", "token")])).unwrap_err()
+        let e = Config::from_source(&Pairs(&[base[0], ("AUTH_MODE", "token")]))
+            .unwrap_err()
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>();
@@ -718,9 +738,9 @@ mod tests {
             ("AUTH_SECRET", "short"),
         ]))
         .unwrap_err()
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>();
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>();
         // The error names the rule, never the secret.
         assert!(e.iter().all(|m| !m.contains("short")), "{e:?}");
         let secret = "k".repeat(32);
@@ -760,8 +780,20 @@ mod tests {
         ] {
             assert!(keys.contains(&key), "{key} not named in {e:?}");
         }
-        let text = e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
-        for value in ["pa55word", "tiny-secret", short_admin, "999999999", "weird-origin", "soon", "11"] {
+        let text = e
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        for value in [
+            "pa55word",
+            "tiny-secret",
+            short_admin,
+            "999999999",
+            "weird-origin",
+            "soon",
+            "11",
+        ] {
             assert!(!text.contains(value), "{value:?} echoed: {text}");
         }
         // An admin token of 32 bytes or more is kept only as a digest.
@@ -774,8 +806,14 @@ mod tests {
         ]))
         .unwrap();
         let debug = format!("{c:?}");
-        assert!(!debug.contains(&admin) && !debug.contains("collector-secret"), "{debug}");
-        assert!(c.admin_token.unwrap().admits(Some(&format!("Bearer {admin}"))));
+        assert!(
+            !debug.contains(&admin) && !debug.contains("collector-secret"),
+            "{debug}"
+        );
+        assert!(c
+            .admin_token
+            .unwrap()
+            .admits(Some(&format!("Bearer {admin}"))));
     }
 
     #[test]
@@ -787,13 +825,14 @@ mod tests {
             ("COLLECTOR_URL", "ftp://x"),
         ]))
         .unwrap_err()
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>();
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>();
         assert!(e.iter().any(|m| m.starts_with("FLUSH_MAX_ITEMS")), "{e:?}");
         assert!(e.iter().any(|m| m.starts_with("RETRY_MAX_MS")), "{e:?}");
         assert!(e.iter().any(|m| m.starts_with("COLLECTOR_URL")), "{e:?}");
-        let e = Config::from_source(&Pairs(&[])).unwrap_err()
+        let e = Config::from_source(&Pairs(&[]))
+            .unwrap_err()
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>();

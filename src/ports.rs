@@ -154,7 +154,10 @@ pub trait OutboxStore {
     ) -> Result<(), StoreError>;
 
     /// Keeps a batch the collector refused for good; called before its readings are trimmed.
-    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError>;
+    /// The store keeps at most `policy::DEAD_LETTERS_KEPT` letters, none older than
+    /// `policy::DEAD_LETTER_MAX_AGE_MS` before `letter.failed_at_ms`, and returns how many
+    /// older ones it dropped to stay within those bounds.
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<u64, StoreError>;
 
     /// A delivery round's trims are done; `idle`: nothing is held any more. A store that records
     /// what is settled now and then rather than per segment (see `delivery::slots`) may write it

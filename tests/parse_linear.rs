@@ -31,15 +31,26 @@ fn shapes(size: usize) -> Vec<(&'static str, BodyFormat, Vec<u8>)> {
         (
             "one object, many distinct keys",
             BodyFormat::Json,
-            fill(r#"{"device_id":"a","temp":1"#, &|i| format!(",\"k{i}\":0"), "}"),
+            fill(
+                r#"{"device_id":"a","temp":1"#,
+                &|i| format!(",\"k{i}\":0"),
+                "}",
+            ),
         ),
         (
             "many readings, each with many keys",
             BodyFormat::Json,
-            fill("[", &|i| {
-                let keys: String = (0..40).map(|k| format!(",\"k{k}\":{i}")).collect();
-                format!("{}{{\"device_id\":\"a\",\"temp\":1{keys}}}", if i == 0 { "" } else { "," })
-            }, "]"),
+            fill(
+                "[",
+                &|i| {
+                    let keys: String = (0..40).map(|k| format!(",\"k{k}\":{i}")).collect();
+                    format!(
+                        "{}{{\"device_id\":\"a\",\"temp\":1{keys}}}",
+                        if i == 0 { "" } else { "," }
+                    )
+                },
+                "]",
+            ),
         ),
         (
             "an array of empty objects",
@@ -49,25 +60,41 @@ fn shapes(size: usize) -> Vec<(&'static str, BodyFormat, Vec<u8>)> {
         (
             "a reading holding an array of empty objects",
             BodyFormat::Json,
-            fill(r#"[{"device_id":"a","temp":1,"x":[{}"#, &|_| ",{}".into(), "]}]"),
+            fill(
+                r#"[{"device_id":"a","temp":1,"x":[{}"#,
+                &|_| ",{}".into(),
+                "]}]",
+            ),
         ),
         (
             "one long string",
             BodyFormat::Json,
-            fill(r#"{"device_id":"a","temp":1,"note":""#, &|_| "x\\\"".into(), "\"}"),
+            fill(
+                r#"{"device_id":"a","temp":1,"note":""#,
+                &|_| "x\\\"".into(),
+                "\"}",
+            ),
         ),
         (
             "many numbers",
             BodyFormat::Json,
-            fill(r#"{"device_id":"a","temp":1,"v":[0"#, &|i| format!(",{i}.5e-3"), "]}"),
+            fill(
+                r#"{"device_id":"a","temp":1,"v":[0"#,
+                &|i| format!(",{i}.5e-3"),
+                "]}",
+            ),
         ),
         (
             "NDJSON lines of many keys",
             BodyFormat::Ndjson,
-            fill("", &|i| {
-                let keys: String = (0..40).map(|k| format!(",\"k{k}\":{i}")).collect();
-                format!("{{\"temp\":1{keys},\"device_id\":\"a\"}}\n")
-            }, ""),
+            fill(
+                "",
+                &|i| {
+                    let keys: String = (0..40).map(|k| format!(",\"k{k}\":{i}")).collect();
+                    format!("{{\"temp\":1{keys},\"device_id\":\"a\"}}\n")
+                },
+                "",
+            ),
         ),
     ]
 }

@@ -2,7 +2,10 @@
 //!
 //! `POST /ingest` stores a batch envelope in SQLite (data survives restarts) and de-duplicates
 //! readings by `id`; `GET /stats` and `GET /readings?device_id=` show what arrived;
-//! `POST /faults` (or the `--fail-*` flags) injects failures for tests.
+//! `POST /faults` (only with `--test-faults`) or the `--fail-*` flags inject failures for tests.
+//! With a token (`--token` or `COLLECTOR_TOKEN`) every route needs `Authorization: Bearer`,
+//! compared in constant time over SHA-256 digests. A storage fault is answered 503 (retry):
+//! never a 4xx, which an edge takes as its batch's fault.
 
 mod store;
 
@@ -25,11 +28,16 @@ use tokio::sync::mpsc;
 
 use store::{Batch, Store};
 
-const USAGE: &str = "usage: edge-enrich-collector [--addr 127.0.0.1:0] [--db collector.sqlite] [--token T]
+const USAGE: &str =
+    "usage: edge-enrich-collector [--addr 127.0.0.1:0] [--db collector.sqlite] [--token T]
     [--port-file F] [--fail-first N] [--fail-rate 0..1] [--fail-status 503] [--delay-ms N]
+    [--test-faults]
 
 Prints `listening on http://ADDR` once bound. Endpoints: POST /ingest, GET /stats,
-GET /readings?device_id=&limit=, GET /delivery?since_ms= (lag percentiles), POST /faults {fail_first, fail_rate, fail_status, delay_ms, refuse_for_ms}.";
+GET /readings?device_id=&limit=, GET /delivery?since_ms= (lag percentiles), and with
+--test-faults POST /faults {fail_first, fail_rate, fail_status, delay_ms, refuse_for_ms,
+refuse_devices, refuse_status}. With --token T (or COLLECTOR_TOKEN) every endpoint needs
+`Authorization: Bearer T`.";
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,16 +56,27 @@ struct Faults {
     /// Stop listening (connections are refused) for this long, then listen again.
     #[serde(default)]
     refuse_for_ms: u64,
+    /// Refuse, with `refuse_status`, any batch holding a reading of one of these devices (as
+    /// InfluxDB refuses a whole write for one bad point).
+    #[serde(default)]
+    refuse_devices: Vec<String>,
+    #[serde(default = "default_refuse_status")]
+    refuse_status: u16,
 }
 
 fn default_fail_status() -> u16 {
     503
 }
 
+fn default_refuse_status() -> u16 {
+    400
+}
+
 struct App {
     store: Mutex<Store>,
     faults: Mutex<Faults>,
-    token: Option<String>,
+    /// The SHA-256 digest of the token every request must carry, if one is set.
+    token: Option<[u8; 32]>,
     requests: AtomicU64,
     injected_failures: AtomicU64,
     refuse: mpsc::UnboundedSender<u64>,
@@ -69,6 +88,7 @@ struct Args {
     token: Option<String>,
     port_file: Option<PathBuf>,
     faults: Faults,
+    test_faults: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -79,13 +99,19 @@ fn parse_args() -> Result<Args, String> {
         port_file: None,
         faults: Faults {
             fail_status: 503,
+            refuse_status: 400,
             ..Faults::default()
         },
+        test_faults: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--help" || flag == "-h" {
             return Err(USAGE.to_owned());
+        }
+        if flag == "--test-faults" {
+            args.test_faults = true;
+            continue;
         }
         let value = it
             .next()
@@ -133,16 +159,35 @@ fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
         .into_response()
 }
 
+fn digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// None when the request may go on; else the 401 to answer. The given token is hashed and the
+/// digests compared in constant time: neither its length nor a matching prefix shows in timing.
+fn unauthorized(app: &App, headers: &HeaderMap) -> Option<Response> {
+    use subtle::ConstantTimeEq;
+    let expected = app.token.as_ref()?;
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(digest(given).ct_eq(expected)) {
+        None
+    } else {
+        Some(problem(
+            StatusCode::UNAUTHORIZED,
+            "a valid bearer token is required",
+        ))
+    }
+}
+
 async fn ingest(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
     app.requests.fetch_add(1, Ordering::Relaxed);
-    if let Some(token) = &app.token {
-        let given = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if given.strip_prefix("Bearer ") != Some(token.as_str()) {
-            return problem(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
-        }
+    if let Some(refused) = unauthorized(&app, &headers) {
+        return refused;
     }
     let (delay, fail) = {
         let mut f = app.faults.lock().unwrap_or_else(|p| p.into_inner());
@@ -207,6 +252,25 @@ async fn ingest(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
             "Idempotency-Key does not match batch_id",
         );
     }
+    let refused = {
+        let f = app.faults.lock().unwrap_or_else(|p| p.into_inner());
+        let holds_refused = !f.refuse_devices.is_empty()
+            && batch.readings.iter().any(|r| {
+                serde_json::from_str::<serde_json::Value>(r.get())
+                    .ok()
+                    .and_then(|v| v["device_id"].as_str().map(str::to_owned))
+                    .is_some_and(|d| f.refuse_devices.contains(&d))
+            });
+        holds_refused.then_some(f.refuse_status)
+    };
+    if let Some(status) = refused {
+        app.injected_failures.fetch_add(1, Ordering::Relaxed);
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+        return problem(
+            status,
+            "injected: the batch holds a refused device's reading",
+        );
+    }
     let result = app
         .store
         .lock()
@@ -214,11 +278,15 @@ async fn ingest(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
         .insert(&batch, now_ms());
     match result {
         Ok(stored) => Json(stored).into_response(),
-        Err(e) => problem(StatusCode::UNPROCESSABLE_ENTITY, e),
+        // A storage fault is the collector's, not the batch's: the edge must retry it.
+        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 
-async fn stats(State(app): State<Arc<App>>) -> Response {
+async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = unauthorized(&app, &headers) {
+        return refused;
+    }
     let stats = app.store.lock().unwrap_or_else(|p| p.into_inner()).stats();
     match stats {
         Ok(s) => {
@@ -237,7 +305,14 @@ struct ReadingsQuery {
     limit: Option<u32>,
 }
 
-async fn readings(State(app): State<Arc<App>>, Query(q): Query<ReadingsQuery>) -> Response {
+async fn readings(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<ReadingsQuery>,
+) -> Response {
+    if let Some(refused) = unauthorized(&app, &headers) {
+        return refused;
+    }
     let rows = app
         .store
         .lock()
@@ -254,7 +329,14 @@ struct DeliveryQuery {
     since_ms: Option<u64>,
 }
 
-async fn delivery(State(app): State<Arc<App>>, Query(q): Query<DeliveryQuery>) -> Response {
+async fn delivery(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<DeliveryQuery>,
+) -> Response {
+    if let Some(refused) = unauthorized(&app, &headers) {
+        return refused;
+    }
     let result = app
         .store
         .lock()
@@ -269,7 +351,10 @@ async fn delivery(State(app): State<Arc<App>>, Query(q): Query<DeliveryQuery>) -
     }
 }
 
-async fn set_faults(State(app): State<Arc<App>>, body: Bytes) -> Response {
+async fn set_faults(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(refused) = unauthorized(&app, &headers) {
+        return refused;
+    }
     let faults: Faults = match serde_json::from_slice(&body) {
         Ok(f) => f,
         Err(e) => return problem(StatusCode::BAD_REQUEST, e.to_string()),
@@ -301,17 +386,21 @@ async fn main() {
     let app = Arc::new(App {
         store: Mutex::new(store),
         faults: Mutex::new(args.faults),
-        token: args.token,
+        token: args.token.as_deref().map(digest),
         requests: AtomicU64::new(0),
         injected_failures: AtomicU64::new(0),
         refuse: refuse_tx,
     });
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/ingest", post(ingest))
         .route("/stats", get(stats))
         .route("/readings", get(readings))
-        .route("/delivery", get(delivery))
-        .route("/faults", post(set_faults))
+        .route("/delivery", get(delivery));
+    // Fault injection can make every edge dead-letter or stall: only for tests, by choice.
+    if args.test_faults {
+        router = router.route("/faults", post(set_faults));
+    }
+    let router = router
         .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
         .with_state(app);
 

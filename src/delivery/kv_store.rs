@@ -5,15 +5,24 @@
 //!
 //! Recovery: an instance finding keys older than `SPILL_GRACE_MS` that it does not hold takes
 //! them as orphans of an instance that is gone (see `find_orphans`).
+//!
+//! Dead letters are a ring of `policy::DEAD_LETTERS_KEPT` slots, `dead/<slot>`, and a head key
+//! counting the letters ever kept, so that keeping and listing them never lists keys: the
+//! newest letter overwrites the oldest, and letters past `DEAD_LETTER_MAX_AGE_MS` are not
+//! listed. (Two instances keeping a letter at the same instant may take the same slot: one of
+//! the two is lost. Dead letters are rare, and are logged in full when made.)
 
 use std::rc::Rc;
 
+use crate::delivery::policy::{DEAD_LETTERS_KEPT, DEAD_LETTER_MAX_AGE_MS};
 use crate::delivery::segment;
 use crate::domain::ids;
 use crate::ports::{DeadLetter, KeyValue, OutboxStore, StoreError, StoredSegment};
 
 pub const SEGMENT_PREFIX: &str = "outbox/";
 pub const DEAD_PREFIX: &str = "dead/";
+/// How many dead letters were ever kept: the next slot is this modulo `DEAD_LETTERS_KEPT`.
+pub const DEAD_HEAD_KEY: &str = "dead-head";
 /// Readings spilled one key each by earlier releases (`pending/<received_at_ms>/<id>`): still
 /// recovered, as one-reading segments.
 pub const LEGACY_PREFIX: &str = "pending/";
@@ -91,7 +100,7 @@ impl<K: KeyValue> OutboxStore for KvOutboxStore<K> {
             .await
     }
 
-    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<u64, StoreError> {
         let body: serde_json::Value =
             serde_json::from_str(&letter.body).unwrap_or(serde_json::Value::Null);
         let doc = serde_json::json!({
@@ -102,12 +111,16 @@ impl<K: KeyValue> OutboxStore for KvOutboxStore<K> {
             "readings": letter.readings,
             "body": body,
         });
+        let head = self.dead_head().await?;
+        let slot = head % DEAD_LETTERS_KEPT as u64;
         self.kv
-            .set(
-                &format!("{DEAD_PREFIX}{}", letter.batch_id),
-                doc.to_string().as_bytes(),
-            )
-            .await
+            .set(&format!("{DEAD_PREFIX}{slot}"), doc.to_string().as_bytes())
+            .await?;
+        self.kv
+            .set(DEAD_HEAD_KEY, (head + 1).to_string().as_bytes())
+            .await?;
+        // The ring was full: the oldest letter was overwritten.
+        Ok(u64::from(head >= DEAD_LETTERS_KEPT as u64))
     }
 }
 
@@ -172,23 +185,37 @@ impl<K: KeyValue> KvOutboxStore<K> {
         Ok(true)
     }
 
-    /// The dead letters kept in the store (at most `limit`), as JSON documents.
-    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<String>, StoreError> {
-        let mut out = Vec::new();
-        for key in self
+    async fn dead_head(&self) -> Result<u64, StoreError> {
+        Ok(self
             .kv
-            .keys()
+            .get(DEAD_HEAD_KEY)
             .await?
-            .iter()
-            .filter(|k| k.starts_with(DEAD_PREFIX))
-            .take(limit)
-        {
-            if let Some(text) = self
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// The newest dead letters (at most `limit`, none older than `DEAD_LETTER_MAX_AGE_MS`), as
+    /// JSON documents: one read for the head, then one per slot, newest first.
+    pub async fn dead_letters(&self, limit: usize, now_ms: u64) -> Result<Vec<String>, StoreError> {
+        let head = self.dead_head().await?;
+        let oldest = now_ms.saturating_sub(DEAD_LETTER_MAX_AGE_MS);
+        let mut out = Vec::new();
+        for n in (0..head).rev().take(limit.min(DEAD_LETTERS_KEPT)) {
+            let key = format!("{DEAD_PREFIX}{}", n % DEAD_LETTERS_KEPT as u64);
+            let Some(text) = self
                 .kv
-                .get(key)
+                .get(&key)
                 .await?
                 .and_then(|v| String::from_utf8(v).ok())
-            {
+            else {
+                continue;
+            };
+            let failed_at = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["failed_at_ms"].as_u64())
+                .unwrap_or(0);
+            if failed_at >= oldest {
                 out.push(text);
             }
         }
@@ -284,8 +311,8 @@ mod tests {
             readings: 1,
             body: r#"{"batch_id":"b1","readings":[{"id":"a"}]}"#.into(),
         };
-        run(store.dead_letter(&letter)).unwrap();
-        let kept = run(store.dead_letters(10)).unwrap();
+        assert_eq!(run(store.dead_letter(&letter)).unwrap(), 0);
+        let kept = run(store.dead_letters(10, 5)).unwrap();
         let v: serde_json::Value = serde_json::from_str(&kept[0]).unwrap();
         assert_eq!(
             (
@@ -294,5 +321,53 @@ mod tests {
             ),
             (Some(400), Some("a"))
         );
+        // Past their age they are not listed.
+        assert!(run(store.dead_letters(10, 5 + DEAD_LETTER_MAX_AGE_MS + 1))
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn dead_letters_are_a_bounded_ring_newest_first() {
+        let store = KvOutboxStore {
+            kv: MemoryKv::default(),
+        };
+        let extra = 3;
+        let mut dropped = 0;
+        for n in 0..DEAD_LETTERS_KEPT + extra {
+            let letter = DeadLetter {
+                batch_id: format!("b{n}"),
+                failed_at_ms: 1_000 + n as u64,
+                status: 422,
+                detail: String::new(),
+                readings: 1,
+                body: "{}".into(),
+            };
+            dropped += run(store.dead_letter(&letter)).unwrap();
+        }
+        assert_eq!(
+            dropped, extra as u64,
+            "each letter past the bound drops one"
+        );
+        let dead_keys = store
+            .kv
+            .map
+            .borrow()
+            .keys()
+            .filter(|k| k.starts_with(DEAD_PREFIX))
+            .count();
+        assert_eq!(dead_keys, DEAD_LETTERS_KEPT);
+        let listed = run(store.dead_letters(2, 2_000)).unwrap();
+        let ids: Vec<String> = listed
+            .iter()
+            .map(|t| {
+                serde_json::from_str::<serde_json::Value>(t).unwrap()["batch_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        let newest = DEAD_LETTERS_KEPT + extra - 1;
+        assert_eq!(ids, [format!("b{newest}"), format!("b{}", newest - 1)]);
     }
 }

@@ -11,7 +11,11 @@
 //! - retryable (no answer, timeout, 408, 429, 5xx): the batch keeps its id and is sent again
 //!   after a capped exponential backoff with jitter; nothing else goes out meanwhile, and new
 //!   traffic does not cut the backoff short;
-//! - refused for good: it becomes a dead letter in the store, and its readings are settled.
+//! - a configuration fault (401, 403, 404, any other status): retried the same way, counted
+//!   and logged as an error; never dead-lettered;
+//! - refused for what it holds (400, 413, 422, or a reading that cannot be encoded): split in
+//!   halves sent again at once, until the refused readings are alone; a lone refused reading
+//!   becomes a dead letter in the store, and is settled. Dead letters are bounded by the store.
 //!
 //! Settled readings are trimmed from the store once per round and segment: a segment whose
 //! readings are all settled is removed; a partly settled one is rewritten with the rest once
@@ -135,6 +139,12 @@ pub struct OutboxStats {
     pub failed_attempts: u64,
     pub dead_letter_batches: u64,
     pub dead_letter_readings: u64,
+    /// Dead letters the store dropped to stay within its bounds (oldest first).
+    pub dead_letters_dropped: u64,
+    /// Batches split because the collector refused what they held.
+    pub split_batches: u64,
+    /// Attempts the collector refused as a configuration fault (401, 403, 404...).
+    pub config_faults: u64,
     pub recovered_segments: u64,
     pub recovered_readings: u64,
     pub store_failures: u64,
@@ -189,7 +199,7 @@ impl Outcome {
         match self {
             Self::Answered { status, .. } => verdict(Some(*status)),
             Self::NoAnswer(_) => verdict(None),
-            Self::Unencodable(_) => Verdict::DeadLetter,
+            Self::Unencodable(_) => Verdict::Refused,
         }
     }
 
@@ -540,10 +550,16 @@ impl<K: Clone + PartialEq> Outbox<K> {
         }
     }
 
-    /// Applies an attempt's outcome. A permanent refusal returns the dead letter to keep: the
-    /// driver writes it, then calls [`dead_lettered`](Self::dead_lettered) (or, if the write
-    /// failed, [`dead_letter_failed`](Self::dead_letter_failed)).
-    pub fn settle(&mut self, batch_id: &str, outcome: &Outcome, now: u64) -> Option<DeadLetter> {
+    /// Applies an attempt's outcome. A refused lone reading returns the dead letter to keep:
+    /// the driver writes it, then calls [`dead_lettered`](Self::dead_lettered) (or, if the
+    /// write failed, [`dead_letter_failed`](Self::dead_letter_failed)).
+    pub fn settle(
+        &mut self,
+        batch_id: &str,
+        outcome: &Outcome,
+        now: u64,
+        entropy: &dyn Entropy,
+    ) -> Option<DeadLetter> {
         let index = self.flights.iter().position(|f| f.id == batch_id)?;
         match outcome.verdict() {
             Verdict::Delivered => {
@@ -553,13 +569,24 @@ impl<K: Clone + PartialEq> Outbox<K> {
                 self.settle_parts(&flight);
                 None
             }
-            Verdict::Retry => {
+            Verdict::Retry | Verdict::Misconfigured => {
+                if outcome.verdict() == Verdict::Misconfigured {
+                    self.stats.config_faults += 1;
+                }
                 self.flights[index].sending = false;
                 self.stats.failed_attempts += 1;
                 self.round_failed = true;
                 None
             }
-            Verdict::DeadLetter => {
+            Verdict::Refused if self.flights[index].readings > 1 => {
+                let flight = self.flights.remove(index)?;
+                let (first, second) = self.split(flight, now, entropy);
+                self.flights.insert(index, second);
+                self.flights.insert(index, first);
+                self.stats.split_batches += 1;
+                None
+            }
+            Verdict::Refused => {
                 let flight = &self.flights[index];
                 let attempt = self.attempt_of(flight);
                 Some(DeadLetter {
@@ -579,8 +606,39 @@ impl<K: Clone + PartialEq> Outbox<K> {
         }
     }
 
-    /// The dead letter of `batch_id` is kept: its readings are settled.
-    pub fn dead_lettered(&mut self, batch_id: &str) {
+    /// A refused batch as two halves, each under a new id and due at once (a split is no
+    /// failure of the collector: no backoff).
+    fn split(&mut self, flight: Flight, now: u64, entropy: &dyn Entropy) -> (Flight, Flight) {
+        let mut left = flight.readings / 2;
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        for (id, range) in flight.parts {
+            let take = range.len().min(left);
+            if take > 0 {
+                first.push((id, range.start..range.start + take));
+            }
+            if take < range.len() {
+                second.push((id, range.start + take..range.end));
+            }
+            left -= take;
+        }
+        let mut half = |parts: Vec<(EntryId, Range<usize>)>| {
+            self.next_seq += 1;
+            Flight {
+                id: batch_id(now, self.next_seq, entropy),
+                node: flight.node.clone(),
+                readings: parts.iter().map(|(_, r)| r.len()).sum(),
+                parts,
+                sending: false,
+            }
+        };
+        let first = half(first);
+        (first, half(second))
+    }
+
+    /// The dead letter of `batch_id` is kept (the store dropped `dropped` older ones to stay in
+    /// its bounds): its readings are settled.
+    pub fn dead_lettered(&mut self, batch_id: &str, dropped: u64) {
+        self.stats.dead_letters_dropped += dropped;
         if let Some(index) = self.flights.iter().position(|f| f.id == batch_id) {
             if let Some(flight) = self.flights.remove(index) {
                 self.stats.dead_letter_batches += 1;
@@ -729,11 +787,22 @@ where
     let outcomes = futures_util::future::join_all(attempts.iter().map(|a| send(a, d))).await;
     for (attempt, outcome) in attempts.iter().zip(outcomes) {
         let now = d.clock.now_ms();
-        let letter = outbox.borrow_mut().settle(&attempt.batch_id, &outcome, now);
+        let letter = outbox
+            .borrow_mut()
+            .settle(&attempt.batch_id, &outcome, now, d.entropy);
         log_outcome(d.log, attempt, &outcome);
         if let Some(letter) = letter {
             match d.store.dead_letter(&letter).await {
-                Ok(()) => outbox.borrow_mut().dead_lettered(&attempt.batch_id),
+                Ok(dropped) => {
+                    if dropped > 0 {
+                        let n = dropped.to_string();
+                        d.log
+                            .emit(Level::Warn, "dead_letters_dropped", &[("count", &n)]);
+                    }
+                    outbox
+                        .borrow_mut()
+                        .dead_lettered(&attempt.batch_id, dropped)
+                }
                 Err(e) => {
                     d.log.emit(
                         Level::Error,
@@ -818,7 +887,11 @@ fn log_outcome(log: &dyn Log, attempt: &Attempt, outcome: &Outcome) {
     match outcome.verdict() {
         Verdict::Delivered => log.emit(Level::Info, "flush_delivered", &fields[..3]),
         Verdict::Retry => log.emit(Level::Warn, "flush_retry", &fields),
-        Verdict::DeadLetter => log.emit(Level::Error, "flush_dead_letter", &fields),
+        Verdict::Misconfigured => log.emit(Level::Error, "collector_misconfigured", &fields),
+        Verdict::Refused if attempt.readings.len() > 1 => {
+            log.emit(Level::Warn, "flush_refused_split", &fields)
+        }
+        Verdict::Refused => log.emit(Level::Error, "flush_dead_letter", &fields),
     }
 }
 
@@ -863,13 +936,19 @@ impl OutboxStore for MemoryStore {
         Ok(())
     }
 
-    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), crate::ports::StoreError> {
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<u64, crate::ports::StoreError> {
         let mut dead = self.dead.borrow_mut();
+        let before = dead.len();
+        let oldest = letter
+            .failed_at_ms
+            .saturating_sub(crate::delivery::policy::DEAD_LETTER_MAX_AGE_MS);
+        dead.retain(|d| d.failed_at_ms >= oldest);
         if dead.len() == MEMORY_DEAD_LETTERS {
             dead.pop_front();
         }
+        let dropped = (before - dead.len()) as u64;
         dead.push_back(letter.clone());
-        Ok(())
+        Ok(dropped)
     }
 }
 

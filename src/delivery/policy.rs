@@ -31,9 +31,15 @@ pub enum Verdict {
     Delivered,
     /// Transient (network error, 408, 429, 5xx): keep the batch and try again later.
     Retry,
-    /// The collector refuses this batch for good (other 4xx, unexpected 1xx/3xx): park it in
-    /// the dead-letter store instead of retrying forever.
-    DeadLetter,
+    /// The collector refuses what the batch holds (400, 413, 422: a bad point, too large): the
+    /// batch is split in halves and each sent again, until the refused readings are alone; only
+    /// a lone refused reading becomes a dead letter. One device's bad reading never takes other
+    /// devices' readings with it.
+    Refused,
+    /// The collector refuses the edge, not the batch (401, 403, 404, and any other status: a
+    /// rotated token, a wrong URL): a configuration fault. Retried with backoff like `Retry`,
+    /// counted and logged as an error, never dead-lettered.
+    Misconfigured,
 }
 
 pub fn verdict(status: Option<u16>) -> Verdict {
@@ -41,9 +47,16 @@ pub fn verdict(status: Option<u16>) -> Verdict {
         None => Verdict::Retry,
         Some(200..=299) => Verdict::Delivered,
         Some(408 | 429) | Some(500..=599) => Verdict::Retry,
-        Some(_) => Verdict::DeadLetter,
+        Some(400 | 413 | 422) => Verdict::Refused,
+        Some(_) => Verdict::Misconfigured,
     }
 }
+
+/// Dead letters a store keeps (each host's store enforces both bounds when it keeps one): at
+/// most this many, the oldest dropped first, and none older than `DEAD_LETTER_MAX_AGE_MS`.
+/// Dropped letters are counted (`dead_letters_dropped`) and logged.
+pub const DEAD_LETTERS_KEPT: usize = 1_000;
+pub const DEAD_LETTER_MAX_AGE_MS: u64 = 7 * 24 * 3_600_000;
 
 /// How long an instance that has taken one request's readings waits for a second request
 /// before it flushes, instead of the full max age. A wasi:http host may run one request per
@@ -82,8 +95,11 @@ mod tests {
         assert_eq!(verdict(Some(408)), Verdict::Retry);
         assert_eq!(verdict(Some(429)), Verdict::Retry);
         assert_eq!(verdict(Some(503)), Verdict::Retry);
-        assert_eq!(verdict(Some(400)), Verdict::DeadLetter);
-        assert_eq!(verdict(Some(401)), Verdict::DeadLetter);
-        assert_eq!(verdict(Some(301)), Verdict::DeadLetter);
+        for refused in [400, 413, 422] {
+            assert_eq!(verdict(Some(refused)), Verdict::Refused);
+        }
+        for misconfigured in [401, 403, 404, 405, 415, 301, 100] {
+            assert_eq!(verdict(Some(misconfigured)), Verdict::Misconfigured);
+        }
     }
 }

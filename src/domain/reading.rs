@@ -202,15 +202,18 @@ pub fn parse_decimal(field: &'static str, raw: &str) -> Result<f64, FieldIssue> 
     }
 }
 
-/// Largest device timestamp accepted: 9999-12-31T23:59:59.999Z in epoch milliseconds.
-pub const MAX_DEVICE_TS_MS: u64 = 253_402_300_799_999;
+/// Largest device timestamp accepted: 2262-04-11T23:47:16.854Z in epoch milliseconds, the end
+/// of a signed 64-bit count of nanoseconds. Every sink accepts times up to it (InfluxDB and the
+/// line-protocol databases store nanoseconds so, and refuse a later point with a 400 that would
+/// otherwise take a whole batch of other devices' readings with it).
+pub const MAX_DEVICE_TS_MS: u64 = 9_223_372_036_854;
 
 pub fn parse_device_ts(raw: &str) -> Result<u64, FieldIssue> {
     match parse_unsigned(raw) {
         Some(v) if v <= MAX_DEVICE_TS_MS => Ok(v),
         Some(_) => Err(FieldIssue::invalid(
             "ts",
-            "must be epoch milliseconds before year 10000",
+            "must be epoch milliseconds no later than 9223372036854 (2262-04-11T23:47:16.854Z)",
         )),
         None => Err(FieldIssue::invalid(
             "ts",

@@ -223,9 +223,7 @@ impl DeviceAuth {
                     Err(unauthenticated(AuthMode::Hmac))
                 }
             }
-            (_, Presented::Token(_) | Presented::Signature(_)) => {
-                Err(unauthenticated(self.mode()))
-            }
+            (_, Presented::Token(_) | Presented::Signature(_)) => Err(unauthenticated(self.mode())),
         }
     }
 
@@ -333,7 +331,11 @@ pub enum SignatureVersion {
 /// The string a device signs in `hmac` mode, lines joined by `\n`. Version 2:
 /// `EE-HMAC-SHA256/2`, method, host (lower case), path, query, content type, timestamp, hex
 /// SHA-256 of the body. Version 1: `EE-HMAC-SHA256`, method, path, query, timestamp, digest.
-pub fn canonical_request(req: &SignedParts<'_>, version: SignatureVersion, timestamp: u64) -> String {
+pub fn canonical_request(
+    req: &SignedParts<'_>,
+    version: SignatureVersion,
+    timestamp: u64,
+) -> String {
     let digest = hex(&Sha256::digest(req.body));
     match version {
         SignatureVersion::V1 => format!(
@@ -550,7 +552,9 @@ mod tests {
                 },
             )
             .unwrap();
-        assert!(cred.authorize_devices(["dev-1", "dev-1"].into_iter()).is_ok());
+        assert!(cred
+            .authorize_devices(["dev-1", "dev-1"].into_iter())
+            .is_ok());
         assert_eq!(
             cred.authorize_devices(["dev-1", "dev-2"].into_iter())
                 .unwrap_err()

@@ -670,7 +670,11 @@ mod tests {
         assert!(parse_json(&with(MAX_UNKNOWN_FIELDS)).is_ok());
         let p = parse_json(&with(MAX_UNKNOWN_FIELDS + 1)).unwrap_err();
         assert_eq!(p.status(), 400);
-        assert!(p.errors()[0].detail.contains("more than 32 fields"), "{:?}", p.errors());
+        assert!(
+            p.errors()[0].detail.contains("more than 32 fields"),
+            "{:?}",
+            p.errors()
+        );
         // A repeat is still found among the first ones.
         let p = parse_json(r#"{"device_id":"a","temp":1,"x":1,"y":2,"x":3}"#).unwrap_err();
         assert!(p.errors()[0].detail.contains("\"x\" more than once"));
@@ -709,15 +713,27 @@ mod tests {
 
     #[test]
     fn first_device_id_is_found_without_parsing() {
-        let find = |body: &str, format| first_device_id(body.as_bytes(), format).map(|d| d.as_str().to_owned());
+        let find = |body: &str, format| {
+            first_device_id(body.as_bytes(), format).map(|d| d.as_str().to_owned())
+        };
         let json = BodyFormat::Json;
-        assert_eq!(find(r#"{"temp":1,"device_id":"a"}"#, json).as_deref(), Some("a"));
-        assert_eq!(find(r#" [ {"device_id" : "b"}, {"device_id":"c"}]"#, json).as_deref(), Some("b"));
+        assert_eq!(
+            find(r#"{"temp":1,"device_id":"a"}"#, json).as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            find(r#" [ {"device_id" : "b"}, {"device_id":"c"}]"#, json).as_deref(),
+            Some("b")
+        );
         // Not inside a string, not in a nested object, not a value.
         let tricky = r#"[{"note":"\"device_id\":\"x\"","meta":{"device_id":"y"},"k":"device_id","device_id":"z"}]"#;
         assert_eq!(find(tricky, json).as_deref(), Some("z"));
         assert_eq!(
-            find("{\"device_id\":\"n1\"}\n{\"device_id\":\"n2\"}", BodyFormat::Ndjson).as_deref(),
+            find(
+                "{\"device_id\":\"n1\"}\n{\"device_id\":\"n2\"}",
+                BodyFormat::Ndjson
+            )
+            .as_deref(),
             Some("n1")
         );
         // The rest of the body does not matter to the pre-scan.

@@ -72,9 +72,13 @@ pub fn named_device(query: &str) -> Result<Option<DeviceId>, FieldIssue> {
             continue;
         }
         if named.is_some() {
-            return Err(FieldIssue::invalid("device_id", "is repeated; give it once"));
+            return Err(FieldIssue::invalid(
+                "device_id",
+                "is repeated; give it once",
+            ));
         }
-        let value = percent_decode(raw_value).map_err(|why| FieldIssue::invalid("device_id", why))?;
+        let value =
+            percent_decode(raw_value).map_err(|why| FieldIssue::invalid("device_id", why))?;
         named = Some(DeviceId::parse(&value)?);
     }
     Ok(named)

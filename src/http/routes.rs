@@ -121,8 +121,11 @@ pub fn plan<'a>(parts: &'a Parts, settings: &Settings, now_ms: u64) -> Result<Pl
             let named = match named_device(query(parts)) {
                 Ok(named) => named,
                 Err(issue) if method == Method::POST => {
-                    return Err(Problem::new(ProblemType::InvalidRequest, "the device_id query parameter is invalid")
-                        .with_errors(vec![issue.into_field_error(None)]))
+                    return Err(Problem::new(
+                        ProblemType::InvalidRequest,
+                        "the device_id query parameter is invalid",
+                    )
+                    .with_errors(vec![issue.into_field_error(None)]))
                 }
                 Err(_) => None,
             };

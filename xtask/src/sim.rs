@@ -244,7 +244,11 @@ fn send(
             ));
         }
         // Named in the query, so that the edge checks the token before it reads the body.
-        ("POST", format!("/v1/readings?device_id={}", device.id), body)
+        (
+            "POST",
+            format!("/v1/readings?device_id={}", device.id),
+            body,
+        )
     };
     let mut request = agent.request(method, &format!("{url}{target}"));
     if let (Some(mode), Some(key)) = (mode, device.key.as_deref()) {
@@ -271,9 +275,7 @@ fn send(
     let answer = if method == "GET" {
         request.call()
     } else {
-        request
-            .set("content-type", NDJSON)
-            .send_string(&body)
+        request.set("content-type", NDJSON).send_string(&body)
     };
     let micros = started.elapsed().as_micros() as u64;
     tally.latencies_us.lock().unwrap().push(micros);

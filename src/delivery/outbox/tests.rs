@@ -58,6 +58,9 @@ struct FakeCollector {
     stored: RefCell<Vec<String>>,
     /// Every batch id seen, per attempt.
     attempts: RefCell<Vec<String>>,
+    /// Readings it refuses: a batch holding one is answered 400 whole (as InfluxDB refuses a
+    /// write with one bad point).
+    poisoned: RefCell<BTreeSet<String>>,
 }
 
 impl FakeCollector {
@@ -77,17 +80,24 @@ impl Collector for FakeCollector {
         self.attempts
             .borrow_mut()
             .push(request.idempotency_key.to_owned());
+        let v: serde_json::Value = serde_json::from_str(&request.body).unwrap();
+        let ids: Vec<String> = v["readings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect();
+        let poisoned = ids.iter().any(|id| self.poisoned.borrow().contains(id));
         let answer = self.script.borrow_mut().pop_front().unwrap_or(Ok(200));
+        let answer = match answer {
+            Ok(200..=299) if poisoned => Ok(400),
+            other => other,
+        };
         match answer {
             Err(()) => Err(TransportError("connection refused".into())),
             Ok(status) => {
                 if (200..300).contains(&status) {
-                    let v: serde_json::Value = serde_json::from_str(&request.body).unwrap();
-                    for r in v["readings"].as_array().unwrap() {
-                        self.stored
-                            .borrow_mut()
-                            .push(r["id"].as_str().unwrap().to_owned());
-                    }
+                    self.stored.borrow_mut().extend(ids);
                 }
                 Ok(CollectorAnswer {
                     status,
@@ -186,13 +196,13 @@ impl OutboxStore for FakeStore {
         }
         Ok(())
     }
-    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<u64, StoreError> {
         if self.fail_dead_letters.get() {
             return Err(StoreError("disk full".into()));
         }
         self.writes.set(self.writes.get() + 1);
         self.dead.borrow_mut().push(letter.clone());
-        Ok(())
+        Ok(0)
     }
 }
 
@@ -319,13 +329,49 @@ impl Host {
         self.clock.0.set(self.clock.0.get() + ms);
     }
 
-    /// The promise: every acknowledged reading arrived; nothing arrived that was not appended.
+    /// The promise: every acknowledged reading arrived, or (refused by the collector) is
+    /// alone in a dead letter; nothing arrived that was not appended.
     fn assert_delivered(&self) {
         let stored = self.collector.stored_set();
-        let missing: Vec<_> = self.acknowledged.difference(&stored).collect();
+        let poisoned = self.collector.poisoned.borrow();
+        let missing: Vec<_> = self
+            .acknowledged
+            .difference(&stored)
+            .filter(|id| !poisoned.contains(*id))
+            .collect();
         assert!(missing.is_empty(), "lost: {missing:?}");
+        // Dead letters hold only refused readings, and every refused reading that did not
+        // arrive (it may have, before it was poisoned) is in one.
+        let dead: BTreeSet<String> = self.dead_lettered().into_iter().collect();
+        let refused: BTreeSet<String> =
+            self.acknowledged.intersection(&poisoned).cloned().collect();
+        assert!(
+            dead.is_subset(&refused),
+            "dead-lettered a reading the collector took"
+        );
+        let undelivered: BTreeSet<String> = refused.difference(&stored).cloned().collect();
+        assert!(undelivered.is_subset(&dead), "a refused reading vanished");
         let issued: BTreeSet<String> = (1..=self.next_reading).map(|n| format!("r{n}")).collect();
         assert!(stored.is_subset(&issued), "sent what was never appended");
+    }
+}
+
+impl Host {
+    /// The reading ids of every dead letter kept; each letter holds exactly one reading.
+    fn dead_lettered(&self) -> Vec<String> {
+        self.store
+            .dead
+            .borrow()
+            .iter()
+            .flat_map(|d| {
+                let body: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+                let readings = body["readings"].as_array().unwrap().clone();
+                assert_eq!(readings.len(), d.readings);
+                readings
+                    .into_iter()
+                    .map(|r| r["id"].as_str().unwrap().to_owned())
+            })
+            .collect()
     }
 }
 
@@ -461,7 +507,7 @@ fn a_crash_after_a_send_and_before_its_trim_sends_that_batch_again() {
 #[test]
 fn a_crash_during_a_dead_letter_keeps_the_batch_and_never_delivers_it() {
     let mut h = Host::new(50);
-    assert!(h.accept(5));
+    assert!(h.accept(1));
     // The collector refuses for good, and the host dies before it kept the dead letter.
     h.collector.answer(&[Ok(400)]);
     h.store.fail_dead_letters.set(true);
@@ -470,7 +516,7 @@ fn a_crash_during_a_dead_letter_keeps_the_batch_and_never_delivers_it() {
     assert!(h.store.dead.borrow().is_empty());
     assert_eq!(
         h.store.pending(),
-        5,
+        1,
         "a dead letter that was not kept drops nothing"
     );
     h.crash_and_restore();
@@ -480,9 +526,9 @@ fn a_crash_during_a_dead_letter_keeps_the_batch_and_never_delivers_it() {
     h.drain();
     let dead = h.store.dead.borrow();
     assert_eq!(dead.len(), 1);
-    assert_eq!((dead[0].status, dead[0].readings), (400, 5));
+    assert_eq!((dead[0].status, dead[0].readings), (400, 1));
     let body: serde_json::Value = serde_json::from_str(&dead[0].body).unwrap();
-    assert_eq!(body["readings"].as_array().unwrap().len(), 5);
+    assert_eq!(body["readings"].as_array().unwrap().len(), 1);
     assert!(
         h.collector.stored_set().is_empty(),
         "a refused batch is never delivered"
@@ -497,7 +543,7 @@ fn a_crash_during_a_dead_letter_keeps_the_batch_and_never_delivers_it() {
 #[test]
 fn a_crash_after_the_dead_letter_and_before_the_trim_only_repeats_the_dead_letter() {
     let mut h = Host::new(50);
-    assert!(h.accept(5));
+    assert!(h.accept(1));
     h.collector.answer(&[Ok(400), Ok(400)]);
     h.store.fail_trims.set(true);
     h.tick(300);
@@ -712,6 +758,100 @@ fn restore_skips_segments_already_held() {
     assert_eq!(h.collector.duplicates(), 0);
 }
 
+#[test]
+fn a_refused_reading_is_isolated_and_only_it_is_dead_lettered() {
+    let mut h = Host::new(50);
+    // Two requests of other devices around one poisoned reading, all in one batch of 50.
+    assert!(h.accept(20));
+    assert!(h.accept(1));
+    assert!(h.accept(29));
+    h.collector.poisoned.borrow_mut().insert("r21".into());
+    h.tick(300);
+    h.drain();
+    h.assert_delivered();
+    assert_eq!(h.dead_lettered(), ["r21"]);
+    assert_eq!(h.collector.stored_set().len(), 49);
+    let stats = h.outbox.borrow().stats().clone();
+    assert!(
+        stats.split_batches >= 6,
+        "halving 50 to 1 takes at least 6 splits"
+    );
+    assert_eq!(
+        (stats.dead_letter_batches, stats.dead_letter_readings),
+        (1, 1)
+    );
+    assert_eq!(
+        stats.failed_attempts, 0,
+        "a split is no failure: no backoff"
+    );
+    assert_eq!(h.store.pending(), 0);
+    assert!(h
+        .events
+        .0
+        .borrow()
+        .iter()
+        .any(|e| e == "flush_refused_split"));
+}
+
+#[test]
+fn a_collector_refusing_the_edge_is_retried_with_backoff_never_dead_lettered() {
+    for status in [401, 403, 404] {
+        let mut h = Host::new(50);
+        assert!(h.accept(10));
+        h.collector.answer(&[Ok(status), Ok(status), Ok(status)]);
+        h.tick(300);
+        assert!(
+            matches!(h.round(), Next::At(at) if at > h.clock.now_ms()),
+            "backs off"
+        );
+        h.drain();
+        h.assert_delivered();
+        assert_eq!(h.collector.stored_set().len(), 10);
+        assert!(
+            h.store.dead.borrow().is_empty(),
+            "{status}: never a dead letter"
+        );
+        assert_eq!(h.outbox.borrow().stats().config_faults, 3);
+        assert!(h
+            .events
+            .0
+            .borrow()
+            .iter()
+            .any(|e| e == "collector_misconfigured"));
+    }
+}
+
+#[test]
+fn the_memory_store_keeps_a_bounded_number_of_dead_letters() {
+    let store = MemoryStore::default();
+    let letter = |n: u64, at: u64| DeadLetter {
+        batch_id: format!("b{n}"),
+        failed_at_ms: at,
+        status: 422,
+        detail: String::new(),
+        readings: 1,
+        body: "{}".into(),
+    };
+    let mut dropped = 0;
+    for n in 0..MEMORY_DEAD_LETTERS as u64 + 5 {
+        dropped += run(store.dead_letter(&letter(n, T0 + n))).unwrap();
+    }
+    assert_eq!(dropped, 5);
+    assert_eq!(store.dead_letters().len(), MEMORY_DEAD_LETTERS);
+    assert_eq!(
+        store.dead_letters()[0].batch_id,
+        "b5",
+        "the oldest went first"
+    );
+    // A letter past the age bound goes when the next one is kept.
+    let later = T0 + crate::delivery::policy::DEAD_LETTER_MAX_AGE_MS + 100;
+    assert_eq!(
+        run(store.dead_letter(&letter(99, later))).unwrap(),
+        MEMORY_DEAD_LETTERS as u64
+    );
+    assert_eq!(store.dead_letters().len(), 1);
+}
+
 /// Random traffic, collector faults and crashes at every point of a round: the promise holds
 /// after each seed, and duplicates only ever come from interrupted batches.
 #[test]
@@ -734,6 +874,15 @@ fn random_faults_and_crashes_never_lose_an_acknowledged_reading() {
                 5 => h.collector.answer(&[Err(())]),
                 6 => h.collector.answer(&[Ok(503)]),
                 7 => h.crash_and_restore(),
+                8 if next(4) == 0 => {
+                    // A reading the collector will refuse, or a rotated collector token.
+                    if next(2) == 0 && h.next_reading > 0 {
+                        let id = format!("r{}", 1 + next(h.next_reading));
+                        h.collector.poisoned.borrow_mut().insert(id);
+                    } else {
+                        h.collector.answer(&[Ok(401)]);
+                    }
+                }
                 _ => {
                     h.tick(next(400));
                     h.round();

@@ -276,7 +276,11 @@ pub async fn dead_letters(config: &Config) -> String {
     #[cfg(feature = "spin")]
     {
         // Stored documents, passed through verbatim.
-        let stored = inst.store.dead_letters(100).await.unwrap_or_default();
+        let stored = inst
+            .store
+            .dead_letters(100, super::now_ms())
+            .await
+            .unwrap_or_default();
         format!("{{\"dead_letters\":[{}]}}", stored.join(","))
     }
     #[cfg(not(feature = "spin"))]

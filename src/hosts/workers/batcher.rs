@@ -101,7 +101,13 @@ impl DurableObject for Batcher {
                 })
             }
             Err(errors) => {
-                setup_error.get_or_insert_with(|| errors.join("; "));
+                setup_error.get_or_insert_with(|| {
+                    errors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                });
                 None
             }
         };

@@ -13,6 +13,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 use worker::{SqlCursor, SqlStorage, SqlStorageValue};
 
+use crate::delivery::policy::{DEAD_LETTERS_KEPT, DEAD_LETTER_MAX_AGE_MS};
 use crate::delivery::segment;
 use crate::delivery::slots::{Placement, SlotKey, Slots};
 use crate::ports::{DeadLetter, OutboxStore, StoreError, StoredSegment};
@@ -187,9 +188,18 @@ impl SqlOutboxStore {
     }
 
     fn exec(&self, query: &str, binds: Option<Vec<SqlStorageValue>>) -> Result<(), StoreError> {
+        self.rows_written_by(query, binds).map(drop)
+    }
+
+    /// Runs a statement; the rows it wrote.
+    fn rows_written_by(
+        &self,
+        query: &str,
+        binds: Option<Vec<SqlStorageValue>>,
+    ) -> Result<u64, StoreError> {
         let cursor = self.sql.exec(query, binds).map_err(err)?;
         self.tally(&cursor);
-        Ok(())
+        Ok(cursor.rows_written() as u64)
     }
 
     fn query<T: serde::de::DeserializeOwned>(
@@ -306,7 +316,10 @@ impl OutboxStore for SqlOutboxStore {
         )
     }
 
-    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+    /// One row for the letter; then, in one statement, the rows past the bounds (older than
+    /// the age, or beyond the newest `DEAD_LETTERS_KEPT`) are deleted. Its rows written are
+    /// the letters dropped (the table has no index, so no row is counted twice).
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<u64, StoreError> {
         self.exec(
             "INSERT INTO dead_letters (batch_id, failed_at_ms, status, detail, readings, body) VALUES (?, ?, ?, ?, ?, ?)",
             Some(vec![
@@ -316,6 +329,15 @@ impl OutboxStore for SqlOutboxStore {
                 letter.detail.as_str().into(),
                 SqlStorageValue::Integer(letter.readings as i64),
                 letter.body.as_str().into(),
+            ]),
+        )?;
+        self.rows_written_by(
+            "DELETE FROM dead_letters WHERE failed_at_ms < ? OR rowid IN (SELECT rowid FROM dead_letters ORDER BY rowid DESC LIMIT -1 OFFSET ?)",
+            Some(vec![
+                SqlStorageValue::Integer(
+                    letter.failed_at_ms.saturating_sub(DEAD_LETTER_MAX_AGE_MS) as i64,
+                ),
+                SqlStorageValue::Integer(DEAD_LETTERS_KEPT as i64),
             ]),
         )
     }

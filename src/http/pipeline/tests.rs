@@ -260,7 +260,10 @@ fn same_bytes_in_same_bytes_out_on_every_host() {
         (
             "GET",
             "/admin/stats".into(),
-            vec![("authorization", "Bearer admin-token-admin-token-admin-token".into())],
+            vec![(
+                "authorization",
+                "Bearer admin-token-admin-token-admin-token".into(),
+            )],
             vec![],
         ),
         (

@@ -297,14 +297,28 @@ fn device_credentials_gate_ingest_before_the_body_is_parsed() {
             "POST",
             READINGS_PATH,
             "device_id=dev-1",
-            &[("content-type", "application/json"), ("authorization", auth)],
+            &[
+                ("content-type", "application/json"),
+                ("authorization", auth),
+            ],
         )
     };
     let wrong = format!("Bearer {}", "ab".repeat(32));
-    assert_eq!(status(&decide_at(&s, &named(&wrong), b"{{{{ not json", NOW)), 401);
-    assert_eq!(status(&decide_at(&s, &named(&bearer), b"{{{{ not json", NOW)), 400);
+    assert_eq!(
+        status(&decide_at(&s, &named(&wrong), b"{{{{ not json", NOW)),
+        401
+    );
+    assert_eq!(
+        status(&decide_at(&s, &named(&bearer), b"{{{{ not json", NOW)),
+        400
+    );
     assert!(matches!(
-        decide_at(&s, &named(&bearer), br#"{"device_id":"dev-1","temp":1}"#, NOW),
+        decide_at(
+            &s,
+            &named(&bearer),
+            br#"{"device_id":"dev-1","temp":1}"#,
+            NOW
+        ),
         Action::Accept(_)
     ));
     assert_eq!(status(&decide_at(&s, &named(&bearer), mixed, NOW)), 403);
@@ -315,19 +329,28 @@ fn device_credentials_gate_ingest_before_the_body_is_parsed() {
             "POST",
             READINGS_PATH,
             "",
-            &[("content-type", "application/json"), ("authorization", auth)],
+            &[
+                ("content-type", "application/json"),
+                ("authorization", auth),
+            ],
         )
     };
     let broken_after = br#"[{"note":"\"device_id\":\"dev-2\"","device_id":"dev-1","temp":1},{{{"#;
     assert_eq!(status(&decide_at(&s, &old(&wrong), broken_after, NOW)), 401);
-    assert_eq!(status(&decide_at(&s, &old(&bearer), broken_after, NOW)), 400);
+    assert_eq!(
+        status(&decide_at(&s, &old(&bearer), broken_after, NOW)),
+        400
+    );
     // A repeated or invalid device_id in a POST's query is refused before anything else.
     for query in ["device_id=dev-1&device_id=dev-2", "device_id=a%20b"] {
         let p = head(
             "POST",
             READINGS_PATH,
             query,
-            &[("content-type", "application/json"), ("authorization", &bearer)],
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &bearer),
+            ],
         );
         assert_eq!(status(&decide_at(&s, &p, b"", NOW)), 400, "{query}");
     }

@@ -59,7 +59,8 @@ impl Collector {
         );
         let mut cmd = Command::new(bin);
         cmd.args(["--addr", &format!("127.0.0.1:{}", self.port), "--db"])
-            .arg(&self.db);
+            .arg(&self.db)
+            .arg("--test-faults");
         self.starts += 1;
         self.proc = Some(Proc::spawn(
             cmd,
