@@ -81,7 +81,7 @@ fn sigkill_mid_stream_and_restart_loses_nothing() {
         &[
             ("COLLECTOR_URL", &collector.ingest_url()),
             ("AUTH_MODE", "off"),
-            ("ADMIN_TOKEN", "spin-admin"),
+            ("ADMIN_TOKEN", "spin-admin-token-of-32-bytes-or-more"),
         ],
     );
     let mut traffic = Traffic::new(&host.url(""), 50, 40);
@@ -117,7 +117,10 @@ fn sigkill_mid_stream_and_restart_loses_nothing() {
     // The admin API describes the instance that answers, with what it asked of key-value.
     let admin = |path: &str| -> serde_json::Value {
         ureq::get(&host.url(path))
-            .set("authorization", "Bearer spin-admin")
+            .set(
+                "authorization",
+                "Bearer spin-admin-token-of-32-bytes-or-more",
+            )
             .call()
             .expect("admin answer")
             .into_json()

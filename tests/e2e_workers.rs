@@ -45,7 +45,7 @@ fn backlog_bound_dead_letters_and_a_crash_mid_stream() {
         &[
             ("COLLECTOR_URL", &collector.ingest_url()),
             ("AUTH_MODE", "off"),
-            ("ADMIN_TOKEN", "e2e-admin-token"),
+            ("ADMIN_TOKEN", "e2e-admin-token-of-32-bytes-or-more"),
             ("MAX_READINGS_PER_REQUEST", "50"),
             ("MAX_BACKLOG", "100"),
             ("RETRY_MAX_MS", "1000"),
@@ -53,8 +53,10 @@ fn backlog_bound_dead_letters_and_a_crash_mid_stream() {
     );
     let base = host.url(""); // the port survives restarts
     let admin = |path: &str| {
-        let mut req =
-            ureq::get(&format!("{base}{path}")).set("authorization", "Bearer e2e-admin-token");
+        let mut req = ureq::get(&format!("{base}{path}")).set(
+            "authorization",
+            "Bearer e2e-admin-token-of-32-bytes-or-more",
+        );
         req = req.timeout(Duration::from_secs(20));
         let r = req.call().expect("admin answer");
         serde_json::from_str::<serde_json::Value>(&r.into_string().unwrap()).unwrap()
@@ -150,7 +152,7 @@ fn concurrent_requests_share_batcher_calls_and_lose_nothing() {
         &[
             ("COLLECTOR_URL", &collector.ingest_url()),
             ("AUTH_MODE", "off"),
-            ("ADMIN_TOKEN", "e2e-admin-token"),
+            ("ADMIN_TOKEN", "e2e-admin-token-of-32-bytes-or-more"),
         ],
     );
     let base = host.url("");
@@ -185,7 +187,10 @@ fn concurrent_requests_share_batcher_calls_and_lose_nothing() {
     assert_eq!(ids.len(), 640);
     collector.assert_stored_exactly(&ids, Duration::from_secs(30));
     let stats: serde_json::Value = ureq::get(&format!("{base}/admin/stats"))
-        .set("authorization", "Bearer e2e-admin-token")
+        .set(
+            "authorization",
+            "Bearer e2e-admin-token-of-32-bytes-or-more",
+        )
         .call()
         .expect("admin stats")
         .into_json()
@@ -249,7 +254,7 @@ fn openapi_contract_checked_by_schemathesis() {
         ("COLLECTOR_URL", ingest.as_str()),
         ("AUTH_MODE", "off"),
         ("RATE_LIMIT_READINGS_PER_S", "0"),
-        ("ADMIN_TOKEN", "schemathesis-admin"),
+        ("ADMIN_TOKEN", "schemathesis-admin-token-32-bytes-plus"),
     ];
     let host = WorkersHost::start(&dir, &vars);
     let served = get(&host.url("/openapi.json"));
@@ -271,7 +276,7 @@ fn openapi_contract_checked_by_schemathesis() {
             "--no-color",
             // The admin operations too (device auth is off here, so readings ignore it).
             "--header",
-            "Authorization: Bearer schemathesis-admin",
+            "Authorization: Bearer schemathesis-admin-token-32-bytes-plus",
         ])
         .env("SCHEMATHESIS_HOOKS", "")
         .current_dir(&dir) // its example cache stays in the scratch directory

@@ -8,12 +8,12 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use edge_enrich::http::auth::{sign, MasterSecret, SignedParts};
+use edge_enrich::http::auth::{sign_version, MasterSecret, SignatureVersion, SignedParts};
 
 use super::*;
 
 pub const SECRET: &str = "hostile-suite-master-secret-0123456789";
-pub const ADMIN_TOKEN: &str = "hostile-admin-token";
+pub const ADMIN_TOKEN: &str = "hostile-admin-token-of-32-bytes-or-more";
 pub const ALLOWED_ORIGIN: &str = "https://dash.example.com";
 /// Small limits, so each is reachable with a modest request.
 pub const MAX_READINGS: usize = 20;
@@ -46,12 +46,44 @@ fn now_s() -> u64 {
         .as_secs()
 }
 
+/// A body of about `bytes` bytes: one reading of device `h` with many distinct unknown keys
+/// (the shape that was quadratic to parse).
+fn many_keys(bytes: usize) -> String {
+    let mut s = String::from(r#"{"device_id":"h","temp":1"#);
+    let mut i = 0;
+    while s.len() + 16 < bytes {
+        s.push_str(&format!(",\"k{i}\":0"));
+        i += 1;
+    }
+    s.push('}');
+    s
+}
+
 /// One request, byte for byte. `Content-Length` is added from the body unless given.
 struct Raw {
     method: &'static str,
     target: String,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    /// Signed when written, once the host it goes to is known (v2 signs the host).
+    signing: Option<Signing>,
+    /// What is sent in place of the signed parts (a request changed after signing).
+    tampered: Tampered,
+}
+
+#[derive(Default)]
+struct Tampered {
+    target: Option<String>,
+    body: Option<Vec<u8>>,
+    content_type: Option<String>,
+}
+
+struct Signing {
+    device: String,
+    key: String,
+    timestamp: u64,
+    version: SignatureVersion,
+    host: Option<String>,
 }
 
 impl Raw {
@@ -61,6 +93,8 @@ impl Raw {
             target: target.into(),
             headers: Vec::new(),
             body: Vec::new(),
+            signing: None,
+            tampered: Tampered::default(),
         }
     }
     fn get(query: &str) -> Self {
@@ -68,6 +102,12 @@ impl Raw {
     }
     fn post(content_type: &str, body: impl Into<Vec<u8>>) -> Self {
         Self::new("POST", "/v1/readings")
+            .header("content-type", content_type)
+            .body(body)
+    }
+    /// A POST that names its device in the query (checked before the body is read).
+    fn post_as(device: &str, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
+        Self::new("POST", format!("/v1/readings?device_id={device}"))
             .header("content-type", content_type)
             .body(body)
     }
@@ -85,17 +125,28 @@ impl Raw {
     fn auth(self, device: &str) -> Self {
         self.header("authorization", bearer(device))
     }
-    /// Signs the request as `device` with `device_key` at `timestamp` (hmac mode).
+    /// Signs the request as `device` with `device_key` at `timestamp` (hmac mode), for the
+    /// host it is sent to (`HOST_PLACEHOLDER` until `bytes` knows it).
     fn signed_with(self, device: &str, device_key: &str, timestamp: u64) -> Self {
-        let (path, query) = self.target.split_once('?').unwrap_or((&self.target, ""));
-        let parts = SignedParts {
-            method: self.method,
-            path,
-            query,
-            body: &self.body,
-        };
-        let header = sign(device_key, device, &parts, timestamp);
-        self.header("authorization", header)
+        self.signed_as(device, device_key, timestamp, SignatureVersion::V2, None)
+    }
+    /// Signed as `signed_with`, in `version`, for `host` (None: the host it is sent to).
+    fn signed_as(
+        mut self,
+        device: &str,
+        device_key: &str,
+        timestamp: u64,
+        version: SignatureVersion,
+        host: Option<&str>,
+    ) -> Self {
+        self.signing = Some(Signing {
+            device: device.to_owned(),
+            key: device_key.to_owned(),
+            timestamp,
+            version,
+            host: host.map(str::to_owned),
+        });
+        self
     }
     fn signed(self, device: &str) -> Self {
         let k = key(device);
@@ -103,21 +154,46 @@ impl Raw {
     }
     fn bytes(&self, base: &str) -> Vec<u8> {
         let host = base.trim_start_matches("http://");
-        let mut out = format!(
-            "{} {} HTTP/1.1\r\nhost: {host}\r\n",
-            self.method, self.target
-        );
+        let mut headers = self.headers.clone();
+        if let Some(s) = &self.signing {
+            let (path, query) = self.target.split_once('?').unwrap_or((&self.target, ""));
+            let content_type = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                .map_or("", |(_, v)| v.as_str());
+            let parts = SignedParts {
+                method: self.method,
+                host: s.host.as_deref().unwrap_or(host),
+                path,
+                query,
+                content_type,
+                body: &self.body,
+                device_hint: None,
+            };
+            let header = sign_version(&s.key, &s.device, &parts, s.version, s.timestamp);
+            headers.push(("authorization".into(), header));
+        }
+        let target = self.tampered.target.as_ref().unwrap_or(&self.target);
+        let body = self.tampered.body.as_ref().unwrap_or(&self.body);
+        let mut out = format!("{} {target} HTTP/1.1\r\nhost: {host}\r\n", self.method);
+        if let Some(ct) = &self.tampered.content_type {
+            for (k, v) in headers.iter_mut() {
+                if k.eq_ignore_ascii_case("content-type") {
+                    *v = ct.clone();
+                }
+            }
+        }
         let mut has_length = false;
-        for (k, v) in &self.headers {
+        for (k, v) in &headers {
             has_length |= k.eq_ignore_ascii_case("content-length");
             out.push_str(&format!("{k}: {v}\r\n"));
         }
-        if !has_length && (self.method == "POST" || !self.body.is_empty()) {
-            out.push_str(&format!("content-length: {}\r\n", self.body.len()));
+        if !has_length && (self.method == "POST" || !body.is_empty()) {
+            out.push_str(&format!("content-length: {}\r\n", body.len()));
         }
         out.push_str("connection: close\r\n\r\n");
         let mut bytes = out.into_bytes();
-        bytes.extend_from_slice(&self.body);
+        bytes.extend_from_slice(body);
         bytes
     }
 }
@@ -180,8 +256,11 @@ fn readings(device: &str, n: usize) -> String {
 fn token_cases() -> Vec<Case> {
     use Expect::*;
     let g = |q: &str| Raw::get(q).auth("h");
-    let j = |b: &str| Raw::json(b.to_owned()).auth("h");
-    let nd = |b: &str| Raw::post("application/x-ndjson", b.to_owned()).auth("h");
+    let j = |b: &str| Raw::post_as("h", "application/json", b.to_owned()).auth("h");
+    let nd = |b: &str| Raw::post_as("h", "application/x-ndjson", b.to_owned()).auth("h");
+    // An older client: the device only in the body (found by a pre-scan, then parsed).
+    let old = |b: &str| Raw::json(b.to_owned()).auth("h");
+    let wrong_token = format!("Bearer {}", "ab".repeat(32));
     let long_id = "x".repeat(129);
     let mut cases = vec![
         // Query strings.
@@ -394,6 +473,72 @@ fn token_cases() -> Vec<Case> {
             j(r#"[{"device_id":"h","temp":1},{"device_id":"h","temp":-999}]"#),
             Problem(422),
         ),
+        case(
+            "ts past what sinks store (2286)",
+            j(r#"{"device_id":"h","temp":1,"ts":9999999999999}"#),
+            Problem(400),
+        ),
+        case(
+            "ts past what sinks store, in a query",
+            g("device_id=h&temp=1&ts=9223372036855"),
+            Problem(400),
+        ),
+        case(
+            "33 unknown fields",
+            j(&format!(
+                r#"{{"device_id":"h","temp":1{}}}"#,
+                (0..33).map(|i| format!(",\"x{i}\":1")).collect::<String>()
+            )),
+            Problem(400),
+        ),
+        case(
+            "21 empty objects (limit 20), the rest unparseable",
+            j(&format!("[{},{{{{{{", vec!["{}"; 21].join(","))),
+            Problem(413),
+        ),
+        // Quadratic parsing before authentication (the review's first finding): a 250 kB body
+        // of distinct keys. Its answer's handler time is printed (see `run_suite`).
+        case(
+            "250 kB of keys, wrong token, device named",
+            Raw::post_as("h", "application/json", many_keys(250_000))
+                .header("authorization", wrong_token.clone()),
+            Problem(401),
+        ),
+        case(
+            "250 kB of keys, wrong token, device in the body",
+            Raw::json(many_keys(250_000)).header("authorization", wrong_token.clone()),
+            Problem(401),
+        ),
+        case(
+            "250 kB of keys, right token",
+            j(&many_keys(250_000)),
+            Problem(400),
+        ),
+        case(
+            "older client: device only in the body",
+            old(r#"[{"device_id":"h","temp":22.5},{"device_id":"h","temp":23}]"#),
+            Accepted,
+        ),
+        case(
+            "older client: body naming no device",
+            old(r#"[{"temp":1}]"#),
+            Problem(401),
+        ),
+        case(
+            "older client: another device's token",
+            Raw::json(r#"{"device_id":"h","temp":1}"#).auth("other"),
+            Problem(401),
+        ),
+        case(
+            "device named twice in a POST's query",
+            Raw::post_as("h&device_id=h", "application/json", readings("h", 1)).auth("h"),
+            Problem(400),
+        ),
+        case(
+            "device named in the query, another in the body",
+            j(r#"{"device_id":"victim","temp":1}"#),
+            Problem(403),
+        ),
         // Requests as a whole.
         case(
             "headers of 10 kB",
@@ -458,6 +603,14 @@ fn token_cases() -> Vec<Case> {
             Problem(403),
         ),
         case(
+            "admin token, one byte short",
+            Raw::new("GET", "/admin/stats").header(
+                "authorization",
+                format!("Bearer {}", &ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1]),
+            ),
+            Problem(401),
+        ),
+        case(
             "admin token as device token",
             Raw::get("device_id=h&temp=1").header("authorization", format!("Bearer {ADMIN_TOKEN}")),
             Problem(401),
@@ -511,9 +664,9 @@ fn hmac_cases() -> Vec<Case> {
     let k1 = key("s1");
     let now = now_s();
     let mut tampered = Raw::json(body).signed("s1");
-    tampered.body = br#"{"device_id":"s1","temp":99.5}"#.to_vec();
+    tampered.tampered.body = Some(br#"{"device_id":"s1","temp":99.5}"#.to_vec());
     let mut query_tampered = Raw::get("device_id=s1&temp=1").signed("s1");
-    query_tampered.target = "/v1/readings?device_id=s1&temp=2".into();
+    query_tampered.tampered.target = Some("/v1/readings?device_id=s1&temp=2".into());
     let truncated_header = Raw::get("device_id=s1&temp=1").header(
         "authorization",
         format!("EE-HMAC-SHA256 device_id=s1,timestamp={now}"),
@@ -562,6 +715,44 @@ fn hmac_cases() -> Vec<Case> {
             "signed by s1, readings of s2",
             Raw::json(r#"{"device_id":"s2","temp":1}"#).signed("s1"),
             Problem(403),
+        ),
+        // Version 2 binds the host and the content type: a request signed for another
+        // deployment sharing the secret (staging) does not replay here.
+        case(
+            "signed for another host",
+            Raw::json(body).signed_as(
+                "s1",
+                &k1,
+                now,
+                SignatureVersion::V2,
+                Some("staging.example.com"),
+            ),
+            Problem(401),
+        ),
+        case(
+            "content type changed after signing",
+            {
+                let mut r = Raw::post("application/x-ndjson", body).signed("s1");
+                r.tampered.content_type = Some("application/json".into());
+                r
+            },
+            Problem(401),
+        ),
+        case(
+            "version-1 signature (no window configured)",
+            Raw::json(body).signed_as("s1", &k1, now, SignatureVersion::V1, None),
+            Problem(401),
+        ),
+        case(
+            "unknown signature version",
+            Raw::get("device_id=s1&temp=1").header(
+                "authorization",
+                format!(
+                    "EE-HMAC-SHA256 v=9,device_id=s1,timestamp={now},signature={}",
+                    "0".repeat(64)
+                ),
+            ),
+            Problem(401),
         ),
     ]
 }
@@ -655,6 +846,14 @@ pub fn run_suite(
                 );
             }
         }
+        if c.name.starts_with("250 kB") {
+            eprintln!(
+                "{mode}: {:?} answered {} with {}",
+                c.name,
+                r.status,
+                r.header("server-timing").unwrap_or("no server-timing")
+            );
+        }
         // Injection attempts never become headers; secrets never appear in an answer.
         assert!(r.header("set-cookie").is_none(), "{context}");
         for s in &secrets {
@@ -672,14 +871,173 @@ pub fn run_suite(
             c.name, health.body
         );
     }
+    collector_refusals(base, mode, collector, log, &mut accepted);
     // Everything accepted, before, between and after the hostile cases, arrives exactly once,
-    // and nothing from a refused request arrives at all.
+    // and nothing from a refused request (or a reading the collector refused) arrives at all.
     collector.assert_stored_exactly(&accepted, Duration::from_secs(30));
     let log = log();
     for s in &secrets {
         assert!(!log.contains(s.as_str()), "a secret in the host's log");
     }
     cases.len()
+}
+
+/// Lines of the host's log with this event.
+fn events<'a>(log: &'a str, event: &str) -> Vec<&'a str> {
+    let needle = format!("\"event\":\"{event}\"");
+    log.lines().filter(|l| l.contains(&needle)).collect()
+}
+
+/// A reading of `device`, authenticated as the suite's `mode` wants.
+fn reading_of(mode: &str, device: &str, n: usize) -> Raw {
+    let r = Raw::get(&format!("device_id={device}&temp={n}.5&seq={n}"));
+    if mode == "hmac" {
+        r.signed(device)
+    } else {
+        r.auth(device)
+    }
+}
+
+/// What the collector refuses must not take anything else with it:
+/// - one device's readings refused (400, as InfluxDB refuses a write with one bad point),
+///   sent concurrently with ten other devices' readings so that batches mix them: every
+///   other reading arrives, and each refused reading is dead-lettered alone;
+/// - the collector refusing the edge (401, a rotated token): retried, never dead-lettered.
+fn collector_refusals(
+    base: &str,
+    mode: &str,
+    collector: &Collector,
+    log: &dyn Fn() -> String,
+    accepted: &mut BTreeSet<String>,
+) {
+    let dead_before = events(&log(), "flush_dead_letter").len();
+    collector.set_faults(serde_json::json!({"refuse_devices": ["poison"], "refuse_status": 400}));
+    let per_device = 8;
+    let threads: Vec<_> = (0..11)
+        .map(|t| {
+            let base = base.to_owned();
+            let mode = mode.to_owned();
+            std::thread::spawn(move || {
+                let device = if t == 10 {
+                    "poison".to_owned()
+                } else {
+                    format!("mix-{t}")
+                };
+                (0..per_device)
+                    .flat_map(|n| {
+                        let r = raw_request(&base, reading_of(&mode, &device, n).bytes(&base))
+                            .unwrap_or_else(|e| panic!("{device} {n}: {e}"));
+                        accepted_ids(&r)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut poisoned = Vec::new();
+    for (t, handle) in threads.into_iter().enumerate() {
+        let ids = handle.join().unwrap();
+        if t == 10 {
+            poisoned = ids;
+        } else {
+            accepted.extend(ids);
+        }
+    }
+    assert_eq!(poisoned.len(), per_device);
+    collector.assert_stored_exactly(accepted, Duration::from_secs(30));
+    let lines = wait_for(
+        Duration::from_secs(30),
+        "each refused reading dead-lettered",
+        || {
+            let log = log();
+            let dead: Vec<String> = events(&log, "flush_dead_letter")
+                .into_iter()
+                .skip(dead_before)
+                .map(str::to_owned)
+                .collect();
+            (dead.len() >= per_device).then_some(dead)
+        },
+    );
+    assert_eq!(
+        lines.len(),
+        per_device,
+        "one dead letter per refused reading: {lines:#?}"
+    );
+    for l in &lines {
+        assert!(
+            l.contains("\"readings\":\"1\""),
+            "a dead letter of more than the refused reading: {l}"
+        );
+    }
+    assert!(
+        !events(&log(), "flush_refused_split").is_empty(),
+        "mixed batches were split"
+    );
+
+    // The collector refuses the edge itself three times: retried until it takes the readings.
+    let faults_before = events(&log(), "collector_misconfigured").len();
+    collector.set_faults(serde_json::json!({"fail_first": 3, "fail_status": 401}));
+    for n in 0..3 {
+        let r = raw_request(base, reading_of(mode, "after-401", n).bytes(base)).unwrap();
+        accepted.extend(accepted_ids(&r));
+    }
+    collector.assert_stored_exactly(accepted, Duration::from_secs(30));
+    assert!(events(&log(), "collector_misconfigured").len() > faults_before);
+    assert_eq!(
+        events(&log(), "flush_dead_letter").len(),
+        dead_before + per_device,
+        "a 401 from the collector is never a dead letter"
+    );
+}
+
+/// A deployment whose settings are wrong answers 503 and lists what is wrong by name and rule,
+/// never by value: not a collector URL's credentials, not a secret's length.
+pub fn misconfigured<H: EdgeHost>(name: &str, start: impl Fn(&Path, &[(&str, &str)]) -> H) {
+    let dir = scratch(&format!("{name}-misconfigured"));
+    let values = [
+        (
+            "COLLECTOR_URL",
+            "http://edge-user:pa55w0rd-in-url@127.0.0.1:9/write?db=edge",
+        ),
+        ("SINK_FORMAT", "influx"),
+        ("AUTH_MODE", "token"),
+        ("AUTH_SECRET", "short-secret-29-bytes-long-xx"),
+        ("ADMIN_TOKEN", "short-admin-token"),
+        ("MAX_BODY_BYTES", "123456789012"),
+    ];
+    let host = start(&dir, &values);
+    let base = host.base_url();
+    let health = raw_request(&base, Raw::new("GET", "/healthz").bytes(&base)).unwrap();
+    assert_eq!(health.status, 503, "{}", health.body);
+    let ingest = raw_request(&base, Raw::get("device_id=h&temp=1").bytes(&base)).unwrap();
+    assert_eq!(ingest.status, 503, "{}", ingest.body);
+    for answer in [&health, &ingest] {
+        for key in [
+            "COLLECTOR_URL",
+            "AUTH_SECRET",
+            "ADMIN_TOKEN",
+            "MAX_BODY_BYTES",
+        ] {
+            assert!(
+                answer.body.contains(key),
+                "{key} not named: {}",
+                answer.body
+            );
+        }
+        for secret in [
+            "pa55w0rd-in-url",
+            "edge-user",
+            "short-secret",
+            "short-admin-token",
+            "123456789012",
+            "(got",
+        ] {
+            assert!(
+                !answer.body.contains(secret),
+                "{secret:?} echoed: {}",
+                answer.body
+            );
+        }
+    }
 }
 
 /// The suite in `token` and in `hmac` mode, each on a fresh host (`start(dir, vars)`, named
@@ -698,4 +1056,5 @@ pub fn in_both_modes<H: EdgeHost>(name: &str, start: impl Fn(&Path, &[(&str, &st
         total += cases;
     }
     assert!(total >= 60, "only {total} hostile cases");
+    misconfigured(name, &start);
 }

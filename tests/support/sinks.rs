@@ -53,7 +53,7 @@ pub fn influx_round_trip(base: &str, influx: &Influx) {
             format!(
                 r#"{{"device_id":"batched","temp":{}.25,"ts":{},"seq":{i}}}"#,
                 10 + i,
-                1_790_000_000_000u64 + i * 1000
+                now_ms() - 60_000 + i * 1000
             )
         })
         .collect();
@@ -107,6 +107,77 @@ pub fn influx_round_trip(base: &str, influx: &Influx) {
     );
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// One batch of 50 readings in which InfluxDB refuses one point (older than the database's
+/// retention: a device whose clock was reset to 2001): the other 49 are queried back, and the
+/// refused reading, alone, is the only dead letter.
+pub fn influx_refused_point(base: &str, influx: &Influx, log: &dyn Fn() -> String) {
+    let dead_before = log().matches("\"event\":\"flush_dead_letter\"").count();
+    let mut items: Vec<String> = (0..49)
+        .map(|i| format!(r#"{{"device_id":"fleet-{i}","temp":{i}.5}}"#))
+        .collect();
+    items.insert(
+        20,
+        r#"{"device_id":"clock-reset","temp":1.5,"ts":978307200000}"#.into(),
+    );
+    let r = post(
+        &format!("{base}/v1/readings"),
+        "application/json",
+        &format!("[{}]", items.join(",")),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A time past what any sink stores is refused at the edge, before it can poison a batch.
+    let r = post(
+        &format!("{base}/v1/readings"),
+        "application/json",
+        r#"{"device_id":"far-future","temp":1,"ts":9999999999999}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    let q = "SELECT temp_c, device_id FROM temperature WHERE device_id =~ /^fleet-/";
+    let rows = wait_for(
+        Duration::from_secs(30),
+        "the 49 other points in InfluxDB",
+        || {
+            let rows = influx.rows(q);
+            (rows.len() >= 49).then_some(rows)
+        },
+    );
+    assert_eq!(rows.len(), 49, "{rows:?}");
+    let dead = wait_for(
+        Duration::from_secs(30),
+        "the refused reading dead-lettered",
+        || {
+            let log = log();
+            let dead: Vec<String> = log
+                .lines()
+                .filter(|l| l.contains("\"event\":\"flush_dead_letter\""))
+                .skip(dead_before)
+                .map(str::to_owned)
+                .collect();
+            (!dead.is_empty()).then_some(dead)
+        },
+    );
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert!(
+        dead[0].contains("\"readings\":\"1\""),
+        "only the refused reading: {}",
+        dead[0]
+    );
+    assert!(dead[0].contains("\"status\":\"400\""), "{}", dead[0]);
+    assert!(influx
+        .rows(
+            "SELECT * FROM temperature WHERE device_id = 'clock-reset' OR device_id = 'far-future'"
+        )
+        .is_empty());
+}
+
 /// Both sinks, each on a fresh host (`start(dir, vars)`): `ndjson` into the reference collector,
 /// `influx` into a real InfluxDB.
 pub fn ndjson_and_influx<H: EdgeHost>(name: &str, start: impl Fn(&Path, &[(&str, &str)]) -> H) {
@@ -133,4 +204,5 @@ pub fn ndjson_and_influx<H: EdgeHost>(name: &str, start: impl Fn(&Path, &[(&str,
     ];
     let host = start(&dir, &vars);
     influx_round_trip(&host.base_url(), &influx);
+    influx_refused_point(&host.base_url(), &influx, &|| host.log());
 }

@@ -61,7 +61,7 @@ impl Options {
 }
 
 const GET_PATH: &str = "/v1/readings?device_id=bench-1&temp=21.5&unit=C";
-const ADMIN: &str = "bench-admin-token";
+const ADMIN: &str = "bench-admin-token-of-32-bytes-or-more";
 /// `wasmtime serve`'s default --max-instance-reuse-count for WASIp3 components such as ours
 /// (wasmtime-cli 48).
 const WASMTIME_REUSE_COUNT: usize = 128;

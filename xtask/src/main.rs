@@ -2,7 +2,8 @@
 //!   bench [--duration SECONDS] [--connections 100,10] [--only core|sizes|workers|workerd|wrangler-dev|wasmtime|spin]
 //!   sim [--url URL] [--devices N] [--rate R] [--duration S] [--auth token|hmac] [--check COLLECTOR]
 //!   mint-token DEVICE_ID                      a device's key / bearer token
-//!   sign DEVICE_ID METHOD TARGET [BODY_FILE]  an `hmac`-mode Authorization header for now
+//!   sign DEVICE_ID METHOD URL [BODY_FILE [CONTENT_TYPE]]
+//!                                             an `hmac`-mode Authorization header for now
 //! The master secret is read from the environment (AUTH_SECRET), never from the command line,
 //! so it stays out of shell history and process listings.
 
@@ -15,7 +16,9 @@ use xtask::{bench, sim};
 const USAGE: &str = "usage: cargo xtask bench [--duration SECONDS] [--connections 100,10] [--only core|sizes|workers|workerd|wrangler-dev|wasmtime|spin]
        cargo xtask sim [--url URL] [--devices N] [--rate READINGS_PER_S] [--duration S] [--threads T] [--auth token|hmac] [--check COLLECTOR_URL]
        AUTH_SECRET=... cargo xtask mint-token DEVICE_ID
-       AUTH_SECRET=... cargo xtask sign DEVICE_ID METHOD TARGET [BODY_FILE]   (TARGET: /v1/readings?...)";
+       AUTH_SECRET=... cargo xtask sign DEVICE_ID METHOD URL [BODY_FILE [CONTENT_TYPE]]
+           (URL: https://edge.example.com/v1/readings?...; CONTENT_TYPE: application/json by default
+           with a body, none without: both are signed, with the host)";
 
 fn fail(message: &str) -> ! {
     eprintln!("xtask: {message}");
@@ -48,18 +51,32 @@ fn main() {
             }
         },
         Some("mint-token") if args.len() == 2 => println!("{}", device_key(&args[1])),
-        Some("sign") if (4..=5).contains(&args.len()) => {
+        Some("sign") if (4..=6).contains(&args.len()) => {
             let key = device_key(&args[1]);
             let body = match arg(4) {
                 Some(file) => std::fs::read(file).unwrap_or_else(|e| fail(&format!("{file}: {e}"))),
                 None => Vec::new(),
             };
-            let (path, query) = args[3].split_once('?').unwrap_or((&args[3], ""));
+            let content_type = match (arg(4), arg(5)) {
+                (_, Some(ct)) => ct,
+                (Some(_), None) => "application/json",
+                (None, None) => "",
+            };
+            let Some((host, target)) = args[3]
+                .split_once("://")
+                .and_then(|(_, rest)| rest.find('/').map(|i| rest.split_at(i)))
+            else {
+                fail("URL must look like https://edge.example.com/v1/readings?...")
+            };
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
             let parts = SignedParts {
                 method: &args[2],
+                host,
                 path,
                 query,
+                content_type,
                 body: &body,
+                device_hint: None,
             };
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)

@@ -7,7 +7,9 @@ use std::time::Duration;
 use super::*;
 
 /// A real InfluxDB 1.x server (Debian's `influxdb` package, installed by scripts/setup.sh) on
-/// free loopback ports, with its data in the test's scratch directory and database `edge`.
+/// free loopback ports, with its data in the test's scratch directory and database `edge`,
+/// whose retention is one hour: a point older than that is refused (as a device with a reset
+/// clock would send one), with a 400 for the whole write.
 pub struct Influx {
     pub port: u16,
     _proc: Proc,
@@ -15,6 +17,8 @@ pub struct Influx {
 
 impl Influx {
     pub const DATABASE: &'static str = "edge";
+    /// The database's retention policy (InfluxDB's shortest).
+    pub const RETENTION: &'static str = "1h";
 
     pub fn start(dir: &Path) -> Self {
         let (http, rpc) = (free_port(), free_port());
@@ -44,7 +48,11 @@ impl Influx {
                 .ok()
                 .map(|_| ())
         });
-        influx.query(&format!("CREATE DATABASE {}", Self::DATABASE));
+        influx.query(&format!(
+            "CREATE DATABASE {} WITH DURATION {}",
+            Self::DATABASE,
+            Self::RETENTION
+        ));
         influx
     }
 
