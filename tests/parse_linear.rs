@@ -43,7 +43,7 @@ fn shapes(size: usize) -> Vec<(&'static str, BodyFormat, Vec<u8>)> {
             fill(
                 "[",
                 &|i| {
-                    let keys: String = (0..40).map(|k| format!(",\"k{k}\":{i}")).collect();
+                    let keys: String = (0..30).map(|k| format!(",\"k{k}\":{i}")).collect();
                     format!(
                         "{}{{\"device_id\":\"a\",\"temp\":1{keys}}}",
                         if i == 0 { "" } else { "," }
@@ -90,7 +90,7 @@ fn shapes(size: usize) -> Vec<(&'static str, BodyFormat, Vec<u8>)> {
             fill(
                 "",
                 &|i| {
-                    let keys: String = (0..40).map(|k| format!(",\"k{k}\":{i}")).collect();
+                    let keys: String = (0..30).map(|k| format!(",\"k{k}\":{i}")).collect();
                     format!("{{\"temp\":1{keys},\"device_id\":\"a\"}}\n")
                 },
                 "",

@@ -338,12 +338,21 @@ fn read_object(json: &str) -> Item<'_> {
         )]);
     }
     serde_json::from_str::<WireReading<'_>>(json).map_err(|e| {
-        vec![FieldIssue::invalid(
-            "reading",
-            format!("is not valid JSON: {e}"),
-        )]
+        let detail = e.to_string();
+        vec![if detail.starts_with(TOO_MANY_FIELDS) {
+            FieldIssue::invalid(
+                "reading",
+                format!("has more than {MAX_UNKNOWN_FIELDS} fields besides device_id, temp, unit, ts and seq"),
+            )
+        } else {
+            FieldIssue::invalid("reading", format!("is not valid JSON: {detail}"))
+        }]
     })
 }
+
+/// The parse of a reading stops at its `MAX_UNKNOWN_FIELDS + 1`th unknown field with this error:
+/// the reading is refused, and the rest of it is not worth reading.
+const TOO_MANY_FIELDS: &str = "edge-enrich: too many fields";
 
 fn validate_item(wire: WireReading<'_>) -> Result<Reading, Vec<FieldIssue>> {
     let mut issues: Vec<FieldIssue> = wire
@@ -351,16 +360,11 @@ fn validate_item(wire: WireReading<'_>) -> Result<Reading, Vec<FieldIssue>> {
         .iter()
         .map(|f| FieldIssue::invalid(f, "appears more than once in the object"))
         .collect();
-    match &wire.others {
-        Others::Repeated(key) => issues.push(FieldIssue::invalid(
+    if let Others::Repeated(key) = &wire.others {
+        issues.push(FieldIssue::invalid(
             "reading",
             format!("holds the key {key:?} more than once"),
-        )),
-        Others::TooMany => issues.push(FieldIssue::invalid(
-            "reading",
-            format!("has more than {MAX_UNKNOWN_FIELDS} fields besides device_id, temp, unit, ts and seq"),
-        )),
-        Others::Seen(_) => {}
+        ));
     }
     let mut draft = ReadingDraft::default();
     match string_field("device_id", wire.device_id) {
@@ -441,7 +445,6 @@ struct WireReading<'a> {
 enum Others<'a> {
     Seen(Vec<Cow<'a, str>>),
     Repeated(String),
-    TooMany,
 }
 
 impl Default for Others<'_> {
@@ -514,12 +517,11 @@ impl<'de> Deserialize<'de> for WireReading<'de> {
                                 if seen.contains(&name) {
                                     w.others = Others::Repeated(name.into_owned());
                                 } else if seen.len() == MAX_UNKNOWN_FIELDS {
-                                    w.others = Others::TooMany;
+                                    return Err(de::Error::custom(TOO_MANY_FIELDS));
                                 } else {
                                     seen.push(name);
                                 }
                             }
-                            // Once refused, the rest of the object is only skipped: linear.
                             continue;
                         }
                     };

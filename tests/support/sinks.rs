@@ -118,7 +118,7 @@ fn now_ms() -> u64 {
 /// retention: a device whose clock was reset to 2001): the other 49 are queried back, and the
 /// refused reading, alone, is the only dead letter.
 pub fn influx_refused_point(base: &str, influx: &Influx, log: &dyn Fn() -> String) {
-    let dead_before = log().matches("\"event\":\"flush_dead_letter\"").count();
+    let dead_before = super::hostile::dead_letter_lines(&log());
     let mut items: Vec<String> = (0..49)
         .map(|i| format!(r#"{{"device_id":"fleet-{i}","temp":{i}.5}}"#))
         .collect();
@@ -154,12 +154,10 @@ pub fn influx_refused_point(base: &str, influx: &Influx, log: &dyn Fn() -> Strin
         Duration::from_secs(30),
         "the refused reading dead-lettered",
         || {
-            let log = log();
-            let dead: Vec<String> = log
-                .lines()
-                .filter(|l| l.contains("\"event\":\"flush_dead_letter\""))
-                .skip(dead_before)
-                .map(str::to_owned)
+            let dead: Vec<String> = super::hostile::dead_letter_lines(&log())
+                .into_iter()
+                .filter(|(id, _)| !dead_before.contains_key(id))
+                .map(|(_, line)| line)
                 .collect();
             (!dead.is_empty()).then_some(dead)
         },

@@ -50,6 +50,12 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Whether a `/healthz` answer is the edge's own: 200, or 503 for a deployment whose settings
+/// are wrong (a host started with wrong settings on purpose is up all the same).
+pub fn edge_answered(r: &Resp) -> bool {
+    r.status == 200 || (r.status == 503 && r.body.contains("\"misconfigured\""))
+}
+
 /// Polls `check` until it returns Some or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{try_request, wait_for};
+use super::{edge_answered, try_request, wait_for};
 
 /// A child process in its own process group, killed (with its children) on drop.
 pub struct Proc {
@@ -103,7 +103,7 @@ impl LocalServer {
         wait_for(Duration::from_secs(60), what, || {
             try_request("GET", &health, None, None)
                 .ok()
-                .filter(|r| r.status == 200)
+                .filter(edge_answered)
         });
         Self {
             port,

@@ -103,7 +103,7 @@ impl SpinHost {
             Duration::from_secs(60),
             "spin up to serve /healthz",
             || match try_request("GET", &health, None, None) {
-                Ok(r) if r.status == 200 => Some(()),
+                Ok(r) if edge_answered(&r) => Some(()),
                 _ => {
                     let log = proc.log_text();
                     assert!(!log.contains("Error:"), "spin up failed:\n{log}");

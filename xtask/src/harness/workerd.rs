@@ -155,7 +155,7 @@ impl WorkersHost {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             match try_request("GET", &health, None, None) {
-                Ok(r) if r.status == 200 => break,
+                Ok(r) if edge_answered(&r) => break,
                 _ => {
                     let log = proc.log_text();
                     if log.contains("ERROR") && !log.contains("Ready on") {
