@@ -242,6 +242,11 @@ pub const KEYS: &[Key] = &[
         "master secret every device key derives from",
     ),
     text(
+        "HMAC_HOST",
+        "(none: the host each request was sent to)",
+        "hmac: the host name every version-2 signature must name (the deployment's public host)",
+    ),
+    text(
         "HMAC_V1_UNTIL",
         "(none: version-1 signatures refused)",
         "Unix seconds until which hmac signatures of version 1 (no host, no content type) are accepted",
@@ -411,7 +416,11 @@ impl Config {
             Some(Some(AuthMode::Off)) => DeviceAuth::Off,
             Some(Some(mode)) => match text("AUTH_SECRET").as_deref().map(MasterSecret::new) {
                 Some(Ok(secret)) if mode == AuthMode::Token => DeviceAuth::Token(secret),
-                Some(Ok(secret)) => DeviceAuth::Hmac { secret, v1_until_s },
+                Some(Ok(secret)) => DeviceAuth::Hmac {
+                    secret,
+                    v1_until_s,
+                    host: text("HMAC_HOST").map(|h| h.to_ascii_lowercase()),
+                },
                 Some(Err(rule)) => {
                     errors.push(ConfigError::new("AUTH_SECRET", rule));
                     DeviceAuth::Off

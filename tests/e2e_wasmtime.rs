@@ -119,6 +119,8 @@ fn device_simulator_with_signatures_and_collector_check() {
         ("COLLECTOR_URL", ingest.as_str()),
         ("AUTH_MODE", "hmac"),
         ("AUTH_SECRET", secret),
+        // wasmtime serve passes no Host to the component: signatures name the configured one.
+        ("HMAC_HOST", "sim.edge.test"),
     ];
     let host = LocalServer::wasmtime(&dir, &component(), &vars, false);
     std::env::set_var("AUTH_SECRET", secret);
@@ -134,6 +136,8 @@ fn device_simulator_with_signatures_and_collector_check() {
             "3",
             "--auth",
             "hmac",
+            "--sign-host",
+            "sim.edge.test",
             "--check",
             &collector.url(),
         ]

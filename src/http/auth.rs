@@ -132,6 +132,9 @@ pub enum DeviceAuth {
         /// Unix seconds until which version-1 signatures (no host, no content type) are still
         /// accepted; `None`: refused.
         v1_until_s: Option<u64>,
+        /// The host every version-2 signature must name (`HMAC_HOST`, lower case); `None`: the
+        /// host the request was sent to.
+        host: Option<String>,
     },
 }
 
@@ -210,11 +213,15 @@ impl DeviceAuth {
                     .ok_or_else(|| unauthenticated(AuthMode::Token))?;
                 Ok(Credential::Device(secret.verify_token(&token, device)?))
             }
-            (Self::Hmac { secret, .. }, Presented::Signature(sig)) => {
+            (Self::Hmac { secret, host, .. }, Presented::Signature(sig)) => {
                 let key = secret.device_key(sig.device_id.as_str());
+                let signed = SignedParts {
+                    host: host.as_deref().unwrap_or(req.host),
+                    ..*req
+                };
                 let expected = hmac(
                     key.as_bytes(),
-                    canonical_request(req, sig.version, sig.timestamp).as_bytes(),
+                    canonical_request(&signed, sig.version, sig.timestamp).as_bytes(),
                 );
                 let given = unhex(sig.signature).unwrap_or_default();
                 if bool::from(expected.as_slice().ct_eq(&given)) {
@@ -304,6 +311,7 @@ pub enum Credential {
 }
 
 /// The parts of a request its credentials are checked over.
+#[derive(Clone, Copy)]
 pub struct SignedParts<'a> {
     pub method: &'a str,
     /// The `Host` the client addressed (the header, else the target's authority).
@@ -483,6 +491,7 @@ mod tests {
         DeviceAuth::Hmac {
             secret: secret(),
             v1_until_s,
+            host: None,
         }
     }
 
@@ -673,6 +682,37 @@ mod tests {
                     .status(),
                 401
             );
+        }
+    }
+
+    #[test]
+    fn a_configured_host_is_what_signatures_must_name() {
+        let auth = DeviceAuth::Hmac {
+            secret: secret(),
+            v1_until_s: None,
+            host: Some("edge.example.com".into()),
+        };
+        let key = secret().device_key("dev-1");
+        let body = br#"{"device_id":"dev-1","temp":20}"#;
+        let ts = NOW_MS / 1000;
+        // Whatever Host the request carries (none, on hosts that do not pass it on).
+        for seen in ["", "10.0.0.7:8080", "staging.example.com"] {
+            let sent = SignedParts {
+                host: seen,
+                ..parts(body)
+            };
+            let for_edge = sign(&key, "dev-1", &parts(body), ts);
+            assert!(auth.verify_request(&sent, Some(&for_edge), NOW_MS).is_ok());
+            let for_seen = sign(&key, "dev-1", &sent, ts);
+            if seen != "edge.example.com" {
+                assert_eq!(
+                    auth.verify_request(&sent, Some(&for_seen), NOW_MS)
+                        .unwrap_err()
+                        .status(),
+                    401,
+                    "signed for {seen:?}"
+                );
+            }
         }
     }
 

@@ -18,9 +18,16 @@ pub const ALLOWED_ORIGIN: &str = "https://dash.example.com";
 /// Small limits, so each is reachable with a modest request.
 pub const MAX_READINGS: usize = 20;
 
+/// The host `hmac` signatures name: the deployment's `HMAC_HOST` (wasmtime serve passes no
+/// `Host` to a component, so the suite configures one on every host).
+pub const HMAC_HOST: &str = "edge.hostile.test";
+/// In place of a host to sign: the address the request is sent to.
+const TO_ADDRESS: &str = "(the address it is sent to)";
+
 /// The host settings the suite expects (besides COLLECTOR_URL); `mode` is `token` or `hmac`.
 pub fn vars(mode: &'static str) -> Vec<(&'static str, &'static str)> {
-    vec![
+    let hmac_host = (mode == "hmac").then_some(("HMAC_HOST", HMAC_HOST));
+    let mut vars = vec![
         ("AUTH_MODE", mode),
         ("AUTH_SECRET", SECRET),
         ("ADMIN_TOKEN", ADMIN_TOKEN),
@@ -28,7 +35,9 @@ pub fn vars(mode: &'static str) -> Vec<(&'static str, &'static str)> {
         ("MAX_READINGS_PER_REQUEST", "20"),
         ("RATE_LIMIT_READINGS_PER_S", "0.5"),
         ("RATE_LIMIT_BURST", "20"),
-    ]
+    ];
+    vars.extend(hmac_host);
+    vars
 }
 
 fn key(device: &str) -> String {
@@ -125,12 +134,13 @@ impl Raw {
     fn auth(self, device: &str) -> Self {
         self.header("authorization", bearer(device))
     }
-    /// Signs the request as `device` with `device_key` at `timestamp` (hmac mode), for the
-    /// host it is sent to (`HOST_PLACEHOLDER` until `bytes` knows it).
+    /// Signs the request as `device` with `device_key` at `timestamp` (hmac mode), for
+    /// `HMAC_HOST`, when it is written.
     fn signed_with(self, device: &str, device_key: &str, timestamp: u64) -> Self {
         self.signed_as(device, device_key, timestamp, SignatureVersion::V2, None)
     }
-    /// Signed as `signed_with`, in `version`, for `host` (None: the host it is sent to).
+    /// Signed as `signed_with`, in `version`, for `host` (None: `HMAC_HOST`; `TO_ADDRESS`: the
+    /// address it is sent to).
     fn signed_as(
         mut self,
         device: &str,
@@ -163,7 +173,11 @@ impl Raw {
                 .map_or("", |(_, v)| v.as_str());
             let parts = SignedParts {
                 method: self.method,
-                host: s.host.as_deref().unwrap_or(host),
+                host: match s.host.as_deref() {
+                    None => HMAC_HOST,
+                    Some(TO_ADDRESS) => host,
+                    Some(other) => other,
+                },
                 path,
                 query,
                 content_type,
@@ -734,6 +748,11 @@ fn hmac_cases() -> Vec<Case> {
                 SignatureVersion::V2,
                 Some("staging.example.com"),
             ),
+            Problem(401),
+        ),
+        case(
+            "signed for the address it was sent to, not HMAC_HOST",
+            Raw::json(body).signed_as("s1", &k1, now, SignatureVersion::V2, Some(TO_ADDRESS)),
             Problem(401),
         ),
         case(

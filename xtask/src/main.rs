@@ -1,6 +1,6 @@
 //! `cargo xtask <task>`: developer tasks that drive real processes.
 //!   bench [--duration SECONDS] [--connections 100,10] [--only core|sizes|workers|workerd|wrangler-dev|wasmtime|spin]
-//!   sim [--url URL] [--devices N] [--rate R] [--duration S] [--auth token|hmac] [--check COLLECTOR]
+//!   sim [--url URL] [--devices N] [--rate R] [--duration S] [--auth token|hmac] [--sign-host HOST] [--check COLLECTOR]
 //!   mint-token DEVICE_ID                      a device's key / bearer token
 //!   sign DEVICE_ID METHOD URL [BODY_FILE [CONTENT_TYPE]]
 //!                                             an `hmac`-mode Authorization header for now
@@ -14,7 +14,7 @@ use edge_enrich::http::auth::{sign, MasterSecret, SignedParts};
 use xtask::{bench, sim};
 
 const USAGE: &str = "usage: cargo xtask bench [--duration SECONDS] [--connections 100,10] [--only core|sizes|workers|workerd|wrangler-dev|wasmtime|spin]
-       cargo xtask sim [--url URL] [--devices N] [--rate READINGS_PER_S] [--duration S] [--threads T] [--auth token|hmac] [--check COLLECTOR_URL]
+       cargo xtask sim [--url URL] [--devices N] [--rate READINGS_PER_S] [--duration S] [--threads T] [--auth token|hmac] [--sign-host HOST] [--check COLLECTOR_URL]
        AUTH_SECRET=... cargo xtask mint-token DEVICE_ID
        AUTH_SECRET=... cargo xtask sign DEVICE_ID METHOD URL [BODY_FILE [CONTENT_TYPE]]
            (URL: https://edge.example.com/v1/readings?...; CONTENT_TYPE: application/json by default

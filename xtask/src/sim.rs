@@ -25,6 +25,8 @@ pub struct Options {
     pub auth: Option<String>,
     pub check: Option<String>,
     pub threads: usize,
+    /// The host `hmac` signatures name (the deployment's `HMAC_HOST`); default: the URL's.
+    pub sign_host: Option<String>,
 }
 
 impl Options {
@@ -37,6 +39,7 @@ impl Options {
             auth: None,
             check: None,
             threads: 8,
+            sign_host: None,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -57,6 +60,7 @@ impl Options {
                     m => return Err(format!("--auth: token, hmac or off (got {m})")),
                 },
                 "--check" => o.check = Some(value()?.trim_end_matches('/').to_owned()),
+                "--sign-host" => o.sign_host = Some(value()?),
                 other => return Err(format!("unknown option {other}")),
             }
         }
@@ -173,6 +177,10 @@ pub fn run(o: &Options) -> Result<(), String> {
         .map(|(t, mut share)| {
             let tally = tally.clone();
             let url = o.url.clone();
+            let sign_host = o.sign_host.clone().unwrap_or_else(|| {
+                let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+                rest.split('/').next().unwrap_or(rest).to_owned()
+            });
             let mode = o.auth.clone();
             let per_thread_rate = o.rate * share.len() as f64 / o.devices as f64;
             let duration = o.duration;
@@ -189,7 +197,11 @@ pub fn run(o: &Options) -> Result<(), String> {
                     let device = &mut share[k % len];
                     k += 1;
                     let n = if device.batches { 5 } else { 1 };
-                    send(&agent, &url, mode.as_deref(), device, n, &mut rng, &tally);
+                    let to = Target {
+                        url: &url,
+                        sign_host: &sign_host,
+                    };
+                    send(&agent, &to, mode.as_deref(), device, n, &mut rng, &tally);
                     next += interval * n as u32;
                     if let Some(wait) = next.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
@@ -214,9 +226,15 @@ pub fn run(o: &Options) -> Result<(), String> {
     Ok(())
 }
 
+/// Where requests go, and the host their signatures name.
+struct Target<'a> {
+    url: &'a str,
+    sign_host: &'a str,
+}
+
 fn send(
     agent: &ureq::Agent,
-    url: &str,
+    to: &Target<'_>,
     mode: Option<&str>,
     device: &mut Device,
     n: usize,
@@ -250,14 +268,13 @@ fn send(
             body,
         )
     };
-    let mut request = agent.request(method, &format!("{url}{target}"));
+    let mut request = agent.request(method, &format!("{}{target}", to.url));
     if let (Some(mode), Some(key)) = (mode, device.key.as_deref()) {
         let header = if mode == "hmac" {
             let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-            let host = url.split_once("://").map_or(url, |(_, rest)| rest);
             let parts = SignedParts {
                 method,
-                host: host.split('/').next().unwrap_or(host),
+                host: to.sign_host,
                 path,
                 query,
                 content_type: if method == "POST" { NDJSON } else { "" },
