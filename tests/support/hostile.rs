@@ -920,7 +920,9 @@ pub fn dead_letter_lines(log: &str) -> std::collections::BTreeMap<String, String
     events(log, "flush_dead_letter")
         .into_iter()
         .filter_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(&l[l.find('{')?..]).ok()?;
+            // wrangler wraps a line in a level marker and colour codes: the object is inside.
+            let json = &l[l.find('{')?..=l.rfind('}')?];
+            let v: serde_json::Value = serde_json::from_str(json).ok()?;
             Some((v["batch_id"].as_str()?.to_owned(), l.to_owned()))
         })
         .collect()
