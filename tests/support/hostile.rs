@@ -928,6 +928,27 @@ pub fn dead_letter_lines(log: &str) -> std::collections::BTreeMap<String, String
         .collect()
 }
 
+/// Waits (30 s at most) for at least `n` dead letters logged besides those in `before`, and
+/// returns their log lines.
+pub fn await_dead_letters(
+    log: &dyn Fn() -> String,
+    before: &std::collections::BTreeMap<String, String>,
+    n: usize,
+) -> Vec<String> {
+    wait_for(
+        Duration::from_secs(30),
+        "the refused readings dead-lettered",
+        || {
+            let dead: Vec<String> = dead_letter_lines(&log())
+                .into_iter()
+                .filter(|(id, _)| !before.contains_key(id))
+                .map(|(_, line)| line)
+                .collect();
+            (dead.len() >= n).then_some(dead)
+        },
+    )
+}
+
 /// A reading of `device`, authenticated as the suite's `mode` wants.
 fn reading_of(mode: &str, device: &str, n: usize) -> Raw {
     let r = Raw::get(&format!("device_id={device}&temp={n}.5&seq={n}"));
@@ -984,18 +1005,7 @@ fn collector_refusals(
     }
     assert_eq!(poisoned.len(), per_device);
     collector.assert_stored_exactly(accepted, Duration::from_secs(30));
-    let lines = wait_for(
-        Duration::from_secs(30),
-        "each refused reading dead-lettered",
-        || {
-            let dead: Vec<String> = super::hostile::dead_letter_lines(&log())
-                .into_iter()
-                .filter(|(id, _)| !dead_before.contains_key(id))
-                .map(|(_, line)| line)
-                .collect();
-            (dead.len() >= per_device).then_some(dead)
-        },
-    );
+    let lines = await_dead_letters(log, &dead_before, per_device);
     assert_eq!(
         lines.len(),
         per_device,

@@ -150,18 +150,7 @@ pub fn influx_refused_point(base: &str, influx: &Influx, log: &dyn Fn() -> Strin
         },
     );
     assert_eq!(rows.len(), 49, "{rows:?}");
-    let dead = wait_for(
-        Duration::from_secs(30),
-        "the refused reading dead-lettered",
-        || {
-            let dead: Vec<String> = super::hostile::dead_letter_lines(&log())
-                .into_iter()
-                .filter(|(id, _)| !dead_before.contains_key(id))
-                .map(|(_, line)| line)
-                .collect();
-            (!dead.is_empty()).then_some(dead)
-        },
-    );
+    let dead = super::hostile::await_dead_letters(log, &dead_before, 1);
     assert_eq!(dead.len(), 1, "{dead:#?}");
     assert!(
         dead[0].contains("\"readings\":\"1\""),
