@@ -17,6 +17,25 @@ fn spin_up(dir: &std::path::Path, vars: &[(&str, &str)]) -> SpinHost {
     SpinHost::start(dir, vars)
 }
 
+/// Answers on one keep-alive connection are framed by their length: Spin's HTTP server does not
+/// set TCP_NODELAY, so a chunked answer's last chunk waited for the client's delayed ACK.
+#[test]
+#[ignore = "end-to-end: needs the built component, the collector and a Spin CLI (scripts/test.sh)"]
+fn keep_alive_answers_are_framed_by_length() {
+    let dir = scratch("spin-keep-alive");
+    let collector = Collector::start(&dir);
+    let host = spin_up(
+        &dir,
+        &[
+            ("COLLECTOR_URL", &collector.ingest_url()),
+            ("AUTH_MODE", "off"),
+        ],
+    );
+    let accepted = support::scenario::keep_alive_answers_are_framed_by_length(&host.url(""));
+    assert_eq!(accepted.len(), 7);
+    collector.assert_stored_exactly(&accepted, Duration::from_secs(10));
+}
+
 /// The behaviour every host shows (tests/support/scenario.rs), then a dead letter.
 #[test]
 #[ignore = "end-to-end: needs the built component, the collector and a Spin CLI (scripts/test.sh)"]
@@ -42,7 +61,7 @@ fn standard_behaviour_and_a_dead_letter() {
 
     // A batch the collector refuses for good is parked under `dead/` in key-value, not
     // retried; what comes after it is delivered.
-    collector.set_faults(serde_json::json!({"fail_first": 1, "fail_status": 400}));
+    collector.set_faults(serde_json::json!({"refuse_devices": ["doomed"], "refuse_status": 400}));
     let doomed = accepted_ids(&get(&host.url("/v1/readings?device_id=doomed&temp=1"))).remove(0);
     wait_for(Duration::from_secs(10), "the stored dead letter", || {
         host.kv_keys("dead/")

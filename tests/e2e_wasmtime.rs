@@ -41,10 +41,13 @@ fn run(one_instance_per_request: bool) {
         log: &log,
     };
     let mut accepted = standard_behaviour(&edge, &mut collector);
+    accepted.extend(support::scenario::keep_alive_answers_are_framed_by_length(
+        &edge.base,
+    ));
 
     // A batch the collector refuses for good is dead-lettered (logged), not retried forever,
     // and does not block what comes after it.
-    collector.set_faults(serde_json::json!({"fail_first": 1, "fail_status": 400}));
+    collector.set_faults(serde_json::json!({"refuse_devices": ["doomed"], "refuse_status": 400}));
     let doomed = accepted_ids(&get(&host.url("/v1/readings?device_id=doomed&temp=1")));
     wait_for(
         Duration::from_secs(10),

@@ -32,7 +32,11 @@ fn enriched_answers_problems_delivery_and_a_collector_outage() {
         node: "e2e-node",
         log: &log,
     };
-    standard_behaviour(&edge, &mut collector);
+    let mut accepted = standard_behaviour(&edge, &mut collector);
+    accepted.extend(support::scenario::keep_alive_answers_are_framed_by_length(
+        &edge.base,
+    ));
+    collector.assert_stored_exactly(&accepted, Duration::from_secs(20));
 }
 
 #[test]
@@ -71,7 +75,7 @@ fn backlog_bound_dead_letters_and_a_crash_mid_stream() {
 
     // A batch the collector refuses for good (400) goes to the dead-letter store, not round
     // and round; the admin endpoint lists it.
-    collector.set_faults(serde_json::json!({"fail_first": 1, "fail_status": 400}));
+    collector.set_faults(serde_json::json!({"refuse_devices": ["doomed"], "refuse_status": 400}));
     let r = get(&host.url("/v1/readings?device_id=doomed&temp=1"));
     let doomed = accepted_ids(&r).remove(0);
     let letters = wait_for(Duration::from_secs(10), "a dead letter", || {

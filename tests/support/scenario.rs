@@ -225,3 +225,74 @@ pub fn standard_behaviour(edge: &Edge<'_>, collector: &mut Collector) -> BTreeSe
     );
     accepted
 }
+
+/// Several requests on one keep-alive connection, as gateways and devices that keep their
+/// connection send them: every answer is framed by its `Content-Length` (never chunked: see
+/// `hosts/spin/mod.rs`, a chunked answer stalls ~40 ms on Spin), a 204 carries no body, and
+/// the connection serves them all. Prints each answer's time; returns the ids of the readings
+/// it had accepted.
+pub fn keep_alive_answers_are_framed_by_length(base: &str) -> BTreeSet<String> {
+    let host = base.trim_start_matches("http://");
+    let request = |method: &str, target: &str, extra: &str, body: &str| {
+        format!(
+            "{method} {target} HTTP/1.1\r\nhost: {host}\r\n{extra}content-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let mut requests = Vec::new();
+    for i in 0..5 {
+        requests.push(request(
+            "GET",
+            &format!("/v1/readings?device_id=keep-alive&temp={i}.5"),
+            "",
+            "",
+        ));
+    }
+    requests.push(request("GET", "/v1/readings?device_id=keep-alive", "", ""));
+    requests.push(request(
+        "POST",
+        "/v1/readings?device_id=keep-alive",
+        "content-type: application/json\r\n",
+        r#"[{"device_id":"keep-alive","temp":1},{"device_id":"keep-alive","temp":2}]"#,
+    ));
+    requests.push(request("GET", "/healthz", "", ""));
+    requests.push(request("GET", "/openapi.json", "", ""));
+    requests.push(request("GET", "/nowhere", "", ""));
+    requests.push(request("OPTIONS", "/v1/readings", "", ""));
+    let answers = keep_alive(base, &requests).expect("one keep-alive connection serves them all");
+    let mut times = Vec::new();
+    for (n, (r, took)) in answers.iter().enumerate() {
+        times.push(format!("{}:{:.1}", r.status, took.as_secs_f64() * 1000.0));
+        assert!(
+            r.header("transfer-encoding").is_none(),
+            "answer {n} ({}) is chunked: {:?}",
+            r.status,
+            r.headers
+        );
+        if r.status == 204 {
+            assert!(r.body.is_empty());
+            continue;
+        }
+        let length: usize = r
+            .header("content-length")
+            .unwrap_or_else(|| panic!("answer {n} ({}) has no Content-Length", r.status))
+            .parse()
+            .unwrap();
+        assert_eq!(length, r.body.len(), "answer {n}");
+    }
+    let statuses: Vec<u16> = answers.iter().map(|(r, _)| r.status).collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 400, 200, 200, 200, 404, 204]
+    );
+    eprintln!(
+        "one keep-alive connection, status:ms per answer: {}",
+        times.join(" ")
+    );
+    answers
+        .iter()
+        .filter(|(r, _)| r.status == 200 && r.body.contains("\"keep-alive\""))
+        .flat_map(|(r, _)| accepted_ids(r))
+        .collect()
+}

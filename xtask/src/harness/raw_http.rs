@@ -46,6 +46,38 @@ pub fn raw_request(base: &str, request: Vec<u8>) -> Result<Resp, String> {
     parse_response(&raw)
 }
 
+/// Sends `requests` (each a whole HTTP/1.1 request without `connection: close`) one after
+/// the other on one keep-alive connection, each once the previous answer is complete, and
+/// returns each answer with the time from its request's first byte to its answer's last.
+pub fn keep_alive(base: &str, requests: &[Vec<u8>]) -> Result<Vec<(Resp, Duration)>, String> {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream =
+        std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut answers = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    for (n, request) in requests.iter().enumerate() {
+        let started = std::time::Instant::now();
+        stream
+            .write_all(request)
+            .map_err(|e| format!("request {n}: {e}"))?;
+        let mut raw = Vec::new();
+        while !response_complete(&raw) {
+            match stream.read(&mut buf) {
+                Ok(0) => return Err(format!("request {n}: the connection closed")),
+                Ok(k) => raw.extend_from_slice(&buf[..k]),
+                Err(e) => return Err(format!("request {n}: {e} after {} bytes", raw.len())),
+            }
+        }
+        answers.push((parse_response(&raw)?, started.elapsed()));
+    }
+    Ok(answers)
+}
+
 fn split_head(raw: &[u8]) -> Option<(&[u8], &[u8])> {
     let at = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     Some((&raw[..at], &raw[at + 4..]))
@@ -56,6 +88,13 @@ fn response_complete(raw: &[u8]) -> bool {
         return false;
     };
     let head = String::from_utf8_lossy(head).to_ascii_lowercase();
+    // These carry no body whatever their headers say.
+    if [" 204 ", " 304 "]
+        .iter()
+        .any(|s| head.lines().next().is_some_and(|l| l.contains(s)))
+    {
+        return true;
+    }
     if let Some(len) = head
         .lines()
         .find_map(|l| l.strip_prefix("content-length:"))
