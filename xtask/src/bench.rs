@@ -423,6 +423,9 @@ fn wasmtime_section(o: &Options, collector: &Collector, dir: &Path) -> Value {
     out
 }
 
+/// How long the one-connection latency is measured.
+const ONE_CONNECTION_RUN: Duration = Duration::from_secs(5);
+
 /// The spin flavour against a hello-world component under a real `spin up`, when a Spin CLI is
 /// there; then what one 500-reading NDJSON POST asks of key-value before its answer.
 fn spin_section(o: &Options, collector: &Collector, dir: &Path) -> Value {
@@ -446,6 +449,7 @@ fn spin_section(o: &Options, collector: &Collector, dir: &Path) -> Value {
     let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut rows = Vec::new();
     let mut startup = json!({});
+    let mut one_connection = json!({});
     {
         let edge_dir = dir.join("spin-edge-enrich");
         std::fs::create_dir_all(&edge_dir).expect("scratch");
@@ -459,6 +463,29 @@ fn spin_section(o: &Options, collector: &Collector, dir: &Path) -> Value {
             o,
             &mut startup,
         ));
+        // One keep-alive connection sending one reading at a time: a device or gateway that
+        // keeps its connection (the latency a chunked answer once stalled by ~40 ms).
+        one_connection["edge-enrich"] = load(&host.url(GET_PATH), 1, ONE_CONNECTION_RUN);
+    }
+    // The same load with Spin's state (its SQLite key-value file) on a tmpfs: no fsync, so
+    // the difference is what the disk costs, and the rest is the design's.
+    let tmpfs = Path::new("/dev/shm");
+    if tmpfs.is_dir() {
+        let edge_dir = tmpfs.join("edge-enrich-bench-spin");
+        let _ = std::fs::remove_dir_all(&edge_dir);
+        std::fs::create_dir_all(&edge_dir).expect("scratch on tmpfs");
+        let host = SpinHost::start(&edge_dir, &vars);
+        rows.extend(measure_host(
+            "edge-enrich (state on tmpfs)",
+            &host,
+            true,
+            false,
+            collector,
+            o,
+            &mut startup,
+        ));
+        drop(host);
+        let _ = std::fs::remove_dir_all(&edge_dir);
     }
     {
         let host = SpinHost::start_app(&hello_dir, &hello_manifest, &[], &[]);
@@ -471,10 +498,12 @@ fn spin_section(o: &Options, collector: &Collector, dir: &Path) -> Value {
             o,
             &mut startup,
         ));
+        one_connection["hello-component"] = load(&host.url("/"), 1, ONE_CONNECTION_RUN);
     }
     json!({
         "version": sh(&format!("{} --version", cli.display())),
         "runs": rows,
+        "one_connection": one_connection,
         "startup_ms": startup,
         "key_value_per_post_500": spin_key_value_per_post(collector, dir),
     })
@@ -724,6 +753,20 @@ fn targets(r: &Value, o: &Options) -> Vec<Target> {
                 r["spin"]["key_value_per_post_500"]["rate_limit_on"]["reads_per_request"]
             ),
             f(&kv["writes_per_request"]) <= 1.0,
+        );
+    }
+    let one = &r["spin"]["one_connection"]["edge-enrich"];
+    if one.is_object() {
+        let p50 = f(&one["p50_ms"]);
+        check(
+            "spin: p50 <= 5 ms on one keep-alive connection, one reading at a time".into(),
+            format!(
+                "p50 {p50:.2} ms, p99 {:.2} ms, {} rps (hello component: p50 {:.2} ms)",
+                f(&one["ok_p99_ms"]),
+                one["ok_rps"],
+                f(&r["spin"]["one_connection"]["hello-component"]["p50_ms"])
+            ),
+            p50 <= 5.0,
         );
     }
     // A partial run (--only) leaves the other sections null: no verdict on what was not run.
