@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 
 use crate::http::problem::{Problem, ProblemType};
-use crate::ports::{KeyValue, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {
@@ -16,7 +15,7 @@ pub struct RateLimit {
     pub burst: f64,
 }
 
-/// One device's bucket. Serializable as `tokens@updated_ms`, for hosts that keep it in a store.
+/// One device's bucket.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Bucket {
     pub tokens: f64,
@@ -39,19 +38,6 @@ impl Bucket {
             tokens: (self.tokens + earned).min(limit.burst),
             updated_ms: now_ms.max(self.updated_ms),
         }
-    }
-
-    pub fn encode(&self) -> String {
-        format!("{}@{}", decimal(self.tokens), self.updated_ms)
-    }
-
-    pub fn decode(text: &str) -> Option<Self> {
-        let (tokens, updated) = text.split_once('@')?;
-        let tokens: f64 = tokens.parse().ok()?;
-        Some(Self {
-            tokens: if tokens.is_finite() { tokens } else { 0.0 },
-            updated_ms: updated.parse().ok()?,
-        })
     }
 }
 
@@ -178,64 +164,42 @@ impl MemoryBuckets {
     }
 }
 
-/// Key of a device's bucket in a host's key-value store.
-pub const BUCKET_PREFIX: &str = "ratelimit/";
+/// Buckets in a SQLite database shared by every instance of an app (Spin's `spin:sqlite`): one
+/// statement per device decides and takes, atomically across every connection and process on
+/// the file, so concurrent requests of one device are admitted exactly as the bucket allows
+/// (no read-then-write race). The arithmetic is `Bucket::refilled` and `admit`, in SQL.
+pub mod sql {
+    /// Created on first use; idempotent.
+    pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS rate_buckets (device TEXT PRIMARY KEY, tokens REAL NOT NULL, updated_ms INTEGER NOT NULL) WITHOUT ROWID";
 
-/// Buckets kept in a key-value store (Spin), one key per device: read, decide, write back.
-/// Concurrent instances may interleave between the read and the write (the store has no
-/// compare-and-swap), so under concurrency for one device the limit is approximate: it can admit
-/// up to one extra request per racing instance, never refuse one the bucket allows.
-pub async fn admit_in_store<K: KeyValue>(
-    kv: &K,
-    limit: &RateLimit,
-    costs: &[(&str, u32)],
-    now_ms: u64,
-) -> Result<Result<(), u32>, StoreError> {
-    let mut buckets = Vec::with_capacity(costs.len());
-    for (device, _) in costs {
-        let stored = kv.get(&format!("{BUCKET_PREFIX}{device}")).await?;
-        let bucket = stored
-            .and_then(|v| String::from_utf8(v).ok())
-            .and_then(|t| Bucket::decode(&t))
-            .unwrap_or_else(|| Bucket::full(limit, now_ms));
-        buckets.push(bucket);
+    /// Takes `?2` tokens from device `?1`'s bucket at `?3` (Unix ms), refilled at `?4` per
+    /// second up to `?5`: one row back (the tokens left) when admitted, none when refused (the
+    /// bucket is then untouched). A device seen first starts full; a cost never exceeds the
+    /// burst (`RATE_LIMIT_BURST >= MAX_READINGS_PER_REQUEST`, checked with the configuration).
+    pub const TAKE: &str =
+        "INSERT INTO rate_buckets (device, tokens, updated_ms) VALUES (?1, ?5 - ?2, ?3) \
+        ON CONFLICT (device) DO UPDATE SET \
+            tokens = min(?5, tokens + max(0, ?3 - updated_ms) / 1000.0 * ?4) - ?2, \
+            updated_ms = max(updated_ms, ?3) \
+        WHERE min(?5, tokens + max(0, ?3 - updated_ms) / 1000.0 * ?4) >= ?2 \
+        RETURNING tokens";
+
+    /// A refused device's bucket (`tokens`, `updated_ms`), to say when it would fit.
+    pub const BUCKET: &str = "SELECT tokens, updated_ms FROM rate_buckets WHERE device = ?1";
+
+    /// Buckets not touched since `?1` are full again, the same as no bucket: forgotten, so the
+    /// table holds the devices of the last refill period, not every device ever seen.
+    pub const FORGET_FULL: &str = "DELETE FROM rate_buckets WHERE updated_ms < ?1";
+
+    /// How long a bucket takes to refill completely: after that, `FORGET_FULL` may drop it.
+    pub fn full_after_ms(limit: &super::RateLimit) -> u64 {
+        (limit.burst / limit.per_s * 1000.0).ceil() as u64
     }
-    let amounts: Vec<u32> = costs.iter().map(|(_, n)| *n).collect();
-    if let Err(wait) = admit(limit, &mut buckets, &amounts, now_ms) {
-        return Ok(Err(wait));
-    }
-    for ((device, _), bucket) in costs.iter().zip(&buckets) {
-        kv.set(
-            &format!("{BUCKET_PREFIX}{device}"),
-            bucket.encode().as_bytes(),
-        )
-        .await?;
-    }
-    Ok(Ok(()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::testing::{run, MemoryKv};
-
-    #[test]
-    fn buckets_in_a_store_persist_across_instances() {
-        let kv = MemoryKv::default();
-        // Two "instances" share nothing but the store.
-        assert_eq!(run(admit_in_store(&kv, &LIMIT, &[("a", 8)], 0)), Ok(Ok(())));
-        assert_eq!(run(admit_in_store(&kv, &LIMIT, &[("a", 3)], 0)), Ok(Err(1)));
-        assert_eq!(
-            run(admit_in_store(&kv, &LIMIT, &[("a", 3)], 500)),
-            Ok(Ok(()))
-        );
-        assert!(kv.map.borrow().contains_key("ratelimit/a"));
-        let failing = MemoryKv {
-            fail_on: Some("ratelimit/"),
-            ..MemoryKv::default()
-        };
-        assert!(run(admit_in_store(&failing, &LIMIT, &[("a", 1)], 0)).is_err());
-    }
 
     const LIMIT: RateLimit = RateLimit {
         per_s: 2.0,
@@ -285,14 +249,62 @@ mod tests {
         assert!(m.buckets.len() <= 2);
     }
 
+    /// The SQL buckets against a real SQLite file, two connections as two Spin instances.
+    #[cfg(not(target_arch = "wasm32"))]
     #[test]
-    fn bucket_round_trips_through_text() {
-        let b = Bucket {
-            tokens: 3.25,
-            updated_ms: 42,
+    fn sql_buckets_take_exactly_the_burst_and_refill_at_the_rate() {
+        let path = std::env::temp_dir().join(format!("rate-buckets-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let open = || {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.pragma_update(None, "journal_mode", "WAL").unwrap();
+            c.execute(sql::SCHEMA, []).unwrap();
+            c
         };
-        assert_eq!(Bucket::decode(&b.encode()), Some(b));
-        assert_eq!(Bucket::decode("x"), None);
-        assert_eq!(Bucket::decode("NaN@1").map(|b| b.tokens), Some(0.0));
+        let (one, two) = (open(), open());
+        let take = |c: &rusqlite::Connection, device: &str, cost: u32, now: u64| -> Option<f64> {
+            let mut stmt = c.prepare(sql::TAKE).unwrap();
+            let mut rows = stmt
+                .query(rusqlite::params![
+                    device,
+                    cost,
+                    now as i64,
+                    LIMIT.per_s,
+                    LIMIT.burst
+                ])
+                .unwrap();
+            rows.next().unwrap().map(|r| r.get(0).unwrap())
+        };
+        // A burst of 10, taken from both connections in turn: exactly 10, then refused.
+        let admitted = (0..30)
+            .filter(|i| take(if i % 2 == 0 { &one } else { &two }, "a", 1, 1_000).is_some())
+            .count();
+        assert_eq!(admitted, 10);
+        // A refused take leaves the bucket as it was; the bucket says when it would fit.
+        let (tokens, updated): (f64, i64) = one
+            .query_row(sql::BUCKET, ["a"], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        let mut bucket = [Bucket {
+            tokens,
+            updated_ms: updated as u64,
+        }];
+        assert_eq!(admit(&LIMIT, &mut bucket, &[3], 1_000), Err(2));
+        // 2 per second: a second later two more fit, not three.
+        assert_eq!(take(&two, "a", 3, 2_000), None);
+        assert!(take(&one, "a", 2, 2_000).is_some());
+        // A clock that went back earns nothing and takes nothing.
+        assert_eq!(take(&one, "a", 1, 0), None);
+        // A whole request is one device's take: more than the burst never fits.
+        assert!(take(&one, "b", 10, 0).is_some());
+        assert_eq!(take(&one, "b", 1, 0), None);
+        // Buckets full again are forgotten.
+        let full_at = 2_000 + sql::full_after_ms(&LIMIT);
+        one.execute(sql::FORGET_FULL, [full_at as i64]).unwrap();
+        let left: i64 = one
+            .query_row("SELECT count(*) FROM rate_buckets", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+        drop((one, two));
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -264,6 +264,8 @@ pub fn stats() -> serde_json::Value {
     {
         let (request, background) = kv::counts();
         v["key_value"] = serde_json::json!({ "request_path": request, "background": background });
+        v["sqlite"] =
+            serde_json::json!({ "request_path": { "statements": super::limiter::statements() } });
     }
     v
 }
