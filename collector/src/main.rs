@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -164,31 +165,29 @@ fn digest(token: &str) -> [u8; 32] {
     sha2::Sha256::digest(token.as_bytes()).into()
 }
 
-/// None when the request may go on; else the 401 to answer. The given token is hashed and the
-/// digests compared in constant time: neither its length nor a matching prefix shows in timing.
-fn unauthorized(app: &App, headers: &HeaderMap) -> Option<Response> {
+/// The token check of every route, as one layer over the router: a request without the token
+/// is answered 401 before any handler runs. The given token is hashed and the digests compared
+/// in constant time: neither its length nor a matching prefix shows in timing.
+async fn require_token(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     use subtle::ConstantTimeEq;
-    let expected = app.token.as_ref()?;
-    let given = headers
+    let Some(expected) = app.token.as_ref() else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if bool::from(digest(given).ct_eq(expected)) {
-        None
+        next.run(request).await
     } else {
-        Some(problem(
-            StatusCode::UNAUTHORIZED,
-            "a valid bearer token is required",
-        ))
+        problem(StatusCode::UNAUTHORIZED, "a valid bearer token is required")
     }
 }
 
 async fn ingest(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
     app.requests.fetch_add(1, Ordering::Relaxed);
-    if let Some(refused) = unauthorized(&app, &headers) {
-        return refused;
-    }
     let (delay, fail) = {
         let mut f = app.faults.lock().unwrap_or_else(|p| p.into_inner());
         let fail = if f.fail_first > 0 {
@@ -283,10 +282,7 @@ async fn ingest(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
     }
 }
 
-async fn stats(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Some(refused) = unauthorized(&app, &headers) {
-        return refused;
-    }
+async fn stats(State(app): State<Arc<App>>) -> Response {
     let stats = app.store.lock().unwrap_or_else(|p| p.into_inner()).stats();
     match stats {
         Ok(s) => {
@@ -305,14 +301,7 @@ struct ReadingsQuery {
     limit: Option<u32>,
 }
 
-async fn readings(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Query(q): Query<ReadingsQuery>,
-) -> Response {
-    if let Some(refused) = unauthorized(&app, &headers) {
-        return refused;
-    }
+async fn readings(State(app): State<Arc<App>>, Query(q): Query<ReadingsQuery>) -> Response {
     let rows = app
         .store
         .lock()
@@ -329,14 +318,7 @@ struct DeliveryQuery {
     since_ms: Option<u64>,
 }
 
-async fn delivery(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Query(q): Query<DeliveryQuery>,
-) -> Response {
-    if let Some(refused) = unauthorized(&app, &headers) {
-        return refused;
-    }
+async fn delivery(State(app): State<Arc<App>>, Query(q): Query<DeliveryQuery>) -> Response {
     let result = app
         .store
         .lock()
@@ -351,10 +333,7 @@ async fn delivery(
     }
 }
 
-async fn set_faults(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(refused) = unauthorized(&app, &headers) {
-        return refused;
-    }
+async fn set_faults(State(app): State<Arc<App>>, body: Bytes) -> Response {
     let faults: Faults = match serde_json::from_slice(&body) {
         Ok(f) => f,
         Err(e) => return problem(StatusCode::BAD_REQUEST, e.to_string()),
@@ -401,6 +380,10 @@ async fn main() {
         router = router.route("/faults", post(set_faults));
     }
     let router = router
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            require_token,
+        ))
         .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
         .with_state(app);
 
