@@ -8,7 +8,7 @@ use crate::http::auth::{AdminToken, AuthMode, DeviceAuth, MasterSecret};
 use crate::http::cors::Cors;
 use crate::http::problem::{Problem, ProblemType};
 use crate::http::rate_limit::RateLimit;
-use crate::ports::ConfigSource;
+use crate::ports::{ConfigSource, Secret};
 
 /// A configuration fault: the setting and the rule it breaks. It never carries the value, since
 /// `/healthz` and every `not-configured` answer list faults to anyone, and a value may be a
@@ -31,22 +31,6 @@ impl ConfigError {
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.key, self.rule)
-    }
-}
-
-/// A secret setting: its `Debug` shows nothing, so it cannot leak through a log of the config.
-#[derive(Clone, PartialEq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(..)")
     }
 }
 
@@ -513,7 +497,7 @@ impl Config {
         }
         Ok(Self {
             collector_url,
-            collector_token: text("COLLECTOR_TOKEN").map(Secret),
+            collector_token: text("COLLECTOR_TOKEN").map(Secret::new),
             flush_interval_ms,
             flush_max_items,
             max_backlog,

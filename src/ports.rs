@@ -30,6 +30,27 @@ impl ConfigSource for Pairs<'_> {
     }
 }
 
+/// A secret value (the collector's token): its `Debug` shows nothing, so it cannot leak through
+/// a log of the configuration or of a delivery.
+#[derive(Clone, PartialEq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
 /// Wall-clock time in Unix milliseconds. Hosts supply it; tests use a fake.
 pub trait Clock {
     fn now_ms(&self) -> u64;

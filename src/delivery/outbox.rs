@@ -46,8 +46,8 @@ use crate::delivery::policy::{
 use crate::delivery::sink::{encode_batch, encode_json_batch, SinkFormat};
 use crate::domain::ids;
 use crate::ports::{
-    Clock, Collector, CollectorRequest, DeadLetter, Entropy, Level, Log, OutboxStore, StoreError,
-    StoredSegment, Timer,
+    Clock, Collector, CollectorRequest, DeadLetter, Entropy, Level, Log, OutboxStore, Secret,
+    StoreError, StoredSegment, Timer,
 };
 
 /// Batches one round sends at once, so delivery keeps up with a busy colo or instance.
@@ -100,7 +100,7 @@ impl OutboxConfig {
 pub struct SinkTarget {
     pub format: SinkFormat,
     pub url: String,
-    pub token: Option<crate::config::Secret>,
+    pub token: Option<Secret>,
 }
 
 impl SinkTarget {
@@ -855,7 +855,7 @@ async fn send<S, C: Collector, T: Timer>(attempt: &Attempt, d: &Delivery<'_, S, 
         url: &d.sink.url,
         content_type: d.sink.format.content_type(),
         idempotency_key: &attempt.batch_id,
-        token: d.sink.token.as_ref().map(crate::config::Secret::expose),
+        token: d.sink.token.as_ref().map(Secret::expose),
         body,
     };
     let post = std::pin::pin!(d.collector.post(request));

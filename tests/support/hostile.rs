@@ -785,13 +785,7 @@ fn hmac_cases() -> Vec<Case> {
 
 /// A valid reading from its own device, sent before every case.
 fn valid(mode: &str, n: usize) -> Raw {
-    let device = format!("ok-{n}");
-    let r = Raw::get(&format!("device_id={device}&temp={n}.25&seq={n}"));
-    if mode == "hmac" {
-        r.signed(&device)
-    } else {
-        r.auth(&device)
-    }
+    reading_of(mode, &format!("ok-{n}"), n)
 }
 
 /// Runs every case of `mode` (`token` or `hmac`) against the edge at `base`, then checks the
@@ -951,7 +945,7 @@ pub fn await_dead_letters(
 
 /// A reading of `device`, authenticated as the suite's `mode` wants.
 fn reading_of(mode: &str, device: &str, n: usize) -> Raw {
-    let r = Raw::get(&format!("device_id={device}&temp={n}.5&seq={n}"));
+    let r = Raw::get(&format!("device_id={device}&temp={n}.25&seq={n}"));
     if mode == "hmac" {
         r.signed(device)
     } else {
