@@ -125,6 +125,49 @@ pub trait KeyValue {
     async fn keys(&self) -> Result<Vec<String>, StoreError>;
 }
 
+/// A value bound into, or read out of, a SQL statement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+}
+
+impl SqlValue {
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Self::Integer(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Self::Real(x) => Some(*x),
+            Self::Integer(n) => Some(*n as f64),
+            _ => None,
+        }
+    }
+
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Self::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// A SQLite database every instance of an app shares (Spin's `spin:sqlite`): one statement per
+/// call, committed on its own unless the caller began a transaction, its rows read to the end.
+pub trait Sql {
+    async fn execute(
+        &self,
+        statement: &str,
+        params: Vec<SqlValue>,
+    ) -> Result<Vec<Vec<SqlValue>>, StoreError>;
+}
+
 /// One accepted segment as a store gives it back after memory was lost.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredSegment<K> {
@@ -149,19 +192,11 @@ pub struct DeadLetter {
     pub body: String,
 }
 
-/// Where the outbox makes accepted segments durable: a Durable Object's SQLite (one row per
-/// segment), Spin key-value (one key per segment), or nowhere (memory only). Written once per
-/// accepted segment, trimmed as its readings are settled; read back only after memory was lost.
+/// Where the outbox settles what it holds: trims delivered readings and keeps dead letters. A
+/// Durable Object's SQLite (a row per segment), the shared SQLite outbox of a Spin app (a row
+/// per reading, claimed in batches: `delivery::shared_outbox`), or nowhere (memory only).
 pub trait OutboxStore {
     type Key: Clone + PartialEq + fmt::Debug;
-
-    /// Makes a segment durable; called before the device gets its 2xx.
-    async fn append(
-        &self,
-        received_at_ms: u64,
-        node: &str,
-        readings: &[Rc<str>],
-    ) -> Result<Self::Key, StoreError>;
 
     /// The first `settled` of the segment's `readings` (all it held when appended or restored)
     /// are delivered or dead-lettered: the store keeps the rest, or removes the segment when
@@ -186,6 +221,19 @@ pub trait OutboxStore {
     async fn end_round(&self, _idle: bool) -> Result<(), StoreError> {
         Ok(())
     }
+}
+
+/// A store the accepting isolate or instance appends its own segments to, and delivers from
+/// itself: written once per accepted segment, trimmed as its readings are settled, read back
+/// only after memory was lost.
+pub trait SegmentAppend: OutboxStore {
+    /// Makes a segment durable; called before the device gets its 2xx.
+    async fn append(
+        &self,
+        received_at_ms: u64,
+        node: &str,
+        readings: &[Rc<str>],
+    ) -> Result<Self::Key, StoreError>;
 }
 
 /// One POST to the collector.

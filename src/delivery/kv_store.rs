@@ -17,7 +17,7 @@ use std::rc::Rc;
 use crate::delivery::policy::{DEAD_LETTERS_KEPT, DEAD_LETTER_MAX_AGE_MS};
 use crate::delivery::segment;
 use crate::domain::ids;
-use crate::ports::{DeadLetter, KeyValue, OutboxStore, StoreError, StoredSegment};
+use crate::ports::{DeadLetter, KeyValue, OutboxStore, SegmentAppend, StoreError, StoredSegment};
 
 pub const SEGMENT_PREFIX: &str = "outbox/";
 pub const DEAD_PREFIX: &str = "dead/";
@@ -67,21 +67,6 @@ fn decode(key: &str, value: &[u8], default_node: &str) -> Option<StoredSegment<S
 impl<K: KeyValue> OutboxStore for KvOutboxStore<K> {
     type Key = String;
 
-    async fn append(
-        &self,
-        received_at_ms: u64,
-        node: &str,
-        readings: &[Rc<str>],
-    ) -> Result<String, StoreError> {
-        let id = ids::new_id(received_at_ms)
-            .map_err(|_| StoreError("no entropy for a segment id".into()))?;
-        let key = segment_key(received_at_ms, &id);
-        self.kv
-            .set(&key, segment::encode(node, readings).as_bytes())
-            .await?;
-        Ok(key)
-    }
-
     async fn trim(
         &self,
         key: &String,
@@ -121,6 +106,23 @@ impl<K: KeyValue> OutboxStore for KvOutboxStore<K> {
             .await?;
         // The ring was full: the oldest letter was overwritten.
         Ok(u64::from(head >= DEAD_LETTERS_KEPT as u64))
+    }
+}
+
+impl<K: KeyValue> SegmentAppend for KvOutboxStore<K> {
+    async fn append(
+        &self,
+        received_at_ms: u64,
+        node: &str,
+        readings: &[Rc<str>],
+    ) -> Result<String, StoreError> {
+        let id = ids::new_id(received_at_ms)
+            .map_err(|_| StoreError("no entropy for a segment id".into()))?;
+        let key = segment_key(received_at_ms, &id);
+        self.kv
+            .set(&key, segment::encode(node, readings).as_bytes())
+            .await?;
+        Ok(key)
     }
 }
 

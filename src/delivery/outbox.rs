@@ -47,7 +47,7 @@ use crate::delivery::sink::{encode_batch, encode_json_batch, SinkFormat};
 use crate::domain::ids;
 use crate::ports::{
     Clock, Collector, CollectorRequest, DeadLetter, Entropy, Level, Log, OutboxStore, Secret,
-    StoreError, StoredSegment, Timer,
+    SegmentAppend, StoreError, StoredSegment, Timer,
 };
 
 /// Batches one round sends at once, so delivery keeps up with a busy colo or instance.
@@ -753,7 +753,7 @@ pub async fn append_reserved<K, S>(
 ) -> Result<bool, StoreError>
 where
     K: Clone + PartialEq,
-    S: OutboxStore<Key = K>,
+    S: SegmentAppend<Key = K>,
 {
     match store.append(received_at_ms, node, &readings).await {
         Ok(key) => Ok(outbox
@@ -915,17 +915,6 @@ impl MemoryStore {
 impl OutboxStore for MemoryStore {
     type Key = u64;
 
-    async fn append(
-        &self,
-        _received_at_ms: u64,
-        _node: &str,
-        _readings: &[Rc<str>],
-    ) -> Result<u64, crate::ports::StoreError> {
-        let key = self.next.get() + 1;
-        self.next.set(key);
-        Ok(key)
-    }
-
     async fn trim(
         &self,
         _key: &u64,
@@ -949,6 +938,19 @@ impl OutboxStore for MemoryStore {
         let dropped = (before - dead.len()) as u64;
         dead.push_back(letter.clone());
         Ok(dropped)
+    }
+}
+
+impl SegmentAppend for MemoryStore {
+    async fn append(
+        &self,
+        _received_at_ms: u64,
+        _node: &str,
+        _readings: &[Rc<str>],
+    ) -> Result<u64, crate::ports::StoreError> {
+        let key = self.next.get() + 1;
+        self.next.set(key);
+        Ok(key)
     }
 }
 

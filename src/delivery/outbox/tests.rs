@@ -154,29 +154,6 @@ impl FakeStore {
 
 impl OutboxStore for FakeStore {
     type Key = u64;
-    async fn append(
-        &self,
-        received_at_ms: u64,
-        node: &str,
-        readings: &[Rc<str>],
-    ) -> Result<u64, StoreError> {
-        if self.fail_appends.get() {
-            return Err(StoreError("disk full".into()));
-        }
-        self.writes.set(self.writes.get() + 1);
-        let key = self.next.get() + 1;
-        self.next.set(key);
-        self.rows.borrow_mut().insert(
-            key,
-            Row {
-                received_at_ms,
-                node: node.to_owned(),
-                readings: readings.to_vec(),
-                settled: 0,
-            },
-        );
-        Ok(key)
-    }
     async fn trim(
         &self,
         key: &u64,
@@ -203,6 +180,32 @@ impl OutboxStore for FakeStore {
         self.writes.set(self.writes.get() + 1);
         self.dead.borrow_mut().push(letter.clone());
         Ok(0)
+    }
+}
+
+impl SegmentAppend for FakeStore {
+    async fn append(
+        &self,
+        received_at_ms: u64,
+        node: &str,
+        readings: &[Rc<str>],
+    ) -> Result<u64, StoreError> {
+        if self.fail_appends.get() {
+            return Err(StoreError("disk full".into()));
+        }
+        self.writes.set(self.writes.get() + 1);
+        let key = self.next.get() + 1;
+        self.next.set(key);
+        self.rows.borrow_mut().insert(
+            key,
+            Row {
+                received_at_ms,
+                node: node.to_owned(),
+                readings: readings.to_vec(),
+                settled: 0,
+            },
+        );
+        Ok(key)
     }
 }
 

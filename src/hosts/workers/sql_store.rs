@@ -16,7 +16,7 @@ use worker::{SqlCursor, SqlStorage, SqlStorageValue};
 use crate::delivery::policy::{DEAD_LETTERS_KEPT, DEAD_LETTER_MAX_AGE_MS};
 use crate::delivery::segment;
 use crate::delivery::slots::{Placement, SlotKey, Slots};
-use crate::ports::{DeadLetter, OutboxStore, StoreError, StoredSegment};
+use crate::ports::{DeadLetter, OutboxStore, SegmentAppend, StoreError, StoredSegment};
 
 const SCHEMA: [&str; 3] = [
     "CREATE TABLE IF NOT EXISTS segments (
@@ -274,15 +274,6 @@ impl SqlOutboxStore {
 impl OutboxStore for SqlOutboxStore {
     type Key = SlotKey;
 
-    async fn append(
-        &self,
-        received_at_ms: u64,
-        node: &str,
-        readings: &[Rc<str>],
-    ) -> Result<SlotKey, StoreError> {
-        self.write_segment(received_at_ms, node, readings)
-    }
-
     /// A settled segment's row is only marked free (the next segment overwrites it, and the
     /// watermark records it); a large one partly settled is rewritten with the rest.
     async fn trim(
@@ -340,5 +331,16 @@ impl OutboxStore for SqlOutboxStore {
                 SqlStorageValue::Integer(DEAD_LETTERS_KEPT as i64),
             ]),
         )
+    }
+}
+
+impl SegmentAppend for SqlOutboxStore {
+    async fn append(
+        &self,
+        received_at_ms: u64,
+        node: &str,
+        readings: &[Rc<str>],
+    ) -> Result<SlotKey, StoreError> {
+        self.write_segment(received_at_ms, node, readings)
     }
 }
