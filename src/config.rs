@@ -48,8 +48,6 @@ pub struct Config {
     pub edge_node: Option<String>,
     pub batcher_shards: u32,
     pub admin_token: Option<AdminToken>,
-    /// Spin: age after which a spilled reading counts as orphaned and any instance re-sends it.
-    pub spill_grace_ms: u64,
     pub auth: DeviceAuth,
     pub cors: Cors,
     /// None when `RATE_LIMIT_READINGS_PER_S=0`.
@@ -203,13 +201,6 @@ pub const KEYS: &[Key] = &[
         workers_only: true,
         ..int("BATCHER_SHARDS", 1, 1, 64, "Durable Objects per colo")
     },
-    int(
-        "SPILL_GRACE_MS",
-        5_000,
-        100,
-        3_600_000,
-        "Spin: age after which an unheld outbox segment is recovered by another instance",
-    ),
     secret(
         "ADMIN_TOKEN",
         "(none: admin API off; >= 32 bytes)",
@@ -335,7 +326,6 @@ impl Config {
         let retry_base_ms = number("RETRY_BASE_MS");
         let retry_max_ms = number("RETRY_MAX_MS");
         let batcher_shards = number("BATCHER_SHARDS") as u32;
-        let spill_grace_ms = number("SPILL_GRACE_MS");
         let profiles_ttl_s = number("PROFILES_TTL_S");
         let max_url_bytes = number("MAX_URL_BYTES") as usize;
         let max_header_bytes = number("MAX_HEADER_BYTES") as usize;
@@ -508,7 +498,6 @@ impl Config {
             edge_node,
             batcher_shards,
             admin_token,
-            spill_grace_ms,
             auth,
             cors,
             rate_limit,

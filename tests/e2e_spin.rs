@@ -1,5 +1,5 @@
-//! The spin flavour (`spin.toml`, key-value outbox) under a real Spin CLI (`spin up`) against the
-//! real reference collector and a real InfluxDB. Run by `scripts/test.sh` when a Spin CLI is
+//! The spin flavour (`spin.toml`, the shared outbox in Spin's SQLite) under a real Spin CLI
+//! (`spin up`) against the real reference collector and a real InfluxDB. Run by `scripts/test.sh` when a Spin CLI is
 //! there (`SPIN=...`, else `../shared/tools/spin`):
 //! `cargo test --test e2e_spin -- --ignored --test-threads=1`.
 
@@ -103,14 +103,14 @@ fn standard_behaviour_and_a_dead_letter() {
     };
     let mut accepted = standard_behaviour(&edge, &mut collector);
 
-    // A batch the collector refuses for good is parked under `dead/` in key-value, not
+    // A batch the collector refuses for good is kept as a dead letter in the database, not
     // retried; what comes after it is delivered.
     collector.set_faults(serde_json::json!({"refuse_devices": ["doomed"], "refuse_status": 400}));
     let doomed = accepted_ids(&get(&host.url("/v1/readings?device_id=doomed&temp=1"))).remove(0);
     wait_for(Duration::from_secs(10), "the stored dead letter", || {
-        host.kv_keys("dead/")
+        host.dead_letter_bodies()
             .iter()
-            .any(|k| host.kv_get(k).is_some_and(|v| v.contains(&doomed)))
+            .any(|body| body.contains(&doomed))
             .then_some(())
     });
     assert!(collector.readings_of("doomed").is_empty());
@@ -177,7 +177,8 @@ fn sigkill_mid_stream_and_restart_loses_nothing() {
         "requests went unanswered after the restart: {:?}",
         traffic.errors_since(restarted)
     );
-    // The admin API describes the instance that answers, with what it asked of key-value.
+    // The admin API describes the instance that answers, with the statements it ran, and the
+    // shared outbox as every instance sees it.
     let admin = |path: &str| -> serde_json::Value {
         ureq::get(&host.url(path))
             .set(
@@ -192,10 +193,12 @@ fn sigkill_mid_stream_and_restart_loses_nothing() {
     let stats = admin("/admin/stats");
     assert_eq!(stats["scope"], "instance", "{stats}");
     assert!(
-        stats["key_value"]["request_path"]["set"].is_u64(),
+        stats["sqlite"]["request_path"]["statements"].is_u64(),
         "{stats}"
     );
+    assert!(stats["shared_outbox"]["pending"].is_i64(), "{stats}");
     assert!(admin("/admin/dead-letters")["dead_letters"].is_array());
+    assert_eq!(host.outbox_rows(), 0, "delivered rows are deleted");
 }
 
 /// The case of the issue: the collector goes down, `spin up` is killed and restarted during the
@@ -254,18 +257,205 @@ fn restart_during_a_collector_outage_loses_nothing() {
         "requests went unanswered after the restart: {:?}",
         traffic.errors_since(restarted)
     );
-    // Whatever was delivered is trimmed: once traffic has run past the grace period and
-    // stopped, no segment is left behind in key-value.
-    traffic.run_for(Duration::from_secs(7));
-    wait_for(
-        Duration::from_secs(10),
-        "an empty outbox in key-value",
-        || {
-            let left = host.kv_keys(edge_enrich::delivery::kv_store::SEGMENT_PREFIX);
-            left.is_empty().then_some(())
-        },
+    // Delivered rows are deleted: nothing is left in the outbox table.
+    wait_for(Duration::from_secs(10), "an empty outbox table", || {
+        (host.outbox_rows() == 0).then_some(())
+    });
+    // Once, apart from batches whose lease expired while they were being sent.
+    let stats = collector.stats();
+    let duplicates = stats["duplicates"].as_u64().unwrap_or(0);
+    let readings = traffic.accepted.len() as u64;
+    eprintln!(
+        "duplicates: {duplicates} of {readings} readings ({} batches, {} batch retries)",
+        stats["batches"], stats["batch_retries"]
     );
-    collector.assert_stored_exactly(&traffic.accepted, Duration::from_secs(10));
+    assert!(
+        duplicates * 100 <= readings,
+        "{duplicates} of {readings} readings arrived twice (more than 1%)"
+    );
+}
+
+/// Two `spin up` on one SQLite database (two hosts sharing one store, as a fleet shares a libSQL
+/// database), both under load: every acknowledged reading arrives once, batches are cut across
+/// both hosts' readings, and both deliver.
+#[test]
+#[ignore = "end-to-end: needs the built component, the collector and a Spin CLI (scripts/test.sh)"]
+fn two_spin_up_on_one_database_share_one_outbox() {
+    let dir = scratch("spin-two-hosts");
+    let collector = Collector::start(&dir);
+    let db = dir.join("shared-outbox.db");
+    let vars = |node: &'static str| {
+        vec![
+            ("COLLECTOR_URL", collector.ingest_url()),
+            ("AUTH_MODE", "off".to_owned()),
+            ("RATE_LIMIT_READINGS_PER_S", "0".to_owned()),
+            ("EDGE_NODE", node.to_owned()),
+        ]
+    };
+    let start = |name: &str, node: &'static str| {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let vars = vars(node);
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        SpinHost::start_sharing(&dir, &db, &vars)
+    };
+    let (a, b) = (start("a", "node-a"), start("b", "node-b"));
+    // Four senders per host, 100 requests a second each.
+    let accepted: Vec<std::collections::BTreeSet<String>> = std::thread::scope(|s| {
+        let senders: Vec<_> = [&a, &b]
+            .iter()
+            .flat_map(|host| (0..4).map(move |_| host.url("")))
+            .map(|url| {
+                s.spawn(move || {
+                    let mut traffic = Traffic::new(&url, 50, 100);
+                    traffic.run_for(Duration::from_secs(6));
+                    assert!(traffic.errors.is_empty(), "{:?}", traffic.errors);
+                    traffic.accepted
+                })
+            })
+            .collect();
+        senders.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let accepted: std::collections::BTreeSet<String> = accepted.into_iter().flatten().collect();
+    collector.assert_stored_exactly(&accepted, Duration::from_secs(30));
+    let stats = collector.stats();
+    let batches = stats["batches"].as_u64().unwrap();
+    let per_batch = accepted.len() as f64 / batches as f64;
+    let delivered_by =
+        |host: &SpinHost| host.component_log().matches("\"flush_delivered\"").count();
+    let (by_a, by_b) = (delivered_by(&a), delivered_by(&b));
+    eprintln!(
+        "{} readings in {batches} batches ({per_batch:.1} a batch); delivered by a: {by_a}, b: {by_b}; duplicates {}",
+        accepted.len(),
+        stats["duplicates"]
+    );
+    assert_eq!(stats["duplicates"].as_u64(), Some(0), "{stats}");
+    assert_eq!(stats["batch_retries"].as_u64(), Some(0), "{stats}");
+    assert!(per_batch >= 40.0, "batches are not full: {per_batch:.1}");
+    assert!(
+        by_a > 0 && by_b > 0,
+        "both hosts deliver: a {by_a}, b {by_b}"
+    );
+    assert_eq!(
+        (by_a + by_b) as u64,
+        batches,
+        "each batch sent by one host, once"
+    );
+    assert_eq!(a.outbox_rows(), 0);
+}
+
+/// A deliverer killed while it holds a lease (the collector holds its batch for 3 s): its batch
+/// stays claimed until the lease expires, then the other host delivers it.
+#[test]
+#[ignore = "end-to-end: needs the built component, the collector and a Spin CLI (scripts/test.sh)"]
+fn a_deliverer_killed_while_holding_a_lease_is_replaced_after_the_lease() {
+    let dir = scratch("spin-lease");
+    let collector = Collector::start(&dir);
+    let db = dir.join("shared-outbox.db");
+    let vars = [
+        ("COLLECTOR_URL", collector.ingest_url()),
+        ("AUTH_MODE", "off".to_owned()),
+        ("RATE_LIMIT_READINGS_PER_S", "0".to_owned()),
+    ];
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let start = |name: &str| {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        SpinHost::start_sharing(&dir, &db, &vars)
+    };
+    let (mut a, b) = (start("a"), start("b"));
+    // The batch is held 3 s, then refused (never stored): its deliverer dies meanwhile.
+    collector.set_faults(serde_json::json!({"delay_ms": 3000, "fail_first": 1}));
+    let mut traffic = Traffic::new(&a.url(""), 10, 20);
+    traffic.send_one();
+    let id = traffic
+        .accepted
+        .iter()
+        .next()
+        .cloned()
+        .expect("one reading accepted");
+    // The reading is due after FLUSH_INTERVAL_MS; its batch is then at the collector for 3 s.
+    std::thread::sleep(Duration::from_millis(1_000));
+    a.crash();
+    let killed = Instant::now();
+    collector.set_faults(serde_json::json!({}));
+    assert_eq!(b.outbox_rows(), 1, "the claimed row stays in the table");
+    // Host b's requests look for work nobody delivers; the row is free once the lease expires.
+    let mut traffic_b = Traffic::new(&b.url(""), 10, 20);
+    traffic_b.accepted.insert(id.clone());
+    let last = traffic_b
+        .until_delivered(
+            &collector,
+            Duration::from_millis(500),
+            Duration::from_secs(60),
+        )
+        .expect("host b delivered the batch whose deliverer died");
+    assert!(collector.stored_ids().contains(&id));
+    let after = since_ms(killed, last);
+    eprintln!("delivered by the other host {after:.1} s after the deliverer died");
+    assert!(
+        after >= 10.0,
+        "taken before the lease expired ({after:.1} s)"
+    );
+    collector.assert_stored_exactly(&traffic_b.accepted, Duration::from_secs(10));
+}
+
+/// A state directory written by the previous release (its outbox in key-value, one key per
+/// request): the new release moves those segments into the SQLite outbox and delivers them.
+#[test]
+#[ignore = "end-to-end: needs the built component, the collector and a Spin CLI (scripts/test.sh)"]
+fn segments_of_the_previous_release_in_key_value_are_delivered() {
+    let dir = scratch("spin-import");
+    let collector = Collector::start(&dir);
+    let mut host = spin_up(
+        &dir,
+        &[
+            ("COLLECTOR_URL", &collector.ingest_url()),
+            ("AUTH_MODE", "off"),
+        ],
+    );
+    let template = get(&host.url("/v1/readings?device_id=old-release&temp=20")).json();
+    let mut expected: std::collections::BTreeSet<String> =
+        [template["id"].as_str().unwrap().to_owned()].into();
+    host.crash();
+    // What the previous release left: two segments, as its `outbox/...` keys.
+    let doc = |id: &str| {
+        let mut reading = template.clone();
+        reading["id"] = id.into();
+        reading.to_string()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for (n, ids) in [["old-1", "old-2"], ["old-3", "old-4"]].iter().enumerate() {
+        let text = format!("node-old\n{}\n{}", doc(ids[0]), doc(ids[1]));
+        let key = edge_enrich::delivery::legacy_kv::segment_key(now - 60_000, &format!("seg-{n}"));
+        host.kv_set(&key, &text);
+        expected.extend(ids.iter().map(|i| (*i).to_owned()));
+    }
+    // As if the database had never seen the import.
+    let db = rusqlite::Connection::open(host.state_dir().join("sqlite_db.db")).unwrap();
+    db.execute_batch("PRAGMA user_version = 1; DELETE FROM outbox_meta")
+        .unwrap();
+    drop(db);
+    host.crash_and_restart();
+    let mut traffic = Traffic::new(&host.url(""), 5, 10);
+    traffic
+        .until_delivered(
+            &collector,
+            Duration::from_millis(250),
+            Duration::from_secs(30),
+        )
+        .expect("delivered");
+    expected.extend(traffic.accepted.iter().cloned());
+    collector.assert_stored_exactly(&expected, Duration::from_secs(10));
+    assert!(
+        host.kv_keys(edge_enrich::delivery::legacy_kv::SEGMENT_PREFIX)
+            .is_empty(),
+        "imported keys are deleted"
+    );
+    assert!(host.log_text().contains("outbox_imported"));
 }
 
 /// Calibration profiles from the key-value store: a write under `calibration` is in use within

@@ -147,6 +147,9 @@ pub struct OutboxStats {
     pub config_faults: u64,
     pub recovered_segments: u64,
     pub recovered_readings: u64,
+    /// Segments and readings claimed from a shared outbox (`delivery::shared_outbox`).
+    pub claimed_segments: u64,
+    pub claimed_readings: u64,
     pub store_failures: u64,
 }
 
@@ -356,6 +359,39 @@ impl<K: Clone + PartialEq> Outbox<K> {
             self.insert(s.key, s.received_at_ms, s.node.into(), s.readings);
         }
         self.held > 0 && !std::mem::replace(&mut self.driver, true)
+    }
+
+    /// Segments claimed from a shared outbox, to be delivered by this instance. `attempts`: how
+    /// often any of them failed before, so that the next failure backs off further.
+    pub fn hold(&mut self, segments: Vec<StoredSegment<K>>, attempts: u32) {
+        for s in segments {
+            if s.readings.is_empty() || self.holds(&s.key) {
+                continue;
+            }
+            self.stats.claimed_segments += 1;
+            self.stats.claimed_readings += s.readings.len() as u64;
+            self.insert(s.key, s.received_at_ms, s.node.into(), s.readings);
+        }
+        self.failures = self.failures.max(attempts);
+    }
+
+    /// Gives up every segment held, for another attempt by whoever claims them next (a shared
+    /// outbox after a failed round): each key with which of its readings are settled. The
+    /// backoff stays, so this outbox claims nothing before `retry_at`.
+    pub fn release_all(&mut self) -> Vec<(K, Vec<bool>)> {
+        self.flights.clear();
+        self.touched.clear();
+        self.unbatched = 0;
+        self.held = 0;
+        std::mem::take(&mut self.entries)
+            .into_values()
+            .map(|e| (e.key, e.settled))
+            .collect()
+    }
+
+    /// When sending may resume after a failure.
+    pub fn retry_at(&self) -> Option<u64> {
+        self.retry_at
     }
 
     fn insert(&mut self, key: K, received_at_ms: u64, node: Rc<str>, readings: Vec<Rc<str>>) {
@@ -955,4 +991,4 @@ impl SegmentAppend for MemoryStore {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

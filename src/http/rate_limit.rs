@@ -195,6 +195,123 @@ pub mod sql {
     pub fn full_after_ms(limit: &super::RateLimit) -> u64 {
         (limit.burst / limit.per_s * 1000.0).ceil() as u64
     }
+
+    use std::cell::Cell;
+
+    use super::{Bucket, RateLimit};
+    use crate::ports::{Sql, SqlValue, StoreError};
+
+    /// How often an instance forgets the buckets that are full again.
+    const FORGET_EVERY_MS: u64 = 300_000;
+
+    /// One instance's use of the shared buckets.
+    #[derive(Debug, Default)]
+    pub struct SqlBuckets {
+        forgotten_at: Cell<u64>,
+    }
+
+    fn take_params(limit: &RateLimit, device: &str, cost: u32, now_ms: u64) -> Vec<SqlValue> {
+        vec![
+            SqlValue::Text(device.to_owned()),
+            SqlValue::Integer(i64::from(cost)),
+            SqlValue::Integer(now_ms as i64),
+            SqlValue::Real(limit.per_s),
+            SqlValue::Real(limit.burst),
+        ]
+    }
+
+    impl SqlBuckets {
+        pub const fn new() -> Self {
+            Self {
+                forgotten_at: Cell::new(0),
+            }
+        }
+
+        /// Admits a request's `costs` (readings per device) or says in how many seconds it
+        /// would fit: one statement per device on `shared`. A request of several devices
+        /// (possible only with `AUTH_MODE=off`) takes them in one transaction on a connection
+        /// of its own (`open_own`), all or none.
+        pub async fn admit<D, F>(
+            &self,
+            shared: &D,
+            open_own: impl FnOnce() -> F,
+            limit: &RateLimit,
+            costs: &[(&str, u32)],
+            now_ms: u64,
+        ) -> Result<Result<(), u32>, StoreError>
+        where
+            D: Sql,
+            F: std::future::Future<Output = Result<D, StoreError>>,
+        {
+            let own;
+            let db = if costs.len() > 1 {
+                own = open_own().await?;
+                own.execute("BEGIN IMMEDIATE", Vec::new()).await?;
+                &own
+            } else {
+                shared
+            };
+            let mut refused = None;
+            for &(device, cost) in costs {
+                let taken = db
+                    .execute(TAKE, take_params(limit, device, cost, now_ms))
+                    .await?;
+                if taken.is_empty() {
+                    refused = Some((device, cost));
+                    break;
+                }
+            }
+            if costs.len() > 1 {
+                let end = if refused.is_some() {
+                    "ROLLBACK"
+                } else {
+                    "COMMIT"
+                };
+                db.execute(end, Vec::new()).await?;
+            }
+            let Some((device, cost)) = refused else {
+                self.forget_full_buckets(shared, limit, now_ms).await;
+                return Ok(Ok(()));
+            };
+            // Refused: when would it fit? (A read, only off the admitted path.)
+            let found = shared
+                .execute(BUCKET, vec![SqlValue::Text(device.to_owned())])
+                .await?;
+            let mut bucket = [found
+                .first()
+                .and_then(|r| {
+                    Some(Bucket {
+                        tokens: r.first()?.as_f64()?,
+                        updated_ms: u64::try_from(r.get(1)?.as_i64()?).ok()?,
+                    })
+                })
+                .unwrap_or_else(|| Bucket::full(limit, now_ms))];
+            Ok(Err(super::admit(limit, &mut bucket, &[cost], now_ms)
+                .err()
+                .unwrap_or(1)))
+        }
+
+        /// Every `FORGET_EVERY_MS` an instance drops the buckets that are full again, so the
+        /// table holds the devices of the last refill period. A failure only leaves them for
+        /// next time.
+        async fn forget_full_buckets<D: Sql>(&self, db: &D, limit: &RateLimit, now_ms: u64) {
+            let last = self.forgotten_at.get();
+            if last == 0 {
+                // An instance's first request only starts the clock: most instances serve a
+                // few requests and go, and the request path stays one statement.
+                self.forgotten_at.set(now_ms);
+                return;
+            }
+            if now_ms.saturating_sub(last) < FORGET_EVERY_MS {
+                return;
+            }
+            self.forgotten_at.set(now_ms);
+            let before = now_ms.saturating_sub(full_after_ms(limit));
+            let _ = db
+                .execute(FORGET_FULL, vec![SqlValue::Integer(before as i64)])
+                .await;
+        }
+    }
 }
 
 #[cfg(test)]

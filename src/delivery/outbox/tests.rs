@@ -15,7 +15,7 @@ use crate::ports::{CollectorAnswer, EntropyUnavailable, StoreError, TransportErr
 
 // ---- fakes ----------------------------------------------------------------------------------
 
-struct FakeClock(Cell<u64>);
+pub(crate) struct FakeClock(pub(crate) Cell<u64>);
 impl Clock for FakeClock {
     fn now_ms(&self) -> u64 {
         self.0.get()
@@ -23,7 +23,7 @@ impl Clock for FakeClock {
 }
 
 /// Deterministic bytes.
-struct FakeEntropy(Cell<u8>);
+pub(crate) struct FakeEntropy(pub(crate) Cell<u8>);
 impl Entropy for FakeEntropy {
     fn fill(&self, buf: &mut [u8]) -> Result<(), EntropyUnavailable> {
         for b in buf {
@@ -35,7 +35,7 @@ impl Entropy for FakeEntropy {
 }
 
 /// Never fires: the fake collector always answers at once.
-struct NoTimeout;
+pub(crate) struct NoTimeout;
 impl Timer for NoTimeout {
     async fn sleep_ms(&self, _ms: u64) {
         std::future::pending::<()>().await
@@ -43,7 +43,7 @@ impl Timer for NoTimeout {
 }
 
 #[derive(Default)]
-struct Events(RefCell<Vec<String>>);
+pub(crate) struct Events(pub(crate) RefCell<Vec<String>>);
 impl Log for Events {
     fn emit(&self, _level: Level, event: &str, _fields: &[(&str, &str)]) {
         self.0.borrow_mut().push(event.to_owned());
@@ -52,25 +52,27 @@ impl Log for Events {
 
 /// A collector with scripted answers (200 when the script runs out) that records what it got.
 #[derive(Default)]
-struct FakeCollector {
-    script: RefCell<VecDeque<Result<u16, ()>>>,
+pub(crate) struct FakeCollector {
+    pub(crate) script: RefCell<VecDeque<Result<u16, ()>>>,
     /// Reading ids of every batch answered 2xx, in order, duplicates included.
-    stored: RefCell<Vec<String>>,
+    pub(crate) stored: RefCell<Vec<String>>,
     /// Every batch id seen, per attempt.
-    attempts: RefCell<Vec<String>>,
+    pub(crate) attempts: RefCell<Vec<String>>,
+    /// Readings of every batch answered 2xx, in order.
+    pub(crate) sizes: RefCell<Vec<usize>>,
     /// Readings it refuses: a batch holding one is answered 400 whole (as InfluxDB refuses a
     /// write with one bad point).
-    poisoned: RefCell<BTreeSet<String>>,
+    pub(crate) poisoned: RefCell<BTreeSet<String>>,
 }
 
 impl FakeCollector {
-    fn answer(&self, answers: &[Result<u16, ()>]) {
+    pub(crate) fn answer(&self, answers: &[Result<u16, ()>]) {
         self.script.borrow_mut().extend(answers.iter().copied());
     }
-    fn stored_set(&self) -> BTreeSet<String> {
+    pub(crate) fn stored_set(&self) -> BTreeSet<String> {
         self.stored.borrow().iter().cloned().collect()
     }
-    fn duplicates(&self) -> usize {
+    pub(crate) fn duplicates(&self) -> usize {
         self.stored.borrow().len() - self.stored_set().len()
     }
 }
@@ -97,6 +99,7 @@ impl Collector for FakeCollector {
             Err(()) => Err(TransportError("connection refused".into())),
             Ok(status) => {
                 if (200..300).contains(&status) {
+                    self.sizes.borrow_mut().push(ids.len());
                     self.stored.borrow_mut().extend(ids);
                 }
                 Ok(CollectorAnswer {

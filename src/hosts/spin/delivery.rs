@@ -1,18 +1,16 @@
-//! The instance's outbox on Spin / wasi:http: the core's engine (`delivery::outbox`) with this
-//! host's ports. Accepted segments are appended to the store (spin flavour: one key-value key
-//! per request; portable flavour: memory only) before the answer; one spawned task per instance
-//! runs the delivery rounds after the answer has been sent, and ends when nothing is held.
+//! The outbox on Spin / wasi:http: the core's delivery engine with this host's ports.
 //!
-//! Spin keeps an instance, and its tasks, alive while that task runs (seen under Spin 4.1: a
-//! flusher retrying against a dead collector kept logging for minutes after the instance's last
-//! request), but may retire it at any time after, and nothing survives `spin up` going down.
-//! So in the spin flavour an instance also recovers orphans: segments older than
-//! `SPILL_GRACE_MS` that no live instance of its own holds. It looks when it starts, when its
-//! deliveries recover after failing, again at once while the last look was cut short by its
-//! bound, and otherwise every `RECOVERY_LOOK_EVERY_MS`; it never recovers while its own
-//! deliveries fail (it could not deliver them either, and fresh readings need the room).
+//! - **spin flavour**: the outbox every instance of the app shares, in Spin's SQLite database
+//!   (`delivery::shared_outbox`). A request's readings are one statement before its answer;
+//!   the instance whose request fills a batch, or whose reading comes due, claims and delivers
+//!   it after answering, in a task spawned for that (it ends when nothing is due or held).
+//! - **portable flavour**: no store; each instance's outbox is its memory (`Outbox` with the
+//!   `MemoryStore`), delivered by its own task. Readings an instance holds when it ends are lost.
+//!
+//! Spin keeps an instance, and its tasks, alive while a task runs, but may retire it at any
+//! time after; nothing of an instance survives `spin up` going down. In the spin flavour that
+//! costs nothing accepted: the rows stay in the database.
 
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -21,273 +19,262 @@ use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::FullBody;
 
 use super::{emit, now_ms};
-use crate::config::Config;
-use crate::delivery::outbox::{
-    append_reserved, deliver_round, Delivery, Next, Outbox, OutboxConfig, SinkTarget, Wakeups,
-};
+use crate::delivery::outbox::{Delivery, SinkTarget};
 use crate::http::problem::{Problem, ProblemType};
 use crate::http::routes::Accepted;
 use crate::ports::{
-    Clock, Collector, CollectorAnswer, CollectorRequest, Level, Log, OutboxStore, SystemEntropy,
-    Timer, TransportError,
+    Clock, Collector, CollectorAnswer, CollectorRequest, Level, Log, SystemEntropy, Timer,
+    TransportError,
 };
 
-#[cfg(feature = "spin")]
-use super::kv::{self, SpinKv};
-#[cfg(feature = "spin")]
-use crate::delivery::kv_store::KvOutboxStore;
-
-#[cfg(feature = "spin")]
-type Store = KvOutboxStore<SpinKv>;
-#[cfg(not(feature = "spin"))]
-type Store = crate::delivery::outbox::MemoryStore;
-type Key = <Store as OutboxStore>::Key;
-
-/// Readings one look takes at most: 40 batches at the default size.
-#[cfg(feature = "spin")]
-const RECOVER_READINGS: usize = 2_000;
-/// A fleet lists its keys for orphans about this often (see `kv_store::SCAN_HINT_KEY`).
-#[cfg(feature = "spin")]
-const SCAN_EVERY_MS: u64 = 2_000;
-/// How often an instance looks when nothing suggests it should.
-#[cfg(feature = "spin")]
-const RECOVERY_LOOK_EVERY_MS: u64 = 30_000;
-
-struct Instance {
-    outbox: RefCell<Outbox<Key>>,
-    store: Store,
-    sink: SinkTarget,
-    #[cfg_attr(not(feature = "spin"), allow(dead_code))]
-    config: Config,
-    /// When to look for orphans next (spin flavour), and whether deliveries were failing.
-    #[cfg(feature = "spin")]
-    recovery: RefCell<Recovery>,
-}
-
-#[cfg(feature = "spin")]
-struct Recovery {
-    next_look_ms: u64,
-    was_healthy: bool,
-}
-
-thread_local! {
-    static INSTANCE: RefCell<Option<Rc<Instance>>> = const { RefCell::new(None) };
-}
-
-async fn instance(config: &Config) -> Result<Rc<Instance>, Problem> {
-    if let Some(i) = INSTANCE.with(|c| c.borrow().clone()) {
-        return Ok(i);
-    }
-    #[cfg(feature = "spin")]
-    let store = KvOutboxStore {
-        kv: kv::open(kv::Path::Background)
-            .await
-            .map_err(store_unavailable)?,
-    };
-    #[cfg(not(feature = "spin"))]
-    let store = Store::default();
-    let made = Rc::new(Instance {
-        outbox: RefCell::new(Outbox::new(
-            OutboxConfig::from_config(config, Wakeups::Polled),
-            now_ms(),
-        )),
-        store,
-        sink: SinkTarget::from_config(config),
-        config: config.clone(),
-        #[cfg(feature = "spin")]
-        recovery: RefCell::new(Recovery {
-            next_look_ms: 0,
-            was_healthy: true,
-        }),
-    });
-    Ok(INSTANCE.with(|c| c.borrow_mut().get_or_insert(made).clone()))
-}
+pub use flavour::{accept, dead_letters, nudge, stats};
 
 fn store_unavailable(e: crate::ports::StoreError) -> Problem {
     emit("error", "outbox_store_failed", "", &[("error", &e.0)]);
     Problem::new(
         ProblemType::UpstreamUnavailable,
-        "the key-value store is unavailable; nothing was accepted",
+        "the outbox store is unavailable; nothing was accepted",
     )
     .with_retry_after(1)
 }
 
-/// Takes one request's readings: room in the backlog, one write to the store, then the queue;
-/// makes sure the flusher runs. Never waits for the collector.
-pub async fn accept(config: &Config, node: &str, accepted: &Accepted) -> Result<(), Problem> {
-    let inst = instance(config).await?;
-    let readings: Vec<Rc<str>> = accepted
+fn readings_of(accepted: &Accepted) -> Vec<Rc<str>> {
+    accepted
         .readings
         .iter()
         .map(|r| Rc::from(r.json.as_str()))
-        .collect();
-    let reservation = inst
-        .outbox
-        .borrow_mut()
-        .reserve(readings.len())
-        .map_err(|full| {
-            Problem::backlog_full(
-                full.retry_after_s,
-                format!(
-                    "this instance holds {} undelivered readings (limit {}); the collector may be down",
-                    full.held, full.limit
-                ),
-            )
-        })?;
-    let at = accepted.received_at_ms;
-    #[cfg(feature = "spin")]
-    let appended = match kv::open(kv::Path::Request).await {
-        Ok(kv) => {
-            let store = KvOutboxStore { kv };
-            append_reserved(&inst.outbox, &store, reservation, at, node, readings).await
-        }
-        Err(e) => {
-            inst.outbox.borrow_mut().release(reservation);
-            Err(e)
-        }
-    };
-    #[cfg(not(feature = "spin"))]
-    let appended =
-        append_reserved(&inst.outbox, &inst.store, reservation, at, node, readings).await;
-    if appended.map_err(store_unavailable)? {
-        spawn_flusher(inst);
-    }
-    Ok(())
+        .collect()
 }
 
-/// Any request: in the spin flavour, starts the flusher when it is time to look for orphans
-/// and none runs, so recovery goes on whenever traffic arrives (a health check included).
-pub async fn nudge(config: &Config) {
-    #[cfg(feature = "spin")]
-    if let Ok(inst) = instance(config).await {
-        let due = inst.recovery.borrow().next_look_ms <= now_ms();
-        if due && inst.outbox.borrow_mut().start_driver() {
-            spawn_flusher(inst);
-        }
-    }
-    #[cfg(not(feature = "spin"))]
-    let _ = config;
-}
-
-fn spawn_flusher(inst: Rc<Instance>) {
-    spin_sdk::wasip3::spawn(async move { flush_loop(&inst).await });
-}
-
-async fn flush_loop(inst: &Instance) {
-    let delivery = Delivery {
-        store: &inst.store,
+fn delivery<'a, S>(
+    store: &'a S,
+    sink: &'a SinkTarget,
+) -> Delivery<'a, S, SpinCollector, SpinTimer> {
+    Delivery {
+        store,
         collector: &SpinCollector,
         timer: &SpinTimer,
         clock: &WallClock,
         entropy: &SystemEntropy,
         log: &SpinLog,
-        sink: &inst.sink,
-    };
-    loop {
-        #[cfg(feature = "spin")]
-        recover(inst).await;
-        match deliver_round(&inst.outbox, &delivery).await {
-            Next::At(at) => SpinTimer.sleep_ms(at.saturating_sub(now_ms()).max(1)).await,
-            Next::Idle => return,
-        }
+        sink,
     }
 }
 
-/// Looks for orphans when it is time to (see the module comment) and queues what it finds.
 #[cfg(feature = "spin")]
-async fn recover(inst: &Instance) {
-    let now = now_ms();
-    let (healthy, pending, held) = {
-        let outbox = inst.outbox.borrow();
-        (outbox.is_healthy(), outbox.pending(), outbox.keys())
-    };
-    {
-        let mut r = inst.recovery.borrow_mut();
-        if healthy && !r.was_healthy {
-            r.next_look_ms = now; // the collector answers again: orphans may be waiting
-        }
-        r.was_healthy = healthy;
-        let room = pending + RECOVER_READINGS <= inst.config.max_backlog / 2;
-        if !healthy || !room || r.next_look_ms > now {
-            return;
-        }
-        r.next_look_ms = now + RECOVERY_LOOK_EVERY_MS;
+mod flavour {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use super::{delivery, readings_of, store_unavailable};
+    use crate::config::Config;
+    use crate::delivery::outbox::{OutboxConfig, SinkTarget, Wakeups};
+    use crate::delivery::shared_outbox::{SharedDriver, SharedOutbox};
+    use crate::hosts::spin::database::{self, Path, SpinSql};
+    use crate::hosts::spin::now_ms;
+    use crate::http::problem::Problem;
+    use crate::http::routes::Accepted;
+
+    /// What an instance keeps: its handle on the shared outbox (the claims it holds) and its
+    /// driver.
+    struct Instance {
+        store: SharedOutbox<SpinSql>,
+        driver: SharedDriver,
+        sink: SinkTarget,
     }
-    match inst.store.claim_scan(now, SCAN_EVERY_MS).await {
-        Ok(true) => {}
-        Ok(false) => return,
-        Err(e) => {
-            emit("error", "outbox_scan_failed", "", &[("error", &e.0)]);
-            return;
-        }
+
+    thread_local! {
+        static INSTANCE: RefCell<Option<Rc<Instance>>> = const { RefCell::new(None) };
     }
-    let held: std::collections::HashSet<String> = held.into_iter().collect();
-    let node = inst.config.edge_node.as_deref().unwrap_or("local");
-    let found = inst
-        .store
-        .find_orphans(
-            now,
-            inst.config.spill_grace_ms,
-            |k| held.contains(k),
-            RECOVER_READINGS,
-            node,
-        )
-        .await;
-    match found {
-        Ok(found) if !found.is_empty() => {
-            let segments = found.len().to_string();
-            let readings: usize = found.iter().map(|s| s.readings.len()).sum();
-            if readings >= RECOVER_READINGS {
-                inst.recovery.borrow_mut().next_look_ms = now; // more remain: look again soon
+
+    async fn instance(config: &Config) -> Result<Rc<Instance>, Problem> {
+        if let Some(i) = INSTANCE.with(|c| c.borrow().clone()) {
+            return Ok(i);
+        }
+        let db = database::open(Path::Background)
+            .await
+            .map_err(store_unavailable)?;
+        let made = Rc::new(Instance {
+            store: SharedOutbox::new(db),
+            driver: SharedDriver::new(
+                &OutboxConfig::from_config(config, Wakeups::Polled),
+                now_ms(),
+            ),
+            sink: SinkTarget::from_config(config),
+        });
+        Ok(INSTANCE.with(|c| c.borrow_mut().get_or_insert(made).clone()))
+    }
+
+    /// One statement: the request's readings into the shared outbox, or a 503 when the app's
+    /// backlog is full. Starts this instance's driver when the request made a batch due.
+    pub async fn accept(config: &Config, node: &str, accepted: &Accepted) -> Result<(), Problem> {
+        let inst = instance(config).await?;
+        let db = database::open(Path::Request)
+            .await
+            .map_err(store_unavailable)?;
+        let at = accepted.received_at_ms;
+        let appended = SharedOutbox::new(db)
+            .append(at, node, &readings_of(accepted), config.max_backlog)
+            .await
+            .map_err(store_unavailable)?;
+        let Ok(appended) = appended else {
+            return Err(Problem::backlog_full(
+                config.backlog_retry_after_s(),
+                format!(
+                    "the app holds about {} undelivered readings (MAX_BACKLOG); the collector may be down",
+                    config.max_backlog
+                ),
+            ));
+        };
+        if inst.driver.appended(appended, at) {
+            spawn_driver(inst);
+        }
+        Ok(())
+    }
+
+    /// Any request: an instance looks for rows nobody delivers on its first request and then
+    /// every `LOOK_EVERY_MS` (after a restart, those of instances that are gone).
+    pub async fn nudge(config: &Config) {
+        if let Ok(inst) = instance(config).await {
+            if inst.driver.nudge(now_ms()) {
+                spawn_driver(inst);
             }
-            inst.outbox.borrow_mut().restore(found);
-            emit(
-                "warn",
-                "outbox_recovered",
-                "",
-                &[("segments", &segments), ("readings", &readings.to_string())],
-            );
         }
-        Ok(_) => {}
-        Err(e) => emit("error", "outbox_scan_failed", "", &[("error", &e.0)]),
     }
-}
 
-/// This instance's view: on Spin / wasi:http every instance batches on its own.
-pub fn stats() -> serde_json::Value {
-    let mut v = INSTANCE.with(|c| match c.borrow().as_ref() {
-        Some(i) => i.outbox.borrow().stats_json(),
-        None => serde_json::json!({ "pending": 0 }),
-    });
-    v["scope"] = "instance".into();
-    #[cfg(feature = "spin")]
-    {
-        let (request, background) = kv::counts();
-        v["key_value"] = serde_json::json!({ "request_path": request, "background": background });
-        v["sqlite"] =
-            serde_json::json!({ "request_path": { "statements": super::limiter::statements() } });
+    fn spawn_driver(inst: Rc<Instance>) {
+        spin_sdk::wasip3::spawn(async move {
+            inst.driver.run(&delivery(&inst.store, &inst.sink)).await;
+        });
     }
-    v
-}
 
-/// The admin view of dead letters, as JSON text.
-pub async fn dead_letters(config: &Config) -> String {
-    let Ok(inst) = instance(config).await else {
-        return "{\"dead_letters\":[]}".into();
-    };
-    #[cfg(feature = "spin")]
-    {
-        // Stored documents, passed through verbatim.
-        let stored = inst
+    /// This instance's deliveries, the shared table as every instance sees it, and the
+    /// statements this instance ran.
+    pub async fn stats(config: &Config) -> serde_json::Value {
+        let Ok(inst) = instance(config).await else {
+            return serde_json::json!({ "scope": "instance" });
+        };
+        let mut v = inst.driver.stats_json();
+        v["scope"] = "instance".into();
+        v["shared_outbox"] = inst
             .store
-            .dead_letters(100, super::now_ms())
+            .summary(now_ms())
+            .await
+            .unwrap_or_else(|e| serde_json::json!({ "error": e.0 }));
+        let (request, background) = database::statements();
+        v["sqlite"] = serde_json::json!({
+            "request_path": { "statements": request },
+            "background": { "statements": background },
+        });
+        let (request, background) = crate::hosts::spin::kv::counts();
+        v["key_value"] = serde_json::json!({ "request_path": request, "background": background });
+        v
+    }
+
+    /// The admin view of dead letters, as JSON text.
+    pub async fn dead_letters(config: &Config) -> String {
+        let Ok(inst) = instance(config).await else {
+            return "{\"dead_letters\":[]}".into();
+        };
+        let letters = inst
+            .store
+            .dead_letters(100, now_ms())
             .await
             .unwrap_or_default();
-        format!("{{\"dead_letters\":[{}]}}", stored.join(","))
+        serde_json::json!({ "dead_letters": letters }).to_string()
     }
-    #[cfg(not(feature = "spin"))]
-    {
-        let letters: Vec<serde_json::Value> = inst
+}
+
+#[cfg(not(feature = "spin"))]
+mod flavour {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use super::{delivery, readings_of, store_unavailable, SpinTimer};
+    use crate::config::Config;
+    use crate::delivery::outbox::{
+        append_reserved, deliver_round, MemoryStore, Next, Outbox, OutboxConfig, SinkTarget,
+        Wakeups,
+    };
+    use crate::hosts::spin::now_ms;
+    use crate::http::problem::Problem;
+    use crate::http::routes::Accepted;
+    use crate::ports::Timer;
+
+    struct Instance {
+        outbox: RefCell<Outbox<u64>>,
+        store: MemoryStore,
+        sink: SinkTarget,
+    }
+
+    thread_local! {
+        static INSTANCE: RefCell<Option<Rc<Instance>>> = const { RefCell::new(None) };
+    }
+
+    fn instance(config: &Config) -> Rc<Instance> {
+        INSTANCE.with(|c| {
+            c.borrow_mut()
+                .get_or_insert_with(|| {
+                    Rc::new(Instance {
+                        outbox: RefCell::new(Outbox::new(
+                            OutboxConfig::from_config(config, Wakeups::Polled),
+                            now_ms(),
+                        )),
+                        store: MemoryStore::default(),
+                        sink: SinkTarget::from_config(config),
+                    })
+                })
+                .clone()
+        })
+    }
+
+    /// Room in the instance's backlog, then its memory; starts its driver if none runs.
+    pub async fn accept(config: &Config, node: &str, accepted: &Accepted) -> Result<(), Problem> {
+        let inst = instance(config);
+        let readings = readings_of(accepted);
+        let reservation = inst
+            .outbox
+            .borrow_mut()
+            .reserve(readings.len())
+            .map_err(|full| {
+                Problem::backlog_full(
+                    full.retry_after_s,
+                    format!(
+                        "this instance holds {} undelivered readings (limit {}); the collector may be down",
+                        full.held, full.limit
+                    ),
+                )
+            })?;
+        let at = accepted.received_at_ms;
+        let start = append_reserved(&inst.outbox, &inst.store, reservation, at, node, readings)
+            .await
+            .map_err(store_unavailable)?;
+        if start {
+            spin_sdk::wasip3::spawn(async move {
+                let d = delivery(&inst.store, &inst.sink);
+                loop {
+                    match deliver_round(&inst.outbox, &d).await {
+                        Next::At(at) => {
+                            SpinTimer.sleep_ms(at.saturating_sub(now_ms()).max(1)).await
+                        }
+                        Next::Idle => return,
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn nudge(_config: &Config) {}
+
+    pub async fn stats(config: &Config) -> serde_json::Value {
+        let mut v = instance(config).outbox.borrow().stats_json();
+        v["scope"] = "instance".into();
+        v
+    }
+
+    pub async fn dead_letters(config: &Config) -> String {
+        let letters: Vec<serde_json::Value> = instance(config)
             .store
             .dead_letters()
             .into_iter()

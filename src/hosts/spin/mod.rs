@@ -2,7 +2,8 @@
 //!
 //! Two flavours from one source, chosen by the `spin` cargo feature:
 //! - **spin** (`spin.toml`): configuration from Spin variables (secrets as secret variables),
-//!   the outbox and rate limits in the Spin key-value store `default`;
+//!   the outbox and rate limits in Spin's SQLite database `default`, shared by every instance,
+//!   profiles in the key-value store `default`;
 //! - **portable** (default): configuration from environment variables, memory only; runs on any
 //!   wasi:http P3 host, `wasmtime serve` included.
 //!
@@ -11,6 +12,8 @@
 //! between is the core's request pipeline, with this file's [`Component`] as its host; the
 //! outbox's driver is in `delivery`.
 
+#[cfg(feature = "spin")]
+mod database;
 mod delivery;
 #[cfg(feature = "spin")]
 mod kv;
@@ -188,7 +191,10 @@ impl Host for Component {
         query: AdminQuery,
     ) -> Result<String, Problem> {
         match query {
-            AdminQuery::Stats => Ok(delivery::stats().to_string()),
+            AdminQuery::Stats => {
+                let config = settings.config.as_ref().map_err(|_| Problem::internal())?;
+                Ok(delivery::stats(config).await.to_string())
+            }
             AdminQuery::DeadLetters => {
                 let config = settings.config.as_ref().map_err(|_| Problem::internal())?;
                 Ok(delivery::dead_letters(config).await)

@@ -1,5 +1,6 @@
 //! `spin up`: a real Spin CLI running the spin flavour from `spin.toml`, with its state directory
-//! (the key-value store's SQLite file, the component's logs) kept across restarts.
+//! (the SQLite database of the outbox, the key-value store's file, the component's logs) kept
+//! across restarts.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,6 +27,8 @@ pub struct SpinHost {
     args: Vec<String>,
     proc: Option<Proc>,
     starts: u32,
+    /// The SQLite database `default`: in the state directory, or one several hosts share.
+    sqlite_db: PathBuf,
     /// Time from spawning `spin up` to the first 200 from `/healthz`.
     pub startup: Duration,
 }
@@ -44,7 +47,35 @@ impl SpinHost {
 
     /// Another Spin application (its manifest) on the same terms.
     pub fn start_app(dir: &Path, manifest: &Path, vars: &[(&str, &str)], args: &[&str]) -> Self {
-        let mut host = Self {
+        let mut host = Self::start_app_later(dir, manifest, vars, args);
+        host.launch();
+        host
+    }
+
+    /// As `start`, with the SQLite database `default` at `db` (a runtime-config file in `dir`
+    /// says so): several `spin up` given the same `db` share one outbox, as hosts sharing a
+    /// libSQL database would.
+    pub fn start_sharing(dir: &Path, db: &Path, vars: &[(&str, &str)]) -> Self {
+        let config = dir.join("runtime-config.toml");
+        let text = format!(
+            "[sqlite_database.default]\ntype = \"spin\"\npath = {:?}\n",
+            db.display().to_string()
+        );
+        std::fs::write(&config, text).expect("write the runtime config");
+        let config = config.display().to_string();
+        let mut host = Self::start_app_later(
+            dir,
+            &repo_root().join("spin.toml"),
+            vars,
+            &["--runtime-config-file", &config],
+        );
+        host.sqlite_db = db.to_owned();
+        host.launch();
+        host
+    }
+
+    fn start_app_later(dir: &Path, manifest: &Path, vars: &[(&str, &str)], args: &[&str]) -> Self {
+        Self {
             port: free_port(),
             dir: dir.to_owned(),
             manifest: manifest.to_owned(),
@@ -52,10 +83,43 @@ impl SpinHost {
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             proc: None,
             starts: 0,
+            sqlite_db: dir.join("spin-state").join("sqlite_db.db"),
             startup: Duration::ZERO,
+        }
+    }
+
+    /// Rows in the shared outbox: readings accepted and not yet delivered (0 before the table
+    /// exists).
+    pub fn outbox_rows(&self) -> i64 {
+        let Ok(db) = rusqlite::Connection::open(&self.sqlite_db) else {
+            return 0;
         };
-        host.launch();
-        host
+        db.busy_timeout(Duration::from_secs(5))
+            .expect("busy timeout");
+        db.query_row("SELECT count(*) FROM outbox", [], |row| row.get(0))
+            .unwrap_or(0)
+    }
+
+    /// The bodies of the dead letters kept in the shared outbox's database.
+    pub fn dead_letter_bodies(&self) -> Vec<String> {
+        let Ok(db) = rusqlite::Connection::open(&self.sqlite_db) else {
+            return Vec::new();
+        };
+        db.busy_timeout(Duration::from_secs(5))
+            .expect("busy timeout");
+        let Ok(mut stmt) = db.prepare("SELECT body FROM dead_letters ORDER BY id") else {
+            return Vec::new();
+        };
+        stmt.query_map([], |row| row.get::<_, String>(0))
+            .map(|rows| rows.flatten().collect())
+            .unwrap_or_default()
+    }
+
+    /// What the component wrote to stdout, across restarts (Spin also echoes it to its own
+    /// output, which `log_text` includes).
+    pub fn component_log(&self) -> String {
+        std::fs::read_to_string(self.state_dir().join("logs/edge-enrich_stdout.txt"))
+            .unwrap_or_default()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,656 @@
+//! The outbox every instance of an app shares, in one SQLite database (Spin's `spin:sqlite`;
+//! one file under `spin up`, a libSQL database for a fleet): the accepted readings wait as rows,
+//! and batches are cut across every instance's readings, so a batch is full however many
+//! instances the host runs.
+//!
+//! - **Accept**: one statement per accepted request, before its 2xx ([`SharedOutbox::append`]):
+//!   a row per reading, inserted only if the backlog has room.
+//! - **Claim**: a batch is due when `FLUSH_MAX_ITEMS` readings wait, or the oldest has waited
+//!   `FLUSH_INTERVAL_MS`. One statement claims up to [`SENDS_IN_FLIGHT`] due batches under a
+//!   lease ([`LEASE_MS`]): it marks the rows with a claim token and a lease expiry, atomically
+//!   across every connection and process on the database, so two instances never claim the
+//!   same row while its lease runs. A claim that ends in a crash is claimed again once its lease
+//!   has expired.
+//! - **Settle**: the claimed rows go through the one delivery engine (`outbox`): delivered rows
+//!   are deleted, a refused reading is dead-lettered alone, and after a failed round the rows
+//!   still held are released with the backoff as their new lease, and their attempt count
+//!   raised. While any released batch waits for its retry, or is being sent again, nobody cuts a
+//!   new batch: a collector that is down gets one batch at a time from the whole app.
+//! - **Who delivers**: the instance whose request fills a batch (its rows cross a multiple of
+//!   `FLUSH_MAX_ITEMS` in the table's sequence), and the instance whose reading is the oldest
+//!   waiting when `FLUSH_INTERVAL_MS` has passed, claim after answering ([`SharedDriver`]).
+//!   Nothing lists keys or scans the table.
+//!
+//! Guarantee: every reading whose request got a 2xx is in the table until it is delivered or
+//! dead-lettered. A batch is sent again only after its holder failed or crashed, or its lease
+//! expired while it was being sent (at least once; collectors deduplicate by reading id).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::delivery::outbox::{
+    deliver_round, Delivery, Outbox, OutboxConfig, COLLECTOR_TIMEOUT_MS, SENDS_IN_FLIGHT,
+};
+use crate::delivery::policy::{FlushPolicy, DEAD_LETTERS_KEPT, DEAD_LETTER_MAX_AGE_MS};
+use crate::domain::ids;
+use crate::ports::{
+    Collector, DeadLetter, Entropy, KeyValue, Level, OutboxStore, Sql, SqlValue, StoreError,
+    StoredSegment, Timer,
+};
+
+/// How long a claim is held before anyone may claim its rows again: longer than a send may
+/// take (`COLLECTOR_TIMEOUT_MS`) with room for the settling statements.
+pub const LEASE_MS: u64 = COLLECTOR_TIMEOUT_MS + 10_000;
+/// An instance with traffic looks for work nobody is delivering (rows left by a crash or a
+/// restart) on its first request and then this often, even when it accepts nothing itself.
+pub const LOOK_EVERY_MS: u64 = 30_000;
+/// While readings wait, a driver looks this often whether a request of its instance filled a
+/// batch (a request cannot wake another request's task on wasi:http: see `Wakeups::Polled`).
+pub const POLL_MS: u64 = 20;
+
+/// The statements, checked against a real SQLite in the tests.
+pub mod sql {
+    /// `PRAGMA user_version` once the tables exist, and once the previous release's key-value
+    /// segments were imported.
+    pub const VERSION_TABLES: i64 = 1;
+    pub const VERSION_IMPORTED: i64 = 2;
+
+    /// Made on first use by whichever instance comes first (idempotent). WAL is kept in the
+    /// file: a commit appends to the log, and readers do not wait for the writer.
+    pub const SETUP: &[&str] = &[
+        "PRAGMA journal_mode=WAL",
+        "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, \
+         received_at_ms INTEGER NOT NULL, node TEXT NOT NULL, doc TEXT NOT NULL, claim TEXT, \
+         lease_until_ms INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0)",
+        // Only rows that failed before: what the retry gate in CLAIM looks up.
+        "CREATE INDEX IF NOT EXISTS outbox_retrying ON outbox (lease_until_ms) WHERE attempts > 0",
+        "CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT, \
+         batch_id TEXT NOT NULL, failed_at_ms INTEGER NOT NULL, status INTEGER NOT NULL, \
+         detail TEXT NOT NULL, readings INTEGER NOT NULL, body TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS outbox_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) \
+         WITHOUT ROWID",
+    ];
+
+    /// ?1 received_at_ms, ?2 node, ?3 the readings as a JSON array of strings, ?4 the backlog
+    /// bound. Inserts all or nothing: nothing when the rows held (counted as the span of their
+    /// sequence numbers, an upper bound found in two index lookups) would pass the bound.
+    pub const APPEND: &str = "INSERT INTO outbox (received_at_ms, node, doc) \
+         SELECT ?1, ?2, value FROM json_each(?3) \
+         WHERE coalesce((SELECT max(seq) FROM outbox) - (SELECT min(seq) FROM outbox) + 1, 0) \
+               + json_array_length(?3) <= ?4 \
+         ORDER BY key RETURNING seq";
+
+    /// The previous release's segments, with their own receive time: no bound.
+    pub const IMPORT: &str = "INSERT INTO outbox (received_at_ms, node, doc) \
+         SELECT ?1, ?2, value FROM json_each(?3) ORDER BY key";
+
+    /// ?1 claim token, ?2 now, ?3 lease, ?4 batch size, ?5 batches, ?6 max age. Takes the
+    /// oldest unleased rows: whole batches, or everything up to ?4 * ?5 rows once the oldest
+    /// is ?6 old; nothing while a batch waits for its retry or is being sent again.
+    pub const CLAIM: &str = "WITH free AS (\
+           SELECT seq, received_at_ms FROM outbox WHERE lease_until_ms <= ?2 \
+           ORDER BY seq LIMIT ?4 * ?5), \
+         take AS (SELECT CASE WHEN min(received_at_ms) <= ?2 - ?6 THEN count(*) \
+           ELSE count(*) / ?4 * ?4 END AS n FROM free) \
+         UPDATE outbox SET claim = ?1, lease_until_ms = ?2 + ?3 \
+         WHERE seq IN (SELECT seq FROM free ORDER BY seq LIMIT (SELECT n FROM take)) \
+           AND NOT EXISTS (SELECT 1 FROM outbox WHERE attempts > 0 AND lease_until_ms > ?2) \
+         RETURNING seq, received_at_ms, node, doc, attempts";
+
+    /// ?1 the settled rows' sequence numbers as a JSON array.
+    pub const DELETE: &str = "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?1))";
+
+    /// ?1 claim token, ?2 when they may be claimed again, ?3 the rows as a JSON array. Only
+    /// rows still under this claim: a holder whose lease expired cannot undo a newer claim.
+    pub const RELEASE: &str = "UPDATE outbox SET claim = NULL, lease_until_ms = ?2, \
+         attempts = attempts + 1 WHERE claim = ?1 AND seq IN (SELECT value FROM json_each(?3))";
+
+    pub const DEAD_LETTER: &str = "INSERT INTO dead_letters \
+         (batch_id, failed_at_ms, status, detail, readings, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+    /// ?1 letters kept, ?2 the oldest failure kept.
+    pub const DEAD_LETTERS_BOUND: &str = "DELETE FROM dead_letters \
+         WHERE id <= (SELECT max(id) FROM dead_letters) - ?1 OR failed_at_ms < ?2 RETURNING id";
+    pub const DEAD_LETTERS: &str = "SELECT batch_id, failed_at_ms, status, detail, readings, body \
+         FROM dead_letters WHERE failed_at_ms >= ?2 ORDER BY id DESC LIMIT ?1";
+
+    /// ?1 now: rows held, rows under a lease, the oldest receive time.
+    pub const SUMMARY: &str = "SELECT count(*), coalesce(sum(lease_until_ms > ?1), 0), \
+         min(received_at_ms) FROM outbox";
+
+    /// ?1 now, ?2 how long an import may take: true (a row) for the one instance that may import.
+    pub const IMPORT_LEASE: &str =
+        "INSERT INTO outbox_meta (name, value) VALUES ('kv_import', ?1) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value \
+         WHERE outbox_meta.value <= ?1 - ?2 RETURNING value";
+}
+
+/// Where one request's rows landed in the table's sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub first_seq: i64,
+    pub last_seq: i64,
+}
+
+impl Appended {
+    /// True when these rows cross a multiple of the batch size: the request that makes a batch
+    /// full (counted over every instance's rows) claims it.
+    pub fn fills_a_batch(&self, max_items: usize) -> bool {
+        let max = max_items.max(1) as i64;
+        (self.first_seq - 1).div_euclid(max) != self.last_seq.div_euclid(max)
+    }
+}
+
+/// The backlog bound was reached: nothing was inserted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BacklogFull;
+
+/// What one claim took.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    pub segments: Vec<StoredSegment<String>>,
+    pub readings: usize,
+    /// The most failed attempts among the rows.
+    pub attempts: u32,
+}
+
+/// The shared outbox on a database, as the engine's store. It remembers the rows of each claim
+/// it holds, to settle them by sequence number.
+pub struct SharedOutbox<D> {
+    pub db: D,
+    claims: RefCell<HashMap<String, Vec<i64>>>,
+}
+
+fn seqs_json(seqs: &[i64]) -> String {
+    serde_json::to_string(seqs).unwrap_or_else(|_| "[]".into())
+}
+
+fn int(row: &[SqlValue], i: usize) -> Result<i64, StoreError> {
+    row.get(i)
+        .and_then(SqlValue::as_i64)
+        .ok_or_else(|| StoreError(format!("column {i}: not an integer")))
+}
+
+fn text(row: &[SqlValue], i: usize) -> Result<&str, StoreError> {
+    row.get(i)
+        .and_then(SqlValue::as_text)
+        .ok_or_else(|| StoreError(format!("column {i}: not text")))
+}
+
+fn count(n: u64) -> SqlValue {
+    SqlValue::Integer(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+impl<D: Sql> SharedOutbox<D> {
+    pub fn new(db: D) -> Self {
+        Self {
+            db,
+            claims: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Makes the tables on first use (`extra`: other tables of the same database, made with
+    /// them), and returns the schema version found: below `VERSION_IMPORTED`, the caller should
+    /// try [`import_key_value`](Self::import_key_value).
+    pub async fn prepare(&self, extra: &[&str]) -> Result<i64, StoreError> {
+        let rows = self.db.execute("PRAGMA user_version", Vec::new()).await?;
+        let version = rows.first().map(|r| int(r, 0)).transpose()?.unwrap_or(0);
+        if version >= sql::VERSION_TABLES {
+            return Ok(version);
+        }
+        for statement in sql::SETUP.iter().chain(extra) {
+            self.db.execute(statement, Vec::new()).await?;
+        }
+        let set = format!("PRAGMA user_version = {}", sql::VERSION_TABLES);
+        self.db.execute(&set, Vec::new()).await?;
+        Ok(sql::VERSION_TABLES)
+    }
+
+    /// Moves the segments a previous release kept in the key-value store (one key each, see
+    /// `legacy_kv`) into the table, with their receive times, then deletes their keys; done once
+    /// per database, by one instance at a time. A crash between an insert and its key's delete
+    /// sends that segment twice, never loses it. Returns the readings imported.
+    pub async fn import_key_value<K: KeyValue>(
+        &self,
+        kv: &K,
+        now_ms: u64,
+        default_node: &str,
+    ) -> Result<usize, StoreError> {
+        let lease = vec![count(now_ms), count(LEASE_MS * 4)];
+        if self.db.execute(sql::IMPORT_LEASE, lease).await?.is_empty() {
+            return Ok(0); // another instance is at it
+        }
+        let mut imported = 0;
+        for key in kv.keys().await? {
+            let Some(value) = kv.get(&key).await? else {
+                continue;
+            };
+            let Some(segment) = crate::delivery::legacy_kv::decode(&key, &value, default_node)
+            else {
+                continue;
+            };
+            let docs: Vec<&str> = segment.readings.iter().map(|r| &**r).collect();
+            let params = vec![
+                count(segment.received_at_ms),
+                SqlValue::Text(segment.node.clone()),
+                SqlValue::Text(serde_json::to_string(&docs).unwrap_or_default()),
+            ];
+            self.db.execute(sql::IMPORT, params).await?;
+            kv.delete(&key).await?;
+            imported += docs.len();
+        }
+        let set = format!("PRAGMA user_version = {}", sql::VERSION_IMPORTED);
+        self.db.execute(&set, Vec::new()).await?;
+        Ok(imported)
+    }
+
+    /// One request's readings, in one statement, before its answer.
+    pub async fn append(
+        &self,
+        received_at_ms: u64,
+        node: &str,
+        readings: &[Rc<str>],
+        max_backlog: usize,
+    ) -> Result<Result<Appended, BacklogFull>, StoreError> {
+        let docs: Vec<&str> = readings.iter().map(|r| &**r).collect();
+        let params = vec![
+            count(received_at_ms),
+            SqlValue::Text(node.to_owned()),
+            SqlValue::Text(serde_json::to_string(&docs).map_err(|e| StoreError(e.to_string()))?),
+            count(max_backlog as u64),
+        ];
+        let rows = self.db.execute(sql::APPEND, params).await?;
+        let mut seqs = rows.iter().map(|r| int(r, 0));
+        let Some(first) = seqs.next().transpose()? else {
+            return Ok(Err(BacklogFull));
+        };
+        let last = seqs.try_fold(first, |last, s| s.map(|s| last.max(s)))?;
+        Ok(Ok(Appended {
+            first_seq: first,
+            last_seq: last,
+        }))
+    }
+
+    /// Claims up to `batches` due batches under `token` (see `sql::CLAIM`); nothing when none
+    /// is due.
+    pub async fn claim(
+        &self,
+        token: &str,
+        now_ms: u64,
+        flush: FlushPolicy,
+        batches: usize,
+    ) -> Result<Claimed, StoreError> {
+        let params = vec![
+            SqlValue::Text(token.to_owned()),
+            count(now_ms),
+            count(LEASE_MS),
+            count(flush.max_items as u64),
+            count(batches as u64),
+            count(flush.max_age_ms),
+        ];
+        let rows = self.db.execute(sql::CLAIM, params).await?;
+        if rows.is_empty() {
+            return Ok(Claimed::default());
+        }
+        let mut taken = Vec::with_capacity(rows.len());
+        for row in &rows {
+            taken.push((
+                int(row, 0)?,
+                int(row, 1)?,
+                text(row, 2)?,
+                text(row, 3)?,
+                int(row, 4)?,
+            ));
+        }
+        taken.sort_unstable_by_key(|t| t.0);
+        let segment = StoredSegment {
+            key: token.to_owned(),
+            received_at_ms: taken.iter().map(|t| t.1).min().unwrap_or(0).max(0) as u64,
+            node: taken[0].2.to_owned(),
+            readings: taken.iter().map(|t| Rc::from(t.3)).collect(),
+        };
+        let attempts = taken.iter().map(|t| t.4).max().unwrap_or(0);
+        self.claims
+            .borrow_mut()
+            .insert(token.to_owned(), taken.iter().map(|t| t.0).collect());
+        Ok(Claimed {
+            readings: taken.len(),
+            segments: vec![segment],
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// Gives a claim's rows back after a failed round: the settled ones are deleted, the rest
+    /// wait until `until_ms` with one more attempt counted.
+    pub async fn release(
+        &self,
+        token: &str,
+        settled: &[bool],
+        until_ms: u64,
+    ) -> Result<(), StoreError> {
+        let Some(seqs) = self.claims.borrow_mut().remove(token) else {
+            return Ok(());
+        };
+        let mut done = Vec::new();
+        let mut open = Vec::new();
+        for (i, seq) in seqs.iter().enumerate() {
+            if settled.get(i).copied().unwrap_or(false) {
+                done.push(*seq);
+            } else {
+                open.push(*seq);
+            }
+        }
+        if !done.is_empty() {
+            let params = vec![SqlValue::Text(seqs_json(&done))];
+            self.db.execute(sql::DELETE, params).await?;
+        }
+        if !open.is_empty() {
+            let params = vec![
+                SqlValue::Text(token.to_owned()),
+                count(until_ms),
+                SqlValue::Text(seqs_json(&open)),
+            ];
+            self.db.execute(sql::RELEASE, params).await?;
+        }
+        Ok(())
+    }
+
+    /// Dead letters, newest first, as stored JSON documents.
+    pub async fn dead_letters(
+        &self,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        let oldest = now_ms.saturating_sub(DEAD_LETTER_MAX_AGE_MS);
+        let rows = self
+            .db
+            .execute(sql::DEAD_LETTERS, vec![count(limit as u64), count(oldest)])
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(serde_json::json!({
+                    "batch_id": text(r, 0)?, "failed_at_ms": int(r, 1)?, "status": int(r, 2)?,
+                    "detail": text(r, 3)?, "readings": int(r, 4)?,
+                    "body": serde_json::from_str::<serde_json::Value>(text(r, 5)?).unwrap_or_default(),
+                }))
+            })
+            .collect()
+    }
+
+    /// The table as every instance sees it, for `/admin/stats`.
+    pub async fn summary(&self, now_ms: u64) -> Result<serde_json::Value, StoreError> {
+        let rows = self.db.execute(sql::SUMMARY, vec![count(now_ms)]).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError("no summary".into()))?;
+        Ok(serde_json::json!({
+            "pending": int(row, 0)?,
+            "leased": int(row, 1)?,
+            "oldest_received_at_ms": row.get(2).and_then(SqlValue::as_i64),
+        }))
+    }
+}
+
+impl<D: Sql> OutboxStore for SharedOutbox<D> {
+    type Key = String;
+
+    async fn trim(
+        &self,
+        key: &String,
+        settled: usize,
+        _node: &str,
+        _readings: &[Rc<str>],
+    ) -> Result<(), StoreError> {
+        let done: Vec<i64> = {
+            let claims = self.claims.borrow();
+            let Some(seqs) = claims.get(key) else {
+                return Ok(());
+            };
+            seqs[..settled.min(seqs.len())].to_vec()
+        };
+        self.db
+            .execute(sql::DELETE, vec![SqlValue::Text(seqs_json(&done))])
+            .await?;
+        let mut claims = self.claims.borrow_mut();
+        if claims.get(key).is_some_and(|s| s.len() <= settled) {
+            claims.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<u64, StoreError> {
+        let params = vec![
+            SqlValue::Text(letter.batch_id.clone()),
+            count(letter.failed_at_ms),
+            count(u64::from(letter.status)),
+            SqlValue::Text(letter.detail.clone()),
+            count(letter.readings as u64),
+            SqlValue::Text(letter.body.clone()),
+        ];
+        self.db.execute(sql::DEAD_LETTER, params).await?;
+        let oldest = letter.failed_at_ms.saturating_sub(DEAD_LETTER_MAX_AGE_MS);
+        let bound = vec![count(DEAD_LETTERS_KEPT as u64), count(oldest)];
+        Ok(self.db.execute(sql::DEAD_LETTERS_BOUND, bound).await?.len() as u64)
+    }
+}
+
+/// When an instance's driver should claim.
+#[derive(Debug, Default)]
+struct Wake {
+    running: bool,
+    /// A request of this instance filled a batch, or it is time to look (see `LOOK_EVERY_MS`).
+    claim_now: bool,
+    /// When this instance's requests were received that a claim may not have taken yet (a claim
+    /// takes every row past the max age, and whole batches of younger ones): each is due at its
+    /// time plus the max age. Oldest first; one entry per request, bounded by `DUES_KEPT`.
+    unclaimed: std::collections::VecDeque<u64>,
+    /// A claim failed, or rows were given back: look again then.
+    retry_at: Option<u64>,
+    next_look_ms: u64,
+}
+
+/// Receive times a driver keeps; past it the oldest are forgotten (a later one still comes due
+/// and its claim takes them).
+const DUES_KEPT: usize = 1_024;
+
+impl Wake {
+    fn due_at(&self, max_age_ms: u64) -> Option<u64> {
+        let due = self.unclaimed.front().map(|t| t.saturating_add(max_age_ms));
+        match (due, self.retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// One instance's delivery from the shared outbox: what it claimed, held in the engine, and
+/// when it should claim next.
+pub struct SharedDriver {
+    outbox: RefCell<Outbox<String>>,
+    wake: RefCell<Wake>,
+    flush: FlushPolicy,
+}
+
+impl SharedDriver {
+    /// `config`: the deployment's outbox settings (its flush policy decides when a batch is due
+    /// in the table; what is claimed is due at once).
+    pub fn new(config: &OutboxConfig, now_ms: u64) -> Self {
+        let mut held = config.clone();
+        held.flush.max_age_ms = 0;
+        held.max_backlog = usize::MAX;
+        Self {
+            outbox: RefCell::new(Outbox::new(held, now_ms)),
+            wake: RefCell::new(Wake::default()),
+            flush: config.flush,
+        }
+    }
+
+    /// A request's rows are in the table. True when the host must start the driver.
+    pub fn appended(&self, appended: Appended, received_at_ms: u64) -> bool {
+        let mut wake = self.wake.borrow_mut();
+        if appended.fills_a_batch(self.flush.max_items) {
+            wake.claim_now = true;
+        }
+        if wake.unclaimed.len() == DUES_KEPT {
+            wake.unclaimed.pop_front();
+        }
+        wake.unclaimed.push_back(received_at_ms);
+        !std::mem::replace(&mut wake.running, true)
+    }
+
+    /// Any request: on an instance's first, and then every `LOOK_EVERY_MS`, it looks for rows
+    /// nobody is delivering. True when the host must start the driver.
+    pub fn nudge(&self, now_ms: u64) -> bool {
+        let mut wake = self.wake.borrow_mut();
+        if now_ms < wake.next_look_ms {
+            return false;
+        }
+        wake.next_look_ms = now_ms.saturating_add(LOOK_EVERY_MS);
+        wake.claim_now = true;
+        !std::mem::replace(&mut wake.running, true)
+    }
+
+    /// Counters and state of this instance's deliveries.
+    pub fn stats_json(&self) -> serde_json::Value {
+        self.outbox.borrow().stats_json()
+    }
+
+    /// Claims, delivers and settles until nothing is due or held; then the driver stops (the
+    /// next `appended` or `nudge` that returns true starts it again).
+    pub async fn run<D, C, T>(&self, d: &Delivery<'_, SharedOutbox<D>, C, T>)
+    where
+        D: Sql,
+        C: Collector,
+        T: Timer,
+    {
+        while let Some(at) = self.step(d).await {
+            let wait = at.saturating_sub(d.clock.now_ms()).clamp(1, POLL_MS);
+            d.timer.sleep_ms(wait).await;
+        }
+    }
+
+    /// One pass: claims if this instance should, delivers what it holds, gives it back after a
+    /// failure. Returns when to pass again, or `None` when the driver stops (recorded here).
+    pub async fn step<D, C, T>(&self, d: &Delivery<'_, SharedOutbox<D>, C, T>) -> Option<u64>
+    where
+        D: Sql,
+        C: Collector,
+        T: Timer,
+    {
+        let now = d.clock.now_ms();
+        if self.should_claim(now) {
+            self.claim(d, now).await;
+        }
+        if self.outbox.borrow().pending() > 0 {
+            deliver_round(&self.outbox, d).await;
+            if !self.outbox.borrow().is_healthy() {
+                self.release_all(d).await;
+            }
+        }
+        self.next_wake(d.clock.now_ms())
+    }
+
+    fn should_claim(&self, now: u64) -> bool {
+        let outbox = self.outbox.borrow();
+        let wake = self.wake.borrow();
+        outbox.pending() == 0
+            && outbox.retry_at().is_none_or(|r| r <= now)
+            && (wake.claim_now || wake.due_at(self.flush.max_age_ms).is_some_and(|t| t <= now))
+    }
+
+    async fn claim<D: Sql, C, T>(&self, d: &Delivery<'_, SharedOutbox<D>, C, T>, now: u64) {
+        {
+            // Whatever is past the max age now is taken by this claim (or by the next one, if
+            // this one fills every send and sets `claim_now` again).
+            let mut wake = self.wake.borrow_mut();
+            wake.claim_now = false;
+            wake.retry_at = None;
+            let age = self.flush.max_age_ms;
+            while wake.unclaimed.front().is_some_and(|t| t + age <= now) {
+                wake.unclaimed.pop_front();
+            }
+        }
+        let token = claim_token(now, d.entropy);
+        match d
+            .store
+            .claim(&token, now, self.flush, SENDS_IN_FLIGHT)
+            .await
+        {
+            Ok(claimed) => {
+                if claimed.readings >= self.flush.max_items * SENDS_IN_FLIGHT {
+                    self.wake.borrow_mut().claim_now = true; // more may be waiting
+                }
+                self.outbox
+                    .borrow_mut()
+                    .hold(claimed.segments, claimed.attempts);
+            }
+            Err(e) => {
+                d.log
+                    .emit(Level::Error, "outbox_claim_failed", &[("error", &e.0)]);
+                self.outbox.borrow_mut().note_store_failure();
+                let retry = now.saturating_add(self.outbox.borrow().config().retry.base_ms);
+                self.wake.borrow_mut().retry_at = Some(retry);
+            }
+        }
+    }
+
+    /// After a failed round: everything held goes back to the table with the backoff as its
+    /// lease, and this instance comes back for it then (another may come first).
+    async fn release_all<D: Sql, C, T>(&self, d: &Delivery<'_, SharedOutbox<D>, C, T>) {
+        let (released, until) = {
+            let mut outbox = self.outbox.borrow_mut();
+            let until = outbox.retry_at().unwrap_or_else(|| d.clock.now_ms());
+            (outbox.release_all(), until)
+        };
+        for (token, settled) in released {
+            if let Err(e) = d.store.release(&token, &settled, until).await {
+                // The rows stay leased to this claim until LEASE_MS: later, never lost.
+                d.log
+                    .emit(Level::Warn, "outbox_release_failed", &[("error", &e.0)]);
+                self.outbox.borrow_mut().note_store_failure();
+            }
+        }
+        let mut wake = self.wake.borrow_mut();
+        wake.retry_at = Some(wake.retry_at.map_or(until, |t| t.min(until)));
+    }
+
+    /// When to run next; `None` stops the driver, recorded in the same step.
+    fn next_wake(&self, now: u64) -> Option<u64> {
+        let outbox = self.outbox.borrow();
+        let mut wake = self.wake.borrow_mut();
+        let held = if outbox.pending() > 0 {
+            outbox.next_wake(now)
+        } else {
+            None
+        };
+        // A claim waits for this instance's own backoff as well.
+        let claim = if wake.claim_now {
+            Some(now)
+        } else {
+            wake.due_at(self.flush.max_age_ms)
+        }
+        .map(|t| outbox.retry_at().map_or(t, |r| t.max(r)));
+        let next = match (held, claim) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if next.is_none() {
+            wake.running = false;
+        }
+        next
+    }
+}
+
+/// A claim's token: unique among every instance's claims.
+fn claim_token(now: u64, entropy: &dyn Entropy) -> String {
+    let mut rand = [0u8; 10];
+    match entropy.fill(&mut rand) {
+        Ok(()) => ids::uuid_v7(now, rand),
+        // Harmless if two collide: every statement on a claim also names its rows.
+        Err(_) => format!("claim-{now}"),
+    }
+}
+
+// On a real SQLite (rusqlite), which the wasm targets do not build.
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests;

@@ -1,0 +1,535 @@
+//! The shared outbox on a real SQLite file, with several instances (each its own connection and
+//! driver) and the engine's fake collector, clock and entropy. A crash is an instance dropped
+//! at a chosen point; its claims stay in the table until their lease expires.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
+use std::rc::Rc;
+
+use super::*;
+use crate::delivery::outbox::tests::{Events, FakeClock, FakeCollector, FakeEntropy};
+use crate::delivery::outbox::{SinkTarget, Wakeups};
+use crate::delivery::policy::RetryPolicy;
+use crate::delivery::sink::SinkFormat;
+use crate::ports::testing::{run, MemoryKv};
+use crate::ports::Clock;
+
+/// `spin:sqlite` as the tests see it: a rusqlite connection to a file.
+pub(crate) struct Db {
+    conn: rusqlite::Connection,
+    /// Makes every statement fail, as a store that is down.
+    pub(crate) fail: Cell<bool>,
+    pub(crate) statements: Cell<u64>,
+}
+
+impl Db {
+    pub(crate) fn open(path: &std::path::Path) -> Self {
+        Self {
+            conn: rusqlite::Connection::open(path).unwrap(),
+            fail: Cell::new(false),
+            statements: Cell::new(0),
+        }
+    }
+}
+
+impl Sql for Db {
+    async fn execute(
+        &self,
+        statement: &str,
+        params: Vec<SqlValue>,
+    ) -> Result<Vec<Vec<SqlValue>>, StoreError> {
+        use rusqlite::types::{Value, ValueRef};
+        if self.fail.get() {
+            return Err(StoreError("database is locked".into()));
+        }
+        self.statements.set(self.statements.get() + 1);
+        let err = |e: rusqlite::Error| StoreError(e.to_string());
+        let mut stmt = self.conn.prepare_cached(statement).map_err(err)?;
+        let columns = stmt.column_count();
+        let params = params.into_iter().map(|v| match v {
+            SqlValue::Null => Value::Null,
+            SqlValue::Integer(n) => Value::Integer(n),
+            SqlValue::Real(x) => Value::Real(x),
+            SqlValue::Text(t) => Value::Text(t),
+        });
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(params))
+            .map_err(err)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(err)? {
+            let mut values = Vec::with_capacity(columns);
+            for i in 0..columns {
+                values.push(match row.get_ref(i).map_err(err)? {
+                    ValueRef::Integer(n) => SqlValue::Integer(n),
+                    ValueRef::Real(x) => SqlValue::Real(x),
+                    ValueRef::Text(t) => SqlValue::Text(String::from_utf8_lossy(t).into()),
+                    ValueRef::Null | ValueRef::Blob(_) => SqlValue::Null,
+                });
+            }
+            out.push(values);
+        }
+        Ok(out)
+    }
+}
+
+/// Never fires: the fake collector answers at once.
+struct NoTimeout;
+impl Timer for NoTimeout {
+    async fn sleep_ms(&self, _ms: u64) {
+        std::future::pending::<()>().await
+    }
+}
+
+const T0: u64 = 1_800_000_000_000;
+const MAX_ITEMS: usize = 5;
+const MAX_AGE: u64 = 200;
+
+fn outbox_config() -> OutboxConfig {
+    OutboxConfig {
+        flush: FlushPolicy {
+            max_items: MAX_ITEMS,
+            max_age_ms: MAX_AGE,
+        },
+        retry: RetryPolicy {
+            base_ms: 200,
+            max_ms: 5_000,
+        },
+        max_backlog: 100,
+        backlog_retry_after_s: 5,
+        wakeups: Wakeups::Polled,
+    }
+}
+
+struct Instance {
+    store: SharedOutbox<Db>,
+    driver: SharedDriver,
+}
+
+/// An app: one database file, one collector, one clock, and the instances that come and go.
+struct App {
+    path: std::path::PathBuf,
+    clock: FakeClock,
+    entropy: FakeEntropy,
+    collector: FakeCollector,
+    events: Events,
+    sink: SinkTarget,
+    acknowledged: RefCell<BTreeSet<String>>,
+    next_reading: Cell<u64>,
+}
+
+impl App {
+    fn new(name: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("shared-outbox-{name}-{}.db", std::process::id()));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        Self {
+            path,
+            clock: FakeClock(Cell::new(T0)),
+            entropy: FakeEntropy(Cell::new(1)),
+            collector: FakeCollector::default(),
+            events: Events::default(),
+            sink: SinkTarget {
+                format: SinkFormat::Json,
+                url: "http://collector/ingest".into(),
+                token: None,
+            },
+            acknowledged: RefCell::new(BTreeSet::new()),
+            next_reading: Cell::new(0),
+        }
+    }
+
+    fn instance(&self) -> Instance {
+        let store = SharedOutbox::new(Db::open(&self.path));
+        run(store.prepare(&[])).unwrap();
+        Instance {
+            store,
+            driver: SharedDriver::new(&outbox_config(), self.clock.now_ms()),
+        }
+    }
+
+    fn readings(&self, n: usize) -> Vec<Rc<str>> {
+        (0..n)
+            .map(|_| {
+                self.next_reading.set(self.next_reading.get() + 1);
+                format!(r#"{{"id":"r{}","temp_c":1.5}}"#, self.next_reading.get()).into()
+            })
+            .collect()
+    }
+
+    /// A request of `n` readings on `instance`, as the host's accept path runs it. Returns
+    /// whether it was acknowledged.
+    fn accept(&self, instance: &Instance, n: usize) -> bool {
+        let readings = self.readings(n);
+        let now = self.clock.now_ms();
+        let appended = run(instance.store.append(now, "node-1", &readings, 100));
+        let Ok(Ok(appended)) = appended else {
+            return false;
+        };
+        instance.driver.appended(appended, now);
+        self.acknowledged
+            .borrow_mut()
+            .extend(readings.iter().map(|r| id_of(r)));
+        true
+    }
+
+    fn step(&self, instance: &Instance) -> Option<u64> {
+        let d = Delivery {
+            store: &instance.store,
+            collector: &self.collector,
+            timer: &NoTimeout,
+            clock: &self.clock,
+            entropy: &self.entropy,
+            log: &self.events,
+            sink: &self.sink,
+        };
+        run(instance.driver.step(&d))
+    }
+
+    /// Steps every instance, moving the clock to the earliest wake-up, until all are idle.
+    fn drain(&self, instances: &[&Instance]) {
+        for _ in 0..10_000 {
+            let next = instances.iter().filter_map(|i| self.step(i)).min();
+            match next {
+                None => return,
+                Some(at) => self.clock.0.set(self.clock.now_ms().max(at)),
+            }
+        }
+        panic!("the instances never went idle");
+    }
+
+    fn tick(&self, ms: u64) {
+        self.clock.0.set(self.clock.now_ms() + ms);
+    }
+
+    /// Sizes of the batches the collector stored, in order.
+    fn batch_sizes(&self) -> Vec<usize> {
+        self.collector.sizes.borrow().clone()
+    }
+
+    fn pending(&self) -> i64 {
+        let db = Db::open(&self.path);
+        let summary = run(SharedOutbox::new(db).summary(self.clock.now_ms())).unwrap();
+        summary["pending"].as_i64().unwrap()
+    }
+
+    /// The promise: every acknowledged reading arrived, and nothing else did.
+    fn assert_all_delivered(&self) {
+        let stored = self.collector.stored_set();
+        let acknowledged = self.acknowledged.borrow();
+        let missing: Vec<_> = acknowledged.difference(&stored).collect();
+        assert!(missing.is_empty(), "lost: {missing:?}");
+        assert!(
+            stored.is_subset(&acknowledged),
+            "sent what was never accepted"
+        );
+        assert_eq!(self.pending(), 0, "rows left in the table");
+    }
+}
+
+fn id_of(reading: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(reading).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn a_batch_boundary_is_found_from_the_sequence_numbers() {
+    let at = |first, last| Appended {
+        first_seq: first,
+        last_seq: last,
+    };
+    assert!(at(5, 5).fills_a_batch(5));
+    assert!(!at(6, 9).fills_a_batch(5));
+    assert!(at(6, 10).fills_a_batch(5));
+    assert!(at(1, 12).fills_a_batch(5));
+    assert!(!at(1, 4).fills_a_batch(5));
+}
+
+#[test]
+fn batches_are_cut_across_instances_and_full() {
+    let app = App::new("across");
+    let (a, b, c) = (app.instance(), app.instance(), app.instance());
+    // Three instances take one reading per request in turn, as Spin spreads requests.
+    for i in 0..20 {
+        let instance = [&a, &b, &c][i % 3];
+        assert!(app.accept(instance, 1));
+        // Each steps after its answer: only the one whose row completes a batch claims.
+        app.step(instance);
+        app.tick(1);
+    }
+    assert_eq!(app.batch_sizes(), vec![5, 5, 5, 5]);
+    app.assert_all_delivered();
+    assert_eq!(app.collector.duplicates(), 0);
+}
+
+#[test]
+fn a_lone_reading_is_delivered_by_its_instance_once_it_is_due() {
+    let app = App::new("lone");
+    let a = app.instance();
+    assert!(app.accept(&a, 1));
+    let due = app
+        .step(&a)
+        .expect("the driver waits for the reading's age");
+    assert_eq!(due, T0 + MAX_AGE);
+    assert!(app.batch_sizes().is_empty(), "sent before it was due");
+    app.clock.0.set(due);
+    app.step(&a);
+    assert_eq!(app.batch_sizes(), vec![1]);
+    assert_eq!(app.step(&a), None, "the driver stops when nothing is held");
+    app.assert_all_delivered();
+}
+
+#[test]
+fn a_claim_is_exclusive_until_its_lease_expires_then_another_delivers_it() {
+    let app = App::new("lease");
+    let (a, b) = (app.instance(), app.instance());
+    assert!(app.accept(&a, 5));
+    // `a` claims the full batch and crashes before the answer (its send never returns).
+    let claimed = run(a.store.claim("claim-a", app.clock.now_ms(), a_flush(), 4)).unwrap();
+    assert_eq!(claimed.readings, 5);
+    drop(a);
+    app.tick(MAX_AGE + 1);
+    assert!(b.driver.nudge(app.clock.now_ms()));
+    app.step(&b);
+    assert!(app.batch_sizes().is_empty(), "claimed while the lease ran");
+    app.tick(LEASE_MS.max(LOOK_EVERY_MS));
+    assert!(b.driver.nudge(app.clock.now_ms()));
+    app.drain(&[&b]);
+    assert_eq!(app.batch_sizes(), vec![5]);
+    app.assert_all_delivered();
+}
+
+fn a_flush() -> FlushPolicy {
+    outbox_config().flush
+}
+
+#[test]
+fn a_failed_batch_is_released_with_backoff_and_nothing_new_goes_out_meanwhile() {
+    let app = App::new("retry");
+    let (a, b) = (app.instance(), app.instance());
+    app.collector.answer(&[Err(()), Err(()), Ok(503)]);
+    assert!(app.accept(&a, 5));
+    app.step(&a); // claims, fails, releases
+    assert_eq!(app.collector.attempts.borrow().len(), 1);
+    assert_eq!(app.pending(), 5, "released, not lost");
+    // Another instance fills a batch meanwhile: it must not send while the first waits.
+    assert!(app.accept(&b, 5));
+    app.step(&b);
+    assert_eq!(
+        app.collector.attempts.borrow().len(),
+        1,
+        "a new batch went out while a released one waited for its retry"
+    );
+    app.drain(&[&a, &b]);
+    assert_eq!(app.batch_sizes(), vec![5, 5]);
+    let attempts = app.collector.attempts.borrow().len();
+    assert_eq!(attempts, 5, "three failures, then two deliveries");
+    app.assert_all_delivered();
+    assert_eq!(app.collector.duplicates(), 0);
+    // The backoff grew with the attempts: at least 100, then 200 ms (equal jitter).
+    assert!(app.clock.now_ms() - T0 >= 100 + 200);
+}
+
+#[test]
+fn a_refused_reading_is_dead_lettered_alone_and_kept_in_the_table() {
+    let app = App::new("refused");
+    let a = app.instance();
+    app.collector.poisoned.borrow_mut().insert("r3".into());
+    assert!(app.accept(&a, 5));
+    app.drain(&[&a]);
+    let letters = run(a.store.dead_letters(10, app.clock.now_ms())).unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0]["readings"], 1);
+    assert_eq!(letters[0]["body"]["readings"][0]["id"], "r3");
+    let stored = app.collector.stored_set();
+    assert_eq!(stored.len(), 4);
+    assert!(!stored.contains("r3"));
+    assert_eq!(app.pending(), 0);
+}
+
+#[test]
+fn the_backlog_bound_refuses_whole_requests() {
+    let app = App::new("backlog");
+    let a = app.instance();
+    app.collector.answer(&[Err(()); 50]);
+    assert!(app.accept(&a, 60));
+    assert!(app.accept(&a, 40));
+    assert!(!app.accept(&a, 1), "over the bound of 100");
+    assert_eq!(app.pending(), 100);
+}
+
+#[test]
+fn a_store_that_fails_refuses_the_request_and_the_driver_retries_its_claim() {
+    let app = App::new("failing");
+    let a = app.instance();
+    a.store.db.fail.set(true);
+    assert!(!app.accept(&a, 1));
+    a.store.db.fail.set(false);
+    assert!(app.accept(&a, 1));
+    a.store.db.fail.set(true);
+    app.tick(MAX_AGE);
+    let next = app.step(&a).expect("tries again");
+    assert!(app
+        .events
+        .0
+        .borrow()
+        .iter()
+        .any(|e| e == "outbox_claim_failed"));
+    a.store.db.fail.set(false);
+    app.clock.0.set(next);
+    app.drain(&[&a]);
+    app.assert_all_delivered();
+}
+
+#[test]
+fn the_request_path_costs_one_statement_and_a_batch_two() {
+    let app = App::new("costs");
+    let a = app.instance();
+    let before = a.store.db.statements.get();
+    for _ in 0..4 {
+        assert!(app.accept(&a, 1));
+    }
+    assert_eq!(a.store.db.statements.get() - before, 4);
+    assert!(app.accept(&a, 1));
+    app.step(&a);
+    // The fifth request's append, then one claim and one delete for the batch.
+    assert_eq!(a.store.db.statements.get() - before, 7);
+    app.assert_all_delivered();
+}
+
+#[test]
+fn segments_of_the_previous_release_in_key_value_are_imported_once() {
+    use crate::delivery::{legacy_kv, segment};
+    use crate::ports::KeyValue;
+
+    let app = App::new("import");
+    let kv = MemoryKv::default();
+    let old = app.readings(7);
+    let (first, rest) = old.split_at(6);
+    let key = legacy_kv::segment_key(T0 - 5_000, "seg-1");
+    run(kv.set(&key, segment::encode("old-node", first).as_bytes())).unwrap();
+    // A reading of an even older release, one key each.
+    run(kv.set("pending/1799999990000/x", rest[0].as_bytes())).unwrap();
+    run(kv.set("calibration", b"{}")).unwrap();
+    app.acknowledged
+        .borrow_mut()
+        .extend(old.iter().map(|r| id_of(r)));
+    let a = app.instance();
+    let imported = run(a.store.import_key_value(&kv, T0, "local")).unwrap();
+    assert_eq!(imported, 7);
+    let left: Vec<String> = kv.map.borrow().keys().cloned().collect();
+    assert_eq!(
+        left,
+        vec!["calibration".to_owned()],
+        "segment keys left behind"
+    );
+    let version = run(a.store.prepare(&[])).unwrap();
+    assert_eq!(version, sql::VERSION_IMPORTED);
+    assert!(a.driver.nudge(T0));
+    app.drain(&[&a]);
+    assert_eq!(app.batch_sizes(), vec![5, 2]);
+    app.assert_all_delivered();
+}
+
+/// Random traffic over several instances that come and go, crash while holding claims, and a
+/// collector that fails at random: every acknowledged reading arrives; duplicates come only
+/// from claims a crash cut off.
+#[test]
+fn random_instances_crashes_and_failures_lose_nothing() {
+    for seed in 0..60u64 {
+        let app = App::new(&format!("random-{seed}"));
+        let mut rng = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let mut next = move |n: u64| {
+            rng = rng
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (rng >> 33) % n
+        };
+        let mut instances: Vec<Instance> = (0..3).map(|_| app.instance()).collect();
+        let (mut crashes, mut cut_off) = (0, 0);
+        for _ in 0..120 {
+            match next(10) {
+                0..=4 => {
+                    let i = next(instances.len() as u64) as usize;
+                    app.accept(&instances[i], 1 + next(7) as usize);
+                }
+                5 | 6 => {
+                    let i = next(instances.len() as u64) as usize;
+                    app.step(&instances[i]);
+                }
+                7 => app.tick(next(300)),
+                8 => {
+                    let answers: Vec<Result<u16, ()>> = (0..next(3))
+                        .map(|_| if next(2) == 0 { Err(()) } else { Ok(503) })
+                        .collect();
+                    app.collector.answer(&answers);
+                }
+                _ => {
+                    // An instance crashes and a new one starts. It may hold a claim (which
+                    // stays leased), and may have sent it before the crash cut the answer off.
+                    let i = next(instances.len() as u64) as usize;
+                    if next(2) == 0 {
+                        let token = format!("crashed-{crashes}");
+                        let now = app.clock.now_ms();
+                        let claim = run(instances[i].store.claim(&token, now, a_flush(), 1));
+                        let claimed = claim.unwrap().segments;
+                        if next(2) == 0 {
+                            for segment in &claimed {
+                                cut_off += segment.readings.len();
+                                let docs = segment.readings.iter().map(|r| &**r);
+                                let body = crate::delivery::sink::encode_json_batch(
+                                    &token, "node-1", now, docs,
+                                );
+                                let request = crate::ports::CollectorRequest {
+                                    url: "http://collector/ingest",
+                                    content_type: "application/json",
+                                    idempotency_key: &token,
+                                    token: None,
+                                    body,
+                                };
+                                let _ = run(app.collector.post(request));
+                            }
+                        }
+                    }
+                    instances[i] = app.instance();
+                    crashes += 1;
+                }
+            }
+        }
+        app.tick(LEASE_MS + 1);
+        for i in &instances {
+            i.driver.nudge(app.clock.now_ms());
+        }
+        let refs: Vec<&Instance> = instances.iter().collect();
+        app.drain(&refs);
+        app.assert_all_delivered();
+        assert!(
+            app.collector.duplicates() <= cut_off,
+            "seed {seed}: {} duplicates, but crashes cut off only {cut_off} sent readings",
+            app.collector.duplicates()
+        );
+    }
+}
+
+/// A request that fills a batch leaves younger rows behind; they are still claimed when they
+/// come due, even though an older reading of the same instance came due (and went) first.
+#[test]
+fn rows_left_behind_by_a_full_batch_are_claimed_when_they_come_due() {
+    let app = App::new("left-behind");
+    let a = app.instance();
+    assert!(app.accept(&a, 1));
+    app.tick(100);
+    assert!(app.accept(&a, 8)); // rows 2..=9: fills the batch of rows 1..=5
+    app.step(&a);
+    assert_eq!(app.batch_sizes(), vec![5]);
+    app.drain(&[&a]);
+    assert_eq!(app.batch_sizes(), vec![5, 4]);
+    app.assert_all_delivered();
+    assert!(
+        app.clock.now_ms() <= T0 + 100 + MAX_AGE,
+        "the rest went when it came due"
+    );
+}
