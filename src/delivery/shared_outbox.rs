@@ -65,6 +65,8 @@ pub mod sql {
          lease_until_ms INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0)",
         // Only rows that failed before: what the retry gate in CLAIM looks up.
         "CREATE INDEX IF NOT EXISTS outbox_retrying ON outbox (lease_until_ms) WHERE attempts > 0",
+        // Only claimed rows: how a claim reads its rows back.
+        "CREATE INDEX IF NOT EXISTS outbox_claimed ON outbox (claim) WHERE claim IS NOT NULL",
         "CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT, \
          batch_id TEXT NOT NULL, failed_at_ms INTEGER NOT NULL, status INTEGER NOT NULL, \
          detail TEXT NOT NULL, readings INTEGER NOT NULL, body TEXT NOT NULL)",
@@ -72,13 +74,15 @@ pub mod sql {
          WITHOUT ROWID",
     ];
 
-    /// ?1 received_at_ms, ?2 node, ?3 the readings as a JSON array of strings, ?4 the backlog
-    /// bound. Inserts all or nothing: nothing when the rows held (counted as the span of their
-    /// sequence numbers, an upper bound found in two index lookups) would pass the bound.
+    /// ?1 the readings of one or more requests as a JSON array of `[received_at_ms, node,
+    /// reading]`, ?2 the backlog bound. Inserts all or nothing: nothing when the rows held
+    /// (counted as the span of their sequence numbers, an upper bound found in two index
+    /// lookups) would pass the bound. The rows get consecutive sequence numbers, in order.
     pub const APPEND: &str = "INSERT INTO outbox (received_at_ms, node, doc) \
-         SELECT ?1, ?2, value FROM json_each(?3) \
+         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
+                json_extract(value, '$[2]') FROM json_each(?1) \
          WHERE coalesce((SELECT max(seq) FROM outbox) - (SELECT min(seq) FROM outbox) + 1, 0) \
-               + json_array_length(?3) <= ?4 \
+               + json_array_length(?1) <= ?2 \
          ORDER BY key RETURNING seq";
 
     /// The previous release's segments, with their own receive time: no bound.
@@ -86,17 +90,24 @@ pub mod sql {
          SELECT ?1, ?2, value FROM json_each(?3) ORDER BY key";
 
     /// ?1 claim token, ?2 now, ?3 lease, ?4 batch size, ?5 batches, ?6 max age. Takes the
-    /// oldest unleased rows: whole batches, or everything up to ?4 * ?5 rows once the oldest
-    /// is ?6 old; nothing while a batch waits for its retry or is being sent again.
+    /// oldest unleased rows, up to ?5 batches: whole batches, and as many more rows as fill
+    /// the batches that hold every row ?6 old (so a reading that is due goes in a batch as
+    /// full as the table allows); nothing while a batch waits for its retry or is being sent
+    /// again. Returns no
+    /// rows, so the write lock is given back as soon as the rows are marked: the claimed
+    /// readings are read afterwards (`CLAIMED`), which in WAL mode blocks no writer.
     pub const CLAIM: &str = "WITH free AS (\
            SELECT seq, received_at_ms FROM outbox WHERE lease_until_ms <= ?2 \
            ORDER BY seq LIMIT ?4 * ?5), \
-         take AS (SELECT CASE WHEN min(received_at_ms) <= ?2 - ?6 THEN count(*) \
-           ELSE count(*) / ?4 * ?4 END AS n FROM free) \
+         take AS (SELECT min(count(*), max(count(*) / ?4 * ?4, \
+           (coalesce(sum(received_at_ms <= ?2 - ?6), 0) + ?4 - 1) / ?4 * ?4)) AS n FROM free) \
          UPDATE outbox SET claim = ?1, lease_until_ms = ?2 + ?3 \
          WHERE seq IN (SELECT seq FROM free ORDER BY seq LIMIT (SELECT n FROM take)) \
-           AND NOT EXISTS (SELECT 1 FROM outbox WHERE attempts > 0 AND lease_until_ms > ?2) \
-         RETURNING seq, received_at_ms, node, doc, attempts";
+           AND NOT EXISTS (SELECT 1 FROM outbox WHERE attempts > 0 AND lease_until_ms > ?2)";
+
+    /// ?1 claim token: the rows it holds, oldest first.
+    pub const CLAIMED: &str = "SELECT seq, received_at_ms, node, doc, attempts FROM outbox \
+         WHERE claim = ?1 ORDER BY seq";
 
     /// ?1 the settled rows' sequence numbers as a JSON array.
     pub const DELETE: &str = "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?1))";
@@ -139,6 +150,14 @@ impl Appended {
         let max = max_items.max(1) as i64;
         (self.first_seq - 1).div_euclid(max) != self.last_seq.div_euclid(max)
     }
+}
+
+/// One accepted request's readings, as appended.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub received_at_ms: u64,
+    pub node: Rc<str>,
+    pub readings: Vec<Rc<str>>,
 }
 
 /// The backlog bound was reached: nothing was inserted.
@@ -252,23 +271,65 @@ impl<D: Sql> SharedOutbox<D> {
         readings: &[Rc<str>],
         max_backlog: usize,
     ) -> Result<Result<Appended, BacklogFull>, StoreError> {
-        let docs: Vec<&str> = readings.iter().map(|r| &**r).collect();
+        let group = [Request {
+            received_at_ms,
+            node: node.into(),
+            readings: readings.to_vec(),
+        }];
+        Ok(self
+            .append_group(&group, max_backlog)
+            .await?
+            .map(|mut a| a.remove(0)))
+    }
+
+    /// Several requests' readings, in one statement: all of them, or none when the backlog
+    /// would pass `max_backlog`.
+    pub async fn append_group(
+        &self,
+        requests: &[Request],
+        max_backlog: usize,
+    ) -> Result<Result<Vec<Appended>, BacklogFull>, StoreError> {
+        let rows: Vec<(u64, &str, &str)> = requests
+            .iter()
+            .flat_map(|r| {
+                r.readings
+                    .iter()
+                    .map(move |doc| (r.received_at_ms, &*r.node, &**doc))
+            })
+            .collect();
         let params = vec![
-            count(received_at_ms),
-            SqlValue::Text(node.to_owned()),
-            SqlValue::Text(serde_json::to_string(&docs).map_err(|e| StoreError(e.to_string()))?),
+            SqlValue::Text(serde_json::to_string(&rows).map_err(|e| StoreError(e.to_string()))?),
             count(max_backlog as u64),
         ];
-        let rows = self.db.execute(sql::APPEND, params).await?;
-        let mut seqs = rows.iter().map(|r| int(r, 0));
-        let Some(first) = seqs.next().transpose()? else {
+        let returned = self.db.execute(sql::APPEND, params).await?;
+        if returned.is_empty() {
             return Ok(Err(BacklogFull));
-        };
-        let last = seqs.try_fold(first, |last, s| s.map(|s| last.max(s)))?;
-        Ok(Ok(Appended {
-            first_seq: first,
-            last_seq: last,
-        }))
+        }
+        let mut seqs = returned
+            .iter()
+            .map(|r| int(r, 0))
+            .collect::<Result<Vec<i64>, _>>()?;
+        seqs.sort_unstable();
+        if seqs.len() != rows.len() {
+            return Err(StoreError(format!(
+                "{} rows inserted for {} readings",
+                seqs.len(),
+                rows.len()
+            )));
+        }
+        let mut at = 0;
+        Ok(Ok(requests
+            .iter()
+            .map(|r| {
+                let n = r.readings.len().max(1);
+                let appended = Appended {
+                    first_seq: seqs[at.min(seqs.len() - 1)],
+                    last_seq: seqs[(at + n - 1).min(seqs.len() - 1)],
+                };
+                at += r.readings.len();
+                appended
+            })
+            .collect()))
     }
 
     /// Claims up to `batches` due batches under `token` (see `sql::CLAIM`); nothing when none
@@ -288,7 +349,11 @@ impl<D: Sql> SharedOutbox<D> {
             count(batches as u64),
             count(flush.max_age_ms),
         ];
-        let rows = self.db.execute(sql::CLAIM, params).await?;
+        self.db.execute(sql::CLAIM, params).await?;
+        let rows = self
+            .db
+            .execute(sql::CLAIMED, vec![SqlValue::Text(token.to_owned())])
+            .await?;
         if rows.is_empty() {
             return Ok(Claimed::default());
         }
@@ -434,6 +499,73 @@ impl<D: Sql> OutboxStore for SharedOutbox<D> {
     }
 }
 
+/// What one request's append came to.
+pub type AppendResult = Result<Result<Appended, BacklogFull>, StoreError>;
+
+/// An instance's concurrent requests appended together: one statement, one commit, for every
+/// request that arrived while the previous statement ran. Commits are what SQLite serialises
+/// across every instance and process on the file, so fewer of them shorten everyone's wait
+/// for the write lock. A request that finds no statement running writes at once (with
+/// whatever else waits); the others look for their result every `GROUP_POLL_MS` (a task
+/// cannot wake another request's task on wasi:http: see `Wakeups::Polled`).
+#[derive(Debug, Default)]
+pub struct AppendGroup {
+    waiting: RefCell<Vec<(u64, Request)>>,
+    done: RefCell<HashMap<u64, AppendResult>>,
+    next_ticket: std::cell::Cell<u64>,
+    writing: std::cell::Cell<bool>,
+    /// Statements written, and the requests they carried.
+    written: std::cell::Cell<(u64, u64)>,
+}
+
+/// How often a request waiting on another's statement looks for its result.
+pub const GROUP_POLL_MS: u64 = 1;
+
+impl AppendGroup {
+    pub async fn append<D: Sql, T: Timer>(
+        &self,
+        store: &SharedOutbox<D>,
+        timer: &T,
+        request: Request,
+        max_backlog: usize,
+    ) -> AppendResult {
+        let ticket = self.next_ticket.get();
+        self.next_ticket.set(ticket + 1);
+        self.waiting.borrow_mut().push((ticket, request));
+        loop {
+            if let Some(result) = self.done.borrow_mut().remove(&ticket) {
+                return result;
+            }
+            if !self.writing.replace(true) {
+                let group = std::mem::take(&mut *self.waiting.borrow_mut());
+                let requests: Vec<Request> = group.iter().map(|(_, r)| r.clone()).collect();
+                let result = store.append_group(&requests, max_backlog).await;
+                let (statements, carried) = self.written.get();
+                self.written
+                    .set((statements + 1, carried + requests.len() as u64));
+                let mut done = self.done.borrow_mut();
+                for (i, (t, _)) in group.iter().enumerate() {
+                    let one = match &result {
+                        Ok(Ok(appended)) => Ok(Ok(appended[i])),
+                        Ok(Err(full)) => Ok(Err(*full)),
+                        Err(e) => Err(e.clone()),
+                    };
+                    done.insert(*t, one);
+                }
+                self.writing.set(false);
+                continue;
+            }
+            timer.sleep_ms(GROUP_POLL_MS).await;
+        }
+    }
+
+    /// Statements written and the requests they carried, for `/admin/stats`.
+    pub fn stats_json(&self) -> serde_json::Value {
+        let (statements, requests) = self.written.get();
+        serde_json::json!({ "statements": statements, "requests": requests })
+    }
+}
+
 /// When an instance's driver should claim.
 #[derive(Debug, Default)]
 struct Wake {
@@ -469,6 +601,8 @@ pub struct SharedDriver {
     outbox: RefCell<Outbox<String>>,
     wake: RefCell<Wake>,
     flush: FlushPolicy,
+    /// Requests and readings this instance appended.
+    appended: std::cell::Cell<(u64, u64)>,
 }
 
 impl SharedDriver {
@@ -482,11 +616,15 @@ impl SharedDriver {
             outbox: RefCell::new(Outbox::new(held, now_ms)),
             wake: RefCell::new(Wake::default()),
             flush: config.flush,
+            appended: std::cell::Cell::new((0, 0)),
         }
     }
 
     /// A request's rows are in the table. True when the host must start the driver.
     pub fn appended(&self, appended: Appended, received_at_ms: u64) -> bool {
+        let (requests, readings) = self.appended.get();
+        let rows = (appended.last_seq - appended.first_seq + 1).max(0) as u64;
+        self.appended.set((requests + 1, readings + rows));
         let mut wake = self.wake.borrow_mut();
         if appended.fills_a_batch(self.flush.max_items) {
             wake.claim_now = true;
@@ -510,9 +648,13 @@ impl SharedDriver {
         !std::mem::replace(&mut wake.running, true)
     }
 
-    /// Counters and state of this instance's deliveries.
+    /// Counters and state of this instance: what it appended, and its deliveries.
     pub fn stats_json(&self) -> serde_json::Value {
-        self.outbox.borrow().stats_json()
+        let mut v = self.outbox.borrow().stats_json();
+        let (requests, readings) = self.appended.get();
+        v["appended_requests"] = requests.into();
+        v["appended_readings"] = readings.into();
+        v
     }
 
     /// Claims, delivers and settles until nothing is due or held; then the driver stops (the

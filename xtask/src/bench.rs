@@ -450,6 +450,7 @@ fn spin_section(o: &Options, collector: &Collector, dir: &Path) -> Value {
     let mut rows = Vec::new();
     let mut startup = json!({});
     let mut one_connection = json!({});
+    let mut instances = json!({});
     {
         let edge_dir = dir.join("spin-edge-enrich");
         std::fs::create_dir_all(&edge_dir).expect("scratch");
@@ -463,9 +464,38 @@ fn spin_section(o: &Options, collector: &Collector, dir: &Path) -> Value {
             o,
             &mut startup,
         ));
+        instances["edge-enrich"] = json!(instances_started(&host));
         // One keep-alive connection sending one reading at a time: a device or gateway that
         // keeps its connection (the latency a chunked answer once stalled by ~40 ms).
         one_connection["edge-enrich"] = load(&host.url(GET_PATH), 1, ONE_CONNECTION_RUN);
+    }
+    // A/B: the previous release's component (scripts/build-baseline.sh REV), same load, same
+    // `spin up`, same run.
+    if let Some(baseline) = std::env::var_os("BENCH_SPIN_BASELINE").map(std::path::PathBuf::from) {
+        let manifest = baseline.join("spin.toml");
+        if manifest.exists() {
+            let edge_dir = dir.join("spin-baseline");
+            std::fs::create_dir_all(&edge_dir).expect("scratch");
+            let host = SpinHost::start_app(&edge_dir, &manifest, &vars, &[]);
+            let name = format!(
+                "baseline {}",
+                std::fs::read_to_string(baseline.join("REV"))
+                    .unwrap_or_default()
+                    .trim()
+            );
+            rows.extend(measure_host(
+                &name,
+                &host,
+                true,
+                false,
+                collector,
+                o,
+                &mut startup,
+            ));
+            instances[name.as_str()] = json!(instances_started(&host));
+        } else {
+            eprintln!("  SKIPPED baseline: {} is missing", manifest.display());
+        }
     }
     // The same load with Spin's state (its SQLite key-value file) on a tmpfs: no fsync, so
     // the difference is what the disk costs, and the rest is the design's.
@@ -484,6 +514,7 @@ fn spin_section(o: &Options, collector: &Collector, dir: &Path) -> Value {
             o,
             &mut startup,
         ));
+        instances["edge-enrich (state on tmpfs)"] = json!(instances_started(&host));
         drop(host);
         let _ = std::fs::remove_dir_all(&edge_dir);
     }
@@ -504,14 +535,23 @@ fn spin_section(o: &Options, collector: &Collector, dir: &Path) -> Value {
         "version": sh(&format!("{} --version", cli.display())),
         "runs": rows,
         "one_connection": one_connection,
+        // Spin instances each host started over its whole load (warm-up and every connection
+        // count): an instance shared by concurrent requests is one line.
+        "instances_started": instances,
         "startup_ms": startup,
-        "key_value_per_post_500": spin_key_value_per_post(collector, dir),
+        "durable_per_post_500": spin_durable_per_post(collector, dir),
     })
 }
 
-/// 20 NDJSON POSTs of 500 readings, one after the other (one instance serves them), then that
-/// instance's key-value calls on the request path: without and with the rate limit.
-fn spin_key_value_per_post(collector: &Collector, dir: &Path) -> Value {
+/// Instances a `spin up` started so far (each logs `instance_started` once).
+fn instances_started(host: &SpinHost) -> usize {
+    host.component_log().matches("\"instance_started\"").count()
+}
+
+/// 20 NDJSON POSTs of 500 readings, one after the other (one instance serves them), then what
+/// that instance asked of its durable stores on the request path: without and with the rate
+/// limit.
+fn spin_durable_per_post(collector: &Collector, dir: &Path) -> Value {
     let body: String = (0..500)
         .map(|i| {
             format!(
@@ -545,15 +585,14 @@ fn spin_key_value_per_post(collector: &Collector, dir: &Path) -> Value {
             .ok()
             .and_then(|r| r.into_json::<Value>().ok())
             .unwrap_or(Value::Null);
-        let requests = stats["accepted_segments"].as_f64().unwrap_or(f64::NAN);
+        let requests = stats["appended_requests"].as_f64().unwrap_or(f64::NAN);
         let path = &stats["key_value"]["request_path"];
         let per = |k: &str| path[k].as_f64().unwrap_or(f64::NAN) / requests;
         out[label] = json!({
             "requests_seen_by_instance": requests,
-            "writes_per_request": per("set"), "reads_per_request": per("get"),
-            "deletes_per_request": per("delete"), "lists_per_request": per("list"),
             "sqlite_statements_per_request": stats["sqlite"]["request_path"]["statements"].as_f64().unwrap_or(f64::NAN) / requests,
-            "background": stats["key_value"]["background"],
+            "key_value_writes_per_request": per("set"), "key_value_reads_per_request": per("get"),
+            "background_sqlite_statements": stats["sqlite"]["background"]["statements"],
         });
     }
     out
@@ -742,22 +781,69 @@ fn targets(r: &Value, o: &Options) -> Vec<Target> {
             usd <= 0.35,
         );
     }
-    let kv = &r["spin"]["key_value_per_post_500"]["rate_limit_off"];
-    let on = &r["spin"]["key_value_per_post_500"]["rate_limit_on"];
-    if kv.is_object() {
+    let off = &r["spin"]["durable_per_post_500"]["rate_limit_off"];
+    let on = &r["spin"]["durable_per_post_500"]["rate_limit_on"];
+    if off.is_object() {
+        let writes = |v: &Value| {
+            f(&v["sqlite_statements_per_request"]) + f(&v["key_value_writes_per_request"])
+        };
         check(
-            "spin: a 500-reading NDJSON POST makes 1 durable write before its answer, 2 with the rate limit".into(),
+            "spin: durable statements per accepted request: 1, 2 with the rate limit".into(),
             format!(
-                "rate limit off: {} key-value writes, {} reads; on: {} writes, {} reads, {} SQLite statements (per request)",
-                kv["writes_per_request"],
-                kv["reads_per_request"],
-                on["writes_per_request"],
-                on["reads_per_request"],
-                on["sqlite_statements_per_request"]
+                "rate limit off: {} SQLite statements + {} key-value writes; on: {} + {} (per 500-reading POST)",
+                off["sqlite_statements_per_request"],
+                off["key_value_writes_per_request"],
+                on["sqlite_statements_per_request"],
+                on["key_value_writes_per_request"]
             ),
-            f(&kv["writes_per_request"]) <= 1.0
-                && f(&on["writes_per_request"]) + f(&on["sqlite_statements_per_request"]) <= 2.0,
+            writes(off) <= 1.0 && writes(on) <= 2.0,
         );
+    }
+    // The targets for the spin flavour at load (#19), beside the generic ones above.
+    for &c in &o.connections {
+        let (Some(e), Some(hello)) = (
+            find(&r["spin"], "edge-enrich", c),
+            find(&r["spin"], "hello-component", c),
+        ) else {
+            continue;
+        };
+        let limit = if c >= 100 { 50.0 } else { 20.0 };
+        check(
+            format!("spin up c={c}: 2xx p99 <= {limit} ms"),
+            format!("{:.1} ms", f(&e["ok_p99_ms"])),
+            f(&e["ok_p99_ms"]) <= limit,
+        );
+        let per_batch = f(&e["delivery"]["readings_per_batch"]);
+        check(
+            format!("spin up c={c}: >= 40 readings per collector request"),
+            format!("{per_batch}"),
+            per_batch >= 40.0,
+        );
+        let ratio = f(&e["ok_rps"]) / f(&hello["ok_rps"]);
+        check(
+            format!("spin up c={c}: 2xx rps >= 0.2x the hello component (stretch 0.4x)"),
+            format!("{ratio:.3}x ({} vs {})", e["ok_rps"], hello["ok_rps"]),
+            ratio >= 0.2,
+        );
+        let baseline = r["spin"]["runs"].as_array().and_then(|rows| {
+            rows.iter().find(|row| {
+                row["connections"] == c
+                    && row["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("baseline"))
+            })
+        });
+        if let Some(b) = baseline {
+            let x = f(&e["ok_rps"]) / f(&b["ok_rps"]);
+            check(
+                format!("spin up c={c}: 2xx rps >= 10x the previous release (same run)"),
+                format!(
+                    "{x:.1}x ({} vs {} for {})",
+                    e["ok_rps"], b["ok_rps"], b["name"]
+                ),
+                x >= 10.0,
+            );
+        }
     }
     let one = &r["spin"]["one_connection"]["edge-enrich"];
     if one.is_object() {
@@ -884,8 +970,8 @@ fn print_table(r: &Value, o: &Options) {
         println!("{line}");
     }
     println!(
-        "spin: key-value calls per 500-reading POST: {}",
-        r["spin"]["key_value_per_post_500"]
+        "spin: durable calls per 500-reading POST: {}\nspin: instances started per host: {}",
+        r["spin"]["durable_per_post_500"], r["spin"]["instances_started"]
     );
     let c = &r["core"];
     println!(

@@ -385,7 +385,7 @@ fn a_store_that_fails_refuses_the_request_and_the_driver_retries_its_claim() {
 }
 
 #[test]
-fn the_request_path_costs_one_statement_and_a_batch_two() {
+fn the_request_path_costs_one_statement_and_a_batch_three() {
     let app = App::new("costs");
     let a = app.instance();
     let before = a.store.db.statements.get();
@@ -395,8 +395,8 @@ fn the_request_path_costs_one_statement_and_a_batch_two() {
     assert_eq!(a.store.db.statements.get() - before, 4);
     assert!(app.accept(&a, 1));
     app.step(&a);
-    // The fifth request's append, then one claim and one delete for the batch.
-    assert_eq!(a.store.db.statements.get() - before, 7);
+    // The fifth request's append, then the claim, its rows read back, and one delete.
+    assert_eq!(a.store.db.statements.get() - before, 8);
     app.assert_all_delivered();
 }
 
@@ -532,4 +532,92 @@ fn rows_left_behind_by_a_full_batch_are_claimed_when_they_come_due() {
         app.clock.now_ms() <= T0 + 100 + MAX_AGE,
         "the rest went when it came due"
     );
+}
+
+/// Yields once, as a host call that waits on the database would.
+struct YieldOnce(bool);
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if std::mem::replace(&mut self.0, true) {
+            std::task::Poll::Ready(())
+        } else {
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    }
+}
+
+/// The database behind a host call: every statement waits a turn first.
+struct SlowDb(Db);
+impl Sql for SlowDb {
+    async fn execute(
+        &self,
+        statement: &str,
+        params: Vec<SqlValue>,
+    ) -> Result<Vec<Vec<SqlValue>>, StoreError> {
+        YieldOnce(false).await;
+        self.0.execute(statement, params).await
+    }
+}
+
+struct YieldTimer;
+impl Timer for YieldTimer {
+    async fn sleep_ms(&self, _ms: u64) {
+        YieldOnce(false).await
+    }
+}
+
+/// Polls until done, as a single-threaded host does.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+#[test]
+fn concurrent_requests_of_an_instance_share_one_statement() {
+    let app = App::new("group");
+    let _tables = app.instance();
+    let store = SharedOutbox::new(SlowDb(Db::open(&app.path)));
+    let group = AppendGroup::default();
+    let requests: Vec<Request> = (0..10)
+        .map(|i| Request {
+            received_at_ms: T0,
+            node: "node-1".into(),
+            readings: app.readings(1 + i % 3),
+        })
+        .collect();
+    let results = block_on(futures_util::future::join_all(
+        requests
+            .iter()
+            .map(|r| group.append(&store, &YieldTimer, r.clone(), 100)),
+    ));
+    // Every request got its own rows, in order, and fewer statements ran than requests.
+    let mut next = 1;
+    for (request, result) in requests.iter().zip(&results) {
+        let appended = result.as_ref().unwrap().as_ref().unwrap();
+        assert_eq!(appended.first_seq, next);
+        assert_eq!(appended.last_seq, next + request.readings.len() as i64 - 1);
+        next = appended.last_seq + 1;
+    }
+    let stats = group.stats_json();
+    assert_eq!(stats["requests"], 10);
+    assert!(stats["statements"].as_u64().unwrap() < 10, "{stats}");
+    // A group that would pass the bound is refused whole, and leaves nothing behind.
+    let big = Request {
+        received_at_ms: T0,
+        node: "node-1".into(),
+        readings: app.readings(90),
+    };
+    let refused = block_on(group.append(&store, &YieldTimer, big, 100));
+    assert_eq!(refused, Ok(Err(BacklogFull)));
+    assert_eq!(app.pending(), next - 1);
 }

@@ -68,7 +68,14 @@ pub async fn open(path: Path) -> Result<SpinSql, StoreError> {
     if version < sql::VERSION_IMPORTED {
         import_key_value(&outbox).await;
     }
-    let conn = DB.with(|d| d.borrow_mut().get_or_insert(conn).clone());
+    let (conn, first) = DB.with(|d| match &mut *d.borrow_mut() {
+        Some(kept) => (kept.clone(), false),
+        empty => (empty.insert(conn).clone(), true),
+    });
+    if first {
+        // One line per instance: how many instances a load ran on is counted from these.
+        super::emit("info", "instance_started", "", &[]);
+    }
     Ok(SpinSql { conn, path })
 }
 

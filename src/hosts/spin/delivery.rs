@@ -66,10 +66,10 @@ mod flavour {
     use std::cell::RefCell;
     use std::rc::Rc;
 
-    use super::{delivery, readings_of, store_unavailable};
+    use super::{delivery, readings_of, store_unavailable, SpinTimer};
     use crate::config::Config;
     use crate::delivery::outbox::{OutboxConfig, SinkTarget, Wakeups};
-    use crate::delivery::shared_outbox::{SharedDriver, SharedOutbox};
+    use crate::delivery::shared_outbox::{AppendGroup, Request, SharedDriver, SharedOutbox};
     use crate::hosts::spin::database::{self, Path, SpinSql};
     use crate::hosts::spin::now_ms;
     use crate::http::problem::Problem;
@@ -80,6 +80,7 @@ mod flavour {
     struct Instance {
         store: SharedOutbox<SpinSql>,
         driver: SharedDriver,
+        appends: AppendGroup,
         sink: SinkTarget,
     }
 
@@ -100,21 +101,34 @@ mod flavour {
                 &OutboxConfig::from_config(config, Wakeups::Polled),
                 now_ms(),
             ),
+            appends: AppendGroup::default(),
             sink: SinkTarget::from_config(config),
         });
         Ok(INSTANCE.with(|c| c.borrow_mut().get_or_insert(made).clone()))
     }
 
-    /// One statement: the request's readings into the shared outbox, or a 503 when the app's
-    /// backlog is full. Starts this instance's driver when the request made a batch due.
+    /// One statement (shared with the instance's concurrent requests): the request's readings
+    /// into the shared outbox, or a 503 when the app's backlog is full. Starts this instance's
+    /// driver when the request made a batch due.
     pub async fn accept(config: &Config, node: &str, accepted: &Accepted) -> Result<(), Problem> {
         let inst = instance(config).await?;
         let db = database::open(Path::Request)
             .await
             .map_err(store_unavailable)?;
         let at = accepted.received_at_ms;
-        let appended = SharedOutbox::new(db)
-            .append(at, node, &readings_of(accepted), config.max_backlog)
+        let request = Request {
+            received_at_ms: at,
+            node: node.into(),
+            readings: readings_of(accepted),
+        };
+        let appended = inst
+            .appends
+            .append(
+                &SharedOutbox::new(db),
+                &SpinTimer,
+                request,
+                config.max_backlog,
+            )
             .await
             .map_err(store_unavailable)?;
         let Ok(appended) = appended else {
@@ -161,6 +175,7 @@ mod flavour {
             .summary(now_ms())
             .await
             .unwrap_or_else(|e| serde_json::json!({ "error": e.0 }));
+        v["append_groups"] = inst.appends.stats_json();
         let (request, background) = database::statements();
         v["sqlite"] = serde_json::json!({
             "request_path": { "statements": request },
