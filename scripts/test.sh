@@ -12,7 +12,8 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 scripts/setup.sh
 
-say "format and lint (native, wasm32-unknown-unknown, wasm32-wasip2 in both flavours)"
+say "format and lint (native, wasm32-unknown-unknown, wasm32-wasip2 in both flavours), and the docs' links"
+python3 scripts/check-links.py
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --all-targets --target wasm32-unknown-unknown -- -D warnings
