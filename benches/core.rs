@@ -7,25 +7,26 @@ fn main() {} // Criterion is native-only; the wasm figure comes from examples/ho
 #[cfg(not(target_arch = "wasm32"))]
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
+// The fixture, shared with examples/hot_path.rs; not part of the library.
+#[cfg(not(target_arch = "wasm32"))]
+#[path = "support/workload.rs"]
+mod workload;
+
 #[cfg(not(target_arch = "wasm32"))]
 fn core(c: &mut Criterion) {
-    let fixture = edge_enrich::workload::Fixture::new();
+    let fixture = workload::Fixture::new();
     let mut group = c.benchmark_group("core");
     for (name, readings, work) in [
         (
             "get_one_reading",
             1,
-            edge_enrich::workload::Fixture::get as fn(&_) -> usize,
+            workload::Fixture::get as fn(&_) -> usize,
         ),
-        (
-            "post_ndjson_500",
-            500,
-            edge_enrich::workload::Fixture::post_500,
-        ),
+        ("post_ndjson_500", 500, workload::Fixture::post_500),
         (
             "encode_json_batch_50",
             50,
-            edge_enrich::workload::Fixture::encode_batch_50,
+            workload::Fixture::encode_batch_50,
         ),
     ] {
         group.throughput(Throughput::Elements(readings));

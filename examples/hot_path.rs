@@ -4,7 +4,9 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use edge_enrich::workload::Fixture;
+#[path = "../benches/support/workload.rs"]
+mod workload;
+use workload::Fixture;
 
 fn per_reading_ns(
     iterations: u32,

@@ -2,7 +2,7 @@
 //! setting is never guessed around: `/healthz` lists it and ingest refuses with 503.
 #![forbid(unsafe_code)]
 
-use crate::delivery::sink::SinkFormat;
+use crate::application::delivery::sink::SinkFormat;
 use crate::domain::calibration::{Profiles, EMBEDDED_PROFILES};
 use crate::http::auth::{AdminToken, AuthMode, DeviceAuth, MasterSecret};
 use crate::http::cors::Cors;
@@ -624,6 +624,39 @@ impl Settings {
             .as_ref()
             .ok()
             .and_then(|c| c.edge_node.as_deref())
+    }
+}
+
+/// Each part's policy, built from the parsed settings: the parts below `config` never name
+/// `Config`.
+impl Config {
+    /// The outbox's flush, retry and backlog policy.
+    pub fn outbox(
+        &self,
+        wakeups: crate::application::delivery::outbox::Wakeups,
+    ) -> crate::application::delivery::outbox::OutboxConfig {
+        crate::application::delivery::outbox::OutboxConfig {
+            flush: crate::application::delivery::policy::FlushPolicy {
+                max_items: self.flush_max_items,
+                max_age_ms: self.flush_interval_ms,
+            },
+            retry: crate::application::delivery::policy::RetryPolicy {
+                base_ms: self.retry_base_ms,
+                max_ms: self.retry_max_ms,
+            },
+            max_backlog: self.max_backlog,
+            backlog_retry_after_s: self.backlog_retry_after_s(),
+            wakeups,
+        }
+    }
+
+    /// Where batches go and in what shape.
+    pub fn sink(&self) -> crate::application::delivery::outbox::SinkTarget {
+        crate::application::delivery::outbox::SinkTarget {
+            format: self.sink_format,
+            url: self.collector_url.clone(),
+            token: self.collector_token.clone(),
+        }
     }
 }
 

@@ -302,44 +302,6 @@ pub struct EdgeFacts {
     pub region: Option<String>,
 }
 
-/// Everything the request pipeline needs of a host (`crate::http::pipeline`): its settings,
-/// clocks and log, its profile store, its outbox hand-off and its admin views.
-pub trait Host {
-    /// The platform tag in answers and readings (`edge.platform`).
-    fn platform(&self) -> &'static str;
-    /// Bytes of a refused body the host reads and drops before answering, so that a client
-    /// still sending hears the answer rather than a reset (see `pipeline`).
-    fn drain_limit(&self) -> usize;
-    /// The deployment's settings, parsed once per isolate or instance.
-    async fn settings(&self) -> Rc<crate::config::Settings>;
-    fn now_ms(&self) -> u64;
-    /// Milliseconds on the clock `Server-Timing` reports (Workers' only advances across I/O).
-    fn timer_ms(&self) -> f64;
-    async fn sleep_ms(&self, ms: u64);
-    /// The profile document under `domain::profile_cache::PROFILES_KEY` in the host's
-    /// key-value store: `Ok(None)` when the key is absent or the host has no such store. The
-    /// pipeline decides when to read (at most every `PROFILES_TTL_S`) and keeps the last good set.
-    async fn read_stored_profiles(&self) -> Result<Option<String>, StoreError>;
-    /// Takes accepted readings into the outbox (rate limits included): `Ok` once they are as
-    /// durable as the host makes them.
-    async fn accept(
-        &self,
-        settings: &crate::config::Settings,
-        edge: &crate::domain::enrich::EdgeInfo,
-        accepted: &crate::http::routes::Accepted,
-    ) -> Result<(), crate::http::problem::Problem>;
-    /// An admin query's answer, as JSON text.
-    async fn admin(
-        &self,
-        settings: &crate::config::Settings,
-        edge: &crate::domain::enrich::EdgeInfo,
-        query: crate::http::routes::AdminQuery,
-    ) -> Result<String, crate::http::problem::Problem>;
-    fn log(&self, level: Level, event: &str, request_id: &str, fields: &[(&str, &str)]);
-    /// Work after the answer is decided (Spin: keep its recovery going). Nothing by default.
-    async fn after(&self, _settings: &crate::config::Settings) {}
-}
-
 #[cfg(test)]
 pub mod testing {
     use super::{KeyValue, StoreError};

@@ -430,7 +430,10 @@ fn segments_of_the_previous_release_in_key_value_are_delivered() {
         .as_millis() as u64;
     for (n, ids) in [["old-1", "old-2"], ["old-3", "old-4"]].iter().enumerate() {
         let text = format!("node-old\n{}\n{}", doc(ids[0]), doc(ids[1]));
-        let key = edge_enrich::delivery::legacy_kv::segment_key(now - 60_000, &format!("seg-{n}"));
+        let key = edge_enrich::application::delivery::legacy_kv::segment_key(
+            now - 60_000,
+            &format!("seg-{n}"),
+        );
         host.kv_set(&key, &text);
         expected.extend(ids.iter().map(|i| (*i).to_owned()));
     }
@@ -451,7 +454,7 @@ fn segments_of_the_previous_release_in_key_value_are_delivered() {
     expected.extend(traffic.accepted.iter().cloned());
     collector.assert_stored_exactly(&expected, Duration::from_secs(10));
     assert!(
-        host.kv_keys(edge_enrich::delivery::legacy_kv::SEGMENT_PREFIX)
+        host.kv_keys(edge_enrich::application::delivery::legacy_kv::SEGMENT_PREFIX)
             .is_empty(),
         "imported keys are deleted"
     );

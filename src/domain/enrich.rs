@@ -7,7 +7,6 @@ use serde::Serialize;
 use crate::domain::calibration::Profiles;
 use crate::domain::ids::IdSource;
 use crate::domain::reading::Reading;
-use crate::http::problem::FieldError;
 
 /// Where a reading was handled. `colo`/`country`/`region` come from the host's request
 /// metadata and are null when the host has none (e.g. locally).
@@ -91,6 +90,15 @@ pub struct EnrichedReading {
     pub json: String,
 }
 
+/// Why a request's readings could not be enriched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrichError {
+    /// Calibrated values out of range, by reading index: the device's fault.
+    OutOfRange(Vec<(usize, crate::domain::reading::FieldIssue)>),
+    /// Fewer ids were drawn than readings: the edge's fault, never the device's.
+    IdsExhausted,
+}
+
 /// Calibrates every reading first and only then assigns ids, so a request is accepted whole
 /// or refused whole (a calibrated value can still overflow: reported per index as 422).
 pub fn enrich_all(
@@ -99,26 +107,22 @@ pub fn enrich_all(
     edge: &EdgeInfo,
     received_at_ms: u64,
     ids: &mut IdSource,
-) -> Result<Vec<EnrichedReading>, Vec<FieldError>> {
+) -> Result<Vec<EnrichedReading>, EnrichError> {
     let mut calibrated = Vec::with_capacity(readings.len());
-    let mut errors = Vec::new();
+    let mut issues = Vec::new();
     for (index, r) in readings.iter().enumerate() {
         match profiles.calibrate(&r.device_id, r.temp) {
             Ok(c) => calibrated.push(c),
-            Err(issue) => errors.push(issue.into_field_error(Some(index))),
+            Err(issue) => issues.push((index, issue)),
         }
     }
-    if !errors.is_empty() {
-        return Err(errors);
+    if !issues.is_empty() {
+        return Err(EnrichError::OutOfRange(issues));
     }
     let mut out = Vec::with_capacity(readings.len());
     for (r, (temp_c, profile)) in readings.iter().zip(calibrated) {
         let Some(id) = ids.next_id() else {
-            return Err(vec![FieldError {
-                index: None,
-                field: String::from("id"),
-                detail: String::from("not enough ids were drawn"),
-            }]);
+            return Err(EnrichError::IdsExhausted);
         };
         let doc = Enriched {
             id: &id,

@@ -5,5 +5,4 @@
 pub mod calibration;
 pub mod enrich;
 pub mod ids;
-pub mod profile_cache;
 pub mod reading;

@@ -17,27 +17,6 @@ pub struct FieldIssue {
 }
 
 impl FieldIssue {
-    /// This issue as an entry of a problem document; `index` is the reading's position in a batch.
-    pub fn into_field_error(self, index: Option<usize>) -> crate::http::problem::FieldError {
-        crate::http::problem::FieldError {
-            index,
-            field: self.field.to_owned(),
-            detail: self.detail,
-        }
-    }
-
-    /// The problem type for a request with issues: any malformed field makes it a 400; only
-    /// well-formed but physically meaningless values make it a 422.
-    pub fn problem_type<'a>(
-        issues: impl IntoIterator<Item = &'a FieldIssue>,
-    ) -> crate::http::problem::ProblemType {
-        if issues.into_iter().any(|i| i.severity == Severity::Invalid) {
-            crate::http::problem::ProblemType::InvalidRequest
-        } else {
-            crate::http::problem::ProblemType::UnprocessableReading
-        }
-    }
-
     pub fn invalid(field: &'static str, detail: impl Into<String>) -> Self {
         Self {
             field,

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use crate::domain::reading::{
     parse_device_ts, parse_seq, DeviceId, FieldIssue, Reading, ReadingDraft,
 };
-use crate::http::problem::{Problem, ProblemType};
+use crate::http::problem::{FieldError, Problem, ProblemType};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFormat {
@@ -215,10 +215,10 @@ pub fn parse_readings(
     if issues.is_empty() {
         return Ok(readings);
     }
-    let kind = FieldIssue::problem_type(issues.iter().map(|(_, issue)| issue));
+    let kind = ProblemType::for_issues(issues.iter().map(|(_, issue)| issue));
     let errors: Vec<_> = issues
         .into_iter()
-        .map(|(index, issue)| issue.into_field_error(Some(index)))
+        .map(|(index, issue)| FieldError::from_issue(issue, Some(index)))
         .collect();
     let bad = {
         let mut idx: Vec<_> = errors.iter().filter_map(|e| e.index).collect();

@@ -20,15 +20,55 @@ use http::Request;
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use crate::application::profile_cache::{self, CacheSlot};
 use crate::config::Settings;
 use crate::domain::calibration::Profiles;
 use crate::domain::enrich::EdgeInfo;
 use crate::domain::ids;
-use crate::domain::profile_cache::{self, CacheSlot};
 use crate::http::answer::{self, Answer};
 use crate::http::problem::{Problem, ProblemType};
-use crate::http::routes::{self, Plan, RequestContext};
-use crate::ports::{BodyStream, EdgeFacts, Host, Level};
+use crate::http::routes::{self, Accepted, AdminQuery, Plan, RequestContext};
+use crate::ports::{BodyStream, EdgeFacts, Level, StoreError};
+
+/// Everything the request pipeline needs of a host: its settings,
+/// clocks and log, its profile store, its outbox hand-off and its admin views.
+// Hosts are single-threaded (an isolate, an instance): no Send wanted of these futures.
+#[allow(async_fn_in_trait)]
+pub trait Host {
+    /// The platform tag in answers and readings (`edge.platform`).
+    fn platform(&self) -> &'static str;
+    /// Bytes of a refused body the host reads and drops before answering, so that a client
+    /// still sending hears the answer rather than a reset (see `pipeline`).
+    fn drain_limit(&self) -> usize;
+    /// The deployment's settings, parsed once per isolate or instance.
+    async fn settings(&self) -> Rc<Settings>;
+    fn now_ms(&self) -> u64;
+    /// Milliseconds on the clock `Server-Timing` reports (Workers' only advances across I/O).
+    fn timer_ms(&self) -> f64;
+    async fn sleep_ms(&self, ms: u64);
+    /// The profile document under `application::profile_cache::PROFILES_KEY` in the host's
+    /// key-value store: `Ok(None)` when the key is absent or the host has no such store. The
+    /// pipeline decides when to read (at most every `PROFILES_TTL_S`) and keeps the last good set.
+    async fn read_stored_profiles(&self) -> Result<Option<String>, StoreError>;
+    /// Takes accepted readings into the outbox (rate limits included): `Ok` once they are as
+    /// durable as the host makes them.
+    async fn accept(
+        &self,
+        settings: &Settings,
+        edge: &EdgeInfo,
+        accepted: &Accepted,
+    ) -> Result<(), Problem>;
+    /// An admin query's answer, as JSON text.
+    async fn admin(
+        &self,
+        settings: &Settings,
+        edge: &EdgeInfo,
+        query: AdminQuery,
+    ) -> Result<String, Problem>;
+    fn log(&self, level: Level, event: &str, request_id: &str, fields: &[(&str, &str)]);
+    /// Work after the answer is decided (Spin: keep its recovery going). Nothing by default.
+    async fn after(&self, _settings: &Settings) {}
+}
 
 /// How long a drain may wait for a body that is declared but does not come.
 pub const DRAIN_WAIT_MS: u64 = 1_000;

@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use crate::domain::reading::{FieldIssue, Severity};
+
 /// The kinds of problem the API can report. Each has one status, one type URI and one title,
 /// so a client can switch on `type` and never has to parse `detail`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +112,30 @@ pub struct FieldError {
     pub index: Option<usize>,
     pub field: String,
     pub detail: String,
+}
+
+impl FieldError {
+    /// A domain issue as an entry of a problem document; `index` is the reading's position in
+    /// a batch.
+    pub fn from_issue(issue: FieldIssue, index: Option<usize>) -> Self {
+        Self {
+            index,
+            field: issue.field.to_owned(),
+            detail: issue.detail,
+        }
+    }
+}
+
+impl ProblemType {
+    /// The type of a request with issues: any malformed field makes it a 400; only well-formed
+    /// but physically meaningless values make it a 422.
+    pub fn for_issues<'a>(issues: impl IntoIterator<Item = &'a FieldIssue>) -> Self {
+        if issues.into_iter().any(|i| i.severity == Severity::Invalid) {
+            Self::InvalidRequest
+        } else {
+            Self::UnprocessableReading
+        }
+    }
 }
 
 /// A problem document plus the HTTP headers that belong with it. Boxed: it travels in the

@@ -15,13 +15,13 @@ use http::request::Parts;
 use http::Method;
 
 use crate::config::Settings;
-use crate::domain::enrich::{enrich_all, EdgeInfo, EnrichedReading};
+use crate::domain::enrich::{enrich_all, EdgeInfo, EnrichError, EnrichedReading};
 use crate::domain::ids::IdSource;
-use crate::domain::reading::{FieldIssue, Reading};
+use crate::domain::reading::Reading;
 use crate::http::answer::{self, Answer};
 use crate::http::auth::{Presented, SignedParts};
 use crate::http::body::{first_device_id, parse_readings, BodyFormat};
-use crate::http::problem::{Problem, ProblemType};
+use crate::http::problem::{FieldError, Problem, ProblemType};
 use crate::http::query::{named_device, parse_reading_query};
 
 pub const READINGS_PATH: &str = "/v1/readings";
@@ -125,7 +125,7 @@ pub fn plan<'a>(parts: &'a Parts, settings: &Settings, now_ms: u64) -> Result<Pl
                         ProblemType::InvalidRequest,
                         "the device_id query parameter is invalid",
                     )
-                    .with_errors(vec![issue.into_field_error(None)]))
+                    .with_errors(vec![FieldError::from_issue(issue, None)]))
                 }
                 Err(_) => None,
             };
@@ -195,7 +195,7 @@ fn check_request_size(parts: &Parts, settings: &Settings) -> Result<(), Problem>
 pub struct RequestContext<'a> {
     pub settings: &'a Settings,
     /// Profiles from the host's key-value store, when it has some: they replace the
-    /// deployment's (see `domain::profile_cache`).
+    /// deployment's (see `application::profile_cache`).
     pub stored_profiles: Option<&'a crate::domain::calibration::Profiles>,
     pub edge: &'a EdgeInfo,
     pub now_ms: u64,
@@ -299,10 +299,10 @@ pub fn ingest(
 
 fn parse_query(query: &str) -> Result<Reading, Problem> {
     parse_reading_query(query).map_err(|issues| {
-        let kind = FieldIssue::problem_type(&issues);
+        let kind = ProblemType::for_issues(&issues);
         let errors: Vec<_> = issues
             .into_iter()
-            .map(|i| i.into_field_error(None))
+            .map(|i| FieldError::from_issue(i, None))
             .collect();
         Problem::new(
             kind,
@@ -329,12 +329,18 @@ fn enrich(
             .map(|(d, n)| (d.to_owned(), n))
             .collect();
     let enriched =
-        enrich_all(&readings, profiles, ctx.edge, ctx.now_ms, &mut ids).map_err(|errors| {
-            Problem::new(
+        enrich_all(&readings, profiles, ctx.edge, ctx.now_ms, &mut ids).map_err(|e| match e {
+            EnrichError::OutOfRange(issues) => Problem::new(
                 ProblemType::UnprocessableReading,
                 "a calibrated value is out of range; nothing was accepted",
             )
-            .with_errors(errors)
+            .with_errors(
+                issues
+                    .into_iter()
+                    .map(|(index, issue)| FieldError::from_issue(issue, Some(index)))
+                    .collect(),
+            ),
+            EnrichError::IdsExhausted => Problem::internal(),
         })?;
     Ok(Accepted {
         readings: enriched,

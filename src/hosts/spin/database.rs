@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use spin_sdk::sqlite::{Connection, Value};
 
-use crate::delivery::shared_outbox::{sql, SharedOutbox};
+use crate::application::delivery::shared_outbox::{sql, SharedOutbox};
 use crate::ports::{Sql, SqlValue, StoreError};
 
 thread_local! {

@@ -19,7 +19,7 @@ use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::FullBody;
 
 use super::{emit, now_ms};
-use crate::delivery::outbox::{Delivery, SinkTarget};
+use crate::application::delivery::outbox::{Delivery, SinkTarget};
 use crate::http::problem::{Problem, ProblemType};
 use crate::http::routes::Accepted;
 use crate::ports::{
@@ -67,9 +67,11 @@ mod flavour {
     use std::rc::Rc;
 
     use super::{delivery, readings_of, store_unavailable, SpinTimer};
+    use crate::application::delivery::outbox::{SinkTarget, Wakeups};
+    use crate::application::delivery::shared_outbox::{
+        AppendGroup, Request, SharedDriver, SharedOutbox,
+    };
     use crate::config::Config;
-    use crate::delivery::outbox::{OutboxConfig, SinkTarget, Wakeups};
-    use crate::delivery::shared_outbox::{AppendGroup, Request, SharedDriver, SharedOutbox};
     use crate::hosts::spin::database::{self, Path, SpinSql};
     use crate::hosts::spin::now_ms;
     use crate::http::problem::Problem;
@@ -97,12 +99,9 @@ mod flavour {
             .map_err(store_unavailable)?;
         let made = Rc::new(Instance {
             store: SharedOutbox::new(db),
-            driver: SharedDriver::new(
-                &OutboxConfig::from_config(config, Wakeups::Polled),
-                now_ms(),
-            ),
+            driver: SharedDriver::new(&config.outbox(Wakeups::Polled), now_ms()),
             appends: AppendGroup::default(),
-            sink: SinkTarget::from_config(config),
+            sink: config.sink(),
         });
         Ok(INSTANCE.with(|c| c.borrow_mut().get_or_insert(made).clone()))
     }
@@ -206,11 +205,10 @@ mod flavour {
     use std::rc::Rc;
 
     use super::{delivery, readings_of, store_unavailable, SpinTimer};
-    use crate::config::Config;
-    use crate::delivery::outbox::{
-        append_reserved, deliver_round, MemoryStore, Next, Outbox, OutboxConfig, SinkTarget,
-        Wakeups,
+    use crate::application::delivery::outbox::{
+        append_reserved, deliver_round, MemoryStore, Next, Outbox, SinkTarget, Wakeups,
     };
+    use crate::config::Config;
     use crate::hosts::spin::now_ms;
     use crate::http::problem::Problem;
     use crate::http::routes::Accepted;
@@ -231,12 +229,9 @@ mod flavour {
             c.borrow_mut()
                 .get_or_insert_with(|| {
                     Rc::new(Instance {
-                        outbox: RefCell::new(Outbox::new(
-                            OutboxConfig::from_config(config, Wakeups::Polled),
-                            now_ms(),
-                        )),
+                        outbox: RefCell::new(Outbox::new(config.outbox(Wakeups::Polled), now_ms())),
                         store: MemoryStore::default(),
-                        sink: SinkTarget::from_config(config),
+                        sink: config.sink(),
                     })
                 })
                 .clone()

@@ -32,11 +32,11 @@ use spin_sdk::http::{FullBody, Request};
 use crate::config::{Settings, KEYS};
 use crate::domain::enrich::EdgeInfo;
 use crate::http::answer::Answer;
-use crate::http::pipeline;
+use crate::http::pipeline::{self, Host};
 use crate::http::problem::Problem;
 use crate::http::routes::{Accepted, AdminQuery};
 use crate::log;
-use crate::ports::{BodyBroken, BodyStream, EdgeFacts, Host, Level, StoreError};
+use crate::ports::{BodyBroken, BodyStream, EdgeFacts, Level, StoreError};
 
 #[cfg(feature = "spin")]
 pub const PLATFORM: &str = "spin";
@@ -162,7 +162,7 @@ impl Host for Component {
     async fn read_stored_profiles(&self) -> Result<Option<String>, StoreError> {
         #[cfg(feature = "spin")]
         {
-            use crate::domain::profile_cache::PROFILES_KEY;
+            use crate::application::profile_cache::PROFILES_KEY;
             use crate::ports::KeyValue;
 
             let store = kv::open(kv::Path::Request).await?;

@@ -26,11 +26,11 @@ use worker::{
 
 use super::sql_store::SqlOutboxStore;
 use super::{log, now_ms, settings, wire};
-use crate::config::Config;
-use crate::delivery::outbox::{
-    append_reserved, deliver_round, Delivery, Next, Outbox, OutboxConfig, SinkTarget, Wakeups,
+use crate::application::delivery::outbox::{
+    append_reserved, deliver_round, Delivery, Next, Outbox, SinkTarget, Wakeups,
 };
-use crate::delivery::slots::SlotKey;
+use crate::application::delivery::slots::SlotKey;
+use crate::config::Config;
 use crate::http::rate_limit::MemoryBuckets;
 use crate::ports::{
     Clock, Collector, CollectorAnswer, CollectorRequest, Level, Log, SystemEntropy, Timer,
@@ -88,16 +88,13 @@ impl DurableObject for Batcher {
             };
         let engine = match settings.config.as_ref() {
             Ok(config) => {
-                let mut outbox = Outbox::new(
-                    OutboxConfig::from_config(config, Wakeups::OnArrival),
-                    now_ms(),
-                );
+                let mut outbox = Outbox::new(config.outbox(Wakeups::OnArrival), now_ms());
                 // After an eviction or a restart: the queue comes back from the table.
                 let _ = outbox.restore(segments);
                 Some(Engine {
                     config: config.clone(),
                     outbox: RefCell::new(outbox),
-                    sink: SinkTarget::from_config(config),
+                    sink: config.sink(),
                 })
             }
             Err(errors) => {

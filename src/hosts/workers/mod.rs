@@ -25,14 +25,14 @@ use worker::{event, ByteStream, Context, Env, Headers, Request, Response};
 
 pub use batcher::Batcher;
 
+use crate::application::profile_cache::PROFILES_KEY;
 use crate::config::Settings;
 use crate::domain::enrich::EdgeInfo;
-use crate::domain::profile_cache::PROFILES_KEY;
 use crate::http::answer::Answer;
-use crate::http::pipeline;
+use crate::http::pipeline::{self, Host};
 use crate::http::problem::Problem;
 use crate::http::routes::{Accepted, AdminQuery};
-use crate::ports::{BodyBroken, BodyStream, ConfigSource, EdgeFacts, Host, Level, StoreError};
+use crate::ports::{BodyBroken, BodyStream, ConfigSource, EdgeFacts, Level, StoreError};
 
 pub const PLATFORM: &str = "cloudflare-workers";
 /// Optional KV namespace holding calibration profiles under `profile_cache::PROFILES_KEY`.

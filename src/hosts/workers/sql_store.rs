@@ -13,9 +13,9 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 use worker::{SqlCursor, SqlStorage, SqlStorageValue};
 
-use crate::delivery::policy::{DEAD_LETTERS_KEPT, DEAD_LETTER_MAX_AGE_MS};
-use crate::delivery::segment;
-use crate::delivery::slots::{Placement, SlotKey, Slots};
+use crate::application::delivery::policy::{DEAD_LETTERS_KEPT, DEAD_LETTER_MAX_AGE_MS};
+use crate::application::delivery::segment;
+use crate::application::delivery::slots::{Placement, SlotKey, Slots};
 use crate::ports::{DeadLetter, OutboxStore, SegmentAppend, StoreError, StoredSegment};
 
 const SCHEMA: [&str; 3] = [

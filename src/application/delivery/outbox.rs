@@ -39,11 +39,10 @@ use std::rc::Rc;
 
 use serde::Serialize;
 
-use crate::config::Config;
-use crate::delivery::policy::{
+use crate::application::delivery::policy::{
     verdict, FlushPolicy, RetryPolicy, Verdict, LONE_REQUEST_WAIT_MS, MIN_LOOK_AHEAD_MS,
 };
-use crate::delivery::sink::{encode_batch, encode_json_batch, SinkFormat};
+use crate::application::delivery::sink::{encode_batch, encode_json_batch, SinkFormat};
 use crate::domain::ids;
 use crate::ports::{
     Clock, Collector, CollectorRequest, DeadLetter, Entropy, Level, Log, OutboxStore, Secret,
@@ -77,40 +76,12 @@ pub struct OutboxConfig {
     pub wakeups: Wakeups,
 }
 
-impl OutboxConfig {
-    pub fn from_config(config: &Config, wakeups: Wakeups) -> Self {
-        Self {
-            flush: FlushPolicy {
-                max_items: config.flush_max_items,
-                max_age_ms: config.flush_interval_ms,
-            },
-            retry: RetryPolicy {
-                base_ms: config.retry_base_ms,
-                max_ms: config.retry_max_ms,
-            },
-            max_backlog: config.max_backlog,
-            backlog_retry_after_s: config.backlog_retry_after_s(),
-            wakeups,
-        }
-    }
-}
-
 /// Where batches go and in what shape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SinkTarget {
     pub format: SinkFormat,
     pub url: String,
     pub token: Option<Secret>,
-}
-
-impl SinkTarget {
-    pub fn from_config(config: &Config) -> Self {
-        Self {
-            format: config.sink_format,
-            url: config.collector_url.clone(),
-            token: config.collector_token.clone(),
-        }
-    }
 }
 
 /// The backlog is at `MAX_BACKLOG`: the request is refused with 503 and this `Retry-After`.
@@ -966,7 +937,7 @@ impl OutboxStore for MemoryStore {
         let before = dead.len();
         let oldest = letter
             .failed_at_ms
-            .saturating_sub(crate::delivery::policy::DEAD_LETTER_MAX_AGE_MS);
+            .saturating_sub(crate::application::delivery::policy::DEAD_LETTER_MAX_AGE_MS);
         dead.retain(|d| d.failed_at_ms >= oldest);
         if dead.len() == MEMORY_DEAD_LETTERS {
             dead.pop_front();

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
 
 use super::*;
-use crate::delivery::policy::{FlushPolicy, RetryPolicy};
+use crate::application::delivery::policy::{FlushPolicy, RetryPolicy};
 use crate::ports::testing::run;
 use crate::ports::{CollectorAnswer, EntropyUnavailable, StoreError, TransportError};
 
@@ -850,7 +850,7 @@ fn the_memory_store_keeps_a_bounded_number_of_dead_letters() {
         "the oldest went first"
     );
     // A letter past the age bound goes when the next one is kept.
-    let later = T0 + crate::delivery::policy::DEAD_LETTER_MAX_AGE_MS + 100;
+    let later = T0 + crate::application::delivery::policy::DEAD_LETTER_MAX_AGE_MS + 100;
     assert_eq!(
         run(store.dead_letter(&letter(99, later))).unwrap(),
         MEMORY_DEAD_LETTERS as u64

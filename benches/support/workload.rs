@@ -1,13 +1,13 @@
 //! Representative requests for the benchmarks (`benches/core.rs` natively and
-//! `examples/hot_path.rs` inside wasm), so both time exactly the same work.
-#![doc(hidden)]
+//! `examples/hot_path.rs` inside wasm), so both time exactly the same work. Included by path
+//! from both; not part of the library.
 
-use crate::config::Settings;
-use crate::domain::enrich::EdgeInfo;
+use edge_enrich::config::Settings;
+use edge_enrich::domain::enrich::EdgeInfo;
 use http::request::Parts;
 
-use crate::http::routes::{self, Action, RequestContext};
-use crate::ports::Pairs;
+use edge_enrich::http::routes::{self, Action, RequestContext};
+use edge_enrich::ports::Pairs;
 
 pub const GET_QUERY: &str = "device_id=greenhouse-12&temp=74.3&unit=F&ts=1700000000000&seq=42";
 
@@ -152,7 +152,7 @@ impl Fixture {
     }
 
     pub fn encode_batch_50(&self) -> usize {
-        crate::delivery::sink::encode_json_batch(
+        edge_enrich::application::delivery::sink::encode_json_batch(
             "batch",
             "node",
             1,

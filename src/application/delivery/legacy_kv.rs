@@ -6,7 +6,7 @@
 
 use std::rc::Rc;
 
-use crate::delivery::segment;
+use crate::application::delivery::segment;
 use crate::ports::StoredSegment;
 
 pub const SEGMENT_PREFIX: &str = "outbox/";

@@ -7,10 +7,10 @@ use std::collections::BTreeSet;
 use std::rc::Rc;
 
 use super::*;
-use crate::delivery::outbox::tests::{Events, FakeClock, FakeCollector, FakeEntropy};
-use crate::delivery::outbox::{SinkTarget, Wakeups};
-use crate::delivery::policy::RetryPolicy;
-use crate::delivery::sink::SinkFormat;
+use crate::application::delivery::outbox::tests::{Events, FakeClock, FakeCollector, FakeEntropy};
+use crate::application::delivery::outbox::{SinkTarget, Wakeups};
+use crate::application::delivery::policy::RetryPolicy;
+use crate::application::delivery::sink::SinkFormat;
 use crate::ports::testing::{run, MemoryKv};
 use crate::ports::Clock;
 
@@ -402,7 +402,7 @@ fn the_request_path_costs_one_statement_and_a_batch_three() {
 
 #[test]
 fn segments_of_the_previous_release_in_key_value_are_imported_once() {
-    use crate::delivery::{legacy_kv, segment};
+    use crate::application::delivery::{legacy_kv, segment};
     use crate::ports::KeyValue;
 
     let app = App::new("import");
@@ -480,7 +480,7 @@ fn random_instances_crashes_and_failures_lose_nothing() {
                             for segment in &claimed {
                                 cut_off += segment.readings.len();
                                 let docs = segment.readings.iter().map(|r| &**r);
-                                let body = crate::delivery::sink::encode_json_batch(
+                                let body = crate::application::delivery::sink::encode_json_batch(
                                     &token, "node-1", now, docs,
                                 );
                                 let request = crate::ports::CollectorRequest {

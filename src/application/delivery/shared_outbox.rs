@@ -29,10 +29,12 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::delivery::outbox::{
+use crate::application::delivery::outbox::{
     deliver_round, Delivery, Outbox, OutboxConfig, COLLECTOR_TIMEOUT_MS, SENDS_IN_FLIGHT,
 };
-use crate::delivery::policy::{FlushPolicy, DEAD_LETTERS_KEPT, DEAD_LETTER_MAX_AGE_MS};
+use crate::application::delivery::policy::{
+    FlushPolicy, DEAD_LETTERS_KEPT, DEAD_LETTER_MAX_AGE_MS,
+};
 use crate::domain::ids;
 use crate::ports::{
     Collector, DeadLetter, Entropy, KeyValue, Level, OutboxStore, Sql, SqlValue, StoreError,
@@ -244,7 +246,8 @@ impl<D: Sql> SharedOutbox<D> {
             let Some(value) = kv.get(&key).await? else {
                 continue;
             };
-            let Some(segment) = crate::delivery::legacy_kv::decode(&key, &value, default_node)
+            let Some(segment) =
+                crate::application::delivery::legacy_kv::decode(&key, &value, default_node)
             else {
                 continue;
             };

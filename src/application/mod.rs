@@ -1,0 +1,6 @@
+//! The use cases, over the ports and the domain: getting accepted readings to the collector
+//! (`delivery`) and keeping the stored calibration profiles fresh (`profile_cache`). No host SDK,
+//! no HTTP and no configuration parsing here: each part takes its policy as a plain struct.
+
+pub mod delivery;
+pub mod profile_cache;
