@@ -266,6 +266,39 @@ impl Problem {
     }
 }
 
+/// The answer to one request the accept use case did not take (`Ok` when it did): the one
+/// place where a host's admission verdicts become statuses.
+pub fn of_admission(
+    result: &Result<
+        Vec<crate::application::admission::Admitted>,
+        crate::application::admission::Refused,
+    >,
+    limit: Option<&crate::http::rate_limit::RateLimit>,
+) -> Result<(), Problem> {
+    use crate::application::admission::{Admitted, Refused};
+    match result {
+        Ok(verdicts) => match verdicts.first() {
+            Some(Admitted::RateLimited { retry_after_s }) => match limit {
+                Some(limit) => Err(crate::http::rate_limit::limited(*retry_after_s, limit)),
+                None => Err(Problem::internal()),
+            },
+            _ => Ok(()),
+        },
+        Err(Refused::BacklogFull(full)) => Err(Problem::backlog_full(
+            full.retry_after_s,
+            format!(
+                "the delivery backlog holds about {} readings (limit {}); the collector may be down",
+                full.held, full.limit
+            ),
+        )),
+        Err(Refused::Unavailable(_)) => Err(Problem::new(
+            ProblemType::UpstreamUnavailable,
+            "a store is unavailable; nothing was accepted",
+        )
+        .with_retry_after(1)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -162,6 +162,16 @@ impl MemoryBuckets {
         }
         Ok(())
     }
+
+    /// Gives back tokens taken by a call that was then refused (capped at the burst).
+    pub fn refund(&mut self, costs: &[(&str, u32)]) {
+        let burst = self.limit.burst;
+        for (device, n) in costs {
+            if let Some(b) = self.buckets.get_mut(*device) {
+                b.tokens = (b.tokens + f64::from(*n)).min(burst);
+            }
+        }
+    }
 }
 
 /// Buckets in a SQLite database shared by every instance of an app (Spin's `spin:sqlite`): one
@@ -183,6 +193,10 @@ pub mod sql {
             updated_ms = max(updated_ms, ?3) \
         WHERE min(?5, tokens + max(0, ?3 - updated_ms) / 1000.0 * ?4) >= ?2 \
         RETURNING tokens";
+
+    /// Gives `?2` tokens back to device `?1`, capped at the burst `?3`.
+    pub const REFUND: &str =
+        "UPDATE rate_buckets SET tokens = min(?3, tokens + ?2) WHERE device = ?1";
 
     /// A refused device's bucket (`tokens`, `updated_ms`), to say when it would fit.
     pub const BUCKET: &str = "SELECT tokens, updated_ms FROM rate_buckets WHERE device = ?1";
@@ -289,6 +303,19 @@ pub mod sql {
             Ok(Err(super::admit(limit, &mut bucket, &[cost], now_ms)
                 .err()
                 .unwrap_or(1)))
+        }
+
+        /// Gives back tokens a refused call had taken: one statement per device, only on that
+        /// path. A failure leaves the device short of them until they refill.
+        pub async fn refund<D: Sql>(&self, db: &D, limit: &RateLimit, costs: &[(&str, u32)]) {
+            for (device, n) in costs {
+                let params = vec![
+                    SqlValue::Text((*device).to_owned()),
+                    SqlValue::Integer(i64::from(*n)),
+                    SqlValue::Real(limit.burst),
+                ];
+                let _ = db.execute(REFUND, params).await;
+            }
         }
 
         /// Every `FORGET_EVERY_MS` an instance drops the buckets that are full again, so the

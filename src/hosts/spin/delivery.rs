@@ -11,7 +11,6 @@
 //! time after; nothing of an instance survives `spin up` going down. In the spin flavour that
 //! costs nothing accepted: the rows stay in the database.
 
-use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,31 +19,12 @@ use spin_sdk::http::FullBody;
 
 use super::{emit, now_ms};
 use crate::application::delivery::outbox::{Delivery, SinkTarget};
-use crate::http::problem::{Problem, ProblemType};
-use crate::http::routes::Accepted;
 use crate::ports::{
     Clock, Collector, CollectorAnswer, CollectorRequest, Level, Log, SystemEntropy, Timer,
     TransportError,
 };
 
-pub use flavour::{accept, dead_letters, nudge, stats};
-
-fn store_unavailable(e: crate::ports::StoreError) -> Problem {
-    emit("error", "outbox_store_failed", "", &[("error", &e.0)]);
-    Problem::new(
-        ProblemType::UpstreamUnavailable,
-        "the outbox store is unavailable; nothing was accepted",
-    )
-    .with_retry_after(1)
-}
-
-fn readings_of(accepted: &Accepted) -> Vec<Rc<str>> {
-    accepted
-        .readings
-        .iter()
-        .map(|r| Rc::from(r.json.as_str()))
-        .collect()
-}
+pub use flavour::{dead_letters, nudge, ports, stats};
 
 fn delivery<'a, S>(
     store: &'a S,
@@ -66,16 +46,18 @@ mod flavour {
     use std::cell::RefCell;
     use std::rc::Rc;
 
-    use super::{delivery, readings_of, store_unavailable, SpinTimer};
-    use crate::application::delivery::outbox::{SinkTarget, Wakeups};
+    use std::cell::Cell;
+
+    use super::{delivery, SpinTimer};
+    use crate::application::admission::AdmissionPorts;
+    use crate::application::delivery::outbox::{BacklogFull, SinkTarget, Wakeups};
     use crate::application::delivery::shared_outbox::{
-        AppendGroup, Request, SharedDriver, SharedOutbox,
+        AppendGroup, Appended, Request, SharedDriver, SharedOutbox,
     };
     use crate::config::Config;
     use crate::hosts::spin::database::{self, Path, SpinSql};
-    use crate::hosts::spin::now_ms;
-    use crate::http::problem::Problem;
-    use crate::http::routes::Accepted;
+    use crate::hosts::spin::{limiter, now_ms};
+    use crate::ports::StoreError;
 
     /// What an instance keeps: its handle on the shared outbox (the claims it holds) and its
     /// driver.
@@ -90,13 +72,11 @@ mod flavour {
         static INSTANCE: RefCell<Option<Rc<Instance>>> = const { RefCell::new(None) };
     }
 
-    async fn instance(config: &Config) -> Result<Rc<Instance>, Problem> {
+    async fn instance(config: &Config) -> Result<Rc<Instance>, StoreError> {
         if let Some(i) = INSTANCE.with(|c| c.borrow().clone()) {
             return Ok(i);
         }
-        let db = database::open(Path::Background)
-            .await
-            .map_err(store_unavailable)?;
+        let db = database::open(Path::Background).await?;
         let made = Rc::new(Instance {
             store: SharedOutbox::new(db),
             driver: SharedDriver::new(&config.outbox(Wakeups::Polled), now_ms()),
@@ -106,43 +86,84 @@ mod flavour {
         Ok(INSTANCE.with(|c| c.borrow_mut().get_or_insert(made).clone()))
     }
 
-    /// One statement (shared with the instance's concurrent requests): the request's readings
-    /// into the shared outbox, or a 503 when the app's backlog is full. Starts this instance's
-    /// driver when the request made a batch due.
-    pub async fn accept(config: &Config, node: &str, accepted: &Accepted) -> Result<(), Problem> {
-        let inst = instance(config).await?;
-        let db = database::open(Path::Request)
-            .await
-            .map_err(store_unavailable)?;
-        let at = accepted.received_at_ms;
-        let request = Request {
-            received_at_ms: at,
+    /// The accept use case's parts on this instance. There is no room to reserve: the append
+    /// statement checks the app's backlog atomically, and a refusal there gives the tokens
+    /// back. The append is one statement, shared with the instance's concurrent requests.
+    pub struct Ports<'a> {
+        inst: Rc<Instance>,
+        config: &'a Config,
+        node: Rc<str>,
+        appended: Cell<Option<(Appended, u64)>>,
+    }
+
+    pub async fn ports<'a>(config: &'a Config, node: &str) -> Result<Ports<'a>, StoreError> {
+        Ok(Ports {
+            inst: instance(config).await?,
+            config,
             node: node.into(),
-            readings: readings_of(accepted),
-        };
-        let appended = inst
-            .appends
-            .append(
-                &SharedOutbox::new(db),
-                &SpinTimer,
-                request,
-                config.max_backlog,
-            )
-            .await
-            .map_err(store_unavailable)?;
-        let Ok(appended) = appended else {
-            return Err(Problem::backlog_full(
-                config.backlog_retry_after_s(),
-                format!(
-                    "the app holds about {} undelivered readings (MAX_BACKLOG); the collector may be down",
-                    config.max_backlog
-                ),
-            ));
-        };
-        if inst.driver.appended(appended, at) {
-            spawn_driver(inst);
+            appended: Cell::new(None),
+        })
+    }
+
+    impl AdmissionPorts for Ports<'_> {
+        type Room = ();
+
+        fn reserve(&self, _readings: usize) -> Result<(), BacklogFull> {
+            Ok(())
         }
-        Ok(())
+
+        fn release(&self, _room: ()) {}
+
+        async fn charge(
+            &self,
+            costs: &[(&str, u32)],
+            now_ms: u64,
+        ) -> Result<Result<(), u32>, StoreError> {
+            limiter::charge(self.config.rate_limit, costs, now_ms).await
+        }
+
+        async fn refund(&self, costs: &[(&str, u32)], _now_ms: u64) {
+            limiter::refund(self.config.rate_limit, costs).await;
+        }
+
+        async fn append(
+            &self,
+            _room: (),
+            received_at_ms: u64,
+            readings: Vec<Rc<str>>,
+        ) -> Result<Result<(), BacklogFull>, StoreError> {
+            let db = database::open(Path::Request).await?;
+            let request = Request {
+                received_at_ms,
+                node: self.node.clone(),
+                readings,
+            };
+            let max_backlog = self.config.max_backlog;
+            let appended = self
+                .inst
+                .appends
+                .append(&SharedOutbox::new(db), &SpinTimer, request, max_backlog)
+                .await?;
+            Ok(match appended {
+                Ok(appended) => {
+                    self.appended.set(Some((appended, received_at_ms)));
+                    Ok(())
+                }
+                Err(_) => Err(BacklogFull {
+                    held: max_backlog,
+                    limit: max_backlog,
+                    retry_after_s: self.config.backlog_retry_after_s(),
+                }),
+            })
+        }
+
+        async fn wake(&self) {
+            if let Some((appended, at)) = self.appended.take() {
+                if self.inst.driver.appended(appended, at) {
+                    spawn_driver(self.inst.clone());
+                }
+            }
+        }
     }
 
     /// Any request: an instance looks for rows nobody delivers on its first request and then
@@ -204,15 +225,17 @@ mod flavour {
     use std::cell::RefCell;
     use std::rc::Rc;
 
-    use super::{delivery, readings_of, store_unavailable, SpinTimer};
+    use std::cell::Cell;
+
+    use super::{delivery, SpinTimer};
+    use crate::application::admission::AdmissionPorts;
     use crate::application::delivery::outbox::{
-        append_reserved, deliver_round, MemoryStore, Next, Outbox, SinkTarget, Wakeups,
+        append_reserved, deliver_round, BacklogFull, MemoryStore, Next, Outbox, Reservation,
+        SinkTarget, Wakeups,
     };
     use crate::config::Config;
-    use crate::hosts::spin::now_ms;
-    use crate::http::problem::Problem;
-    use crate::http::routes::Accepted;
-    use crate::ports::Timer;
+    use crate::hosts::spin::{limiter, now_ms};
+    use crate::ports::{StoreError, Timer};
 
     struct Instance {
         outbox: RefCell<Outbox<u64>>,
@@ -238,28 +261,72 @@ mod flavour {
         })
     }
 
-    /// Room in the instance's backlog, then its memory; starts its driver if none runs.
-    pub async fn accept(config: &Config, node: &str, accepted: &Accepted) -> Result<(), Problem> {
-        let inst = instance(config);
-        let readings = readings_of(accepted);
-        let reservation = inst
-            .outbox
-            .borrow_mut()
-            .reserve(readings.len())
-            .map_err(|full| {
-                Problem::backlog_full(
-                    full.retry_after_s,
-                    format!(
-                        "this instance holds {} undelivered readings (limit {}); the collector may be down",
-                        full.held, full.limit
-                    ),
-                )
-            })?;
-        let at = accepted.received_at_ms;
-        let start = append_reserved(&inst.outbox, &inst.store, reservation, at, node, readings)
-            .await
-            .map_err(store_unavailable)?;
-        if start {
+    /// The accept use case's parts on this instance: room in its backlog, buckets and outbox in
+    /// its memory, its own delivery task.
+    pub struct Ports<'a> {
+        inst: Rc<Instance>,
+        config: &'a Config,
+        node: Rc<str>,
+        start: Cell<bool>,
+    }
+
+    pub async fn ports<'a>(config: &'a Config, node: &str) -> Result<Ports<'a>, StoreError> {
+        Ok(Ports {
+            inst: instance(config),
+            config,
+            node: node.into(),
+            start: Cell::new(false),
+        })
+    }
+
+    impl AdmissionPorts for Ports<'_> {
+        type Room = Reservation;
+
+        fn reserve(&self, readings: usize) -> Result<Reservation, BacklogFull> {
+            self.inst.outbox.borrow_mut().reserve(readings)
+        }
+
+        fn release(&self, room: Reservation) {
+            self.inst.outbox.borrow_mut().release(room);
+        }
+
+        async fn charge(
+            &self,
+            costs: &[(&str, u32)],
+            now_ms: u64,
+        ) -> Result<Result<(), u32>, StoreError> {
+            limiter::charge(self.config.rate_limit, costs, now_ms).await
+        }
+
+        async fn refund(&self, costs: &[(&str, u32)], _now_ms: u64) {
+            limiter::refund(self.config.rate_limit, costs).await;
+        }
+
+        async fn append(
+            &self,
+            room: Reservation,
+            received_at_ms: u64,
+            readings: Vec<Rc<str>>,
+        ) -> Result<Result<(), BacklogFull>, StoreError> {
+            let inst = &self.inst;
+            let start = append_reserved(
+                &inst.outbox,
+                &inst.store,
+                room,
+                received_at_ms,
+                &self.node,
+                readings,
+            )
+            .await?;
+            self.start.set(start);
+            Ok(Ok(()))
+        }
+
+        async fn wake(&self) {
+            if !self.start.take() {
+                return;
+            }
+            let inst = self.inst.clone();
             spin_sdk::wasip3::spawn(async move {
                 let d = delivery(&inst.store, &inst.sink);
                 loop {
@@ -272,7 +339,6 @@ mod flavour {
                 }
             });
         }
-        Ok(())
     }
 
     pub async fn nudge(_config: &Config) {}

@@ -29,11 +29,12 @@ use futures_util::StreamExt;
 use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::{FullBody, Request};
 
+use crate::application::admission::{self, Refused, Section};
 use crate::config::{Settings, KEYS};
 use crate::domain::enrich::EdgeInfo;
 use crate::http::answer::Answer;
 use crate::http::pipeline::{self, Host};
-use crate::http::problem::Problem;
+use crate::http::problem::{self, Problem};
 use crate::http::routes::{Accepted, AdminQuery};
 use crate::log;
 use crate::ports::{BodyBroken, BodyStream, EdgeFacts, Level, StoreError};
@@ -180,8 +181,22 @@ impl Host for Component {
         accepted: &Accepted,
     ) -> Result<(), Problem> {
         let config = settings.config.as_ref().map_err(|_| Problem::internal())?;
-        limiter::admit(config, accepted, accepted.received_at_ms).await?;
-        delivery::accept(config, &edge.node, accepted).await
+        let section = Section {
+            costs: accepted.device_costs.clone(),
+            readings: accepted
+                .readings
+                .iter()
+                .map(|r| Rc::from(r.json.as_str()))
+                .collect(),
+        };
+        let result = match delivery::ports(config, &edge.node).await {
+            Ok(ports) => admission::accept(&ports, &[section], accepted.received_at_ms).await,
+            Err(e) => Err(Refused::Unavailable(e)),
+        };
+        if let Err(Refused::Unavailable(e)) = &result {
+            emit("error", "store_failed", "", &[("error", &e.0)]);
+        }
+        problem::of_admission(&result, config.rate_limit.as_ref())
     }
 
     async fn admin(

@@ -1,9 +1,9 @@
 //! The `Batcher` Durable Object: the core's outbox engine (`delivery::outbox`) with this host's
 //! ports, one object per colo (and shard).
 //!
-//! - `accept` (a Workers RPC method, see `accept_rpc`) takes one group-commit call: the backlog
-//!   bound, then each request's rate limit, then one row with every admitted reading
-//!   (`sql_store`). The output gate holds the answer until that write is durable, so a 2xx to the
+//! - `accept` (a Workers RPC method, see `accept_rpc`) takes one group-commit call through the
+//!   core's accept use case (`application::admission`): the backlog bound, then each request's
+//!   rate limit, then one row with every admitted reading (`sql_store`), then the alarm. The output gate holds the answer until that write is durable, so a 2xx to the
 //!   device means the reading survives eviction and restarts.
 //! - An alarm runs delivery rounds while batches are due, and waits in place when the next is
 //!   due within `ALARM_LINGER_MS` (one billed alarm for many rounds, up to `ALARM_BUDGET_MS`),
@@ -26,15 +26,17 @@ use worker::{
 
 use super::sql_store::SqlOutboxStore;
 use super::{log, now_ms, settings, wire};
+use crate::application::admission::{self, AdmissionPorts, Admitted, Refused, Section};
 use crate::application::delivery::outbox::{
-    append_reserved, deliver_round, Delivery, Next, Outbox, SinkTarget, Wakeups,
+    append_reserved, deliver_round, BacklogFull, Delivery, Next, Outbox, Reservation, SinkTarget,
+    Wakeups,
 };
 use crate::application::delivery::slots::SlotKey;
 use crate::config::Config;
 use crate::http::rate_limit::MemoryBuckets;
 use crate::ports::{
-    Clock, Collector, CollectorAnswer, CollectorRequest, Level, Log, SystemEntropy, Timer,
-    TransportError,
+    Clock, Collector, CollectorAnswer, CollectorRequest, Level, Log, StoreError, SystemEntropy,
+    Timer, TransportError,
 };
 
 /// One alarm runs delivery rounds for at most this long, then yields to a fresh alarm.
@@ -223,63 +225,60 @@ impl Batcher {
             let detail = self.setup_error.clone().unwrap_or_default();
             return Ok(wire::AcceptReply::Refused { detail });
         };
-        let sections = wire::decode_sections(body);
-        let total: usize = sections.iter().map(|s| s.docs.len()).sum();
+        let sections: Vec<Section> = wire::decode_sections(body)
+            .into_iter()
+            .map(|s| Section {
+                costs: s.costs.iter().map(|(d, n)| ((*d).to_owned(), *n)).collect(),
+                readings: s.docs.iter().map(|d| Rc::from(*d)).collect(),
+            })
+            .collect();
         let now = now_ms();
-        // The backlog bound comes before any rate-limit tokens are taken, so a refused call
-        // costs no device anything.
-        let reserved = engine.outbox.borrow_mut().reserve(total);
-        let reservation = match reserved {
-            Ok(r) => r,
-            Err(full) => {
+        let ports = Ports {
+            batcher: self,
+            engine,
+            store,
+            node,
+            wake_failed: RefCell::new(None),
+        };
+        // One row for the whole call, made durable before the answer: the runtime's output
+        // gate holds the answer until the write is done.
+        let result = admission::accept(&ports, &sections, now).await;
+        if let Some(e) = ports.wake_failed.take() {
+            return Err(e);
+        }
+        match result {
+            Ok(verdicts) => {
+                let mut answer = wire::AcceptAnswer::default();
+                for (index, (verdict, section)) in verdicts.iter().zip(&sections).enumerate() {
+                    match verdict {
+                        Admitted::Accepted => answer.accepted += section.readings.len(),
+                        Admitted::RateLimited { retry_after_s } => {
+                            answer.limited.push((index, *retry_after_s))
+                        }
+                    }
+                }
+                answer.backlog = engine.outbox.borrow().pending();
+                Ok(wire::AcceptReply::Accepted(answer))
+            }
+            Err(Refused::BacklogFull(full)) => {
                 // A full backlog must still drain: make sure an alarm is set even if the
                 // runtime lost it (e.g. a restart), since this refusal writes nothing new.
                 let next = engine.outbox.borrow().next_wake(now);
                 if let Some(at) = next {
                     self.schedule(at).await?;
                 }
-                return Ok(wire::AcceptReply::BacklogFull {
+                Ok(wire::AcceptReply::BacklogFull {
                     retry_after_s: full.retry_after_s,
                     detail: format!(
                         "the delivery backlog holds {} readings (limit {}); the collector may be down",
                         full.held, full.limit
                     ),
-                });
+                })
             }
-        };
-        let mut answer = wire::AcceptAnswer::default();
-        let mut readings: Vec<Rc<str>> = Vec::with_capacity(total);
-        for (index, section) in sections.iter().enumerate() {
-            match self.admit(&engine.config, &section.costs, now) {
-                Ok(()) => readings.extend(section.docs.iter().map(|d| Rc::from(*d))),
-                Err(retry_after_s) => answer.limited.push((index, retry_after_s)),
-            }
-        }
-        if readings.is_empty() {
-            engine.outbox.borrow_mut().release(reservation);
-            return Ok(wire::AcceptReply::Accepted(answer));
-        }
-        // One row for the whole call; no await before the answer, so the runtime's output
-        // gate holds the answer until it is durable.
-        answer.accepted = readings.len();
-        let appended =
-            append_reserved(&engine.outbox, store, reservation, now, node, readings).await;
-        if let Err(e) = appended {
-            return Ok(wire::AcceptReply::Refused {
+            Err(Refused::Unavailable(e)) => Ok(wire::AcceptReply::Refused {
                 detail: format!("storage: {e}"),
-            });
+            }),
         }
-        let next = {
-            let outbox = engine.outbox.borrow();
-            answer.backlog = outbox.pending();
-            outbox.next_wake(now)
-        };
-        if let Some(at) = next {
-            if !self.alarm_running.get() {
-                self.schedule(at).await?;
-            }
-        }
-        Ok(wire::AcceptReply::Accepted(answer))
     }
 
     /// Charges one request's readings to its devices' token buckets, all or none. The buckets
@@ -394,5 +393,72 @@ impl Collector for WorkersCollector {
         self.try_post(r)
             .await
             .map_err(|e| TransportError(e.to_string()))
+    }
+}
+
+/// The accept use case's parts in this object: room in its outbox's backlog, buckets in its
+/// memory, one row in its SQLite table, and its alarm as the wake-up.
+struct Ports<'a> {
+    batcher: &'a Batcher,
+    engine: &'a Engine,
+    store: &'a SqlOutboxStore,
+    node: &'a str,
+    /// Setting the alarm failed: the call fails, as before the use case.
+    wake_failed: RefCell<Option<worker::Error>>,
+}
+
+impl AdmissionPorts for Ports<'_> {
+    type Room = Reservation;
+
+    fn reserve(&self, readings: usize) -> Result<Reservation, BacklogFull> {
+        self.engine.outbox.borrow_mut().reserve(readings)
+    }
+
+    fn release(&self, room: Reservation) {
+        self.engine.outbox.borrow_mut().release(room);
+    }
+
+    async fn charge(
+        &self,
+        costs: &[(&str, u32)],
+        now_ms: u64,
+    ) -> Result<Result<(), u32>, StoreError> {
+        Ok(self.batcher.admit(&self.engine.config, costs, now_ms))
+    }
+
+    async fn refund(&self, costs: &[(&str, u32)], _now_ms: u64) {
+        if let Some(buckets) = self.batcher.buckets.borrow_mut().as_mut() {
+            buckets.refund(costs);
+        }
+    }
+
+    async fn append(
+        &self,
+        room: Reservation,
+        received_at_ms: u64,
+        readings: Vec<Rc<str>>,
+    ) -> Result<Result<(), BacklogFull>, StoreError> {
+        let engine = self.engine;
+        append_reserved(
+            &engine.outbox,
+            self.store,
+            room,
+            received_at_ms,
+            self.node,
+            readings,
+        )
+        .await?;
+        Ok(Ok(()))
+    }
+
+    async fn wake(&self) {
+        let next = self.engine.outbox.borrow().next_wake(now_ms());
+        if let Some(at) = next {
+            if !self.batcher.alarm_running.get() {
+                if let Err(e) = self.batcher.schedule(at).await {
+                    *self.wake_failed.borrow_mut() = Some(e);
+                }
+            }
+        }
     }
 }
