@@ -1,8 +1,9 @@
 //! Calibration profiles from the host's key-value store (a Workers KV namespace, Spin
-//! key-value), so a profile change needs no redeploy. The host reads the value under
-//! [`PROFILES_KEY`] when [`ProfileCache::is_due`] and hands it to [`ProfileCache::store`]; the
-//! cache keeps the last good set, so a bad write or a failed read never stops ingest: the edge
-//! keeps calibrating with what it had (or the deployment's own profiles) and `/healthz` says why.
+//! key-value), so a profile change needs no redeploy. The request pipeline calls [`refreshed`]:
+//! when the cache is due it reads the value under [`PROFILES_KEY`] through the host and keeps
+//! it if it parses. The cache keeps the last good set, so a bad write or a failed read never
+//! stops ingest: the edge keeps calibrating with what it had (or the deployment's own profiles)
+//! and logs `profiles_not_updated` with the reason.
 
 use std::cell::RefCell;
 use std::future::Future;
