@@ -5,4 +5,5 @@
 
 pub mod admission;
 pub mod delivery;
+pub mod group_commit;
 pub mod profile_cache;
