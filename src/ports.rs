@@ -184,8 +184,9 @@ pub struct StoredSegment<K> {
 pub struct DeadLetter {
     pub batch_id: String,
     pub failed_at_ms: u64,
-    /// The collector's status (0: the batch could not even be encoded).
-    pub status: u16,
+    /// The collector's status; `None` when it never answered one (the batch could not even
+    /// be encoded).
+    pub status: Option<u16>,
     pub detail: String,
     pub readings: usize,
     /// The batch as a JSON envelope, whatever the sink format: readable and replayable.

@@ -177,10 +177,10 @@ impl Outcome {
         }
     }
 
-    fn status(&self) -> u16 {
+    fn status(&self) -> Option<u16> {
         match self {
-            Self::Answered { status, .. } => *status,
-            _ => 0,
+            Self::Answered { status, .. } => Some(*status),
+            _ => None,
         }
     }
 

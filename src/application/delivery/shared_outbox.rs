@@ -70,7 +70,7 @@ pub mod sql {
         // Only claimed rows: how a claim reads its rows back.
         "CREATE INDEX IF NOT EXISTS outbox_claimed ON outbox (claim) WHERE claim IS NOT NULL",
         "CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT, \
-         batch_id TEXT NOT NULL, failed_at_ms INTEGER NOT NULL, status INTEGER NOT NULL, \
+         batch_id TEXT NOT NULL, failed_at_ms INTEGER NOT NULL, status INTEGER, \
          detail TEXT NOT NULL, readings INTEGER NOT NULL, body TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS outbox_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) \
          WITHOUT ROWID",
@@ -437,7 +437,8 @@ impl<D: Sql> SharedOutbox<D> {
         rows.iter()
             .map(|r| {
                 Ok(serde_json::json!({
-                    "batch_id": text(r, 0)?, "failed_at_ms": int(r, 1)?, "status": int(r, 2)?,
+                    "batch_id": text(r, 0)?, "failed_at_ms": int(r, 1)?,
+                    "status": r.get(2).and_then(SqlValue::as_i64),
                     "detail": text(r, 3)?, "readings": int(r, 4)?,
                     "body": serde_json::from_str::<serde_json::Value>(text(r, 5)?).unwrap_or_default(),
                 }))
@@ -490,7 +491,9 @@ impl<D: Sql> OutboxStore for SharedOutbox<D> {
         let params = vec![
             SqlValue::Text(letter.batch_id.clone()),
             count(letter.failed_at_ms),
-            count(u64::from(letter.status)),
+            letter
+                .status
+                .map_or(SqlValue::Null, |s| count(u64::from(s))),
             SqlValue::Text(letter.detail.clone()),
             count(letter.readings as u64),
             SqlValue::Text(letter.body.clone()),

@@ -261,7 +261,8 @@ impl SqlOutboxStore {
                 serde_json::json!({
                     "batch_id": d.batch_id,
                     "failed_at_ms": d.failed_at_ms as u64,
-                    "status": d.status as u16,
+                    // 0 is how this table, made NOT NULL by an earlier release, keeps "none".
+                    "status": (d.status > 0.0).then_some(d.status as u16),
                     "detail": d.detail,
                     "readings": d.readings as u64,
                     "body": serde_json::from_str::<serde_json::Value>(&d.body).unwrap_or_default(),
@@ -316,7 +317,7 @@ impl OutboxStore for SqlOutboxStore {
             Some(vec![
                 letter.batch_id.as_str().into(),
                 SqlStorageValue::Integer(letter.failed_at_ms as i64),
-                SqlStorageValue::Integer(i64::from(letter.status)),
+                SqlStorageValue::Integer(letter.status.map_or(0, i64::from)),
                 letter.detail.as_str().into(),
                 SqlStorageValue::Integer(letter.readings as i64),
                 letter.body.as_str().into(),

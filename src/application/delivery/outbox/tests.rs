@@ -532,7 +532,7 @@ fn a_crash_during_a_dead_letter_keeps_the_batch_and_never_delivers_it() {
     h.drain();
     let dead = h.store.dead.borrow();
     assert_eq!(dead.len(), 1);
-    assert_eq!((dead[0].status, dead[0].readings), (400, 1));
+    assert_eq!((dead[0].status, dead[0].readings), (Some(400), 1));
     let body: serde_json::Value = serde_json::from_str(&dead[0].body).unwrap();
     assert_eq!(body["readings"].as_array().unwrap().len(), 1);
     assert!(
@@ -833,7 +833,7 @@ fn the_memory_store_keeps_a_bounded_number_of_dead_letters() {
     let letter = |n: u64, at: u64| DeadLetter {
         batch_id: format!("b{n}"),
         failed_at_ms: at,
-        status: 422,
+        status: Some(422),
         detail: String::new(),
         readings: 1,
         body: "{}".into(),
