@@ -34,6 +34,7 @@ fn run(method: &str, query: &str) -> Action {
         edge: &edge,
         now_ms: 1_700_000_000_000,
         request_id: "r",
+        entropy: &edge_enrich::ports::SystemEntropy,
     };
     let head = routes::request_head(method, &format!("{}?{query}", routes::READINGS_PATH), &[])
         .expect("a valid request head");

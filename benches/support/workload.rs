@@ -89,6 +89,7 @@ pub fn handle(
         edge,
         now_ms: 1_795_000_000_000,
         request_id: "bench",
+        entropy: &edge_enrich::ports::SystemEntropy,
     };
     match routes::decide(head, body, &ctx) {
         Action::Accept(accepted) => {

@@ -188,7 +188,7 @@ mod tests {
             parse_reading_query("device_id=lab-1&temp=74.3&unit=F&ts=5&seq=6").unwrap(),
             parse_reading_query("device_id=other&temp=-0.04").unwrap(),
         ];
-        let mut ids = IdSource::new(1_700_000_000_000, 2).unwrap();
+        let mut ids = IdSource::new(1_700_000_000_000, (0..20).collect());
         let out = enrich_all(&readings, &profiles, &edge, 1_700_000_000_123, &mut ids).unwrap();
         let v: serde_json::Value = serde_json::from_str(&out[0].json).unwrap();
         assert_eq!(v["id"], out[0].id.as_str());

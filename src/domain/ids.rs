@@ -1,31 +1,26 @@
 //! Reading, request and batch ids: UUIDv7 (RFC 9562), time-ordered so the collector's index
-//! stays append-mostly, with 74 random bits from the host's CSPRNG via `getrandom`.
+//! stays append-mostly, with 74 random bits each. The randomness comes from the caller (the
+//! host's CSPRNG through the `Entropy` port), so tests can fix it.
 
-/// Draws the randomness for `count` ids in one call: on Workers each `getrandom` call is a
-/// crossing into JavaScript's `crypto.getRandomValues`, so a 500-reading batch costs one, not 500.
+/// Ids from randomness drawn at once for all of them: on Workers each draw is a crossing into
+/// JavaScript's `crypto.getRandomValues`, so a 500-reading batch costs one, not 500.
 pub struct IdSource {
     unix_ms: u64,
     entropy: Vec<u8>,
     next: usize,
 }
 
-const BYTES_PER_ID: usize = 10;
-
-#[derive(Debug)]
-pub struct EntropyUnavailable;
+/// Random bytes each id takes.
+pub const BYTES_PER_ID: usize = 10;
 
 impl IdSource {
-    pub fn new(unix_ms: u64, count: usize) -> Result<Self, EntropyUnavailable> {
-        let mut entropy = vec![0u8; count * BYTES_PER_ID];
-        // getRandomValues refuses more than 65536 bytes per call.
-        for chunk in entropy.chunks_mut(65_536) {
-            getrandom::fill(chunk).map_err(|_| EntropyUnavailable)?;
-        }
-        Ok(Self {
+    /// Ids at `unix_ms` from `random`: `random.len() / BYTES_PER_ID` of them.
+    pub fn new(unix_ms: u64, random: Vec<u8>) -> Self {
+        Self {
             unix_ms,
-            entropy,
+            entropy: random,
             next: 0,
-        })
+        }
     }
 
     /// The next id, or None once the `count` ids asked for are used up.
@@ -34,13 +29,6 @@ impl IdSource {
         self.next += BYTES_PER_ID;
         Some(uuid_v7(self.unix_ms, rand.try_into().ok()?))
     }
-}
-
-/// One fresh id, for requests and batches.
-pub fn new_id(unix_ms: u64) -> Result<String, EntropyUnavailable> {
-    IdSource::new(unix_ms, 1)?
-        .next_id()
-        .ok_or(EntropyUnavailable)
 }
 
 pub(crate) fn uuid_v7(unix_ms: u64, rand: [u8; BYTES_PER_ID]) -> String {
@@ -73,7 +61,15 @@ mod tests {
 
     #[test]
     fn ids_are_unique_and_counted() {
-        let mut src = IdSource::new(1_700_000_000_000, 1000).unwrap();
+        // Distinct bytes per id: its index.
+        let random: Vec<u8> = (0u32..1000)
+            .flat_map(|i| {
+                let mut b = [0u8; BYTES_PER_ID];
+                b[6..].copy_from_slice(&i.to_be_bytes());
+                b
+            })
+            .collect();
+        let mut src = IdSource::new(1_700_000_000_000, random);
         let mut ids: Vec<_> = std::iter::from_fn(|| src.next_id()).collect();
         assert_eq!(ids.len(), 1000);
         ids.sort();

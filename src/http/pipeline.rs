@@ -28,7 +28,7 @@ use crate::domain::ids;
 use crate::http::answer::{self, Answer};
 use crate::http::problem::{Problem, ProblemType};
 use crate::http::routes::{self, Accepted, AdminQuery, Plan, RequestContext};
-use crate::ports::{BodyStream, EdgeFacts, Level, StoreError};
+use crate::ports::{BodyStream, EdgeFacts, Entropy, Level, StoreError, SystemEntropy};
 
 /// Everything the request pipeline needs of a host: its settings,
 /// clocks and log, its profile store, its outbox hand-off and its admin views.
@@ -37,6 +37,10 @@ use crate::ports::{BodyStream, EdgeFacts, Level, StoreError};
 pub trait Host {
     /// The platform tag in answers and readings (`edge.platform`).
     fn platform(&self) -> &'static str;
+    /// Randomness for ids: the host's CSPRNG unless a host (or a test) says otherwise.
+    fn entropy(&self) -> &dyn Entropy {
+        &SystemEntropy
+    }
     /// Bytes of a refused body the host reads and drops before answering, so that a client
     /// still sending hears the answer rather than a reset (see `pipeline`).
     fn drain_limit(&self) -> usize;
@@ -86,7 +90,7 @@ pub async fn handle<H: Host, B: BodyStream>(
 ) -> Answer {
     let started = host.timer_ms();
     let now = host.now_ms();
-    let request_id = request_id(now);
+    let request_id = request_id(host.entropy(), now);
     let settings = host.settings().await;
     let (parts, mut body) = request.into_parts();
     let edge = EdgeInfo::new(
@@ -120,7 +124,7 @@ pub async fn handle<H: Host, B: BodyStream>(
 /// header the `http` crate refuses): a 400 with the headers every answer carries.
 pub async fn unreadable<H: Host>(host: &H, detail: &str) -> Answer {
     let now = host.now_ms();
-    let request_id = request_id(now);
+    let request_id = request_id(host.entropy(), now);
     let settings = host.settings().await;
     let problem = Problem::new(
         ProblemType::InvalidRequest,
@@ -137,8 +141,14 @@ pub async fn unreadable<H: Host>(host: &H, detail: &str) -> Answer {
 }
 
 /// A UUIDv7 for the request (`x-request-id`, log lines), or a marker when entropy failed.
-fn request_id(now: u64) -> String {
-    ids::new_id(now).unwrap_or_else(|_| String::from("no-entropy"))
+fn request_id(entropy: &dyn Entropy, now: u64) -> String {
+    let mut random = vec![0u8; ids::BYTES_PER_ID];
+    if entropy.fill(&mut random).is_err() {
+        return String::from("no-entropy");
+    }
+    ids::IdSource::new(now, random)
+        .next_id()
+        .unwrap_or_else(|| String::from("no-entropy"))
 }
 
 /// A problem, and whether the body may still be coming (see the module comment).
@@ -197,6 +207,7 @@ async fn serve<H: Host, B: BodyStream>(
                 edge,
                 now_ms: now,
                 request_id,
+                entropy: host.entropy(),
             };
             let accepted = routes::ingest(parts, ingest, &bytes, &ctx).map_err(read_already)?;
             if let Err(problem) = host.accept(settings, edge, &accepted).await {

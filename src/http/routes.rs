@@ -16,7 +16,7 @@ use http::Method;
 
 use crate::config::Settings;
 use crate::domain::enrich::{enrich_all, EdgeInfo, EnrichError, EnrichedReading};
-use crate::domain::ids::IdSource;
+use crate::domain::ids::{IdSource, BYTES_PER_ID};
 use crate::domain::reading::Reading;
 use crate::http::answer::{self, Answer};
 use crate::http::auth::{Presented, SignedParts};
@@ -200,6 +200,8 @@ pub struct RequestContext<'a> {
     pub edge: &'a EdgeInfo,
     pub now_ms: u64,
     pub request_id: &'a str,
+    /// Randomness for the readings' ids.
+    pub entropy: &'a dyn crate::ports::Entropy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -318,7 +320,11 @@ fn enrich(
     profiles: &crate::domain::calibration::Profiles,
     ctx: &RequestContext<'_>,
 ) -> Result<Accepted, Problem> {
-    let mut ids = IdSource::new(ctx.now_ms, readings.len()).map_err(|_| Problem::internal())?;
+    let mut random = vec![0u8; readings.len() * BYTES_PER_ID];
+    ctx.entropy
+        .fill(&mut random)
+        .map_err(|_| Problem::internal())?;
+    let mut ids = IdSource::new(ctx.now_ms, random);
     let shard_key = readings
         .first()
         .map(|r| r.device_id.as_str().to_owned())

@@ -33,6 +33,7 @@ fn decide_at(s: &Settings, parts: &Parts, body: &[u8], now_ms: u64) -> Action {
         edge: &edge,
         now_ms,
         request_id: "req-1",
+        entropy: &crate::ports::SystemEntropy,
     };
     decide(parts, body, &ctx)
 }
@@ -489,4 +490,47 @@ fn cors_preflight_and_answers() {
         .headers()
         .keys()
         .all(|k| !k.as_str().starts_with("access-control-")));
+}
+
+/// Randomness a test fixes, or a CSPRNG that fails.
+struct FixedEntropy(Option<u8>);
+impl crate::ports::Entropy for FixedEntropy {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), crate::ports::EntropyUnavailable> {
+        let byte = self.0.ok_or(crate::ports::EntropyUnavailable)?;
+        buf.fill(byte);
+        Ok(())
+    }
+}
+
+#[test]
+fn reading_ids_come_from_the_hosts_entropy_and_its_failure_is_the_edges_fault() {
+    let s = settings(&[]);
+    let edge = edge();
+    let parts = head("GET", READINGS_PATH, "device_id=a&temp=1", &[]);
+    let decide_with = |entropy: &dyn crate::ports::Entropy| {
+        let ctx = RequestContext {
+            settings: &s,
+            stored_profiles: None,
+            edge: &edge,
+            now_ms: 0x0189_abcd_ef01,
+            request_id: "req-1",
+            entropy,
+        };
+        decide(&parts, b"", &ctx)
+    };
+    let Action::Accept(accepted) = decide_with(&FixedEntropy(Some(0xff))) else {
+        panic!("accepted");
+    };
+    assert_eq!(
+        accepted.readings[0].id,
+        "0189abcd-ef01-7fff-bfff-ffffffffffff"
+    );
+    let Action::Respond(answer) = decide_with(&FixedEntropy(None)) else {
+        panic!("refused");
+    };
+    assert_eq!(
+        answer.status(),
+        500,
+        "no entropy is never the device's fault"
+    );
 }
