@@ -7,7 +7,12 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use super::*;
+use crate::application::admission::{self, AdmissionPorts, Section};
+use crate::application::delivery::outbox::{
+    append_reserved, BacklogFull, MemoryStore, Outbox, Reservation, Wakeups,
+};
 use crate::http::auth::{sign, MasterSecret, SignedParts};
+use crate::http::rate_limit::MemoryBuckets;
 use crate::http::routes::{Accepted, AdminQuery};
 use crate::ports::testing::run;
 use crate::ports::StoreError;
@@ -15,12 +20,55 @@ use crate::ports::{BodyBroken, Pairs};
 
 const SECRET: &str = "pipeline-test-master-secret-0123456789";
 
+/// A host whose accept is the real use case (`application::admission`) over in-memory parts:
+/// an outbox nothing delivers from, token buckets in memory.
 struct FakeHost {
     platform: &'static str,
     drain_limit: usize,
     settings: Rc<Settings>,
     accepted: RefCell<Vec<String>>,
-    refuse_with: Option<Problem>,
+    outbox: RefCell<Outbox<u64>>,
+    store: MemoryStore,
+    buckets: RefCell<Option<MemoryBuckets>>,
+}
+
+impl AdmissionPorts for FakeHost {
+    type Room = Reservation;
+    fn reserve(&self, readings: usize) -> Result<Reservation, BacklogFull> {
+        self.outbox.borrow_mut().reserve(readings)
+    }
+    fn release(&self, room: Reservation) {
+        self.outbox.borrow_mut().release(room);
+    }
+    async fn charge(&self, costs: &[(&str, u32)], now: u64) -> Result<Result<(), u32>, StoreError> {
+        let limit = self
+            .settings
+            .config
+            .as_ref()
+            .ok()
+            .and_then(|c| c.rate_limit);
+        Ok(match limit {
+            Some(limit) => {
+                MemoryBuckets::admit_in(&mut self.buckets.borrow_mut(), limit, costs, now)
+            }
+            None => Ok(()),
+        })
+    }
+    async fn refund(&self, costs: &[(&str, u32)], _now: u64) {
+        if let Some(b) = self.buckets.borrow_mut().as_mut() {
+            b.refund(costs);
+        }
+    }
+    async fn append(
+        &self,
+        room: Reservation,
+        at: u64,
+        readings: Vec<Rc<str>>,
+    ) -> Result<Result<(), BacklogFull>, StoreError> {
+        append_reserved(&self.outbox, &self.store, room, at, "node", readings).await?;
+        Ok(Ok(()))
+    }
+    async fn wake(&self) {}
 }
 
 impl FakeHost {
@@ -46,9 +94,18 @@ impl FakeHost {
         .map(|(platform, drain_limit)| Self {
             platform,
             drain_limit,
+            outbox: RefCell::new(Outbox::new(
+                settings
+                    .config
+                    .as_ref()
+                    .map(|c| c.outbox(Wakeups::Polled))
+                    .unwrap_or_else(|_| panic!("test settings are valid")),
+                0,
+            )),
             settings: settings.clone(),
             accepted: RefCell::new(Vec::new()),
-            refuse_with: None,
+            store: MemoryStore::default(),
+            buckets: RefCell::new(None),
         })
         .collect()
     }
@@ -74,10 +131,18 @@ impl Host for FakeHost {
     async fn read_stored_profiles(&self) -> Result<Option<String>, StoreError> {
         Ok(None)
     }
-    async fn accept(&self, _: &Settings, _: &EdgeInfo, accepted: &Accepted) -> Result<(), Problem> {
-        if let Some(p) = &self.refuse_with {
-            return Err(p.clone());
-        }
+    async fn accept(&self, s: &Settings, _: &EdgeInfo, accepted: &Accepted) -> Result<(), Problem> {
+        let section = Section {
+            costs: accepted.device_costs.clone(),
+            readings: accepted
+                .readings
+                .iter()
+                .map(|r| Rc::from(r.json.as_str()))
+                .collect(),
+        };
+        let result = admission::accept(self, &[section], accepted.received_at_ms).await;
+        let limit = s.config.as_ref().ok().and_then(|c| c.rate_limit);
+        crate::http::problem::of_admission(&result, limit.as_ref())?;
         self.accepted
             .borrow_mut()
             .extend(accepted.readings.iter().map(|r| r.id.clone()));
@@ -445,19 +510,44 @@ fn a_signature_is_checked_over_the_body_it_was_made_for() {
     }
 }
 
+/// Through the real accept use case: a full backlog is a 503 with `Retry-After` and costs the
+/// device no token; a device over its bucket is a 429 with `Retry-After`.
 #[test]
-fn a_refusal_by_the_host_is_answered_with_its_problem() {
-    for mut host in FakeHost::all(&[]) {
-        host.refuse_with = Some(Problem::backlog_full(5, "full"));
-        let req = request(
-            "GET",
-            "/v1/readings?device_id=d1&temp=1",
-            &[("authorization", &token("d1"))],
-            FakeBody::default(),
-        );
-        let a = run(handle(&host, req, EdgeFacts::default()));
-        assert_eq!(a.status(), 503);
-        assert_eq!(answer::header(&a, "retry-after"), Some("5"));
+fn the_accept_use_case_answers_backlog_full_and_rate_limited() {
+    let vars = [
+        ("MAX_READINGS_PER_REQUEST", "2"),
+        ("MAX_BACKLOG", "3"),
+        ("RATE_LIMIT_READINGS_PER_S", "1"),
+        ("RATE_LIMIT_BURST", "2"),
+    ];
+    for host in FakeHost::all(&vars) {
+        let get = |device: &str| {
+            let req = request(
+                "GET",
+                &format!("/v1/readings?device_id={device}&temp=1"),
+                &[("authorization", &token(device))],
+                FakeBody::default(),
+            );
+            run(handle(&host, req, EdgeFacts::default()))
+        };
+        for device in ["d1", "d2", "d4"] {
+            assert_eq!(get(device).status(), 200);
+        }
+        // The backlog (3) is full: nothing delivers in this fake.
+        for _ in 0..3 {
+            let a = get("d3");
+            assert_eq!(a.status(), 503, "{}", host.platform);
+            assert!(answer::header(&a, "retry-after").is_some());
+        }
+        // d3 paid nothing for those refusals: its bucket of 2 is whole once there is room (a
+        // fresh outbox stands for one that delivered).
+        let fresh = Outbox::new(host.outbox.borrow().config().clone(), 0);
+        *host.outbox.borrow_mut() = fresh;
+        assert_eq!(get("d3").status(), 200);
+        assert_eq!(get("d3").status(), 200);
+        let limited = get("d3");
+        assert_eq!(limited.status(), 429, "{}", host.platform);
+        assert!(answer::header(&limited, "retry-after").is_some());
     }
 }
 
