@@ -11,17 +11,14 @@
 //! time after; nothing of an instance survives `spin up` going down. In the spin flavour that
 //! costs nothing accepted: the rows stay in the database.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::FullBody;
 
-use super::{emit, now_ms};
+use super::{emit, now_ms, SpinTimer};
 use crate::application::delivery::outbox::{Delivery, SinkTarget};
 use crate::ports::{
-    Clock, Collector, CollectorAnswer, CollectorRequest, Level, Log, SystemEntropy, Timer,
-    TransportError,
+    Clock, Collector, CollectorAnswer, CollectorRequest, Level, Log, SystemEntropy, TransportError,
 };
 
 pub use flavour::{dead_letters, nudge, ports, stats};
@@ -375,14 +372,6 @@ struct WallClock;
 impl Clock for WallClock {
     fn now_ms(&self) -> u64 {
         now_ms()
-    }
-}
-
-struct SpinTimer;
-
-impl Timer for SpinTimer {
-    async fn sleep_ms(&self, ms: u64) {
-        spin_sdk::time::sleep(Duration::from_millis(ms)).await;
     }
 }
 

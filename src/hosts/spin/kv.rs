@@ -10,7 +10,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::Duration;
 
 use serde::Serialize;
 use spin_sdk::key_value::Store;
@@ -72,7 +71,7 @@ pub fn counts() -> (KvCounts, KvCounts) {
 }
 
 async fn pause() {
-    spin_sdk::time::sleep(Duration::from_millis(1)).await;
+    crate::ports::Timer::sleep_ms(&super::SpinTimer, 1).await;
 }
 
 impl SpinKv {

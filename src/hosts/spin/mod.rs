@@ -61,6 +61,15 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The one way this host waits: a `wasi:clocks` sleep.
+pub(crate) struct SpinTimer;
+
+impl crate::ports::Timer for SpinTimer {
+    async fn sleep_ms(&self, ms: u64) {
+        spin_sdk::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
 pub(crate) fn emit(level: &str, event: &str, request_id: &str, fields: &[(&str, &str)]) {
     // stdout is what both wasmtime serve and Spin capture per component.
     println!("{}", log::line(level, event, request_id, fields));
@@ -154,7 +163,7 @@ impl Host for Component {
     }
 
     async fn sleep_ms(&self, ms: u64) {
-        spin_sdk::time::sleep(Duration::from_millis(ms)).await;
+        crate::ports::Timer::sleep_ms(&SpinTimer, ms).await;
     }
 
     /// Spin flavour: the key-value store `default`, key `calibration` (an instance that lives

@@ -15,7 +15,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::Duration;
 
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::JsValue;
@@ -25,7 +24,7 @@ use worker::{
 };
 
 use super::sql_store::SqlOutboxStore;
-use super::{log, now_ms, settings, wire};
+use super::{log, now_ms, settings, wire, WorkersTimer};
 use crate::application::admission::{self, AdmissionPorts, Admitted, Refused, Section};
 use crate::application::delivery::outbox::{
     append_reserved, deliver_round, BacklogFull, Delivery, Next, Outbox, Reservation, SinkTarget,
@@ -341,14 +340,6 @@ struct WorkersClock;
 impl Clock for WorkersClock {
     fn now_ms(&self) -> u64 {
         now_ms()
-    }
-}
-
-struct WorkersTimer;
-
-impl Timer for WorkersTimer {
-    async fn sleep_ms(&self, ms: u64) {
-        worker::Delay::from(Duration::from_millis(ms)).await;
     }
 }
 

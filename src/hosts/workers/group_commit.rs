@@ -17,7 +17,6 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::Duration;
 
 use crate::application::group_commit::{Lane, Role, Shared, WAIT_LIMIT_MS};
 use crate::http::problem::{Problem, ProblemType};
@@ -64,7 +63,7 @@ fn timed_out() -> Problem {
 }
 
 async fn sleep_ms(ms: u64) {
-    worker::Delay::from(Duration::from_millis(ms)).await;
+    crate::ports::Timer::sleep_ms(&super::WorkersTimer, ms).await;
 }
 
 /// Sends `body` (one section of `readings` documents) to batcher `lane` together with the

@@ -73,6 +73,15 @@ pub(crate) fn now_ms() -> u64 {
     js_sys::Date::now() as u64
 }
 
+/// The one way this host waits: a Workers `Delay` (a timer of the request or alarm it runs in).
+pub(crate) struct WorkersTimer;
+
+impl crate::ports::Timer for WorkersTimer {
+    async fn sleep_ms(&self, ms: u64) {
+        worker::Delay::from(Duration::from_millis(ms)).await;
+    }
+}
+
 #[event(start)]
 fn start() {
     console_error_panic_hook::set_once();
@@ -205,7 +214,7 @@ impl Host for Worker<'_> {
     }
 
     async fn sleep_ms(&self, ms: u64) {
-        worker::Delay::from(Duration::from_millis(ms)).await;
+        crate::ports::Timer::sleep_ms(&WorkersTimer, ms).await;
     }
 
     /// The `PROFILES` KV namespace (behind KV's own edge cache, so with the pipeline's TTL a
