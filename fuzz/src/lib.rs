@@ -44,6 +44,7 @@ fn through_api(method: &str, query: &str, content_type: Option<&str>, body: &[u8
         edge: &edge,
         now_ms: 1_700_000_000_000,
         request_id: "fuzz",
+        entropy: &edge_enrich::ports::SystemEntropy,
     };
     let headers: Vec<(&str, &str)> = content_type
         .map(|c| ("content-type", c))
