@@ -6,33 +6,11 @@ use crate::application::delivery::sink::SinkFormat;
 use crate::domain::calibration::{Profiles, EMBEDDED_PROFILES};
 use crate::http::auth::{AdminToken, AuthMode, DeviceAuth, MasterSecret};
 use crate::http::cors::Cors;
-use crate::http::problem::{Problem, ProblemType};
+use crate::http::deployment::{Deployment, Policy, RequestLimits};
 use crate::http::rate_limit::RateLimit;
 use crate::ports::{ConfigSource, Secret};
 
-/// A configuration fault: the setting and the rule it breaks. It never carries the value, since
-/// `/healthz` and every `not-configured` answer list faults to anyone, and a value may be a
-/// secret (or a URL with credentials in it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub key: &'static str,
-    pub rule: String,
-}
-
-impl ConfigError {
-    pub fn new(key: &'static str, rule: impl Into<String>) -> Self {
-        Self {
-            key,
-            rule: rule.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.key, self.rule)
-    }
-}
+pub use crate::http::deployment::ConfigError;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -561,62 +539,27 @@ impl Settings {
         }
     }
 
-    /// Both halves, or the 503 that ingest answers while the deployment is misconfigured.
-    pub fn ready(&self) -> Result<(&Config, &Profiles), Problem> {
-        match (&self.config, &self.profiles) {
-            (Ok(c), Ok(p)) => Ok((c, p)),
-            _ => Err(Problem::new(
-                ProblemType::NotConfigured,
-                format!(
-                    "the deployment's configuration is invalid: {}; see GET /healthz",
-                    self.errors().join("; ")
-                ),
-            )),
+    /// What the request pipeline needs of this deployment (`http::deployment`), built once per
+    /// isolate or instance.
+    pub fn deployment(&self) -> Deployment {
+        let config = self.config.as_ref().ok();
+        let limits = RequestLimits {
+            max_url_bytes: config.map_or(DEFAULT_MAX_URL_BYTES, |c| c.max_url_bytes),
+            max_header_bytes: config.map_or(DEFAULT_MAX_HEADER_BYTES, |c| c.max_header_bytes),
+            max_body_bytes: config.map_or(DEFAULT_MAX_BODY_BYTES, |c| c.max_body_bytes),
+        };
+        Deployment {
+            policy: self
+                .config
+                .as_ref()
+                .map(Config::http_policy)
+                .map_err(Clone::clone),
+            profiles: self.profiles.clone(),
+            profile_source: self.profile_source.as_str(),
+            limits,
+            edge_node: self.edge_node().map(str::to_owned),
+            profiles_ttl_ms: config.map_or(DEFAULT_PROFILES_TTL_S, |c| c.profiles_ttl_s) * 1000,
         }
-    }
-
-    /// Every fault, as `KEY: rule` (never a value).
-    pub fn errors(&self) -> Vec<String> {
-        let mut all = Vec::new();
-        if let Err(e) = &self.config {
-            all.extend(e.iter().map(ToString::to_string));
-        }
-        if let Err(e) = &self.profiles {
-            all.extend(e.iter().map(ToString::to_string));
-        }
-        all
-    }
-
-    /// The body limit to enforce even before the configuration is known to be valid.
-    pub fn max_body_bytes(&self) -> usize {
-        self.config
-            .as_ref()
-            .map(|c| c.max_body_bytes)
-            .unwrap_or(DEFAULT_MAX_BODY_BYTES)
-    }
-
-    pub fn profiles_ttl_ms(&self) -> u64 {
-        self.config
-            .as_ref()
-            .map(|c| c.profiles_ttl_s)
-            .unwrap_or(DEFAULT_PROFILES_TTL_S)
-            * 1000
-    }
-
-    /// URL and header limits, enforced even before the configuration is known to be valid.
-    pub fn request_limits(&self) -> (usize, usize) {
-        self.config
-            .as_ref()
-            .map(|c| (c.max_url_bytes, c.max_header_bytes))
-            .unwrap_or((DEFAULT_MAX_URL_BYTES, DEFAULT_MAX_HEADER_BYTES))
-    }
-
-    /// CORS headers for an ordinary answer to a request from `origin`.
-    pub fn cors_headers(&self, origin: Option<&str>) -> Vec<(&'static str, String)> {
-        self.config
-            .as_ref()
-            .map(|c| c.cors.response_headers(origin))
-            .unwrap_or_default()
     }
 
     pub fn edge_node(&self) -> Option<&str> {
@@ -625,11 +568,28 @@ impl Settings {
             .ok()
             .and_then(|c| c.edge_node.as_deref())
     }
+
+    /// Every fault, as `KEY: rule` (never a value).
+    pub fn errors(&self) -> Vec<String> {
+        self.deployment().errors()
+    }
 }
 
 /// Each part's policy, built from the parsed settings: the parts below `config` never name
 /// `Config`.
 impl Config {
+    /// The request pipeline's.
+    pub fn http_policy(&self) -> Policy {
+        Policy {
+            auth: self.auth.clone(),
+            cors: self.cors.clone(),
+            admin_token: self.admin_token.clone(),
+            max_body_bytes: self.max_body_bytes,
+            max_readings_per_request: self.max_readings_per_request,
+            rate_limit: self.rate_limit,
+        }
+    }
+
     /// The outbox's flush, retry and backlog policy.
     pub fn outbox(
         &self,
@@ -865,7 +825,7 @@ mod tests {
             ),
         ]));
         assert_eq!(s.profile_source, ProfileSource::Variable);
-        let p = s.ready().unwrap_err();
+        let p = s.deployment().ready().unwrap_err();
         assert_eq!(p.status(), 503);
         assert!(
             p.detail()
@@ -877,7 +837,7 @@ mod tests {
             ("COLLECTOR_URL", "http://x/"),
             ("AUTH_MODE", "off"),
         ]));
-        assert!(ok.ready().is_ok());
+        assert!(ok.deployment().ready().is_ok());
         assert_eq!(ok.profile_source, ProfileSource::Embedded);
     }
 }

@@ -26,7 +26,8 @@ fn run(method: &str, query: &str) -> Action {
     let settings = Settings::load(&Pairs(&[
         ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
         ("AUTH_MODE", "off"),
-    ]));
+    ]))
+    .deployment();
     let edge = EdgeInfo::new(Some("n"), Some("DFW".into()), None, None, "spin");
     let ctx = RequestContext {
         settings: &settings,

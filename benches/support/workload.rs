@@ -4,6 +4,7 @@
 
 use edge_enrich::config::Settings;
 use edge_enrich::domain::enrich::EdgeInfo;
+use edge_enrich::http::deployment::Deployment;
 use http::request::Parts;
 
 use edge_enrich::http::routes::{self, Action, RequestContext};
@@ -11,16 +12,17 @@ use edge_enrich::ports::Pairs;
 
 pub const GET_QUERY: &str = "device_id=greenhouse-12&temp=74.3&unit=F&ts=1700000000000&seq=42";
 
-pub fn settings() -> Settings {
+pub fn settings() -> Deployment {
     Settings::load(&Pairs(&[
         ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
         ("EDGE_NODE", "bench-node"),
         // The 500-reading body mixes devices, as a gateway's would: no device credentials.
         ("AUTH_MODE", "off"),
     ]))
+    .deployment()
 }
 
-pub fn edge(settings: &Settings) -> EdgeInfo {
+pub fn edge(settings: &Deployment) -> EdgeInfo {
     EdgeInfo::new(
         settings.edge_node(),
         Some("DFW".into()),
@@ -78,7 +80,7 @@ pub fn head(method: &str, query: &str, content_type: Option<&str>) -> Parts {
 /// pipeline runs it between the host's body and its outbox. Returns the answer's length (so
 /// nothing is optimized away) and the readings accepted.
 pub fn handle(
-    settings: &Settings,
+    settings: &Deployment,
     edge: &EdgeInfo,
     head: &Parts,
     body: &[u8],
@@ -107,7 +109,7 @@ pub fn handle(
 /// Everything the benchmarks time, built once: settings, node tags, the two request heads, a
 /// 500-reading NDJSON body and the 500 enriched readings it yields (for batch encoding).
 pub struct Fixture {
-    pub settings: Settings,
+    pub settings: Deployment,
     pub edge: EdgeInfo,
     get_head: Parts,
     post_head: Parts,

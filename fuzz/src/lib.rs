@@ -25,13 +25,14 @@ pub const TARGETS: &[(&str, Check)] = &[
 
 const MAX_READINGS: usize = 50;
 
-fn settings() -> Settings {
+fn settings() -> edge_enrich::http::deployment::Deployment {
     Settings::load(&Pairs(&[
         ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
         ("AUTH_MODE", "off"),
         ("MAX_READINGS_PER_REQUEST", "50"),
         ("RATE_LIMIT_BURST", "50"),
     ]))
+    .deployment()
 }
 
 /// Runs one request through the whole API and checks the answer's shape.

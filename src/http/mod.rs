@@ -9,6 +9,7 @@ pub mod answer;
 pub mod auth;
 pub mod body;
 pub mod cors;
+pub mod deployment;
 pub mod pipeline;
 pub mod problem;
 pub mod query;

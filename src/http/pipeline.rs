@@ -21,16 +21,16 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::application::profile_cache::{self, CacheSlot};
-use crate::config::Settings;
 use crate::domain::calibration::Profiles;
 use crate::domain::enrich::EdgeInfo;
 use crate::domain::ids;
 use crate::http::answer::{self, Answer};
+use crate::http::deployment::Deployment;
 use crate::http::problem::{Problem, ProblemType};
 use crate::http::routes::{self, Accepted, AdminQuery, Plan, RequestContext};
 use crate::ports::{BodyStream, EdgeFacts, Entropy, Level, StoreError, SystemEntropy};
 
-/// Everything the request pipeline needs of a host: its settings,
+/// Everything the request pipeline needs of a host: its deployment,
 /// clocks and log, its profile store, its outbox hand-off and its admin views.
 // Hosts are single-threaded (an isolate, an instance): no Send wanted of these futures.
 #[allow(async_fn_in_trait)]
@@ -44,8 +44,9 @@ pub trait Host {
     /// Bytes of a refused body the host reads and drops before answering, so that a client
     /// still sending hears the answer rather than a reset (see `pipeline`).
     fn drain_limit(&self) -> usize;
-    /// The deployment's settings, parsed once per isolate or instance.
-    async fn settings(&self) -> Rc<Settings>;
+    /// What the pipeline needs of the deployment (built by `config` from its settings), once
+    /// per isolate or instance.
+    async fn deployment(&self) -> Rc<Deployment>;
     fn now_ms(&self) -> u64;
     /// Milliseconds on the clock `Server-Timing` reports (Workers' only advances across I/O).
     fn timer_ms(&self) -> f64;
@@ -56,22 +57,12 @@ pub trait Host {
     async fn read_stored_profiles(&self) -> Result<Option<String>, StoreError>;
     /// Takes accepted readings into the outbox (rate limits included): `Ok` once they are as
     /// durable as the host makes them.
-    async fn accept(
-        &self,
-        settings: &Settings,
-        edge: &EdgeInfo,
-        accepted: &Accepted,
-    ) -> Result<(), Problem>;
+    async fn accept(&self, edge: &EdgeInfo, accepted: &Accepted) -> Result<(), Problem>;
     /// An admin query's answer, as JSON text.
-    async fn admin(
-        &self,
-        settings: &Settings,
-        edge: &EdgeInfo,
-        query: AdminQuery,
-    ) -> Result<String, Problem>;
+    async fn admin(&self, edge: &EdgeInfo, query: AdminQuery) -> Result<String, Problem>;
     fn log(&self, level: Level, event: &str, request_id: &str, fields: &[(&str, &str)]);
     /// Work after the answer is decided (Spin: keep its recovery going). Nothing by default.
-    async fn after(&self, _settings: &Settings) {}
+    async fn after(&self) {}
 }
 
 /// How long a drain may wait for a body that is declared but does not come.
@@ -91,7 +82,7 @@ pub async fn handle<H: Host, B: BodyStream>(
     let started = host.timer_ms();
     let now = host.now_ms();
     let request_id = request_id(host.entropy(), now);
-    let settings = host.settings().await;
+    let settings = host.deployment().await;
     let (parts, mut body) = request.into_parts();
     let edge = EdgeInfo::new(
         settings.edge_node(),
@@ -110,7 +101,7 @@ pub async fn handle<H: Host, B: BodyStream>(
             answer::problem(&refusal.problem, &request_id)
         }
     };
-    host.after(&settings).await;
+    host.after().await;
     finish(
         answer,
         &settings,
@@ -125,7 +116,7 @@ pub async fn handle<H: Host, B: BodyStream>(
 pub async fn unreadable<H: Host>(host: &H, detail: &str) -> Answer {
     let now = host.now_ms();
     let request_id = request_id(host.entropy(), now);
-    let settings = host.settings().await;
+    let settings = host.deployment().await;
     let problem = Problem::new(
         ProblemType::InvalidRequest,
         format!("the request could not be read: {detail}"),
@@ -177,7 +168,7 @@ fn read_already(problem: Problem) -> Refusal {
 
 async fn serve<H: Host, B: BodyStream>(
     host: &H,
-    settings: &Settings,
+    settings: &Deployment,
     parts: &Parts,
     body: &mut B,
     edge: &EdgeInfo,
@@ -191,7 +182,7 @@ async fn serve<H: Host, B: BodyStream>(
             Ok(routes::health(settings, edge, stored.as_deref()))
         }
         Plan::Admin(query) => {
-            let json = host.admin(settings, edge, query).await?;
+            let json = host.admin(edge, query).await?;
             Ok(answer::json(200, json))
         }
         Plan::Readings(ingest) => {
@@ -210,7 +201,7 @@ async fn serve<H: Host, B: BodyStream>(
                 entropy: host.entropy(),
             };
             let accepted = routes::ingest(parts, ingest, &bytes, &ctx).map_err(read_already)?;
-            if let Err(problem) = host.accept(settings, edge, &accepted).await {
+            if let Err(problem) = host.accept(edge, &accepted).await {
                 host.log(
                     Level::Warn,
                     "ingest_refused",
@@ -228,7 +219,7 @@ async fn serve<H: Host, B: BodyStream>(
 /// the previous set (a bad document, a failed read) is logged.
 async fn stored_profiles<H: Host>(
     host: &H,
-    settings: &Settings,
+    settings: &Deployment,
     now: u64,
     request_id: &str,
 ) -> Option<Rc<Profiles>> {
@@ -240,7 +231,7 @@ async fn stored_profiles<H: Host>(
             &[("detail", error)],
         )
     };
-    let ttl = settings.profiles_ttl_ms();
+    let ttl = settings.profiles_ttl_ms;
     profile_cache::refreshed(
         &PROFILE_CACHE,
         ttl,
@@ -300,7 +291,7 @@ async fn drain<H: Host, B: BodyStream>(host: &H, body: &mut B) {
 /// caching, and the handler's time as the host's clock saw it.
 fn finish(
     mut answer: Answer,
-    settings: &Settings,
+    settings: &Deployment,
     parts: &Parts,
     request_id: &str,
     handler_ms: f64,

@@ -14,13 +14,13 @@ use http::header::{
 use http::request::Parts;
 use http::Method;
 
-use crate::config::Settings;
 use crate::domain::enrich::{enrich_all, EdgeInfo, EnrichError, EnrichedReading};
 use crate::domain::ids::{IdSource, BYTES_PER_ID};
 use crate::domain::reading::Reading;
 use crate::http::answer::{self, Answer};
 use crate::http::auth::{Presented, SignedParts};
 use crate::http::body::{first_device_id, parse_readings, BodyFormat};
+use crate::http::deployment::Deployment;
 use crate::http::problem::{FieldError, Problem, ProblemType};
 use crate::http::query::{named_device, parse_reading_query};
 
@@ -109,7 +109,7 @@ pub enum AdminQuery {
 /// Everything that can be decided before the body is read, in the documented order: URL and
 /// header size, route and method, the deployment's readiness, credentials (their shape and, for
 /// signatures, their time), then for a POST its declared length and media type.
-pub fn plan<'a>(parts: &'a Parts, settings: &Settings, now_ms: u64) -> Result<Plan<'a>, Problem> {
+pub fn plan<'a>(parts: &'a Parts, settings: &Deployment, now_ms: u64) -> Result<Plan<'a>, Problem> {
     check_request_size(parts, settings)?;
     let method = &parts.method;
     match path(parts) {
@@ -172,8 +172,11 @@ pub fn plan<'a>(parts: &'a Parts, settings: &Settings, now_ms: u64) -> Result<Pl
 }
 
 /// URL and header limits, checked before anything else is looked at.
-fn check_request_size(parts: &Parts, settings: &Settings) -> Result<(), Problem> {
-    let (max_url, max_headers) = settings.request_limits();
+fn check_request_size(parts: &Parts, settings: &Deployment) -> Result<(), Problem> {
+    let (max_url, max_headers) = (
+        settings.limits.max_url_bytes,
+        settings.limits.max_header_bytes,
+    );
     let url_len = path(parts).len() + 1 + query(parts).len();
     if url_len > max_url {
         return Err(Problem::new(
@@ -193,7 +196,7 @@ fn check_request_size(parts: &Parts, settings: &Settings) -> Result<(), Problem>
 
 /// Everything ingest needs to know about the request's surroundings.
 pub struct RequestContext<'a> {
-    pub settings: &'a Settings,
+    pub settings: &'a Deployment,
     /// Profiles from the host's key-value store, when it has some: they replace the
     /// deployment's (see `application::profile_cache`).
     pub stored_profiles: Option<&'a crate::domain::calibration::Profiles>,
@@ -358,9 +361,9 @@ fn enrich(
 }
 
 /// `OPTIONS /v1/readings`: a CORS preflight, or a plain capability query.
-fn preflight(parts: &Parts, settings: &Settings) -> Answer {
+fn preflight(parts: &Parts, settings: &Deployment) -> Answer {
     let method = header(parts, ACCESS_CONTROL_REQUEST_METHOD);
-    let mut headers = match &settings.config {
+    let mut headers = match &settings.policy {
         Ok(config) if method.is_some() => config.cors.preflight_headers(
             header(parts, ORIGIN),
             method,
@@ -374,7 +377,7 @@ fn preflight(parts: &Parts, settings: &Settings) -> Answer {
 
 /// `/healthz`: the configuration's state, and where the profiles in use came from.
 pub fn health(
-    settings: &Settings,
+    settings: &Deployment,
     edge: &EdgeInfo,
     stored: Option<&crate::domain::calibration::Profiles>,
 ) -> Answer {
@@ -382,7 +385,7 @@ pub fn health(
     let (source, count) = match stored {
         Some(p) => ("key-value store", Some(p.len())),
         None => (
-            settings.profile_source.as_str(),
+            settings.profile_source,
             settings.profiles.as_ref().map(|p| p.len()).ok(),
         ),
     };
@@ -401,9 +404,9 @@ pub fn health(
     answer::json(if valid { 200 } else { 503 }, body.to_string())
 }
 
-fn authorize_admin(settings: &Settings, authorization: Option<&str>) -> Result<(), Problem> {
+fn authorize_admin(settings: &Deployment, authorization: Option<&str>) -> Result<(), Problem> {
     let Some(expected) = settings
-        .config
+        .policy
         .as_ref()
         .ok()
         .and_then(|c| c.admin_token.as_ref())
@@ -441,9 +444,9 @@ pub fn decide(parts: &Parts, body: &[u8], ctx: &RequestContext<'_>) -> Action {
         Ok(Plan::Answer(a)) => Action::Respond(a),
         Ok(Plan::Health) => Action::Respond(health(ctx.settings, ctx.edge, ctx.stored_profiles)),
         Ok(Plan::Admin(q)) => Action::Admin(q),
-        Ok(Plan::Readings(_)) if body.len() > ctx.settings.max_body_bytes() => {
-            refused(Problem::payload_too_large(ctx.settings.max_body_bytes()))
-        }
+        Ok(Plan::Readings(_)) if body.len() > ctx.settings.limits.max_body_bytes => refused(
+            Problem::payload_too_large(ctx.settings.limits.max_body_bytes),
+        ),
         Ok(Plan::Readings(i)) => match ingest(parts, i, body, ctx) {
             Ok(accepted) => Action::Accept(accepted),
             Err(p) => refused(p),

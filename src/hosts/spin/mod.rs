@@ -33,6 +33,7 @@ use crate::application::admission::{self, Refused, Section};
 use crate::config::{Settings, KEYS};
 use crate::domain::enrich::EdgeInfo;
 use crate::http::answer::Answer;
+use crate::http::deployment::Deployment;
 use crate::http::pipeline::{self, Host};
 use crate::http::problem::{self, Problem};
 use crate::http::routes::{Accepted, AdminQuery};
@@ -49,9 +50,37 @@ pub const PLATFORM: &str = "wasi-http";
 /// its 413 (see `http::pipeline`).
 const DRAIN_LIMIT: usize = 4 * 1024 * 1024;
 
+/// The settings and what the pipeline needs of them, parsed once per instance.
+struct Loaded {
+    settings: Settings,
+    deployment: Rc<Deployment>,
+}
+
 thread_local! {
-    // Parsed once per instance; an instance never outlives its deployment's configuration.
-    static SETTINGS: OnceCell<Rc<Settings>> = const { OnceCell::new() };
+    // An instance never outlives its deployment's configuration.
+    static LOADED: OnceCell<Rc<Loaded>> = const { OnceCell::new() };
+}
+
+async fn loaded() -> Rc<Loaded> {
+    if let Some(l) = LOADED.with(|c| c.get().cloned()) {
+        return l;
+    }
+    let settings = Settings::load(&load_config().await);
+    let made = Rc::new(Loaded {
+        deployment: Rc::new(settings.deployment()),
+        settings,
+    });
+    LOADED.with(|c| c.get_or_init(|| made).clone())
+}
+
+/// The configuration, or a 500 (the pipeline answers a misconfigured deployment before any
+/// host call).
+async fn config() -> Result<Rc<Loaded>, Problem> {
+    let l = loaded().await;
+    match l.settings.config {
+        Ok(_) => Ok(l),
+        Err(_) => Err(Problem::internal()),
+    }
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -143,12 +172,8 @@ impl Host for Component {
         DRAIN_LIMIT
     }
 
-    async fn settings(&self) -> Rc<Settings> {
-        if let Some(s) = SETTINGS.with(|c| c.get().cloned()) {
-            return s;
-        }
-        let loaded = Rc::new(Settings::load(&load_config().await));
-        SETTINGS.with(|c| c.get_or_init(|| loaded).clone())
+    async fn deployment(&self) -> Rc<Deployment> {
+        loaded().await.deployment.clone()
     }
 
     fn now_ms(&self) -> u64 {
@@ -183,13 +208,13 @@ impl Host for Component {
         Ok(None)
     }
 
-    async fn accept(
-        &self,
-        settings: &Settings,
-        edge: &EdgeInfo,
-        accepted: &Accepted,
-    ) -> Result<(), Problem> {
-        let config = settings.config.as_ref().map_err(|_| Problem::internal())?;
+    async fn accept(&self, edge: &EdgeInfo, accepted: &Accepted) -> Result<(), Problem> {
+        let loaded = config().await?;
+        let config = loaded
+            .settings
+            .config
+            .as_ref()
+            .map_err(|_| Problem::internal())?;
         let section = Section {
             costs: accepted.device_costs.clone(),
             readings: accepted
@@ -208,21 +233,16 @@ impl Host for Component {
         problem::of_admission(&result, config.rate_limit.as_ref())
     }
 
-    async fn admin(
-        &self,
-        settings: &Settings,
-        _edge: &EdgeInfo,
-        query: AdminQuery,
-    ) -> Result<String, Problem> {
+    async fn admin(&self, _edge: &EdgeInfo, query: AdminQuery) -> Result<String, Problem> {
+        let loaded = config().await?;
+        let config = loaded
+            .settings
+            .config
+            .as_ref()
+            .map_err(|_| Problem::internal())?;
         match query {
-            AdminQuery::Stats => {
-                let config = settings.config.as_ref().map_err(|_| Problem::internal())?;
-                Ok(delivery::stats(config).await.to_string())
-            }
-            AdminQuery::DeadLetters => {
-                let config = settings.config.as_ref().map_err(|_| Problem::internal())?;
-                Ok(delivery::dead_letters(config).await)
-            }
+            AdminQuery::Stats => Ok(delivery::stats(config).await.to_string()),
+            AdminQuery::DeadLetters => Ok(delivery::dead_letters(config).await),
         }
     }
 
@@ -230,8 +250,9 @@ impl Host for Component {
         emit(level.as_str(), event, request_id, fields);
     }
 
-    async fn after(&self, settings: &Settings) {
-        if let Ok(config) = settings.config.as_ref() {
+    async fn after(&self) {
+        let loaded = loaded().await;
+        if let Ok(config) = loaded.settings.config.as_ref() {
             delivery::nudge(config).await;
         }
     }

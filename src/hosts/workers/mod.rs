@@ -29,6 +29,7 @@ use crate::application::profile_cache::PROFILES_KEY;
 use crate::config::Settings;
 use crate::domain::enrich::EdgeInfo;
 use crate::http::answer::Answer;
+use crate::http::deployment::Deployment;
 use crate::http::pipeline::{self, Host};
 use crate::http::problem::Problem;
 use crate::http::routes::{Accepted, AdminQuery};
@@ -43,11 +44,20 @@ const KV_CACHE_TTL_S: u64 = 30;
 thread_local! {
     // Vars and secrets are fixed for an isolate's life: parse them once.
     static SETTINGS: OnceCell<Rc<Settings>> = const { OnceCell::new() };
+    static DEPLOYMENT: OnceCell<Rc<Deployment>> = const { OnceCell::new() };
 }
 
 pub(crate) fn settings(env: &Env) -> Rc<Settings> {
     SETTINGS.with(|cell| {
         cell.get_or_init(|| Rc::new(Settings::load(&EnvConfig(env))))
+            .clone()
+    })
+}
+
+/// What the pipeline needs of the settings, built once per isolate.
+fn deployment(env: &Env) -> Rc<Deployment> {
+    DEPLOYMENT.with(|cell| {
+        cell.get_or_init(|| Rc::new(settings(env).deployment()))
             .clone()
     })
 }
@@ -201,8 +211,8 @@ impl Host for Worker<'_> {
         0
     }
 
-    async fn settings(&self) -> Rc<Settings> {
-        settings(self.env)
+    async fn deployment(&self) -> Rc<Deployment> {
+        deployment(self.env)
     }
 
     fn now_ms(&self) -> u64 {
@@ -233,22 +243,12 @@ impl Host for Worker<'_> {
 
     /// Waits only for the batcher's durable acceptance (rate limits included), never for the
     /// collector.
-    async fn accept(
-        &self,
-        settings: &Settings,
-        edge: &EdgeInfo,
-        accepted: &Accepted,
-    ) -> Result<(), Problem> {
-        batcher_client::hand_to_batcher(self.env, settings, edge, accepted).await
+    async fn accept(&self, edge: &EdgeInfo, accepted: &Accepted) -> Result<(), Problem> {
+        batcher_client::hand_to_batcher(self.env, &settings(self.env), edge, accepted).await
     }
 
-    async fn admin(
-        &self,
-        settings: &Settings,
-        edge: &EdgeInfo,
-        query: AdminQuery,
-    ) -> Result<String, Problem> {
-        batcher_client::admin(self.env, settings, edge, query)
+    async fn admin(&self, edge: &EdgeInfo, query: AdminQuery) -> Result<String, Problem> {
+        batcher_client::admin(self.env, &settings(self.env), edge, query)
             .await
             .map_err(|e| {
                 log::error("admin_failed", "", &[("error", &e.to_string())]);

@@ -25,7 +25,8 @@ const SECRET: &str = "pipeline-test-master-secret-0123456789";
 struct FakeHost {
     platform: &'static str,
     drain_limit: usize,
-    settings: Rc<Settings>,
+    settings: Rc<crate::config::Settings>,
+    deployment: Rc<crate::http::deployment::Deployment>,
     accepted: RefCell<Vec<String>>,
     outbox: RefCell<Outbox<u64>>,
     store: MemoryStore,
@@ -84,7 +85,8 @@ impl FakeHost {
             ("MAX_URL_BYTES", "512"),
             ("CORS_ALLOWED_ORIGINS", "https://app.example.com"),
         ]);
-        let settings = Rc::new(Settings::load(&Pairs(&kv)));
+        let settings = Rc::new(crate::config::Settings::load(&Pairs(&kv)));
+        let deployment = Rc::new(settings.deployment());
         [
             ("cloudflare-workers", 0),
             ("spin", 4 * 1024 * 1024),
@@ -103,6 +105,7 @@ impl FakeHost {
                 0,
             )),
             settings: settings.clone(),
+            deployment: deployment.clone(),
             accepted: RefCell::new(Vec::new()),
             store: MemoryStore::default(),
             buckets: RefCell::new(None),
@@ -118,8 +121,8 @@ impl Host for FakeHost {
     fn drain_limit(&self) -> usize {
         self.drain_limit
     }
-    async fn settings(&self) -> Rc<Settings> {
-        self.settings.clone()
+    async fn deployment(&self) -> Rc<crate::http::deployment::Deployment> {
+        self.deployment.clone()
     }
     fn now_ms(&self) -> u64 {
         1_800_000_000_000
@@ -131,7 +134,8 @@ impl Host for FakeHost {
     async fn read_stored_profiles(&self) -> Result<Option<String>, StoreError> {
         Ok(None)
     }
-    async fn accept(&self, s: &Settings, _: &EdgeInfo, accepted: &Accepted) -> Result<(), Problem> {
+    async fn accept(&self, _: &EdgeInfo, accepted: &Accepted) -> Result<(), Problem> {
+        let s = &self.settings;
         let section = Section {
             costs: accepted.device_costs.clone(),
             readings: accepted
@@ -148,7 +152,7 @@ impl Host for FakeHost {
             .extend(accepted.readings.iter().map(|r| r.id.clone()));
         Ok(())
     }
-    async fn admin(&self, _: &Settings, _: &EdgeInfo, q: AdminQuery) -> Result<String, Problem> {
+    async fn admin(&self, _: &EdgeInfo, q: AdminQuery) -> Result<String, Problem> {
         Ok(format!("{{\"query\":\"{q:?}\"}}"))
     }
     fn log(&self, _: Level, _: &str, _: &str, _: &[(&str, &str)]) {}

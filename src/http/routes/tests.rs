@@ -2,14 +2,14 @@ use super::*;
 use crate::http::answer::header as answer_header;
 use crate::ports::Pairs;
 
-fn settings(extra: &[(&str, &str)]) -> Settings {
+fn settings(extra: &[(&str, &str)]) -> Deployment {
     // The first pair with a key wins: the test's own settings before the defaults.
     let mut kv = extra.to_vec();
     kv.extend_from_slice(&[
         ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
         ("AUTH_MODE", "off"),
     ]);
-    Settings::load(&Pairs(&kv))
+    crate::config::Settings::load(&Pairs(&kv)).deployment()
 }
 
 fn edge() -> EdgeInfo {
@@ -25,7 +25,7 @@ fn head(method: &str, path: &str, query: &str, headers: &[(&str, &str)]) -> Part
     request_head(method, &target, headers).expect("a valid request head")
 }
 
-fn decide_at(s: &Settings, parts: &Parts, body: &[u8], now_ms: u64) -> Action {
+fn decide_at(s: &Deployment, parts: &Parts, body: &[u8], now_ms: u64) -> Action {
     let edge = edge();
     let ctx = RequestContext {
         settings: s,
@@ -39,7 +39,7 @@ fn decide_at(s: &Settings, parts: &Parts, body: &[u8], now_ms: u64) -> Action {
 }
 
 fn run(
-    s: &Settings,
+    s: &Deployment,
     method: &str,
     path: &str,
     query: &str,
@@ -209,7 +209,9 @@ fn post_answers_an_array() {
 
 #[test]
 fn misconfiguration_refuses_ingest_and_shows_in_health() {
-    let s = Settings::load(&Pairs(&[("FLUSH_MAX_ITEMS", "x"), ("AUTH_MODE", "off")]));
+    let s =
+        crate::config::Settings::load(&Pairs(&[("FLUSH_MAX_ITEMS", "x"), ("AUTH_MODE", "off")]))
+            .deployment();
     let a = run(&s, "GET", "/v1/readings", "device_id=a&temp=1", None, "");
     assert_eq!(status(&a), 503);
     let Action::Respond(h) = run(&s, "GET", "/healthz", "", None, "") else {
@@ -244,7 +246,7 @@ fn admin_requires_the_token() {
     assert_eq!(status(&admin(None)), 401);
     // A token shorter than 32 bytes is a configuration fault, not a weak admin API.
     let weak = settings(&[("ADMIN_TOKEN", "s3cret")]);
-    assert!(weak.config.is_err());
+    assert!(weak.policy.is_err());
 }
 
 const SECRET: &str = "an-api-test-secret-of-32-bytes-or-more";

@@ -1,0 +1,108 @@
+//! What the request pipeline needs of the deployment: its HTTP policy (limits, credentials,
+//! CORS, the admin token), the calibration profiles, and every configuration fault. `config`
+//! builds it from the settings it parsed (`Settings::deployment`); nothing in `http` reads a
+//! setting by name.
+
+use crate::domain::calibration::Profiles;
+use crate::http::auth::{AdminToken, DeviceAuth};
+use crate::http::cors::Cors;
+use crate::http::problem::{Problem, ProblemType};
+use crate::http::rate_limit::RateLimit;
+
+/// A configuration fault: the setting and the rule it breaks. It never carries the value, since
+/// `/healthz` and every `not-configured` answer list faults to anyone, and a value may be a
+/// secret (or a URL with credentials in it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub rule: String,
+}
+
+impl ConfigError {
+    pub fn new(key: &'static str, rule: impl Into<String>) -> Self {
+        Self {
+            key,
+            rule: rule.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.rule)
+    }
+}
+
+/// The HTTP side of a valid configuration.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub auth: DeviceAuth,
+    pub cors: Cors,
+    pub admin_token: Option<AdminToken>,
+    pub max_body_bytes: usize,
+    pub max_readings_per_request: usize,
+    /// For the `429` answer's detail; `None` when the limit is off.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Limits enforced on every request, even before the configuration is known to be valid (its
+/// own values when it is, the defaults when not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    pub max_url_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+}
+
+/// The deployment as the pipeline sees it, faults included.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub policy: Result<Policy, Vec<ConfigError>>,
+    pub profiles: Result<Profiles, Vec<ConfigError>>,
+    /// Where the deployment's profiles came from (`embedded`, `CALIBRATION_PROFILES`).
+    pub profile_source: &'static str,
+    pub limits: RequestLimits,
+    pub edge_node: Option<String>,
+    /// How long profiles read from the host's key-value store are used before reading again.
+    pub profiles_ttl_ms: u64,
+}
+
+impl Deployment {
+    /// Both halves, or the 503 that ingest answers while the deployment is misconfigured.
+    pub fn ready(&self) -> Result<(&Policy, &Profiles), Problem> {
+        match (&self.policy, &self.profiles) {
+            (Ok(c), Ok(p)) => Ok((c, p)),
+            _ => Err(Problem::new(
+                ProblemType::NotConfigured,
+                format!(
+                    "the deployment's configuration is invalid: {}; see GET /healthz",
+                    self.errors().join("; ")
+                ),
+            )),
+        }
+    }
+
+    /// Every fault, as `KEY: rule` (never a value).
+    pub fn errors(&self) -> Vec<String> {
+        let mut all = Vec::new();
+        if let Err(e) = &self.policy {
+            all.extend(e.iter().map(ToString::to_string));
+        }
+        if let Err(e) = &self.profiles {
+            all.extend(e.iter().map(ToString::to_string));
+        }
+        all
+    }
+
+    /// CORS headers for an ordinary answer to a request from `origin`.
+    pub fn cors_headers(&self, origin: Option<&str>) -> Vec<(&'static str, String)> {
+        self.policy
+            .as_ref()
+            .map(|p| p.cors.response_headers(origin))
+            .unwrap_or_default()
+    }
+
+    pub fn edge_node(&self) -> Option<&str> {
+        self.edge_node.as_deref()
+    }
+}
