@@ -107,10 +107,145 @@ const fn secret(name: &'static str, default: &'static str, meaning: &'static str
     }
 }
 
+/// An integer setting within `min..=max`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IntSetting {
+    pub name: &'static str,
+    pub default: u64,
+    pub min: u64,
+    pub max: u64,
+    pub meaning: &'static str,
+}
+
+impl IntSetting {
+    pub const fn key(&self) -> Key {
+        int(self.name, self.default, self.min, self.max, self.meaning)
+    }
+}
+
+/// A decimal setting within `min..=max`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecimalSetting {
+    pub name: &'static str,
+    pub default: f64,
+    pub min: f64,
+    pub max: f64,
+    pub meaning: &'static str,
+}
+
+impl DecimalSetting {
+    pub const fn key(&self) -> Key {
+        Key {
+            name: self.name,
+            kind: Kind::Decimal {
+                default: self.default,
+                min: self.min,
+                max: self.max,
+            },
+            meaning: self.meaning,
+            workers_only: false,
+        }
+    }
+}
+
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
 pub const DEFAULT_MAX_URL_BYTES: usize = 2048;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 8192;
 const DEFAULT_PROFILES_TTL_S: u64 = 30;
+
+/// The numeric settings, typed: each is read by its constant, so a misspelt or mistyped
+/// setting does not compile (text settings are read by name from [`KEYS`]).
+pub const FLUSH_INTERVAL_MS: IntSetting = IntSetting {
+    name: "FLUSH_INTERVAL_MS",
+    default: 200,
+    min: 10,
+    max: 60_000,
+    meaning: "max age of a pending reading before its batch is sent",
+};
+pub const FLUSH_MAX_ITEMS: IntSetting = IntSetting {
+    name: "FLUSH_MAX_ITEMS",
+    default: 50,
+    min: 1,
+    max: 5_000,
+    meaning: "batch size that sends a batch at once",
+};
+pub const MAX_BACKLOG: IntSetting = IntSetting {
+    name: "MAX_BACKLOG",
+    default: 10_000,
+    min: 1,
+    max: 10_000_000,
+    meaning: "readings held undelivered before ingest answers 503",
+};
+pub const MAX_READINGS_PER_REQUEST: IntSetting = IntSetting {
+    name: "MAX_READINGS_PER_REQUEST",
+    default: 500,
+    min: 1,
+    max: 10_000,
+    meaning: "readings per POST",
+};
+pub const MAX_BODY_BYTES: IntSetting = IntSetting {
+    name: "MAX_BODY_BYTES",
+    default: DEFAULT_MAX_BODY_BYTES as u64,
+    min: 1_024,
+    max: 10 * 1024 * 1024,
+    meaning: "POST body size",
+};
+pub const RETRY_BASE_MS: IntSetting = IntSetting {
+    name: "RETRY_BASE_MS",
+    default: 200,
+    min: 10,
+    max: 600_000,
+    meaning: "first step of the capped exponential backoff",
+};
+pub const RETRY_MAX_MS: IntSetting = IntSetting {
+    name: "RETRY_MAX_MS",
+    default: 5_000,
+    min: 10,
+    max: 3_600_000,
+    meaning: "longest step of the backoff",
+};
+pub const RATE_LIMIT_BURST: IntSetting = IntSetting {
+    name: "RATE_LIMIT_BURST",
+    default: 500,
+    min: 1,
+    max: 1_000_000,
+    meaning: "per-device token bucket size",
+};
+pub const MAX_URL_BYTES: IntSetting = IntSetting {
+    name: "MAX_URL_BYTES",
+    default: DEFAULT_MAX_URL_BYTES as u64,
+    min: 256,
+    max: 65_536,
+    meaning: "path + query, else 414",
+};
+pub const MAX_HEADER_BYTES: IntSetting = IntSetting {
+    name: "MAX_HEADER_BYTES",
+    default: DEFAULT_MAX_HEADER_BYTES as u64,
+    min: 1_024,
+    max: 65_536,
+    meaning: "all request headers, else 431",
+};
+pub const PROFILES_TTL_S: IntSetting = IntSetting {
+    name: "PROFILES_TTL_S",
+    default: DEFAULT_PROFILES_TTL_S,
+    min: 1,
+    max: 3_600,
+    meaning: "how long profiles from the key-value store are used before reading again",
+};
+pub const BATCHER_SHARDS: IntSetting = IntSetting {
+    name: "BATCHER_SHARDS",
+    default: 1,
+    min: 1,
+    max: 64,
+    meaning: "Durable Objects per colo",
+};
+pub const RATE_LIMIT_READINGS_PER_S: DecimalSetting = DecimalSetting {
+    name: "RATE_LIMIT_READINGS_PER_S",
+    default: 5.0,
+    min: 0.0,
+    max: 1_000_000.0,
+    meaning: "per-device token bucket rate (0 = off)",
+};
 
 /// Every setting the service reads.
 pub const KEYS: &[Key] = &[
@@ -121,55 +256,13 @@ pub const KEYS: &[Key] = &[
         "sent as Authorization: Bearer to the collector",
     ),
     text("SINK_FORMAT", "json", "json, ndjson or influx"),
-    int(
-        "FLUSH_INTERVAL_MS",
-        200,
-        10,
-        60_000,
-        "max age of a pending reading before its batch is sent",
-    ),
-    int(
-        "FLUSH_MAX_ITEMS",
-        50,
-        1,
-        5_000,
-        "batch size that sends a batch at once",
-    ),
-    int(
-        "MAX_BACKLOG",
-        10_000,
-        1,
-        10_000_000,
-        "readings held undelivered before ingest answers 503",
-    ),
-    int(
-        "MAX_READINGS_PER_REQUEST",
-        500,
-        1,
-        10_000,
-        "readings per POST",
-    ),
-    int(
-        "MAX_BODY_BYTES",
-        DEFAULT_MAX_BODY_BYTES as u64,
-        1_024,
-        10 * 1024 * 1024,
-        "POST body size",
-    ),
-    int(
-        "RETRY_BASE_MS",
-        200,
-        10,
-        600_000,
-        "first step of the capped exponential backoff",
-    ),
-    int(
-        "RETRY_MAX_MS",
-        5_000,
-        10,
-        3_600_000,
-        "longest step of the backoff",
-    ),
+    FLUSH_INTERVAL_MS.key(),
+    FLUSH_MAX_ITEMS.key(),
+    MAX_BACKLOG.key(),
+    MAX_READINGS_PER_REQUEST.key(),
+    MAX_BODY_BYTES.key(),
+    RETRY_BASE_MS.key(),
+    RETRY_MAX_MS.key(),
     text(
         "EDGE_NODE",
         "(derived from the colo)",
@@ -177,7 +270,7 @@ pub const KEYS: &[Key] = &[
     ),
     Key {
         workers_only: true,
-        ..int("BATCHER_SHARDS", 1, 1, 64, "Durable Objects per colo")
+        ..BATCHER_SHARDS.key()
     },
     secret(
         "ADMIN_TOKEN",
@@ -209,49 +302,16 @@ pub const KEYS: &[Key] = &[
         "(none: no CORS headers)",
         "browser origins allowed, comma-separated, or *",
     ),
-    Key {
-        name: "RATE_LIMIT_READINGS_PER_S",
-        kind: Kind::Decimal {
-            default: 5.0,
-            min: 0.0,
-            max: 1_000_000.0,
-        },
-        meaning: "per-device token bucket rate (0 = off)",
-        workers_only: false,
-    },
-    int(
-        "RATE_LIMIT_BURST",
-        500,
-        1,
-        1_000_000,
-        "per-device token bucket size",
-    ),
-    int(
-        "MAX_URL_BYTES",
-        DEFAULT_MAX_URL_BYTES as u64,
-        256,
-        65_536,
-        "path + query, else 414",
-    ),
-    int(
-        "MAX_HEADER_BYTES",
-        DEFAULT_MAX_HEADER_BYTES as u64,
-        1_024,
-        65_536,
-        "all request headers, else 431",
-    ),
+    RATE_LIMIT_READINGS_PER_S.key(),
+    RATE_LIMIT_BURST.key(),
+    MAX_URL_BYTES.key(),
+    MAX_HEADER_BYTES.key(),
     text(
         "CALIBRATION_PROFILES",
         "(embedded profiles/calibration.json)",
         "the profile set, JSON",
     ),
-    int(
-        "PROFILES_TTL_S",
-        DEFAULT_PROFILES_TTL_S,
-        1,
-        3_600,
-        "how long profiles from the key-value store are used before reading again",
-    ),
+    PROFILES_TTL_S.key(),
 ];
 
 /// The entry of `name` in [`KEYS`].
@@ -267,21 +327,15 @@ impl Config {
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
         };
-        // Each setting within its bounds from the table, else its default and a named fault.
-        let mut number = |name: &str| -> u64 {
-            let Some(Key {
+        // Each setting within its bounds, else its default and a named fault.
+        let mut number = |setting: &IntSetting| -> u64 {
+            let IntSetting {
                 name,
-                kind: Kind::Integer { default, min, max },
+                default,
+                min,
+                max,
                 ..
-            }) = key(name)
-            else {
-                errors.push(ConfigError::new(
-                    "(internal)",
-                    format!("{name} is not an integer setting"),
-                ));
-                return 0;
-            };
-            let (default, min, max) = (*default, *min, *max);
+            } = *setting;
             match text(name) {
                 None => default,
                 Some(v) => match v.parse::<u64>() {
@@ -296,42 +350,39 @@ impl Config {
                 },
             }
         };
-        let flush_interval_ms = number("FLUSH_INTERVAL_MS");
-        let flush_max_items = number("FLUSH_MAX_ITEMS") as usize;
-        let max_backlog = number("MAX_BACKLOG") as usize;
-        let max_readings_per_request = number("MAX_READINGS_PER_REQUEST") as usize;
-        let max_body_bytes = number("MAX_BODY_BYTES") as usize;
-        let retry_base_ms = number("RETRY_BASE_MS");
-        let retry_max_ms = number("RETRY_MAX_MS");
-        let batcher_shards = number("BATCHER_SHARDS") as u32;
-        let profiles_ttl_s = number("PROFILES_TTL_S");
-        let max_url_bytes = number("MAX_URL_BYTES") as usize;
-        let max_header_bytes = number("MAX_HEADER_BYTES") as usize;
-        let rate_burst = number("RATE_LIMIT_BURST");
-        let rate_per_s = match (
-            text("RATE_LIMIT_READINGS_PER_S"),
-            key("RATE_LIMIT_READINGS_PER_S"),
-        ) {
-            (
-                raw,
-                Some(Key {
-                    kind: Kind::Decimal { default, min, max },
-                    ..
-                }),
-            ) => match raw {
-                None => *default,
+        let flush_interval_ms = number(&FLUSH_INTERVAL_MS);
+        let flush_max_items = number(&FLUSH_MAX_ITEMS) as usize;
+        let max_backlog = number(&MAX_BACKLOG) as usize;
+        let max_readings_per_request = number(&MAX_READINGS_PER_REQUEST) as usize;
+        let max_body_bytes = number(&MAX_BODY_BYTES) as usize;
+        let retry_base_ms = number(&RETRY_BASE_MS);
+        let retry_max_ms = number(&RETRY_MAX_MS);
+        let batcher_shards = number(&BATCHER_SHARDS) as u32;
+        let profiles_ttl_s = number(&PROFILES_TTL_S);
+        let max_url_bytes = number(&MAX_URL_BYTES) as usize;
+        let max_header_bytes = number(&MAX_HEADER_BYTES) as usize;
+        let rate_burst = number(&RATE_LIMIT_BURST);
+        let rate_per_s = {
+            let DecimalSetting {
+                name,
+                default,
+                min,
+                max,
+                ..
+            } = RATE_LIMIT_READINGS_PER_S;
+            match text(name) {
+                None => default,
                 Some(v) => match v.parse::<f64>() {
-                    Ok(r) if r.is_finite() && (*min..=*max).contains(&r) => r,
+                    Ok(r) if r.is_finite() && (min..=max).contains(&r) => r,
                     _ => {
                         errors.push(ConfigError::new(
-                            "RATE_LIMIT_READINGS_PER_S",
+                            name,
                             format!("must be a number from {min} (off) to {max}"),
                         ));
-                        *default
+                        default
                     }
                 },
-            },
-            _ => 0.0,
+            }
         };
         let rate_limit = (rate_per_s > 0.0).then_some(RateLimit {
             per_s: rate_per_s,
