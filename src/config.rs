@@ -619,11 +619,6 @@ impl Settings {
             .ok()
             .and_then(|c| c.edge_node.as_deref())
     }
-
-    /// Every fault, as `KEY: rule` (never a value).
-    pub fn errors(&self) -> Vec<String> {
-        self.deployment().errors()
-    }
 }
 
 /// Each part's policy, built from the parsed settings: the parts below `config` never name

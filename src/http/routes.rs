@@ -14,6 +14,7 @@ use http::header::{
 use http::request::Parts;
 use http::Method;
 
+use crate::application::admission::Section;
 use crate::domain::enrich::{enrich_all, EdgeInfo, EnrichError, EnrichedReading};
 use crate::domain::ids::{IdSource, BYTES_PER_ID};
 use crate::domain::reading::Reading;
@@ -227,6 +228,18 @@ pub struct Accepted {
 }
 
 impl Accepted {
+    /// These readings as one section of the accept use case (`application::admission`).
+    pub fn section(&self) -> Section {
+        Section {
+            costs: self.device_costs.clone(),
+            readings: self
+                .readings
+                .iter()
+                .map(|r| std::rc::Rc::from(r.json.as_str()))
+                .collect(),
+        }
+    }
+
     /// The answer once the host has the readings: the reading for a GET, an array for a POST.
     pub fn answer(&self) -> Answer {
         let body = match self.shape {

@@ -321,29 +321,33 @@ impl<K: Clone + PartialEq> Outbox<K> {
     /// Segments read back from the store after memory was lost, except those held already.
     /// True when the host must start its delivery driver.
     pub fn restore(&mut self, segments: Vec<StoredSegment<K>>) -> bool {
-        for s in segments {
-            if s.readings.is_empty() || self.holds(&s.key) {
-                continue;
-            }
-            self.stats.recovered_segments += 1;
-            self.stats.recovered_readings += s.readings.len() as u64;
-            self.insert(s.key, s.received_at_ms, s.node.into(), s.readings);
-        }
+        let (taken, readings) = self.insert_new(segments);
+        self.stats.recovered_segments += taken;
+        self.stats.recovered_readings += readings;
         self.held > 0 && !std::mem::replace(&mut self.driver, true)
     }
 
     /// Segments claimed from a shared outbox, to be delivered by this instance. `attempts`: how
     /// often any of them failed before, so that the next failure backs off further.
     pub fn hold(&mut self, segments: Vec<StoredSegment<K>>, attempts: u32) {
+        let (taken, readings) = self.insert_new(segments);
+        self.stats.claimed_segments += taken;
+        self.stats.claimed_readings += readings;
+        self.failures = self.failures.max(attempts);
+    }
+
+    /// Queues the segments not held already and not empty: how many, and their readings.
+    fn insert_new(&mut self, segments: Vec<StoredSegment<K>>) -> (u64, u64) {
+        let (mut taken, mut readings) = (0, 0);
         for s in segments {
             if s.readings.is_empty() || self.holds(&s.key) {
                 continue;
             }
-            self.stats.claimed_segments += 1;
-            self.stats.claimed_readings += s.readings.len() as u64;
+            taken += 1;
+            readings += s.readings.len() as u64;
             self.insert(s.key, s.received_at_ms, s.node.into(), s.readings);
         }
-        self.failures = self.failures.max(attempts);
+        (taken, readings)
     }
 
     /// Gives up every segment held, for another attempt by whoever claims them next (a shared

@@ -543,14 +543,16 @@ impl AppendGroup {
                 return result;
             }
             if !self.writing.replace(true) {
-                let group = std::mem::take(&mut *self.waiting.borrow_mut());
-                let requests: Vec<Request> = group.iter().map(|(_, r)| r.clone()).collect();
+                let (tickets, requests): (Vec<u64>, Vec<Request>) =
+                    std::mem::take(&mut *self.waiting.borrow_mut())
+                        .into_iter()
+                        .unzip();
                 let result = store.append_group(&requests, max_backlog).await;
                 let (statements, carried) = self.written.get();
                 self.written
                     .set((statements + 1, carried + requests.len() as u64));
                 let mut done = self.done.borrow_mut();
-                for (i, (t, _)) in group.iter().enumerate() {
+                for (i, t) in tickets.iter().enumerate() {
                     let one = match &result {
                         Ok(Ok(appended)) => Ok(Ok(appended[i])),
                         Ok(Err(full)) => Ok(Err(*full)),

@@ -29,8 +29,8 @@ use futures_util::StreamExt;
 use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::{FullBody, Request};
 
-use crate::application::admission::{self, Refused, Section};
-use crate::config::{Settings, KEYS};
+use crate::application::admission::{self, Refused};
+use crate::config::{Config, Settings, KEYS};
 use crate::domain::enrich::EdgeInfo;
 use crate::http::answer::Answer;
 use crate::http::deployment::Deployment;
@@ -61,6 +61,17 @@ thread_local! {
     static LOADED: OnceCell<Rc<Loaded>> = const { OnceCell::new() };
 }
 
+impl Loaded {
+    /// The configuration, or a 500: the pipeline answers a misconfigured deployment before it
+    /// calls the host, so this is never the device's fault.
+    fn config(&self) -> Result<&Config, Problem> {
+        self.settings
+            .config
+            .as_ref()
+            .map_err(|_| Problem::internal())
+    }
+}
+
 async fn loaded() -> Rc<Loaded> {
     if let Some(l) = LOADED.with(|c| c.get().cloned()) {
         return l;
@@ -71,16 +82,6 @@ async fn loaded() -> Rc<Loaded> {
         settings,
     });
     LOADED.with(|c| c.get_or_init(|| made).clone())
-}
-
-/// The configuration, or a 500 (the pipeline answers a misconfigured deployment before any
-/// host call).
-async fn config() -> Result<Rc<Loaded>, Problem> {
-    let l = loaded().await;
-    match l.settings.config {
-        Ok(_) => Ok(l),
-        Err(_) => Err(Problem::internal()),
-    }
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -209,20 +210,9 @@ impl Host for Component {
     }
 
     async fn accept(&self, edge: &EdgeInfo, accepted: &Accepted) -> Result<(), Problem> {
-        let loaded = config().await?;
-        let config = loaded
-            .settings
-            .config
-            .as_ref()
-            .map_err(|_| Problem::internal())?;
-        let section = Section {
-            costs: accepted.device_costs.clone(),
-            readings: accepted
-                .readings
-                .iter()
-                .map(|r| Rc::from(r.json.as_str()))
-                .collect(),
-        };
+        let loaded = loaded().await;
+        let config = loaded.config()?;
+        let section = accepted.section();
         let result = match delivery::ports(config, &edge.node).await {
             Ok(ports) => admission::accept(&ports, &[section], accepted.received_at_ms).await,
             Err(e) => Err(Refused::Unavailable(e)),
@@ -234,12 +224,8 @@ impl Host for Component {
     }
 
     async fn admin(&self, _edge: &EdgeInfo, query: AdminQuery) -> Result<String, Problem> {
-        let loaded = config().await?;
-        let config = loaded
-            .settings
-            .config
-            .as_ref()
-            .map_err(|_| Problem::internal())?;
+        let loaded = loaded().await;
+        let config = loaded.config()?;
         match query {
             AdminQuery::Stats => Ok(delivery::stats(config).await.to_string()),
             AdminQuery::DeadLetters => Ok(delivery::dead_letters(config).await),

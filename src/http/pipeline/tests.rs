@@ -7,7 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use super::*;
-use crate::application::admission::{self, AdmissionPorts, Section};
+use crate::application::admission::{self, AdmissionPorts};
 use crate::application::delivery::outbox::{
     append_reserved, BacklogFull, MemoryStore, Outbox, Reservation, Wakeups,
 };
@@ -136,15 +136,7 @@ impl Host for FakeHost {
     }
     async fn accept(&self, _: &EdgeInfo, accepted: &Accepted) -> Result<(), Problem> {
         let s = &self.settings;
-        let section = Section {
-            costs: accepted.device_costs.clone(),
-            readings: accepted
-                .readings
-                .iter()
-                .map(|r| Rc::from(r.json.as_str()))
-                .collect(),
-        };
-        let result = admission::accept(self, &[section], accepted.received_at_ms).await;
+        let result = admission::accept(self, &[accepted.section()], accepted.received_at_ms).await;
         let limit = s.config.as_ref().ok().and_then(|c| c.rate_limit);
         crate::http::problem::of_admission(&result, limit.as_ref())?;
         self.accepted

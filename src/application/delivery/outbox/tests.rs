@@ -381,7 +381,7 @@ impl Host {
     }
 }
 
-fn id_of(reading: &str) -> String {
+pub(crate) fn id_of(reading: &str) -> String {
     serde_json::from_str::<serde_json::Value>(reading).unwrap()["id"]
         .as_str()
         .unwrap()

@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use std::rc::Rc;
 
 use super::*;
-use crate::application::delivery::outbox::tests::{Events, FakeClock, FakeCollector, FakeEntropy};
+use crate::application::delivery::outbox::tests::{
+    id_of, Events, FakeClock, FakeCollector, FakeEntropy, NoTimeout,
+};
 use crate::application::delivery::outbox::{SinkTarget, Wakeups};
 use crate::application::delivery::policy::RetryPolicy;
 use crate::application::delivery::sink::SinkFormat;
@@ -69,14 +71,6 @@ impl Sql for Db {
             out.push(values);
         }
         Ok(out)
-    }
-}
-
-/// Never fires: the fake collector answers at once.
-struct NoTimeout;
-impl Timer for NoTimeout {
-    async fn sleep_ms(&self, _ms: u64) {
-        std::future::pending::<()>().await
     }
 }
 
@@ -226,13 +220,6 @@ impl App {
         );
         assert_eq!(self.pending(), 0, "rows left in the table");
     }
-}
-
-fn id_of(reading: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(reading).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
 }
 
 #[test]
