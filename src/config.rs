@@ -4,9 +4,13 @@
 
 use crate::application::delivery::sink::SinkFormat;
 use crate::domain::calibration::{Profiles, EMBEDDED_PROFILES};
-use crate::http::auth::{AdminToken, AuthMode, DeviceAuth, MasterSecret};
+use std::rc::Rc;
+
+use crate::application::registry::{RegistryMode, StaticRegistry};
+use crate::domain::device::check_tag_key;
+use crate::http::auth::{AdminToken, AuthMode, DeviceAuth, MasterSecret, Secrets};
 use crate::http::cors::Cors;
-use crate::http::deployment::{Deployment, Policy, RequestLimits};
+use crate::http::deployment::{Deployment, Policy, RegistryPolicy, RequestLimits};
 use crate::http::rate_limit::RateLimit;
 use crate::ports::{ConfigSource, Secret};
 
@@ -35,6 +39,9 @@ pub struct Config {
     pub sink_format: SinkFormat,
     /// How long profiles read from the host's key-value store are used before reading again.
     pub profiles_ttl_s: u64,
+    pub registry: RegistryPolicy,
+    /// Registry tags written as Influx tags.
+    pub influx_tag_keys: Vec<String>,
 }
 
 /// One setting of the deployment: its name (a wrangler var or secret, an environment variable;
@@ -232,6 +239,13 @@ pub const PROFILES_TTL_S: IntSetting = IntSetting {
     max: 3_600,
     meaning: "how long profiles from the key-value store are used before reading again",
 };
+pub const REGISTRY_TTL_S: IntSetting = IntSetting {
+    name: "REGISTRY_TTL_S",
+    default: 60,
+    min: 1,
+    max: 3_600,
+    meaning: "how long a device's registry record (or its absence) is cached per isolate/instance",
+};
 pub const BATCHER_SHARDS: IntSetting = IntSetting {
     name: "BATCHER_SHARDS",
     default: 1,
@@ -279,13 +293,39 @@ pub const KEYS: &[Key] = &[
     ),
     text(
         "AUTH_MODE",
-        "(required: off, token or hmac)",
+        "(required: off, token, hmac or jwt)",
         "device authentication",
     ),
     secret(
         "AUTH_SECRET",
-        "(required unless AUTH_MODE=off; >= 32 bytes)",
+        "(required with AUTH_MODE token or hmac; >= 32 bytes)",
         "master secret every device key derives from",
+    ),
+    secret(
+        "AUTH_SECRET_PREVIOUS",
+        "(none)",
+        "during a master-secret rotation, the secret being replaced: keys derived from it are still accepted",
+    ),
+    text(
+        "JWT_AUDIENCE",
+        "(required with AUTH_MODE=jwt)",
+        "jwt: the aud every device token must name (e.g. the deployment's URL)",
+    ),
+    text(
+        "REGISTRY_MODE",
+        "off",
+        "device registry: off, optional (records add tags, calibration, revocation) or required (only registered devices)",
+    ),
+    REGISTRY_TTL_S.key(),
+    text(
+        "REGISTRY",
+        "(none: the host's key-value store)",
+        "device records as one JSON object {\"<id>\": record}, read instead of the store (the portable flavour's registry)",
+    ),
+    text(
+        "INFLUX_TAG_KEYS",
+        "(none)",
+        "influx: registry tag keys written as tags, comma-separated",
     ),
     text(
         "HMAC_HOST",
@@ -359,6 +399,7 @@ impl Config {
         let retry_max_ms = number(&RETRY_MAX_MS);
         let batcher_shards = number(&BATCHER_SHARDS) as u32;
         let profiles_ttl_s = number(&PROFILES_TTL_S);
+        let registry_ttl_s = number(&REGISTRY_TTL_S);
         let max_url_bytes = number(&MAX_URL_BYTES) as usize;
         let max_header_bytes = number(&MAX_HEADER_BYTES) as usize;
         let rate_burst = number(&RATE_LIMIT_BURST);
@@ -407,26 +448,12 @@ impl Config {
                 }
             },
         };
-        let auth = match text("AUTH_MODE").as_deref().map(AuthMode::parse) {
-            None => {
-                errors.push(ConfigError::new("AUTH_MODE", "is required: token or hmac (device authentication), or off to let anyone write"));
-                DeviceAuth::Off
-            }
-            Some(None) => {
-                errors.push(ConfigError::new("AUTH_MODE", "must be off, token or hmac"));
-                DeviceAuth::Off
-            }
-            Some(Some(AuthMode::Off)) => DeviceAuth::Off,
-            Some(Some(mode)) => match text("AUTH_SECRET").as_deref().map(MasterSecret::new) {
-                Some(Ok(secret)) if mode == AuthMode::Token => DeviceAuth::Token(secret),
-                Some(Ok(secret)) => DeviceAuth::Hmac {
-                    secret,
-                    v1_until_s,
-                    host: text("HMAC_HOST").map(|h| h.to_ascii_lowercase()),
-                },
+        let secrets = |mode: AuthMode, errors: &mut Vec<ConfigError>| {
+            let current = match text("AUTH_SECRET").as_deref().map(MasterSecret::new) {
+                Some(Ok(secret)) => Some(secret),
                 Some(Err(rule)) => {
                     errors.push(ConfigError::new("AUTH_SECRET", rule));
-                    DeviceAuth::Off
+                    None
                 }
                 None => {
                     errors.push(ConfigError::new(
@@ -436,10 +463,105 @@ impl Config {
                             mode.as_str()
                         ),
                     ));
-                    DeviceAuth::Off
+                    None
+                }
+            };
+            let previous = match text("AUTH_SECRET_PREVIOUS")
+                .as_deref()
+                .map(MasterSecret::new)
+            {
+                Some(Ok(secret)) => Some(secret),
+                Some(Err(rule)) => {
+                    errors.push(ConfigError::new("AUTH_SECRET_PREVIOUS", rule));
+                    None
+                }
+                None => None,
+            };
+            current.map(|current| Secrets { current, previous })
+        };
+        let registry_mode = match text("REGISTRY_MODE").as_deref() {
+            None => RegistryMode::Off,
+            Some(v) => RegistryMode::parse(v).unwrap_or_else(|| {
+                errors.push(ConfigError::new(
+                    "REGISTRY_MODE",
+                    "must be off, optional or required",
+                ));
+                RegistryMode::Off
+            }),
+        };
+        let auth = match text("AUTH_MODE").as_deref().map(AuthMode::parse) {
+            None => {
+                errors.push(ConfigError::new("AUTH_MODE", "is required: token, hmac or jwt (device authentication), or off to let anyone write"));
+                DeviceAuth::Off
+            }
+            Some(None) => {
+                errors.push(ConfigError::new(
+                    "AUTH_MODE",
+                    "must be off, token, hmac or jwt",
+                ));
+                DeviceAuth::Off
+            }
+            Some(Some(AuthMode::Off)) => DeviceAuth::Off,
+            Some(Some(AuthMode::Jwt)) => {
+                if registry_mode == RegistryMode::Off {
+                    errors.push(ConfigError::new(
+                        "REGISTRY_MODE",
+                        "must be optional or required with AUTH_MODE=jwt: device public keys live in the registry",
+                    ));
+                }
+                match text("JWT_AUDIENCE") {
+                    Some(audience) => DeviceAuth::Jwt { audience },
+                    None => {
+                        errors.push(ConfigError::new(
+                            "JWT_AUDIENCE",
+                            "is required with AUTH_MODE=jwt (the aud every device token names, e.g. https://edge.example.com)",
+                        ));
+                        DeviceAuth::Off
+                    }
+                }
+            }
+            Some(Some(mode)) => match secrets(mode, &mut errors) {
+                Some(secrets) if mode == AuthMode::Token => DeviceAuth::Token(secrets),
+                Some(secrets) => DeviceAuth::Hmac {
+                    secrets,
+                    v1_until_s,
+                    host: text("HMAC_HOST").map(|h| h.to_ascii_lowercase()),
+                },
+                None => DeviceAuth::Off,
+            },
+        };
+        let fixed_registry = match text("REGISTRY") {
+            None => None,
+            Some(json) => match StaticRegistry::parse(&json) {
+                Ok(registry) => Some(Rc::new(registry)),
+                Err(faults) => {
+                    errors.extend(faults.into_iter().map(|f| ConfigError::new("REGISTRY", f)));
+                    None
                 }
             },
         };
+        let registry = RegistryPolicy {
+            mode: registry_mode,
+            ttl_ms: registry_ttl_s * 1000,
+            fixed: fixed_registry,
+        };
+        let mut influx_tag_keys = Vec::new();
+        for key in text("INFLUX_TAG_KEYS").unwrap_or_default().split(',') {
+            let key = key.trim();
+            if key.is_empty() {
+                continue;
+            }
+            if let Err(rule) = check_tag_key(key) {
+                errors.push(ConfigError::new("INFLUX_TAG_KEYS", rule));
+            } else if matches!(key, "colo" | "device_id" | "edge_node") {
+                errors.push(ConfigError::new(
+                    "INFLUX_TAG_KEYS",
+                    format!("{key} is already a tag of every point"),
+                ));
+            } else if !influx_tag_keys.iter().any(|k| k == key) {
+                influx_tag_keys.push(key.to_owned());
+            }
+        }
         let admin_token = match text("ADMIN_TOKEN").as_deref().map(AdminToken::new) {
             None => None,
             Some(Ok(token)) => Some(token),
@@ -534,6 +656,8 @@ impl Config {
             max_header_bytes,
             sink_format,
             profiles_ttl_s,
+            registry,
+            influx_tag_keys,
         })
     }
 }
@@ -633,6 +757,7 @@ impl Config {
             max_body_bytes: self.max_body_bytes,
             max_readings_per_request: self.max_readings_per_request,
             rate_limit: self.rate_limit,
+            registry: self.registry.clone(),
         }
     }
 
@@ -662,6 +787,7 @@ impl Config {
             format: self.sink_format,
             url: self.collector_url.clone(),
             token: self.collector_token.clone(),
+            tag_keys: self.influx_tag_keys.clone(),
         }
     }
 }

@@ -36,6 +36,7 @@ fn run(method: &str, query: &str) -> Action {
         now_ms: 1_700_000_000_000,
         request_id: "r",
         entropy: &edge_enrich::ports::SystemEntropy,
+        registration: &edge_enrich::application::registry::Registration::Off,
     };
     let head = routes::request_head(method, &format!("{}?{query}", routes::READINGS_PATH), &[])
         .expect("a valid request head");

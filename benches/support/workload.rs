@@ -92,6 +92,7 @@ pub fn handle(
         now_ms: 1_795_000_000_000,
         request_id: "bench",
         entropy: &edge_enrich::ports::SystemEntropy,
+        registration: &edge_enrich::application::registry::Registration::Off,
     };
     match routes::decide(head, body, &ctx) {
         Action::Accept(accepted) => {

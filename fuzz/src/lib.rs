@@ -46,6 +46,7 @@ fn through_api(method: &str, query: &str, content_type: Option<&str>, body: &[u8
         now_ms: 1_700_000_000_000,
         request_id: "fuzz",
         entropy: &edge_enrich::ports::SystemEntropy,
+        registration: &edge_enrich::application::registry::Registration::Off,
     };
     let headers: Vec<(&str, &str)> = content_type
         .map(|c| ("content-type", c))

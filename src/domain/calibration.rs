@@ -185,20 +185,28 @@ impl Profiles {
         device_id: &DeviceId,
         temp: Temperature,
     ) -> Result<(f64, Option<&Profile>), FieldIssue> {
-        let profile = self.lookup(device_id.as_str());
-        let (gain, offset, decimals) =
-            profile
-                .map(|p| (p.gain, p.offset, p.decimals))
-                .unwrap_or((1.0, 0.0, DEFAULT_DECIMALS));
-        let value = round_half_away(gain * temp.celsius() + offset, decimals);
-        if !value.is_finite() {
-            return Err(FieldIssue::unprocessable(
-                "temp",
-                "calibrated value is out of the range of a finite number",
-            ));
-        }
-        Ok((value, profile))
+        apply(self.lookup(device_id.as_str()), temp)
     }
+}
+
+/// `temp` calibrated by `profile` (the identity without one), or 422 when the result is not a
+/// finite number.
+pub fn apply(
+    profile: Option<&Profile>,
+    temp: Temperature,
+) -> Result<(f64, Option<&Profile>), FieldIssue> {
+    let (gain, offset, decimals) =
+        profile
+            .map(|p| (p.gain, p.offset, p.decimals))
+            .unwrap_or((1.0, 0.0, DEFAULT_DECIMALS));
+    let value = round_half_away(gain * temp.celsius() + offset, decimals);
+    if !value.is_finite() {
+        return Err(FieldIssue::unprocessable(
+            "temp",
+            "calibrated value is out of the range of a finite number",
+        ));
+    }
+    Ok((value, profile))
 }
 
 /// Rounds half away from zero at `decimals` places.

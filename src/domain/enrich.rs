@@ -4,7 +4,10 @@
 
 use serde::Serialize;
 
-use crate::domain::calibration::Profiles;
+use std::collections::BTreeMap;
+
+use crate::domain::calibration::{self, Profiles};
+use crate::domain::device::DeviceRecord;
 use crate::domain::ids::IdSource;
 use crate::domain::reading::Reading;
 
@@ -62,11 +65,20 @@ struct Enriched<'a> {
     /// The version of the profile set in force, calibrated or not.
     profiles_version: u32,
     edge: &'a EdgeInfo,
+    /// The device's registry record, when there is one: its tags and key version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<DeviceTags<'a>>,
     received_at_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     ts: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     seq: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct DeviceTags<'a> {
+    tags: &'a BTreeMap<String, String>,
+    key_version: u32,
 }
 
 #[derive(Serialize)]
@@ -101,9 +113,12 @@ pub enum EnrichError {
 
 /// Calibrates every reading first and only then assigns ids, so a request is accepted whole
 /// or refused whole (a calibrated value can still overflow: reported per index as 422).
+/// `device` is the registry record of the request's one device, when it has one: its
+/// calibration takes precedence over the profiles, and its tags are joined on.
 pub fn enrich_all(
     readings: &[Reading],
     profiles: &Profiles,
+    device: Option<&DeviceRecord>,
     edge: &EdgeInfo,
     received_at_ms: u64,
     ids: &mut IdSource,
@@ -111,7 +126,11 @@ pub fn enrich_all(
     let mut calibrated = Vec::with_capacity(readings.len());
     let mut issues = Vec::new();
     for (index, r) in readings.iter().enumerate() {
-        match profiles.calibrate(&r.device_id, r.temp) {
+        let result = match device.and_then(|d| d.calibration.as_ref()) {
+            Some(own) => calibration::apply(Some(own), r.temp),
+            None => profiles.calibrate(&r.device_id, r.temp),
+        };
+        match result {
             Ok(c) => calibrated.push(c),
             Err(issue) => issues.push((index, issue)),
         }
@@ -140,6 +159,10 @@ pub fn enrich_all(
             }),
             profiles_version: profiles.version(),
             edge,
+            device: device.map(|d| DeviceTags {
+                tags: &d.tags,
+                key_version: d.key_version,
+            }),
             received_at_ms,
             ts: r.ts,
             seq: r.seq,
@@ -189,7 +212,15 @@ mod tests {
             parse_reading_query("device_id=other&temp=-0.04").unwrap(),
         ];
         let mut ids = IdSource::new(1_700_000_000_000, (0..20).collect());
-        let out = enrich_all(&readings, &profiles, &edge, 1_700_000_000_123, &mut ids).unwrap();
+        let out = enrich_all(
+            &readings,
+            &profiles,
+            None,
+            &edge,
+            1_700_000_000_123,
+            &mut ids,
+        )
+        .unwrap();
         let v: serde_json::Value = serde_json::from_str(&out[0].json).unwrap();
         assert_eq!(v["id"], out[0].id.as_str());
         assert_eq!(v["device_id"], "lab-1");
@@ -210,5 +241,29 @@ mod tests {
         assert_eq!(w["temp_c"], 0.0);
         assert!(w.get("ts").is_none());
         assert_ne!(out[0].id, out[1].id);
+        assert!(v.get("device").is_none(), "no record, no device member");
+    }
+
+    #[test]
+    fn a_registry_record_calibrates_and_tags() {
+        let profiles =
+            Profiles::parse(r#"[{"match":"lab-*","gain":1.0,"offset":-0.5,"version":4}]"#).unwrap();
+        let record = DeviceRecord::parse(
+            r#"{"status":"active","tags":{"site":"fra-1","floor":"3"},"key_version":2,
+                "calibration":{"offset":1.0,"version":9}}"#,
+        )
+        .unwrap();
+        let edge = EdgeInfo::new(Some("n1"), None, None, None, "spin");
+        let readings = vec![parse_reading_query("device_id=lab-1&temp=20").unwrap()];
+        let mut ids = IdSource::new(1, (0..10).collect());
+        let out = enrich_all(&readings, &profiles, Some(&record), &edge, 2, &mut ids).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out[0].json).unwrap();
+        assert_eq!(v["temp_c"], 21.0, "the record's calibration, not lab-*");
+        assert_eq!(v["calibration"]["profile"], "registry");
+        assert_eq!(v["calibration"]["version"], 9);
+        assert_eq!(
+            v["device"],
+            serde_json::json!({"tags": {"floor": "3", "site": "fra-1"}, "key_version": 2})
+        );
     }
 }

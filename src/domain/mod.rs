@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod calibration;
+pub mod device;
 pub mod enrich;
 pub mod ids;
 pub mod reading;

@@ -1,5 +1,7 @@
-//! Device authentication without a device table: every device's key is derived from one master
-//! secret, `key = hex(HMAC-SHA256(AUTH_SECRET, device_id))`.
+//! Device authentication. In `token` and `hmac` mode every device's key is derived from the
+//! master secret (`AUTH_SECRET`, and `AUTH_SECRET_PREVIOUS` during a rotation) and the key
+//! version of the device's registry record (0 without one), see [`MasterSecret::device_key_v`];
+//! in `jwt` mode the device signs an ES256 token with a key its record lists (`http::jwt`).
 //!
 //! - `token` mode: the device sends its key as `Authorization: Bearer <key>`. The token is
 //!   compared before any body is parsed: against the `device_id` query parameter a POST names
@@ -12,6 +14,11 @@
 //!   against another that shares the secret; version 1 (no `v=`) is accepted only until
 //!   `HMAC_V1_UNTIL`.
 //!
+//! - `jwt` mode: `Authorization: Bearer <ES256 JWT>` whose `sub` is the device.
+//!
+//! The pipeline reads the registry record of the device the credentials name (when there is a
+//! registry) before it verifies them, since the key depends on it.
+//!
 //! Either way a request may only carry readings of the device its credentials name. Failures
 //! never say which part of a credential was wrong, and comparisons run in constant time.
 
@@ -19,7 +26,9 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::application::registry::Registration;
 use crate::domain::reading::DeviceId;
+use crate::http::jwt::{self, DeviceJwt, JwtError};
 use crate::http::problem::{Problem, ProblemType};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -36,6 +45,7 @@ pub enum AuthMode {
     Off,
     Token,
     Hmac,
+    Jwt,
 }
 
 impl AuthMode {
@@ -44,6 +54,7 @@ impl AuthMode {
             "off" => Some(Self::Off),
             "token" => Some(Self::Token),
             "hmac" => Some(Self::Hmac),
+            "jwt" => Some(Self::Jwt),
             _ => None,
         }
     }
@@ -61,6 +72,7 @@ impl AuthMode {
             Self::Off => "off",
             Self::Token => "token",
             Self::Hmac => "hmac",
+            Self::Jwt => "jwt",
         }
     }
 }
@@ -77,9 +89,55 @@ impl MasterSecret {
         Ok(Self(secret.as_bytes().to_vec()))
     }
 
-    /// A device's key (and `token`-mode bearer token): 64 lowercase hex digits.
+    /// A device's key at key version 0 (a device without a registry record, or whose record
+    /// says 0): the first release's derivation, `hex(HMAC(secret, id))`.
     pub fn device_key(&self, device_id: &str) -> String {
-        hex(&hmac(&self.0, device_id.as_bytes()))
+        self.device_key_v(device_id, 0)
+    }
+
+    /// A device's key (and `token`-mode bearer token), 64 lowercase hex digits. Version 0 is
+    /// the first release's derivation; from version 1 the message is domain-separated and
+    /// names the version, `HMAC(secret, "edge-enrich/device-key/v1|" + id + "|" + version)`, so
+    /// raising one record's `key_version` re-keys that device alone.
+    pub fn device_key_v(&self, device_id: &str, key_version: u32) -> String {
+        if key_version == 0 {
+            return hex(&hmac(&self.0, device_id.as_bytes()));
+        }
+        let message = format!("{KEY_DERIVATION_LABEL}|{device_id}|{key_version}");
+        hex(&hmac(&self.0, message.as_bytes()))
+    }
+}
+
+/// The domain-separation label of versioned device keys.
+pub const KEY_DERIVATION_LABEL: &str = "edge-enrich/device-key/v1";
+
+/// The master secret, and during a rotation the one it replaces: keys derived from either are
+/// accepted, so devices can be re-provisioned while the fleet keeps sending.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Secrets {
+    pub current: MasterSecret,
+    pub previous: Option<MasterSecret>,
+}
+
+impl Secrets {
+    pub fn new(current: MasterSecret) -> Self {
+        Self {
+            current,
+            previous: None,
+        }
+    }
+
+    fn each(&self) -> impl Iterator<Item = &MasterSecret> {
+        std::iter::once(&self.current).chain(self.previous.as_ref())
+    }
+
+    /// Whether `token` is the device's key (at `version`) under either secret. Both are
+    /// compared, in constant time each, whichever matches.
+    fn admit_token(&self, token: &BearerToken, device: &DeviceId, version: u32) -> bool {
+        self.each().fold(false, |ok, secret| {
+            let expected = secret.device_key_v(device.as_str(), version);
+            ok | bool::from(expected.as_bytes().ct_eq(token.0.as_bytes()))
+        })
     }
 }
 
@@ -126,15 +184,19 @@ impl std::fmt::Debug for AdminToken {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeviceAuth {
     Off,
-    Token(MasterSecret),
+    Token(Secrets),
     Hmac {
-        secret: MasterSecret,
+        secrets: Secrets,
         /// Unix seconds until which version-1 signatures (no host, no content type) are still
         /// accepted; `None`: refused.
         v1_until_s: Option<u64>,
         /// The host every version-2 signature must name (`HMAC_HOST`, lower case); `None`: the
         /// host the request was sent to.
         host: Option<String>,
+    },
+    /// ES256 device JWTs whose `aud` must be `audience` (`JWT_AUDIENCE`).
+    Jwt {
+        audience: String,
     },
 }
 
@@ -144,13 +206,14 @@ impl DeviceAuth {
             Self::Off => AuthMode::Off,
             Self::Token(_) => AuthMode::Token,
             Self::Hmac { .. } => AuthMode::Hmac,
+            Self::Jwt { .. } => AuthMode::Jwt,
         }
     }
 
-    /// The checks that need no body, made before a byte of it is read: the header is there and
-    /// well formed; in `token` mode the token is the key of `named`, the device the request
-    /// names before its body (when it names one); in `hmac` mode the timestamp is within the
-    /// window and the signature's version is accepted.
+    /// The checks that need neither the body nor the registry, made first: the header is there
+    /// and well formed; in `hmac` mode the timestamp is within the window and the signature's
+    /// version is accepted; in `jwt` mode the algorithm and claims hold. `named` is the device
+    /// the request names before its body (`?device_id=`), which a token is checked against.
     pub fn presented<'a>(
         &self,
         authorization: Option<&'a str>,
@@ -159,18 +222,15 @@ impl DeviceAuth {
     ) -> Result<Presented<'a>, Problem> {
         match self {
             Self::Off => Ok(Presented::Anyone),
-            Self::Token(secret) => {
+            Self::Token(_) => {
                 let token = authorization
                     .and_then(|h| h.strip_prefix("Bearer "))
                     .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
                     .ok_or_else(|| unauthenticated(AuthMode::Token))?;
-                let token = BearerToken(token.to_ascii_lowercase());
-                match named {
-                    Some(device) => Ok(Presented::Verified(Credential::Device(
-                        secret.verify_token(&token, device)?,
-                    ))),
-                    None => Ok(Presented::Token(token)),
-                }
+                Ok(Presented::Token {
+                    token: BearerToken(token.to_ascii_lowercase()),
+                    device: named.cloned(),
+                })
             }
             Self::Hmac { v1_until_s, .. } => {
                 let sig = authorization
@@ -193,48 +253,95 @@ impl DeviceAuth {
                 }
                 Ok(Presented::Signature(sig))
             }
+            Self::Jwt { audience } => {
+                let token = authorization
+                    .and_then(|h| h.strip_prefix("Bearer "))
+                    .ok_or_else(|| unauthenticated(AuthMode::Jwt))?;
+                jwt::parse(token, audience, now_ms / 1000)
+                    .map(Presented::Jwt)
+                    .map_err(jwt_refused)
+            }
         }
     }
 
-    /// The check that needs the body: in `hmac` mode, the signature over the whole request
-    /// (body digest included). Returns who the credentials speak for.
+    /// What can be verified before the body, once the registry record of the device the
+    /// credentials name is known: a token for a named device, a JWT. Anything else is
+    /// returned as it was, for [`verify`](Self::verify).
+    pub fn before_body<'a>(
+        &self,
+        presented: Presented<'a>,
+        registration: &Registration,
+        now_ms: u64,
+    ) -> Result<Presented<'a>, Problem> {
+        match presented {
+            Presented::Token {
+                device: Some(_), ..
+            }
+            | Presented::Jwt(_) => {
+                let empty = SignedParts::empty();
+                self.verify(presented, &empty, registration, now_ms)
+                    .map(Presented::Verified)
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Every check of the credentials, the body's included (in `hmac` mode the signature over
+    /// the whole request). `registration` holds the registry record of the device they name,
+    /// if any: its key version and keys. Returns who the credentials speak for.
     pub fn verify(
         &self,
         presented: Presented<'_>,
         req: &SignedParts<'_>,
+        registration: &Registration,
+        now_ms: u64,
     ) -> Result<Credential, Problem> {
+        let version =
+            |device: &DeviceId| registration.record_for(device).map_or(0, |r| r.key_version);
         match (self, presented) {
             (_, Presented::Anyone) => Ok(Credential::Anyone),
             (_, Presented::Verified(credential)) => Ok(credential),
-            (Self::Token(secret), Presented::Token(token)) => {
+            (Self::Token(secrets), Presented::Token { token, device }) => {
                 // The request named no device before its body: the first one the body names.
-                let device = req
-                    .device_hint
+                let device = device
+                    .as_ref()
+                    .or(req.device_hint)
                     .ok_or_else(|| unauthenticated(AuthMode::Token))?;
-                Ok(Credential::Device(secret.verify_token(&token, device)?))
+                if secrets.admit_token(&token, device, version(device)) {
+                    Ok(Credential::Device(device.clone()))
+                } else {
+                    Err(unauthenticated(AuthMode::Token))
+                }
             }
-            (Self::Hmac { secret, host, .. }, Presented::Signature(sig)) => {
-                let key = secret.device_key(sig.device_id.as_str());
+            (Self::Hmac { secrets, host, .. }, Presented::Signature(sig)) => {
                 let signed = SignedParts {
                     host: host.as_deref().unwrap_or(req.host),
                     ..*req
                 };
-                let expected = hmac(
-                    key.as_bytes(),
-                    canonical_request(&signed, sig.version, sig.timestamp).as_bytes(),
-                );
+                let canonical = canonical_request(&signed, sig.version, sig.timestamp);
                 let given = unhex(sig.signature).unwrap_or_default();
-                if bool::from(expected.as_slice().ct_eq(&given)) {
+                let ok = secrets.each().fold(false, |ok, secret| {
+                    let key = secret.device_key_v(sig.device_id.as_str(), version(&sig.device_id));
+                    let expected = hmac(key.as_bytes(), canonical.as_bytes());
+                    ok | bool::from(expected.as_slice().ct_eq(&given))
+                });
+                if ok {
                     Ok(Credential::Device(sig.device_id))
                 } else {
                     Err(unauthenticated(AuthMode::Hmac))
                 }
             }
-            (_, Presented::Token(_) | Presented::Signature(_)) => Err(unauthenticated(self.mode())),
+            (Self::Jwt { .. }, Presented::Jwt(token)) => {
+                token
+                    .verify(registration.record_for(token.device()), now_ms / 1000)
+                    .map_err(jwt_refused)?;
+                Ok(Credential::Device(token.device().clone()))
+            }
+            (_, _) => Err(unauthenticated(self.mode())),
         }
     }
 
-    /// Both checks at once, for a request whose body is in hand.
+    /// All checks at once, for a request whose body is in hand and whose device has no record.
     pub fn verify_request(
         &self,
         req: &SignedParts<'_>,
@@ -242,8 +349,12 @@ impl DeviceAuth {
         now_ms: u64,
     ) -> Result<Credential, Problem> {
         let presented = self.presented(authorization, None, now_ms)?;
-        self.verify(presented, req)
+        self.verify(presented, req, &Registration::Off, now_ms)
     }
+}
+
+fn jwt_refused(e: JwtError) -> Problem {
+    Problem::new(ProblemType::Unauthorized, e.detail()).with_challenge(AuthMode::Jwt.challenge())
 }
 
 impl Credential {
@@ -265,18 +376,6 @@ impl Credential {
     }
 }
 
-impl MasterSecret {
-    /// The device whose key `token` is, or 401.
-    fn verify_token(&self, token: &BearerToken, device: &DeviceId) -> Result<DeviceId, Problem> {
-        let expected = self.device_key(device.as_str());
-        if bool::from(expected.as_bytes().ct_eq(token.0.as_bytes())) {
-            Ok(device.clone())
-        } else {
-            Err(unauthenticated(AuthMode::Token))
-        }
-    }
-}
-
 /// A well-formed bearer token, not yet tied to a device. Its `Debug` shows nothing.
 pub struct BearerToken(String);
 
@@ -291,13 +390,38 @@ impl std::fmt::Debug for BearerToken {
 pub enum Presented<'a> {
     /// Authentication is off.
     Anyone,
-    /// Checked already: a token against the device the request named before its body.
+    /// Checked already, before the body (`DeviceAuth::before_body`).
     Verified(Credential),
-    /// A well-formed token of a request that named no device before its body: checked against
-    /// the body's first `device_id` (`SignedParts::device_hint`) before the body is parsed.
-    Token(BearerToken),
+    /// A well-formed token, for the device the request named before its body; or, naming none,
+    /// for the body's first `device_id` (`SignedParts::device_hint`), checked before the body
+    /// is parsed.
+    Token {
+        token: BearerToken,
+        device: Option<DeviceId>,
+    },
     /// A well-formed signature within the time window, to check over the body.
     Signature(SignatureHeader<'a>),
+    /// A JWT whose claims hold, its signature not yet checked.
+    Jwt(DeviceJwt),
+}
+
+impl Presented<'_> {
+    /// The device these credentials claim to be, when known before the body.
+    pub fn device(&self) -> Option<&DeviceId> {
+        match self {
+            Self::Anyone => None,
+            Self::Verified(Credential::Anyone) => None,
+            Self::Verified(Credential::Device(d)) => Some(d),
+            Self::Token { device, .. } => device.as_ref(),
+            Self::Signature(sig) => Some(&sig.device_id),
+            Self::Jwt(token) => Some(token.device()),
+        }
+    }
+
+    /// Whether the device is only known from the body (a token naming no device).
+    pub fn needs_device_hint(&self) -> bool {
+        matches!(self, Self::Token { device: None, .. })
+    }
 }
 
 /// What the request's credentials established. A `Device` exists only once its credentials
@@ -325,6 +449,21 @@ pub struct SignedParts<'a> {
     /// `token` mode, for a request that named no device before its body: the first
     /// `device_id` the body names (found without parsing it).
     pub device_hint: Option<&'a DeviceId>,
+}
+
+impl SignedParts<'_> {
+    /// No request parts: for checks that need none (a token, a JWT).
+    pub fn empty() -> Self {
+        SignedParts {
+            method: "",
+            host: "",
+            path: "",
+            query: "",
+            content_type: "",
+            body: &[],
+            device_hint: None,
+        }
+    }
 }
 
 /// Which string a signature covers.
@@ -436,6 +575,7 @@ impl<'a> SignatureHeader<'a> {
 fn unauthenticated(mode: AuthMode) -> Problem {
     let how = match mode {
         AuthMode::Hmac => "a valid EE-HMAC-SHA256 signature",
+        AuthMode::Jwt => "a valid ES256 device JWT (Bearer)",
         _ => "a valid device bearer token",
     };
     Problem::new(
@@ -489,7 +629,7 @@ mod tests {
 
     fn hmac_auth(v1_until_s: Option<u64>) -> DeviceAuth {
         DeviceAuth::Hmac {
-            secret: secret(),
+            secrets: Secrets::new(secret()),
             v1_until_s,
             host: None,
         }
@@ -530,23 +670,32 @@ mod tests {
 
     #[test]
     fn token_is_checked_against_the_named_device_before_the_body() {
-        let auth = DeviceAuth::Token(secret());
+        let auth = DeviceAuth::Token(Secrets::new(secret()));
         let header = format!("Bearer {}", secret().device_key("dev-1"));
-        // Named before the body: checked at once, and the credential is that device's.
+        let off = Registration::Off;
+        // Named before the body: checked before it (`before_body`), for that device.
         let p = auth
             .presented(Some(&header), Some(&device("dev-1")), NOW_MS)
             .unwrap();
-        let cred = auth.verify(p, &parts(b"not even json")).unwrap();
+        assert_eq!(p.device(), Some(&device("dev-1")));
+        let p = auth.before_body(p, &off, NOW_MS).unwrap();
+        assert!(matches!(p, Presented::Verified(_)));
+        let cred = auth
+            .verify(p, &parts(b"not even json"), &off, NOW_MS)
+            .unwrap();
         assert_eq!(cred, Credential::Device(device("dev-1")));
         let p = auth
             .presented(Some(&header), Some(&device("dev-2")), NOW_MS)
-            .unwrap_err();
-        assert_eq!(p.status(), 401);
+            .unwrap();
+        assert_eq!(auth.before_body(p, &off, NOW_MS).unwrap_err().status(), 401);
         // Not named: checked against the body's first device (the hint), else refused.
         let p = auth.presented(Some(&header), None, NOW_MS).unwrap();
-        assert!(matches!(p, Presented::Token(_)));
+        assert!(p.needs_device_hint());
+        let p = auth.before_body(p, &off, NOW_MS).unwrap();
         assert_eq!(
-            auth.verify(p, &parts(b"")).unwrap_err().status(),
+            auth.verify(p, &parts(b""), &off, NOW_MS)
+                .unwrap_err()
+                .status(),
             401,
             "no device to check the token against"
         );
@@ -559,6 +708,8 @@ mod tests {
                     device_hint: Some(&hint),
                     ..parts(b"")
                 },
+                &off,
+                NOW_MS,
             )
             .unwrap();
         assert!(cred
@@ -579,6 +730,7 @@ mod tests {
         ] {
             let p = auth
                 .presented(bad, Some(&device("dev-1")), NOW_MS)
+                .and_then(|p| auth.before_body(p, &off, NOW_MS))
                 .unwrap_err();
             assert_eq!(p.status(), 401);
             assert!(!p.detail().contains(&header[7..15]));
@@ -688,7 +840,7 @@ mod tests {
     #[test]
     fn a_configured_host_is_what_signatures_must_name() {
         let auth = DeviceAuth::Hmac {
-            secret: secret(),
+            secrets: Secrets::new(secret()),
             v1_until_s: None,
             host: Some("edge.example.com".into()),
         };
@@ -767,5 +919,94 @@ mod tests {
             .verify_request(&parts(b""), None, NOW_MS)
             .unwrap();
         assert!(cred.authorize_devices(["a", "b"].into_iter()).is_ok());
+    }
+
+    fn registered(id: &str, key_version: u32) -> Registration {
+        let record = DeviceRecordForTest::with_version(key_version);
+        Registration::Known(device(id), std::rc::Rc::new(record))
+    }
+
+    struct DeviceRecordForTest;
+    impl DeviceRecordForTest {
+        fn with_version(v: u32) -> crate::domain::device::DeviceRecord {
+            crate::domain::device::DeviceRecord::parse(&format!(
+                r#"{{"status":"active","key_version":{v}}}"#
+            ))
+            .unwrap()
+        }
+    }
+
+    /// Version 0 is the first release's derivation; from 1 each version is a different key,
+    /// domain-separated from it, and the record's version is the one accepted.
+    #[test]
+    fn the_records_key_version_selects_the_key() {
+        let s = secret();
+        assert_eq!(s.device_key_v("dev-1", 0), s.device_key("dev-1"));
+        let v1 = s.device_key_v("dev-1", 1);
+        let v2 = s.device_key_v("dev-1", 2);
+        assert!(v1 != v2 && v1 != s.device_key("dev-1"));
+        let expected = hex(&hmac(
+            SECRET.as_bytes(),
+            b"edge-enrich/device-key/v1|dev-1|1",
+        ));
+        assert_eq!(v1, expected);
+        let auth = DeviceAuth::Token(Secrets::new(secret()));
+        let check = |key: &str, registration: &Registration| {
+            let header = format!("Bearer {key}");
+            auth.presented(Some(&header), Some(&device("dev-1")), NOW_MS)
+                .and_then(|p| auth.before_body(p, registration, NOW_MS))
+                .is_ok()
+        };
+        assert!(check(&v1, &registered("dev-1", 1)));
+        assert!(
+            !check(&v1, &registered("dev-1", 2)),
+            "a key leaked at v1 stops at v2"
+        );
+        assert!(check(&v2, &registered("dev-1", 2)));
+        assert!(!check(&v1, &Registration::Off), "no record: version 0");
+        assert!(check(
+            &s.device_key("dev-1"),
+            &Registration::Unknown(device("dev-1"))
+        ));
+        // A record of another device lends nothing.
+        assert!(!check(&v1, &registered("dev-2", 1)));
+        // hmac mode signs with the versioned key too.
+        let hmac_auth = DeviceAuth::Hmac {
+            secrets: Secrets::new(secret()),
+            v1_until_s: None,
+            host: None,
+        };
+        let header = sign(&v2, "dev-1", &parts(b"{}"), NOW_MS / 1000);
+        let verify = |registration: &Registration| {
+            let p = hmac_auth.presented(Some(&header), None, NOW_MS).unwrap();
+            hmac_auth
+                .verify(p, &parts(b"{}"), registration, NOW_MS)
+                .is_ok()
+        };
+        assert!(verify(&registered("dev-1", 2)));
+        assert!(!verify(&registered("dev-1", 1)));
+    }
+
+    /// During a rotation keys of both secrets are accepted; after it, only the new one's.
+    #[test]
+    fn the_previous_secret_is_accepted_beside_the_current_one() {
+        let old = MasterSecret::new("old-secret-old-secret-old-secret-0").unwrap();
+        let new = MasterSecret::new("new-secret-new-secret-new-secret-1").unwrap();
+        let during = DeviceAuth::Token(Secrets {
+            current: new.clone(),
+            previous: Some(old.clone()),
+        });
+        let after = DeviceAuth::Token(Secrets::new(new.clone()));
+        let admits = |auth: &DeviceAuth, key: String| {
+            let header = format!("Bearer {key}");
+            auth.presented(Some(&header), Some(&device("d")), NOW_MS)
+                .and_then(|p| auth.before_body(p, &Registration::Off, NOW_MS))
+                .is_ok()
+        };
+        assert!(admits(&during, old.device_key("d")));
+        assert!(admits(&during, new.device_key("d")));
+        assert!(!admits(&after, old.device_key("d")));
+        assert!(admits(&after, new.device_key("d")));
+        assert!(!admits(&during, secret().device_key("d")));
     }
 }

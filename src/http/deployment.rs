@@ -3,6 +3,9 @@
 //! builds it from the settings it parsed (`Settings::deployment`); nothing in `http` reads a
 //! setting by name.
 
+use std::rc::Rc;
+
+use crate::application::registry::{RegistryMode, StaticRegistry};
 use crate::domain::calibration::Profiles;
 use crate::http::auth::{AdminToken, DeviceAuth};
 use crate::http::cors::Cors;
@@ -43,6 +46,24 @@ pub struct Policy {
     pub max_readings_per_request: usize,
     /// For the `429` answer's detail; `None` when the limit is off.
     pub rate_limit: Option<RateLimit>,
+    pub registry: RegistryPolicy,
+}
+
+/// How the device registry is read (`REGISTRY_MODE`, `REGISTRY_TTL_S`, `REGISTRY`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistryPolicy {
+    pub mode: RegistryMode,
+    pub ttl_ms: u64,
+    /// Records given whole in the configuration: read instead of the host's store.
+    pub fixed: Option<Rc<StaticRegistry>>,
+}
+
+impl RegistryPolicy {
+    pub const OFF: Self = Self {
+        mode: RegistryMode::Off,
+        ttl_ms: 60_000,
+        fixed: None,
+    };
 }
 
 /// Limits enforced on every request, even before the configuration is known to be valid (its

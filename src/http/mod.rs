@@ -10,6 +10,7 @@ pub mod auth;
 pub mod body;
 pub mod cors;
 pub mod deployment;
+pub mod jwt;
 pub mod pipeline;
 pub mod problem;
 pub mod query;

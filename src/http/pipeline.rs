@@ -21,11 +21,13 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::application::profile_cache::{self, CacheSlot};
+use crate::application::registry::{self, Registration, RegistryCache, RegistryMode, RegistrySlot};
 use crate::domain::calibration::Profiles;
 use crate::domain::enrich::EdgeInfo;
 use crate::domain::ids;
+use crate::domain::reading::DeviceId;
 use crate::http::answer::{self, Answer};
-use crate::http::deployment::Deployment;
+use crate::http::deployment::{Deployment, RegistryPolicy};
 use crate::http::problem::{Problem, ProblemType};
 use crate::http::routes::{self, Accepted, AdminQuery, Plan, RequestContext};
 use crate::ports::{BodyStream, EdgeFacts, Entropy, Level, StoreError, SystemEntropy};
@@ -55,6 +57,13 @@ pub trait Host {
     /// key-value store: `Ok(None)` when the key is absent or the host has no such store. The
     /// pipeline decides when to read (at most every `PROFILES_TTL_S`) and keeps the last good set.
     async fn read_stored_profiles(&self) -> Result<Option<String>, StoreError>;
+    /// The registry record of `device` (the JSON under `application::registry::record_key`)
+    /// in the host's key-value store: `Ok(None)` when absent or the host has no such store.
+    /// The pipeline caches it for the registry TTL.
+    async fn read_device_record(&self, device: &DeviceId) -> Result<Option<String>, StoreError> {
+        let _ = device;
+        Ok(None)
+    }
     /// Takes accepted readings into the outbox (rate limits included): `Ok` once they are as
     /// durable as the host makes them.
     async fn accept(&self, edge: &EdgeInfo, accepted: &Accepted) -> Result<(), Problem>;
@@ -71,6 +80,8 @@ pub const DRAIN_WAIT_MS: u64 = 1_000;
 thread_local! {
     // Profiles from the host's key-value store, per isolate / instance.
     static PROFILE_CACHE: CacheSlot = const { RefCell::new(None) };
+    // Device records, per isolate / instance.
+    static REGISTRY_CACHE: RegistrySlot = RefCell::new(RegistryCache::default());
 }
 
 /// Answers one request.
@@ -185,12 +196,27 @@ async fn serve<H: Host, B: BodyStream>(
             let json = host.admin(edge, query).await?;
             Ok(answer::json(200, json))
         }
-        Plan::Readings(ingest) => {
+        Plan::Readings(mut ingest) => {
+            let (config, _) = settings.ready()?;
+            // The registry record of the device the request claims, then every credential
+            // check that needs no body: both before a byte of the body is read.
+            let mut registration = match ingest.claimed_device() {
+                Some(device) => registered(host, &config.registry, device, now, request_id).await?,
+                None => Registration::Off,
+            };
+            ingest.check_before_body(config, &registration, now)?;
             let bytes = if ingest.reads_body() {
                 read_body(body, ingest.limit).await?
             } else {
                 Vec::new()
             };
+            if registration == Registration::Off {
+                if let Some(device) = ingest.device_in_body(&bytes) {
+                    registration = registered(host, &config.registry, &device, now, request_id)
+                        .await
+                        .map_err(read_already)?;
+                }
+            }
             let stored = stored_profiles(host, settings, now, request_id).await;
             let ctx = RequestContext {
                 settings,
@@ -199,6 +225,7 @@ async fn serve<H: Host, B: BodyStream>(
                 now_ms: now,
                 request_id,
                 entropy: host.entropy(),
+                registration: &registration,
             };
             let accepted = routes::ingest(parts, ingest, &bytes, &ctx).map_err(read_already)?;
             if let Err(problem) = host.accept(edge, &accepted).await {
@@ -211,6 +238,52 @@ async fn serve<H: Host, B: BodyStream>(
                 return Err(read_already(problem));
             }
             Ok(accepted.answer())
+        }
+    }
+}
+
+/// What the registry says of `device`: its static records, else the host's store through the
+/// per-instance cache. A store that fails with nothing cached refuses the request (503) in
+/// `required` mode and admits it without a record in `optional` mode; either way it is logged.
+async fn registered<H: Host>(
+    host: &H,
+    policy: &RegistryPolicy,
+    device: &DeviceId,
+    now: u64,
+    request_id: &str,
+) -> Result<Registration, Problem> {
+    if policy.mode == RegistryMode::Off {
+        return Ok(Registration::Off);
+    }
+    if let Some(fixed) = &policy.fixed {
+        return Ok(fixed.registration(device));
+    }
+    let report = |detail: &str| {
+        host.log(
+            Level::Warn,
+            "registry_record_kept",
+            request_id,
+            &[("detail", detail)],
+        )
+    };
+    let read = || host.read_device_record(device);
+    match registry::lookup(&REGISTRY_CACHE, device, policy.ttl_ms, now, read, report).await {
+        Ok(registration) => Ok(registration),
+        Err(e) => {
+            let detail = e.to_string();
+            host.log(
+                Level::Error,
+                "registry_unavailable",
+                request_id,
+                &[("detail", &detail)],
+            );
+            match policy.mode {
+                RegistryMode::Required => Err(Problem::new(
+                    ProblemType::RegistryUnavailable,
+                    "the device registry could not be read; retry shortly",
+                )),
+                _ => Ok(Registration::Unknown(device.clone())),
+            }
         }
     }
 }

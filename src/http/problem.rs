@@ -23,11 +23,14 @@ pub enum ProblemType {
     NotConfigured,
     Internal,
     UpstreamUnavailable,
+    DeviceDisabled,
+    UnknownDevice,
+    RegistryUnavailable,
 }
 
 impl ProblemType {
     /// Every kind, for documents that must list them (the OpenAPI contract).
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 18] = [
         Self::InvalidRequest,
         Self::Unauthorized,
         Self::Forbidden,
@@ -43,13 +46,16 @@ impl ProblemType {
         Self::NotConfigured,
         Self::Internal,
         Self::UpstreamUnavailable,
+        Self::DeviceDisabled,
+        Self::UnknownDevice,
+        Self::RegistryUnavailable,
     ];
 
     pub const fn status(self) -> u16 {
         match self {
             Self::InvalidRequest => 400,
             Self::Unauthorized => 401,
-            Self::Forbidden => 403,
+            Self::Forbidden | Self::DeviceDisabled | Self::UnknownDevice => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::PayloadTooLarge => 413,
@@ -59,7 +65,10 @@ impl ProblemType {
             Self::RateLimited => 429,
             Self::HeadersTooLarge => 431,
             Self::Internal => 500,
-            Self::BacklogFull | Self::NotConfigured | Self::UpstreamUnavailable => 503,
+            Self::BacklogFull
+            | Self::NotConfigured
+            | Self::UpstreamUnavailable
+            | Self::RegistryUnavailable => 503,
         }
     }
 
@@ -81,6 +90,9 @@ impl ProblemType {
             Self::NotConfigured => "urn:edge-enrich:problem:not-configured",
             Self::Internal => "urn:edge-enrich:problem:internal",
             Self::UpstreamUnavailable => "urn:edge-enrich:problem:batcher-unavailable",
+            Self::DeviceDisabled => "urn:edge-enrich:problem:device-disabled",
+            Self::UnknownDevice => "urn:edge-enrich:problem:unknown-device",
+            Self::RegistryUnavailable => "urn:edge-enrich:problem:registry-unavailable",
         }
     }
 
@@ -101,6 +113,9 @@ impl ProblemType {
             Self::NotConfigured => "Service not configured",
             Self::Internal => "Internal error",
             Self::UpstreamUnavailable => "Batcher unavailable",
+            Self::DeviceDisabled => "Device disabled",
+            Self::UnknownDevice => "Unknown device",
+            Self::RegistryUnavailable => "Device registry unavailable",
         }
     }
 }

@@ -15,13 +15,15 @@ use http::request::Parts;
 use http::Method;
 
 use crate::application::admission::Section;
+use crate::application::registry::{Registration, RegistryMode};
+use crate::domain::device::DeviceRecord;
 use crate::domain::enrich::{enrich_all, EdgeInfo, EnrichError, EnrichedReading};
 use crate::domain::ids::{IdSource, BYTES_PER_ID};
-use crate::domain::reading::Reading;
+use crate::domain::reading::{DeviceId, Reading};
 use crate::http::answer::{self, Answer};
 use crate::http::auth::{Presented, SignedParts};
 use crate::http::body::{first_device_id, parse_readings, BodyFormat};
-use crate::http::deployment::Deployment;
+use crate::http::deployment::{Deployment, Policy};
 use crate::http::problem::{FieldError, Problem, ProblemType};
 use crate::http::query::{named_device, parse_reading_query};
 
@@ -90,6 +92,8 @@ pub enum Plan<'a> {
 #[derive(Debug)]
 pub struct Ingest<'a> {
     presented: Presented<'a>,
+    /// The device the request names before its body (`?device_id=`), if validly.
+    named: Option<DeviceId>,
     body: Option<BodyFormat>,
     pub limit: usize,
 }
@@ -98,6 +102,31 @@ impl Ingest<'_> {
     /// Whether there is a body to read (POST).
     pub fn reads_body(&self) -> bool {
         self.body.is_some()
+    }
+
+    /// The device the request speaks for as far as is known before its body: the one its
+    /// credentials name, else the one its query names. Its registry record is read first.
+    pub fn claimed_device(&self) -> Option<&DeviceId> {
+        self.presented.device().or(self.named.as_ref())
+    }
+
+    /// The body's first `device_id`, found by a linear scan without parsing: the device of a
+    /// POST that named none before its body, whose registry record is then read.
+    pub fn device_in_body(&self, body: &[u8]) -> Option<DeviceId> {
+        first_device_id(body, self.body?)
+    }
+
+    /// Verifies what can be verified before the body once the claimed device's registration
+    /// is known (a token for a named device, a JWT): a refusal here costs no body read.
+    pub fn check_before_body(
+        &mut self,
+        config: &Policy,
+        registration: &Registration,
+        now_ms: u64,
+    ) -> Result<(), Problem> {
+        let presented = std::mem::replace(&mut self.presented, Presented::Anyone);
+        self.presented = config.auth.before_body(presented, registration, now_ms)?;
+        Ok(())
     }
 }
 
@@ -145,6 +174,7 @@ pub fn plan<'a>(parts: &'a Parts, settings: &Deployment, now_ms: u64) -> Result<
             };
             Ok(Plan::Readings(Ingest {
                 presented,
+                named,
                 body,
                 limit: config.max_body_bytes,
             }))
@@ -206,6 +236,9 @@ pub struct RequestContext<'a> {
     pub request_id: &'a str,
     /// Randomness for the readings' ids.
     pub entropy: &'a dyn crate::ports::Entropy,
+    /// What the registry says of the request's device (`Registration::Off` when it was not
+    /// read: the registry is off, or the request names no device).
+    pub registration: &'a Registration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,12 +317,14 @@ pub fn ingest(
     // the device the request carries before anything is parsed: a GET's query (its reading,
     // bounded by MAX_URL_BYTES, so parsed first) or the body's first device_id (a linear scan).
     let (query_reading, hint) = match (&plan.presented, plan.body) {
-        (Presented::Token(_), None) => {
+        (Presented::Token { device: None, .. }, None) => {
             let reading = parse_query(query(parts))?;
             let device = reading.device_id.clone();
             (Some(reading), Some(device))
         }
-        (Presented::Token(_), Some(format)) => (None, first_device_id(body, format)),
+        (Presented::Token { device: None, .. }, Some(format)) => {
+            (None, first_device_id(body, format))
+        }
         _ => (None, None),
     };
     let signed = SignedParts {
@@ -301,7 +336,9 @@ pub fn ingest(
         body,
         device_hint: hint.as_ref(),
     };
-    let credential = config.auth.verify(plan.presented, &signed)?;
+    let credential = config
+        .auth
+        .verify(plan.presented, &signed, ctx.registration, ctx.now_ms)?;
     let (readings, shape) = match (query_reading, plan.body) {
         (Some(reading), _) => (vec![reading], Shape::One),
         (None, None) => (vec![parse_query(query(parts))?], Shape::One),
@@ -311,8 +348,47 @@ pub fn ingest(
         ),
     };
     credential.authorize_devices(readings.iter().map(|r| r.device_id.as_str()))?;
+    let record = admit_registered(config.registry.mode, ctx.registration, &readings)?;
     let profiles = ctx.stored_profiles.unwrap_or(deployed);
-    enrich(readings, shape, profiles, ctx)
+    enrich(readings, shape, profiles, record, ctx)
+}
+
+/// The registry's say, after the credentials: a request with a registry carries one device's
+/// readings (its record was read once, for that device); a disabled device is refused, and in
+/// `required` mode so is an unknown one. Returns the record to enrich with.
+fn admit_registered<'r>(
+    mode: RegistryMode,
+    registration: &'r Registration,
+    readings: &[Reading],
+) -> Result<Option<&'r DeviceRecord>, Problem> {
+    let Some(device) = registration.device() else {
+        if mode != RegistryMode::Off && !readings.is_empty() {
+            // The registry is on, but no device could be found to read it for.
+            return Err(Problem::new(
+                ProblemType::InvalidRequest,
+                "name the device: a device_id query parameter, or device_id in the first reading",
+            ));
+        }
+        return Ok(None);
+    };
+    if readings.iter().any(|r| r.device_id != *device) {
+        return Err(Problem::new(
+            ProblemType::InvalidRequest,
+            "with a device registry, a request carries the readings of one device_id; nothing was accepted",
+        ));
+    }
+    match registration.record_for(device) {
+        Some(record) if !record.is_active() => Err(Problem::new(
+            ProblemType::DeviceDisabled,
+            "this device is disabled in the registry; nothing was accepted",
+        )),
+        Some(record) => Ok(Some(record)),
+        None if mode == RegistryMode::Required => Err(Problem::new(
+            ProblemType::UnknownDevice,
+            "this device is not in the registry, and this deployment admits registered devices only",
+        )),
+        None => Ok(None),
+    }
 }
 
 fn parse_query(query: &str) -> Result<Reading, Problem> {
@@ -334,6 +410,7 @@ fn enrich(
     readings: Vec<Reading>,
     shape: Shape,
     profiles: &crate::domain::calibration::Profiles,
+    record: Option<&DeviceRecord>,
     ctx: &RequestContext<'_>,
 ) -> Result<Accepted, Problem> {
     let mut random = vec![0u8; readings.len() * BYTES_PER_ID];
@@ -350,8 +427,8 @@ fn enrich(
             .into_iter()
             .map(|(d, n)| (d.to_owned(), n))
             .collect();
-    let enriched =
-        enrich_all(&readings, profiles, ctx.edge, ctx.now_ms, &mut ids).map_err(|e| match e {
+    let enriched = enrich_all(&readings, profiles, record, ctx.edge, ctx.now_ms, &mut ids)
+        .map_err(|e| match e {
             EnrichError::OutOfRange(issues) => Problem::new(
                 ProblemType::UnprocessableReading,
                 "a calibrated value is out of range; nothing was accepted",

@@ -82,6 +82,8 @@ pub struct SinkTarget {
     pub format: SinkFormat,
     pub url: String,
     pub token: Option<Secret>,
+    /// Registry tags that become Influx tags (`INFLUX_TAG_KEYS`).
+    pub tag_keys: Vec<String>,
 }
 
 /// The backlog is at `MAX_BACKLOG`: the request is refused with 503 and this `Retry-After`.
@@ -850,6 +852,7 @@ async fn send<S, C: Collector, T: Timer>(attempt: &Attempt, d: &Delivery<'_, S, 
     let docs = attempt.readings.iter().map(|r| &**r);
     let body = match encode_batch(
         d.sink.format,
+        &d.sink.tag_keys,
         &attempt.batch_id,
         &attempt.node,
         d.clock.now_ms(),

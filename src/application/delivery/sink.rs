@@ -7,7 +7,8 @@
 //!   reading: `temperature,colo=…,device_id=…,edge_node=… temp_c=…,raw=… <ms>`, timed by the
 //!   device's `ts` when it sent one, else by `received_at_ms`. (A series holds one point per
 //!   millisecond: two readings of one device at the same time and node collapse into one, the
-//!   database's own rule; it also makes a retried batch harmless.)
+//!   database's own rule; it also makes a retried batch harmless.) The registry tags named by
+//!   `INFLUX_TAG_KEYS` become tags too, when a reading carries them.
 
 use serde::Deserialize;
 
@@ -44,6 +45,7 @@ pub const INFLUX_MEASUREMENT: &str = "temperature";
 /// (which the edge never stores): the host then dead-letters the batch rather than drop it.
 pub fn encode_batch<'a>(
     format: SinkFormat,
+    tag_keys: &[String],
     batch_id: &str,
     edge_node: &str,
     sent_at_ms: u64,
@@ -62,7 +64,8 @@ pub fn encode_batch<'a>(
         SinkFormat::Influx => {
             let mut out = String::with_capacity(256);
             for (i, r) in readings.into_iter().enumerate() {
-                push_influx_line(&mut out, r).map_err(|e| format!("readings[{i}]: {e}"))?;
+                push_influx_line(&mut out, r, tag_keys)
+                    .map_err(|e| format!("readings[{i}]: {e}"))?;
             }
             Ok(out)
         }
@@ -108,6 +111,14 @@ struct PointView<'a> {
     edge: EdgeView<'a>,
     received_at_ms: u64,
     ts: Option<u64>,
+    #[serde(borrow, default)]
+    device: Option<DeviceView<'a>>,
+}
+
+#[derive(Deserialize)]
+struct DeviceView<'a> {
+    #[serde(borrow)]
+    tags: std::collections::BTreeMap<std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -123,15 +134,28 @@ struct EdgeView<'a> {
     colo: Option<std::borrow::Cow<'a, str>>,
 }
 
-fn push_influx_line(out: &mut String, reading: &str) -> Result<(), String> {
+fn push_influx_line(out: &mut String, reading: &str, tag_keys: &[String]) -> Result<(), String> {
     let p: PointView<'_> = serde_json::from_str(reading).map_err(|e| e.to_string())?;
     out.push_str(INFLUX_MEASUREMENT);
     // Tags sorted by key (what InfluxDB stores and indexes fastest); an absent colo is no tag.
+    // (`INFLUX_TAG_KEYS` may not name colo, device_id or edge_node: config refuses it.)
+    let mut tags: Vec<(&str, &str)> = Vec::with_capacity(3 + tag_keys.len());
     if let Some(colo) = p.edge.colo.as_deref().filter(|c| !c.is_empty()) {
-        push_tag(out, "colo", colo);
+        tags.push(("colo", colo));
     }
-    push_tag(out, "device_id", &p.device_id);
-    push_tag(out, "edge_node", &p.edge.node);
+    tags.push(("device_id", &p.device_id));
+    tags.push(("edge_node", &p.edge.node));
+    if let Some(device) = &p.device {
+        for key in tag_keys {
+            if let Some(value) = device.tags.get(key.as_str()) {
+                tags.push((key, value));
+            }
+        }
+    }
+    tags.sort_unstable_by_key(|(k, _)| *k);
+    for (key, value) in tags {
+        push_tag(out, key, value);
+    }
     out.push_str(" temp_c=");
     push_float(out, p.temp_c);
     out.push_str(",raw=");
@@ -203,30 +227,52 @@ mod tests {
 
     #[test]
     fn ndjson_is_one_reading_per_line() {
-        let body = encode_batch(SinkFormat::Ndjson, "b", "n", 0, [READING, READING]).unwrap();
+        let body = encode_batch(SinkFormat::Ndjson, &[], "b", "n", 0, [READING, READING]).unwrap();
         assert_eq!(body, format!("{READING}\n{READING}\n"));
     }
 
     #[test]
     fn influx_line_protocol() {
-        let body = encode_batch(SinkFormat::Influx, "b", "n", 0, [READING]).unwrap();
+        let body = encode_batch(SinkFormat::Influx, &[], "b", "n", 0, [READING]).unwrap();
         assert_eq!(
             body,
             "temperature,colo=DFW,device_id=greenhouse-1,edge_node=cf-dfw temp_c=24.0,raw=75.2 1700000000123\n"
         );
         // No colo (local runs): no colo tag.
         let local = READING.replace(r#""colo":"DFW""#, r#""colo":null"#);
-        let body = encode_batch(SinkFormat::Influx, "b", "n", 0, [local.as_str()]).unwrap();
+        let body = encode_batch(SinkFormat::Influx, &[], "b", "n", 0, [local.as_str()]).unwrap();
         assert!(body.starts_with("temperature,device_id=greenhouse-1,edge_node=cf-dfw "));
         // The device's own time, when it sent one.
         let timed = READING.replace(
             r#""received_at_ms":1700000000123"#,
             r#""received_at_ms":1700000000123,"ts":1699999999000"#,
         );
-        let body = encode_batch(SinkFormat::Influx, "b", "n", 0, [timed.as_str()]).unwrap();
+        let body = encode_batch(SinkFormat::Influx, &[], "b", "n", 0, [timed.as_str()]).unwrap();
         assert!(body.ends_with(" 1699999999000\n"), "{body}");
         // A document that is not an enriched reading fails the batch (the host dead-letters it).
-        assert!(encode_batch(SinkFormat::Influx, "b", "n", 0, ["{}"]).is_err());
+        assert!(encode_batch(SinkFormat::Influx, &[], "b", "n", 0, ["{}"]).is_err());
+    }
+
+    #[test]
+    fn influx_takes_the_chosen_registry_tags_in_key_order() {
+        let tagged = READING.replacen(
+            "\"received_at_ms\"",
+            "\"device\":{\"tags\":{\"site\":\"fra 1\",\"zone\":\"b\",\"owner\":\"x\"},\"key_version\":0},\"received_at_ms\"",
+            1,
+        );
+        assert!(tagged.contains("\"device\""), "{tagged}");
+        let keys = vec!["site".to_owned(), "zone".to_owned(), "missing".to_owned()];
+        let body = encode_batch(SinkFormat::Influx, &keys, "b", "n", 0, [tagged.as_str()]).unwrap();
+        assert!(
+            body.starts_with(
+                "temperature,colo=DFW,device_id=greenhouse-1,edge_node=cf-dfw,site=fra\\ 1,zone=b temp_c="
+            ),
+            "{body}"
+        );
+        assert!(!body.contains("owner"), "only the chosen keys: {body}");
+        // Chosen keys on a reading without a record: no extra tags.
+        let plain = encode_batch(SinkFormat::Influx, &keys, "b", "n", 0, [READING]).unwrap();
+        assert!(!plain.contains("site="), "{plain}");
     }
 
     #[test]

@@ -209,6 +209,28 @@ impl Host for Component {
         Ok(None)
     }
 
+    /// Spin flavour: the key-value store `default`, key `device/<id>`. Portable flavour: no
+    /// store (its registry is the `REGISTRY` variable).
+    async fn read_device_record(
+        &self,
+        device: &crate::domain::reading::DeviceId,
+    ) -> Result<Option<String>, StoreError> {
+        #[cfg(feature = "spin")]
+        {
+            use crate::application::registry::record_key;
+            use crate::ports::KeyValue;
+
+            let store = kv::open(kv::Path::Request).await?;
+            let value = store.get(&record_key(device)).await?;
+            Ok(value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+        }
+        #[cfg(not(feature = "spin"))]
+        {
+            let _ = device;
+            Ok(None)
+        }
+    }
+
     async fn accept(&self, edge: &EdgeInfo, accepted: &Accepted) -> Result<(), Problem> {
         let loaded = loaded().await;
         let config = loaded.config()?;

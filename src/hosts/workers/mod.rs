@@ -38,6 +38,8 @@ use crate::ports::{BodyBroken, BodyStream, ConfigSource, EdgeFacts, Level, Store
 pub const PLATFORM: &str = "cloudflare-workers";
 /// Optional KV namespace holding calibration profiles under `profile_cache::PROFILES_KEY`.
 const PROFILES_BINDING: &str = "PROFILES";
+/// Optional KV namespace holding the device registry (`device/<id>`).
+const DEVICES_BINDING: &str = "DEVICES";
 /// Workers KV caches a read at the edge for at least this long (its minimum `cacheTtl`).
 const KV_CACHE_TTL_S: u64 = 30;
 
@@ -235,6 +237,22 @@ impl Host for Worker<'_> {
             return Ok(None);
         };
         kv.get(PROFILES_KEY)
+            .cache_ttl(KV_CACHE_TTL_S)
+            .text()
+            .await
+            .map_err(|e| StoreError(e.to_string()))
+    }
+
+    /// The `DEVICES` KV namespace, key `device/<id>`, behind KV's edge cache (so a change shows
+    /// within `REGISTRY_TTL_S` + about a minute). Without the binding: no record.
+    async fn read_device_record(
+        &self,
+        device: &crate::domain::reading::DeviceId,
+    ) -> Result<Option<String>, StoreError> {
+        let Ok(kv) = self.env.kv(DEVICES_BINDING) else {
+            return Ok(None);
+        };
+        kv.get(&crate::application::registry::record_key(device))
             .cache_ttl(KV_CACHE_TTL_S)
             .text()
             .await

@@ -31,6 +31,11 @@ struct FakeHost {
     outbox: RefCell<Outbox<u64>>,
     store: MemoryStore,
     buckets: RefCell<Option<MemoryBuckets>>,
+    /// The registry in the host's key-value store: `device/<id>` to its record's text.
+    records: RefCell<std::collections::HashMap<String, String>>,
+    record_reads: Cell<u32>,
+    registry_down: Cell<bool>,
+    now: Cell<u64>,
 }
 
 impl AdmissionPorts for FakeHost {
@@ -109,6 +114,10 @@ impl FakeHost {
             accepted: RefCell::new(Vec::new()),
             store: MemoryStore::default(),
             buckets: RefCell::new(None),
+            records: RefCell::default(),
+            record_reads: Cell::new(0),
+            registry_down: Cell::new(false),
+            now: Cell::new(1_800_000_000_000),
         })
         .collect()
     }
@@ -125,7 +134,7 @@ impl Host for FakeHost {
         self.deployment.clone()
     }
     fn now_ms(&self) -> u64 {
-        1_800_000_000_000
+        self.now.get()
     }
     fn timer_ms(&self) -> f64 {
         0.0
@@ -133,6 +142,17 @@ impl Host for FakeHost {
     async fn sleep_ms(&self, _ms: u64) {}
     async fn read_stored_profiles(&self) -> Result<Option<String>, StoreError> {
         Ok(None)
+    }
+    async fn read_device_record(
+        &self,
+        device: &crate::domain::reading::DeviceId,
+    ) -> Result<Option<String>, StoreError> {
+        self.record_reads.set(self.record_reads.get() + 1);
+        if self.registry_down.get() {
+            return Err(StoreError("kv down".into()));
+        }
+        let key = crate::application::registry::record_key(device);
+        Ok(self.records.borrow().get(&key).cloned())
     }
     async fn accept(&self, _: &EdgeInfo, accepted: &Accepted) -> Result<(), Problem> {
         let s = &self.settings;
@@ -574,4 +594,241 @@ fn server_timing_has_one_decimal() {
     assert_eq!(server_timing(1.24), "handler;dur=1.2");
     assert_eq!(server_timing(12.06), "handler;dur=12.1");
     assert_eq!(server_timing(-3.0), "handler;dur=0.0");
+}
+
+mod registry {
+    //! The device registry through the pipeline: read once per request before the body,
+    //! cached, and its say (tags, revocation, required, key versions, JWT keys) on every host.
+
+    use super::*;
+    use crate::domain::device::to_base64url;
+
+    fn put(hosts: &[FakeHost], device: &str, record: &str) {
+        for h in hosts {
+            h.records
+                .borrow_mut()
+                .insert(format!("device/{device}"), record.to_owned());
+        }
+    }
+
+    fn later(hosts: &[FakeHost], ms: u64) {
+        for h in hosts {
+            h.now.set(h.now.get() + ms);
+        }
+    }
+
+    fn get(h: &FakeHost, device: &str, auth: &str) -> Answer {
+        let target = format!("/v1/readings?device_id={device}&temp=20");
+        run(handle(
+            h,
+            request("GET", &target, &[("authorization", auth)], body(b"")),
+            EdgeFacts::default(),
+        ))
+    }
+
+    fn problem_type(a: &Answer) -> String {
+        let v: serde_json::Value = serde_json::from_str(a.body()).unwrap();
+        v["type"].as_str().unwrap_or("").to_owned()
+    }
+
+    #[test]
+    fn tags_revocation_and_reenabling_within_the_ttl() {
+        let hosts = FakeHost::all(&[("REGISTRY_MODE", "optional"), ("REGISTRY_TTL_S", "60")]);
+        put(
+            &hosts,
+            "reg-1",
+            r#"{"status":"active","tags":{"site":"fra-1"}}"#,
+        );
+        for h in &hosts {
+            let a = get(h, "reg-1", &token("reg-1"));
+            assert_eq!(a.status(), 200, "{}", a.body());
+            let v: serde_json::Value = serde_json::from_str(a.body()).unwrap();
+            assert_eq!(v["device"]["tags"]["site"], "fra-1");
+            assert_eq!(v["device"]["key_version"], 0);
+            // A device without a record is admitted, untagged, in optional mode.
+            let a = get(h, "reg-none", &token("reg-none"));
+            assert_eq!(a.status(), 200);
+            assert!(!a.body().contains("\"device\""));
+        }
+        // Revoked: seen once the cached record is older than the TTL, not before.
+        put(&hosts, "reg-1", r#"{"status":"disabled"}"#);
+        for h in &hosts {
+            let reads = h.record_reads.get();
+            assert_eq!(get(h, "reg-1", &token("reg-1")).status(), 200, "cached");
+            assert_eq!(h.record_reads.get(), reads, "no store read within the TTL");
+        }
+        later(&hosts, 60_000);
+        for h in &hosts {
+            let before = h.accepted.borrow().len();
+            let a = get(h, "reg-1", &token("reg-1"));
+            assert_eq!(a.status(), 403);
+            assert_eq!(problem_type(&a), "urn:edge-enrich:problem:device-disabled");
+            assert_eq!(h.accepted.borrow().len(), before, "nothing accepted");
+            // Credentials are checked first: a wrong token learns nothing of the record.
+            assert_eq!(get(h, "reg-1", &token("someone-else")).status(), 401);
+        }
+        put(&hosts, "reg-1", r#"{"status":"active"}"#);
+        later(&hosts, 60_000);
+        for h in &hosts {
+            assert_eq!(get(h, "reg-1", &token("reg-1")).status(), 200);
+        }
+    }
+
+    #[test]
+    fn required_mode_refuses_unknown_devices_and_a_failed_store() {
+        let hosts = FakeHost::all(&[("REGISTRY_MODE", "required")]);
+        put(&hosts, "req-1", r#"{"status":"active"}"#);
+        for h in &hosts {
+            assert_eq!(get(h, "req-1", &token("req-1")).status(), 200);
+            let a = get(h, "req-2", &token("req-2"));
+            assert_eq!(a.status(), 403);
+            assert_eq!(problem_type(&a), "urn:edge-enrich:problem:unknown-device");
+        }
+        for h in &hosts {
+            h.registry_down.set(true);
+            let a = get(h, "req-3", &token("req-3"));
+            assert_eq!(a.status(), 503, "{}", a.body());
+            assert_eq!(
+                problem_type(&a),
+                "urn:edge-enrich:problem:registry-unavailable"
+            );
+            // A cached record outlives a failed read.
+            later(std::slice::from_ref(h), 120_000);
+            assert_eq!(get(h, "req-1", &token("req-1")).status(), 200);
+        }
+    }
+
+    #[test]
+    fn the_record_is_read_before_the_body_and_once_per_request() {
+        let hosts = FakeHost::all(&[("REGISTRY_MODE", "optional")]);
+        put(&hosts, "once-1", r#"{"status":"active","key_version":2}"#);
+        let v2 = format!(
+            "Bearer {}",
+            MasterSecret::new(SECRET).unwrap().device_key_v("once-1", 2)
+        );
+        let batch = br#"[{"device_id":"once-1","temp":1},{"device_id":"once-1","temp":2}]"#;
+        for h in &hosts {
+            // Named before the body: a v0 token for a v2 device is refused unread.
+            let sent = body(batch);
+            let read = sent.read.clone();
+            let a = run(handle(
+                h,
+                request(
+                    "POST",
+                    "/v1/readings?device_id=once-1",
+                    &[
+                        ("authorization", &token("once-1")),
+                        ("content-type", "application/json"),
+                    ],
+                    sent,
+                ),
+                EdgeFacts::default(),
+            ));
+            assert_eq!(a.status(), 401);
+            assert_eq!(read.get(), 0, "the body was not read");
+            // Named only in the body: found by the pre-scan, read once, key version 2.
+            let reads = h.record_reads.get();
+            let a = run(handle(
+                h,
+                request(
+                    "POST",
+                    "/v1/readings",
+                    &[("authorization", &v2), ("content-type", "application/json")],
+                    body(batch),
+                ),
+                EdgeFacts::default(),
+            ));
+            assert_eq!(a.status(), 200, "{}", a.body());
+            assert!(a.body().contains("\"key_version\":2"));
+            assert!(h.record_reads.get() <= reads + 1);
+        }
+    }
+
+    #[test]
+    fn with_a_registry_a_request_carries_one_device() {
+        let hosts = FakeHost::all(&[("REGISTRY_MODE", "optional"), ("AUTH_MODE", "off")]);
+        let mixed = br#"[{"device_id":"m-1","temp":1},{"device_id":"m-2","temp":2}]"#;
+        for h in &hosts {
+            let a = run(handle(
+                h,
+                request(
+                    "POST",
+                    "/v1/readings",
+                    &[("content-type", "application/json")],
+                    body(mixed),
+                ),
+                EdgeFacts::default(),
+            ));
+            assert_eq!(a.status(), 400, "{}", a.body());
+            assert!(a.body().contains("one device_id"));
+        }
+    }
+
+    const D: [u8; 32] = [5; 32];
+
+    fn jwt_hosts() -> Vec<FakeHost> {
+        let hosts = FakeHost::all(&[
+            ("AUTH_MODE", "jwt"),
+            ("JWT_AUDIENCE", "https://edge.test"),
+            ("REGISTRY_MODE", "required"),
+        ]);
+        let (x, y) = crate::http::jwt::public_point(&D).unwrap();
+        put(
+            &hosts,
+            "jwt-1",
+            &format!(
+                r#"{{"status":"active","keys":[{{"kid":"k1","alg":"ES256","x":"{}","y":"{}"}}]}}"#,
+                to_base64url(&x),
+                to_base64url(&y)
+            ),
+        );
+        hosts
+    }
+
+    fn jwt(sub: &str, aud: &str, iat: u64, exp: u64) -> String {
+        let claims = serde_json::json!({"sub": sub, "aud": aud, "iat": iat, "exp": exp});
+        format!(
+            "Bearer {}",
+            crate::http::jwt::sign(&D, "k1", &claims.to_string()).unwrap()
+        )
+    }
+
+    #[test]
+    fn jwt_devices_through_the_pipeline() {
+        let hosts = jwt_hosts();
+        let now = 1_800_000_000;
+        for h in &hosts {
+            let a = get(
+                h,
+                "jwt-1",
+                &jwt("jwt-1", "https://edge.test", now, now + 600),
+            );
+            assert_eq!(a.status(), 200, "{}", a.body());
+            let before = h.accepted.borrow().len();
+            for (bad, why) in [
+                (jwt("jwt-1", "https://other", now, now + 600), "wrong aud"),
+                (
+                    jwt("jwt-1", "https://edge.test", now - 7200, now - 3600),
+                    "expired",
+                ),
+                (
+                    jwt("jwt-1", "https://edge.test", now, now + 90_000),
+                    "lifetime",
+                ),
+                (token("jwt-1"), "a derived token"),
+            ] {
+                let a = get(h, "jwt-1", &bad);
+                assert_eq!(a.status(), 401, "{why}: {}", a.body());
+                assert!(answer::header(&a, "www-authenticate").is_some());
+            }
+            // A valid token of jwt-1 cannot send for another device.
+            let a = get(
+                h,
+                "jwt-2",
+                &jwt("jwt-1", "https://edge.test", now, now + 600),
+            );
+            assert_eq!(a.status(), 403, "{}", a.body());
+            assert_eq!(h.accepted.borrow().len(), before, "nothing accepted");
+        }
+    }
 }

@@ -34,6 +34,7 @@ fn decide_at(s: &Deployment, parts: &Parts, body: &[u8], now_ms: u64) -> Action 
         now_ms,
         request_id: "req-1",
         entropy: &crate::ports::SystemEntropy,
+        registration: &crate::application::registry::Registration::Off,
     };
     decide(parts, body, &ctx)
 }
@@ -517,6 +518,7 @@ fn reading_ids_come_from_the_hosts_entropy_and_its_failure_is_the_edges_fault() 
             now_ms: 0x0189_abcd_ef01,
             request_id: "req-1",
             entropy,
+            registration: &crate::application::registry::Registration::Off,
         };
         decide(&parts, b"", &ctx)
     };

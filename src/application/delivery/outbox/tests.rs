@@ -261,6 +261,7 @@ impl Host {
                 format: SinkFormat::Json,
                 url: "http://collector/ingest".into(),
                 token: None,
+                tag_keys: Vec::new(),
             },
             outbox: RefCell::new(Outbox::new(config, T0)),
             acknowledged: BTreeSet::new(),

@@ -128,6 +128,7 @@ impl App {
                 format: SinkFormat::Json,
                 url: "http://collector/ingest".into(),
                 token: None,
+                tag_keys: Vec::new(),
             },
             acknowledged: RefCell::new(BTreeSet::new()),
             next_reading: Cell::new(0),
