@@ -533,3 +533,28 @@ fn since_ms(start: Instant, unix_ms: u64) -> f64 {
         - start.elapsed().as_millis() as u64;
     unix_ms.saturating_sub(start_unix_ms) as f64 / 1000.0
 }
+
+/// The device registry in Spin's key-value store `default`, written while `spin up` runs:
+/// the same suite as on workerd (token mode with a rotation and revocation; ES256 JWTs).
+#[test]
+#[ignore = "needs the built artifacts; run by scripts/test.sh"]
+fn device_registry_revocation_rotation_and_jwt() {
+    for (name, vars) in [
+        ("token", support::registry::token_vars()),
+        ("jwt", support::registry::jwt_vars()),
+    ] {
+        let dir = scratch(&format!("spin-registry-{name}"));
+        let collector = Collector::start(&dir);
+        let ingest = collector.ingest_url();
+        let mut all = vars.clone();
+        all.push(("COLLECTOR_URL", ingest.as_str()));
+        let host = SpinHost::start(&dir, &all);
+        let put = |key: &str, value: &str| host.kv_set(key, value);
+        let base = host.url("");
+        let accepted = match name {
+            "token" => support::registry::token_mode(&base, &put, &collector),
+            _ => support::registry::jwt_mode(&base, &put, &collector),
+        };
+        assert!(!accepted.is_empty());
+    }
+}

@@ -358,3 +358,29 @@ fn profiles_from_workers_kv_take_effect_without_redeploy() {
     let health = get(&host.url("/healthz")).json();
     assert_eq!(health["config"]["profiles"]["source"], "key-value store");
 }
+
+/// The device registry in the `DEVICES` KV namespace, written with `wrangler kv key put` while
+/// the Worker runs: tags, key versions, a master-secret rotation, required mode, revocation
+/// and re-enabling within the TTL; then ES256 device JWTs and their hostile cases.
+#[test]
+#[ignore = "needs the built artifacts; run by scripts/test.sh"]
+fn device_registry_revocation_rotation_and_jwt() {
+    for (name, vars) in [
+        ("token", support::registry::token_vars()),
+        ("jwt", support::registry::jwt_vars()),
+    ] {
+        let dir = scratch(&format!("workers-registry-{name}"));
+        let collector = Collector::start(&dir);
+        let ingest = collector.ingest_url();
+        let mut all = vars.clone();
+        all.push(("COLLECTOR_URL", ingest.as_str()));
+        let host = WorkersHost::start(&dir, &all);
+        let put = |key: &str, value: &str| host.kv_put("DEVICES", key, value);
+        let base = host.url("");
+        let accepted = match name {
+            "token" => support::registry::token_mode(&base, &put, &collector),
+            _ => support::registry::jwt_mode(&base, &put, &collector),
+        };
+        assert!(!accepted.is_empty());
+    }
+}

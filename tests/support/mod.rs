@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod hostile;
+pub mod registry;
 pub mod scenario;
 pub mod sinks;
 pub mod traffic;
