@@ -70,6 +70,16 @@ pub trait Entropy {
     fn fill(&self, buf: &mut [u8]) -> Result<(), EntropyUnavailable>;
 }
 
+/// An ES256 signature to check (ECDSA over P-256 with SHA-256, RFC 7518): the public key as
+/// SEC1 uncompressed bytes (`04 || x || y`), the signed bytes, and `r || s`. Hosts check it
+/// with their native crypto where they have one (Workers: WebCrypto), else in software.
+#[derive(Debug, Clone, Copy)]
+pub struct Es256Check<'a> {
+    pub public_key: [u8; 65],
+    pub message: &'a [u8],
+    pub signature: [u8; 64],
+}
+
 /// The host's CSPRNG through `getrandom` (JavaScript's `crypto.getRandomValues` on Workers,
 /// `wasi:random` on wasi hosts, the OS natively).
 pub struct SystemEntropy;

@@ -30,6 +30,7 @@ use crate::application::registry::Registration;
 use crate::domain::reading::DeviceId;
 use crate::http::jwt::{self, DeviceJwt, JwtError};
 use crate::http::problem::{Problem, ProblemType};
+use crate::ports::Es256Check;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -265,21 +266,20 @@ impl DeviceAuth {
     }
 
     /// What can be verified before the body, once the registry record of the device the
-    /// credentials name is known: a token for a named device, a JWT. Anything else is
-    /// returned as it was, for [`verify`](Self::verify).
+    /// credentials name is known: a token for a named device. (A JWT's signature is the host's
+    /// to check: see [`jwt_check`](Self::jwt_check).) Anything else is returned as it was,
+    /// for [`verify`](Self::verify).
     pub fn before_body<'a>(
         &self,
         presented: Presented<'a>,
         registration: &Registration,
-        now_ms: u64,
     ) -> Result<Presented<'a>, Problem> {
         match presented {
             Presented::Token {
                 device: Some(_), ..
-            }
-            | Presented::Jwt(_) => {
+            } => {
                 let empty = SignedParts::empty();
-                self.verify(presented, &empty, registration, now_ms)
+                self.verify(presented, &empty, registration)
                     .map(Presented::Verified)
             }
             other => Ok(other),
@@ -294,7 +294,6 @@ impl DeviceAuth {
         presented: Presented<'_>,
         req: &SignedParts<'_>,
         registration: &Registration,
-        now_ms: u64,
     ) -> Result<Credential, Problem> {
         let version =
             |device: &DeviceId| registration.record_for(device).map_or(0, |r| r.key_version);
@@ -331,12 +330,9 @@ impl DeviceAuth {
                     Err(unauthenticated(AuthMode::Hmac))
                 }
             }
-            (Self::Jwt { .. }, Presented::Jwt(token)) => {
-                token
-                    .verify(registration.record_for(token.device()), now_ms / 1000)
-                    .map_err(jwt_refused)?;
-                Ok(Credential::Device(token.device().clone()))
-            }
+            // A JWT becomes `Verified` once the host has checked its signature, before the body
+            // (`jwt_check`, `jwt_checked`); one that did not is refused.
+            (Self::Jwt { .. }, Presented::Jwt(_)) => Err(jwt_refused(JwtError::Signature)),
             (_, _) => Err(unauthenticated(self.mode())),
         }
     }
@@ -349,7 +345,38 @@ impl DeviceAuth {
         now_ms: u64,
     ) -> Result<Credential, Problem> {
         let presented = self.presented(authorization, None, now_ms)?;
-        self.verify(presented, req, &Registration::Off, now_ms)
+        self.verify(presented, req, &Registration::Off)
+    }
+}
+
+impl DeviceAuth {
+    /// The signature check a JWT needs, with the key its `kid` names in the record of its
+    /// `sub` (`registration`); `None` for other credentials. Refused outright when the record
+    /// lists no such current key.
+    pub fn jwt_check<'p>(
+        presented: &'p Presented<'_>,
+        registration: &Registration,
+        now_ms: u64,
+    ) -> Option<Result<Es256Check<'p>, Problem>> {
+        let Presented::Jwt(token) = presented else {
+            return None;
+        };
+        let record = registration.record_for(token.device());
+        Some(token.check(record, now_ms / 1000).map_err(jwt_refused))
+    }
+
+    /// A JWT after the host's signature check: `Verified` for its device, or 401.
+    pub fn jwt_checked<'a>(
+        presented: Presented<'a>,
+        valid: bool,
+    ) -> Result<Presented<'a>, Problem> {
+        match presented {
+            Presented::Jwt(token) if valid => Ok(Presented::Verified(Credential::Device(
+                token.device().clone(),
+            ))),
+            Presented::Jwt(_) => Err(jwt_refused(JwtError::Signature)),
+            other => Ok(other),
+        }
     }
 }
 
@@ -678,24 +705,20 @@ mod tests {
             .presented(Some(&header), Some(&device("dev-1")), NOW_MS)
             .unwrap();
         assert_eq!(p.device(), Some(&device("dev-1")));
-        let p = auth.before_body(p, &off, NOW_MS).unwrap();
+        let p = auth.before_body(p, &off).unwrap();
         assert!(matches!(p, Presented::Verified(_)));
-        let cred = auth
-            .verify(p, &parts(b"not even json"), &off, NOW_MS)
-            .unwrap();
+        let cred = auth.verify(p, &parts(b"not even json"), &off).unwrap();
         assert_eq!(cred, Credential::Device(device("dev-1")));
         let p = auth
             .presented(Some(&header), Some(&device("dev-2")), NOW_MS)
             .unwrap();
-        assert_eq!(auth.before_body(p, &off, NOW_MS).unwrap_err().status(), 401);
+        assert_eq!(auth.before_body(p, &off).unwrap_err().status(), 401);
         // Not named: checked against the body's first device (the hint), else refused.
         let p = auth.presented(Some(&header), None, NOW_MS).unwrap();
         assert!(p.needs_device_hint());
-        let p = auth.before_body(p, &off, NOW_MS).unwrap();
+        let p = auth.before_body(p, &off).unwrap();
         assert_eq!(
-            auth.verify(p, &parts(b""), &off, NOW_MS)
-                .unwrap_err()
-                .status(),
+            auth.verify(p, &parts(b""), &off).unwrap_err().status(),
             401,
             "no device to check the token against"
         );
@@ -709,7 +732,6 @@ mod tests {
                     ..parts(b"")
                 },
                 &off,
-                NOW_MS,
             )
             .unwrap();
         assert!(cred
@@ -730,7 +752,7 @@ mod tests {
         ] {
             let p = auth
                 .presented(bad, Some(&device("dev-1")), NOW_MS)
-                .and_then(|p| auth.before_body(p, &off, NOW_MS))
+                .and_then(|p| auth.before_body(p, &off))
                 .unwrap_err();
             assert_eq!(p.status(), 401);
             assert!(!p.detail().contains(&header[7..15]));
@@ -954,7 +976,7 @@ mod tests {
         let check = |key: &str, registration: &Registration| {
             let header = format!("Bearer {key}");
             auth.presented(Some(&header), Some(&device("dev-1")), NOW_MS)
-                .and_then(|p| auth.before_body(p, registration, NOW_MS))
+                .and_then(|p| auth.before_body(p, registration))
                 .is_ok()
         };
         assert!(check(&v1, &registered("dev-1", 1)));
@@ -979,9 +1001,7 @@ mod tests {
         let header = sign(&v2, "dev-1", &parts(b"{}"), NOW_MS / 1000);
         let verify = |registration: &Registration| {
             let p = hmac_auth.presented(Some(&header), None, NOW_MS).unwrap();
-            hmac_auth
-                .verify(p, &parts(b"{}"), registration, NOW_MS)
-                .is_ok()
+            hmac_auth.verify(p, &parts(b"{}"), registration).is_ok()
         };
         assert!(verify(&registered("dev-1", 2)));
         assert!(!verify(&registered("dev-1", 1)));
@@ -1000,7 +1020,7 @@ mod tests {
         let admits = |auth: &DeviceAuth, key: String| {
             let header = format!("Bearer {key}");
             auth.presented(Some(&header), Some(&device("d")), NOW_MS)
-                .and_then(|p| auth.before_body(p, &Registration::Off, NOW_MS))
+                .and_then(|p| auth.before_body(p, &Registration::Off))
                 .is_ok()
         };
         assert!(admits(&during, old.device_key("d")));

@@ -5,18 +5,18 @@
 //! - [`parse`]: size, shape, the header's `alg` (exactly `ES256`: no `none`, no HMAC, so a
 //!   public key can never be used as an HMAC secret) and the claims (`aud`, `iat`, `exp`,
 //!   `nbf`, lifetime) against the clock. No store is read for a token that fails here.
-//! - [`DeviceJwt::verify`]: the signature, with the key `kid` names in the record of `sub`.
+//! - [`DeviceJwt::check`]: the signature, with the key `kid` names in the record of `sub`,
+//!   which the host verifies with its crypto (Workers: WebCrypto; elsewhere [`verify_es256`]).
 //!
 //! High-S signatures are accepted: RFC 7518 does not require low S, common device libraries
 //! (OpenSSL, mbedTLS) produce either half the time, and a second encoding of a signature lets
 //! no one sign anything new.
 
-use p256::ecdsa::signature::Verifier;
-use p256::ecdsa::{Signature, VerifyingKey};
 use serde::Deserialize;
 
 use crate::domain::device::{base64url, DeviceRecord};
 use crate::domain::reading::DeviceId;
+use crate::ports::Es256Check;
 
 /// The longest token read; longer is refused before it is decoded.
 pub const MAX_TOKEN_BYTES: usize = 2048;
@@ -69,12 +69,41 @@ struct Header<'a> {
     crit: Option<serde::de::IgnoredAny>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Audience {
-    One(String),
-    Many(Vec<String>),
+/// `aud`: one string or an array of them. Written by hand: serde's `untagged` buffers any
+/// value through its generic `Content` tree, some kilobytes of the Worker for one claim.
+struct Audience(Vec<String>);
+
+impl<'de> Deserialize<'de> for Audience {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Audience;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Audience, E> {
+                Ok(Audience(vec![v.to_owned()]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Audience, A::Error> {
+                let mut all = Vec::new();
+                while let Some(a) = seq.next_element::<String>()? {
+                    if all.len() == MAX_AUDIENCES {
+                        return Err(serde::de::Error::custom("too many audiences"));
+                    }
+                    all.push(a);
+                }
+                Ok(Audience(all))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
+
+/// Most entries of an `aud` array read.
+const MAX_AUDIENCES: usize = 16;
 
 #[derive(Deserialize)]
 struct Claims {
@@ -93,7 +122,8 @@ pub struct DeviceJwt {
     kid: String,
     /// `header.claims`, the bytes the signature covers.
     signed: String,
-    signature: Signature,
+    /// `r || s`.
+    signature: [u8; 64],
 }
 
 /// Checks a token's shape, algorithm and claims (see the module comment).
@@ -122,10 +152,7 @@ pub fn parse(token: &str, audience: &str, now_s: u64) -> Result<DeviceJwt, JwtEr
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or(JwtError::Malformed)?;
     let device = DeviceId::parse(&claims.sub).map_err(|_| JwtError::Malformed)?;
-    let for_us = match &claims.aud {
-        Audience::One(a) => a == audience,
-        Audience::Many(all) => all.iter().any(|a| a == audience),
-    };
+    let for_us = claims.aud.0.iter().any(|a| a == audience);
     if !for_us {
         return Err(JwtError::Audience);
     }
@@ -139,9 +166,8 @@ pub fn parse(token: &str, audience: &str, now_s: u64) -> Result<DeviceJwt, JwtEr
     if not_before > now_s.saturating_add(LEEWAY_S) {
         return Err(JwtError::NotYetValid);
     }
-    let signature = base64url(s)
-        .filter(|b| b.len() == 64)
-        .and_then(|b| Signature::from_slice(&b).ok())
+    let signature: [u8; 64] = base64url(s)
+        .and_then(|b| b.try_into().ok())
         .ok_or(JwtError::Signature)?;
     Ok(DeviceJwt {
         device,
@@ -157,19 +183,53 @@ impl DeviceJwt {
         &self.device
     }
 
-    /// The signature, with the current key `kid` names in the device's record.
-    pub fn verify(&self, record: Option<&DeviceRecord>, now_s: u64) -> Result<(), JwtError> {
+    /// What the host must verify: the signature with the current key `kid` names in the
+    /// device's record (none there: refused without a check).
+    pub fn check(
+        &self,
+        record: Option<&DeviceRecord>,
+        now_s: u64,
+    ) -> Result<Es256Check<'_>, JwtError> {
         let key = record
             .and_then(|r| r.key(&self.kid, now_s))
-            .and_then(|k| VerifyingKey::from_sec1_bytes(&k.sec1()).ok())
             .ok_or(JwtError::Signature)?;
-        key.verify(self.signed.as_bytes(), &self.signature)
-            .map_err(|_| JwtError::Signature)
+        Ok(Es256Check {
+            public_key: key.sec1(),
+            message: self.signed.as_bytes(),
+            signature: self.signature,
+        })
     }
+
+    /// [`check`](Self::check) and [`verify_es256`] at once, for tests and tools.
+    #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
+    pub fn verify(&self, record: Option<&DeviceRecord>, now_s: u64) -> Result<(), JwtError> {
+        let check = self.check(record, now_s)?;
+        if verify_es256(&check) {
+            Ok(())
+        } else {
+            Err(JwtError::Signature)
+        }
+    }
+}
+
+/// An ES256 signature checked in software (RustCrypto `p256`): for hosts without native
+/// crypto. An invalid key, an out-of-range `r` or `s`, or a wrong signature: false.
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
+pub fn verify_es256(check: &Es256Check<'_>) -> bool {
+    use p256::ecdsa::signature::Verifier;
+    use p256::ecdsa::{Signature, VerifyingKey};
+    let (Ok(key), Ok(signature)) = (
+        VerifyingKey::from_sec1_bytes(&check.public_key),
+        Signature::from_slice(&check.signature),
+    ) else {
+        return false;
+    };
+    key.verify(check.message, &signature).is_ok()
 }
 
 /// An ES256 JWT over `claims` (JSON) with `kid`, signed by the P-256 private scalar `d`: for
 /// `cargo xtask sign-jwt`, the simulator and tests. Signatures come out low-S.
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 pub fn sign(d: &[u8; 32], kid: &str, claims: &str) -> Option<String> {
     use crate::domain::device::to_base64url;
     use p256::ecdsa::signature::Signer;
@@ -180,17 +240,18 @@ pub fn sign(d: &[u8; 32], kid: &str, claims: &str) -> Option<String> {
         to_base64url(header.as_bytes()),
         to_base64url(claims.as_bytes())
     );
-    let signature: Signature = key.sign(signed.as_bytes());
+    let signature: p256::ecdsa::Signature = key.sign(signed.as_bytes());
     let signature = signature.normalize_s().unwrap_or(signature);
     Some(format!("{signed}.{}", to_base64url(&signature.to_bytes())))
 }
 
 /// The public point (`x`, `y`) of the private scalar `d`, or None if `d` is not a valid key.
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 pub fn public_point(d: &[u8; 32]) -> Option<([u8; 32], [u8; 32])> {
     let key = p256::ecdsa::SigningKey::from_slice(d).ok()?;
     let point = key.verifying_key().to_encoded_point(false);
     Some(((*point.x()?).into(), (*point.y()?).into()))
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(all(target_arch = "wasm32", target_os = "unknown"))))]
 mod tests;

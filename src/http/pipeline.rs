@@ -30,7 +30,7 @@ use crate::http::answer::{self, Answer};
 use crate::http::deployment::{Deployment, RegistryPolicy};
 use crate::http::problem::{Problem, ProblemType};
 use crate::http::routes::{self, Accepted, AdminQuery, Plan, RequestContext};
-use crate::ports::{BodyStream, EdgeFacts, Entropy, Level, StoreError, SystemEntropy};
+use crate::ports::{BodyStream, EdgeFacts, Entropy, Es256Check, Level, StoreError, SystemEntropy};
 
 /// Everything the request pipeline needs of a host: its deployment,
 /// clocks and log, its profile store, its outbox hand-off and its admin views.
@@ -67,6 +67,14 @@ pub trait Host {
     /// Takes accepted readings into the outbox (rate limits included): `Ok` once they are as
     /// durable as the host makes them.
     async fn accept(&self, edge: &EdgeInfo, accepted: &Accepted) -> Result<(), Problem>;
+    /// Whether an ES256 signature verifies (a device JWT). Natively and on wasi hosts: in
+    /// software (`http::jwt::verify_es256`); Workers checks it with WebCrypto.
+    #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
+    async fn verify_es256(&self, check: &Es256Check<'_>) -> bool {
+        crate::http::jwt::verify_es256(check)
+    }
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    async fn verify_es256(&self, check: &Es256Check<'_>) -> bool;
     /// An admin query's answer, as JSON text.
     async fn admin(&self, edge: &EdgeInfo, query: AdminQuery) -> Result<String, Problem>;
     fn log(&self, level: Level, event: &str, request_id: &str, fields: &[(&str, &str)]);
@@ -204,7 +212,15 @@ async fn serve<H: Host, B: BodyStream>(
                 Some(device) => registered(host, &config.registry, device, now, request_id).await?,
                 None => Registration::Off,
             };
-            ingest.check_before_body(config, &registration, now)?;
+            ingest.check_before_body(config, &registration)?;
+            let signature = match ingest.signature_check(&registration, now) {
+                None => None,
+                Some(Err(refused)) => return Err(refused.into()),
+                Some(Ok(check)) => Some(host.verify_es256(&check).await),
+            };
+            if let Some(valid) = signature {
+                ingest.signature_checked(valid)?;
+            }
             let bytes = if ingest.reads_body() {
                 read_body(body, ingest.limit).await?
             } else {

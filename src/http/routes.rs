@@ -122,10 +122,25 @@ impl Ingest<'_> {
         &mut self,
         config: &Policy,
         registration: &Registration,
-        now_ms: u64,
     ) -> Result<(), Problem> {
         let presented = std::mem::replace(&mut self.presented, Presented::Anyone);
-        self.presented = config.auth.before_body(presented, registration, now_ms)?;
+        self.presented = config.auth.before_body(presented, registration)?;
+        Ok(())
+    }
+
+    /// The ES256 signature the host must check before the body, for a JWT.
+    pub fn signature_check(
+        &self,
+        registration: &Registration,
+        now_ms: u64,
+    ) -> Option<Result<crate::ports::Es256Check<'_>, Problem>> {
+        crate::http::auth::DeviceAuth::jwt_check(&self.presented, registration, now_ms)
+    }
+
+    /// Takes the host's verdict on [`signature_check`](Self::signature_check).
+    pub fn signature_checked(&mut self, valid: bool) -> Result<(), Problem> {
+        let presented = std::mem::replace(&mut self.presented, Presented::Anyone);
+        self.presented = crate::http::auth::DeviceAuth::jwt_checked(presented, valid)?;
         Ok(())
     }
 }
@@ -338,7 +353,7 @@ pub fn ingest(
     };
     let credential = config
         .auth
-        .verify(plan.presented, &signed, ctx.registration, ctx.now_ms)?;
+        .verify(plan.presented, &signed, ctx.registration)?;
     let (readings, shape) = match (query_reading, plan.body) {
         (Some(reading), _) => (vec![reading], Shape::One),
         (None, None) => (vec![parse_query(query(parts))?], Shape::One),

@@ -62,9 +62,14 @@ fn send(base: &str, device: &str, temp: u32, authorization: &str) -> Resp {
         Ok(r) | Err(ureq::Error::Status(_, r)) => r,
         Err(e) => panic!("GET {url}: {e}"),
     };
+    let headers = r
+        .headers_names()
+        .into_iter()
+        .filter_map(|n| r.header(&n).map(|v| (n.clone(), v.to_owned())))
+        .collect();
     Resp {
         status: r.status(),
-        headers: Vec::new(),
+        headers,
         body: r.into_string().unwrap_or_default(),
     }
 }

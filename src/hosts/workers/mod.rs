@@ -12,6 +12,7 @@ mod batcher_client;
 mod group_commit;
 mod log;
 mod sql_store;
+mod webcrypto;
 mod wire;
 
 use std::cell::OnceCell;
@@ -241,6 +242,22 @@ impl Host for Worker<'_> {
             .text()
             .await
             .map_err(|e| StoreError(e.to_string()))
+    }
+
+    /// WebCrypto; a key it refuses (not on the curve) does not verify.
+    async fn verify_es256(&self, check: &crate::ports::Es256Check<'_>) -> bool {
+        match webcrypto::verify_es256(check).await {
+            Ok(valid) => valid,
+            Err(e) => {
+                log::at(
+                    Level::Warn,
+                    "jwt_key_refused",
+                    "",
+                    &[("error", &format!("{e:?}"))],
+                );
+                false
+            }
+        }
     }
 
     /// The `DEVICES` KV namespace, key `device/<id>`, behind KV's edge cache (so a change shows

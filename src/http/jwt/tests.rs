@@ -1,5 +1,6 @@
 use super::*;
 use crate::domain::device::to_base64url;
+use p256::ecdsa::Signature;
 
 const AUD: &str = "edge-enrich-test";
 const NOW: u64 = 1_800_000_000;

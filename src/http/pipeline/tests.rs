@@ -164,6 +164,10 @@ impl Host for FakeHost {
             .extend(accepted.readings.iter().map(|r| r.id.clone()));
         Ok(())
     }
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    async fn verify_es256(&self, _: &crate::ports::Es256Check<'_>) -> bool {
+        false
+    }
     async fn admin(&self, _: &EdgeInfo, q: AdminQuery) -> Result<String, Problem> {
         Ok(format!("{{\"query\":\"{q:?}\"}}"))
     }
@@ -601,7 +605,6 @@ mod registry {
     //! cached, and its say (tags, revocation, required, key versions, JWT keys) on every host.
 
     use super::*;
-    use crate::domain::device::to_base64url;
 
     fn put(hosts: &[FakeHost], device: &str, record: &str) {
         for h in hosts {
@@ -764,71 +767,78 @@ mod registry {
         }
     }
 
-    const D: [u8; 32] = [5; 32];
+    /// Device JWTs, verified in software (natively the host's default).
+    #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
+    mod jwt {
+        use super::*;
+        use crate::domain::device::to_base64url;
 
-    fn jwt_hosts() -> Vec<FakeHost> {
-        let hosts = FakeHost::all(&[
-            ("AUTH_MODE", "jwt"),
-            ("JWT_AUDIENCE", "https://edge.test"),
-            ("REGISTRY_MODE", "required"),
-        ]);
-        let (x, y) = crate::http::jwt::public_point(&D).unwrap();
-        put(
-            &hosts,
-            "jwt-1",
-            &format!(
-                r#"{{"status":"active","keys":[{{"kid":"k1","alg":"ES256","x":"{}","y":"{}"}}]}}"#,
-                to_base64url(&x),
-                to_base64url(&y)
-            ),
-        );
-        hosts
-    }
+        const D: [u8; 32] = [5; 32];
 
-    fn jwt(sub: &str, aud: &str, iat: u64, exp: u64) -> String {
-        let claims = serde_json::json!({"sub": sub, "aud": aud, "iat": iat, "exp": exp});
-        format!(
-            "Bearer {}",
-            crate::http::jwt::sign(&D, "k1", &claims.to_string()).unwrap()
-        )
-    }
-
-    #[test]
-    fn jwt_devices_through_the_pipeline() {
-        let hosts = jwt_hosts();
-        let now = 1_800_000_000;
-        for h in &hosts {
-            let a = get(
-                h,
+        fn jwt_hosts() -> Vec<FakeHost> {
+            let hosts = FakeHost::all(&[
+                ("AUTH_MODE", "jwt"),
+                ("JWT_AUDIENCE", "https://edge.test"),
+                ("REGISTRY_MODE", "required"),
+            ]);
+            let (x, y) = crate::http::jwt::public_point(&D).unwrap();
+            put(
+                &hosts,
                 "jwt-1",
-                &jwt("jwt-1", "https://edge.test", now, now + 600),
+                &format!(
+                    r#"{{"status":"active","keys":[{{"kid":"k1","alg":"ES256","x":"{}","y":"{}"}}]}}"#,
+                    to_base64url(&x),
+                    to_base64url(&y)
+                ),
             );
-            assert_eq!(a.status(), 200, "{}", a.body());
-            let before = h.accepted.borrow().len();
-            for (bad, why) in [
-                (jwt("jwt-1", "https://other", now, now + 600), "wrong aud"),
-                (
-                    jwt("jwt-1", "https://edge.test", now - 7200, now - 3600),
-                    "expired",
-                ),
-                (
-                    jwt("jwt-1", "https://edge.test", now, now + 90_000),
-                    "lifetime",
-                ),
-                (token("jwt-1"), "a derived token"),
-            ] {
-                let a = get(h, "jwt-1", &bad);
-                assert_eq!(a.status(), 401, "{why}: {}", a.body());
-                assert!(answer::header(&a, "www-authenticate").is_some());
+            hosts
+        }
+
+        fn jwt(sub: &str, aud: &str, iat: u64, exp: u64) -> String {
+            let claims = serde_json::json!({"sub": sub, "aud": aud, "iat": iat, "exp": exp});
+            format!(
+                "Bearer {}",
+                crate::http::jwt::sign(&D, "k1", &claims.to_string()).unwrap()
+            )
+        }
+
+        #[test]
+        fn jwt_devices_through_the_pipeline() {
+            let hosts = jwt_hosts();
+            let now = 1_800_000_000;
+            for h in &hosts {
+                let a = get(
+                    h,
+                    "jwt-1",
+                    &jwt("jwt-1", "https://edge.test", now, now + 600),
+                );
+                assert_eq!(a.status(), 200, "{}", a.body());
+                let before = h.accepted.borrow().len();
+                for (bad, why) in [
+                    (jwt("jwt-1", "https://other", now, now + 600), "wrong aud"),
+                    (
+                        jwt("jwt-1", "https://edge.test", now - 7200, now - 3600),
+                        "expired",
+                    ),
+                    (
+                        jwt("jwt-1", "https://edge.test", now, now + 90_000),
+                        "lifetime",
+                    ),
+                    (token("jwt-1"), "a derived token"),
+                ] {
+                    let a = get(h, "jwt-1", &bad);
+                    assert_eq!(a.status(), 401, "{why}: {}", a.body());
+                    assert!(answer::header(&a, "www-authenticate").is_some());
+                }
+                // A valid token of jwt-1 cannot send for another device.
+                let a = get(
+                    h,
+                    "jwt-2",
+                    &jwt("jwt-1", "https://edge.test", now, now + 600),
+                );
+                assert_eq!(a.status(), 403, "{}", a.body());
+                assert_eq!(h.accepted.borrow().len(), before, "nothing accepted");
             }
-            // A valid token of jwt-1 cannot send for another device.
-            let a = get(
-                h,
-                "jwt-2",
-                &jwt("jwt-1", "https://edge.test", now, now + 600),
-            );
-            assert_eq!(a.status(), 403, "{}", a.body());
-            assert_eq!(h.accepted.borrow().len(), before, "nothing accepted");
         }
     }
 }

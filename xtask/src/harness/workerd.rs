@@ -82,7 +82,8 @@ impl WorkersHost {
             config.push_str(
                 "\n[[durable_objects.bindings]]\nname = \"BATCHER\"\nclass_name = \"Batcher\"\n\n\
                  [[migrations]]\ntag = \"v1\"\nnew_sqlite_classes = [\"Batcher\"]\n\n\
-                 [[kv_namespaces]]\nbinding = \"PROFILES\"\nid = \"edge-enrich-local-profiles\"\n",
+                 [[kv_namespaces]]\nbinding = \"PROFILES\"\nid = \"edge-enrich-local-profiles\"\n\n\
+                 [[kv_namespaces]]\nbinding = \"DEVICES\"\nid = \"edge-enrich-local-devices\"\n",
             );
         }
         let path = self.dir.join("wrangler.toml");
