@@ -150,3 +150,25 @@ fn device_simulator_with_signatures_and_collector_check() {
     xtask::sim::run(&options).expect("every accepted reading stored exactly once");
     assert!(collector.stats()["readings"].as_u64().unwrap() >= 300);
 }
+
+/// The portable flavour's registry (the `REGISTRY` variable) with ES256 device JWTs, verified
+/// by RustCrypto p256 inside the component: the good token, high S, a disabled device and every
+/// hostile case; only the accepted readings reach the collector.
+#[test]
+#[ignore = "end-to-end: needs the built component and the collector (scripts/test.sh)"]
+fn registry_and_jwt_in_the_portable_flavour() {
+    let dir = scratch("wasmtime-registry-jwt");
+    let collector = Collector::start(&dir);
+    let registry = support::registry::jwt_registry_var();
+    let mut vars = support::registry::jwt_vars();
+    let ingest = collector.ingest_url();
+    vars.push(("COLLECTOR_URL", &ingest));
+    vars.push(("REGISTRY", &registry));
+    let host = LocalServer::wasmtime(&dir, &component(), &vars, false);
+    let accepted = support::registry::jwt_cases(&host.url(""));
+    collector.assert_stored_exactly(&accepted, Duration::from_secs(20));
+    assert!(collector
+        .readings_of("jwt-a")
+        .iter()
+        .all(|v| v["device"]["tags"]["auth"] == "jwt"));
+}

@@ -188,13 +188,72 @@ fn with_header(token: &str, header: &str) -> String {
     format!("{}.{rest}", to_base64url(header.as_bytes()))
 }
 
-/// JWT mode: a good token, a high-S one, and every hostile case with its status. Returns the
-/// ids accepted.
+/// JWT mode with records written while the host runs: [`jwt_cases`], then a revocation.
+/// Returns the ids accepted.
 pub fn jwt_mode(base: &str, put: &dyn Fn(&str, &str), collector: &Collector) -> BTreeSet<String> {
+    for (key, value) in jwt_records() {
+        put(&key, &value);
+    }
+    let mut accepted = jwt_cases(base);
+    let now = now_s();
+    let good = jwt::sign(&D, "k1", &claims("jwt-a", AUDIENCE, now, now + 600)).unwrap();
+    // Revoked: its still-valid token is refused.
+    put(
+        "device/jwt-a",
+        &record(&D, "k1").replace("active", "disabled"),
+    );
+    let refused = wait_for(SLACK, "jwt-a refused once disabled", || {
+        let r = send(base, "jwt-a", 3, &bearer(&good));
+        match r.status {
+            200 => {
+                accepted.extend(accepted_ids(&r));
+                None
+            }
+            _ => Some(r),
+        }
+    });
+    assert_eq!(
+        problem_type(&refused),
+        "urn:edge-enrich:problem:device-disabled"
+    );
+    collector.assert_stored_exactly(&accepted, Duration::from_secs(30));
+    assert!(
+        collector
+            .readings_of("jwt-a")
+            .iter()
+            .all(|v| v["raw"]["value"] != 99.0),
+        "nothing of a refused request reached the collector"
+    );
+    accepted
+}
+
+/// The records the JWT suite runs with: `jwt-a` and `jwt-b` with their own keys, `jwt-off`
+/// disabled (with `jwt-a`'s key).
+pub fn jwt_records() -> Vec<(String, String)> {
+    vec![
+        ("device/jwt-a".into(), record(&D, "k1")),
+        ("device/jwt-b".into(), record(&OTHER_D, "k1")),
+        (
+            "device/jwt-off".into(),
+            record(&D, "k1").replace("active", "disabled"),
+        ),
+    ]
+}
+
+/// The same records as one `REGISTRY` value (the portable flavour's registry).
+pub fn jwt_registry_var() -> String {
+    let entries: Vec<String> = jwt_records()
+        .into_iter()
+        .map(|(k, v)| format!("\"{}\":{v}", k.trim_start_matches("device/")))
+        .collect();
+    format!("{{{}}}", entries.join(","))
+}
+
+/// With [`jwt_records`] in place: a good token, a high-S one, a disabled device, and every
+/// hostile case with its status. Returns the ids accepted.
+pub fn jwt_cases(base: &str) -> BTreeSet<String> {
     use hmac::Mac;
     let mut accepted = BTreeSet::new();
-    put("device/jwt-a", &record(&D, "k1"));
-    put("device/jwt-b", &record(&OTHER_D, "k1"));
     let now = now_s();
     let good = jwt::sign(&D, "k1", &claims("jwt-a", AUDIENCE, now, now + 600)).unwrap();
     let r = wait_for(Duration::from_secs(30), "jwt-a's record in use", || {
@@ -301,33 +360,11 @@ pub fn jwt_mode(base: &str, put: &dyn Fn(&str, &str), collector: &Collector) -> 
     // A good token of jwt-b cannot send jwt-a's readings.
     let b = signed(&OTHER_D, "k1", claims("jwt-b", AUDIENCE, now, now + 600));
     assert_problem(&send(base, "jwt-a", 99, &bearer(&b)), 403);
-    // Revoked: its still-valid token is refused.
-    put(
-        "device/jwt-a",
-        &record(&D, "k1").replace("active", "disabled"),
-    );
-    let refused = wait_for(SLACK, "jwt-a refused once disabled", || {
-        let r = send(base, "jwt-a", 3, &bearer(&good));
-        match r.status {
-            200 => {
-                accepted.extend(accepted_ids(&r));
-                None
-            }
-            _ => Some(r),
-        }
-    });
-    assert_eq!(
-        problem_type(&refused),
-        "urn:edge-enrich:problem:device-disabled"
-    );
-    eprintln!("registry: {} hostile JWTs refused", cases.len() + 1);
-    collector.assert_stored_exactly(&accepted, Duration::from_secs(30));
-    assert!(
-        collector
-            .readings_of("jwt-a")
-            .iter()
-            .all(|v| v["raw"]["value"] != 99.0),
-        "nothing of a refused request reached the collector"
-    );
+    // A disabled device's valid token.
+    let off = signed(&D, "k1", claims("jwt-off", AUDIENCE, now, now + 600));
+    let r = send(base, "jwt-off", 99, &bearer(&off));
+    assert_problem(&r, 403);
+    assert_eq!(problem_type(&r), "urn:edge-enrich:problem:device-disabled");
+    eprintln!("registry: {} hostile JWTs refused", cases.len() + 2);
     accepted
 }

@@ -423,6 +423,156 @@ fn wasmtime_section(o: &Options, collector: &Collector, dir: &Path) -> Value {
     out
 }
 
+/// Devices the registry bench reads, each first unseen (cold), then cached (warm).
+const REGISTRY_DEVICES: usize = 200;
+const REGISTRY_SECRET: &str = "bench-registry-master-secret-0123456789";
+const REGISTRY_AUDIENCE: &str = "https://bench.edge";
+const REGISTRY_D: [u8; 32] = [0x42; 32];
+
+/// Latency percentiles (ms) of `samples`.
+fn percentiles(mut samples: Vec<f64>) -> Value {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    json!({ "n": samples.len(), "p50_ms": at(0.5), "p90_ms": at(0.9), "p99_ms": at(0.99) })
+}
+
+/// One GET per device on one keep-alive connection, timed at the client; every answer must be
+/// a 200 (a refused reading would time a shorter path).
+fn timed_gets(base: &str, devices: &[String], auth: &dyn Fn(&str) -> String) -> Value {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build();
+    let mut samples = Vec::with_capacity(devices.len());
+    for d in devices {
+        let url = format!("{base}/v1/readings?device_id={d}&temp=21.5");
+        let started = Instant::now();
+        let r = agent.get(&url).set("authorization", &auth(d)).call();
+        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+        match r {
+            Ok(r) if r.status() == 200 => {}
+            Ok(r) => panic!("registry bench: {} for {d}", r.status()),
+            Err(e) => panic!("registry bench: {d}: {e}"),
+        }
+    }
+    percentiles(samples)
+}
+
+/// The registry's cost on the hot path (issue #21): a device's first request (its record read
+/// from the store: cold) against later ones (cached: warm) and against the registry off, with
+/// derived tokens; then device JWTs (an ES256 check per request: WebCrypto on Workers, p256 in
+/// the component on wasmtime). Workers reads KV (`wrangler dev`, local KV); the portable
+/// flavour has no store and reads its `REGISTRY` variable.
+fn registry_section(collector: &Collector, dir: &Path) -> Value {
+    use edge_enrich::domain::device::to_base64url;
+    use edge_enrich::http::{auth::MasterSecret, jwt};
+    let devices: Vec<String> = (0..REGISTRY_DEVICES).map(|i| format!("reg-{i}")).collect();
+    let (x, y) = jwt::public_point(&REGISTRY_D).expect("key");
+    let record = format!(
+        r#"{{"status":"active","tags":{{"site":"bench"}},"key_version":1,"keys":[{{"kid":"k1","alg":"ES256","x":"{}","y":"{}"}}]}}"#,
+        to_base64url(&x),
+        to_base64url(&y)
+    );
+    let secret = MasterSecret::new(REGISTRY_SECRET).expect("secret");
+    let v0 = |d: &str| format!("Bearer {}", secret.device_key_v(d, 0));
+    let v1 = |d: &str| format!("Bearer {}", secret.device_key_v(d, 1));
+    let token = |d: &str| {
+        let now = now_ms() / 1000;
+        let claims = json!({"sub": d, "aud": REGISTRY_AUDIENCE, "iat": now, "exp": now + 3600});
+        format!(
+            "Bearer {}",
+            jwt::sign(&REGISTRY_D, "k1", &claims.to_string()).expect("token")
+        )
+    };
+    let vars = |mode: &str, registry: &str| -> Vec<(String, String)> {
+        let mut v = edge_vars(collector);
+        v.retain(|(k, _)| k != "AUTH_MODE");
+        v.extend([
+            ("AUTH_SECRET".into(), REGISTRY_SECRET.into()),
+            ("REGISTRY_TTL_S".into(), "3600".into()),
+            ("JWT_AUDIENCE".into(), REGISTRY_AUDIENCE.into()),
+        ]);
+        match mode {
+            "off" => v.extend([
+                ("AUTH_MODE".into(), "token".into()),
+                ("REGISTRY_MODE".into(), "off".into()),
+            ]),
+            "jwt" => v.extend([
+                ("AUTH_MODE".into(), "jwt".into()),
+                ("REGISTRY_MODE".into(), "required".into()),
+            ]),
+            _ => v.extend([
+                ("AUTH_MODE".into(), "token".into()),
+                ("REGISTRY_MODE".into(), "required".into()),
+            ]),
+        }
+        if !registry.is_empty() {
+            v.push(("REGISTRY".into(), registry.into()));
+        }
+        v
+    };
+    let mut out = json!({ "devices": REGISTRY_DEVICES });
+
+    // wrangler dev: records in the local DEVICES namespace, one bulk write.
+    let pairs: Vec<(String, String)> = devices
+        .iter()
+        .map(|d| (format!("device/{d}"), record.clone()))
+        .collect();
+    let mut rows = json!({});
+    for mode in ["off", "token", "jwt"] {
+        let scratch_dir = dir.join(format!("registry-wrangler-dev-{mode}"));
+        std::fs::create_dir_all(&scratch_dir).expect("scratch");
+        let spec = WorkerSpec {
+            main_js: repo_root().join("build/entry.mjs"),
+            vars: vars(mode, ""),
+            batcher: true,
+        };
+        let host = WorkersHost::start_worker(&scratch_dir, spec);
+        host.kv_bulk_put("DEVICES", &pairs);
+        let base = host.url("");
+        let auth: &dyn Fn(&str) -> String = match mode {
+            "off" => &v0,
+            "token" => &v1,
+            _ => &token,
+        };
+        rows[mode] = json!({
+            "cold": timed_gets(&base, &devices, auth),
+            "warm": timed_gets(&base, &devices, auth),
+        });
+    }
+    out["wrangler-dev"] = rows;
+
+    // wasmtime serve, portable flavour: the records in its REGISTRY variable.
+    let registry = format!(
+        "{{{}}}",
+        devices
+            .iter()
+            .map(|d| format!("\"{d}\":{record}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let component = repo_root().join("target/components/edge_enrich_wasi_http.wasm");
+    let mut rows = json!({});
+    for mode in ["off", "token", "jwt"] {
+        let scratch_dir = dir.join(format!("registry-wasmtime-{mode}"));
+        std::fs::create_dir_all(&scratch_dir).expect("scratch");
+        let vars = vars(mode, if mode == "off" { "" } else { &registry });
+        let env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let host = LocalServer::wasmtime(&scratch_dir, &component, &env, false);
+        let base = host.base_url();
+        let auth: &dyn Fn(&str) -> String = match mode {
+            "off" => &v0,
+            "token" => &v1,
+            _ => &token,
+        };
+        rows[mode] = json!({
+            "cold": timed_gets(&base, &devices, auth),
+            "warm": timed_gets(&base, &devices, auth),
+        });
+    }
+    out["wasmtime"] = rows;
+    out
+}
+
 /// How long the one-connection latency is measured.
 const ONE_CONNECTION_RUN: Duration = Duration::from_secs(5);
 
@@ -973,6 +1123,21 @@ fn print_table(r: &Value, o: &Options) {
         "spin: durable calls per 500-reading POST: {}\nspin: instances started per host: {}",
         r["spin"]["durable_per_post_500"], r["spin"]["instances_started"]
     );
+    if r["registry"].is_object() {
+        println!("\nregistry: client latency p50 / p99 (ms), one keep-alive connection, {} devices each first unseen (cold), then cached (warm):", r["registry"]["devices"]);
+        for host in ["wrangler-dev", "wasmtime"] {
+            for mode in ["off", "token", "jwt"] {
+                let row = &r["registry"][host][mode];
+                println!(
+                    "  {host:<13} {mode:<6} cold {} / {}   warm {} / {}",
+                    row["cold"]["p50_ms"],
+                    row["cold"]["p99_ms"],
+                    row["warm"]["p50_ms"],
+                    row["warm"]["p99_ms"]
+                );
+            }
+        }
+    }
     let c = &r["core"];
     println!(
         "\ncore ns/reading: wasm {} | native {} | criterion {}",
@@ -1018,6 +1183,10 @@ pub fn run(o: &Options) {
     if o.wants("wasmtime") {
         eprintln!("load on wasmtime serve ...");
         results["wasmtime"] = wasmtime_section(o, &collector, &dir);
+    }
+    if o.wants("registry") {
+        eprintln!("registry reads, cold and warm ...");
+        results["registry"] = registry_section(&collector, &dir);
     }
     if o.wants("spin") {
         eprintln!("load on spin up ...");

@@ -1,5 +1,5 @@
 //! `cargo xtask <task>`: developer tasks that drive real processes.
-//!   bench [--duration SECONDS] [--connections 100,10] [--only core|sizes|workers|workerd|wrangler-dev|wasmtime|spin]
+//!   bench [--duration SECONDS] [--connections 100,10] [--only core|sizes|workers|workerd|wrangler-dev|wasmtime|registry|spin]
 //!   sim [--url URL] [--devices N] [--rate R] [--duration S] [--auth token|hmac] [--sign-host HOST] [--check COLLECTOR]
 //!   mint-token DEVICE_ID [--key-version N]    a device's key / bearer token
 //!   sign DEVICE_ID METHOD URL [BODY_FILE [CONTENT_TYPE]] [--key-version N]
@@ -14,7 +14,7 @@ use edge_enrich::domain::reading::DeviceId;
 use edge_enrich::http::auth::{sign, MasterSecret, SignedParts};
 use xtask::{bench, fleet, sim};
 
-const USAGE: &str = "usage: cargo xtask bench [--duration SECONDS] [--connections 100,10] [--only core|sizes|workers|workerd|wrangler-dev|wasmtime|spin]
+const USAGE: &str = "usage: cargo xtask bench [--duration SECONDS] [--connections 100,10] [--only core|sizes|workers|workerd|wrangler-dev|wasmtime|registry|spin]
        cargo xtask sim [--url URL] [--devices N] [--rate READINGS_PER_S] [--duration S] [--threads T] [--auth token|hmac] [--sign-host HOST] [--check COLLECTOR_URL]
        AUTH_SECRET=... cargo xtask mint-token DEVICE_ID [--key-version N]
        AUTH_SECRET=... cargo xtask sign DEVICE_ID METHOD URL [BODY_FILE [CONTENT_TYPE]] [--key-version N]

@@ -193,6 +193,32 @@ impl WorkersHost {
         );
     }
 
+    /// `wrangler kv bulk put --local` of `(key, value)` pairs, one wrangler call for all.
+    pub fn kv_bulk_put(&self, binding: &str, pairs: &[(String, String)]) {
+        let file = self.dir.join(format!("bulk-{binding}.json"));
+        let doc: Vec<serde_json::Value> = pairs
+            .iter()
+            .map(|(k, v)| serde_json::json!({"key": k, "value": v}))
+            .collect();
+        std::fs::write(&file, serde_json::Value::Array(doc).to_string()).expect("bulk file");
+        let out = Command::new(repo_root().join("node_modules/.bin/wrangler"))
+            .current_dir(&self.dir)
+            .env("WRANGLER_SEND_METRICS", "false")
+            .args(["kv", "bulk", "put", "--config"])
+            .arg(self.dir.join("wrangler.toml"))
+            .args(["--binding", binding, "--local", "--persist-to"])
+            .arg(self.dir.join("state"))
+            .arg(&file)
+            .output()
+            .expect("wrangler kv bulk put");
+        assert!(
+            out.status.success(),
+            "wrangler kv bulk put: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Kills workerd and wrangler without a chance to clean up, then starts them again on the
     /// same port with the same persisted state.
     pub fn crash_and_restart(&mut self) {
