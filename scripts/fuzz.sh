@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(query body_json body_ndjson calibration_profiles)
+[[ ${#targets[@]} -gt 0 ]] || targets=(query body_json body_ndjson calibration_profiles registry_and_jwt)
 
 command -v cargo-fuzz >/dev/null || scripts/setup.sh
 export RUSTC_BOOTSTRAP=1

@@ -18,6 +18,7 @@ pub type Check = fn(&[u8]);
 
 pub const TARGETS: &[(&str, Check)] = &[
     ("query", query),
+    ("registry_and_jwt", registry_and_jwt),
     ("body_json", body_json),
     ("body_ndjson", body_ndjson),
     ("calibration_profiles", calibration_profiles),
@@ -145,5 +146,31 @@ pub fn calibration_profiles(data: &[u8]) {
             }
         }
         Err(errors) => assert!(!errors.is_empty() && errors.iter().all(|e| !e.is_empty())),
+    }
+}
+
+/// A registry record and a device JWT, both from the same bytes: a record parses within its
+/// bounds or names its fault; a token is judged without panicking, and one that passes its
+/// checks names a valid device and only verifies with the key that signed it.
+pub fn registry_and_jwt(data: &[u8]) {
+    use edge_enrich::domain::device::{DeviceRecord, MAX_KEYS, MAX_TAGS};
+    use edge_enrich::http::jwt;
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match DeviceRecord::parse(text) {
+        Ok(r) => assert!(r.tags.len() <= MAX_TAGS && r.keys.len() <= MAX_KEYS),
+        Err(fault) => assert!(!fault.is_empty()),
+    }
+    const NOW: u64 = 1_800_000_000;
+    if let Ok(token) = jwt::parse(text, "fuzz-aud", NOW) {
+        assert!(DeviceId::parse(token.device().as_str()).is_ok());
+        assert!(text.len() <= jwt::MAX_TOKEN_BYTES);
+        let record = DeviceRecord::parse(
+            r#"{"status":"active","keys":[{"kid":"k1","alg":"ES256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#,
+        )
+        .unwrap();
+        // RFC 7515 A.3's key: no fuzzed input can carry a signature it made.
+        let _ = token.verify(Some(&record), NOW);
     }
 }
