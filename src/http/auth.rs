@@ -352,17 +352,22 @@ impl DeviceAuth {
 impl DeviceAuth {
     /// The signature check a JWT needs, with the key its `kid` names in the record of its
     /// `sub` (`registration`); `None` for other credentials. Refused outright when the record
-    /// lists no such current key.
+    /// lists no such current key. With the check, the token's expiry.
     pub fn jwt_check<'p>(
         presented: &'p Presented<'_>,
         registration: &Registration,
         now_ms: u64,
-    ) -> Option<Result<Es256Check<'p>, Problem>> {
+    ) -> Option<Result<(Es256Check<'p>, u64), Problem>> {
         let Presented::Jwt(token) = presented else {
             return None;
         };
         let record = registration.record_for(token.device());
-        Some(token.check(record, now_ms / 1000).map_err(jwt_refused))
+        Some(
+            token
+                .check(record, now_ms / 1000)
+                .map(|check| (check, token.expires_s()))
+                .map_err(jwt_refused),
+        )
     }
 
     /// A JWT after the host's signature check: `Verified` for its device, or 401.

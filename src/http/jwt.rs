@@ -124,6 +124,8 @@ pub struct DeviceJwt {
     signed: String,
     /// `r || s`.
     signature: [u8; 64],
+    /// `exp`, Unix seconds.
+    expires_s: u64,
 }
 
 /// Checks a token's shape, algorithm and claims (see the module comment).
@@ -174,6 +176,7 @@ pub fn parse(token: &str, audience: &str, now_s: u64) -> Result<DeviceJwt, JwtEr
         kid,
         signed: token[..h.len() + 1 + c.len()].to_owned(),
         signature,
+        expires_s: claims.exp,
     })
 }
 
@@ -181,6 +184,11 @@ impl DeviceJwt {
     /// The device the token speaks for (`sub`), not yet proven.
     pub fn device(&self) -> &DeviceId {
         &self.device
+    }
+
+    /// When the token expires (`exp`, Unix seconds).
+    pub fn expires_s(&self) -> u64 {
+        self.expires_s
     }
 
     /// What the host must verify: the signature with the current key `kid` names in the
@@ -209,6 +217,55 @@ impl DeviceJwt {
         } else {
             Err(JwtError::Signature)
         }
+    }
+}
+
+/// Signatures this isolate/instance has verified. An ECDSA verification is a pure function of
+/// (key, message, signature), so a triple that verified once verifies for ever: a device that
+/// re-sends its token (the usual case, for the token's lifetime) pays the curve arithmetic
+/// once per isolate or instance, not per request (in software inside wasm it is about 4 ms).
+/// The claims are still judged, and the key still looked up in the record, on every request.
+/// Entries are bounded; at the bound expired tokens go first, then all.
+#[derive(Debug, Default)]
+pub struct VerifiedSignatures {
+    seen: std::collections::HashMap<[u8; 32], u64>,
+}
+
+impl VerifiedSignatures {
+    pub const MAX_ENTRIES: usize = 10_000;
+
+    /// What identifies a check: SHA-256 of key, signature and message.
+    pub fn digest(check: &Es256Check<'_>) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(check.public_key);
+        h.update(check.signature);
+        h.update(check.message);
+        h.finalize().into()
+    }
+
+    pub fn contains(&self, digest: &[u8; 32]) -> bool {
+        self.seen.contains_key(digest)
+    }
+
+    /// Records a verified check of a token that expires at `expires_s`.
+    pub fn insert(&mut self, digest: [u8; 32], expires_s: u64, now_s: u64) {
+        if self.seen.len() >= Self::MAX_ENTRIES {
+            self.seen
+                .retain(|_, exp| exp.saturating_add(LEEWAY_S) >= now_s);
+            if self.seen.len() >= Self::MAX_ENTRIES {
+                self.seen.clear();
+            }
+        }
+        self.seen.insert(digest, expires_s);
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
     }
 }
 

@@ -28,6 +28,7 @@ use crate::domain::ids;
 use crate::domain::reading::DeviceId;
 use crate::http::answer::{self, Answer};
 use crate::http::deployment::{Deployment, RegistryPolicy};
+use crate::http::jwt::VerifiedSignatures;
 use crate::http::problem::{Problem, ProblemType};
 use crate::http::routes::{self, Accepted, AdminQuery, Plan, RequestContext};
 use crate::ports::{BodyStream, EdgeFacts, Entropy, Es256Check, Level, StoreError, SystemEntropy};
@@ -90,6 +91,8 @@ thread_local! {
     static PROFILE_CACHE: CacheSlot = const { RefCell::new(None) };
     // Device records, per isolate / instance.
     static REGISTRY_CACHE: RegistrySlot = RefCell::new(RegistryCache::default());
+    // Device-JWT signatures verified, per isolate / instance.
+    static VERIFIED_SIGNATURES: RefCell<VerifiedSignatures> = RefCell::new(VerifiedSignatures::default());
 }
 
 /// Answers one request.
@@ -216,7 +219,16 @@ async fn serve<H: Host, B: BodyStream>(
             let signature = match ingest.signature_check(&registration, now) {
                 None => None,
                 Some(Err(refused)) => return Err(refused.into()),
-                Some(Ok(check)) => Some(host.verify_es256(&check).await),
+                Some(Ok((check, expires_s))) => {
+                    let digest = VerifiedSignatures::digest(&check);
+                    let known = VERIFIED_SIGNATURES.with(|v| v.borrow().contains(&digest));
+                    let valid = known || host.verify_es256(&check).await;
+                    if valid && !known {
+                        VERIFIED_SIGNATURES
+                            .with(|v| v.borrow_mut().insert(digest, expires_s, now / 1000));
+                    }
+                    Some(valid)
+                }
             };
             if let Some(valid) = signature {
                 ingest.signature_checked(valid)?;

@@ -128,12 +128,13 @@ impl Ingest<'_> {
         Ok(())
     }
 
-    /// The ES256 signature the host must check before the body, for a JWT.
+    /// The ES256 signature the host must check before the body, for a JWT, and when the
+    /// token expires.
     pub fn signature_check(
         &self,
         registration: &Registration,
         now_ms: u64,
-    ) -> Option<Result<crate::ports::Es256Check<'_>, Problem>> {
+    ) -> Option<Result<(crate::ports::Es256Check<'_>, u64), Problem>> {
         crate::http::auth::DeviceAuth::jwt_check(&self.presented, registration, now_ms)
     }
 

@@ -432,7 +432,10 @@ const REGISTRY_D: [u8; 32] = [0x42; 32];
 /// Latency percentiles (ms) of `samples`.
 fn percentiles(mut samples: Vec<f64>) -> Value {
     samples.sort_by(f64::total_cmp);
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    let at = |q: f64| {
+        let ms = samples[((samples.len() - 1) as f64 * q).round() as usize];
+        (ms * 100.0).round() / 100.0
+    };
     json!({ "n": samples.len(), "p50_ms": at(0.5), "p90_ms": at(0.9), "p99_ms": at(0.99) })
 }
 

@@ -36,6 +36,7 @@ struct FakeHost {
     record_reads: Cell<u32>,
     registry_down: Cell<bool>,
     now: Cell<u64>,
+    signatures_checked: Cell<u32>,
 }
 
 impl AdmissionPorts for FakeHost {
@@ -118,6 +119,7 @@ impl FakeHost {
             record_reads: Cell::new(0),
             registry_down: Cell::new(false),
             now: Cell::new(1_800_000_000_000),
+            signatures_checked: Cell::new(0),
         })
         .collect()
     }
@@ -167,6 +169,12 @@ impl Host for FakeHost {
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     async fn verify_es256(&self, _: &crate::ports::Es256Check<'_>) -> bool {
         false
+    }
+    #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
+    async fn verify_es256(&self, check: &crate::ports::Es256Check<'_>) -> bool {
+        self.signatures_checked
+            .set(self.signatures_checked.get() + 1);
+        crate::http::jwt::verify_es256(check)
     }
     async fn admin(&self, _: &EdgeInfo, q: AdminQuery) -> Result<String, Problem> {
         Ok(format!("{{\"query\":\"{q:?}\"}}"))
@@ -813,6 +821,20 @@ mod registry {
                     &jwt("jwt-1", "https://edge.test", now, now + 600),
                 );
                 assert_eq!(a.status(), 200, "{}", a.body());
+                // The same token again: its signature is not checked again on this instance.
+                let checked = h.signatures_checked.get();
+                let same = jwt("jwt-1", "https://edge.test", now, now + 600);
+                assert_eq!(get(h, "jwt-1", &same).status(), 200);
+                assert_eq!(get(h, "jwt-1", &same).status(), 200);
+                assert!(h.signatures_checked.get() <= checked + 1);
+                // An altered signature is checked (and refused) every time: only valid ones are kept.
+                let mut altered = same.clone();
+                let last = altered.pop().unwrap();
+                altered.push(if last == 'A' { 'B' } else { 'A' });
+                let checked_before = h.signatures_checked.get();
+                assert_eq!(get(h, "jwt-1", &altered).status(), 401);
+                assert_eq!(get(h, "jwt-1", &altered).status(), 401);
+                assert_eq!(h.signatures_checked.get(), checked_before + 2);
                 let before = h.accepted.borrow().len();
                 for (bad, why) in [
                     (jwt("jwt-1", "https://other", now, now + 600), "wrong aud"),
