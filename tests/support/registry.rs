@@ -368,3 +368,25 @@ pub fn jwt_cases(base: &str) -> BTreeSet<String> {
     eprintln!("registry: {} hostile JWTs refused", cases.len() + 2);
     accepted
 }
+
+/// After a master-secret rotation (`AUTH_SECRET_PREVIOUS` removed): only keys of the new
+/// secret are accepted. Run on a host started with [`after_rotation_vars`].
+pub fn after_rotation(base: &str, put: &dyn Fn(&str, &str), collector: &Collector) {
+    put("device/reg-r", r#"{"status":"active","key_version":1}"#);
+    let current = token(SECRET, "reg-r", 1);
+    let r = wait_for(Duration::from_secs(30), "reg-r's record in use", || {
+        let r = send(base, "reg-r", 1, &current);
+        (r.status == 200).then_some(r)
+    });
+    let accepted: BTreeSet<String> = accepted_ids(&r).into_iter().collect();
+    assert_problem(&send(base, "reg-r", 2, &token(PREVIOUS, "reg-r", 1)), 401);
+    collector.assert_stored_exactly(&accepted, Duration::from_secs(30));
+}
+
+/// [`token_vars`] once the rotation is over.
+pub fn after_rotation_vars() -> Vec<(&'static str, &'static str)> {
+    token_vars()
+        .into_iter()
+        .filter(|(k, _)| *k != "AUTH_SECRET_PREVIOUS")
+        .collect()
+}

@@ -175,9 +175,24 @@ pub fn ndjson_and_influx<H: EdgeHost>(name: &str, start: impl Fn(&Path, &[(&str,
         ("COLLECTOR_URL", ingest.as_str()),
         ("AUTH_MODE", "off"),
         ("SINK_FORMAT", "ndjson"),
+        ("REGISTRY_MODE", "optional"),
+        ("REGISTRY", TAGGED_REGISTRY),
     ];
     let host = start(&dir, &vars);
     ndjson_round_trip(&host.base_url(), &collector);
+    // A registered device's tags reach the collector verbatim, in NDJSON too.
+    let r = get(&format!(
+        "{}/v1/readings?device_id=tagged-1&temp=1",
+        host.base_url()
+    ));
+    let id = accepted_ids(&r).remove(0);
+    let stored = wait_for(Duration::from_secs(30), "the tagged reading stored", || {
+        collector
+            .readings_of("tagged-1")
+            .into_iter()
+            .find(|v| v["id"] == id.as_str())
+    });
+    assert_eq!(stored["device"], r.json()["device"]);
     drop(host);
 
     let dir = scratch(&format!("{name}-sink-influx"));
@@ -192,4 +207,59 @@ pub fn ndjson_and_influx<H: EdgeHost>(name: &str, start: impl Fn(&Path, &[(&str,
     let host = start(&dir, &vars);
     influx_round_trip(&host.base_url(), &influx);
     influx_refused_point(&host.base_url(), &influx, &|| host.log());
+    drop(host);
+
+    // Registry tags: the chosen ones become tags, in JSON they travel verbatim.
+    let dir = scratch(&format!("{name}-sink-influx-tags"));
+    let vars = [
+        ("COLLECTOR_URL", write.as_str()),
+        ("AUTH_MODE", "off"),
+        ("SINK_FORMAT", "influx"),
+        ("REGISTRY_MODE", "optional"),
+        ("REGISTRY", TAGGED_REGISTRY),
+        ("INFLUX_TAG_KEYS", "site,building"),
+    ];
+    let host = start(&dir, &vars);
+    influx_registry_tags(&host.base_url(), &influx);
+}
+
+/// One device's registry record, for the sinks' tag checks.
+const TAGGED_REGISTRY: &str = r#"{"tagged-1":{"status":"active","tags":{"site":"glass house 1","building":"b7","owner":"ops"}}}"#;
+
+/// With `INFLUX_TAG_KEYS=site,building`: the tagged device's point carries those two as tags
+/// (escaped), not `owner`; a device without a record gets no extra tags.
+pub fn influx_registry_tags(base: &str, influx: &Influx) {
+    let r = get(&format!("{base}/v1/readings?device_id=tagged-1&temp=12.5"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["device"]["tags"]["owner"], "ops");
+    let r = get(&format!(
+        "{base}/v1/readings?device_id=untagged-1&temp=13.5"
+    ));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let q = "SELECT temp_c, site, building FROM temperature WHERE device_id = 'tagged-1' OR device_id = 'untagged-1'";
+    let rows = wait_for(Duration::from_secs(30), "both points in InfluxDB", || {
+        let rows = influx.rows(q);
+        (rows.len() >= 2).then_some(rows)
+    });
+    let tagged = rows
+        .iter()
+        .find(|r| r["temp_c"].as_f64() == Some(12.5))
+        .expect("tagged point");
+    assert_eq!(tagged["site"], "glass house 1", "{rows:?}");
+    assert_eq!(tagged["building"], "b7", "{rows:?}");
+    let untagged = rows
+        .iter()
+        .find(|r| r["temp_c"].as_f64() == Some(13.5))
+        .expect("untagged point");
+    assert!(untagged["site"].is_null(), "{rows:?}");
+    let tags = influx.query("SHOW TAG KEYS FROM temperature");
+    let text = tags.to_string();
+    assert!(
+        text.contains("\"site\"") && text.contains("\"building\""),
+        "{tags}"
+    );
+    assert!(
+        !text.contains("\"owner\""),
+        "only the chosen keys are tags: {tags}"
+    );
 }
