@@ -31,13 +31,16 @@ use crate::http::deployment::{Deployment, RegistryPolicy};
 use crate::http::jwt::VerifiedSignatures;
 use crate::http::problem::{Problem, ProblemType};
 use crate::http::routes::{self, Accepted, AdminQuery, Plan, RequestContext};
-use crate::ports::{BodyStream, EdgeFacts, Entropy, Es256Check, Level, StoreError, SystemEntropy};
+use crate::ports::{
+    BodyStream, Clock, EdgeFacts, Entropy, Es256Check, Level, StoreError, SystemEntropy, Timer,
+};
 
-/// Everything the request pipeline needs of a host: its deployment,
-/// clocks and log, its profile store, its outbox hand-off and its admin views.
+/// Everything the request pipeline needs of a host: its clock and timer (the `Clock` and
+/// `Timer` ports, as the delivery engine uses them), its deployment, its per-request log, its
+/// profile and registry stores, its signature check, its outbox hand-off and its admin views.
 // Hosts are single-threaded (an isolate, an instance): no Send wanted of these futures.
 #[allow(async_fn_in_trait)]
-pub trait Host {
+pub trait Host: Clock + Timer {
     /// The platform tag in answers and readings (`edge.platform`).
     fn platform(&self) -> &'static str;
     /// Randomness for ids: the host's CSPRNG unless a host (or a test) says otherwise.
@@ -50,10 +53,8 @@ pub trait Host {
     /// What the pipeline needs of the deployment (built by `config` from its settings), once
     /// per isolate or instance.
     async fn deployment(&self) -> Rc<Deployment>;
-    fn now_ms(&self) -> u64;
     /// Milliseconds on the clock `Server-Timing` reports (Workers' only advances across I/O).
     fn timer_ms(&self) -> f64;
-    async fn sleep_ms(&self, ms: u64);
     /// The profile document under `application::profile_cache::PROFILES_KEY` in the host's
     /// key-value store: `Ok(None)` when the key is absent or the host has no such store. The
     /// pipeline decides when to read (at most every `PROFILES_TTL_S`) and keeps the last good set.

@@ -164,6 +164,18 @@ where
 /// The pipeline's host on Spin / wasi:http.
 struct Component;
 
+impl crate::ports::Clock for Component {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+}
+
+impl crate::ports::Timer for Component {
+    async fn sleep_ms(&self, ms: u64) {
+        SpinTimer.sleep_ms(ms).await;
+    }
+}
+
 impl Host for Component {
     fn platform(&self) -> &'static str {
         PLATFORM
@@ -177,19 +189,11 @@ impl Host for Component {
         loaded().await.deployment.clone()
     }
 
-    fn now_ms(&self) -> u64 {
-        now_ms()
-    }
-
     fn timer_ms(&self) -> f64 {
         thread_local! {
             static START: std::time::Instant = std::time::Instant::now();
         }
         START.with(|s| s.elapsed().as_secs_f64() * 1000.0)
-    }
-
-    async fn sleep_ms(&self, ms: u64) {
-        crate::ports::Timer::sleep_ms(&SpinTimer, ms).await;
     }
 
     /// Spin flavour: the key-value store `default`, key `calibration` (an instance that lives

@@ -204,6 +204,18 @@ struct Worker<'a> {
     env: &'a Env,
 }
 
+impl crate::ports::Clock for Worker<'_> {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+}
+
+impl crate::ports::Timer for Worker<'_> {
+    async fn sleep_ms(&self, ms: u64) {
+        WorkersTimer.sleep_ms(ms).await;
+    }
+}
+
 impl Host for Worker<'_> {
     fn platform(&self) -> &'static str {
         PLATFORM
@@ -218,16 +230,8 @@ impl Host for Worker<'_> {
         deployment(self.env)
     }
 
-    fn now_ms(&self) -> u64 {
-        now_ms()
-    }
-
     fn timer_ms(&self) -> f64 {
         js_sys::Date::now()
-    }
-
-    async fn sleep_ms(&self, ms: u64) {
-        crate::ports::Timer::sleep_ms(&WorkersTimer, ms).await;
     }
 
     /// The `PROFILES` KV namespace (behind KV's own edge cache, so with the pipeline's TTL a

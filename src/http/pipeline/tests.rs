@@ -127,6 +127,16 @@ impl FakeHost {
     }
 }
 
+impl crate::ports::Clock for FakeHost {
+    fn now_ms(&self) -> u64 {
+        self.now.get()
+    }
+}
+
+impl crate::ports::Timer for FakeHost {
+    async fn sleep_ms(&self, _ms: u64) {}
+}
+
 impl Host for FakeHost {
     fn platform(&self) -> &'static str {
         self.platform
@@ -137,13 +147,9 @@ impl Host for FakeHost {
     async fn deployment(&self) -> Rc<crate::http::deployment::Deployment> {
         self.deployment.clone()
     }
-    fn now_ms(&self) -> u64 {
-        self.now.get()
-    }
     fn timer_ms(&self) -> f64 {
         0.0
     }
-    async fn sleep_ms(&self, _ms: u64) {}
     async fn read_stored_profiles(&self) -> Result<Option<String>, StoreError> {
         Ok(None)
     }
