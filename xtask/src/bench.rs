@@ -817,13 +817,50 @@ fn find<'a>(runs: &'a Value, name: &str, c: u32) -> Option<&'a Value> {
 struct Target {
     what: String,
     value: String,
-    met: bool,
+    verdict: Verdict,
+}
+
+/// A target's verdict. `Missing`: a figure it reads is not in the results (a section that did
+/// not run, or a renamed key), reported as such rather than computed as NaN and "not met".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Met,
+    NotMet,
+    Missing,
+}
+
+impl Verdict {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Met => "met",
+            Self::NotMet => "NOT met",
+            Self::Missing => "MISSING",
+        }
+    }
 }
 
 fn targets(r: &Value, o: &Options) -> Vec<Target> {
     let mut t = Vec::new();
-    let mut check = |what: String, value: String, met: bool| t.push(Target { what, value, met });
-    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    // `f` reads a figure; one that is absent marks the next verdict `Missing`.
+    let missing = std::cell::Cell::new(false);
+    let f = |v: &Value| {
+        v.as_f64().unwrap_or_else(|| {
+            missing.set(true);
+            f64::NAN
+        })
+    };
+    let mut check = |what: String, value: String, met: bool| {
+        let verdict = match (missing.replace(false), met) {
+            (true, _) => Verdict::Missing,
+            (false, true) => Verdict::Met,
+            (false, false) => Verdict::NotMet,
+        };
+        t.push(Target {
+            what,
+            value,
+            verdict,
+        })
+    };
     let mut hosts: Vec<(String, &Value, &str)> = Vec::new();
     for rt in ["wrangler-dev", "workerd"] {
         hosts.push((rt.to_owned(), &r["workers"][rt], "hello-rust"));
@@ -1150,12 +1187,7 @@ fn print_table(r: &Value, o: &Options) {
     println!("sizes: {}", r["sizes"]);
     println!("\ntargets:");
     for t in targets(r, o) {
-        println!(
-            "  [{}] {:<58} {}",
-            if t.met { "met" } else { "NOT met" },
-            t.what,
-            t.value
-        );
+        println!("  [{}] {:<58} {}", t.verdict.as_str(), t.what, t.value);
     }
 }
 
@@ -1198,7 +1230,9 @@ pub fn run(o: &Options) {
     }
     results["targets"] = targets(&results, o)
         .into_iter()
-        .map(|t| json!({ "target": t.what, "value": t.value, "met": t.met }))
+        .map(|t| {
+            json!({ "target": t.what, "value": t.value, "met": t.verdict == Verdict::Met, "verdict": t.verdict.as_str() })
+        })
         .collect();
     print_table(&results, o);
     // A partial run (--only, --duration) is written beside the full one, never over it: the
@@ -1220,7 +1254,34 @@ pub fn run(o: &Options) {
 
 #[cfg(test)]
 mod tests {
-    use super::default_of;
+    use super::{default_of, targets, Options, Verdict};
+    use serde_json::json;
+    use std::time::Duration;
+
+    /// A figure a target reads that is not in the results is reported as missing, not as a
+    /// NaN that is "not met"; the figures that are there are judged as usual.
+    #[test]
+    fn a_missing_figure_is_reported_missing() {
+        let r = json!({"workers": {"workerd": {"runs": [
+            {"name": "edge-enrich", "connections": 100, "non_2xx": 0, "errors": 0, "ok_p99_ms": 5.0},
+            {"name": "hello-rust", "connections": 100, "ok_rps": 1000.0, "ok_p99_ms": 5.0},
+        ]}}});
+        let o = Options {
+            duration: Duration::from_secs(1),
+            connections: vec![100],
+            only: Some("workerd".into()),
+        };
+        let all = targets(&r, &o);
+        let verdict = |what: &str| {
+            all.iter()
+                .find(|t| t.what.contains(what))
+                .map(|t| t.verdict)
+                .unwrap_or_else(|| panic!("no target {what}"))
+        };
+        assert_eq!(verdict("2xx rps >= 0.9x floor"), Verdict::Missing);
+        assert_eq!(verdict("2xx p99 <= 1.2x floor"), Verdict::Met);
+        assert_eq!(verdict("0 non-2xx"), Verdict::Met);
+    }
 
     #[test]
     fn the_defaults_the_targets_use_are_documented_numbers() {
