@@ -272,9 +272,12 @@ impl Registry {
                 .map(drop)
                 .map_err(|e| e.to_string()),
             Self::Print => {
+                // Quoted for a POSIX shell, and for SQL inside the heredoc.
+                let shell = text.replace('\'', "'\\''");
+                let sql = text.replace('\'', "''");
                 println!("{text}");
-                println!("# Workers: npx wrangler kv key put --binding DEVICES {key} '{text}'");
-                println!("# Spin (local state dir): sqlite3 .spin/sqlite_key_value.db \"INSERT OR REPLACE INTO spin_key_value (store, key, value) VALUES ('default', '{key}', CAST('{text}' AS BLOB))\"");
+                println!("# Workers:\nnpx wrangler kv key put --binding DEVICES {key} '{shell}'");
+                println!("# Spin, a local state dir (or: cargo xtask devices put ... --spin-state DIR):\nsqlite3 .spin/sqlite_key_value.db <<'SQL'\nINSERT OR REPLACE INTO spin_key_value (store, key, value) VALUES ('default', '{key}', CAST('{sql}' AS BLOB));\nSQL");
                 Ok(())
             }
         }
