@@ -99,7 +99,11 @@ pub fn handle(
             let answer = accepted.answer();
             (
                 answer.body().len(),
-                accepted.readings.into_iter().map(|r| r.json).collect(),
+                accepted
+                    .readings
+                    .into_iter()
+                    .map(|r| r.json.into_string())
+                    .collect(),
             )
         }
         Action::Respond(answer) => (answer.body().len(), Vec::new()),

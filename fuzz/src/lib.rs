@@ -78,7 +78,7 @@ fn through_api(method: &str, query: &str, content_type: Option<&str>, body: &[u8
             assert!(!accepted.readings.is_empty() && accepted.readings.len() <= MAX_READINGS);
             for r in &accepted.readings {
                 let doc: serde_json::Value =
-                    serde_json::from_str(&r.json).expect("an enriched reading is JSON");
+                    serde_json::from_str(r.json.as_str()).expect("an enriched reading is JSON");
                 let temp_c = doc["temp_c"].as_f64().expect("temp_c is a number");
                 assert!(temp_c.is_finite());
                 DeviceId::parse(doc["device_id"].as_str().unwrap()).expect("a valid device id");

@@ -99,7 +99,32 @@ struct CalibrationTag<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EnrichedReading {
     pub id: String,
-    pub json: String,
+    pub json: EnrichedJson,
+}
+
+/// The JSON text of an enriched reading, as the device gets it back and the collector receives
+/// it: one object on one line (serde_json's compact form), starting with `{`. Only
+/// [`enrich_all`] makes one, so code holding one needs no check. (A segment read back from a
+/// host's store is text again: what crossed storage is the store's to vouch for.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrichedJson(String);
+
+impl EnrichedJson {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
 }
 
 /// Why a request's readings could not be enriched.
@@ -169,7 +194,10 @@ pub fn enrich_all(
         };
         // Only strings and finite numbers: serialization cannot fail.
         let json = serde_json::to_string(&doc).unwrap_or_default();
-        out.push(EnrichedReading { id, json });
+        out.push(EnrichedReading {
+            id,
+            json: EnrichedJson(json),
+        });
     }
     Ok(out)
 }
@@ -221,7 +249,7 @@ mod tests {
             &mut ids,
         )
         .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&out[0].json).unwrap();
+        let v: serde_json::Value = serde_json::from_str(out[0].json.as_str()).unwrap();
         assert_eq!(v["id"], out[0].id.as_str());
         assert_eq!(v["device_id"], "lab-1");
         assert_eq!(v["temp_c"], 23.0);
@@ -236,7 +264,7 @@ mod tests {
         );
         assert_eq!(v["received_at_ms"], 1_700_000_000_123u64);
         assert_eq!((v["ts"].as_u64(), v["seq"].as_u64()), (Some(5), Some(6)));
-        let w: serde_json::Value = serde_json::from_str(&out[1].json).unwrap();
+        let w: serde_json::Value = serde_json::from_str(out[1].json.as_str()).unwrap();
         assert!(w["calibration"].is_null());
         assert_eq!(w["temp_c"], 0.0);
         assert!(w.get("ts").is_none());
@@ -257,7 +285,7 @@ mod tests {
         let readings = vec![parse_reading_query("device_id=lab-1&temp=20").unwrap()];
         let mut ids = IdSource::new(1, (0..10).collect());
         let out = enrich_all(&readings, &profiles, Some(&record), &edge, 2, &mut ids).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&out[0].json).unwrap();
+        let v: serde_json::Value = serde_json::from_str(out[0].json.as_str()).unwrap();
         assert_eq!(v["temp_c"], 21.0, "the record's calibration, not lab-*");
         assert_eq!(v["calibration"]["profile"], "registry");
         assert_eq!(v["calibration"]["version"], 9);

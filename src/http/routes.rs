@@ -295,7 +295,7 @@ impl Accepted {
             Shape::One => self
                 .readings
                 .first()
-                .map(|r| r.json.clone())
+                .map(|r| r.json.as_str().to_owned())
                 .unwrap_or_default(),
             Shape::Many => {
                 let len = self
@@ -310,7 +310,7 @@ impl Accepted {
                     if i > 0 {
                         s.push(',');
                     }
-                    s.push_str(&r.json);
+                    s.push_str(r.json.as_str());
                 }
                 s.push(']');
                 s

@@ -22,7 +22,7 @@ pub fn encode_section(accepted: &Accepted) -> String {
     }
     body.push('\n');
     for r in &accepted.readings {
-        body.push_str(&r.json);
+        body.push_str(r.json.as_str());
         body.push('\n');
     }
     body
