@@ -239,7 +239,8 @@ async fn serve<H: Host, B: BodyStream>(
             } else {
                 Vec::new()
             };
-            if registration == Registration::Off {
+            // Named only in the body: found by the pre-scan, and only when there is a registry.
+            if registration == Registration::Off && config.registry.mode != RegistryMode::Off {
                 if let Some(device) = ingest.device_in_body(&bytes) {
                     registration = registered(host, &config.registry, &device, now, request_id)
                         .await
