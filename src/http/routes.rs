@@ -496,6 +496,20 @@ pub fn health(
         ),
     };
     let valid = errors.is_empty();
+    // Whether a registry is read, and from where (never a record: `/healthz` is public).
+    let registry = settings.policy.as_ref().ok().map(|p| {
+        let mode = match p.registry.mode {
+            RegistryMode::Off => "off",
+            RegistryMode::Optional => "optional",
+            RegistryMode::Required => "required",
+        };
+        let source = match (&p.registry.mode, &p.registry.fixed) {
+            (RegistryMode::Off, _) => None,
+            (_, Some(_)) => Some("REGISTRY"),
+            (_, None) => Some("key-value store"),
+        };
+        serde_json::json!({ "mode": mode, "source": source, "ttl_s": p.registry.ttl_ms / 1000 })
+    });
     let body = serde_json::json!({
         "status": if valid { "ok" } else { "misconfigured" },
         "platform": edge.platform,
@@ -504,6 +518,7 @@ pub fn health(
             "valid": valid,
             "errors": errors,
             "profiles": { "source": source, "count": count },
+            "registry": registry,
         },
         "version": env!("CARGO_PKG_VERSION"),
     });

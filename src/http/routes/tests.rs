@@ -225,6 +225,35 @@ fn misconfiguration_refuses_ingest_and_shows_in_health() {
 }
 
 #[test]
+fn health_says_how_the_registry_is_read_and_never_a_record() {
+    let health = |extra: &[(&str, &str)]| {
+        let s = settings(extra);
+        let Action::Respond(h) = run(&s, "GET", "/healthz", "", None, "") else {
+            panic!()
+        };
+        let v: serde_json::Value = serde_json::from_str(h.body()).unwrap();
+        v["config"]["registry"].clone()
+    };
+    assert_eq!(
+        health(&[]),
+        serde_json::json!({"mode": "off", "source": null, "ttl_s": 60})
+    );
+    assert_eq!(
+        health(&[("REGISTRY_MODE", "required"), ("REGISTRY_TTL_S", "5")]),
+        serde_json::json!({"mode": "required", "source": "key-value store", "ttl_s": 5})
+    );
+    let fixed = health(&[
+        ("REGISTRY_MODE", "optional"),
+        (
+            "REGISTRY",
+            r#"{"secret-device":{"status":"active","tags":{"site":"hidden"}}}"#,
+        ),
+    ]);
+    assert_eq!(fixed["source"], "REGISTRY");
+    assert!(!fixed.to_string().contains("hidden") && !fixed.to_string().contains("secret-device"));
+}
+
+#[test]
 fn admin_requires_the_token() {
     let s = settings(&[("ADMIN_TOKEN", "s3cret-s3cret-s3cret-s3cret-s3cret")]);
     let admin = |auth: Option<&str>| {
