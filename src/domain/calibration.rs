@@ -52,11 +52,41 @@ struct ProfileSpec {
     version: u32,
 }
 
-fn one() -> f64 {
+/// The defaults of an unset `gain` and `decimals`, here and in a registry record's calibration.
+pub(crate) fn one() -> f64 {
     1.0
 }
-fn default_decimals() -> u8 {
+pub(crate) fn default_decimals() -> u8 {
     DEFAULT_DECIMALS
+}
+
+impl Profile {
+    /// A profile whose numbers hold: `gain` finite and > 0, `offset` finite, `decimals` at most
+    /// `MAX_DECIMALS`. The error names the field (`gain: …`).
+    pub fn new(
+        pattern: String,
+        gain: f64,
+        offset: f64,
+        decimals: u8,
+        version: u32,
+    ) -> Result<Self, String> {
+        if !(gain.is_finite() && gain > 0.0) {
+            return Err("gain: must be a finite number greater than 0".into());
+        }
+        if !offset.is_finite() {
+            return Err("offset: must be a finite number".into());
+        }
+        if decimals > MAX_DECIMALS {
+            return Err(format!("decimals: must be from 0 to {MAX_DECIMALS}"));
+        }
+        Ok(Self {
+            pattern,
+            gain,
+            offset,
+            decimals,
+            version,
+        })
+    }
 }
 
 /// `{"version": N, "profiles": [...]}`; the entries stay raw so each is reported by its own
@@ -119,17 +149,15 @@ impl Profiles {
     }
 
     fn add(&mut self, spec: ProfileSpec) -> Result<(), String> {
-        if !(spec.gain.is_finite() && spec.gain > 0.0) {
-            return Err("gain: must be a finite number greater than 0".into());
-        }
-        if !spec.offset.is_finite() {
-            return Err("offset: must be a finite number".into());
-        }
-        if spec.decimals > MAX_DECIMALS {
-            return Err(format!("decimals: must be from 0 to {MAX_DECIMALS}"));
-        }
+        let profile = Profile::new(
+            spec.pattern,
+            spec.gain,
+            spec.offset,
+            spec.decimals,
+            spec.version,
+        )?;
         let index = self.profiles.len();
-        let pattern = spec.pattern.clone();
+        let pattern = profile.pattern.clone();
         if let Some(prefix) = pattern.strip_suffix('*') {
             if !prefix.is_empty() {
                 DeviceId::parse(prefix).map_err(|e| format!("match: prefix {}", e.detail))?;
@@ -146,13 +174,7 @@ impl Profiles {
                 return Err("match: the pattern is listed twice".into());
             }
         }
-        self.profiles.push(Profile {
-            pattern,
-            gain: spec.gain,
-            offset: spec.offset,
-            decimals: spec.decimals,
-            version: spec.version,
-        });
+        self.profiles.push(profile);
         Ok(())
     }
 

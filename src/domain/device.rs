@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::domain::calibration::{Profile, MAX_DECIMALS};
+use crate::domain::calibration::{default_decimals, one, Profile};
 
 /// Most tags a record may carry; a tag key's and a tag value's longest length.
 pub const MAX_TAGS: usize = 16;
@@ -90,13 +90,6 @@ struct CalibrationSpec {
     #[serde(default = "default_decimals")]
     decimals: u8,
     version: u32,
-}
-
-fn one() -> f64 {
-    1.0
-}
-fn default_decimals() -> u8 {
-    crate::domain::calibration::DEFAULT_DECIMALS
 }
 
 /// A JWK-shaped key: `kty`/`crv`, when given, must say EC / P-256.
@@ -188,25 +181,16 @@ pub fn check_tag_key(key: &str) -> Result<(), String> {
     }
 }
 
+/// The record's own calibration: the profile rules, reported under `calibration.`.
 fn calibration(spec: CalibrationSpec) -> Result<Profile, String> {
-    if !(spec.gain.is_finite() && spec.gain > 0.0) {
-        return Err("calibration.gain: must be a finite number greater than 0".into());
-    }
-    if !spec.offset.is_finite() {
-        return Err("calibration.offset: must be a finite number".into());
-    }
-    if spec.decimals > MAX_DECIMALS {
-        return Err(format!(
-            "calibration.decimals: must be from 0 to {MAX_DECIMALS}"
-        ));
-    }
-    Ok(Profile {
-        pattern: REGISTRY_PROFILE.to_owned(),
-        gain: spec.gain,
-        offset: spec.offset,
-        decimals: spec.decimals,
-        version: spec.version,
-    })
+    Profile::new(
+        REGISTRY_PROFILE.to_owned(),
+        spec.gain,
+        spec.offset,
+        spec.decimals,
+        spec.version,
+    )
+    .map_err(|why| format!("calibration.{why}"))
 }
 
 fn public_key(k: KeySpec) -> Result<PublicKey, String> {
