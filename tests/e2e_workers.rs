@@ -365,23 +365,9 @@ fn profiles_from_workers_kv_take_effect_without_redeploy() {
 #[test]
 #[ignore = "needs the built artifacts; run by scripts/test.sh"]
 fn device_registry_revocation_rotation_and_jwt() {
-    for (name, vars) in [
-        ("token", support::registry::token_vars()),
-        ("rotated", support::registry::after_rotation_vars()),
-        ("jwt", support::registry::jwt_vars()),
-    ] {
-        let dir = scratch(&format!("workers-registry-{name}"));
-        let collector = Collector::start(&dir);
-        let ingest = collector.ingest_url();
-        let mut all = vars.clone();
-        all.push(("COLLECTOR_URL", ingest.as_str()));
-        let host = WorkersHost::start(&dir, &all);
-        let put = |key: &str, value: &str| host.kv_put("DEVICES", key, value);
-        let base = host.url("");
-        match name {
-            "token" => drop(support::registry::token_mode(&base, &put, &collector)),
-            "rotated" => support::registry::after_rotation(&base, &put, &collector),
-            _ => drop(support::registry::jwt_mode(&base, &put, &collector)),
-        }
-    }
+    support::registry::on_a_host_with_a_store(
+        "workers",
+        WorkersHost::start,
+        |host: &WorkersHost, key: &str, value: &str| host.kv_put("DEVICES", key, value),
+    );
 }

@@ -4,6 +4,7 @@
 //! device JWTs with their hostile cases. Nothing refused may reach the collector.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use edge_enrich::domain::device::to_base64url;
@@ -389,4 +390,33 @@ pub fn after_rotation_vars() -> Vec<(&'static str, &'static str)> {
         .into_iter()
         .filter(|(k, _)| *k != "AUTH_SECRET_PREVIOUS")
         .collect()
+}
+
+/// The whole suite on a host with a store, each part on a fresh host from `start(dir, vars)`:
+/// token mode with a rotation and a revocation, token mode after the rotation, then JWTs.
+/// `put(host, key, value)` writes a record with the host's own tool while it runs.
+pub fn on_a_host_with_a_store<H: EdgeHost>(
+    name: &str,
+    start: impl Fn(&Path, &[(&str, &str)]) -> H,
+    put: impl Fn(&H, &str, &str),
+) {
+    for (part, vars) in [
+        ("token", token_vars()),
+        ("rotated", after_rotation_vars()),
+        ("jwt", jwt_vars()),
+    ] {
+        let dir = scratch(&format!("{name}-registry-{part}"));
+        let collector = Collector::start(&dir);
+        let ingest = collector.ingest_url();
+        let mut all = vars.clone();
+        all.push(("COLLECTOR_URL", ingest.as_str()));
+        let host = start(&dir, &all);
+        let write = |key: &str, value: &str| put(&host, key, value);
+        let base = host.base_url();
+        match part {
+            "token" => drop(token_mode(&base, &write, &collector)),
+            "rotated" => after_rotation(&base, &write, &collector),
+            _ => drop(jwt_mode(&base, &write, &collector)),
+        }
+    }
 }
