@@ -164,6 +164,24 @@ where
 /// The pipeline's host on Spin / wasi:http.
 struct Component;
 
+/// A value of the key-value store `default` as text, on the request's path. The portable
+/// flavour has no store: nothing there.
+async fn read_text(key: &str) -> Result<Option<String>, StoreError> {
+    #[cfg(feature = "spin")]
+    {
+        use crate::ports::KeyValue;
+
+        let store = kv::open(kv::Path::Request).await?;
+        let value = store.get(key).await?;
+        Ok(value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+    #[cfg(not(feature = "spin"))]
+    {
+        let _ = key;
+        Ok(None)
+    }
+}
+
 impl crate::ports::Clock for Component {
     fn now_ms(&self) -> u64 {
         now_ms()
@@ -200,17 +218,7 @@ impl Host for Component {
     /// past `PROFILES_TTL_S` reads it again; a fresh one reads once). Portable flavour: no store;
     /// the deployment's profiles apply.
     async fn read_stored_profiles(&self) -> Result<Option<String>, StoreError> {
-        #[cfg(feature = "spin")]
-        {
-            use crate::application::profile_cache::PROFILES_KEY;
-            use crate::ports::KeyValue;
-
-            let store = kv::open(kv::Path::Request).await?;
-            let value = store.get(PROFILES_KEY).await?;
-            Ok(value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
-        }
-        #[cfg(not(feature = "spin"))]
-        Ok(None)
+        read_text(crate::application::profile_cache::PROFILES_KEY).await
     }
 
     /// Spin flavour: the key-value store `default`, key `device/<id>`. Portable flavour: no
@@ -219,20 +227,7 @@ impl Host for Component {
         &self,
         device: &crate::domain::reading::DeviceId,
     ) -> Result<Option<String>, StoreError> {
-        #[cfg(feature = "spin")]
-        {
-            use crate::application::registry::record_key;
-            use crate::ports::KeyValue;
-
-            let store = kv::open(kv::Path::Request).await?;
-            let value = store.get(&record_key(device)).await?;
-            Ok(value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
-        }
-        #[cfg(not(feature = "spin"))]
-        {
-            let _ = device;
-            Ok(None)
-        }
+        read_text(&crate::application::registry::record_key(device)).await
     }
 
     async fn accept(&self, edge: &EdgeInfo, accepted: &Accepted) -> Result<(), Problem> {

@@ -204,6 +204,20 @@ struct Worker<'a> {
     env: &'a Env,
 }
 
+impl Worker<'_> {
+    /// `key` of the KV namespace `binding`, behind KV's edge cache; nothing without the binding.
+    async fn read_kv_text(&self, binding: &str, key: &str) -> Result<Option<String>, StoreError> {
+        let Ok(kv) = self.env.kv(binding) else {
+            return Ok(None);
+        };
+        kv.get(key)
+            .cache_ttl(KV_CACHE_TTL_S)
+            .text()
+            .await
+            .map_err(|e| StoreError(e.to_string()))
+    }
+}
+
 impl crate::ports::Clock for Worker<'_> {
     fn now_ms(&self) -> u64 {
         now_ms()
@@ -238,14 +252,7 @@ impl Host for Worker<'_> {
     /// `wrangler kv key put` shows within about a minute). Without the binding, or without the
     /// key, the deployment's own profiles apply.
     async fn read_stored_profiles(&self) -> Result<Option<String>, StoreError> {
-        let Ok(kv) = self.env.kv(PROFILES_BINDING) else {
-            return Ok(None);
-        };
-        kv.get(PROFILES_KEY)
-            .cache_ttl(KV_CACHE_TTL_S)
-            .text()
-            .await
-            .map_err(|e| StoreError(e.to_string()))
+        self.read_kv_text(PROFILES_BINDING, PROFILES_KEY).await
     }
 
     /// WebCrypto; a key it refuses (not on the curve) does not verify.
@@ -270,14 +277,8 @@ impl Host for Worker<'_> {
         &self,
         device: &crate::domain::reading::DeviceId,
     ) -> Result<Option<String>, StoreError> {
-        let Ok(kv) = self.env.kv(DEVICES_BINDING) else {
-            return Ok(None);
-        };
-        kv.get(&crate::application::registry::record_key(device))
-            .cache_ttl(KV_CACHE_TTL_S)
-            .text()
-            .await
-            .map_err(|e| StoreError(e.to_string()))
+        let key = crate::application::registry::record_key(device);
+        self.read_kv_text(DEVICES_BINDING, &key).await
     }
 
     /// Waits only for the batcher's durable acceptance (rate limits included), never for the
