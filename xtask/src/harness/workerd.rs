@@ -175,22 +175,7 @@ impl WorkersHost {
 
     /// `wrangler kv key put --local` into the running dev session's persisted KV namespace.
     pub fn kv_put(&self, binding: &str, key: &str, value: &str) {
-        let out = Command::new(repo_root().join("node_modules/.bin/wrangler"))
-            .current_dir(&self.dir)
-            .env("WRANGLER_SEND_METRICS", "false")
-            .args(["kv", "key", "put", "--config"])
-            .arg(self.dir.join("wrangler.toml"))
-            .args(["--binding", binding, "--local", "--persist-to"])
-            .arg(self.dir.join("state"))
-            .args([key, value])
-            .output()
-            .expect("wrangler kv key put");
-        assert!(
-            out.status.success(),
-            "wrangler kv key put: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.wrangler_kv(&["key", "put"], binding, &[key, value]);
     }
 
     /// `wrangler kv bulk put --local` of `(key, value)` pairs, one wrangler call for all.
@@ -201,19 +186,27 @@ impl WorkersHost {
             .map(|(k, v)| serde_json::json!({"key": k, "value": v}))
             .collect();
         std::fs::write(&file, serde_json::Value::Array(doc).to_string()).expect("bulk file");
+        self.wrangler_kv(&["bulk", "put"], binding, &[&file.to_string_lossy()]);
+    }
+
+    /// `wrangler kv <command> --binding <binding> --local` on this session's state, then `tail`.
+    fn wrangler_kv(&self, command: &[&str], binding: &str, tail: &[&str]) {
+        let what = format!("wrangler kv {}", command.join(" "));
         let out = Command::new(repo_root().join("node_modules/.bin/wrangler"))
             .current_dir(&self.dir)
             .env("WRANGLER_SEND_METRICS", "false")
-            .args(["kv", "bulk", "put", "--config"])
+            .arg("kv")
+            .args(command)
+            .arg("--config")
             .arg(self.dir.join("wrangler.toml"))
             .args(["--binding", binding, "--local", "--persist-to"])
             .arg(self.dir.join("state"))
-            .arg(&file)
+            .args(tail)
             .output()
-            .expect("wrangler kv bulk put");
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
         assert!(
             out.status.success(),
-            "wrangler kv bulk put: {}{}",
+            "{what}: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
