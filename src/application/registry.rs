@@ -43,6 +43,14 @@ impl RegistryMode {
             _ => None,
         }
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Optional => "optional",
+            Self::Required => "required",
+        }
+    }
 }
 
 /// What the registry says of the request's device.

@@ -449,11 +449,6 @@ impl Presented<'_> {
             Self::Jwt(token) => Some(token.device()),
         }
     }
-
-    /// Whether the device is only known from the body (a token naming no device).
-    pub fn needs_device_hint(&self) -> bool {
-        matches!(self, Self::Token { device: None, .. })
-    }
 }
 
 /// What the request's credentials established. A `Device` exists only once its credentials
@@ -720,7 +715,7 @@ mod tests {
         assert_eq!(auth.before_body(p, &off).unwrap_err().status(), 401);
         // Not named: checked against the body's first device (the hint), else refused.
         let p = auth.presented(Some(&header), None, NOW_MS).unwrap();
-        assert!(p.needs_device_hint());
+        assert!(matches!(p, Presented::Token { device: None, .. }));
         let p = auth.before_body(p, &off).unwrap();
         assert_eq!(
             auth.verify(p, &parts(b""), &off).unwrap_err().status(),

@@ -58,14 +58,6 @@ pub struct RegistryPolicy {
     pub fixed: Option<Rc<StaticRegistry>>,
 }
 
-impl RegistryPolicy {
-    pub const OFF: Self = Self {
-        mode: RegistryMode::Off,
-        ttl_ms: 60_000,
-        fixed: None,
-    };
-}
-
 /// Limits enforced on every request, even before the configuration is known to be valid (its
 /// own values when it is, the defaults when not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -338,9 +338,14 @@ pub fn ingest(
             let device = reading.device_id.clone();
             (Some(reading), Some(device))
         }
-        (Presented::Token { device: None, .. }, Some(format)) => {
-            (None, first_device_id(body, format))
-        }
+        // The pipeline's registry lookup already scanned for it: the same device, not read twice.
+        (Presented::Token { device: None, .. }, Some(format)) => (
+            None,
+            ctx.registration
+                .device()
+                .cloned()
+                .or_else(|| first_device_id(body, format)),
+        ),
         _ => (None, None),
     };
     let signed = SignedParts {
@@ -498,17 +503,12 @@ pub fn health(
     let valid = errors.is_empty();
     // Whether a registry is read, and from where (never a record: `/healthz` is public).
     let registry = settings.policy.as_ref().ok().map(|p| {
-        let mode = match p.registry.mode {
-            RegistryMode::Off => "off",
-            RegistryMode::Optional => "optional",
-            RegistryMode::Required => "required",
-        };
         let source = match (&p.registry.mode, &p.registry.fixed) {
             (RegistryMode::Off, _) => None,
             (_, Some(_)) => Some("REGISTRY"),
             (_, None) => Some("key-value store"),
         };
-        serde_json::json!({ "mode": mode, "source": source, "ttl_s": p.registry.ttl_ms / 1000 })
+        serde_json::json!({ "mode": p.registry.mode.as_str(), "source": source, "ttl_s": p.registry.ttl_ms / 1000 })
     });
     let body = serde_json::json!({
         "status": if valid { "ok" } else { "misconfigured" },

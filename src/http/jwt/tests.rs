@@ -185,3 +185,28 @@ fn high_s_signatures_are_accepted() {
     let high_token = format!("{head}.{}", to_base64url(&high.to_bytes()));
     assert_eq!(judge(&high_token, Some(&record)).unwrap().as_str(), "dev-1");
 }
+
+/// At the bound, expired tokens' entries go first; with none expired, all of them.
+#[test]
+fn verified_signatures_are_bounded() {
+    let digest = |i: usize| {
+        let mut d = [0u8; 32];
+        d[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        d
+    };
+    let mut seen = VerifiedSignatures::default();
+    assert!(seen.is_empty());
+    for i in 0..VerifiedSignatures::MAX_ENTRIES {
+        seen.insert(digest(i), NOW - 2 * LEEWAY_S, NOW);
+    }
+    assert!(seen.contains(&digest(0)));
+    seen.insert(digest(usize::MAX), NOW + 60, NOW);
+    assert_eq!(seen.len(), 1, "the expired ones went");
+    assert!(seen.contains(&digest(usize::MAX)));
+    for i in 1..VerifiedSignatures::MAX_ENTRIES {
+        seen.insert(digest(i), NOW + 60, NOW);
+    }
+    assert_eq!(seen.len(), VerifiedSignatures::MAX_ENTRIES);
+    seen.insert(digest(0), NOW + 60, NOW);
+    assert_eq!(seen.len(), 1, "none expired: all went");
+}
