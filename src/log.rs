@@ -1,14 +1,12 @@
-//! Structured log lines: one JSON object per line with `level`, `event`, `request_id` and
-//! fields, which Workers Logs and Spin's log capture index cleanly. Never pass secrets.
+//! Structured log lines: one JSON object per line with `level`, `event` and fields (a
+//! request's own lines carry its `request_id` first), which Workers Logs and Spin's log capture
+//! index cleanly. Never pass secrets.
 #![forbid(unsafe_code)]
 
-pub fn line(level: &str, event: &str, request_id: &str, fields: &[(&str, &str)]) -> String {
+pub fn line(level: &str, event: &str, fields: &[(&str, &str)]) -> String {
     let mut obj = serde_json::Map::new();
     obj.insert("level".into(), level.into());
     obj.insert("event".into(), event.into());
-    if !request_id.is_empty() {
-        obj.insert("request_id".into(), request_id.into());
-    }
     for (k, v) in fields {
         obj.insert((*k).into(), (*v).into());
     }
@@ -22,8 +20,7 @@ mod tests {
         let l = super::line(
             "warn",
             "flush_retry",
-            "r1",
-            &[("detail", "a \"quoted\"\nline")],
+            &[("request_id", "r1"), ("detail", "a \"quoted\"\nline")],
         );
         assert!(!l.contains('\n'));
         let v: serde_json::Value = serde_json::from_str(&l).unwrap();

@@ -32,7 +32,7 @@ use crate::http::jwt::VerifiedSignatures;
 use crate::http::problem::{Problem, ProblemType};
 use crate::http::routes::{self, Accepted, AdminQuery, Plan, RequestContext};
 use crate::ports::{
-    BodyStream, Clock, EdgeFacts, Entropy, Es256Check, Level, StoreError, SystemEntropy, Timer,
+    BodyStream, Clock, EdgeFacts, Entropy, Es256Check, Level, Log, StoreError, SystemEntropy, Timer,
 };
 
 /// Everything the request pipeline needs of a host: its clock and timer (the `Clock` and
@@ -40,7 +40,7 @@ use crate::ports::{
 /// profile and registry stores, its signature check, its outbox hand-off and its admin views.
 // Hosts are single-threaded (an isolate, an instance): no Send wanted of these futures.
 #[allow(async_fn_in_trait)]
-pub trait Host: Clock + Timer {
+pub trait Host: Clock + Timer + Log {
     /// The platform tag in answers and readings (`edge.platform`).
     fn platform(&self) -> &'static str;
     /// Randomness for ids: the host's CSPRNG unless a host (or a test) says otherwise.
@@ -79,9 +79,24 @@ pub trait Host: Clock + Timer {
     async fn verify_es256(&self, check: &Es256Check<'_>) -> bool;
     /// An admin query's answer, as JSON text.
     async fn admin(&self, edge: &EdgeInfo, query: AdminQuery) -> Result<String, Problem>;
-    fn log(&self, level: Level, event: &str, request_id: &str, fields: &[(&str, &str)]);
     /// Work after the answer is decided (Spin: keep its recovery going). Nothing by default.
     async fn after(&self) {}
+}
+
+/// A log line about one request: the port's line with the request's id as its first field.
+fn log_request(
+    log: &impl Log,
+    level: Level,
+    event: &str,
+    request_id: &str,
+    fields: &[(&str, &str)],
+) {
+    let mut all = Vec::with_capacity(fields.len() + 1);
+    if !request_id.is_empty() {
+        all.push(("request_id", request_id));
+    }
+    all.extend_from_slice(fields);
+    log.emit(level, event, &all);
 }
 
 /// How long a drain may wait for a body that is declared but does not come.
@@ -259,7 +274,8 @@ async fn serve<H: Host, B: BodyStream>(
             };
             let accepted = routes::ingest(parts, ingest, &bytes, &ctx).map_err(read_already)?;
             if let Err(problem) = host.accept(edge, &accepted).await {
-                host.log(
+                log_request(
+                    host,
                     Level::Warn,
                     "ingest_refused",
                     request_id,
@@ -289,7 +305,8 @@ async fn registered<H: Host>(
         return Ok(fixed.registration(device));
     }
     let report = |detail: &str| {
-        host.log(
+        log_request(
+            host,
             Level::Warn,
             "registry_record_kept",
             request_id,
@@ -301,7 +318,8 @@ async fn registered<H: Host>(
         Ok(registration) => Ok(registration),
         Err(e) => {
             let detail = e.to_string();
-            host.log(
+            log_request(
+                host,
                 Level::Error,
                 "registry_unavailable",
                 request_id,
@@ -327,7 +345,8 @@ async fn stored_profiles<H: Host>(
     request_id: &str,
 ) -> Option<Rc<Profiles>> {
     let kept = |error: &str| {
-        host.log(
+        log_request(
+            host,
             Level::Warn,
             "profiles_not_updated",
             request_id,

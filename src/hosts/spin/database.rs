@@ -74,7 +74,7 @@ pub async fn open(path: Path) -> Result<SpinSql, StoreError> {
     });
     if first {
         // One line per instance: how many instances a load ran on is counted from these.
-        super::emit("info", "instance_started", "", &[]);
+        super::emit("info", "instance_started", &[]);
     }
     Ok(SpinSql { conn, path })
 }
@@ -85,19 +85,14 @@ async fn import_key_value(outbox: &SharedOutbox<SpinSql>) {
     let kv = match super::kv::open(super::kv::Path::Background).await {
         Ok(kv) => kv,
         Err(e) => {
-            super::emit("error", "outbox_import_failed", "", &[("error", &e.0)]);
+            super::emit("error", "outbox_import_failed", &[("error", &e.0)]);
             return;
         }
     };
     match outbox.import_key_value(&kv, super::now_ms(), "local").await {
         Ok(0) => {}
-        Ok(n) => super::emit(
-            "warn",
-            "outbox_imported",
-            "",
-            &[("readings", &n.to_string())],
-        ),
-        Err(e) => super::emit("error", "outbox_import_failed", "", &[("error", &e.0)]),
+        Ok(n) => super::emit("warn", "outbox_imported", &[("readings", &n.to_string())]),
+        Err(e) => super::emit("error", "outbox_import_failed", &[("error", &e.0)]),
     }
 }
 

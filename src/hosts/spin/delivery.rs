@@ -15,10 +15,10 @@ use bytes::Bytes;
 use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::FullBody;
 
-use super::{emit, now_ms, SpinTimer};
+use super::{now_ms, SpinTimer};
 use crate::application::delivery::outbox::{Delivery, SinkTarget};
 use crate::ports::{
-    Clock, Collector, CollectorAnswer, CollectorRequest, Level, Log, SystemEntropy, TransportError,
+    Clock, Collector, CollectorAnswer, CollectorRequest, SystemEntropy, TransportError,
 };
 
 pub use flavour::{dead_letters, nudge, ports, stats};
@@ -33,7 +33,7 @@ fn delivery<'a, S>(
         timer: &SpinTimer,
         clock: &WallClock,
         entropy: &SystemEntropy,
-        log: &SpinLog,
+        log: &super::Component,
         sink,
     }
 }
@@ -372,14 +372,6 @@ struct WallClock;
 impl Clock for WallClock {
     fn now_ms(&self) -> u64 {
         now_ms()
-    }
-}
-
-struct SpinLog;
-
-impl Log for SpinLog {
-    fn emit(&self, level: Level, event: &str, fields: &[(&str, &str)]) {
-        emit(level.as_str(), event, "", fields);
     }
 }
 

@@ -38,7 +38,7 @@ use crate::http::pipeline::{self, Host};
 use crate::http::problem::{self, Problem};
 use crate::http::routes::{Accepted, AdminQuery};
 use crate::log;
-use crate::ports::{BodyBroken, BodyStream, EdgeFacts, Level, StoreError};
+use crate::ports::{BodyBroken, BodyStream, EdgeFacts, Level, Log, StoreError};
 
 #[cfg(feature = "spin")]
 pub const PLATFORM: &str = "spin";
@@ -100,9 +100,9 @@ impl crate::ports::Timer for SpinTimer {
     }
 }
 
-pub(crate) fn emit(level: &str, event: &str, request_id: &str, fields: &[(&str, &str)]) {
+pub(crate) fn emit(level: &str, event: &str, fields: &[(&str, &str)]) {
     // stdout is what both wasmtime serve and Spin capture per component.
-    println!("{}", log::line(level, event, request_id, fields));
+    println!("{}", log::line(level, event, fields));
 }
 
 /// Spin variables are lower-case (`collector_url`); the environment uses the upper-case names.
@@ -194,6 +194,13 @@ impl crate::ports::Timer for Component {
     }
 }
 
+/// Log lines go to stdout, which both wasmtime serve and Spin capture per component.
+impl Log for Component {
+    fn emit(&self, level: Level, event: &str, fields: &[(&str, &str)]) {
+        emit(level.as_str(), event, fields);
+    }
+}
+
 impl Host for Component {
     fn platform(&self) -> &'static str {
         PLATFORM
@@ -239,7 +246,7 @@ impl Host for Component {
             Err(e) => Err(Refused::Unavailable(e)),
         };
         if let Err(Refused::Unavailable(e)) = &result {
-            emit("error", "store_failed", "", &[("error", &e.0)]);
+            emit("error", "store_failed", &[("error", &e.0)]);
         }
         problem::of_admission(&result, config.rate_limit.as_ref())
     }
@@ -251,10 +258,6 @@ impl Host for Component {
             AdminQuery::Stats => Ok(delivery::stats(config).await.to_string()),
             AdminQuery::DeadLetters => Ok(delivery::dead_letters(config).await),
         }
-    }
-
-    fn log(&self, level: Level, event: &str, request_id: &str, fields: &[(&str, &str)]) {
-        emit(level.as_str(), event, request_id, fields);
     }
 
     async fn after(&self) {

@@ -34,8 +34,8 @@ use crate::application::delivery::slots::SlotKey;
 use crate::config::Config;
 use crate::http::rate_limit::MemoryBuckets;
 use crate::ports::{
-    Clock, Collector, CollectorAnswer, CollectorRequest, Level, Log, StoreError, SystemEntropy,
-    Timer, TransportError,
+    Clock, Collector, CollectorAnswer, CollectorRequest, StoreError, SystemEntropy, Timer,
+    TransportError,
 };
 
 /// One alarm runs delivery rounds for at most this long, then yields to a fresh alarm.
@@ -110,7 +110,7 @@ impl DurableObject for Batcher {
             }
         };
         if let Some(e) = &setup_error {
-            log::error("batcher_not_ready", "", &[("error", e)]);
+            log::error("batcher_not_ready", &[("error", e)]);
         }
         Self {
             state,
@@ -143,7 +143,7 @@ impl DurableObject for Batcher {
         self.count(|r| r.alarm_runs += 1);
         let (Some(engine), Some(store)) = (&self.engine, &self.store) else {
             // Keep everything; try again once the deployment is fixed.
-            log::error("flush_misconfigured", "", &[]);
+            log::error("flush_misconfigured", &[]);
             return self
                 .set_alarm_at(now_ms() + 60_000)
                 .await
@@ -213,7 +213,7 @@ impl Batcher {
             timer: &WorkersTimer,
             clock: &WorkersClock,
             entropy: &SystemEntropy,
-            log: &WorkersLog,
+            log: &log::Console,
             sink: &engine.sink,
         }
     }
@@ -340,14 +340,6 @@ struct WorkersClock;
 impl Clock for WorkersClock {
     fn now_ms(&self) -> u64 {
         now_ms()
-    }
-}
-
-struct WorkersLog;
-
-impl Log for WorkersLog {
-    fn emit(&self, level: Level, event: &str, fields: &[(&str, &str)]) {
-        log::at(level, event, "", fields);
     }
 }
 

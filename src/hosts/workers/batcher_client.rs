@@ -83,7 +83,7 @@ async fn call_batcher(
     sections: usize,
 ) -> group_commit::GroupOutcome {
     let unavailable = |error: String| {
-        log::error("batcher_unreachable", "", &[("error", &error)]);
+        log::error("batcher_unreachable", &[("error", &error)]);
         Problem::new(
             ProblemType::UpstreamUnavailable,
             "the batcher could not be reached; nothing was accepted",
@@ -120,11 +120,11 @@ async fn call_batcher(
             detail,
         }) => Err(Problem::backlog_full(retry_after_s, detail)),
         Ok(wire::AcceptReply::Refused { detail }) => {
-            log::error("batcher_refused", "", &[("detail", &detail)]);
+            log::error("batcher_refused", &[("detail", &detail)]);
             Err(Problem::internal())
         }
         Err(e) => {
-            log::error("batcher_refused", "", &[("detail", &e.to_string())]);
+            log::error("batcher_refused", &[("detail", &e.to_string())]);
             Err(Problem::internal())
         }
     }

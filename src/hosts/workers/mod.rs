@@ -263,7 +263,6 @@ impl Host for Worker<'_> {
                 log::at(
                     Level::Warn,
                     "jwt_key_refused",
-                    "",
                     &[("error", &format!("{e:?}"))],
                 );
                 false
@@ -291,12 +290,14 @@ impl Host for Worker<'_> {
         batcher_client::admin(self.env, &settings(self.env), edge, query)
             .await
             .map_err(|e| {
-                log::error("admin_failed", "", &[("error", &e.to_string())]);
+                log::error("admin_failed", &[("error", &e.to_string())]);
                 Problem::internal()
             })
     }
+}
 
-    fn log(&self, level: Level, event: &str, request_id: &str, fields: &[(&str, &str)]) {
-        log::at(level, event, request_id, fields);
+impl crate::ports::Log for Worker<'_> {
+    fn emit(&self, level: Level, event: &str, fields: &[(&str, &str)]) {
+        log::at(level, event, fields);
     }
 }

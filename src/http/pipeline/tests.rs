@@ -187,7 +187,10 @@ impl Host for FakeHost {
     async fn admin(&self, _: &EdgeInfo, q: AdminQuery) -> Result<String, Problem> {
         Ok(format!("{{\"query\":\"{q:?}\"}}"))
     }
-    fn log(&self, _: Level, _: &str, _: &str, _: &[(&str, &str)]) {}
+}
+
+impl crate::ports::Log for FakeHost {
+    fn emit(&self, _: Level, _: &str, _: &[(&str, &str)]) {}
 }
 
 /// A body in chunks; it can also break, or be declared and never come.
