@@ -4,8 +4,8 @@
 #![forbid(unsafe_code)]
 #![allow(async_fn_in_trait)] // hosts are single-threaded (an isolate, an instance): no Send wanted
 
+use crate::domain::enrich::StoredReading;
 use std::fmt;
-use std::rc::Rc;
 
 /// Deployment configuration by key (wrangler `[vars]`/secrets, Spin variables, environment).
 pub trait ConfigSource {
@@ -186,7 +186,7 @@ pub struct StoredSegment<K> {
     /// The node that accepted it, named in the batch envelope.
     pub node: String,
     /// Its readings not yet delivered or dead-lettered, in order.
-    pub readings: Vec<Rc<str>>,
+    pub readings: Vec<StoredReading>,
 }
 
 /// A batch the collector refused for good, as kept for an operator to inspect and replay.
@@ -217,7 +217,7 @@ pub trait OutboxStore {
         key: &Self::Key,
         settled: usize,
         node: &str,
-        readings: &[Rc<str>],
+        readings: &[StoredReading],
     ) -> Result<(), StoreError>;
 
     /// Keeps a batch the collector refused for good; called before its readings are trimmed.
@@ -243,7 +243,7 @@ pub trait SegmentAppend: OutboxStore {
         &self,
         received_at_ms: u64,
         node: &str,
-        readings: &[Rc<str>],
+        readings: &[StoredReading],
     ) -> Result<Self::Key, StoreError>;
 }
 

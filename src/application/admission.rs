@@ -13,7 +13,7 @@
 //! The host supplies the parts ([`AdmissionPorts`]) and decides nothing; what a refusal means
 //! on the wire is `http`'s business.
 
-use std::rc::Rc;
+use crate::domain::enrich::StoredReading;
 
 use crate::application::delivery::outbox::BacklogFull;
 use crate::ports::StoreError;
@@ -22,7 +22,7 @@ use crate::ports::StoreError;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Section {
     pub costs: Vec<(String, u32)>,
-    pub readings: Vec<Rc<str>>,
+    pub readings: Vec<StoredReading>,
 }
 
 /// What became of a section of an admitted call.
@@ -61,7 +61,7 @@ pub trait AdmissionPorts {
         &self,
         room: Self::Room,
         received_at_ms: u64,
-        readings: Vec<Rc<str>>,
+        readings: Vec<StoredReading>,
     ) -> Result<Result<(), BacklogFull>, StoreError>;
     /// Delivery has work.
     async fn wake(&self);
@@ -109,7 +109,7 @@ pub async fn accept<P: AdmissionPorts>(
         ports.release(room);
         return Ok(verdicts);
     }
-    let readings: Vec<Rc<str>> = charged
+    let readings: Vec<StoredReading> = charged
         .iter()
         .flat_map(|s| s.readings.iter().cloned())
         .collect();
@@ -193,7 +193,7 @@ mod tests {
             &self,
             _room: usize,
             _at: u64,
-            readings: Vec<Rc<str>>,
+            readings: Vec<StoredReading>,
         ) -> Result<Result<(), BacklogFull>, StoreError> {
             self.calls
                 .borrow_mut()
@@ -216,7 +216,7 @@ mod tests {
         Section {
             costs: vec![(device.to_owned(), n as u32)],
             readings: (0..n)
-                .map(|i| Rc::from(format!("{{\"id\":\"{device}-{i}\"}}")))
+                .map(|i| StoredReading::from_store(&format!("{{\"id\":\"{device}-{i}\"}}")))
                 .collect(),
         }
     }

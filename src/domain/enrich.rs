@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use crate::domain::calibration::{self, Profiles};
 use crate::domain::device::DeviceRecord;
@@ -104,8 +105,7 @@ pub struct EnrichedReading {
 
 /// The JSON text of an enriched reading, as the device gets it back and the collector receives
 /// it: one object on one line (serde_json's compact form), starting with `{`. Only
-/// [`enrich_all`] makes one, so code holding one needs no check. (A segment read back from a
-/// host's store is text again: what crossed storage is the store's to vouch for.)
+/// [`enrich_all`] makes one, so code holding one needs no check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnrichedJson(String);
 
@@ -124,6 +124,44 @@ impl EnrichedJson {
 
     pub fn into_string(self) -> String {
         self.0
+    }
+}
+
+/// An enriched reading as the outbox holds, stores and sends it: an [`EnrichedJson`]'s text,
+/// shared (a batch, a segment and a retry hold the same text without copying it). Made from an
+/// `EnrichedJson`, or from text a store or the host's own RPC gives back, which only ever holds
+/// what was written from one of these (`from_store`): so a batch can be built by joining them
+/// with commas and a segment with newlines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReading(Rc<str>);
+
+impl StoredReading {
+    /// Text written from a `StoredReading` and read back: from the host's store, or from its
+    /// RPC between an isolate and its Durable Object.
+    pub fn from_store(text: &str) -> Self {
+        debug_assert!(
+            text.starts_with('{') && text.ends_with('}') && !text.contains('\n'),
+            "not a stored reading: {text}"
+        );
+        Self(Rc::from(text))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&EnrichedJson> for StoredReading {
+    fn from(json: &EnrichedJson) -> Self {
+        Self(Rc::from(json.as_str()))
     }
 }
 

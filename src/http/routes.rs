@@ -17,7 +17,7 @@ use http::Method;
 use crate::application::admission::Section;
 use crate::application::registry::{Registration, RegistryMode};
 use crate::domain::device::DeviceRecord;
-use crate::domain::enrich::{enrich_all, EdgeInfo, EnrichError, EnrichedReading};
+use crate::domain::enrich::{enrich_all, EdgeInfo, EnrichError, EnrichedReading, StoredReading};
 use crate::domain::ids::{IdSource, BYTES_PER_ID};
 use crate::domain::reading::{DeviceId, Reading};
 use crate::http::answer::{self, Answer};
@@ -284,7 +284,7 @@ impl Accepted {
             readings: self
                 .readings
                 .iter()
-                .map(|r| std::rc::Rc::from(r.json.as_str()))
+                .map(|r| StoredReading::from(&r.json))
                 .collect(),
         }
     }

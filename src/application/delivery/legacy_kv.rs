@@ -4,7 +4,7 @@
 //! reading, `pending/<received_at_ms>/<id>`. Read once per database, when the shared outbox
 //! imports them (`shared_outbox::SharedOutbox::import_key_value`); nothing writes them any more.
 
-use std::rc::Rc;
+use crate::domain::enrich::StoredReading;
 
 use crate::application::delivery::segment;
 use crate::ports::StoredSegment;
@@ -30,7 +30,10 @@ pub fn decode(key: &str, value: &[u8], default_node: &str) -> Option<StoredSegme
     let text = std::str::from_utf8(value).ok()?;
     let received_at_ms = received_at(key)?;
     let (node, readings) = if key.starts_with(LEGACY_PREFIX) {
-        (default_node.to_owned(), vec![Rc::from(text)])
+        (
+            default_node.to_owned(),
+            vec![StoredReading::from_store(text)],
+        )
     } else {
         segment::decode(text)
     };

@@ -32,6 +32,7 @@
 //! every host, and never holds a borrow across an await, so requests keep appending while a
 //! round waits on the collector.
 
+use crate::domain::enrich::StoredReading;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Range;
@@ -129,7 +130,7 @@ pub struct OutboxStats {
 struct Entry<K> {
     key: K,
     node: Rc<str>,
-    readings: Vec<Rc<str>>,
+    readings: Vec<StoredReading>,
     /// Readings [0, cut) are in batches.
     cut: usize,
     settled: Vec<bool>,
@@ -155,7 +156,7 @@ struct Flight {
 pub struct Attempt {
     pub batch_id: String,
     pub node: Rc<str>,
-    pub readings: Vec<Rc<str>>,
+    pub readings: Vec<StoredReading>,
 }
 
 /// What an attempt came back with.
@@ -201,7 +202,7 @@ pub struct Trim<K> {
     pub key: K,
     pub settled: usize,
     pub node: Rc<str>,
-    pub readings: Vec<Rc<str>>,
+    pub readings: Vec<StoredReading>,
 }
 
 /// What the driver should do now.
@@ -305,7 +306,7 @@ impl<K: Clone + PartialEq> Outbox<K> {
         key: K,
         received_at_ms: u64,
         node: &str,
-        readings: Vec<Rc<str>>,
+        readings: Vec<StoredReading>,
     ) -> bool {
         self.release(reservation);
         let n = readings.len() as u64;
@@ -371,7 +372,7 @@ impl<K: Clone + PartialEq> Outbox<K> {
         self.retry_at
     }
 
-    fn insert(&mut self, key: K, received_at_ms: u64, node: Rc<str>, readings: Vec<Rc<str>>) {
+    fn insert(&mut self, key: K, received_at_ms: u64, node: Rc<str>, readings: Vec<StoredReading>) {
         let n = readings.len();
         self.held += n;
         self.unbatched += n;
@@ -612,7 +613,7 @@ impl<K: Clone + PartialEq> Outbox<K> {
                         &flight.id,
                         &flight.node,
                         now,
-                        attempt.readings.iter().map(|r| &**r),
+                        attempt.readings.iter().map(StoredReading::as_str),
                     ),
                 })
             }
@@ -762,7 +763,7 @@ pub async fn append_reserved<K, S>(
     reservation: Reservation,
     received_at_ms: u64,
     node: &str,
-    readings: Vec<Rc<str>>,
+    readings: Vec<StoredReading>,
 ) -> Result<bool, StoreError>
 where
     K: Clone + PartialEq,
@@ -849,7 +850,7 @@ where
 }
 
 async fn send<S, C: Collector, T: Timer>(attempt: &Attempt, d: &Delivery<'_, S, C, T>) -> Outcome {
-    let docs = attempt.readings.iter().map(|r| &**r);
+    let docs = attempt.readings.iter().map(StoredReading::as_str);
     let body = match encode_batch(
         d.sink.format,
         &d.sink.tag_keys,
@@ -934,7 +935,7 @@ impl OutboxStore for MemoryStore {
         _key: &u64,
         _settled: usize,
         _node: &str,
-        _readings: &[Rc<str>],
+        _readings: &[StoredReading],
     ) -> Result<(), crate::ports::StoreError> {
         Ok(())
     }
@@ -960,7 +961,7 @@ impl SegmentAppend for MemoryStore {
         &self,
         _received_at_ms: u64,
         _node: &str,
-        _readings: &[Rc<str>],
+        _readings: &[StoredReading],
     ) -> Result<u64, crate::ports::StoreError> {
         let key = self.next.get() + 1;
         self.next.set(key);

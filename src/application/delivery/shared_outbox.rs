@@ -25,6 +25,7 @@
 //! dead-lettered. A batch is sent again only after its holder failed or crashed, or its lease
 //! expired while it was being sent (at least once; collectors deduplicate by reading id).
 
+use crate::domain::enrich::StoredReading;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -159,7 +160,7 @@ impl Appended {
 pub struct Request {
     pub received_at_ms: u64,
     pub node: Rc<str>,
-    pub readings: Vec<Rc<str>>,
+    pub readings: Vec<StoredReading>,
 }
 
 /// The backlog bound was reached: nothing was inserted.
@@ -251,7 +252,7 @@ impl<D: Sql> SharedOutbox<D> {
             else {
                 continue;
             };
-            let docs: Vec<&str> = segment.readings.iter().map(|r| &**r).collect();
+            let docs: Vec<&str> = segment.readings.iter().map(StoredReading::as_str).collect();
             let params = vec![
                 count(segment.received_at_ms),
                 SqlValue::Text(segment.node.clone()),
@@ -271,7 +272,7 @@ impl<D: Sql> SharedOutbox<D> {
         &self,
         received_at_ms: u64,
         node: &str,
-        readings: &[Rc<str>],
+        readings: &[StoredReading],
         max_backlog: usize,
     ) -> Result<Result<Appended, BacklogFull>, StoreError> {
         let group = [Request {
@@ -297,7 +298,7 @@ impl<D: Sql> SharedOutbox<D> {
             .flat_map(|r| {
                 r.readings
                     .iter()
-                    .map(move |doc| (r.received_at_ms, &*r.node, &**doc))
+                    .map(move |doc| (r.received_at_ms, &*r.node, doc.as_str()))
             })
             .collect();
         let params = vec![
@@ -375,7 +376,10 @@ impl<D: Sql> SharedOutbox<D> {
             key: token.to_owned(),
             received_at_ms: taken.iter().map(|t| t.1).min().unwrap_or(0).max(0) as u64,
             node: taken[0].2.to_owned(),
-            readings: taken.iter().map(|t| Rc::from(t.3)).collect(),
+            readings: taken
+                .iter()
+                .map(|t| StoredReading::from_store(t.3))
+                .collect(),
         };
         let attempts = taken.iter().map(|t| t.4).max().unwrap_or(0);
         self.claims
@@ -468,7 +472,7 @@ impl<D: Sql> OutboxStore for SharedOutbox<D> {
         key: &String,
         settled: usize,
         _node: &str,
-        _readings: &[Rc<str>],
+        _readings: &[StoredReading],
     ) -> Result<(), StoreError> {
         let done: Vec<i64> = {
             let claims = self.claims.borrow();

@@ -52,6 +52,7 @@ mod flavour {
         AppendGroup, Appended, Request, SharedDriver, SharedOutbox,
     };
     use crate::config::Config;
+    use crate::domain::enrich::StoredReading;
     use crate::hosts::spin::database::{self, Path, SpinSql};
     use crate::hosts::spin::{limiter, now_ms};
     use crate::ports::StoreError;
@@ -127,7 +128,7 @@ mod flavour {
             &self,
             _room: (),
             received_at_ms: u64,
-            readings: Vec<Rc<str>>,
+            readings: Vec<StoredReading>,
         ) -> Result<Result<(), BacklogFull>, StoreError> {
             let db = database::open(Path::Request).await?;
             let request = Request {
@@ -231,6 +232,7 @@ mod flavour {
         SinkTarget, Wakeups,
     };
     use crate::config::Config;
+    use crate::domain::enrich::StoredReading;
     use crate::hosts::spin::{limiter, now_ms};
     use crate::ports::{StoreError, Timer};
 
@@ -303,7 +305,7 @@ mod flavour {
             &self,
             room: Reservation,
             received_at_ms: u64,
-            readings: Vec<Rc<str>>,
+            readings: Vec<StoredReading>,
         ) -> Result<Result<(), BacklogFull>, StoreError> {
             let inst = &self.inst;
             let start = append_reserved(

@@ -13,8 +13,8 @@
 //! What Cloudflare bills for it is counted here: the object's requests (accept calls, alarm
 //! runs) and its storage rows read and written (from every statement's cursor), in `/stats`.
 
+use crate::domain::enrich::StoredReading;
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
 
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::JsValue;
@@ -228,7 +228,11 @@ impl Batcher {
             .into_iter()
             .map(|s| Section {
                 costs: s.costs.iter().map(|(d, n)| ((*d).to_owned(), *n)).collect(),
-                readings: s.docs.iter().map(|d| Rc::from(*d)).collect(),
+                readings: s
+                    .docs
+                    .iter()
+                    .map(|d| StoredReading::from_store(d))
+                    .collect(),
             })
             .collect();
         let now = now_ms();
@@ -419,7 +423,7 @@ impl AdmissionPorts for Ports<'_> {
         &self,
         room: Reservation,
         received_at_ms: u64,
-        readings: Vec<Rc<str>>,
+        readings: Vec<StoredReading>,
     ) -> Result<Result<(), BacklogFull>, StoreError> {
         let engine = self.engine;
         append_reserved(

@@ -7,8 +7,8 @@
 //! in place (one row); never a row per reading, nor a delete per segment. Every statement's rows read and written
 //! are counted from its cursor, for `/admin/stats`.
 
+use crate::domain::enrich::StoredReading;
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use worker::{SqlCursor, SqlStorage, SqlStorageValue};
@@ -139,7 +139,7 @@ impl SqlOutboxStore {
         &self,
         received_at_ms: u64,
         node: &str,
-        readings: &[Rc<str>],
+        readings: &[StoredReading],
     ) -> Result<SlotKey, StoreError> {
         let placement = self.slots.borrow_mut().place();
         let key = placement.key();
@@ -233,7 +233,10 @@ impl SqlOutboxStore {
             self.query("SELECT received_at_ms, doc FROM pending ORDER BY seq", None)?;
         let mut moved = None;
         if let Some(first) = rows.first() {
-            let readings: Vec<Rc<str>> = rows.iter().map(|r| Rc::from(r.doc.as_str())).collect();
+            let readings: Vec<StoredReading> = rows
+                .iter()
+                .map(|r| StoredReading::from_store(&r.doc))
+                .collect();
             let received_at_ms = first.received_at_ms as u64;
             let key = self.write_segment(received_at_ms, default_node, &readings)?;
             moved = Some(StoredSegment {
@@ -282,7 +285,7 @@ impl OutboxStore for SqlOutboxStore {
         key: &SlotKey,
         settled: usize,
         node: &str,
-        readings: &[Rc<str>],
+        readings: &[StoredReading],
     ) -> Result<(), StoreError> {
         if settled >= readings.len() {
             self.slots.borrow_mut().settled(*key);
@@ -340,7 +343,7 @@ impl SegmentAppend for SqlOutboxStore {
         &self,
         received_at_ms: u64,
         node: &str,
-        readings: &[Rc<str>],
+        readings: &[StoredReading],
     ) -> Result<SlotKey, StoreError> {
         self.write_segment(received_at_ms, node, readings)
     }

@@ -11,6 +11,7 @@ use crate::application::admission::{self, AdmissionPorts};
 use crate::application::delivery::outbox::{
     append_reserved, BacklogFull, MemoryStore, Outbox, Reservation, Wakeups,
 };
+use crate::domain::enrich::StoredReading;
 use crate::http::auth::{sign, MasterSecret, SignedParts};
 use crate::http::rate_limit::MemoryBuckets;
 use crate::http::routes::{Accepted, AdminQuery};
@@ -72,7 +73,7 @@ impl AdmissionPorts for FakeHost {
         &self,
         room: Reservation,
         at: u64,
-        readings: Vec<Rc<str>>,
+        readings: Vec<StoredReading>,
     ) -> Result<Result<(), BacklogFull>, StoreError> {
         append_reserved(&self.outbox, &self.store, room, at, "node", readings).await?;
         Ok(Ok(()))

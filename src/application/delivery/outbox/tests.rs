@@ -4,9 +4,9 @@
 //! every acknowledged reading reaches the collector, and nothing reaches it that was not
 //! appended; the only duplicates are those of a batch whose answer a crash cut off.
 
+use crate::domain::enrich::StoredReading;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::rc::Rc;
 
 use super::*;
 use crate::application::delivery::policy::{FlushPolicy, RetryPolicy};
@@ -115,7 +115,7 @@ impl Collector for FakeCollector {
 struct Row {
     received_at_ms: u64,
     node: String,
-    readings: Vec<Rc<str>>,
+    readings: Vec<StoredReading>,
     settled: usize,
 }
 
@@ -162,7 +162,7 @@ impl OutboxStore for FakeStore {
         key: &u64,
         settled: usize,
         _node: &str,
-        readings: &[Rc<str>],
+        readings: &[StoredReading],
     ) -> Result<(), StoreError> {
         if self.fail_trims.get() {
             return Err(StoreError("disk full".into()));
@@ -191,7 +191,7 @@ impl SegmentAppend for FakeStore {
         &self,
         received_at_ms: u64,
         node: &str,
-        readings: &[Rc<str>],
+        readings: &[StoredReading],
     ) -> Result<u64, StoreError> {
         if self.fail_appends.get() {
             return Err(StoreError("disk full".into()));
@@ -269,11 +269,14 @@ impl Host {
         }
     }
 
-    fn readings(&mut self, n: usize) -> Vec<Rc<str>> {
+    fn readings(&mut self, n: usize) -> Vec<StoredReading> {
         (0..n)
             .map(|_| {
                 self.next_reading += 1;
-                format!(r#"{{"id":"r{}","temp_c":1.5}}"#, self.next_reading).into()
+                StoredReading::from_store(&format!(
+                    r#"{{"id":"r{}","temp_c":1.5}}"#,
+                    self.next_reading
+                ))
             })
             .collect()
     }
@@ -297,7 +300,8 @@ impl Host {
         if run(appended).is_err() {
             return false;
         }
-        self.acknowledged.extend(readings.iter().map(|r| id_of(r)));
+        self.acknowledged
+            .extend(readings.iter().map(|r| id_of(r.as_str())));
         true
     }
 
@@ -472,7 +476,7 @@ fn a_crash_after_the_append_and_before_the_answer_still_delivers() {
     h.drain();
     h.assert_delivered();
     for r in &unanswered {
-        assert!(h.collector.stored_set().contains(&id_of(r)));
+        assert!(h.collector.stored_set().contains(&id_of(r.as_str())));
     }
 }
 

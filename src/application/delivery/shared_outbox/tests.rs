@@ -2,9 +2,9 @@
 //! driver) and the engine's fake collector, clock and entropy. A crash is an instance dropped
 //! at a chosen point; its claims stay in the table until their lease expires.
 
+use crate::domain::enrich::StoredReading;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
-use std::rc::Rc;
 
 use super::*;
 use crate::application::delivery::outbox::tests::{
@@ -144,11 +144,14 @@ impl App {
         }
     }
 
-    fn readings(&self, n: usize) -> Vec<Rc<str>> {
+    fn readings(&self, n: usize) -> Vec<StoredReading> {
         (0..n)
             .map(|_| {
                 self.next_reading.set(self.next_reading.get() + 1);
-                format!(r#"{{"id":"r{}","temp_c":1.5}}"#, self.next_reading.get()).into()
+                StoredReading::from_store(&format!(
+                    r#"{{"id":"r{}","temp_c":1.5}}"#,
+                    self.next_reading.get()
+                ))
             })
             .collect()
     }
@@ -165,7 +168,7 @@ impl App {
         instance.driver.appended(appended, now);
         self.acknowledged
             .borrow_mut()
-            .extend(readings.iter().map(|r| id_of(r)));
+            .extend(readings.iter().map(|r| id_of(r.as_str())));
         true
     }
 
@@ -400,11 +403,11 @@ fn segments_of_the_previous_release_in_key_value_are_imported_once() {
     let key = legacy_kv::segment_key(T0 - 5_000, "seg-1");
     run(kv.set(&key, segment::encode("old-node", first).as_bytes())).unwrap();
     // A reading of an even older release, one key each.
-    run(kv.set("pending/1799999990000/x", rest[0].as_bytes())).unwrap();
+    run(kv.set("pending/1799999990000/x", rest[0].as_str().as_bytes())).unwrap();
     run(kv.set("calibration", b"{}")).unwrap();
     app.acknowledged
         .borrow_mut()
-        .extend(old.iter().map(|r| id_of(r)));
+        .extend(old.iter().map(|r| id_of(r.as_str())));
     let a = app.instance();
     let imported = run(a.store.import_key_value(&kv, T0, "local")).unwrap();
     assert_eq!(imported, 7);
@@ -467,7 +470,7 @@ fn random_instances_crashes_and_failures_lose_nothing() {
                         if next(2) == 0 {
                             for segment in &claimed {
                                 cut_off += segment.readings.len();
-                                let docs = segment.readings.iter().map(|r| &**r);
+                                let docs = segment.readings.iter().map(StoredReading::as_str);
                                 let body = crate::application::delivery::sink::encode_json_batch(
                                     &token, "node-1", now, docs,
                                 );
