@@ -25,9 +25,10 @@ elif [[ -z "${ESBUILD_BIN:-}" && -x "$root/node_modules/.bin/esbuild" ]]; then
 fi
 
 # Optimize the Worker for size: the upload is what every cold start fetches and what Cloudflare
-# limits, while the enrichment path stays a few microseconds per reading either way (README,
-# "Performance": 3.2 -> 4.8 us per GET reading in wasm at opt-level s vs 3).
-export CARGO_PROFILE_RELEASE_OPT_LEVEL="${CARGO_PROFILE_RELEASE_OPT_LEVEL:-s}"
+# limits, while the enrichment path stays a few microseconds per reading either way (opt-level s
+# cost 3.2 -> 4.8 us per GET reading in wasm against 3; z against s: 280.5 -> 262.3 KB gzip,
+# Worker CPU per request under load within noise, CHANGELOG.md).
+export CARGO_PROFILE_RELEASE_OPT_LEVEL="${CARGO_PROFILE_RELEASE_OPT_LEVEL:-z}"
 cd "$crate_dir"
 worker-build --release "$@"
 # worker-build passes --debuginfo to wasm-opt to keep the function-name section (for named
