@@ -92,18 +92,21 @@ pub mod sql {
     pub const IMPORT: &str = "INSERT INTO outbox (received_at_ms, node, doc) \
          SELECT ?1, ?2, value FROM json_each(?3) ORDER BY key";
 
-    /// ?1 claim token, ?2 now, ?3 lease, ?4 batch size, ?5 batches, ?6 max age. Takes the
-    /// oldest unleased rows, up to ?5 batches: whole batches, and as many more rows as fill
-    /// the batches that hold every row ?6 old (so a reading that is due goes in a batch as
-    /// full as the table allows); nothing while a batch waits for its retry or is being sent
-    /// again. Returns no
+    /// ?1 claim token, ?2 now, ?3 lease, ?4 batch size, ?5 batches, ?6 max age, ?7 a sequence
+    /// number the claimer saw fill a batch (0: none). Takes the oldest unleased rows, up to ?5
+    /// batches: whole batches, as many more rows as fill the batches that hold every row ?6
+    /// old (so a reading that is due goes in a batch as full as the table allows), and every
+    /// row up to ?7 (so a filled batch leaves nothing of it behind, and the other instances
+    /// may count on it: `SharedDriver::appended`); nothing while a batch waits for its retry or
+    /// is being sent again. Returns no
     /// rows, so the write lock is given back as soon as the rows are marked: the claimed
     /// readings are read afterwards (`CLAIMED`), which in WAL mode blocks no writer.
     pub const CLAIM: &str = "WITH free AS (\
            SELECT seq, received_at_ms FROM outbox WHERE lease_until_ms <= ?2 \
            ORDER BY seq LIMIT ?4 * ?5), \
          take AS (SELECT min(count(*), max(count(*) / ?4 * ?4, \
-           (coalesce(sum(received_at_ms <= ?2 - ?6), 0) + ?4 - 1) / ?4 * ?4)) AS n FROM free) \
+           (coalesce(sum(received_at_ms <= ?2 - ?6), 0) + ?4 - 1) / ?4 * ?4, \
+           coalesce(sum(seq <= ?7), 0))) AS n FROM free) \
          UPDATE outbox SET claim = ?1, lease_until_ms = ?2 + ?3 \
          WHERE seq IN (SELECT seq FROM free ORDER BY seq LIMIT (SELECT n FROM take)) \
            AND NOT EXISTS (SELECT 1 FROM outbox WHERE attempts > 0 AND lease_until_ms > ?2)";
@@ -344,6 +347,7 @@ impl<D: Sql> SharedOutbox<D> {
         now_ms: u64,
         flush: FlushPolicy,
         batches: usize,
+        through_seq: i64,
     ) -> Result<Claimed, StoreError> {
         let params = vec![
             SqlValue::Text(token.to_owned()),
@@ -352,6 +356,7 @@ impl<D: Sql> SharedOutbox<D> {
             count(flush.max_items as u64),
             count(batches as u64),
             count(flush.max_age_ms),
+            SqlValue::Integer(through_seq),
         ];
         self.db.execute(sql::CLAIM, params).await?;
         let rows = self
@@ -516,8 +521,9 @@ pub type AppendResult = Result<Result<Appended, BacklogFull>, StoreError>;
 /// request that arrived while the previous statement ran. Commits are what SQLite serialises
 /// across every instance and process on the file, so fewer of them shorten everyone's wait
 /// for the write lock. A request that finds no statement running writes at once (with
-/// whatever else waits); the others look for their result every `GROUP_POLL_MS` (a task
-/// cannot wake another request's task on wasi:http: see `Wakeups::Polled`).
+/// whatever else waits); the others look for their result every `GROUP_POLL_MS`. (A writer
+/// cannot wake them: on wasi:http a task waking another request's task needs wit-bindgen's
+/// `inter-task-wakeup`, under which Spin 4.1 dropped instances as "worker panicked" at load.)
 #[derive(Debug, Default)]
 pub struct AppendGroup {
     waiting: RefCell<Vec<(u64, Request)>>,
@@ -530,6 +536,31 @@ pub struct AppendGroup {
 
 /// How often a request waiting on another's statement looks for its result.
 pub const GROUP_POLL_MS: u64 = 1;
+
+/// The writer's duty, even if its request is dropped mid-statement (a client gone): the
+/// requests it carried learn that their outcome is unknown, and the group is free again, so
+/// that one of those waiting writes next.
+struct Writing<'a> {
+    group: &'a AppendGroup,
+    /// The writer's own ticket: nobody is left to ask for its result.
+    own: u64,
+    tickets: Vec<u64>,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        let mut done = self.group.done.borrow_mut();
+        for t in self.tickets.drain(..).filter(|t| *t != self.own) {
+            done.entry(t).or_insert_with(|| {
+                Err(StoreError(
+                    "the statement carrying this request was cancelled".into(),
+                ))
+            });
+        }
+        drop(done);
+        self.group.writing.set(false);
+    }
+}
 
 impl AppendGroup {
     pub async fn append<D: Sql, T: Timer>(
@@ -551,20 +582,26 @@ impl AppendGroup {
                     std::mem::take(&mut *self.waiting.borrow_mut())
                         .into_iter()
                         .unzip();
+                let mut writing = Writing {
+                    group: self,
+                    own: ticket,
+                    tickets,
+                };
                 let result = store.append_group(&requests, max_backlog).await;
                 let (statements, carried) = self.written.get();
                 self.written
                     .set((statements + 1, carried + requests.len() as u64));
                 let mut done = self.done.borrow_mut();
-                for (i, t) in tickets.iter().enumerate() {
+                for (i, t) in writing.tickets.drain(..).enumerate() {
                     let one = match &result {
                         Ok(Ok(appended)) => Ok(Ok(appended[i])),
                         Ok(Err(full)) => Ok(Err(*full)),
                         Err(e) => Err(e.clone()),
                     };
-                    done.insert(*t, one);
+                    done.insert(t, one);
                 }
-                self.writing.set(false);
+                drop(done);
+                drop(writing);
                 continue;
             }
             timer.sleep_ms(GROUP_POLL_MS).await;
@@ -584,10 +621,14 @@ struct Wake {
     running: bool,
     /// A request of this instance filled a batch, or it is time to look (see `LOOK_EVERY_MS`).
     claim_now: bool,
-    /// When this instance's requests were received that a claim may not have taken yet (a claim
-    /// takes every row past the max age, and whole batches of younger ones): each is due at its
-    /// time plus the max age. Oldest first; one entry per request, bounded by `DUES_KEPT`.
-    unclaimed: std::collections::VecDeque<u64>,
+    /// The last row of the last batch a request of this instance filled: its claim takes every
+    /// row up to it.
+    claim_through: i64,
+    /// This instance's requests whose rows no claim may have taken yet (a claim takes every row
+    /// past the max age, and whole batches of younger ones): when each was received (it is due
+    /// at that time plus the max age) and its last row's sequence number. Oldest first; one
+    /// entry per request, bounded by `DUES_KEPT`.
+    unclaimed: std::collections::VecDeque<(u64, i64)>,
     /// A claim failed, or rows were given back: look again then.
     retry_at: Option<u64>,
     next_look_ms: u64,
@@ -599,7 +640,10 @@ const DUES_KEPT: usize = 1_024;
 
 impl Wake {
     fn due_at(&self, max_age_ms: u64) -> Option<u64> {
-        let due = self.unclaimed.front().map(|t| t.saturating_add(max_age_ms));
+        let due = self
+            .unclaimed
+            .front()
+            .map(|(t, _)| t.saturating_add(max_age_ms));
         match (due, self.retry_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -638,14 +682,33 @@ impl SharedDriver {
         let rows = (appended.last_seq - appended.first_seq + 1).max(0) as u64;
         self.appended.set((requests + 1, readings + rows));
         let mut wake = self.wake.borrow_mut();
+        // Rows up to the last whole batch below this request's last row are in full batches,
+        // each claimed at once, with every row before it, by the request that filled it (on
+        // whichever instance; `sql::CLAIM`): this instance's earlier requests there need no
+        // claim of their own when they come due. Under load that is nearly all of them, so due
+        // claims are for quiet times, not one per request.
+        let max = self.flush.max_items.max(1) as i64;
+        let whole = appended.last_seq.div_euclid(max) * max;
         if appended.fills_a_batch(self.flush.max_items) {
             wake.claim_now = true;
+            wake.claim_through = wake.claim_through.max(whole);
+        }
+        while wake
+            .unclaimed
+            .front()
+            .is_some_and(|(_, last)| *last <= whole)
+        {
+            wake.unclaimed.pop_front();
         }
         if wake.unclaimed.len() == DUES_KEPT {
             wake.unclaimed.pop_front();
         }
-        wake.unclaimed.push_back(received_at_ms);
-        !std::mem::replace(&mut wake.running, true)
+        if appended.last_seq > whole {
+            wake.unclaimed
+                .push_back((received_at_ms, appended.last_seq));
+        }
+        let work = wake.claim_now || !wake.unclaimed.is_empty();
+        work && !std::mem::replace(&mut wake.running, true)
     }
 
     /// Any request: on an instance's first, and then every `LOOK_EVERY_MS`, it looks for rows
@@ -713,21 +776,22 @@ impl SharedDriver {
     }
 
     async fn claim<D: Sql, C, T>(&self, d: &Delivery<'_, SharedOutbox<D>, C, T>, now: u64) {
-        {
+        let through = {
             // Whatever is past the max age now is taken by this claim (or by the next one, if
             // this one fills every send and sets `claim_now` again).
             let mut wake = self.wake.borrow_mut();
             wake.claim_now = false;
             wake.retry_at = None;
             let age = self.flush.max_age_ms;
-            while wake.unclaimed.front().is_some_and(|t| t + age <= now) {
+            while wake.unclaimed.front().is_some_and(|(t, _)| t + age <= now) {
                 wake.unclaimed.pop_front();
             }
-        }
+            wake.claim_through
+        };
         let token = claim_token(now, d.entropy);
         match d
             .store
-            .claim(&token, now, self.flush, SENDS_IN_FLIGHT)
+            .claim(&token, now, self.flush, SENDS_IN_FLIGHT, through)
             .await
         {
             Ok(claimed) => {

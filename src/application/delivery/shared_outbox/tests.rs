@@ -279,7 +279,10 @@ fn a_claim_is_exclusive_until_its_lease_expires_then_another_delivers_it() {
     let (a, b) = (app.instance(), app.instance());
     assert!(app.accept(&a, 5));
     // `a` claims the full batch and crashes before the answer (its send never returns).
-    let claimed = run(a.store.claim("claim-a", app.clock.now_ms(), a_flush(), 4)).unwrap();
+    let claimed = run(a
+        .store
+        .claim("claim-a", app.clock.now_ms(), a_flush(), 4, 0))
+    .unwrap();
     assert_eq!(claimed.readings, 5);
     drop(a);
     app.tick(MAX_AGE + 1);
@@ -465,7 +468,7 @@ fn random_instances_crashes_and_failures_lose_nothing() {
                     if next(2) == 0 {
                         let token = format!("crashed-{crashes}");
                         let now = app.clock.now_ms();
-                        let claim = run(instances[i].store.claim(&token, now, a_flush(), 1));
+                        let claim = run(instances[i].store.claim(&token, now, a_flush(), 1, 0));
                         let claimed = claim.unwrap().segments;
                         if next(2) == 0 {
                             for segment in &claimed {
@@ -522,6 +525,38 @@ fn rows_left_behind_by_a_full_batch_are_claimed_when_they_come_due() {
     assert!(
         app.clock.now_ms() <= T0 + 100 + MAX_AGE,
         "the rest went when it came due"
+    );
+}
+
+/// Under load an instance's requests mostly land in batches that other instances fill: the
+/// request that fills a batch claims every row up to it, wherever they came from, so an
+/// instance that has since seen the table pass that batch claims nothing when its own older
+/// requests come due (one claim per request, at every instance, was most of the database's
+/// work at load). Its newer rows still come due and go.
+#[test]
+fn requests_in_a_batch_another_instance_filled_need_no_claim_of_their_own() {
+    let app = App::new("filled-elsewhere");
+    let (a, b) = (app.instance(), app.instance());
+    assert!(app.accept(&a, 3)); // rows 1..=3
+    assert!(app.accept(&b, 3)); // rows 4..=6: fills the batch of rows 1..=5
+    app.step(&b);
+    assert_eq!(app.batch_sizes(), vec![5], "b took a's rows with its own");
+    app.tick(50);
+    assert!(app.accept(&a, 1)); // row 7: a now knows rows up to 5 are in a full batch
+    let before = a.store.db.statements.get();
+    app.clock.0.set(T0 + MAX_AGE); // a's first request is due
+    app.step(&a);
+    assert_eq!(
+        a.store.db.statements.get(),
+        before,
+        "no claim for rows another instance's claim took"
+    );
+    app.drain(&[&a, &b]);
+    assert_eq!(app.batch_sizes(), vec![5, 2]);
+    app.assert_all_delivered();
+    assert!(
+        app.clock.now_ms() <= T0 + 50 + MAX_AGE,
+        "row 7 went when it came due"
     );
 }
 
@@ -611,4 +646,41 @@ fn concurrent_requests_of_an_instance_share_one_statement() {
     let refused = block_on(group.append(&store, &YieldTimer, big, 100));
     assert_eq!(refused, Ok(Err(BacklogFull)));
     assert_eq!(app.pending(), next - 1);
+}
+
+/// A request whose statement is dropped mid-way (its client went away) does not leave the
+/// instance's group stuck: the request that waited behind it writes next, and the dropped one's
+/// outcome is an error, never a hang.
+#[test]
+fn a_writer_dropped_mid_statement_hands_the_group_on() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    let app = App::new("group-drop");
+    let _tables = app.instance();
+    let store = SharedOutbox::new(SlowDb(Db::open(&app.path)));
+    let group = AppendGroup::default();
+    let request = |n| Request {
+        received_at_ms: T0,
+        node: "node-1".into(),
+        readings: app.readings(n),
+    };
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut first = Box::pin(group.append(&store, &YieldTimer, request(2), 100));
+    assert!(
+        first.as_mut().poll(&mut cx).is_pending(),
+        "writing, in the database"
+    );
+    let mut second = Box::pin(group.append(&store, &YieldTimer, request(3), 100));
+    assert!(
+        second.as_mut().poll(&mut cx).is_pending(),
+        "waiting behind it"
+    );
+    drop(first);
+    // It finds the group free, and writes its own statement.
+    let appended = block_on(second).unwrap().unwrap();
+    assert_eq!(appended.last_seq - appended.first_seq + 1, 3);
+    let after = block_on(group.append(&store, &YieldTimer, request(1), 100))
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.last_seq, appended.last_seq + 1);
 }
