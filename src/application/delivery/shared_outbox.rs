@@ -38,7 +38,7 @@ use crate::application::delivery::policy::{
 };
 use crate::domain::ids;
 use crate::ports::{
-    Collector, DeadLetter, Entropy, KeyValue, Level, OutboxStore, Sql, SqlValue, StoreError,
+    Clock, Collector, DeadLetter, Entropy, KeyValue, Level, OutboxStore, Sql, SqlValue, StoreError,
     StoredSegment, Timer,
 };
 
@@ -521,9 +521,12 @@ pub type AppendResult = Result<Result<Appended, BacklogFull>, StoreError>;
 /// request that arrived while the previous statement ran. Commits are what SQLite serialises
 /// across every instance and process on the file, so fewer of them shorten everyone's wait
 /// for the write lock. A request that finds no statement running writes at once (with
-/// whatever else waits); the others look for their result every `GROUP_POLL_MS`. (A writer
-/// cannot wake them: on wasi:http a task waking another request's task needs wit-bindgen's
-/// `inter-task-wakeup`, under which Spin 4.1 dropped instances as "worker panicked" at load.)
+/// whatever else waits); the others look for their result when the running statement should
+/// be about done: after half the group's typical statement time, then a quarter of it, never
+/// more often than every `GROUP_POLL_MS` (a writer cannot wake them: on wasi:http a task
+/// waking another request's task needs wit-bindgen's `inter-task-wakeup`). Under contention
+/// for the write lock a statement takes tens of milliseconds, and looking every millisecond
+/// cost more CPU than the statement.
 #[derive(Debug, Default)]
 pub struct AppendGroup {
     waiting: RefCell<Vec<(u64, Request)>>,
@@ -532,6 +535,10 @@ pub struct AppendGroup {
     writing: std::cell::Cell<bool>,
     /// Statements written, and the requests they carried.
     written: std::cell::Cell<(u64, u64)>,
+    /// A moving average of the statements' time, in ms.
+    typical_ms: std::cell::Cell<f64>,
+    /// Looks for a result by requests that waited.
+    looks: std::cell::Cell<u64>,
 }
 
 /// How often a request waiting on another's statement looks for its result.
@@ -563,16 +570,18 @@ impl Drop for Writing<'_> {
 }
 
 impl AppendGroup {
-    pub async fn append<D: Sql, T: Timer>(
+    pub async fn append<D: Sql, T: Timer, C: Clock>(
         &self,
         store: &SharedOutbox<D>,
         timer: &T,
+        clock: &C,
         request: Request,
         max_backlog: usize,
     ) -> AppendResult {
         let ticket = self.next_ticket.get();
         self.next_ticket.set(ticket + 1);
         self.waiting.borrow_mut().push((ticket, request));
+        let mut first_look = true;
         loop {
             if let Some(result) = self.done.borrow_mut().remove(&ticket) {
                 return result;
@@ -587,7 +596,11 @@ impl AppendGroup {
                     own: ticket,
                     tickets,
                 };
+                let started = clock.now_ms();
                 let result = store.append_group(&requests, max_backlog).await;
+                let took = clock.now_ms().saturating_sub(started) as f64;
+                self.typical_ms
+                    .set(0.8 * self.typical_ms.get() + 0.2 * took);
                 let (statements, carried) = self.written.get();
                 self.written
                     .set((statements + 1, carried + requests.len() as u64));
@@ -604,14 +617,26 @@ impl AppendGroup {
                 drop(writing);
                 continue;
             }
-            timer.sleep_ms(GROUP_POLL_MS).await;
+            let share = if std::mem::replace(&mut first_look, false) {
+                2.0
+            } else {
+                4.0
+            };
+            let wait = (self.typical_ms.get() / share) as u64;
+            self.looks.set(self.looks.get() + 1);
+            timer.sleep_ms(wait.max(GROUP_POLL_MS)).await;
         }
     }
 
     /// Statements written and the requests they carried, for `/admin/stats`.
     pub fn stats_json(&self) -> serde_json::Value {
         let (statements, requests) = self.written.get();
-        serde_json::json!({ "statements": statements, "requests": requests })
+        serde_json::json!({
+            "statements": statements,
+            "requests": requests,
+            "typical_statement_ms": (self.typical_ms.get() * 10.0).round() / 10.0,
+            "looks": self.looks.get(),
+        })
     }
 }
 

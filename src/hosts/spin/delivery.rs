@@ -140,7 +140,13 @@ mod flavour {
             let appended = self
                 .inst
                 .appends
-                .append(&SharedOutbox::new(db), &SpinTimer, request, max_backlog)
+                .append(
+                    &SharedOutbox::new(db),
+                    &SpinTimer,
+                    &super::WallClock,
+                    request,
+                    max_backlog,
+                )
                 .await?;
             Ok(match appended {
                 Ok(appended) => {

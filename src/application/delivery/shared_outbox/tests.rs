@@ -621,11 +621,10 @@ fn concurrent_requests_of_an_instance_share_one_statement() {
             readings: app.readings(1 + i % 3),
         })
         .collect();
-    let results = block_on(futures_util::future::join_all(
-        requests
-            .iter()
-            .map(|r| group.append(&store, &YieldTimer, r.clone(), 100)),
-    ));
+    let results =
+        block_on(futures_util::future::join_all(requests.iter().map(|r| {
+            group.append(&store, &YieldTimer, &app.clock, r.clone(), 100)
+        })));
     // Every request got its own rows, in order, and fewer statements ran than requests.
     let mut next = 1;
     for (request, result) in requests.iter().zip(&results) {
@@ -643,7 +642,7 @@ fn concurrent_requests_of_an_instance_share_one_statement() {
         node: "node-1".into(),
         readings: app.readings(90),
     };
-    let refused = block_on(group.append(&store, &YieldTimer, big, 100));
+    let refused = block_on(group.append(&store, &YieldTimer, &app.clock, big, 100));
     assert_eq!(refused, Ok(Err(BacklogFull)));
     assert_eq!(app.pending(), next - 1);
 }
@@ -665,12 +664,12 @@ fn a_writer_dropped_mid_statement_hands_the_group_on() {
         readings: app.readings(n),
     };
     let mut cx = Context::from_waker(Waker::noop());
-    let mut first = Box::pin(group.append(&store, &YieldTimer, request(2), 100));
+    let mut first = Box::pin(group.append(&store, &YieldTimer, &app.clock, request(2), 100));
     assert!(
         first.as_mut().poll(&mut cx).is_pending(),
         "writing, in the database"
     );
-    let mut second = Box::pin(group.append(&store, &YieldTimer, request(3), 100));
+    let mut second = Box::pin(group.append(&store, &YieldTimer, &app.clock, request(3), 100));
     assert!(
         second.as_mut().poll(&mut cx).is_pending(),
         "waiting behind it"
@@ -679,7 +678,7 @@ fn a_writer_dropped_mid_statement_hands_the_group_on() {
     // It finds the group free, and writes its own statement.
     let appended = block_on(second).unwrap().unwrap();
     assert_eq!(appended.last_seq - appended.first_seq + 1, 3);
-    let after = block_on(group.append(&store, &YieldTimer, request(1), 100))
+    let after = block_on(group.append(&store, &YieldTimer, &app.clock, request(1), 100))
         .unwrap()
         .unwrap();
     assert_eq!(after.last_seq, appended.last_seq + 1);
