@@ -298,7 +298,7 @@ impl DeviceAuth {
         let version =
             |device: &DeviceId| registration.record_for(device).map_or(0, |r| r.key_version);
         match (self, presented) {
-            (_, Presented::Anyone) => Ok(Credential::Anyone),
+            (_, Presented::Anyone) => Ok(Credential(Established::Anyone)),
             (_, Presented::Verified(credential)) => Ok(credential),
             (Self::Token(secrets), Presented::Token { token, device }) => {
                 // The request named no device before its body: the first one the body names.
@@ -307,7 +307,7 @@ impl DeviceAuth {
                     .or(req.device_hint)
                     .ok_or_else(|| unauthenticated(AuthMode::Token))?;
                 if secrets.admit_token(&token, device, version(device)) {
-                    Ok(Credential::Device(device.clone()))
+                    Ok(Credential(Established::Device(device.clone())))
                 } else {
                     Err(unauthenticated(AuthMode::Token))
                 }
@@ -325,7 +325,7 @@ impl DeviceAuth {
                     ok | bool::from(expected.as_slice().ct_eq(&given))
                 });
                 if ok {
-                    Ok(Credential::Device(sig.device_id))
+                    Ok(Credential(Established::Device(sig.device_id)))
                 } else {
                     Err(unauthenticated(AuthMode::Hmac))
                 }
@@ -376,8 +376,8 @@ impl DeviceAuth {
         valid: bool,
     ) -> Result<Presented<'a>, Problem> {
         match presented {
-            Presented::Jwt(token) if valid => Ok(Presented::Verified(Credential::Device(
-                token.device().clone(),
+            Presented::Jwt(token) if valid => Ok(Presented::Verified(Credential(
+                Established::Device(token.device().clone()),
             ))),
             Presented::Jwt(_) => Err(jwt_refused(JwtError::Signature)),
             other => Ok(other),
@@ -390,12 +390,20 @@ fn jwt_refused(e: JwtError) -> Problem {
 }
 
 impl Credential {
+    /// The device the credentials were verified for; `None` with authentication off.
+    pub fn device(&self) -> Option<&DeviceId> {
+        match &self.0 {
+            Established::Anyone => None,
+            Established::Device(d) => Some(d),
+        }
+    }
+
     /// The check that needs the readings: every one must belong to the authenticated device.
     pub fn authorize_devices<'d>(
         &self,
         mut devices: impl Iterator<Item = &'d str>,
     ) -> Result<(), Problem> {
-        let Self::Device(device) = self else {
+        let Some(device) = self.device() else {
             return Ok(());
         };
         match devices.find(|d| *d != device.as_str()) {
@@ -442,8 +450,7 @@ impl Presented<'_> {
     pub fn device(&self) -> Option<&DeviceId> {
         match self {
             Self::Anyone => None,
-            Self::Verified(Credential::Anyone) => None,
-            Self::Verified(Credential::Device(d)) => Some(d),
+            Self::Verified(credential) => credential.device(),
             Self::Token { device, .. } => device.as_ref(),
             Self::Signature(sig) => Some(&sig.device_id),
             Self::Jwt(token) => Some(token.device()),
@@ -451,13 +458,17 @@ impl Presented<'_> {
     }
 }
 
-/// What the request's credentials established. A `Device` exists only once its credentials
-/// were verified for that device.
+/// What the request's credentials established. Only this module makes one, after verifying
+/// the credentials for its device (or with authentication off), so code holding one needs no
+/// check.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Credential {
+pub struct Credential(Established);
+
+#[derive(Debug, Clone, PartialEq)]
+enum Established {
     /// Authentication is off.
     Anyone,
-    /// A token or signature verified for this device.
+    /// A token, signature or JWT verified for this device.
     Device(DeviceId),
 }
 
@@ -708,7 +719,7 @@ mod tests {
         let p = auth.before_body(p, &off).unwrap();
         assert!(matches!(p, Presented::Verified(_)));
         let cred = auth.verify(p, &parts(b"not even json"), &off).unwrap();
-        assert_eq!(cred, Credential::Device(device("dev-1")));
+        assert_eq!(cred.device(), Some(&device("dev-1")));
         let p = auth
             .presented(Some(&header), Some(&device("dev-2")), NOW_MS)
             .unwrap();
@@ -774,7 +785,7 @@ mod tests {
         let cred = auth
             .verify_request(&parts(body), Some(&header), NOW_MS)
             .unwrap();
-        assert_eq!(cred, Credential::Device(device("dev-1")));
+        assert_eq!(cred.device(), Some(&device("dev-1")));
         assert_eq!(
             cred.authorize_devices(["dev-2"].into_iter())
                 .unwrap_err()
