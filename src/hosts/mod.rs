@@ -8,3 +8,9 @@ pub mod workers;
 
 #[cfg(all(target_os = "wasi", target_env = "p2"))]
 pub mod spin;
+
+// The Workers RPC body format is pure: built natively as well, so that its tests run with the
+// rest (the adapter itself needs a Workers runtime).
+#[cfg(all(test, not(target_arch = "wasm32")))]
+#[path = "workers/wire.rs"]
+mod workers_wire;

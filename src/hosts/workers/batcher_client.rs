@@ -60,7 +60,10 @@ pub async fn hand_to_batcher(
     accepted: &Accepted,
 ) -> Result<(), Problem> {
     let name = batcher_name(edge, shard_of(&accepted.shard_key, shard_count(settings)));
-    let body = wire::encode_section(accepted);
+    let body = wire::encode_section(
+        &accepted.device_costs,
+        accepted.readings.iter().map(|r| r.json.as_str()),
+    );
     let send = |body, sections| call_batcher(env, settings, &name, &edge.node, body, sections);
     group_commit::submit(&name, body, accepted.readings.len(), send).await
 }

@@ -5,14 +5,15 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::http::routes::Accepted;
-
-/// One request's section of an `accept` body.
-pub fn encode_section(accepted: &Accepted) -> String {
-    let docs: usize = accepted.readings.iter().map(|r| r.json.len() + 1).sum();
-    let mut body = String::with_capacity(docs + 16 * accepted.device_costs.len() + 2);
+/// One request's section of an `accept` body: what it costs each device, then its readings.
+pub fn encode_section<'a>(
+    device_costs: &[(String, u32)],
+    docs: impl Iterator<Item = &'a str> + Clone,
+) -> String {
+    let size: usize = docs.clone().map(|d| d.len() + 1).sum();
+    let mut body = String::with_capacity(size + 16 * device_costs.len() + 2);
     body.push('#');
-    for (i, (device, count)) in accepted.device_costs.iter().enumerate() {
+    for (i, (device, count)) in device_costs.iter().enumerate() {
         if i > 0 {
             body.push(' ');
         }
@@ -21,8 +22,8 @@ pub fn encode_section(accepted: &Accepted) -> String {
         body.push_str(&count.to_string());
     }
     body.push('\n');
-    for r in &accepted.readings {
-        body.push_str(r.json.as_str());
+    for doc in docs {
+        body.push_str(doc);
         body.push('\n');
     }
     body
@@ -83,4 +84,83 @@ pub struct AcceptAnswer {
     pub accepted: usize,
     pub backlog: usize,
     pub limited: Vec<(usize, u32)>,
+}
+
+// Built natively too (`hosts/mod.rs`), so that the format is tested without a Workers runtime.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn costs(pairs: &[(&str, u32)]) -> Vec<(String, u32)> {
+        pairs.iter().map(|(d, n)| ((*d).to_owned(), *n)).collect()
+    }
+
+    #[test]
+    fn sections_round_trip_in_one_body() {
+        let a = encode_section(
+            &costs(&[("dev-1", 2)]),
+            [r#"{"id":"a"}"#, r#"{"id":"b"}"#].into_iter(),
+        );
+        let b = encode_section(
+            &costs(&[("dev-2", 1), ("dev-3", 1)]),
+            [r#"{"id":"c"}"#].into_iter(),
+        );
+        let body = format!("{a}{b}");
+        let sections = decode_sections(&body);
+        assert_eq!(sections.len(), 2);
+        assert_eq!(sections[0].costs, vec![("dev-1", 2)]);
+        assert_eq!(sections[0].docs, vec![r#"{"id":"a"}"#, r#"{"id":"b"}"#]);
+        assert_eq!(sections[1].costs, vec![("dev-2", 1), ("dev-3", 1)]);
+        assert_eq!(sections[1].docs, vec![r#"{"id":"c"}"#]);
+    }
+
+    #[test]
+    fn a_section_with_no_costs_or_no_readings_still_counts() {
+        let body = format!(
+            "{}{}",
+            encode_section(&[], [r#"{"id":"a"}"#].into_iter()),
+            encode_section(&costs(&[("dev-1", 0)]), std::iter::empty())
+        );
+        let sections = decode_sections(&body);
+        assert_eq!(sections.len(), 2);
+        assert!(sections[0].costs.is_empty());
+        assert_eq!(sections[0].docs, vec![r#"{"id":"a"}"#]);
+        assert_eq!(sections[1].costs, vec![("dev-1", 0)]);
+        assert!(sections[1].docs.is_empty());
+    }
+
+    #[test]
+    fn malformed_cost_pairs_are_dropped_and_stray_readings_get_a_section() {
+        let sections =
+            decode_sections("{\"id\":\"x\"}\n#dev-1=2 junk dev-2=x dev-3=1\n{\"id\":\"y\"}\n");
+        assert_eq!(sections.len(), 2);
+        assert!(sections[0].costs.is_empty());
+        assert_eq!(sections[0].docs, vec![r#"{"id":"x"}"#]);
+        assert_eq!(sections[1].costs, vec![("dev-1", 2), ("dev-3", 1)]);
+        assert_eq!(sections[1].docs, vec![r#"{"id":"y"}"#]);
+        assert!(decode_sections("").is_empty());
+    }
+
+    #[test]
+    fn replies_keep_their_shape_on_the_wire() {
+        let json = serde_json::to_string(&AcceptReply::BacklogFull {
+            retry_after_s: 5,
+            detail: "full".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"outcome":"backlog_full","retry_after_s":5,"detail":"full"}"#
+        );
+        let back: AcceptReply = serde_json::from_str(
+            r#"{"outcome":"accepted","accepted":3,"backlog":7,"limited":[[1,4]]}"#,
+        )
+        .unwrap();
+        match back {
+            AcceptReply::Accepted(a) => {
+                assert_eq!((a.accepted, a.backlog, a.limited), (3, 7, vec![(1, 4)]))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
