@@ -525,8 +525,8 @@ pub type AppendResult = Result<Result<Appended, BacklogFull>, StoreError>;
 /// be about done: after half the group's typical statement time, then a quarter of it, never
 /// more often than every `GROUP_POLL_MS` (a writer cannot wake them: on wasi:http a task
 /// waking another request's task needs wit-bindgen's `inter-task-wakeup`). Under contention
-/// for the write lock a statement takes tens of milliseconds, and looking every millisecond
-/// cost more CPU than the statement.
+/// for the write lock a statement takes tens of milliseconds: a wait then costs a few looks,
+/// not one per millisecond.
 #[derive(Debug, Default)]
 pub struct AppendGroup {
     waiting: RefCell<Vec<(u64, Request)>>,
