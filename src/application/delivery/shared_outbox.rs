@@ -153,8 +153,14 @@ impl Appended {
     /// True when these rows cross a multiple of the batch size: the request that makes a batch
     /// full (counted over every instance's rows) claims it.
     pub fn fills_a_batch(&self, max_items: usize) -> bool {
+        self.whole_batches_end(max_items) >= self.first_seq
+    }
+
+    /// The last row of the last whole batch up to these rows (a multiple of the batch size):
+    /// every row up to it is in a full batch.
+    pub fn whole_batches_end(&self, max_items: usize) -> i64 {
         let max = max_items.max(1) as i64;
-        (self.first_seq - 1).div_euclid(max) != self.last_seq.div_euclid(max)
+        self.last_seq.div_euclid(max) * max
     }
 }
 
@@ -712,8 +718,7 @@ impl SharedDriver {
         // whichever instance; `sql::CLAIM`): this instance's earlier requests there need no
         // claim of their own when they come due. Under load that is nearly all of them, so due
         // claims are for quiet times, not one per request.
-        let max = self.flush.max_items.max(1) as i64;
-        let whole = appended.last_seq.div_euclid(max) * max;
+        let whole = appended.whole_batches_end(self.flush.max_items);
         if appended.fills_a_batch(self.flush.max_items) {
             wake.claim_now = true;
             wake.claim_through = wake.claim_through.max(whole);
