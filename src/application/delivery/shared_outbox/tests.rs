@@ -156,6 +156,15 @@ impl App {
             .collect()
     }
 
+    /// A request of `n` new readings, received at `T0`, for an `AppendGroup`.
+    fn request(&self, n: usize) -> Request {
+        Request {
+            received_at_ms: T0,
+            node: "node-1".into(),
+            readings: self.readings(n),
+        }
+    }
+
     /// A request of `n` readings on `instance`, as the host's accept path runs it. Returns
     /// whether it was acknowledged.
     fn accept(&self, instance: &Instance, n: usize) -> bool {
@@ -614,13 +623,7 @@ fn concurrent_requests_of_an_instance_share_one_statement() {
     let _tables = app.instance();
     let store = SharedOutbox::new(SlowDb(Db::open(&app.path)));
     let group = AppendGroup::default();
-    let requests: Vec<Request> = (0..10)
-        .map(|i| Request {
-            received_at_ms: T0,
-            node: "node-1".into(),
-            readings: app.readings(1 + i % 3),
-        })
-        .collect();
+    let requests: Vec<Request> = (0..10).map(|i| app.request(1 + i % 3)).collect();
     let results =
         block_on(futures_util::future::join_all(requests.iter().map(|r| {
             group.append(&store, &YieldTimer, &app.clock, r.clone(), 100)
@@ -637,19 +640,14 @@ fn concurrent_requests_of_an_instance_share_one_statement() {
     assert_eq!(stats["requests"], 10);
     assert!(stats["statements"].as_u64().unwrap() < 10, "{stats}");
     // A group that would pass the bound is refused whole, and leaves nothing behind.
-    let big = Request {
-        received_at_ms: T0,
-        node: "node-1".into(),
-        readings: app.readings(90),
-    };
-    let refused = block_on(group.append(&store, &YieldTimer, &app.clock, big, 100));
+    let refused = block_on(group.append(&store, &YieldTimer, &app.clock, app.request(90), 100));
     assert_eq!(refused, Ok(Err(BacklogFull)));
     assert_eq!(app.pending(), next - 1);
 }
 
 /// A request whose statement is dropped mid-way (its client went away) does not leave the
-/// instance's group stuck: the request that waited behind it writes next, and the dropped one's
-/// outcome is an error, never a hang.
+/// instance's group stuck: a request that waited behind it writes next, and a request the
+/// dropped statement carried gets an error, never a hang.
 #[test]
 fn a_writer_dropped_mid_statement_hands_the_group_on() {
     use std::future::Future;
@@ -658,18 +656,14 @@ fn a_writer_dropped_mid_statement_hands_the_group_on() {
     let _tables = app.instance();
     let store = SharedOutbox::new(SlowDb(Db::open(&app.path)));
     let group = AppendGroup::default();
-    let request = |n| Request {
-        received_at_ms: T0,
-        node: "node-1".into(),
-        readings: app.readings(n),
-    };
+    let append = |n| group.append(&store, &YieldTimer, &app.clock, app.request(n), 100);
     let mut cx = Context::from_waker(Waker::noop());
-    let mut first = Box::pin(group.append(&store, &YieldTimer, &app.clock, request(2), 100));
+    let mut first = Box::pin(append(2));
     assert!(
         first.as_mut().poll(&mut cx).is_pending(),
         "writing, in the database"
     );
-    let mut second = Box::pin(group.append(&store, &YieldTimer, &app.clock, request(3), 100));
+    let mut second = Box::pin(append(3));
     assert!(
         second.as_mut().poll(&mut cx).is_pending(),
         "waiting behind it"
@@ -678,8 +672,22 @@ fn a_writer_dropped_mid_statement_hands_the_group_on() {
     // It finds the group free, and writes its own statement.
     let appended = block_on(second).unwrap().unwrap();
     assert_eq!(appended.last_seq - appended.first_seq + 1, 3);
-    let after = block_on(group.append(&store, &YieldTimer, &app.clock, request(1), 100))
-        .unwrap()
-        .unwrap();
+    let after = block_on(append(1)).unwrap().unwrap();
     assert_eq!(after.last_seq, appended.last_seq + 1);
+
+    // A statement that carries another request is dropped: that request gets an error.
+    let mut writer = Box::pin(append(1));
+    assert!(writer.as_mut().poll(&mut cx).is_pending());
+    let mut rider = Box::pin(append(1));
+    let mut next_writer = Box::pin(append(1));
+    assert!(rider.as_mut().poll(&mut cx).is_pending());
+    assert!(next_writer.as_mut().poll(&mut cx).is_pending());
+    block_on(writer).unwrap().unwrap();
+    assert!(
+        next_writer.as_mut().poll(&mut cx).is_pending(),
+        "writing the rider's statement and its own"
+    );
+    drop(next_writer);
+    assert!(block_on(rider).is_err(), "its outcome is unknown: an error");
+    block_on(append(1)).unwrap().unwrap();
 }
