@@ -838,29 +838,9 @@ fn sizes_section() -> Sizes {
 
 fn print_table(r: &Results, o: &Options) {
     let opt = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v}"));
-    println!("\n{:<26} {:<17} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  delivery (req/1000, rd/batch, lag p50/p99 ms)", "host", "handler", "conns", "rps", "2xx rps", "p50 ms", "p99 ms", "2xx p99", "max ms", "non2xx");
-    let workers = r.workers.as_ref();
-    let wasmtime = r.wasmtime.as_ref();
-    let spin = match &r.spin {
-        Some(Spin::Ran(run)) => Some(run.as_ref()),
-        _ => None,
-    };
-    let sections: [(&str, Option<&HostRuns>); 5] = [
-        (
-            "workers/wrangler-dev",
-            workers.and_then(|w| w.wrangler_dev.as_ref()),
-        ),
-        ("workers/workerd", workers.and_then(|w| w.workerd.as_ref())),
-        ("wasmtime/reuse", wasmtime.and_then(|w| w.reuse.as_ref())),
-        (
-            "wasmtime/one-instance-per-request",
-            wasmtime.and_then(|w| w.one_instance_per_request.as_ref()),
-        ),
-        ("spin up", spin.map(|s| &s.load)),
-    ];
+    println!("\n{:<33} {:<17} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  delivery (req/1000, rd/batch, lag p50/p99 ms)", "host", "handler", "conns", "rps", "2xx rps", "p50 ms", "p99 ms", "2xx p99", "max ms", "non2xx");
     let mut billing = Vec::new();
-    for (host, runs) in sections {
-        let Some(runs) = runs else { continue };
+    for (host, _, runs) in r.host_runs() {
         for row in &runs.runs {
             let n = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.1}"));
             let delivery = match &row.delivery {
@@ -892,7 +872,7 @@ fn print_table(r: &Results, o: &Options) {
                 ));
             }
             println!(
-                "{:<26} {:<17} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  {delivery}",
+                "{:<33} {:<17} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  {delivery}",
                 host,
                 row.name,
                 row.connections,
@@ -906,7 +886,7 @@ fn print_table(r: &Results, o: &Options) {
             );
         }
         println!(
-            "{:<26} start-up to first 200 (ms): {:?}",
+            "{:<33} start-up to first 200 (ms): {:?}",
             "", runs.startup_ms
         );
     }
@@ -919,7 +899,7 @@ fn print_table(r: &Results, o: &Options) {
             println!("{line}");
         }
     }
-    if let Some(spin) = spin {
+    if let Some(spin) = r.spin_run() {
         println!(
             "spin: durable calls per 500-reading POST: {}\nspin: instances started per host: {:?}",
             serde_json::to_string(&spin.durable_per_post_500).unwrap_or_default(),

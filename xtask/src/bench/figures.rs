@@ -24,6 +24,53 @@ pub struct Results {
     pub targets: Vec<TargetRow>,
 }
 
+impl Results {
+    /// The spin section, when it ran.
+    pub fn spin_run(&self) -> Option<&SpinRun> {
+        match &self.spin {
+            Some(Spin::Ran(run)) => Some(run),
+            _ => None,
+        }
+    }
+
+    /// Every host's load runs that were measured, by name, with the hello-world handler each
+    /// is compared against.
+    pub fn host_runs(&self) -> Vec<(&'static str, &'static str, &HostRuns)> {
+        let workers = self.workers.as_ref();
+        let wasmtime = self.wasmtime.as_ref();
+        [
+            (
+                "wrangler-dev",
+                "hello-rust",
+                workers.and_then(|w| w.wrangler_dev.as_ref()),
+            ),
+            (
+                "workerd",
+                "hello-rust",
+                workers.and_then(|w| w.workerd.as_ref()),
+            ),
+            (
+                "wasmtime reuse",
+                "hello-component",
+                wasmtime.and_then(|w| w.reuse.as_ref()),
+            ),
+            (
+                "wasmtime one-instance-per-request",
+                "hello-component",
+                wasmtime.and_then(|w| w.one_instance_per_request.as_ref()),
+            ),
+            (
+                "spin up",
+                "hello-component",
+                self.spin_run().map(|s| &s.load),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(host, floor, runs)| Some((host, floor, runs?)))
+        .collect()
+    }
+}
+
 /// One load run (oha) against one handler at one connection count.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LoadRow {

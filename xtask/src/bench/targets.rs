@@ -1,7 +1,7 @@
 //! The targets a bench run is judged against: met, not met, or missing (a figure the target
 //! reads was not measured). Reported, never asserted: benches measure, tests assert.
 
-use super::figures::{HostRuns, LoadRow, Results, Spin};
+use super::figures::{LoadRow, Results};
 use super::{default_of, Options, WASMTIME_REUSE_COUNT};
 
 pub struct Target {
@@ -66,37 +66,7 @@ fn opt(v: Option<f64>) -> String {
 
 pub fn targets(r: &Results, o: &Options) -> Vec<Target> {
     let mut j = Judge::default();
-    let spin = match &r.spin {
-        Some(Spin::Ran(run)) => Some(run.as_ref()),
-        _ => None,
-    };
-    let workers = r.workers.as_ref();
-    let wasmtime = r.wasmtime.as_ref();
-    let hosts: [(&str, Option<&HostRuns>, &str); 5] = [
-        (
-            "wrangler-dev",
-            workers.and_then(|w| w.wrangler_dev.as_ref()),
-            "hello-rust",
-        ),
-        (
-            "workerd",
-            workers.and_then(|w| w.workerd.as_ref()),
-            "hello-rust",
-        ),
-        (
-            "wasmtime reuse",
-            wasmtime.and_then(|w| w.reuse.as_ref()),
-            "hello-component",
-        ),
-        (
-            "wasmtime one-instance-per-request",
-            wasmtime.and_then(|w| w.one_instance_per_request.as_ref()),
-            "hello-component",
-        ),
-        ("spin up", spin.map(|s| &s.load), "hello-component"),
-    ];
-    for (host, runs, floor) in hosts {
-        let Some(runs) = runs else { continue };
+    for (host, floor, runs) in r.host_runs() {
         for &c in &o.connections {
             let (Some(e), Some(fl)) = (runs.find("edge-enrich", c), runs.find(floor, c)) else {
                 continue;
@@ -105,7 +75,9 @@ pub fn targets(r: &Results, o: &Options) -> Vec<Target> {
         }
     }
     // What Cloudflare bills, at load on workerd (100 connections, the measure).
-    if let Some(e) = workers
+    if let Some(e) = r
+        .workers
+        .as_ref()
         .and_then(|w| w.workerd.as_ref())
         .and_then(|runs| runs.find("edge-enrich", 100))
     {
@@ -141,7 +113,7 @@ pub fn targets(r: &Results, o: &Options) -> Vec<Target> {
             usd <= 0.35,
         );
     }
-    if let Some(spin) = spin {
+    if let Some(spin) = r.spin_run() {
         spin_targets(&mut j, spin, o);
     }
     // A partial run (--only) leaves the other sections out: no verdict on what was not run.
