@@ -4,8 +4,9 @@
 #![forbid(unsafe_code)]
 #![allow(async_fn_in_trait)] // hosts are single-threaded (an isolate, an instance): no Send wanted
 
-use crate::domain::enrich::StoredReading;
 use std::fmt;
+
+use crate::domain::enrich::StoredReading;
 
 /// Deployment configuration by key (wrangler `[vars]`/secrets, Spin variables, environment).
 pub trait ConfigSource {

@@ -13,9 +13,8 @@
 //! The host supplies the parts ([`AdmissionPorts`]) and decides nothing; what a refusal means
 //! on the wire is `http`'s business.
 
-use crate::domain::enrich::StoredReading;
-
 use crate::application::delivery::outbox::BacklogFull;
+use crate::domain::enrich::StoredReading;
 use crate::ports::StoreError;
 
 /// One request's readings and what they cost each device.

@@ -4,9 +4,8 @@
 //! reading, `pending/<received_at_ms>/<id>`. Read once per database, when the shared outbox
 //! imports them (`shared_outbox::SharedOutbox::import_key_value`); nothing writes them any more.
 
-use crate::domain::enrich::StoredReading;
-
 use crate::application::delivery::segment;
+use crate::domain::enrich::StoredReading;
 use crate::ports::StoredSegment;
 
 pub const SEGMENT_PREFIX: &str = "outbox/";

@@ -32,7 +32,6 @@
 //! every host, and never holds a borrow across an await, so requests keep appending while a
 //! round waits on the collector.
 
-use crate::domain::enrich::StoredReading;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Range;
@@ -44,6 +43,7 @@ use crate::application::delivery::policy::{
     verdict, FlushPolicy, RetryPolicy, Verdict, LONE_REQUEST_WAIT_MS, MIN_LOOK_AHEAD_MS,
 };
 use crate::application::delivery::sink::{encode_batch, encode_json_batch, SinkFormat};
+use crate::domain::enrich::StoredReading;
 use crate::domain::ids;
 use crate::ports::{
     Clock, Collector, CollectorRequest, DeadLetter, Entropy, Level, Log, OutboxStore, Secret,

@@ -25,7 +25,6 @@
 //! dead-lettered. A batch is sent again only after its holder failed or crashed, or its lease
 //! expired while it was being sent (at least once; collectors deduplicate by reading id).
 
-use crate::domain::enrich::StoredReading;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -36,6 +35,7 @@ use crate::application::delivery::outbox::{
 use crate::application::delivery::policy::{
     FlushPolicy, DEAD_LETTERS_KEPT, DEAD_LETTER_MAX_AGE_MS,
 };
+use crate::domain::enrich::StoredReading;
 use crate::domain::ids;
 use crate::ports::{
     Clock, Collector, DeadLetter, Entropy, KeyValue, Level, OutboxStore, Sql, SqlValue, StoreError,

@@ -13,7 +13,6 @@
 //! What Cloudflare bills for it is counted here: the object's requests (accept calls, alarm
 //! runs) and its storage rows read and written (from every statement's cursor), in `/stats`.
 
-use crate::domain::enrich::StoredReading;
 use std::cell::{Cell, RefCell};
 
 use wasm_bindgen::prelude::wasm_bindgen;
@@ -32,6 +31,7 @@ use crate::application::delivery::outbox::{
 };
 use crate::application::delivery::slots::SlotKey;
 use crate::config::Config;
+use crate::domain::enrich::StoredReading;
 use crate::http::rate_limit::MemoryBuckets;
 use crate::ports::{
     Clock, Collector, CollectorAnswer, CollectorRequest, StoreError, SystemEntropy, Timer,

@@ -7,7 +7,6 @@
 //! in place (one row); never a row per reading, nor a delete per segment. Every statement's rows read and written
 //! are counted from its cursor, for `/admin/stats`.
 
-use crate::domain::enrich::StoredReading;
 use std::cell::{Cell, RefCell};
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +15,7 @@ use worker::{SqlCursor, SqlStorage, SqlStorageValue};
 use crate::application::delivery::policy::{DEAD_LETTERS_KEPT, DEAD_LETTER_MAX_AGE_MS};
 use crate::application::delivery::segment;
 use crate::application::delivery::slots::{Placement, SlotKey, Slots};
+use crate::domain::enrich::StoredReading;
 use crate::ports::{DeadLetter, OutboxStore, SegmentAppend, StoreError, StoredSegment};
 
 const SCHEMA: [&str; 3] = [

@@ -4,12 +4,12 @@
 //! every acknowledged reading reaches the collector, and nothing reaches it that was not
 //! appended; the only duplicates are those of a batch whose answer a crash cut off.
 
-use crate::domain::enrich::StoredReading;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::*;
 use crate::application::delivery::policy::{FlushPolicy, RetryPolicy};
+use crate::domain::enrich::StoredReading;
 use crate::ports::testing::run;
 use crate::ports::{CollectorAnswer, EntropyUnavailable, StoreError, TransportError};
 

@@ -2,7 +2,6 @@
 //! driver) and the engine's fake collector, clock and entropy. A crash is an instance dropped
 //! at a chosen point; its claims stay in the table until their lease expires.
 
-use crate::domain::enrich::StoredReading;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 
@@ -13,6 +12,7 @@ use crate::application::delivery::outbox::tests::{
 use crate::application::delivery::outbox::{SinkTarget, Wakeups};
 use crate::application::delivery::policy::RetryPolicy;
 use crate::application::delivery::sink::SinkFormat;
+use crate::domain::enrich::StoredReading;
 use crate::ports::testing::{run, MemoryKv};
 use crate::ports::Clock;
 
