@@ -10,6 +10,10 @@
 //!    then given back;
 //! 4. **wake** delivery.
 //!
+//! A store that keeps the buckets beside the readings takes steps 2 and 3 in one atomic write
+//! ([`Charging::InAppend`]: the shared SQLite outbox, one statement per request): it checks the
+//! backlog before any token, and a refused write keeps no token, so nothing is refunded.
+//!
 //! The host supplies the parts ([`AdmissionPorts`]) and decides nothing; what a refusal means
 //! on the wire is `http`'s business.
 
@@ -22,6 +26,16 @@ use crate::ports::StoreError;
 pub struct Section {
     pub costs: Vec<(String, u32)>,
     pub readings: Vec<StoredReading>,
+}
+
+impl Section {
+    /// The readings of several sections, in order, for one append.
+    pub fn readings_of(sections: &[&Section]) -> Vec<StoredReading> {
+        sections
+            .iter()
+            .flat_map(|s| s.readings.iter().cloned())
+            .collect()
+    }
 }
 
 /// What became of a section of an admitted call.
@@ -39,6 +53,17 @@ pub enum Refused {
     Unavailable(StoreError),
 }
 
+/// Where a host takes a section's tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charging {
+    /// `charge` before the append, `refund` if the append then fails: the buckets are not in
+    /// the readings' store (an object's or an instance's memory).
+    BeforeAppend,
+    /// In the append's own atomic write, beside the readings; `charge` and `refund` are not
+    /// called.
+    InAppend,
+}
+
 /// What the use case needs of a host.
 #[allow(async_fn_in_trait)] // hosts are single-threaded
 pub trait AdmissionPorts {
@@ -46,6 +71,9 @@ pub trait AdmissionPorts {
     type Room;
     fn reserve(&self, readings: usize) -> Result<Self::Room, BacklogFull>;
     fn release(&self, room: Self::Room);
+    fn charging(&self) -> Charging {
+        Charging::BeforeAppend
+    }
     /// Takes one section's tokens: `Ok(Err(retry_after_s))` when they are not there.
     async fn charge(
         &self,
@@ -54,14 +82,15 @@ pub trait AdmissionPorts {
     ) -> Result<Result<(), u32>, StoreError>;
     /// Gives back tokens a refused call had taken.
     async fn refund(&self, costs: &[(&str, u32)], now_ms: u64);
-    /// Makes the readings durable, in one write; `Ok(Err(_))` when the store's own backlog
-    /// bound refused them.
+    /// Makes the sections' readings durable, in one write, and says what became of each
+    /// section (all `Accepted`, unless the store charges them itself and a section's buckets
+    /// are short); `Ok(Err(_))` when the store's own backlog bound refused them all.
     async fn append(
         &self,
         room: Self::Room,
         received_at_ms: u64,
-        readings: Vec<StoredReading>,
-    ) -> Result<Result<(), BacklogFull>, StoreError>;
+        sections: &[&Section],
+    ) -> Result<Result<Vec<Admitted>, BacklogFull>, StoreError>;
     /// Delivery has work.
     async fn wake(&self);
 }
@@ -88,44 +117,62 @@ pub async fn accept<P: AdmissionPorts>(
 ) -> Result<Vec<Admitted>, Refused> {
     let total = sections.iter().map(|s| s.readings.len()).sum();
     let room = ports.reserve(total).map_err(Refused::BacklogFull)?;
-    let mut verdicts = Vec::with_capacity(sections.len());
+    // Each section's verdict; `None` for the sections that go to the append.
+    let mut verdicts: Vec<Option<Admitted>> = vec![None; sections.len()];
     let mut charged: Vec<&Section> = Vec::new();
-    for section in sections {
-        match ports.charge(&costs_of(section), now_ms).await {
-            Ok(Ok(())) => {
-                verdicts.push(Admitted::Accepted);
-                charged.push(section);
-            }
-            Ok(Err(retry_after_s)) => verdicts.push(Admitted::RateLimited { retry_after_s }),
-            Err(e) => {
-                ports.release(room);
-                refund_all(ports, &charged, now_ms).await;
-                return Err(Refused::Unavailable(e));
+    match ports.charging() {
+        Charging::InAppend => {}
+        Charging::BeforeAppend => {
+            for (section, verdict) in sections.iter().zip(verdicts.iter_mut()) {
+                match ports.charge(&costs_of(section), now_ms).await {
+                    Ok(Ok(())) => charged.push(section),
+                    Ok(Err(retry_after_s)) => {
+                        *verdict = Some(Admitted::RateLimited { retry_after_s })
+                    }
+                    Err(e) => {
+                        ports.release(room);
+                        refund_all(ports, &charged, now_ms).await;
+                        return Err(Refused::Unavailable(e));
+                    }
+                }
             }
         }
     }
-    if charged.is_empty() {
-        ports.release(room);
-        return Ok(verdicts);
-    }
-    let readings: Vec<StoredReading> = charged
+    let appending: Vec<&Section> = sections
         .iter()
-        .flat_map(|s| s.readings.iter().cloned())
+        .zip(&verdicts)
+        .filter(|(_, v)| v.is_none())
+        .map(|(s, _)| s)
         .collect();
-    match ports.append(room, now_ms, readings).await {
-        Ok(Ok(())) => {
-            ports.wake().await;
-            Ok(verdicts)
+    if appending.is_empty() {
+        ports.release(room);
+        return Ok(verdicts.into_iter().flatten().collect());
+    }
+    let appended = match ports.append(room, now_ms, &appending).await {
+        Ok(Ok(appended)) if appended.len() == appending.len() => appended,
+        Ok(Ok(_)) => {
+            // Readings may be stored: a 503 is safe (at least once), an unknown 2xx is not.
+            let e = StoreError("the store answered for other sections".into());
+            return Err(Refused::Unavailable(e));
         }
         Ok(Err(full)) => {
             refund_all(ports, &charged, now_ms).await;
-            Err(Refused::BacklogFull(full))
+            return Err(Refused::BacklogFull(full));
         }
         Err(e) => {
             refund_all(ports, &charged, now_ms).await;
-            Err(Refused::Unavailable(e))
+            return Err(Refused::Unavailable(e));
         }
+    };
+    if appended.contains(&Admitted::Accepted) {
+        ports.wake().await;
     }
+    let mut appended = appended.into_iter();
+    Ok(verdicts
+        .into_iter()
+        // As many appended verdicts as `None`s: checked above.
+        .map(|v| v.or_else(|| appended.next()).unwrap_or(Admitted::Accepted))
+        .collect())
 }
 
 #[cfg(test)]
@@ -144,6 +191,8 @@ mod tests {
         charge_fails: bool,
         append_full: bool,
         append_fails: bool,
+        /// The store charges in its append (`limited` then refused there).
+        charges_in_append: bool,
     }
 
     fn full() -> BacklogFull {
@@ -165,6 +214,13 @@ mod tests {
         }
         fn release(&self, room: usize) {
             self.calls.borrow_mut().push(format!("release {room}"));
+        }
+        fn charging(&self) -> Charging {
+            if self.charges_in_append {
+                Charging::InAppend
+            } else {
+                Charging::BeforeAppend
+            }
         }
         async fn charge(
             &self,
@@ -192,19 +248,27 @@ mod tests {
             &self,
             _room: usize,
             _at: u64,
-            readings: Vec<StoredReading>,
-        ) -> Result<Result<(), BacklogFull>, StoreError> {
-            self.calls
-                .borrow_mut()
-                .push(format!("append {}", readings.len()));
+            sections: &[&Section],
+        ) -> Result<Result<Vec<Admitted>, BacklogFull>, StoreError> {
+            let readings: usize = sections.iter().map(|s| s.readings.len()).sum();
+            self.calls.borrow_mut().push(format!("append {readings}"));
             if self.append_fails {
                 return Err(StoreError("down".into()));
             }
-            Ok(if self.append_full {
-                Err(full())
-            } else {
-                Ok(())
-            })
+            if self.append_full {
+                return Ok(Err(full()));
+            }
+            Ok(Ok(sections
+                .iter()
+                .map(|s| {
+                    let device = s.costs[0].0.as_str();
+                    if self.charges_in_append && self.limited.contains(&device) {
+                        Admitted::RateLimited { retry_after_s: 4 }
+                    } else {
+                        Admitted::Accepted
+                    }
+                })
+                .collect()))
         }
         async fn wake(&self) {
             self.calls.borrow_mut().push("wake".into());
@@ -333,5 +397,53 @@ mod tests {
             Ok(vec![Admitted::RateLimited { retry_after_s: 3 }])
         );
         assert_eq!(calls(&fake), ["reserve 1", "charge a", "release 1"]);
+    }
+
+    #[test]
+    fn a_store_that_charges_in_its_append_gets_every_section_and_no_charge_or_refund() {
+        let fake = Fake {
+            room: 10,
+            limited: vec!["b"],
+            charges_in_append: true,
+            ..Fake::default()
+        };
+        let verdicts = run(accept(
+            &fake,
+            &[section("a", 2), section("b", 1), section("c", 3)],
+            0,
+        ));
+        assert_eq!(
+            verdicts,
+            Ok(vec![
+                Admitted::Accepted,
+                Admitted::RateLimited { retry_after_s: 4 },
+                Admitted::Accepted
+            ])
+        );
+        assert_eq!(calls(&fake), ["reserve 6", "append 6", "wake"]);
+        // Every section over its buckets: nothing to deliver, nothing woken.
+        let fake = Fake {
+            room: 10,
+            limited: vec!["a"],
+            charges_in_append: true,
+            ..Fake::default()
+        };
+        assert_eq!(
+            run(accept(&fake, &[section("a", 1)], 0)),
+            Ok(vec![Admitted::RateLimited { retry_after_s: 4 }])
+        );
+        assert_eq!(calls(&fake), ["reserve 1", "append 1"]);
+        // A full backlog there refunds nothing: no token was taken.
+        let fake = Fake {
+            room: 10,
+            append_full: true,
+            charges_in_append: true,
+            ..Fake::default()
+        };
+        assert_eq!(
+            run(accept(&fake, &[section("a", 1)], 0)),
+            Err(Refused::BacklogFull(full()))
+        );
+        assert_eq!(calls(&fake), ["reserve 1", "append 1"]);
     }
 }

@@ -1,7 +1,7 @@
 //! Per-device token buckets: each device may send `per_s` readings a second on average and up
 //! to `burst` at once. A request costs one token per reading of each device it carries and is
 //! admitted or refused whole. Hosts decide where the buckets live (a Durable Object's memory,
-//! Spin key-value, an instance's memory); the arithmetic is here.
+//! Spin's SQLite database, an instance's memory); the arithmetic is here.
 
 use std::collections::HashMap;
 
@@ -174,29 +174,12 @@ impl MemoryBuckets {
     }
 }
 
-/// Buckets in a SQLite database shared by every instance of an app (Spin's `spin:sqlite`): one
-/// statement per device decides and takes, atomically across every connection and process on
-/// the file, so concurrent requests of one device are admitted exactly as the bucket allows
-/// (no read-then-write race). The arithmetic is `Bucket::refilled` and `admit`, in SQL.
+/// Buckets in a SQLite database shared by every instance of an app (Spin's `spin:sqlite`, table
+/// `rate_buckets`): the append takes a request's tokens in its own statement, atomically
+/// across every connection and process on the file (`shared_outbox::sql::CHARGE`: the
+/// arithmetic of `Bucket::refilled` and `admit`, in SQL); here is what is read and cleaned up
+/// beside it.
 pub mod sql {
-    /// Created on first use; idempotent.
-    pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS rate_buckets (device TEXT PRIMARY KEY, tokens REAL NOT NULL, updated_ms INTEGER NOT NULL) WITHOUT ROWID";
-
-    /// Takes `?2` tokens from device `?1`'s bucket at `?3` (Unix ms), refilled at `?4` per
-    /// second up to `?5`: one row back (the tokens left) when admitted, none when refused (the
-    /// bucket is then untouched). A device seen first starts full; a cost never exceeds the
-    /// burst (`RATE_LIMIT_BURST >= MAX_READINGS_PER_REQUEST`, checked with the configuration).
-    pub const TAKE: &str =
-        "INSERT INTO rate_buckets (device, tokens, updated_ms) VALUES (?1, ?5 - ?2, ?3) \
-        ON CONFLICT (device) DO UPDATE SET \
-            tokens = min(?5, tokens + max(0, ?3 - updated_ms) / 1000.0 * ?4) - ?2, \
-            updated_ms = max(updated_ms, ?3) \
-        WHERE min(?5, tokens + max(0, ?3 - updated_ms) / 1000.0 * ?4) >= ?2 \
-        RETURNING tokens";
-
-    /// Gives `?2` tokens back to device `?1`, capped at the burst `?3`.
-    pub const REFUND: &str =
-        "UPDATE rate_buckets SET tokens = min(?3, tokens + ?2) WHERE device = ?1";
 
     /// A refused device's bucket (`tokens`, `updated_ms`), to say when it would fit.
     pub const BUCKET: &str = "SELECT tokens, updated_ms FROM rate_buckets WHERE device = ?1";
@@ -213,82 +196,32 @@ pub mod sql {
     use std::cell::Cell;
 
     use super::{Bucket, RateLimit};
+    use crate::application::delivery::shared_outbox::Charge;
     use crate::ports::{Sql, SqlValue, StoreError};
 
     /// How often an instance forgets the buckets that are full again.
     const FORGET_EVERY_MS: u64 = 300_000;
 
-    /// One instance's use of the shared buckets.
-    #[derive(Debug, Default)]
-    pub struct SqlBuckets {
-        forgotten_at: Cell<u64>,
-    }
-
-    fn take_params(limit: &RateLimit, device: &str, cost: u32, now_ms: u64) -> Vec<SqlValue> {
-        vec![
-            SqlValue::Text(device.to_owned()),
-            SqlValue::Integer(i64::from(cost)),
-            SqlValue::Integer(now_ms as i64),
-            SqlValue::Real(limit.per_s),
-            SqlValue::Real(limit.burst),
-        ]
-    }
-
-    impl SqlBuckets {
-        pub const fn new() -> Self {
-            Self {
-                forgotten_at: Cell::new(0),
-            }
+    /// What a request's readings cost, for its append to take.
+    pub fn charge(limit: &RateLimit, costs: &[(&str, u32)]) -> Charge {
+        Charge {
+            costs: costs.iter().map(|(d, n)| ((*d).to_owned(), *n)).collect(),
+            per_s: limit.per_s,
+            burst: limit.burst,
         }
+    }
 
-        /// Admits a request's `costs` (readings per device) or says in how many seconds it
-        /// would fit: one statement per device on `shared`. A request of several devices
-        /// (possible only with `AUTH_MODE=off`) takes them in one transaction on a connection
-        /// of its own (`open_own`), all or none.
-        pub async fn admit<D, F>(
-            &self,
-            shared: &D,
-            open_own: impl FnOnce() -> F,
-            limit: &RateLimit,
-            costs: &[(&str, u32)],
-            now_ms: u64,
-        ) -> Result<Result<(), u32>, StoreError>
-        where
-            D: Sql,
-            F: std::future::Future<Output = Result<D, StoreError>>,
-        {
-            let own;
-            let db = if costs.len() > 1 {
-                own = open_own().await?;
-                own.execute("BEGIN IMMEDIATE", Vec::new()).await?;
-                &own
-            } else {
-                shared
-            };
-            let mut refused = None;
-            for &(device, cost) in costs {
-                let taken = db
-                    .execute(TAKE, take_params(limit, device, cost, now_ms))
-                    .await?;
-                if taken.is_empty() {
-                    refused = Some((device, cost));
-                    break;
-                }
-            }
-            if costs.len() > 1 {
-                let end = if refused.is_some() {
-                    "ROLLBACK"
-                } else {
-                    "COMMIT"
-                };
-                db.execute(end, Vec::new()).await?;
-            }
-            let Some((device, cost)) = refused else {
-                self.forget_full_buckets(shared, limit, now_ms).await;
-                return Ok(Ok(()));
-            };
-            // Refused: when would it fit? (A read, only off the admitted path.)
-            let found = shared
+    /// Seconds until a request its append refused for its buckets would fit: a read, only on
+    /// that path (a bucket gone meanwhile is full: 1 s).
+    pub async fn retry_after<D: Sql>(
+        db: &D,
+        limit: &RateLimit,
+        costs: &[(&str, u32)],
+        now_ms: u64,
+    ) -> Result<u32, StoreError> {
+        let mut wait = 1;
+        for &(device, cost) in costs {
+            let found = db
                 .execute(BUCKET, vec![SqlValue::Text(device.to_owned())])
                 .await?;
             let mut bucket = [found
@@ -300,32 +233,33 @@ pub mod sql {
                     })
                 })
                 .unwrap_or_else(|| Bucket::full(limit, now_ms))];
-            Ok(Err(super::admit(limit, &mut bucket, &[cost], now_ms)
-                .err()
-                .unwrap_or(1)))
+            if let Err(s) = super::admit(limit, &mut bucket, &[cost], now_ms) {
+                wait = wait.max(s);
+            }
         }
+        Ok(wait)
+    }
 
-        /// Gives back tokens a refused call had taken: one statement per device, only on that
-        /// path. A failure leaves the device short of them until they refill.
-        pub async fn refund<D: Sql>(&self, db: &D, limit: &RateLimit, costs: &[(&str, u32)]) {
-            for (device, n) in costs {
-                let params = vec![
-                    SqlValue::Text((*device).to_owned()),
-                    SqlValue::Integer(i64::from(*n)),
-                    SqlValue::Real(limit.burst),
-                ];
-                let _ = db.execute(REFUND, params).await;
+    /// One instance's cleaning of the shared buckets.
+    #[derive(Debug, Default)]
+    pub struct Forgetting {
+        forgotten_at: Cell<u64>,
+    }
+
+    impl Forgetting {
+        pub const fn new() -> Self {
+            Self {
+                forgotten_at: Cell::new(0),
             }
         }
 
         /// Every `FORGET_EVERY_MS` an instance drops the buckets that are full again, so the
-        /// table holds the devices of the last refill period. A failure only leaves them for
-        /// next time.
-        async fn forget_full_buckets<D: Sql>(&self, db: &D, limit: &RateLimit, now_ms: u64) {
+        /// table holds the devices of the last refill period. An instance's first request
+        /// only starts the clock: most instances serve a few requests and go, and the request
+        /// path stays one statement. A failure only leaves them for next time.
+        pub async fn tick<D: Sql>(&self, db: &D, limit: &RateLimit, now_ms: u64) {
             let last = self.forgotten_at.get();
             if last == 0 {
-                // An instance's first request only starts the clock: most instances serve a
-                // few requests and go, and the request path stays one statement.
                 self.forgotten_at.set(now_ms);
                 return;
             }
@@ -391,64 +325,5 @@ mod tests {
         assert!(m.admit(&[("b", 1)], 0).is_ok());
         assert!(m.admit(&[("c", 1)], 0).is_ok());
         assert!(m.buckets.len() <= 2);
-    }
-
-    /// The SQL buckets against a real SQLite file, two connections as two Spin instances.
-    #[cfg(not(target_arch = "wasm32"))]
-    #[test]
-    fn sql_buckets_take_exactly_the_burst_and_refill_at_the_rate() {
-        let path = std::env::temp_dir().join(format!("rate-buckets-{}.db", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let open = || {
-            let c = rusqlite::Connection::open(&path).unwrap();
-            c.pragma_update(None, "journal_mode", "WAL").unwrap();
-            c.execute(sql::SCHEMA, []).unwrap();
-            c
-        };
-        let (one, two) = (open(), open());
-        let take = |c: &rusqlite::Connection, device: &str, cost: u32, now: u64| -> Option<f64> {
-            let mut stmt = c.prepare(sql::TAKE).unwrap();
-            let mut rows = stmt
-                .query(rusqlite::params![
-                    device,
-                    cost,
-                    now as i64,
-                    LIMIT.per_s,
-                    LIMIT.burst
-                ])
-                .unwrap();
-            rows.next().unwrap().map(|r| r.get(0).unwrap())
-        };
-        // A burst of 10, taken from both connections in turn: exactly 10, then refused.
-        let admitted = (0..30)
-            .filter(|i| take(if i % 2 == 0 { &one } else { &two }, "a", 1, 1_000).is_some())
-            .count();
-        assert_eq!(admitted, 10);
-        // A refused take leaves the bucket as it was; the bucket says when it would fit.
-        let (tokens, updated): (f64, i64) = one
-            .query_row(sql::BUCKET, ["a"], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap();
-        let mut bucket = [Bucket {
-            tokens,
-            updated_ms: updated as u64,
-        }];
-        assert_eq!(admit(&LIMIT, &mut bucket, &[3], 1_000), Err(2));
-        // 2 per second: a second later two more fit, not three.
-        assert_eq!(take(&two, "a", 3, 2_000), None);
-        assert!(take(&one, "a", 2, 2_000).is_some());
-        // A clock that went back earns nothing and takes nothing.
-        assert_eq!(take(&one, "a", 1, 0), None);
-        // A whole request is one device's take: more than the burst never fits.
-        assert!(take(&one, "b", 10, 0).is_some());
-        assert_eq!(take(&one, "b", 1, 0), None);
-        // Buckets full again are forgotten.
-        let full_at = 2_000 + sql::full_after_ms(&LIMIT);
-        one.execute(sql::FORGET_FULL, [full_at as i64]).unwrap();
-        let left: i64 = one
-            .query_row("SELECT count(*) FROM rate_buckets", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(left, 0);
-        drop((one, two));
-        let _ = std::fs::remove_file(&path);
     }
 }

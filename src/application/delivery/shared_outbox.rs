@@ -4,7 +4,8 @@
 //! instances the host runs.
 //!
 //! - **Accept**: one statement per accepted request, before its 2xx ([`SharedOutbox::append`]):
-//!   a row per reading, inserted only if the backlog has room.
+//!   a row per reading, inserted only if the backlog has room; with the rate limit on, the same
+//!   statement takes the request's tokens (a trigger, `sql::CHARGE`), all or none.
 //! - **Claim**: a batch is due when `FLUSH_MAX_ITEMS` readings wait, or the oldest has waited
 //!   `FLUSH_INTERVAL_MS`. One statement claims up to [`SENDS_IN_FLIGHT`] due batches under a
 //!   lease ([`LEASE_MS`]): it marks the rows with a claim token and a lease expiry, atomically
@@ -54,10 +55,13 @@ pub const POLL_MS: u64 = 20;
 
 /// The statements, checked against a real SQLite in the tests.
 pub mod sql {
-    /// `PRAGMA user_version` once the tables exist, and once the previous release's key-value
-    /// segments were imported.
+    /// `PRAGMA user_version` once the tables exist, once the previous release's key-value
+    /// segments were imported, and once the rate limit is charged by the append (the current
+    /// schema, with the import done). Every step is idempotent: the version only lets an
+    /// instance skip them.
     pub const VERSION_TABLES: i64 = 1;
     pub const VERSION_IMPORTED: i64 = 2;
+    pub const VERSION_CHARGES: i64 = 3;
 
     /// Made on first use by whichever instance comes first (idempotent). WAL is kept in the
     /// file: a commit appends to the log, and readers do not wait for the writer.
@@ -75,15 +79,51 @@ pub mod sql {
          detail TEXT NOT NULL, readings INTEGER NOT NULL, body TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS outbox_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) \
          WITHOUT ROWID",
+        // The rate limit's buckets: charged by `CHARGE`, read by `http::rate_limit::sql`.
+        "CREATE TABLE IF NOT EXISTS rate_buckets (device TEXT PRIMARY KEY, tokens REAL NOT NULL, \
+         updated_ms INTEGER NOT NULL) WITHOUT ROWID",
     ];
 
+    /// Whether the outbox has its `charge` column yet (a table of release 2 has not).
+    pub const HAS_CHARGE: &str =
+        "SELECT count(*) FROM pragma_table_info('outbox') WHERE name = 'charge'";
+    pub const ADD_CHARGE: &str = "ALTER TABLE outbox ADD COLUMN charge TEXT";
+
+    /// What `CHARGE` raises when a bucket is short: the whole statement is undone.
+    pub const RATE_LIMITED: &str = "edge-enrich: rate limited";
+
+    /// The rate limit, in the append's own statement: a row whose `charge` is `[device, cost,
+    /// now_ms, per_s, burst]` takes `cost` tokens from the device's bucket (refilled at
+    /// `per_s` up to `burst`; a device seen first starts full), or aborts the statement when
+    /// they are not there, so a request's readings and its tokens are committed together or
+    /// not at all. A request carries one charge per device, on as many of its rows.
+    pub const CHARGE: &str = "CREATE TRIGGER IF NOT EXISTS outbox_charge AFTER INSERT ON outbox \
+         WHEN NEW.charge IS NOT NULL BEGIN \
+           SELECT RAISE(ABORT, 'edge-enrich: rate limited') FROM rate_buckets \
+           WHERE device = json_extract(NEW.charge, '$[0]') \
+             AND min(json_extract(NEW.charge, '$[4]'), tokens + max(0, \
+                 json_extract(NEW.charge, '$[2]') - updated_ms) / 1000.0 \
+                 * json_extract(NEW.charge, '$[3]')) < json_extract(NEW.charge, '$[1]'); \
+           INSERT INTO rate_buckets (device, tokens, updated_ms) VALUES \
+             (json_extract(NEW.charge, '$[0]'), \
+              json_extract(NEW.charge, '$[4]') - json_extract(NEW.charge, '$[1]'), \
+              json_extract(NEW.charge, '$[2]')) \
+           ON CONFLICT (device) DO UPDATE SET \
+             tokens = min(json_extract(NEW.charge, '$[4]'), tokens + max(0, \
+                 json_extract(NEW.charge, '$[2]') - updated_ms) / 1000.0 \
+                 * json_extract(NEW.charge, '$[3]')) - json_extract(NEW.charge, '$[1]'), \
+             updated_ms = max(updated_ms, json_extract(NEW.charge, '$[2]')); \
+         END";
+
     /// ?1 the readings of one or more requests as a JSON array of `[received_at_ms, node,
-    /// reading]`, ?2 the backlog bound. Inserts all or nothing: nothing when the rows held
-    /// (counted as the span of their sequence numbers, an upper bound found in two index
-    /// lookups) would pass the bound. The rows get consecutive sequence numbers, in order.
-    pub const APPEND: &str = "INSERT INTO outbox (received_at_ms, node, doc) \
+    /// reading, charge]` (charge: see `CHARGE`, or null), ?2 the backlog bound. Inserts all or
+    /// nothing: nothing when the rows held (counted as the span of their sequence numbers, an
+    /// upper bound found in two index lookups) would pass the bound, before any token is
+    /// taken; an error (`RATE_LIMITED`) when a bucket is short. The rows get consecutive
+    /// sequence numbers, in order.
+    pub const APPEND: &str = "INSERT INTO outbox (received_at_ms, node, doc, charge) \
          SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
-                json_extract(value, '$[2]') FROM json_each(?1) \
+                json_extract(value, '$[2]'), json_extract(value, '$[3]') FROM json_each(?1) \
          WHERE coalesce((SELECT max(seq) FROM outbox) - (SELECT min(seq) FROM outbox) + 1, 0) \
                + json_array_length(?1) <= ?2 \
          ORDER BY key RETURNING seq";
@@ -170,11 +210,27 @@ pub struct Request {
     pub received_at_ms: u64,
     pub node: Rc<str>,
     pub readings: Vec<StoredReading>,
+    /// With the rate limit on.
+    pub charge: Option<Charge>,
 }
 
-/// The backlog bound was reached: nothing was inserted.
+/// What a request's readings cost its devices' buckets, taken by its append (`sql::CHARGE`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Charge {
+    /// Readings per device.
+    pub costs: Vec<(String, u32)>,
+    pub per_s: f64,
+    pub burst: f64,
+}
+
+/// Why a request's rows were not inserted (nothing of it was, and it took no token).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BacklogFull;
+pub enum NotAppended {
+    /// The app's backlog bound.
+    BacklogFull,
+    /// A bucket of its devices is short.
+    RateLimited,
+}
 
 /// What one claim took.
 #[derive(Debug, Default)]
@@ -220,21 +276,50 @@ impl<D: Sql> SharedOutbox<D> {
         }
     }
 
-    /// Makes the tables on first use (`extra`: other tables of the same database, made with
-    /// them), and returns the schema version found: below `VERSION_IMPORTED`, the caller should
-    /// try [`import_key_value`](Self::import_key_value).
-    pub async fn prepare(&self, extra: &[&str]) -> Result<i64, StoreError> {
+    /// Makes the tables on first use and brings a table of an earlier release up to date, then
+    /// returns the schema version found: below `VERSION_IMPORTED`, the caller should try
+    /// [`import_key_value`](Self::import_key_value). Once per instance; `db` must be the
+    /// caller's own connection (the upgrade is a transaction), which instances starting
+    /// together may all run: every step is idempotent.
+    pub async fn prepare(&self) -> Result<i64, StoreError> {
         let rows = self.db.execute("PRAGMA user_version", Vec::new()).await?;
         let version = rows.first().map(|r| int(r, 0)).transpose()?.unwrap_or(0);
-        if version >= sql::VERSION_TABLES {
+        if version >= sql::VERSION_CHARGES {
             return Ok(version);
         }
-        for statement in sql::SETUP.iter().chain(extra) {
-            self.db.execute(statement, Vec::new()).await?;
+        if version < sql::VERSION_TABLES {
+            for statement in sql::SETUP {
+                self.db.execute(statement, Vec::new()).await?;
+            }
         }
-        let set = format!("PRAGMA user_version = {}", sql::VERSION_TABLES);
+        self.db.execute("BEGIN IMMEDIATE", Vec::new()).await?;
+        let upgraded = self.add_charge(version).await;
+        let end = if upgraded.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
+        self.db.execute(end, Vec::new()).await?;
+        upgraded?;
+        Ok(version.max(sql::VERSION_TABLES))
+    }
+
+    /// The `charge` column and its trigger, in the caller's transaction. The version says
+    /// current only where the import is done too (else the import sets it).
+    async fn add_charge(&self, version: i64) -> Result<(), StoreError> {
+        let has = self.db.execute(sql::HAS_CHARGE, Vec::new()).await?;
+        if has.first().map(|r| int(r, 0)).transpose()?.unwrap_or(0) == 0 {
+            self.db.execute(sql::ADD_CHARGE, Vec::new()).await?;
+        }
+        self.db.execute(sql::CHARGE, Vec::new()).await?;
+        let now = if version >= sql::VERSION_IMPORTED {
+            sql::VERSION_CHARGES
+        } else {
+            sql::VERSION_TABLES
+        };
+        let set = format!("PRAGMA user_version = {now}");
         self.db.execute(&set, Vec::new()).await?;
-        Ok(sql::VERSION_TABLES)
+        Ok(())
     }
 
     /// Moves the segments a previous release kept in the key-value store (one key each, see
@@ -271,52 +356,93 @@ impl<D: Sql> SharedOutbox<D> {
             kv.delete(&key).await?;
             imported += docs.len();
         }
-        let set = format!("PRAGMA user_version = {}", sql::VERSION_IMPORTED);
+        // `prepare` has run on this database: the import was the last step.
+        let set = format!("PRAGMA user_version = {}", sql::VERSION_CHARGES);
         self.db.execute(&set, Vec::new()).await?;
         Ok(imported)
     }
 
-    /// One request's readings, in one statement, before its answer.
-    pub async fn append(
-        &self,
-        received_at_ms: u64,
-        node: &str,
-        readings: &[StoredReading],
-        max_backlog: usize,
-    ) -> Result<Result<Appended, BacklogFull>, StoreError> {
-        let group = [Request {
-            received_at_ms,
-            node: node.into(),
-            readings: readings.to_vec(),
-        }];
-        Ok(self
-            .append_group(&group, max_backlog)
-            .await?
-            .map(|mut a| a.remove(0)))
+    /// One request's readings (and, with the rate limit on, its tokens), in one statement,
+    /// before its answer.
+    pub async fn append(&self, request: Request, max_backlog: usize) -> AppendResult {
+        let group = [request];
+        self.append_group(&group, max_backlog)
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(StoreError("no result".into())))
     }
 
-    /// Several requests' readings, in one statement: all of them, or none when the backlog
-    /// would pass `max_backlog`.
+    /// Several requests' readings, in one statement, and a result for each: all appended, or
+    /// none when the backlog would pass `max_backlog`. When a request's bucket is short the
+    /// statement takes nothing, and each request is then appended alone, so only the limited
+    /// ones are refused (more statements, only while some device is over its limit).
     pub async fn append_group(
         &self,
         requests: &[Request],
         max_backlog: usize,
-    ) -> Result<Result<Vec<Appended>, BacklogFull>, StoreError> {
-        let rows: Vec<(u64, &str, &str)> = requests
-            .iter()
-            .flat_map(|r| {
-                r.readings
-                    .iter()
-                    .map(move |doc| (r.received_at_ms, &*r.node, doc.as_str()))
-            })
-            .collect();
+    ) -> Vec<AppendResult> {
+        match self.insert(requests, max_backlog).await {
+            Ok(Some(appended)) => appended.into_iter().map(Ok).collect(),
+            Ok(None) if requests.len() == 1 => vec![Ok(Err(NotAppended::RateLimited))],
+            Ok(None) => {
+                let mut each = Vec::with_capacity(requests.len());
+                for request in requests {
+                    each.push(
+                        match self
+                            .insert(std::slice::from_ref(request), max_backlog)
+                            .await
+                        {
+                            Ok(Some(mut one)) => {
+                                Ok(one.pop().unwrap_or(Err(NotAppended::BacklogFull)))
+                            }
+                            Ok(None) => Ok(Err(NotAppended::RateLimited)),
+                            Err(e) => Err(e),
+                        },
+                    );
+                }
+                each
+            }
+            Err(e) => requests.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+
+    /// One `APPEND` statement: a result per request, or `None` when a bucket was short.
+    async fn insert(
+        &self,
+        requests: &[Request],
+        max_backlog: usize,
+    ) -> Result<Option<Vec<Result<Appended, NotAppended>>>, StoreError> {
+        type Charged<'a> = (&'a str, u32, u64, f64, f64);
+        let mut rows: Vec<(u64, &str, &str, Option<Charged>)> = Vec::new();
+        for r in requests {
+            let costs = r.charge.as_ref().map_or(&[][..], |c| &c.costs[..]);
+            if costs.len() > r.readings.len() {
+                return Err(StoreError("more charges than readings".into()));
+            }
+            for (i, doc) in r.readings.iter().enumerate() {
+                // A request's charges ride on its first rows, one device each.
+                let charge = r.charge.as_ref().and_then(|c| {
+                    let (device, cost) = costs.get(i)?;
+                    Some((device.as_str(), *cost, r.received_at_ms, c.per_s, c.burst))
+                });
+                rows.push((r.received_at_ms, &*r.node, doc.as_str(), charge));
+            }
+        }
         let params = vec![
             SqlValue::Text(serde_json::to_string(&rows).map_err(|e| StoreError(e.to_string()))?),
             count(max_backlog as u64),
         ];
-        let returned = self.db.execute(sql::APPEND, params).await?;
+        let returned = match self.db.execute(sql::APPEND, params).await {
+            Err(e) if e.0.contains(sql::RATE_LIMITED) => return Ok(None),
+            other => other?,
+        };
         if returned.is_empty() {
-            return Ok(Err(BacklogFull));
+            return Ok(Some(
+                requests
+                    .iter()
+                    .map(|_| Err(NotAppended::BacklogFull))
+                    .collect(),
+            ));
         }
         let mut seqs = returned
             .iter()
@@ -331,18 +457,20 @@ impl<D: Sql> SharedOutbox<D> {
             )));
         }
         let mut at = 0;
-        Ok(Ok(requests
-            .iter()
-            .map(|r| {
-                let n = r.readings.len().max(1);
-                let appended = Appended {
-                    first_seq: seqs[at.min(seqs.len() - 1)],
-                    last_seq: seqs[(at + n - 1).min(seqs.len() - 1)],
-                };
-                at += r.readings.len();
-                appended
-            })
-            .collect()))
+        Ok(Some(
+            requests
+                .iter()
+                .map(|r| {
+                    let n = r.readings.len().max(1);
+                    let appended = Appended {
+                        first_seq: seqs[at.min(seqs.len() - 1)],
+                        last_seq: seqs[(at + n - 1).min(seqs.len() - 1)],
+                    };
+                    at += r.readings.len();
+                    Ok(appended)
+                })
+                .collect(),
+        ))
     }
 
     /// Claims up to `batches` due batches under `token` (see `sql::CLAIM`); nothing when none
@@ -521,7 +649,7 @@ impl<D: Sql> OutboxStore for SharedOutbox<D> {
 }
 
 /// What one request's append came to.
-pub type AppendResult = Result<Result<Appended, BacklogFull>, StoreError>;
+pub type AppendResult = Result<Result<Appended, NotAppended>, StoreError>;
 
 /// An instance's concurrent requests appended together: one statement, one commit, for every
 /// request that arrived while the previous statement ran. Commits are what SQLite serialises
@@ -611,14 +739,15 @@ impl AppendGroup {
                 self.written
                     .set((statements + 1, carried + requests.len() as u64));
                 let mut done = self.done.borrow_mut();
-                for (i, t) in writing.tickets.drain(..).enumerate() {
-                    let one = match &result {
-                        Ok(Ok(appended)) => Ok(Ok(appended[i])),
-                        Ok(Err(full)) => Ok(Err(*full)),
-                        Err(e) => Err(e.clone()),
-                    };
-                    done.insert(t, one);
-                }
+                let mut results = result.into_iter();
+                // Any ticket left without a result gets an error when `writing` drops.
+                writing.tickets.retain(|t| match results.next() {
+                    Some(one) => {
+                        done.insert(*t, one);
+                        false
+                    }
+                    None => true,
+                });
                 drop(done);
                 drop(writing);
                 continue;

@@ -62,9 +62,7 @@ pub async fn open(path: Path) -> Result<SpinSql, StoreError> {
         .execute("PRAGMA synchronous=NORMAL", Vec::new())
         .await?;
     let outbox = SharedOutbox::new(setup.clone());
-    let version = outbox
-        .prepare(&[crate::http::rate_limit::sql::SCHEMA])
-        .await?;
+    let version = outbox.prepare().await?;
     if version < sql::VERSION_IMPORTED {
         import_key_value(&outbox).await;
     }
@@ -94,16 +92,6 @@ async fn import_key_value(outbox: &SharedOutbox<SpinSql>) {
         Ok(n) => super::emit("warn", "outbox_imported", &[("readings", &n.to_string())]),
         Err(e) => super::emit("error", "outbox_import_failed", &[("error", &e.0)]),
     }
-}
-
-/// A connection of its own, for a transaction (the instance's connection is shared by its
-/// concurrent requests, whose statements would land inside it).
-pub async fn open_own() -> Result<SpinSql, StoreError> {
-    let conn = Rc::new(Connection::open_default().await.map_err(error)?);
-    Ok(SpinSql {
-        conn,
-        path: Path::Request,
-    })
 }
 
 impl Sql for SpinSql {

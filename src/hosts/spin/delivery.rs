@@ -46,15 +46,15 @@ mod flavour {
     use std::cell::Cell;
 
     use super::{delivery, SpinTimer};
-    use crate::application::admission::AdmissionPorts;
+    use crate::application::admission::{AdmissionPorts, Admitted, Charging, Section};
     use crate::application::delivery::outbox::{BacklogFull, SinkTarget, Wakeups};
     use crate::application::delivery::shared_outbox::{
-        AppendGroup, Appended, Request, SharedDriver, SharedOutbox,
+        AppendGroup, Appended, NotAppended, Request, SharedDriver, SharedOutbox,
     };
     use crate::config::Config;
-    use crate::domain::enrich::StoredReading;
     use crate::hosts::spin::database::{self, Path, SpinSql};
-    use crate::hosts::spin::{limiter, now_ms};
+    use crate::hosts::spin::now_ms;
+    use crate::http::rate_limit::{self, sql::Forgetting};
     use crate::ports::StoreError;
 
     /// What an instance keeps: its handle on the shared outbox (the claims it holds) and its
@@ -63,6 +63,8 @@ mod flavour {
         store: SharedOutbox<SpinSql>,
         driver: SharedDriver,
         appends: AppendGroup,
+        /// Its cleaning of the shared rate-limit buckets.
+        forgetting: Forgetting,
         sink: SinkTarget,
     }
 
@@ -79,6 +81,7 @@ mod flavour {
             store: SharedOutbox::new(db),
             driver: SharedDriver::new(&config.outbox(Wakeups::Polled), now_ms()),
             appends: AppendGroup::default(),
+            forgetting: Forgetting::new(),
             sink: config.sink(),
         });
         Ok(INSTANCE.with(|c| c.borrow_mut().get_or_insert(made).clone()))
@@ -112,53 +115,80 @@ mod flavour {
 
         fn release(&self, _room: ()) {}
 
-        async fn charge(
-            &self,
-            costs: &[(&str, u32)],
-            now_ms: u64,
-        ) -> Result<Result<(), u32>, StoreError> {
-            limiter::charge(self.config.rate_limit, costs, now_ms).await
+        fn charging(&self) -> Charging {
+            Charging::InAppend
         }
 
-        async fn refund(&self, costs: &[(&str, u32)], _now_ms: u64) {
-            limiter::refund(self.config.rate_limit, costs).await;
+        /// Not called: the append takes the tokens (`Charging::InAppend`).
+        async fn charge(&self, _: &[(&str, u32)], _: u64) -> Result<Result<(), u32>, StoreError> {
+            Ok(Ok(()))
         }
+
+        /// Not called: a refused append took no token.
+        async fn refund(&self, _: &[(&str, u32)], _: u64) {}
 
         async fn append(
             &self,
             _room: (),
             received_at_ms: u64,
-            readings: Vec<StoredReading>,
-        ) -> Result<Result<(), BacklogFull>, StoreError> {
+            sections: &[&Section],
+        ) -> Result<Result<Vec<Admitted>, BacklogFull>, StoreError> {
             let db = database::open(Path::Request).await?;
-            let request = Request {
-                received_at_ms,
-                node: self.node.clone(),
-                readings,
-            };
+            let limit = self.config.rate_limit;
             let max_backlog = self.config.max_backlog;
-            let appended = self
-                .inst
-                .appends
-                .append(
-                    &SharedOutbox::new(db),
-                    &SpinTimer,
-                    &super::WallClock,
-                    request,
-                    max_backlog,
-                )
-                .await?;
-            Ok(match appended {
-                Ok(appended) => {
-                    self.appended.set(Some((appended, received_at_ms)));
-                    Ok(())
-                }
-                Err(_) => Err(BacklogFull {
-                    held: max_backlog,
-                    limit: max_backlog,
-                    retry_after_s: self.config.backlog_retry_after_s(),
-                }),
-            })
+            let mut verdicts = Vec::with_capacity(sections.len());
+            // One section per request on Spin; the instance groups requests (`AppendGroup`).
+            for section in sections {
+                let costs: Vec<(&str, u32)> = section
+                    .costs
+                    .iter()
+                    .map(|(d, n)| (d.as_str(), *n))
+                    .collect();
+                let request = Request {
+                    received_at_ms,
+                    node: self.node.clone(),
+                    readings: section.readings.clone(),
+                    charge: limit.map(|l| rate_limit::sql::charge(&l, &costs)),
+                };
+                let appended = self
+                    .inst
+                    .appends
+                    .append(
+                        &SharedOutbox::new(db.clone()),
+                        &SpinTimer,
+                        &super::WallClock,
+                        request,
+                        max_backlog,
+                    )
+                    .await?;
+                verdicts.push(match (appended, limit) {
+                    (Ok(appended), _) => {
+                        self.appended.set(Some((appended, received_at_ms)));
+                        if let Some(limit) = limit {
+                            let forgetting = &self.inst.forgetting;
+                            forgetting.tick(&db, &limit, received_at_ms).await;
+                        }
+                        Admitted::Accepted
+                    }
+                    (Err(NotAppended::RateLimited), Some(limit)) => Admitted::RateLimited {
+                        retry_after_s: rate_limit::sql::retry_after(
+                            &db,
+                            &limit,
+                            &costs,
+                            received_at_ms,
+                        )
+                        .await?,
+                    },
+                    (Err(_), _) => {
+                        return Ok(Err(BacklogFull {
+                            held: max_backlog,
+                            limit: max_backlog,
+                            retry_after_s: self.config.backlog_retry_after_s(),
+                        }))
+                    }
+                });
+            }
+            Ok(Ok(verdicts))
         }
 
         async fn wake(&self) {
@@ -232,13 +262,12 @@ mod flavour {
     use std::cell::Cell;
 
     use super::{delivery, SpinTimer};
-    use crate::application::admission::AdmissionPorts;
+    use crate::application::admission::{AdmissionPorts, Admitted, Section};
     use crate::application::delivery::outbox::{
         append_reserved, deliver_round, BacklogFull, MemoryStore, Next, Outbox, Reservation,
         SinkTarget, Wakeups,
     };
     use crate::config::Config;
-    use crate::domain::enrich::StoredReading;
     use crate::hosts::spin::{limiter, now_ms};
     use crate::ports::{StoreError, Timer};
 
@@ -300,19 +329,19 @@ mod flavour {
             costs: &[(&str, u32)],
             now_ms: u64,
         ) -> Result<Result<(), u32>, StoreError> {
-            limiter::charge(self.config.rate_limit, costs, now_ms).await
+            Ok(limiter::charge(self.config.rate_limit, costs, now_ms))
         }
 
         async fn refund(&self, costs: &[(&str, u32)], _now_ms: u64) {
-            limiter::refund(self.config.rate_limit, costs).await;
+            limiter::refund(self.config.rate_limit, costs);
         }
 
         async fn append(
             &self,
             room: Reservation,
             received_at_ms: u64,
-            readings: Vec<StoredReading>,
-        ) -> Result<Result<(), BacklogFull>, StoreError> {
+            sections: &[&Section],
+        ) -> Result<Result<Vec<Admitted>, BacklogFull>, StoreError> {
             let inst = &self.inst;
             let start = append_reserved(
                 &inst.outbox,
@@ -320,11 +349,11 @@ mod flavour {
                 room,
                 received_at_ms,
                 &self.node,
-                readings,
+                Section::readings_of(sections),
             )
             .await?;
             self.start.set(start);
-            Ok(Ok(()))
+            Ok(Ok(vec![Admitted::Accepted; sections.len()]))
         }
 
         async fn wake(&self) {

@@ -17,6 +17,7 @@ mod database;
 mod delivery;
 #[cfg(feature = "spin")]
 mod kv;
+#[cfg(not(feature = "spin"))]
 mod limiter;
 
 use std::cell::OnceCell;

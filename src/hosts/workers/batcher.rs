@@ -423,8 +423,8 @@ impl AdmissionPorts for Ports<'_> {
         &self,
         room: Reservation,
         received_at_ms: u64,
-        readings: Vec<StoredReading>,
-    ) -> Result<Result<(), BacklogFull>, StoreError> {
+        sections: &[&Section],
+    ) -> Result<Result<Vec<Admitted>, BacklogFull>, StoreError> {
         let engine = self.engine;
         append_reserved(
             &engine.outbox,
@@ -432,10 +432,10 @@ impl AdmissionPorts for Ports<'_> {
             room,
             received_at_ms,
             self.node,
-            readings,
+            Section::readings_of(sections),
         )
         .await?;
-        Ok(Ok(()))
+        Ok(Ok(vec![Admitted::Accepted; sections.len()]))
     }
 
     async fn wake(&self) {

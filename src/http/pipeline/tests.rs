@@ -7,11 +7,10 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use super::*;
-use crate::application::admission::{self, AdmissionPorts};
+use crate::application::admission::{self, AdmissionPorts, Admitted, Section};
 use crate::application::delivery::outbox::{
     append_reserved, BacklogFull, MemoryStore, Outbox, Reservation, Wakeups,
 };
-use crate::domain::enrich::StoredReading;
 use crate::http::auth::{sign, MasterSecret, SignedParts};
 use crate::http::rate_limit::MemoryBuckets;
 use crate::http::routes::{Accepted, AdminQuery};
@@ -73,10 +72,11 @@ impl AdmissionPorts for FakeHost {
         &self,
         room: Reservation,
         at: u64,
-        readings: Vec<StoredReading>,
-    ) -> Result<Result<(), BacklogFull>, StoreError> {
+        sections: &[&Section],
+    ) -> Result<Result<Vec<Admitted>, BacklogFull>, StoreError> {
+        let readings = Section::readings_of(sections);
         append_reserved(&self.outbox, &self.store, room, at, "node", readings).await?;
-        Ok(Ok(()))
+        Ok(Ok(vec![Admitted::Accepted; sections.len()]))
     }
     async fn wake(&self) {}
 }

@@ -137,7 +137,7 @@ impl App {
 
     fn instance(&self) -> Instance {
         let store = SharedOutbox::new(Db::open(&self.path));
-        run(store.prepare(&[])).unwrap();
+        run(store.prepare()).unwrap();
         Instance {
             store,
             driver: SharedDriver::new(&outbox_config(), self.clock.now_ms()),
@@ -162,6 +162,7 @@ impl App {
             received_at_ms: T0,
             node: "node-1".into(),
             readings: self.readings(n),
+            charge: None,
         }
     }
 
@@ -170,7 +171,13 @@ impl App {
     fn accept(&self, instance: &Instance, n: usize) -> bool {
         let readings = self.readings(n);
         let now = self.clock.now_ms();
-        let appended = run(instance.store.append(now, "node-1", &readings, 100));
+        let request = Request {
+            received_at_ms: now,
+            node: "node-1".into(),
+            readings: readings.clone(),
+            charge: None,
+        };
+        let appended = run(instance.store.append(request, 100));
         let Ok(Ok(appended)) = appended else {
             return false;
         };
@@ -429,8 +436,8 @@ fn segments_of_the_previous_release_in_key_value_are_imported_once() {
         vec!["calibration".to_owned()],
         "segment keys left behind"
     );
-    let version = run(a.store.prepare(&[])).unwrap();
-    assert_eq!(version, sql::VERSION_IMPORTED);
+    let version = run(a.store.prepare()).unwrap();
+    assert_eq!(version, sql::VERSION_CHARGES);
     assert!(a.driver.nudge(T0));
     app.drain(&[&a]);
     assert_eq!(app.batch_sizes(), vec![5, 2]);
@@ -641,7 +648,7 @@ fn concurrent_requests_of_an_instance_share_one_statement() {
     assert!(stats["statements"].as_u64().unwrap() < 10, "{stats}");
     // A group that would pass the bound is refused whole, and leaves nothing behind.
     let refused = block_on(group.append(&store, &YieldTimer, &app.clock, app.request(90), 100));
-    assert_eq!(refused, Ok(Err(BacklogFull)));
+    assert_eq!(refused, Ok(Err(NotAppended::BacklogFull)));
     assert_eq!(app.pending(), next - 1);
 }
 
@@ -690,4 +697,169 @@ fn a_writer_dropped_mid_statement_hands_the_group_on() {
     drop(next_writer);
     assert!(block_on(rider).is_err(), "its outcome is unknown: an error");
     block_on(append(1)).unwrap().unwrap();
+}
+
+/// 2 readings a second, 10 at once.
+const LIMIT: crate::http::rate_limit::RateLimit = crate::http::rate_limit::RateLimit {
+    per_s: 2.0,
+    burst: 10.0,
+};
+
+impl App {
+    /// A request of one reading per entry of `devices`, received now, that takes its tokens in
+    /// its append.
+    fn charged(&self, devices: &[&str]) -> Request {
+        let costs = crate::http::rate_limit::costs(devices.iter().copied());
+        Request {
+            received_at_ms: self.clock.now_ms(),
+            node: "node-1".into(),
+            readings: self.readings(devices.len()),
+            charge: Some(crate::http::rate_limit::sql::charge(&LIMIT, &costs)),
+        }
+    }
+
+    fn tokens(&self, device: &str) -> Option<f64> {
+        let c = rusqlite::Connection::open(&self.path).unwrap();
+        c.query_row(
+            "SELECT tokens FROM rate_buckets WHERE device = ?1",
+            [device],
+            |r| r.get(0),
+        )
+        .ok()
+    }
+}
+
+/// The rate limit costs the request path no statement of its own: the append takes the
+/// tokens, atomically with the rows, across every instance on the database.
+#[test]
+fn the_append_takes_the_rate_limit_in_its_own_statement() {
+    let app = App::new("charged");
+    let (a, b) = (app.instance(), app.instance());
+    let before = a.store.db.statements.get() + b.store.db.statements.get();
+    // A burst of 10, taken from two instances in turn: exactly 10, then refused.
+    let admitted = (0..30)
+        .filter(|i| {
+            let on = if i % 2 == 0 { &a } else { &b };
+            matches!(run(on.store.append(app.charged(&["d"]), 100)), Ok(Ok(_)))
+        })
+        .count();
+    assert_eq!(admitted, 10);
+    let after = a.store.db.statements.get() + b.store.db.statements.get();
+    assert_eq!(after - before, 30, "one statement per request");
+    assert_eq!(app.pending(), 10, "a refused request inserted nothing");
+    assert_eq!(app.tokens("d"), Some(0.0));
+    // It says when it would fit: 3 readings at 2 a second, 2 s.
+    let costs = [("d", 3)];
+    let wait = run(crate::http::rate_limit::sql::retry_after(
+        &a.store.db,
+        &LIMIT,
+        &costs,
+        app.clock.now_ms(),
+    ));
+    assert_eq!(wait, Ok(2));
+    // A second later two more fit, not three.
+    app.tick(1_000);
+    let refused = run(a.store.append(app.charged(&["d", "d", "d"]), 100));
+    assert_eq!(refused, Ok(Err(NotAppended::RateLimited)));
+    assert!(matches!(
+        run(a.store.append(app.charged(&["d", "e"]), 100)),
+        Ok(Ok(_))
+    ));
+    // A request of several devices is taken whole or not at all: `d` has one token left, so
+    // `f` is not charged for the refused request.
+    assert_eq!(
+        run(a.store.append(app.charged(&["f", "d", "d"]), 100)),
+        Ok(Err(NotAppended::RateLimited))
+    );
+    assert_eq!(
+        app.tokens("f"),
+        None,
+        "no bucket taken for a refused request"
+    );
+    // A full backlog refuses before any token is taken.
+    let pending = app.pending() as usize;
+    assert_eq!(
+        run(a.store.append(app.charged(&["g"]), pending)),
+        Ok(Err(NotAppended::BacklogFull))
+    );
+    assert_eq!(app.tokens("g"), None);
+    // A clock that went back earns nothing.
+    app.clock.0.set(T0 - 60_000);
+    assert_eq!(
+        run(a.store.append(app.charged(&["d", "d"]), 100)),
+        Ok(Err(NotAppended::RateLimited))
+    );
+}
+
+/// An instance's concurrent requests share a statement; one of them over its bucket makes the
+/// statement take nothing, and each is then appended alone: only that one is refused.
+#[test]
+fn a_limited_request_in_a_group_is_refused_alone() {
+    let app = App::new("charged-group");
+    let _tables = app.instance();
+    let store = SharedOutbox::new(SlowDb(Db::open(&app.path)));
+    let group = AppendGroup::default();
+    // `x` spends its burst first.
+    let burst: Vec<&str> = vec!["x"; 10];
+    assert!(matches!(
+        block_on(store.append(app.charged(&burst), 100)),
+        Ok(Ok(_))
+    ));
+    let requests = [
+        app.charged(&["y"]),
+        app.charged(&["x"]),
+        app.charged(&["z", "z"]),
+        app.charged(&["y"]),
+    ];
+    let results =
+        block_on(futures_util::future::join_all(requests.iter().map(|r| {
+            group.append(&store, &YieldTimer, &app.clock, r.clone(), 100)
+        })));
+    let verdicts: Vec<_> = results
+        .iter()
+        .map(|r| r.as_ref().map(|a| a.map(|_| ())))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            Ok(Ok(())),
+            Ok(Err(NotAppended::RateLimited)),
+            Ok(Ok(())),
+            Ok(Ok(()))
+        ]
+    );
+    assert_eq!(app.pending(), 10 + 4);
+    assert_eq!(app.tokens("y"), Some(8.0));
+    assert_eq!(app.tokens("z"), Some(8.0));
+    assert_eq!(app.tokens("x"), Some(0.0));
+}
+
+/// A database the previous release made (schema 2: no `charge` column) is brought up to date
+/// by the first instance that starts on it, once, and keeps its rows.
+#[test]
+fn a_database_of_the_previous_release_is_upgraded_in_place() {
+    let app = App::new("upgrade");
+    {
+        let c = rusqlite::Connection::open(&app.path).unwrap();
+        for statement in sql::SETUP {
+            c.execute_batch(statement).unwrap();
+        }
+        c.execute_batch(
+            "PRAGMA user_version = 2; \
+             INSERT INTO outbox (received_at_ms, node, doc) VALUES (1, 'n', '{\"id\":\"old\"}')",
+        )
+        .unwrap();
+        let has: i64 = c.query_row(sql::HAS_CHARGE, [], |r| r.get(0)).unwrap();
+        assert_eq!(has, 0, "the old schema");
+    }
+    let (a, b) = (
+        SharedOutbox::new(Db::open(&app.path)),
+        SharedOutbox::new(Db::open(&app.path)),
+    );
+    assert_eq!(run(a.prepare()), Ok(sql::VERSION_IMPORTED));
+    assert_eq!(run(b.prepare()), Ok(sql::VERSION_CHARGES), "once is enough");
+    assert_eq!(run(a.prepare()), Ok(sql::VERSION_CHARGES));
+    assert!(matches!(run(a.append(app.charged(&["d"]), 100)), Ok(Ok(_))));
+    assert_eq!(app.tokens("d"), Some(9.0));
+    assert_eq!(app.pending(), 2);
 }
