@@ -202,10 +202,11 @@ pub mod sql {
     /// How often an instance forgets the buckets that are full again.
     const FORGET_EVERY_MS: u64 = 300_000;
 
-    /// What a request's readings cost, for its append to take.
-    pub fn charge(limit: &RateLimit, costs: &[(&str, u32)]) -> Charge {
+    /// What a request's readings cost (its section's readings per device), for its append to
+    /// take.
+    pub fn charge(limit: &RateLimit, costs: &[(String, u32)]) -> Charge {
         Charge {
-            costs: costs.iter().map(|(d, n)| ((*d).to_owned(), *n)).collect(),
+            costs: costs.to_vec(),
             per_s: limit.per_s,
             burst: limit.burst,
         }
@@ -216,13 +217,13 @@ pub mod sql {
     pub async fn retry_after<D: Sql>(
         db: &D,
         limit: &RateLimit,
-        costs: &[(&str, u32)],
+        costs: &[(String, u32)],
         now_ms: u64,
     ) -> Result<u32, StoreError> {
         let mut wait = 1;
-        for &(device, cost) in costs {
+        for (device, cost) in costs {
             let found = db
-                .execute(BUCKET, vec![SqlValue::Text(device.to_owned())])
+                .execute(BUCKET, vec![SqlValue::Text(device.clone())])
                 .await?;
             let mut bucket = [found
                 .first()
@@ -233,7 +234,7 @@ pub mod sql {
                     })
                 })
                 .unwrap_or_else(|| Bucket::full(limit, now_ms))];
-            if let Err(s) = super::admit(limit, &mut bucket, &[cost], now_ms) {
+            if let Err(s) = super::admit(limit, &mut bucket, &[*cost], now_ms) {
                 wait = wait.max(s);
             }
         }

@@ -139,16 +139,11 @@ mod flavour {
             let mut verdicts = Vec::with_capacity(sections.len());
             // One section per request on Spin; the instance groups requests (`AppendGroup`).
             for section in sections {
-                let costs: Vec<(&str, u32)> = section
-                    .costs
-                    .iter()
-                    .map(|(d, n)| (d.as_str(), *n))
-                    .collect();
                 let request = Request {
                     received_at_ms,
                     node: self.node.clone(),
                     readings: section.readings.clone(),
-                    charge: limit.map(|l| rate_limit::sql::charge(&l, &costs)),
+                    charge: limit.map(|l| rate_limit::sql::charge(&l, &section.costs)),
                 };
                 let appended = self
                     .inst
@@ -174,7 +169,7 @@ mod flavour {
                         retry_after_s: rate_limit::sql::retry_after(
                             &db,
                             &limit,
-                            &costs,
+                            &section.costs,
                             received_at_ms,
                         )
                         .await?,

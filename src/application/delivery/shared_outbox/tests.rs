@@ -624,6 +624,18 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
     }
 }
 
+/// `requests` arriving together on one instance's `group`, polled as one host task each.
+fn append_concurrently(
+    app: &App,
+    group: &AppendGroup,
+    store: &SharedOutbox<SlowDb>,
+    requests: &[Request],
+) -> Vec<AppendResult> {
+    block_on(futures_util::future::join_all(requests.iter().map(|r| {
+        group.append(store, &YieldTimer, &app.clock, r.clone(), 100)
+    })))
+}
+
 #[test]
 fn concurrent_requests_of_an_instance_share_one_statement() {
     let app = App::new("group");
@@ -631,10 +643,7 @@ fn concurrent_requests_of_an_instance_share_one_statement() {
     let store = SharedOutbox::new(SlowDb(Db::open(&app.path)));
     let group = AppendGroup::default();
     let requests: Vec<Request> = (0..10).map(|i| app.request(1 + i % 3)).collect();
-    let results =
-        block_on(futures_util::future::join_all(requests.iter().map(|r| {
-            group.append(&store, &YieldTimer, &app.clock, r.clone(), 100)
-        })));
+    let results = append_concurrently(&app, &group, &store, &requests);
     // Every request got its own rows, in order, and fewer statements ran than requests.
     let mut next = 1;
     for (request, result) in requests.iter().zip(&results) {
@@ -709,7 +718,10 @@ impl App {
     /// A request of one reading per entry of `devices`, received now, that takes its tokens in
     /// its append.
     fn charged(&self, devices: &[&str]) -> Request {
-        let costs = crate::http::rate_limit::costs(devices.iter().copied());
+        let costs: Vec<(String, u32)> = crate::http::rate_limit::costs(devices.iter().copied())
+            .into_iter()
+            .map(|(d, n)| (d.to_owned(), n))
+            .collect();
         Request {
             received_at_ms: self.clock.now_ms(),
             node: "node-1".into(),
@@ -749,7 +761,7 @@ fn the_append_takes_the_rate_limit_in_its_own_statement() {
     assert_eq!(app.pending(), 10, "a refused request inserted nothing");
     assert_eq!(app.tokens("d"), Some(0.0));
     // It says when it would fit: 3 readings at 2 a second, 2 s.
-    let costs = [("d", 3)];
+    let costs = [("d".to_owned(), 3)];
     let wait = run(crate::http::rate_limit::sql::retry_after(
         &a.store.db,
         &LIMIT,
@@ -811,10 +823,7 @@ fn a_limited_request_in_a_group_is_refused_alone() {
         app.charged(&["z", "z"]),
         app.charged(&["y"]),
     ];
-    let results =
-        block_on(futures_util::future::join_all(requests.iter().map(|r| {
-            group.append(&store, &YieldTimer, &app.clock, r.clone(), 100)
-        })));
+    let results = append_concurrently(&app, &group, &store, &requests);
     let verdicts: Vec<_> = results
         .iter()
         .map(|r| r.as_ref().map(|a| a.map(|_| ())))
