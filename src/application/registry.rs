@@ -226,7 +226,7 @@ impl StaticRegistry {
         if errors.is_empty() {
             Ok(Self(records))
         } else {
-            errors.sort();
+            errors.sort_unstable();
             Err(errors)
         }
     }

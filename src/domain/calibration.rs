@@ -143,8 +143,9 @@ impl Profiles {
         if !errors.is_empty() {
             return Err(errors);
         }
+        // Prefixes are unique (`add` refuses a repeat), so an unstable sort orders them fully.
         set.prefixes
-            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+            .sort_unstable_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
         Ok(set)
     }
 

@@ -4,7 +4,7 @@
 
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::JsValue;
-use worker::{Env, Headers, Method, Request, RequestInit};
+use worker::Env;
 
 use super::{group_commit, log, wire};
 use crate::config::Settings;
@@ -36,19 +36,6 @@ fn shard_of(shard_key: &str, shards: u32) -> u32 {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     });
     (hash % u64::from(shards.max(1))) as u32
-}
-
-fn batcher_request(
-    path: &str,
-    method: Method,
-    body: Option<String>,
-    headers: Headers,
-) -> worker::Result<Request> {
-    let mut init = RequestInit::new();
-    init.with_method(method)
-        .with_headers(headers)
-        .with_body(body.map(|b| JsValue::from_str(&b)));
-    Request::new_with_init(&format!("https://batcher.internal{path}"), &init)
 }
 
 /// Waits only for the batcher's durable acceptance, never for the collector. Concurrent
@@ -150,7 +137,7 @@ pub async fn admin(
         let name = batcher_name(edge, shard);
         let mut answer = ns
             .get_by_name(&name)?
-            .fetch_with_request(batcher_request(path, Method::Get, None, Headers::new())?)
+            .fetch_with_str(&format!("https://batcher.internal{path}"))
             .await?;
         let mut doc: serde_json::Value =
             serde_json::from_str(&answer.text().await?).unwrap_or_default();
