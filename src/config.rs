@@ -10,7 +10,7 @@ use crate::application::registry::{RegistryMode, StaticRegistry};
 use crate::domain::device::check_tag_key;
 use crate::http::auth::{AdminToken, AuthMode, DeviceAuth, MasterSecret, Secrets};
 use crate::http::cors::Cors;
-use crate::http::deployment::{Deployment, Policy, RegistryPolicy, RequestLimits};
+use crate::http::deployment::{ApiDocument, Deployment, Policy, RegistryPolicy, RequestLimits};
 use crate::http::rate_limit::RateLimit;
 use crate::ports::{ConfigSource, Secret};
 
@@ -716,7 +716,7 @@ impl Settings {
 
     /// What the request pipeline needs of this deployment (`http::deployment`), built once per
     /// isolate or instance.
-    pub fn deployment(&self) -> Deployment {
+    pub fn deployment(&self, api_document: ApiDocument) -> Deployment {
         let config = self.config.as_ref().ok();
         let limits = RequestLimits {
             max_url_bytes: config.map_or(DEFAULT_MAX_URL_BYTES, |c| c.max_url_bytes),
@@ -734,6 +734,7 @@ impl Settings {
             limits,
             edge_node: self.edge_node().map(str::to_owned),
             profiles_ttl_ms: config.map_or(DEFAULT_PROFILES_TTL_S, |c| c.profiles_ttl_s) * 1000,
+            api_document,
         }
     }
 
@@ -997,7 +998,7 @@ mod tests {
             ),
         ]));
         assert_eq!(s.profile_source, ProfileSource::Variable);
-        let p = s.deployment().ready().unwrap_err();
+        let p = s.deployment(ApiDocument::StaticAsset).ready().unwrap_err();
         assert_eq!(p.status(), 503);
         assert!(
             p.detail()
@@ -1009,7 +1010,7 @@ mod tests {
             ("COLLECTOR_URL", "http://x/"),
             ("AUTH_MODE", "off"),
         ]));
-        assert!(ok.deployment().ready().is_ok());
+        assert!(ok.deployment(ApiDocument::StaticAsset).ready().is_ok());
         assert_eq!(ok.profile_source, ProfileSource::Embedded);
     }
 }

@@ -4,13 +4,27 @@
 #![forbid(unsafe_code)]
 
 pub fn line(level: &str, event: &str, fields: &[(&str, &str)]) -> String {
-    let mut obj = serde_json::Map::new();
-    obj.insert("level".into(), level.into());
-    obj.insert("event".into(), event.into());
-    for (k, v) in fields {
-        obj.insert((*k).into(), (*v).into());
+    serde_json::to_string(&Line {
+        level,
+        event,
+        fields,
+    })
+    .unwrap_or_default()
+}
+
+/// Written as a map in the order given, with no `serde_json::Value` (a sorted map, and its
+/// code in the Worker's upload) in between.
+struct Line<'a> {
+    level: &'a str,
+    event: &'a str,
+    fields: &'a [(&'a str, &'a str)],
+}
+
+impl serde::Serialize for Line<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let head = [("level", self.level), ("event", self.event)];
+        serializer.collect_map(head.iter().chain(self.fields).map(|(k, v)| (k, v)))
     }
-    serde_json::Value::Object(obj).to_string()
 }
 
 #[cfg(test)]
@@ -23,6 +37,10 @@ mod tests {
             &[("request_id", "r1"), ("detail", "a \"quoted\"\nline")],
         );
         assert!(!l.contains('\n'));
+        assert!(
+            l.starts_with(r#"{"level":"warn","event":"flush_retry","request_id":"r1","#),
+            "{l}"
+        );
         let v: serde_json::Value = serde_json::from_str(&l).unwrap();
         assert_eq!(
             (

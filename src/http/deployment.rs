@@ -67,6 +67,17 @@ pub struct RequestLimits {
     pub max_body_bytes: usize,
 }
 
+/// Who answers `GET /openapi.json`.
+#[derive(Debug, Clone, Copy)]
+pub enum ApiDocument {
+    /// The function, with this document (`routes::OPENAPI`).
+    Served(&'static str),
+    /// The platform, in front of the function: Workers static assets (wrangler.toml
+    /// `[assets]`), free of Worker requests, and the document stays out of the Worker's upload.
+    /// A request that reaches the function anyway finds nothing there.
+    StaticAsset,
+}
+
 /// The deployment as the pipeline sees it, faults included.
 #[derive(Debug, Clone)]
 pub struct Deployment {
@@ -78,6 +89,7 @@ pub struct Deployment {
     pub edge_node: Option<String>,
     /// How long profiles read from the host's key-value store are used before reading again.
     pub profiles_ttl_ms: u64,
+    pub api_document: ApiDocument,
 }
 
 impl Deployment {

@@ -13,6 +13,7 @@ use http::header::{
 };
 use http::request::Parts;
 use http::Method;
+use serde::Serialize;
 
 use crate::application::admission::Section;
 use crate::application::registry::{Registration, RegistryMode};
@@ -23,7 +24,7 @@ use crate::domain::reading::{DeviceId, Reading};
 use crate::http::answer::{self, Answer};
 use crate::http::auth::{Presented, SignedParts};
 use crate::http::body::{first_device_id, parse_readings, BodyFormat};
-use crate::http::deployment::{Deployment, Policy};
+use crate::http::deployment::{ApiDocument, Deployment, Policy};
 use crate::http::problem::{FieldError, Problem, ProblemType};
 use crate::http::query::{named_device, parse_reading_query};
 
@@ -32,8 +33,9 @@ pub const HEALTH_PATH: &str = "/healthz";
 pub const ADMIN_PREFIX: &str = "/admin/";
 pub const OPENAPI_PATH: &str = "/openapi.json";
 
-/// The API contract (OpenAPI 3.1), served at [`OPENAPI_PATH`]; `tests/openapi.rs` keeps it in
-/// step with this router and schemathesis checks the running Worker against it.
+/// The API contract (OpenAPI 3.1), served at [`OPENAPI_PATH`] by the hosts that pass it as
+/// `ApiDocument::Served` (Workers serves the file as a static asset); `tests/openapi.rs` keeps
+/// it in step with this router and schemathesis checks the running Worker against it.
 pub const OPENAPI: &str = include_str!("../../openapi/openapi.json");
 
 /// Every route and its methods, as the router below serves them.
@@ -201,7 +203,10 @@ pub fn plan<'a>(parts: &'a Parts, settings: &Deployment, now_ms: u64) -> Result<
             Err(Problem::method_not_allowed("GET"))
         }
         HEALTH_PATH => Ok(Plan::Health),
-        OPENAPI_PATH => Ok(Plan::Answer(answer::json(200, OPENAPI.to_owned()))),
+        OPENAPI_PATH => match settings.api_document {
+            ApiDocument::Served(doc) => Ok(Plan::Answer(answer::json(200, doc.to_owned()))),
+            ApiDocument::StaticAsset => Err(Problem::not_found(OPENAPI_PATH)),
+        },
         p if p.starts_with(ADMIN_PREFIX) => {
             let query = match &p[ADMIN_PREFIX.len()..] {
                 "stats" => AdminQuery::Stats,
@@ -508,21 +513,57 @@ pub fn health(
             (_, Some(_)) => Some("REGISTRY"),
             (_, None) => Some("key-value store"),
         };
-        serde_json::json!({ "mode": p.registry.mode.as_str(), "source": source, "ttl_s": p.registry.ttl_ms / 1000 })
+        RegistryHealth {
+            mode: p.registry.mode.as_str(),
+            source,
+            ttl_s: p.registry.ttl_ms / 1000,
+        }
     });
-    let body = serde_json::json!({
-        "status": if valid { "ok" } else { "misconfigured" },
-        "platform": edge.platform,
-        "node": edge.node,
-        "config": {
-            "valid": valid,
-            "errors": errors,
-            "profiles": { "source": source, "count": count },
-            "registry": registry,
+    let body = Health {
+        status: if valid { "ok" } else { "misconfigured" },
+        platform: edge.platform,
+        node: &edge.node,
+        config: ConfigHealth {
+            valid,
+            errors,
+            profiles: ProfilesHealth { source, count },
+            registry,
         },
-        "version": env!("CARGO_PKG_VERSION"),
-    });
-    answer::json(if valid { 200 } else { 503 }, body.to_string())
+        version: env!("CARGO_PKG_VERSION"),
+    };
+    let body = serde_json::to_string(&body).unwrap_or_default();
+    answer::json(if valid { 200 } else { 503 }, body)
+}
+
+/// `/healthz`, typed: a `serde_json::Value` would bring its maps into every host's binary.
+#[derive(Serialize)]
+struct Health<'a> {
+    status: &'static str,
+    platform: &'a str,
+    node: &'a str,
+    config: ConfigHealth<'a>,
+    version: &'static str,
+}
+
+#[derive(Serialize)]
+struct ConfigHealth<'a> {
+    valid: bool,
+    errors: Vec<String>,
+    profiles: ProfilesHealth<'a>,
+    registry: Option<RegistryHealth>,
+}
+
+#[derive(Serialize)]
+struct ProfilesHealth<'a> {
+    source: &'a str,
+    count: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct RegistryHealth {
+    mode: &'static str,
+    source: Option<&'static str>,
+    ttl_s: u64,
 }
 
 fn authorize_admin(settings: &Deployment, authorization: Option<&str>) -> Result<(), Problem> {

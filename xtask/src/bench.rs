@@ -376,6 +376,7 @@ fn workers_section(o: &Options, collector: &Collector, dir: &Path) -> Workers {
                 main_js: main_js.clone(),
                 vars: edge_vars(collector),
                 batcher: *delivers,
+                assets: (*name == "edge-enrich").then(|| repo_root().join("openapi")),
             };
             let scratch_dir = dir.join(format!("{runtime}-{name}"));
             std::fs::create_dir_all(&scratch_dir).expect("scratch");
@@ -560,6 +561,7 @@ fn registry_section(collector: &Collector, dir: &Path) -> Registry {
             main_js: repo_root().join("build/entry.mjs"),
             vars: vars(mode, ""),
             batcher: true,
+            assets: Some(repo_root().join("openapi")),
         };
         let host = WorkersHost::start_worker(&scratch_dir, spec);
         host.kv_bulk_put("DEVICES", &pairs);

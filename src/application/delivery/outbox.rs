@@ -127,6 +127,17 @@ pub struct OutboxStats {
     pub store_failures: u64,
 }
 
+/// What `/admin/stats` shows of an outbox: its counters, then its state.
+#[derive(Debug, Serialize)]
+pub struct OutboxReport<'a> {
+    #[serde(flatten)]
+    pub stats: &'a OutboxStats,
+    pub pending: usize,
+    pub in_flight_batches: usize,
+    pub consecutive_failures: u32,
+    pub retry_at_ms: Option<u64>,
+}
+
 struct Entry<K> {
     key: K,
     node: Rc<str>,
@@ -426,13 +437,19 @@ impl<K: Clone + PartialEq> Outbox<K> {
     }
 
     /// Live state and counters, for `/admin/stats`.
+    /// The counters and the state now, for the admin API.
+    pub fn report(&self) -> OutboxReport<'_> {
+        OutboxReport {
+            stats: &self.stats,
+            pending: self.held,
+            in_flight_batches: self.flights.len(),
+            consecutive_failures: self.failures,
+            retry_at_ms: self.retry_at,
+        }
+    }
+
     pub fn stats_json(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(&self.stats).unwrap_or_default();
-        v["pending"] = self.held.into();
-        v["in_flight_batches"] = self.flights.len().into();
-        v["consecutive_failures"] = self.failures.into();
-        v["retry_at_ms"] = self.retry_at.into();
-        v
+        serde_json::to_value(self.report()).unwrap_or_default()
     }
 
     fn oldest_unbatched(&self) -> Option<u64> {

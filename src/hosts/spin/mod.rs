@@ -34,7 +34,7 @@ use crate::application::admission::{self, Refused};
 use crate::config::{Config, Settings, KEYS};
 use crate::domain::enrich::EdgeInfo;
 use crate::http::answer::Answer;
-use crate::http::deployment::Deployment;
+use crate::http::deployment::{ApiDocument, Deployment};
 use crate::http::pipeline::{self, Host};
 use crate::http::problem::{self, Problem};
 use crate::http::routes::{Accepted, AdminQuery};
@@ -79,7 +79,7 @@ async fn loaded() -> Rc<Loaded> {
     }
     let settings = Settings::load(&load_config().await);
     let made = Rc::new(Loaded {
-        deployment: Rc::new(settings.deployment()),
+        deployment: Rc::new(settings.deployment(ApiDocument::Served(crate::http::routes::OPENAPI))),
         settings,
     });
     LOADED.with(|c| c.get_or_init(|| made).clone())

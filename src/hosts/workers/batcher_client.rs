@@ -2,6 +2,7 @@
 //! Workers RPC (see `group_commit`), what the batcher's answer means for each request, and the
 //! admin queries that fan out to every shard.
 
+use serde_json::value::RawValue;
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::JsValue;
 use worker::Env;
@@ -135,19 +136,22 @@ pub async fn admin(
     let mut batchers = Vec::new();
     for shard in 0..shard_count(settings) {
         let name = batcher_name(edge, shard);
+        // The batcher names itself in its answer, which is passed on as it is.
         let mut answer = ns
             .get_by_name(&name)?
-            .fetch_with_str(&format!("https://batcher.internal{path}"))
+            .fetch_with_str(&format!("https://batcher.internal{path}?batcher={name}"))
             .await?;
-        let mut doc: serde_json::Value =
-            serde_json::from_str(&answer.text().await?).unwrap_or_default();
-        doc["batcher"] = name.into();
-        batchers.push(doc);
+        let doc = RawValue::from_string(answer.text().await?);
+        batchers.push(doc.unwrap_or_else(|_| RawValue::NULL.to_owned()));
     }
-    Ok(serde_json::json!({
-        "batchers": batchers,
-        // The group-commit lanes of the isolate that answered (an isolate's own view).
-        "isolate_lanes": group_commit::lane_stats(),
-    })
-    .to_string())
+    #[derive(serde::Serialize)]
+    struct Admin {
+        batchers: Vec<Box<RawValue>>,
+        /// The group-commit lanes of the isolate that answered (an isolate's own view).
+        isolate_lanes: group_commit::LaneStats,
+    }
+    Ok(serde_json::to_string(&Admin {
+        batchers,
+        isolate_lanes: group_commit::lane_stats(),
+    })?)
 }

@@ -32,22 +32,39 @@ thread_local! {
 
 /// This isolate's lanes: calls, requests carried, and the moving average of a call's round trip
 /// (RPC plus the batcher's one-row write), for `/admin/stats`.
-pub fn lane_stats() -> serde_json::Value {
+pub fn lane_stats() -> LaneStats {
     LANES.with(|lanes| {
-        let lanes = lanes.borrow();
-        let mut out = serde_json::Map::new();
-        for (name, l) in lanes.iter() {
-            out.insert(
-                name.clone(),
-                serde_json::json!({
-                    "calls": l.calls,
-                    "requests": l.requests,
-                    "typical_call_ms": (l.typical_call_ms * 100.0).round() / 100.0,
-                }),
-            );
-        }
-        serde_json::Value::Object(out)
+        LaneStats(
+            lanes
+                .borrow()
+                .iter()
+                .map(|(name, l)| {
+                    let stats = LaneCounts {
+                        calls: l.calls,
+                        requests: l.requests,
+                        typical_call_ms: (l.typical_call_ms * 100.0).round() / 100.0,
+                    };
+                    (name.clone(), stats)
+                })
+                .collect(),
+        )
     })
+}
+
+/// Each lane by its batcher's name, as a JSON object.
+pub struct LaneStats(Vec<(String, LaneCounts)>);
+
+#[derive(serde::Serialize)]
+pub struct LaneCounts {
+    calls: u64,
+    requests: u64,
+    typical_call_ms: f64,
+}
+
+impl serde::Serialize for LaneStats {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, counts)| (name, counts)))
+    }
 }
 
 fn with_lane<T>(name: &str, f: impl FnOnce(&mut Lane<GroupOutcome>) -> T) -> T {

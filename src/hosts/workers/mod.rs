@@ -30,7 +30,7 @@ use crate::application::profile_cache::PROFILES_KEY;
 use crate::config::Settings;
 use crate::domain::enrich::EdgeInfo;
 use crate::http::answer::Answer;
-use crate::http::deployment::Deployment;
+use crate::http::deployment::{ApiDocument, Deployment};
 use crate::http::pipeline::{self, Host};
 use crate::http::problem::Problem;
 use crate::http::routes::{Accepted, AdminQuery};
@@ -60,7 +60,7 @@ pub(crate) fn settings(env: &Env) -> Rc<Settings> {
 /// What the pipeline needs of the settings, built once per isolate.
 fn deployment(env: &Env) -> Rc<Deployment> {
     DEPLOYMENT.with(|cell| {
-        cell.get_or_init(|| Rc::new(settings(env).deployment()))
+        cell.get_or_init(|| Rc::new(settings(env).deployment(ApiDocument::StaticAsset)))
             .clone()
     })
 }

@@ -9,7 +9,8 @@
 
 use std::cell::{Cell, RefCell};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde_json::value::RawValue;
 use worker::{SqlCursor, SqlStorage, SqlStorageValue};
 
 use crate::application::delivery::policy::{DEAD_LETTERS_KEPT, DEAD_LETTER_MAX_AGE_MS};
@@ -51,32 +52,56 @@ pub struct SqlOutboxStore {
     counts: Cell<RowCounts>,
 }
 
-#[derive(Deserialize)]
+/// A row as the cursor's raw values, in the SELECT's column order. Read by position rather
+/// than through serde: `SqlCursor::to_array` deserializes each row with serde_wasm_bindgen,
+/// a visitor per row type in the upload (some 3 KB gzip for these five queries).
+struct Row(Vec<SqlStorageValue>);
+
+impl Row {
+    fn int(&self, column: usize) -> Result<i64, StoreError> {
+        match self.0.get(column) {
+            Some(SqlStorageValue::Integer(n)) => Ok(*n),
+            Some(SqlStorageValue::Float(n)) => Ok(*n as i64),
+            _ => Err(Self::shape(column, "an integer")),
+        }
+    }
+
+    fn text(&mut self, column: usize) -> Result<String, StoreError> {
+        match self.0.get_mut(column) {
+            Some(SqlStorageValue::String(s)) => Ok(std::mem::take(s)),
+            _ => Err(Self::shape(column, "text")),
+        }
+    }
+
+    fn shape(column: usize, want: &str) -> StoreError {
+        StoreError(format!("column {column} of a stored row is not {want}"))
+    }
+}
+
 struct SegmentRow {
-    slot: f64,
-    seq: f64,
-    received_at_ms: f64,
+    slot: i64,
+    seq: i64,
+    received_at_ms: i64,
     segment: String,
 }
 
-#[derive(Deserialize)]
-struct Watermark {
-    settled_below: f64,
+/// A dead letter as `/admin/dead-letters` lists it.
+#[derive(Serialize)]
+pub struct DeadLetterView {
+    batch_id: String,
+    failed_at_ms: u64,
+    status: Option<u16>,
+    detail: String,
+    readings: u64,
+    body: Option<Box<RawValue>>,
 }
 
-#[derive(Deserialize)]
-struct LegacyRow {
-    received_at_ms: f64,
-    doc: String,
-}
-
-#[derive(Deserialize, Serialize)]
 struct DeadLetterRow {
     batch_id: String,
-    failed_at_ms: f64,
-    status: f64,
+    failed_at_ms: i64,
+    status: i64,
     detail: String,
-    readings: f64,
+    readings: i64,
     body: String,
 }
 
@@ -100,26 +125,35 @@ impl SqlOutboxStore {
         for statement in SCHEMA {
             store.exec(statement, None)?;
         }
-        let marks: Vec<Watermark> = store.query(
+        let marks = store.query(
             "SELECT settled_below FROM segments_settled WHERE id = 1",
             None,
+            |r| r.int(0),
         )?;
-        let settled_below = marks.first().map_or(0, |m| m.settled_below as i64);
+        let settled_below = marks.first().copied().unwrap_or(0);
         // One scan reads every row (free ones too: the book needs their slots), oldest first.
-        let rows: Vec<SegmentRow> = store.query(
+        let rows = store.query(
             "SELECT slot, seq, received_at_ms, segment FROM segments ORDER BY seq",
             None,
+            |mut r| {
+                Ok(SegmentRow {
+                    slot: r.int(0)?,
+                    seq: r.int(1)?,
+                    received_at_ms: r.int(2)?,
+                    segment: r.text(3)?,
+                })
+            },
         )?;
         let key = |r: &SegmentRow| SlotKey {
-            slot: r.slot as i64,
-            seq: r.seq as i64,
+            slot: r.slot,
+            seq: r.seq,
         };
         let slots = Slots::load(rows.iter().map(key), settled_below);
         let settled_below = slots.settled_below();
         *store.slots.borrow_mut() = slots;
         let mut segments: Vec<StoredSegment<SlotKey>> = rows
             .iter()
-            .filter(|r| r.seq as i64 >= settled_below)
+            .filter(|r| r.seq >= settled_below)
             .map(|r| {
                 let (node, readings) = segment::decode(&r.segment);
                 StoredSegment {
@@ -202,13 +236,18 @@ impl SqlOutboxStore {
         Ok(cursor.rows_written() as u64)
     }
 
-    fn query<T: serde::de::DeserializeOwned>(
+    /// Runs a query; each row read by `read`.
+    fn query<T>(
         &self,
         query: &str,
         binds: Option<Vec<SqlStorageValue>>,
+        read: impl Fn(Row) -> Result<T, StoreError>,
     ) -> Result<Vec<T>, StoreError> {
         let cursor = self.sql.exec(query, binds).map_err(err)?;
-        let rows = cursor.to_array().map_err(err)?;
+        let rows = cursor
+            .raw()
+            .map(|row| read(Row(row.map_err(err)?)))
+            .collect::<Result<Vec<T>, StoreError>>()?;
         self.tally(&cursor);
         Ok(rows)
     }
@@ -217,27 +256,26 @@ impl SqlOutboxStore {
         &self,
         default_node: &str,
     ) -> Result<Option<StoredSegment<SlotKey>>, StoreError> {
-        #[derive(Deserialize)]
-        struct Name {
-            #[allow(dead_code)]
-            name: String,
-        }
-        let legacy: Vec<Name> = self.query(
+        let legacy = self.query(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'pending'",
             None,
+            |_| Ok(()),
         )?;
         if legacy.is_empty() {
             return Ok(None);
         }
-        let rows: Vec<LegacyRow> =
-            self.query("SELECT received_at_ms, doc FROM pending ORDER BY seq", None)?;
+        let rows = self.query(
+            "SELECT received_at_ms, doc FROM pending ORDER BY seq",
+            None,
+            |mut r| Ok((r.int(0)?, r.text(1)?)),
+        )?;
         let mut moved = None;
         if let Some(first) = rows.first() {
             let readings: Vec<StoredReading> = rows
                 .iter()
-                .map(|r| StoredReading::from_store(&r.doc))
+                .map(|(_, doc)| StoredReading::from_store(doc))
                 .collect();
-            let received_at_ms = first.received_at_ms as u64;
+            let received_at_ms = first.0 as u64;
             let key = self.write_segment(received_at_ms, default_node, &readings)?;
             moved = Some(StoredSegment {
                 key,
@@ -252,24 +290,33 @@ impl SqlOutboxStore {
         Ok(moved)
     }
 
-    /// The last dead letters, newest first, as JSON.
-    pub fn dead_letters(&self) -> Result<Vec<serde_json::Value>, StoreError> {
-        let rows: Vec<DeadLetterRow> = self.query(
+    /// The last dead letters, newest first.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetterView>, StoreError> {
+        let rows = self.query(
             "SELECT batch_id, failed_at_ms, status, detail, readings, body FROM dead_letters ORDER BY failed_at_ms DESC LIMIT ?",
             Some(vec![SqlStorageValue::Integer(DEAD_LETTERS_LISTED)]),
+            |mut r| {
+                Ok(DeadLetterRow {
+                    batch_id: r.text(0)?,
+                    failed_at_ms: r.int(1)?,
+                    status: r.int(2)?,
+                    detail: r.text(3)?,
+                    readings: r.int(4)?,
+                    body: r.text(5)?,
+                })
+            },
         )?;
         Ok(rows
             .into_iter()
-            .map(|d| {
-                serde_json::json!({
-                    "batch_id": d.batch_id,
-                    "failed_at_ms": d.failed_at_ms as u64,
-                    // 0 is how this table, made NOT NULL by an earlier release, keeps "none".
-                    "status": (d.status > 0.0).then_some(d.status as u16),
-                    "detail": d.detail,
-                    "readings": d.readings as u64,
-                    "body": serde_json::from_str::<serde_json::Value>(&d.body).unwrap_or_default(),
-                })
+            .map(|d| DeadLetterView {
+                batch_id: d.batch_id,
+                failed_at_ms: d.failed_at_ms as u64,
+                // 0 is how this table, made NOT NULL by an earlier release, keeps "none".
+                status: (d.status > 0).then_some(d.status as u16),
+                detail: d.detail,
+                readings: d.readings as u64,
+                // The batch as sent when it is JSON (json and ndjson of one line), else null.
+                body: RawValue::from_string(d.body).ok(),
             })
             .collect())
     }

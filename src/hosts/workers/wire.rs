@@ -63,7 +63,7 @@ pub fn decode_sections(body: &str) -> Vec<Section<'_>> {
 
 /// The batcher's answer to `accept`, as JSON (the RPC passes one string each way).
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
+#[serde(tag = "outcome", rename_all = "snake_case", from = "FlatReply")]
 pub enum AcceptReply {
     Accepted(AcceptAnswer),
     /// Nothing was stored: the delivery backlog is full.
@@ -77,9 +77,51 @@ pub enum AcceptReply {
     },
 }
 
+/// `AcceptReply` as it is read: one flat object in one pass. serde reads an internally tagged
+/// enum through a buffer of its own (`Content`), some 2 KB gzip of the Worker's upload.
+#[derive(Deserialize)]
+struct FlatReply {
+    outcome: Outcome,
+    #[serde(default)]
+    accepted: usize,
+    #[serde(default)]
+    backlog: usize,
+    #[serde(default)]
+    limited: Vec<(usize, u32)>,
+    #[serde(default)]
+    retry_after_s: u32,
+    #[serde(default)]
+    detail: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Outcome {
+    Accepted,
+    BacklogFull,
+    Refused,
+}
+
+impl From<FlatReply> for AcceptReply {
+    fn from(r: FlatReply) -> Self {
+        match r.outcome {
+            Outcome::Accepted => Self::Accepted(AcceptAnswer {
+                accepted: r.accepted,
+                backlog: r.backlog,
+                limited: r.limited,
+            }),
+            Outcome::BacklogFull => Self::BacklogFull {
+                retry_after_s: r.retry_after_s,
+                detail: r.detail,
+            },
+            Outcome::Refused => Self::Refused { detail: r.detail },
+        }
+    }
+}
+
 /// What the batcher stored, and which sections (by index) it refused because a device was over
 /// its rate limit, with the seconds until they would fit.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct AcceptAnswer {
     pub accepted: usize,
     pub backlog: usize,
@@ -162,5 +204,26 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // What the batcher writes, the Worker reads back as it was, for every outcome.
+        let replies = [
+            AcceptReply::Accepted(AcceptAnswer {
+                accepted: 2,
+                backlog: 9,
+                limited: vec![(0, 3)],
+            }),
+            AcceptReply::BacklogFull {
+                retry_after_s: 5,
+                detail: "full".into(),
+            },
+            AcceptReply::Refused {
+                detail: "misconfigured".into(),
+            },
+        ];
+        for reply in replies {
+            let json = serde_json::to_string(&reply).unwrap();
+            let back: AcceptReply = serde_json::from_str(&json).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{reply:?}"));
+        }
+        assert!(serde_json::from_str::<AcceptReply>(r#"{"outcome":"maybe"}"#).is_err());
     }
 }

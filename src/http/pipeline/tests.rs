@@ -12,8 +12,9 @@ use crate::application::delivery::outbox::{
     append_reserved, BacklogFull, MemoryStore, Outbox, Reservation, Wakeups,
 };
 use crate::http::auth::{sign, MasterSecret, SignedParts};
+use crate::http::deployment::ApiDocument;
 use crate::http::rate_limit::MemoryBuckets;
-use crate::http::routes::{Accepted, AdminQuery};
+use crate::http::routes::{self, Accepted, AdminQuery};
 use crate::ports::testing::run;
 use crate::ports::StoreError;
 use crate::ports::{BodyBroken, Pairs};
@@ -95,7 +96,7 @@ impl FakeHost {
             ("CORS_ALLOWED_ORIGINS", "https://app.example.com"),
         ]);
         let settings = Rc::new(crate::config::Settings::load(&Pairs(&kv)));
-        let deployment = Rc::new(settings.deployment());
+        let deployment = Rc::new(settings.deployment(ApiDocument::Served(routes::OPENAPI)));
         [
             ("cloudflare-workers", 0),
             ("spin", 4 * 1024 * 1024),

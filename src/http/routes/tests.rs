@@ -1,5 +1,6 @@
 use super::*;
 use crate::http::answer::header as answer_header;
+use crate::http::deployment::ApiDocument;
 use crate::ports::Pairs;
 
 fn settings(extra: &[(&str, &str)]) -> Deployment {
@@ -9,7 +10,7 @@ fn settings(extra: &[(&str, &str)]) -> Deployment {
         ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
         ("AUTH_MODE", "off"),
     ]);
-    crate::config::Settings::load(&Pairs(&kv)).deployment()
+    crate::config::Settings::load(&Pairs(&kv)).deployment(ApiDocument::Served(OPENAPI))
 }
 
 fn edge() -> EdgeInfo {
@@ -212,7 +213,7 @@ fn post_answers_an_array() {
 fn misconfiguration_refuses_ingest_and_shows_in_health() {
     let s =
         crate::config::Settings::load(&Pairs(&[("FLUSH_MAX_ITEMS", "x"), ("AUTH_MODE", "off")]))
-            .deployment();
+            .deployment(ApiDocument::Served(OPENAPI));
     let a = run(&s, "GET", "/v1/readings", "device_id=a&temp=1", None, "");
     assert_eq!(status(&a), 503);
     let Action::Respond(h) = run(&s, "GET", "/healthz", "", None, "") else {
@@ -565,5 +566,34 @@ fn reading_ids_come_from_the_hosts_entropy_and_its_failure_is_the_edges_fault() 
         answer.status(),
         500,
         "no entropy is never the device's fault"
+    );
+}
+
+#[test]
+fn the_api_document_is_served_by_whoever_the_host_says() {
+    let served = settings(&[]);
+    let doc = run(&served, "GET", OPENAPI_PATH, "", None, "");
+    match &doc {
+        Action::Respond(r) => {
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.body(), OPENAPI);
+        }
+        _ => panic!("the document is an answer"),
+    }
+    // Workers: the platform answers from its static assets; a request that reaches the
+    // function anyway finds nothing, and a wrong method is still told which one to use.
+    let asset = Deployment {
+        api_document: ApiDocument::StaticAsset,
+        ..served
+    };
+    let missing = run(&asset, "GET", OPENAPI_PATH, "", None, "");
+    assert_eq!(status(&missing), 404);
+    assert_eq!(
+        problem_body(&missing)["type"],
+        "urn:edge-enrich:problem:not-found"
+    );
+    assert_eq!(
+        status(&run(&asset, "POST", OPENAPI_PATH, "", None, "")),
+        405
     );
 }

@@ -14,6 +14,9 @@ pub struct WorkerSpec {
     pub main_js: PathBuf,
     pub vars: Vec<(String, String)>,
     pub batcher: bool,
+    /// A static-assets directory served in front of the Worker, as wrangler.toml's `[assets]`
+    /// (`wrangler dev` only: workerd run directly has no asset layer).
+    pub assets: Option<PathBuf>,
 }
 
 impl WorkerSpec {
@@ -26,6 +29,7 @@ impl WorkerSpec {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             batcher: true,
+            assets: Some(repo_root().join("openapi")),
         }
     }
 }
@@ -77,6 +81,12 @@ impl WorkersHost {
         );
         for (k, v) in &self.spec.vars {
             config.push_str(&format!("{k} = {}\n", toml_string(v)));
+        }
+        if let Some(assets) = &self.spec.assets {
+            config.push_str(&format!(
+                "\n[assets]\ndirectory = {}\n",
+                toml_string(&assets.display().to_string())
+            ));
         }
         if self.spec.batcher {
             config.push_str(
