@@ -34,12 +34,14 @@ worker-build --release "$@"
 # worker-build passes --debuginfo to wasm-opt to keep the function-name section (for named
 # panic backtraces); it is ~100 KB of the upload (~30 KB gzip). Drop it: a panic then shows
 # function indices, and `twiggy`/`wasm-tools` on an unstripped build map them back.
-# Then optimize again without the names (-4.9 KB gzip, two -Oz passes -0.5 KB more), with
-# --low-memory-unused: Rust's stack sits below its data and grows down from 1 MiB, so the
-# first KiB is never addressed and constant offsets fold into loads and stores (-1.8 KB).
+# Then optimize again without the names, at -O3 (-3.8 KB gzip): more -Oz passes shrink it by
+# 0.9 KB more but cost ~10% of Worker CPU per request in the bench (bench/runs/
+# 2026-12-02-workerd-wasm-opt-ab.txt). --low-memory-unused: Rust's stack sits below its data
+# and grows down from 1 MiB, so the first KiB is never addressed and constant offsets fold
+# into loads and stores.
 if [[ -n "${WASM_OPT_BIN:-}" && "${KEEP_WASM_NAMES:-0}" != 1 ]]; then
   "$WASM_OPT_BIN" build/index_bg.wasm --strip-debug --strip-producers \
-    --low-memory-unused -Oz -Oz \
+    --low-memory-unused -O3 \
     --enable-mutable-globals --enable-sign-ext --enable-nontrapping-float-to-int --enable-bulk-memory \
     --enable-multivalue --enable-reference-types --enable-exception-handling -o build/index_bg.wasm
 fi
