@@ -8,6 +8,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::time::Duration;
 
 use spin_sdk::sqlite::{Connection, Value};
 
@@ -61,6 +62,7 @@ pub async fn open(path: Path) -> Result<SpinSql, StoreError> {
     setup
         .execute("PRAGMA synchronous=NORMAL", Vec::new())
         .await?;
+    setup.execute("PRAGMA busy_timeout=0", Vec::new()).await?;
     let outbox = SharedOutbox::new(setup.clone());
     let version = outbox.prepare().await?;
     if version < sql::VERSION_IMPORTED {
@@ -94,6 +96,44 @@ async fn import_key_value(outbox: &SharedOutbox<SpinSql>) {
     }
 }
 
+/// How long a statement waits for another connection's write to end, trying again every
+/// `BUSY_RETRY`. SQLite's own busy handler (rusqlite's 5 s, which Spin keeps) sleeps 1, 2, 5,
+/// 10, 15, 20, 25, 25, 25, 50, 50, 100 ms between tries, and whoever tries first after a commit
+/// wins: under load a statement that lost a few times waits tens of ms for a lock held well
+/// under one. So the connection runs with `busy_timeout=0`, and a busy statement sleeps here,
+/// asynchronously (the instance stays free), for a millisecond at a time.
+const BUSY_RETRY: Duration = Duration::from_millis(1);
+const BUSY_GIVE_UP: Duration = Duration::from_secs(5);
+
+impl SpinSql {
+    async fn run_waiting_for_lock(
+        &self,
+        statement: &str,
+        params: Vec<Value>,
+    ) -> Result<Vec<spin_sdk::sqlite::RowResult>, StoreError> {
+        let mut waited = Duration::ZERO;
+        loop {
+            // Every row is read, then the statement's end awaited, as the interface requires.
+            let run = async {
+                self.conn
+                    .execute(statement, params.clone())
+                    .await?
+                    .collect()
+                    .await
+            };
+            match run.await {
+                Err(spin_sdk::sqlite::Error::Io(e))
+                    if e.contains("database is locked") && waited < BUSY_GIVE_UP =>
+                {
+                    spin_sdk::time::sleep(BUSY_RETRY).await;
+                    waited += BUSY_RETRY;
+                }
+                other => return other.map_err(error),
+            }
+        }
+    }
+}
+
 impl Sql for SpinSql {
     async fn execute(
         &self,
@@ -114,15 +154,7 @@ impl Sql for SpinSql {
                 SqlValue::Text(t) => Value::Text(t),
             })
             .collect();
-        // Every row is read, then the statement's end awaited, as the interface requires.
-        let rows = self
-            .conn
-            .execute(statement, params)
-            .await
-            .map_err(error)?
-            .collect()
-            .await
-            .map_err(error)?;
+        let rows = self.run_waiting_for_lock(statement, params).await?;
         Ok(rows
             .into_iter()
             .map(|row| {
