@@ -6,7 +6,8 @@
 # on disk), SECONDS of warm-up at 2 connections, then SECONDS of GETs (one reading each, rate
 # limit on and never reached, as the bench) at CONNECTIONS. Prints per run: requests/s, 2xx,
 # p50/p99, CPU of `spin up` and its children per 2xx answer, and the answering instance's
-# append-group and statement counters; at the end, the collector's batches and lag.
+# append-group and statement counters, and how the collector received that run's readings (batches,
+# delivery lag), waiting up to 10 s for them; at the end, the collector's totals.
 # Needs: scripts/bench.sh's tools (oha), target/release/edge-enrich-collector, a Spin CLI.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,19 +36,32 @@ for r in $(seq 1 "$rounds"); do
     for _ in $(seq 1 150); do curl -sf http://127.0.0.1:$port/healthz >/dev/null && break; sleep 0.2; done
     url="http://127.0.0.1:$port/v1/readings?device_id=bench-1&temp=21.5&unit=C"
     oha --no-tui -z "${secs}s" -c 2 "$url" >/dev/null 2>&1
-    t0=$(treecpu $spid)
+    t0=$(treecpu $spid); since=$(date +%s%3N)
     out=$(oha --no-tui --output-format json -z "${secs}s" -c "$conns" "$url")
     t1=$(treecpu $spid)
-    echo "$out" | TICKS=$((t1 - t0)) HZ=$(getconf CLK_TCK) LABEL=$label R=$r C=$conns python3 -c "
+    echo "$out" | OKFILE="$st/ok" TICKS=$((t1 - t0)) HZ=$(getconf CLK_TCK) LABEL=$label R=$r C=$conns python3 -c "
 import json, os, sys
 d = json.load(sys.stdin); s = d['summary']; p = d['latencyPercentiles']; sc = d['statusCodeDistribution']
 n = sum(sc.values()); ok = sum(v for k, v in sc.items() if str(k).startswith('2'))
 cpu_ms = int(os.environ['TICKS']) * 1000.0 / int(os.environ['HZ'])
 print(f\"round {os.environ['R']} {os.environ['LABEL']:>12} c={os.environ['C']} rps={s['requestsPerSec']:6.0f} 2xx={ok}/{n} \"
-      f\"p50={p['p50']*1000:6.1f} p99={p['p99']*1000:6.1f} ms cpu/2xx={cpu_ms/max(ok,1):.2f} ms\")"
+      f\"p50={p['p50']*1000:6.1f} p99={p['p99']*1000:6.1f} ms cpu/2xx={cpu_ms/max(ok,1):.2f} ms\")
+open(os.environ['OKFILE'], 'w').write(str(ok))"
     curl -s -H "authorization: Bearer $ADMIN" http://127.0.0.1:$port/admin/stats | python3 -c "
 import json, sys
 d = json.load(sys.stdin); print('   instance:', 'append_groups', d.get('append_groups'), 'sqlite', d.get('sqlite'))" 2>/dev/null
+    # This run's readings only: received at the edge since its load began (the warm-up's are
+    # older), with this spin up still running to deliver them.
+    ok=$(cat "$st/ok" 2>/dev/null || echo 0)
+    for _ in $(seq 1 40); do
+      d=$(curl -s "127.0.0.1:$cport/delivery?since_ms=$since")
+      [[ $(echo "$d" | python3 -c 'import json,sys; print(json.load(sys.stdin)["readings"])') -ge $ok ]] && break
+      sleep 0.25
+    done
+    echo "$d" | OK=$ok python3 -c "
+import json, os, sys
+d = json.load(sys.stdin); lag = d['lag_ms']
+print(f\"   delivery: {d['readings']}/{os.environ['OK']} readings in {d['batches']} batches, lag p50/p99/max {lag['p50']}/{lag['p99']}/{lag['max']} ms\")"
     kill $spid; wait $spid 2>/dev/null
   done
 done
