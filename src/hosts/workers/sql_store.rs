@@ -96,15 +96,6 @@ pub struct DeadLetterView {
     body: Option<Box<RawValue>>,
 }
 
-struct DeadLetterRow {
-    batch_id: String,
-    failed_at_ms: i64,
-    status: i64,
-    detail: String,
-    readings: i64,
-    body: String,
-}
-
 fn err(e: worker::Error) -> StoreError {
     StoreError(e.to_string())
 }
@@ -292,33 +283,23 @@ impl SqlOutboxStore {
 
     /// The last dead letters, newest first.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetterView>, StoreError> {
-        let rows = self.query(
+        self.query(
             "SELECT batch_id, failed_at_ms, status, detail, readings, body FROM dead_letters ORDER BY failed_at_ms DESC LIMIT ?",
             Some(vec![SqlStorageValue::Integer(DEAD_LETTERS_LISTED)]),
             |mut r| {
-                Ok(DeadLetterRow {
+                let status = r.int(2)?;
+                Ok(DeadLetterView {
                     batch_id: r.text(0)?,
-                    failed_at_ms: r.int(1)?,
-                    status: r.int(2)?,
+                    failed_at_ms: r.int(1)? as u64,
+                    // 0 is how this table, made NOT NULL by an earlier release, keeps "none".
+                    status: (status > 0).then_some(status as u16),
                     detail: r.text(3)?,
-                    readings: r.int(4)?,
-                    body: r.text(5)?,
+                    readings: r.int(4)? as u64,
+                    // The batch as sent when it is JSON (json and ndjson of one line), else null.
+                    body: RawValue::from_string(r.text(5)?).ok(),
                 })
             },
-        )?;
-        Ok(rows
-            .into_iter()
-            .map(|d| DeadLetterView {
-                batch_id: d.batch_id,
-                failed_at_ms: d.failed_at_ms as u64,
-                // 0 is how this table, made NOT NULL by an earlier release, keeps "none".
-                status: (d.status > 0).then_some(d.status as u16),
-                detail: d.detail,
-                readings: d.readings as u64,
-                // The batch as sent when it is JSON (json and ndjson of one line), else null.
-                body: RawValue::from_string(d.body).ok(),
-            })
-            .collect())
+        )
     }
 }
 
