@@ -20,6 +20,8 @@ thread_local! {
     /// Statements run while answering requests, and by the instance's delivery driver.
     static REQUEST_PATH: Cell<u64> = const { Cell::new(0) };
     static BACKGROUND: Cell<u64> = const { Cell::new(0) };
+    /// Tries that found the database locked by another connection's write.
+    static LOCKED_TRIES: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Which counter a handle's statements go to.
@@ -41,6 +43,11 @@ pub struct SpinSql {
 /// Statements so far on the request path and in the background (`/admin/stats`).
 pub fn statements() -> (u64, u64) {
     (REQUEST_PATH.with(Cell::get), BACKGROUND.with(Cell::get))
+}
+
+/// Tries so far that found the database locked and waited `BUSY_RETRY` (`/admin/stats`).
+pub fn locked_tries() -> u64 {
+    LOCKED_TRIES.with(Cell::get)
 }
 
 fn error(e: spin_sdk::sqlite::Error) -> StoreError {
@@ -125,6 +132,7 @@ impl SpinSql {
                 Err(spin_sdk::sqlite::Error::Io(e))
                     if e.contains("database is locked") && waited < BUSY_GIVE_UP =>
                 {
+                    LOCKED_TRIES.with(|n| n.set(n.get() + 1));
                     spin_sdk::time::sleep(BUSY_RETRY).await;
                     waited += BUSY_RETRY;
                 }

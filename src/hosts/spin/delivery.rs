@@ -229,6 +229,7 @@ mod flavour {
         v["sqlite"] = serde_json::json!({
             "request_path": { "statements": request },
             "background": { "statements": background },
+            "locked_tries": database::locked_tries(),
         });
         let (request, background) = crate::hosts::spin::kv::counts();
         v["key_value"] = serde_json::json!({ "request_path": request, "background": background });
