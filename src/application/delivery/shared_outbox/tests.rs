@@ -624,40 +624,86 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
     }
 }
 
+/// A clock that moves 5 ms each time it is read: every statement takes 5 ms, as when the write
+/// lock is contended.
+struct Contended(Cell<u64>);
+impl Clock for Contended {
+    fn now_ms(&self) -> u64 {
+        self.0.set(self.0.get() + 5);
+        self.0.get()
+    }
+}
+
+/// An instance's group that has seen a slow statement (one reading appended, taking 5 ms), and
+/// the clock that keeps its statements slow.
+fn contended_group(app: &App, store: &SharedOutbox<SlowDb>) -> (AppendGroup, Contended) {
+    let group = AppendGroup::default();
+    let clock = Contended(Cell::new(T0));
+    block_on(group.append(store, &YieldTimer, &clock, app.request(1), 100))
+        .unwrap()
+        .unwrap();
+    (group, clock)
+}
+
 /// `requests` arriving together on one instance's `group`, polled as one host task each.
 fn append_concurrently(
-    app: &App,
+    clock: &impl Clock,
     group: &AppendGroup,
     store: &SharedOutbox<SlowDb>,
     requests: &[Request],
 ) -> Vec<AppendResult> {
     block_on(futures_util::future::join_all(requests.iter().map(|r| {
-        group.append(store, &YieldTimer, &app.clock, r.clone(), 100)
+        group.append(store, &YieldTimer, clock, r.clone(), 100)
     })))
 }
 
-#[test]
-fn concurrent_requests_of_an_instance_share_one_statement() {
-    let app = App::new("group");
-    let _tables = app.instance();
-    let store = SharedOutbox::new(SlowDb(Db::open(&app.path)));
-    let group = AppendGroup::default();
-    let requests: Vec<Request> = (0..10).map(|i| app.request(1 + i % 3)).collect();
-    let results = append_concurrently(&app, &group, &store, &requests);
-    // Every request got its own rows, in order, and fewer statements ran than requests.
-    let mut next = 1;
-    for (request, result) in requests.iter().zip(&results) {
+/// Every request got its own rows, in order, from `first` on; the next free sequence number.
+fn assert_consecutive(requests: &[Request], results: &[AppendResult], first: i64) -> i64 {
+    let mut next = first;
+    for (request, result) in requests.iter().zip(results) {
         let appended = result.as_ref().unwrap().as_ref().unwrap();
         assert_eq!(appended.first_seq, next);
         assert_eq!(appended.last_seq, next + request.readings.len() as i64 - 1);
         next = appended.last_seq + 1;
     }
+    next
+}
+
+#[test]
+fn concurrent_requests_of_an_instance_share_one_statement_while_statements_are_slow() {
+    let app = App::new("group");
+    let _tables = app.instance();
+    let store = SharedOutbox::new(SlowDb(Db::open(&app.path)));
+    let (group, clock) = contended_group(&app, &store);
+    let requests: Vec<Request> = (0..10).map(|i| app.request(1 + i % 3)).collect();
+    let results = append_concurrently(&clock, &group, &store, &requests);
+    // Every request got its own rows, in order, and fewer statements ran than requests.
+    let next = assert_consecutive(&requests, &results, 2);
+    let stats = group.stats_json();
+    assert_eq!(stats["requests"], 1 + 10);
+    assert!(stats["statements"].as_u64().unwrap() < 1 + 10, "{stats}");
+    // A group that would pass the bound is refused whole, and leaves nothing behind.
+    let refused = block_on(group.append(&store, &YieldTimer, &clock, app.request(90), 100));
+    assert_eq!(refused, Ok(Err(NotAppended::BacklogFull)));
+    assert_eq!(app.pending(), next - 1);
+}
+
+/// While statements are quick, a request does not wait for another's: each writes its own at
+/// once (a group's answers would leave in one burst; see `AppendGroup`).
+#[test]
+fn concurrent_requests_each_write_at_once_while_statements_are_quick() {
+    let app = App::new("no-group");
+    let _tables = app.instance();
+    let store = SharedOutbox::new(SlowDb(Db::open(&app.path)));
+    let group = AppendGroup::default();
+    let requests: Vec<Request> = (0..10).map(|i| app.request(1 + i % 3)).collect();
+    // The app's clock stands still: every statement takes no time.
+    let results = append_concurrently(&app.clock, &group, &store, &requests);
+    let next = assert_consecutive(&requests, &results, 1);
     let stats = group.stats_json();
     assert_eq!(stats["requests"], 10);
-    assert!(stats["statements"].as_u64().unwrap() < 10, "{stats}");
-    // A group that would pass the bound is refused whole, and leaves nothing behind.
-    let refused = block_on(group.append(&store, &YieldTimer, &app.clock, app.request(90), 100));
-    assert_eq!(refused, Ok(Err(NotAppended::BacklogFull)));
+    assert_eq!(stats["statements"], 10, "{stats}");
+    assert_eq!(stats["looks"], 0, "nobody waited: {stats}");
     assert_eq!(app.pending(), next - 1);
 }
 
@@ -671,8 +717,8 @@ fn a_writer_dropped_mid_statement_hands_the_group_on() {
     let app = App::new("group-drop");
     let _tables = app.instance();
     let store = SharedOutbox::new(SlowDb(Db::open(&app.path)));
-    let group = AppendGroup::default();
-    let append = |n| group.append(&store, &YieldTimer, &app.clock, app.request(n), 100);
+    let (group, clock) = contended_group(&app, &store);
+    let append = |n| group.append(&store, &YieldTimer, &clock, app.request(n), 100);
     let mut cx = Context::from_waker(Waker::noop());
     let mut first = Box::pin(append(2));
     assert!(
@@ -810,7 +856,7 @@ fn a_limited_request_in_a_group_is_refused_alone() {
     let app = App::new("charged-group");
     let _tables = app.instance();
     let store = SharedOutbox::new(SlowDb(Db::open(&app.path)));
-    let group = AppendGroup::default();
+    let (group, clock) = contended_group(&app, &store);
     // `x` spends its burst first.
     let burst: Vec<&str> = vec!["x"; 10];
     assert!(matches!(
@@ -823,7 +869,7 @@ fn a_limited_request_in_a_group_is_refused_alone() {
         app.charged(&["z", "z"]),
         app.charged(&["y"]),
     ];
-    let results = append_concurrently(&app, &group, &store, &requests);
+    let results = append_concurrently(&clock, &group, &store, &requests);
     let verdicts: Vec<_> = results
         .iter()
         .map(|r| r.as_ref().map(|a| a.map(|_| ())))
@@ -837,7 +883,7 @@ fn a_limited_request_in_a_group_is_refused_alone() {
             Ok(Ok(()))
         ]
     );
-    assert_eq!(app.pending(), 10 + 4);
+    assert_eq!(app.pending(), 1 + 10 + 4);
     assert_eq!(app.tokens("y"), Some(8.0));
     assert_eq!(app.tokens("z"), Some(8.0));
     assert_eq!(app.tokens("x"), Some(0.0));
