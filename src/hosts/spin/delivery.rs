@@ -413,8 +413,17 @@ struct SpinCollector;
 
 impl Collector for SpinCollector {
     async fn post(&self, r: CollectorRequest<'_>) -> Result<CollectorAnswer, TransportError> {
+        // Spin's outbound sockets have no `TCP_NODELAY`, and its HTTP client writes the head,
+        // then the body: on a kept-alive connection Nagle held the body until the collector's
+        // delayed ACK of the head, ~40 ms on every batch (strace: two sendto calls; the
+        // collector saw each batch 44 ms after it was sent, p50). `Expect: 100-continue` makes
+        // the collector answer the head at once (its `100 Continue` carries the ACK), so the
+        // body leaves: 1 ms. A length frames the body, so no last chunk waits the same way. A
+        // server that ignores the expectation still reads the body, which is sent regardless.
         let mut builder = http::Request::post(r.url)
             .header("content-type", r.content_type)
+            .header("content-length", r.body.len())
+            .header("expect", "100-continue")
             .header("idempotency-key", r.idempotency_key);
         if let Some(token) = r.token {
             builder = builder.header("authorization", format!("Bearer {token}"));
