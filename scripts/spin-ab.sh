@@ -7,7 +7,8 @@
 # limit on and never reached, as the bench) at CONNECTIONS. Prints per run: requests/s, 2xx,
 # p50/p99, CPU of `spin up` and its children per 2xx answer, and the answering instance's
 # append-group and statement counters, and how the collector received that run's readings (batches,
-# delivery lag), waiting up to 10 s for them; at the end, the collector's totals.
+# delivery lag, and of it the batches' transit from the edge's send to the collector), waiting up
+# to 10 s for them; at the end, the collector's totals.
 # Needs: scripts/bench.sh's tools (oha), target/release/edge-enrich-collector, a Spin CLI.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -60,8 +61,8 @@ d = json.load(sys.stdin); print('   instance:', 'append_groups', d.get('append_g
     done
     echo "$d" | OK=$ok python3 -c "
 import json, os, sys
-d = json.load(sys.stdin); lag = d['lag_ms']
-print(f\"   delivery: {d['readings']}/{os.environ['OK']} readings in {d['batches']} batches, lag p50/p99/max {lag['p50']}/{lag['p99']}/{lag['max']} ms\")"
+d = json.load(sys.stdin); lag = d['lag_ms']; tr = d.get('transit_ms', {})
+print(f\"   delivery: {d['readings']}/{os.environ['OK']} readings in {d['batches']} batches, lag p50/p99/max {lag['p50']}/{lag['p99']}/{lag['max']} ms, transit p50/p99 {tr.get('p50')}/{tr.get('p99')} ms\")"
     kill $spid; wait $spid 2>/dev/null
   done
 done

@@ -150,16 +150,27 @@ impl Store {
     }
 
     /// Delivery lag (stored − received at the edge) of readings received since `since_ms`:
-    /// count and p50/p99/max in ms, nearest-rank.
+    /// count and p50/p99/max in ms, nearest-rank; and the transit of their batches (first seen
+    /// here − `sent_at_ms`, the edge's clock: meaningful when both run on one machine), the part
+    /// of the lag between the edge's send and this collector's reading of the whole body.
     pub fn delivery(&self, since_ms: u64) -> rusqlite::Result<serde_json::Value> {
-        let mut stmt = self.conn.prepare_cached(
+        let column = |sql: &str| -> rusqlite::Result<Vec<i64>> {
+            let mut stmt = self.conn.prepare_cached(sql)?;
+            let values = stmt
+                .query_map(params![since_ms as i64], |r| r.get(0))?
+                .collect();
+            values
+        };
+        let lags = column(
             "SELECT stored_at_ms - received_at_ms FROM readings WHERE received_at_ms >= ?1 ORDER BY 1",
         )?;
-        let lags: Vec<i64> = stmt
-            .query_map(params![since_ms as i64], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        let rank = |q: f64| {
-            lags.get(((q * lags.len() as f64).ceil() as usize).saturating_sub(1))
+        let transits = column(
+            "SELECT first_seen_ms - sent_at_ms FROM batches WHERE batch_id IN \
+             (SELECT batch_id FROM readings WHERE received_at_ms >= ?1) ORDER BY 1",
+        )?;
+        let rank = |values: &[i64], q: f64| {
+            values
+                .get(((q * values.len() as f64).ceil() as usize).saturating_sub(1))
                 .copied()
         };
         let batches: i64 = self.conn.query_row(
@@ -170,7 +181,10 @@ impl Store {
         Ok(serde_json::json!({
             "readings": lags.len(),
             "batches": batches,
-            "lag_ms": { "p50": rank(0.50), "p99": rank(0.99), "max": lags.last() },
+            "lag_ms": { "p50": rank(&lags, 0.50), "p99": rank(&lags, 0.99), "max": lags.last() },
+            "transit_ms": {
+                "p50": rank(&transits, 0.50), "p99": rank(&transits, 0.99), "max": transits.last(),
+            },
         }))
     }
 
@@ -250,6 +264,7 @@ mod tests {
         );
         assert_eq!(d["lag_ms"]["p50"], 89); // stored at 100, received at 10 and 11: lags 89, 90
         assert_eq!(d["lag_ms"]["max"], 90);
+        assert_eq!(d["transit_ms"]["p50"], 99); // sent at 1, first seen at 100
         assert_eq!(s.delivery(11).unwrap()["readings"], 1);
         let rows = s.readings(Some("d"), 10).unwrap();
         assert_eq!(rows[1]["temp_c"], 2.5);

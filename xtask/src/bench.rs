@@ -184,6 +184,7 @@ fn delivery(collector: &Collector, since_ms: u64, requests_before: u64, expected
         lag_p50_ms: last.lag_ms.p50,
         lag_p99_ms: last.lag_ms.p99,
         lag_max_ms: last.lag_ms.max,
+        transit_p50_ms: last.transit_ms.p50,
     }
 }
 
@@ -840,18 +841,19 @@ fn sizes_section() -> Sizes {
 
 fn print_table(r: &Results, o: &Options) {
     let opt = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v}"));
-    println!("\n{:<33} {:<17} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  delivery (req/1000, rd/batch, lag p50/p99 ms)", "host", "handler", "conns", "rps", "2xx rps", "p50 ms", "p99 ms", "2xx p99", "max ms", "non2xx");
+    println!("\n{:<33} {:<17} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  delivery (req/1000, rd/batch, lag p50/p99 ms, transit p50 ms)", "host", "handler", "conns", "rps", "2xx rps", "p50 ms", "p99 ms", "2xx p99", "max ms", "non2xx");
     let mut billing = Vec::new();
     for (host, _, runs) in r.host_runs() {
         for row in &runs.runs {
             let n = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.1}"));
             let delivery = match &row.delivery {
                 Some(d) => format!(
-                    "{}, {}, {}/{}",
+                    "{}, {}, {}/{}, {}",
                     d.collector_requests_per_1000,
                     d.readings_per_batch,
                     opt(d.lag_p50_ms),
                     opt(d.lag_p99_ms),
+                    opt(d.transit_p50_ms),
                 ),
                 None => String::new(),
             };

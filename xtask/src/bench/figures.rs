@@ -111,6 +111,8 @@ pub struct Delivery {
     pub lag_p50_ms: Option<f64>,
     pub lag_p99_ms: Option<f64>,
     pub lag_max_ms: Option<f64>,
+    /// Of the lag: a batch's transit from the edge's send to the collector's reading it.
+    pub transit_p50_ms: Option<f64>,
 }
 
 /// Durable Object requests and storage rows per 1,000 readings.
@@ -311,6 +313,9 @@ pub struct CollectorDelivery {
     pub requests: u64,
     #[serde(default)]
     pub lag_ms: CollectorLag,
+    /// Of the lag, a batch's time between the edge's send and the collector's reading it.
+    #[serde(default)]
+    pub transit_ms: CollectorLag,
 }
 
 #[derive(Debug, Default, Deserialize)]
