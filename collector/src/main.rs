@@ -35,7 +35,7 @@ const USAGE: &str =
     [--test-faults]
 
 Prints `listening on http://ADDR` once bound. Endpoints: POST /ingest, GET /stats,
-GET /readings?device_id=&limit=, GET /delivery?since_ms= (lag percentiles), and with
+GET /readings?device_id=&limit=, GET /delivery?since_ms= (lag and transit percentiles), and with
 --test-faults POST /faults {fail_first, fail_rate, fail_status, delay_ms, refuse_for_ms,
 refuse_devices, refuse_status}. With --token T (or COLLECTOR_TOKEN) every endpoint needs
 `Authorization: Bearer T`.";
