@@ -1,13 +1,20 @@
 //! The app's SQLite database `default` (`sqlite_databases` in spin.toml) behind the core's `Sql`
 //! port: the shared outbox and the rate-limit buckets live in it.
 //!
-//! One connection per instance, opened on first use. Spin runs each statement on a blocking
-//! pool (`spawn_blocking`), so the instance's event loop stays free and Spin can route further
-//! requests to it meanwhile. On first use an instance also makes the database ready (tables,
-//! once per file; the previous release's key-value segments, once per file).
+//! Two connections per instance, each opened on first use: one for the request path, one for
+//! delivery (claims, deletes, dead letters). Spin runs a connection's statements one at a time,
+//! each on a blocking pool (`spawn_blocking`), so the instance's event loop stays free and Spin
+//! can route further requests to it meanwhile; with two, a delivery statement never queues
+//! behind the instance's appends, nor an append behind a delivery. Only the delivery connection
+//! checkpoints the write-ahead log: a checkpoint syncs the file (~10 ms on a disk), and on the
+//! request connection the commit that ran it, and every statement of the instance queued
+//! behind it, would wait that long before their answers. On first use an instance also makes
+//! the database ready (tables, once per file; the previous release's key-value segments, once
+//! per file).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::thread::LocalKey;
 use std::time::Duration;
 
 use spin_sdk::sqlite::{Connection, Value};
@@ -15,8 +22,13 @@ use spin_sdk::sqlite::{Connection, Value};
 use crate::application::delivery::shared_outbox::{sql, SharedOutbox};
 use crate::ports::{Sql, SqlValue, StoreError};
 
+type Slot = RefCell<Option<Rc<Connection>>>;
+
 thread_local! {
-    static DB: RefCell<Option<Rc<Connection>>> = const { RefCell::new(None) };
+    static REQUEST_DB: Slot = const { RefCell::new(None) };
+    static DELIVERY_DB: Slot = const { RefCell::new(None) };
+    /// The tables are made and the previous release's segments imported (by this instance).
+    static READY: Cell<bool> = const { Cell::new(false) };
     /// Statements run while answering requests, and by the instance's delivery driver.
     static REQUEST_PATH: Cell<u64> = const { Cell::new(0) };
     static BACKGROUND: Cell<u64> = const { Cell::new(0) };
@@ -24,20 +36,21 @@ thread_local! {
     static LOCKED_TRIES: Cell<u64> = const { Cell::new(0) };
 }
 
-/// Which counter a handle's statements go to.
+/// Which connection a handle's statements go to, and which counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
     Request,
     Background,
-    /// Making the database ready: once per instance, not counted.
+    /// Making a connection ready: not counted.
     Setup,
 }
 
-/// The instance's connection, counted by `path`.
+/// A handle on one of the instance's connections, opened when its first statement runs.
 #[derive(Clone)]
 pub struct SpinSql {
-    conn: Rc<Connection>,
     path: Path,
+    /// `Setup` runs on the connection being made ready.
+    setup: Option<Rc<Connection>>,
 }
 
 /// Statements so far on the request path and in the background (`/admin/stats`).
@@ -54,36 +67,56 @@ fn error(e: spin_sdk::sqlite::Error) -> StoreError {
     StoreError(format!("sqlite: {e:?}"))
 }
 
-/// The instance's connection, made ready on first use. `synchronous=NORMAL` is per connection:
-/// in WAL mode the log is synced at checkpoints, not at every commit, so a power cut may lose
-/// the last commits of the host (a crash of `spin up` loses none).
-pub async fn open(path: Path) -> Result<SpinSql, StoreError> {
-    if let Some(conn) = DB.with(|d| d.borrow().clone()) {
-        return Ok(SpinSql { conn, path });
+/// A handle on the instance's connection for `path` (nothing is opened yet).
+pub fn open(path: Path) -> SpinSql {
+    SpinSql { path, setup: None }
+}
+
+/// The instance's connection for `path`, opened and made ready on first use.
+/// `synchronous=NORMAL` is per connection: in WAL mode the log is synced at checkpoints, not at
+/// every commit, so a power cut may lose the last commits of the host (a crash of `spin up`
+/// loses none).
+async fn connection(path: Path) -> Result<Rc<Connection>, StoreError> {
+    if let Some(conn) = opened(path) {
+        return Ok(conn);
     }
     let conn = Rc::new(Connection::open_default().await.map_err(error)?);
     let setup = SpinSql {
-        conn: conn.clone(),
         path: Path::Setup,
+        setup: Some(conn.clone()),
     };
     setup
         .execute("PRAGMA synchronous=NORMAL", Vec::new())
         .await?;
     setup.execute("PRAGMA busy_timeout=0", Vec::new()).await?;
-    let outbox = SharedOutbox::new(setup.clone());
-    let version = outbox.prepare().await?;
-    if version < sql::VERSION_IMPORTED {
-        import_key_value(&outbox).await;
+    if path != Path::Background {
+        setup
+            .execute("PRAGMA wal_autocheckpoint=0", Vec::new())
+            .await?;
     }
-    let (conn, first) = DB.with(|d| match &mut *d.borrow_mut() {
-        Some(kept) => (kept.clone(), false),
-        empty => (empty.insert(conn).clone(), true),
-    });
-    if first {
-        // One line per instance: how many instances a load ran on is counted from these.
-        super::emit("info", "instance_started", &[]);
+    if !READY.with(Cell::get) {
+        let outbox = SharedOutbox::new(setup.clone());
+        let version = outbox.prepare().await?;
+        if version < sql::VERSION_IMPORTED {
+            import_key_value(&outbox).await;
+        }
+        if !READY.with(|r| r.replace(true)) {
+            // One line per instance: how many instances a load ran on is counted from these.
+            super::emit("info", "instance_started", &[]);
+        }
     }
-    Ok(SpinSql { conn, path })
+    Ok(slot(path).with(|d| d.borrow_mut().get_or_insert(conn).clone()))
+}
+
+fn slot(path: Path) -> &'static LocalKey<Slot> {
+    match path {
+        Path::Background => &DELIVERY_DB,
+        Path::Request | Path::Setup => &REQUEST_DB,
+    }
+}
+
+fn opened(path: Path) -> Option<Rc<Connection>> {
+    slot(path).with(|d| d.borrow().clone())
 }
 
 /// Moves the segments a previous release kept in the key-value store into the outbox table.
@@ -118,12 +151,16 @@ impl SpinSql {
         statement: &str,
         params: Vec<Value>,
     ) -> Result<Vec<spin_sdk::sqlite::RowResult>, StoreError> {
+        let conn = match self.setup.clone().or_else(|| opened(self.path)) {
+            Some(conn) => conn,
+            // Boxed: making a connection ready runs statements through this very function.
+            None => Box::pin(connection(self.path)).await?,
+        };
         let mut waited = Duration::ZERO;
         loop {
             // Every row is read, then the statement's end awaited, as the interface requires.
             let run = async {
-                self.conn
-                    .execute(statement, params.clone())
+                conn.execute(statement, params.clone())
                     .await?
                     .collect()
                     .await

@@ -76,7 +76,7 @@ mod flavour {
         if let Some(i) = INSTANCE.with(|c| c.borrow().clone()) {
             return Ok(i);
         }
-        let db = database::open(Path::Background).await?;
+        let db = database::open(Path::Background);
         let made = Rc::new(Instance {
             store: SharedOutbox::new(db),
             driver: SharedDriver::new(&config.outbox(Wakeups::Polled), now_ms()),
@@ -133,7 +133,7 @@ mod flavour {
             received_at_ms: u64,
             sections: &[&Section],
         ) -> Result<Result<Vec<Admitted>, BacklogFull>, StoreError> {
-            let db = database::open(Path::Request).await?;
+            let db = database::open(Path::Request);
             let limit = self.config.rate_limit;
             let max_backlog = self.config.max_backlog;
             let mut verdicts = Vec::with_capacity(sections.len());
