@@ -6,11 +6,11 @@
 //! each on a blocking pool (`spawn_blocking`), so the instance's event loop stays free and Spin
 //! can route further requests to it meanwhile; with two, a delivery statement never queues
 //! behind the instance's appends, nor an append behind a delivery. Only the delivery connection
-//! checkpoints the write-ahead log (`DELIVERY_CHECKPOINT_PAGES`): a checkpoint syncs the file
-//! (~10 ms on a disk), and on the request connection the commit that ran it, and every statement
-//! of the instance queued behind it, would wait that long before their answers. On first use an
-//! instance also makes the database ready (tables, once per file; the previous release's
-//! key-value segments, once per file).
+//! checkpoints the write-ahead log: a checkpoint syncs the file (~10 ms on a disk), and on the
+//! request connection the commit that ran it, and every statement of the instance queued
+//! behind it, would wait that long before their answers. On first use an instance also makes
+//! the database ready (tables, once per file; the previous release's key-value segments, once
+//! per file).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -67,12 +67,6 @@ fn error(e: spin_sdk::sqlite::Error) -> StoreError {
     StoreError(format!("sqlite: {e:?}"))
 }
 
-/// The delivery connection checkpoints once the log holds this many pages (4 KiB each: up to
-/// 32 MiB of log on disk). The outbox is a queue, so the log repeats the same few pages; a
-/// checkpoint costs about the same for 8,000 as for SQLite's default 1,000, and its two syncs
-/// come 8 times less often (delivery lag p99 at 100 connections 177-283 against 226-533 ms).
-const DELIVERY_CHECKPOINT_PAGES: u32 = 8_000;
-
 /// A handle on the instance's connection for `path` (nothing is opened yet).
 pub fn open(path: Path) -> SpinSql {
     SpinSql { path, setup: None }
@@ -95,17 +89,11 @@ async fn connection(path: Path) -> Result<Rc<Connection>, StoreError> {
         .execute("PRAGMA synchronous=NORMAL", Vec::new())
         .await?;
     setup.execute("PRAGMA busy_timeout=0", Vec::new()).await?;
-    let checkpoint_pages = if path == Path::Background {
-        DELIVERY_CHECKPOINT_PAGES
-    } else {
-        0
-    };
-    setup
-        .execute(
-            &format!("PRAGMA wal_autocheckpoint={checkpoint_pages}"),
-            Vec::new(),
-        )
-        .await?;
+    if path != Path::Background {
+        setup
+            .execute("PRAGMA wal_autocheckpoint=0", Vec::new())
+            .await?;
+    }
     if !READY.with(Cell::get) {
         let outbox = SharedOutbox::new(setup.clone());
         let version = outbox.prepare().await?;
