@@ -724,16 +724,9 @@ impl AppendGroup {
         max_backlog: usize,
     ) -> AppendResult {
         if self.writing.get() && self.typical_ms.get() < GROUP_WHEN_STATEMENT_MS {
-            let mut one = self
-                .timed(
-                    clock,
-                    1,
-                    store.append_group(std::slice::from_ref(&request), max_backlog),
-                )
+            return self
+                .timed(clock, 1, store.append(request, max_backlog))
                 .await;
-            return one
-                .pop()
-                .unwrap_or_else(|| Err(StoreError("no result".into())));
         }
         let ticket = self.next_ticket.get();
         self.next_ticket.set(ticket + 1);
@@ -786,12 +779,12 @@ impl AppendGroup {
     }
 
     /// Runs one statement carrying `requests`, counted, and its time kept in the moving average.
-    async fn timed<C: Clock>(
+    async fn timed<C: Clock, R>(
         &self,
         clock: &C,
         requests: usize,
-        statement: impl std::future::Future<Output = Vec<AppendResult>>,
-    ) -> Vec<AppendResult> {
+        statement: impl std::future::Future<Output = R>,
+    ) -> R {
         let started = clock.now_ms();
         let result = statement.await;
         let took = clock.now_ms().saturating_sub(started) as f64;
