@@ -41,16 +41,18 @@ thread_local! {
 pub enum Path {
     Request,
     Background,
-    /// Making a connection ready: not counted.
-    Setup,
 }
 
 /// A handle on one of the instance's connections, opened when its first statement runs.
 #[derive(Clone)]
-pub struct SpinSql {
-    path: Path,
-    /// `Setup` runs on the connection being made ready.
-    setup: Option<Rc<Connection>>,
+pub struct SpinSql(Handle);
+
+#[derive(Clone)]
+enum Handle {
+    /// The instance's connection for this path, counted.
+    Path(Path),
+    /// The connection being made ready: not counted.
+    Setup(Rc<Connection>),
 }
 
 /// Statements so far on the request path and in the background (`/admin/stats`).
@@ -69,7 +71,7 @@ fn error(e: spin_sdk::sqlite::Error) -> StoreError {
 
 /// A handle on the instance's connection for `path` (nothing is opened yet).
 pub fn open(path: Path) -> SpinSql {
-    SpinSql { path, setup: None }
+    SpinSql(Handle::Path(path))
 }
 
 /// The instance's connection for `path`, opened and made ready on first use.
@@ -81,15 +83,12 @@ async fn connection(path: Path) -> Result<Rc<Connection>, StoreError> {
         return Ok(conn);
     }
     let conn = Rc::new(Connection::open_default().await.map_err(error)?);
-    let setup = SpinSql {
-        path: Path::Setup,
-        setup: Some(conn.clone()),
-    };
+    let setup = SpinSql(Handle::Setup(conn.clone()));
     setup
         .execute("PRAGMA synchronous=NORMAL", Vec::new())
         .await?;
     setup.execute("PRAGMA busy_timeout=0", Vec::new()).await?;
-    if path != Path::Background {
+    if path == Path::Request {
         setup
             .execute("PRAGMA wal_autocheckpoint=0", Vec::new())
             .await?;
@@ -111,7 +110,7 @@ async fn connection(path: Path) -> Result<Rc<Connection>, StoreError> {
 fn slot(path: Path) -> &'static LocalKey<Slot> {
     match path {
         Path::Background => &DELIVERY_DB,
-        Path::Request | Path::Setup => &REQUEST_DB,
+        Path::Request => &REQUEST_DB,
     }
 }
 
@@ -151,10 +150,13 @@ impl SpinSql {
         statement: &str,
         params: Vec<Value>,
     ) -> Result<Vec<spin_sdk::sqlite::RowResult>, StoreError> {
-        let conn = match self.setup.clone().or_else(|| opened(self.path)) {
-            Some(conn) => conn,
-            // Boxed: making a connection ready runs statements through this very function.
-            None => Box::pin(connection(self.path)).await?,
+        let conn = match &self.0 {
+            Handle::Setup(conn) => conn.clone(),
+            Handle::Path(path) => match opened(*path) {
+                Some(conn) => conn,
+                // Boxed: making a connection ready runs statements through this very function.
+                None => Box::pin(connection(*path)).await?,
+            },
         };
         let mut waited = Duration::ZERO;
         loop {
@@ -185,10 +187,10 @@ impl Sql for SpinSql {
         statement: &str,
         params: Vec<SqlValue>,
     ) -> Result<Vec<Vec<SqlValue>>, StoreError> {
-        match self.path {
-            Path::Request => REQUEST_PATH.with(|n| n.set(n.get() + 1)),
-            Path::Background => BACKGROUND.with(|n| n.set(n.get() + 1)),
-            Path::Setup => {}
+        match self.0 {
+            Handle::Path(Path::Request) => REQUEST_PATH.with(|n| n.set(n.get() + 1)),
+            Handle::Path(Path::Background) => BACKGROUND.with(|n| n.set(n.get() + 1)),
+            Handle::Setup(_) => {}
         }
         let params: Vec<Value> = params
             .into_iter()
