@@ -173,14 +173,10 @@ impl Store {
                 .get(((q * values.len() as f64).ceil() as usize).saturating_sub(1))
                 .copied()
         };
-        let batches: i64 = self.conn.query_row(
-            "SELECT COUNT(DISTINCT batch_id) FROM readings WHERE received_at_ms >= ?1",
-            params![since_ms as i64],
-            |r| r.get(0),
-        )?;
         Ok(serde_json::json!({
             "readings": lags.len(),
-            "batches": batches,
+            // A stored reading's batch is in `batches` (one transaction): one transit per batch.
+            "batches": transits.len(),
             "lag_ms": { "p50": rank(&lags, 0.50), "p99": rank(&lags, 0.99), "max": lags.last() },
             "transit_ms": {
                 "p50": rank(&transits, 0.50), "p99": rank(&transits, 0.99), "max": transits.last(),
