@@ -10,6 +10,7 @@
 # delivery lag, and of it the batches' transit from the edge's send to the collector), waiting up
 # to 10 s for them; at the end, the collector's totals.
 # Needs: scripts/bench.sh's tools (oha), target/release/edge-enrich-collector, a Spin CLI.
+# KEEPLOG=PREFIX keeps each run's `spin up` output (the component's log lines) as PREFIX.ROUND.LABEL.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 rounds=$1; secs=$2; conns=$3; shift 3
@@ -63,7 +64,7 @@ d = json.load(sys.stdin); print('   instance:', 'append_groups', d.get('append_g
 import json, os, sys
 d = json.load(sys.stdin); lag = d['lag_ms']; tr = d.get('transit_ms', {})
 print(f\"   delivery: {d['readings']}/{os.environ['OK']} readings in {d['batches']} batches, lag p50/p99/max {lag['p50']}/{lag['p99']}/{lag['max']} ms, transit p50/p99 {tr.get('p50')}/{tr.get('p99')} ms\")"
-    kill $spid; wait $spid 2>/dev/null
+    kill $spid; wait $spid 2>/dev/null; [[ -n "${KEEPLOG:-}" ]] && cp "$st/spin.log" "$KEEPLOG.$r.$label"
   done
 done
 echo "collector: $(curl -s 127.0.0.1:$cport/delivery)"
