@@ -62,6 +62,9 @@ pub mod sql {
     pub const VERSION_TABLES: i64 = 1;
     pub const VERSION_IMPORTED: i64 = 2;
     pub const VERSION_CHARGES: i64 = 3;
+    /// The append goes through the view `outbox_append` (the current schema).
+    pub const VERSION_APPEND_VIEW: i64 = 4;
+    pub const VERSION_CURRENT: i64 = VERSION_APPEND_VIEW;
 
     /// Made on first use by whichever instance comes first (idempotent). WAL is kept in the
     /// file: a commit appends to the log, and readers do not wait for the writer.
@@ -115,18 +118,37 @@ pub mod sql {
              updated_ms = max(updated_ms, json_extract(NEW.charge, '$[2]')); \
          END";
 
-    /// ?1 the readings of one or more requests as a JSON array of `[received_at_ms, node,
-    /// reading, charge]` (charge: see `CHARGE`, or null), ?2 the backlog bound. Inserts all or
-    /// nothing: nothing when the rows held (counted as the span of their sequence numbers, an
-    /// upper bound found in two index lookups) would pass the bound, before any token is
-    /// taken; an error (`RATE_LIMITED`) when a bucket is short. The rows get consecutive
-    /// sequence numbers, in order.
-    pub const APPEND: &str = "INSERT INTO outbox (received_at_ms, node, doc, charge) \
-         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
-                json_extract(value, '$[2]'), json_extract(value, '$[3]') FROM json_each(?1) \
-         WHERE coalesce((SELECT max(seq) FROM outbox) - (SELECT min(seq) FROM outbox) + 1, 0) \
-               + json_array_length(?1) <= ?2 \
-         ORDER BY key RETURNING seq";
+    /// What `APPEND_ROWS` raises when the backlog would pass its bound: nothing is inserted.
+    pub const BACKLOG_FULL: &str = "edge-enrich: backlog full";
+
+    /// The append is an insert into this view, which `APPEND_ROWS` carries out, so that it
+    /// returns one row however many readings it inserts. An `INSERT … RETURNING` on the table
+    /// returns a row per reading, and Spin streams a statement's rows to the guest four at a
+    /// time while the statement, and with it the write lock, stays open: a group of more than
+    /// four readings held the lock for the instance's turns at reading them.
+    pub const APPEND_VIEW: &str =
+        "CREATE VIEW IF NOT EXISTS outbox_append AS SELECT NULL AS rows, NULL AS bound";
+
+    /// `rows`: the readings of one or more requests as a JSON array of `[received_at_ms,
+    /// node, reading, charge]` (charge: see `CHARGE`, or null); `bound`: the backlog bound.
+    /// Inserts all or nothing: nothing, and `BACKLOG_FULL`, when the rows held (counted as the
+    /// span of their sequence numbers, an upper bound found in two index lookups) would pass
+    /// the bound, before any token is taken; `RATE_LIMITED` when a bucket is short. The rows
+    /// get consecutive sequence numbers, in order.
+    pub const APPEND_ROWS: &str = "CREATE TRIGGER IF NOT EXISTS outbox_append_rows \
+         INSTEAD OF INSERT ON outbox_append BEGIN \
+           SELECT RAISE(ABORT, 'edge-enrich: backlog full') \
+           WHERE coalesce((SELECT max(seq) FROM outbox) - (SELECT min(seq) FROM outbox) + 1, 0) \
+                 + json_array_length(NEW.rows) > NEW.bound; \
+           INSERT INTO outbox (received_at_ms, node, doc, charge) \
+           SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
+                  json_extract(value, '$[2]'), json_extract(value, '$[3]') \
+           FROM json_each(NEW.rows) ORDER BY key; \
+         END";
+
+    /// ?1 rows, ?2 bound (see `APPEND_ROWS`): the last row's sequence number.
+    pub const APPEND: &str = "INSERT INTO outbox_append (rows, bound) VALUES (?1, ?2) \
+         RETURNING (SELECT max(seq) FROM outbox)";
 
     /// The previous release's segments, with their own receive time: no bound.
     pub const IMPORT: &str = "INSERT INTO outbox (received_at_ms, node, doc) \
@@ -151,9 +173,11 @@ pub mod sql {
          WHERE seq IN (SELECT seq FROM free ORDER BY seq LIMIT (SELECT n FROM take)) \
            AND NOT EXISTS (SELECT 1 FROM outbox WHERE attempts > 0 AND lease_until_ms > ?2)";
 
-    /// ?1 claim token: the rows it holds, oldest first.
-    pub const CLAIMED: &str = "SELECT seq, received_at_ms, node, doc, attempts FROM outbox \
-         WHERE claim = ?1 ORDER BY seq";
+    /// ?1 claim token: the rows it holds, as one JSON array of `[seq, received_at_ms, node,
+    /// doc, attempts]` in one row (see `APPEND_VIEW`: a row each would keep the read open
+    /// while the instance takes them four at a time).
+    pub const CLAIMED: &str = "SELECT json_group_array(json_array(seq, received_at_ms, node, \
+         doc, attempts)) FROM outbox WHERE claim = ?1";
 
     /// ?1 the settled rows' sequence numbers as a JSON array.
     pub const DELETE: &str = "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?1))";
@@ -284,7 +308,7 @@ impl<D: Sql> SharedOutbox<D> {
     pub async fn prepare(&self) -> Result<i64, StoreError> {
         let rows = self.db.execute("PRAGMA user_version", Vec::new()).await?;
         let version = rows.first().map(|r| int(r, 0)).transpose()?.unwrap_or(0);
-        if version >= sql::VERSION_CHARGES {
+        if version >= sql::VERSION_CURRENT {
             return Ok(version);
         }
         if version < sql::VERSION_TABLES {
@@ -312,8 +336,10 @@ impl<D: Sql> SharedOutbox<D> {
             self.db.execute(sql::ADD_CHARGE, Vec::new()).await?;
         }
         self.db.execute(sql::CHARGE, Vec::new()).await?;
+        self.db.execute(sql::APPEND_VIEW, Vec::new()).await?;
+        self.db.execute(sql::APPEND_ROWS, Vec::new()).await?;
         let now = if version >= sql::VERSION_IMPORTED {
-            sql::VERSION_CHARGES
+            sql::VERSION_CURRENT
         } else {
             sql::VERSION_TABLES
         };
@@ -357,7 +383,7 @@ impl<D: Sql> SharedOutbox<D> {
             imported += docs.len();
         }
         // `prepare` has run on this database: the import was the last step.
-        let set = format!("PRAGMA user_version = {}", sql::VERSION_CHARGES);
+        let set = format!("PRAGMA user_version = {}", sql::VERSION_CURRENT);
         self.db.execute(&set, Vec::new()).await?;
         Ok(imported)
     }
@@ -432,30 +458,29 @@ impl<D: Sql> SharedOutbox<D> {
             SqlValue::Text(serde_json::to_string(&rows).map_err(|e| StoreError(e.to_string()))?),
             count(max_backlog as u64),
         ];
-        let returned = match self.db.execute(sql::APPEND, params).await {
-            Err(e) if e.0.contains(sql::RATE_LIMITED) => return Ok(None),
-            other => other?,
-        };
-        if returned.is_empty() {
-            return Ok(Some(
+        let full = || {
+            Ok(Some(
                 requests
                     .iter()
                     .map(|_| Err(NotAppended::BacklogFull))
                     .collect(),
-            ));
+            ))
+        };
+        if rows.is_empty() {
+            return full();
         }
-        let mut seqs = returned
-            .iter()
+        let returned = match self.db.execute(sql::APPEND, params).await {
+            Err(e) if e.0.contains(sql::RATE_LIMITED) => return Ok(None),
+            Err(e) if e.0.contains(sql::BACKLOG_FULL) => return full(),
+            other => other?,
+        };
+        // The rows' sequence numbers are consecutive, ending at the one returned.
+        let last = returned
+            .first()
             .map(|r| int(r, 0))
-            .collect::<Result<Vec<i64>, _>>()?;
-        seqs.sort_unstable();
-        if seqs.len() != rows.len() {
-            return Err(StoreError(format!(
-                "{} rows inserted for {} readings",
-                seqs.len(),
-                rows.len()
-            )));
-        }
+            .transpose()?
+            .ok_or_else(|| StoreError("the append returned nothing".into()))?;
+        let seqs: Vec<i64> = (last + 1 - rows.len() as i64..=last).collect();
         let mut at = 0;
         Ok(Some(
             requests
@@ -497,27 +522,24 @@ impl<D: Sql> SharedOutbox<D> {
             .db
             .execute(sql::CLAIMED, vec![SqlValue::Text(token.to_owned())])
             .await?;
-        if rows.is_empty() {
+        let json = rows.first().map(|row| text(row, 0)).transpose()?;
+        let mut taken: Vec<(i64, i64, String, String, i64)> = match json {
+            Some(json) => {
+                serde_json::from_str(json).map_err(|e| StoreError(format!("claimed rows: {e}")))?
+            }
+            None => Vec::new(),
+        };
+        if taken.is_empty() {
             return Ok(Claimed::default());
-        }
-        let mut taken = Vec::with_capacity(rows.len());
-        for row in &rows {
-            taken.push((
-                int(row, 0)?,
-                int(row, 1)?,
-                text(row, 2)?,
-                text(row, 3)?,
-                int(row, 4)?,
-            ));
         }
         taken.sort_unstable_by_key(|t| t.0);
         let segment = StoredSegment {
             key: token.to_owned(),
             received_at_ms: taken.iter().map(|t| t.1).min().unwrap_or(0).max(0) as u64,
-            node: taken[0].2.to_owned(),
+            node: taken[0].2.clone(),
             readings: taken
                 .iter()
-                .map(|t| StoredReading::from_store(t.3))
+                .map(|t| StoredReading::from_store(&t.3))
                 .collect(),
         };
         let attempts = taken.iter().map(|t| t.4).max().unwrap_or(0);

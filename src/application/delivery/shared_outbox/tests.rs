@@ -449,6 +449,47 @@ fn a_store_that_fails_refuses_the_request_and_the_driver_retries_its_claim() {
     app.assert_all_delivered();
 }
 
+/// The append and the read of a claim return one row each however many readings they carry:
+/// Spin hands a statement's rows to the guest four at a time, and keeps the statement open (a
+/// write's lock held) until the last is taken (see `sql::APPEND_VIEW`).
+#[test]
+fn the_append_and_the_claim_read_return_one_row_however_many_readings() {
+    let app = App::new("one-row");
+    let a = app.instance();
+    let rows: Vec<(u64, &str, String, Option<()>)> = (0..12)
+        .map(|i| (T0, "node-1", format!(r#"{{"id":"r{i}"}}"#), None))
+        .collect();
+    let params = vec![
+        SqlValue::Text(serde_json::to_string(&rows).unwrap()),
+        count(100),
+    ];
+    let returned = run(a.store.db.execute(sql::APPEND, params)).unwrap();
+    assert_eq!(
+        returned,
+        vec![vec![SqlValue::Integer(12)]],
+        "the last row's seq"
+    );
+    let flush = FlushPolicy {
+        max_items: 12,
+        max_age_ms: MAX_AGE,
+    };
+    let claimed = run(a.store.claim("t", T0, flush, 1, 0)).unwrap();
+    assert_eq!(claimed.readings, 12);
+    let read = run(a
+        .store
+        .db
+        .execute(sql::CLAIMED, vec![SqlValue::Text("t".into())]))
+    .unwrap();
+    assert_eq!(read.len(), 1, "one row: {read:?}");
+    let docs: Vec<&str> = claimed.segments[0]
+        .readings
+        .iter()
+        .map(StoredReading::as_str)
+        .collect();
+    assert_eq!(docs[0], r#"{"id":"r0"}"#, "as stored, in order");
+    assert_eq!(docs[11], r#"{"id":"r11"}"#);
+}
+
 #[test]
 fn the_request_path_costs_one_statement_and_a_batch_three() {
     let app = App::new("costs");
@@ -492,7 +533,7 @@ fn segments_of_the_previous_release_in_key_value_are_imported_once() {
         "segment keys left behind"
     );
     let version = run(a.store.prepare()).unwrap();
-    assert_eq!(version, sql::VERSION_CHARGES);
+    assert_eq!(version, sql::VERSION_CURRENT);
     assert!(a.driver.nudge(T0));
     app.drain(&[&a]);
     assert_eq!(app.batch_sizes(), vec![5, 2]);
@@ -1016,9 +1057,42 @@ fn a_database_of_the_previous_release_is_upgraded_in_place() {
         SharedOutbox::new(Db::open(&app.path)),
     );
     assert_eq!(run(a.prepare()), Ok(sql::VERSION_IMPORTED));
-    assert_eq!(run(b.prepare()), Ok(sql::VERSION_CHARGES), "once is enough");
-    assert_eq!(run(a.prepare()), Ok(sql::VERSION_CHARGES));
+    assert_eq!(run(b.prepare()), Ok(sql::VERSION_CURRENT), "once is enough");
+    assert_eq!(run(a.prepare()), Ok(sql::VERSION_CURRENT));
     assert!(matches!(run(a.append(app.charged(&["d"]), 100)), Ok(Ok(_))));
     assert_eq!(app.tokens("d"), Some(9.0));
     assert_eq!(app.pending(), 2);
+}
+
+/// A database of the release before the append view (schema 3: its rows, charges and trigger)
+/// gets the view from the first instance that starts on it, and keeps its rows.
+#[test]
+fn a_database_without_the_append_view_gets_it_in_place() {
+    let app = App::new("upgrade-view");
+    {
+        let c = rusqlite::Connection::open(&app.path).unwrap();
+        for statement in sql::SETUP {
+            c.execute_batch(statement).unwrap();
+        }
+        c.execute_batch(sql::ADD_CHARGE).unwrap();
+        c.execute_batch(sql::CHARGE).unwrap();
+        c.execute_batch(
+            "PRAGMA user_version = 3; \
+             INSERT INTO outbox (received_at_ms, node, doc) VALUES (1, 'n', '{\"id\":\"old\"}')",
+        )
+        .unwrap();
+    }
+    let a = SharedOutbox::new(Db::open(&app.path));
+    assert_eq!(
+        run(a.prepare()),
+        Ok(sql::VERSION_CHARGES),
+        "imported already"
+    );
+    assert_eq!(run(a.prepare()), Ok(sql::VERSION_CURRENT));
+    let appended = run(a.append(app.charged(&["d", "d"]), 100))
+        .unwrap()
+        .unwrap();
+    assert_eq!((appended.first_seq, appended.last_seq), (2, 3));
+    assert_eq!(app.tokens("d"), Some(8.0));
+    assert_eq!(app.pending(), 3);
 }
