@@ -60,12 +60,11 @@ pub const COLLECTOR_TIMEOUT_MS: u64 = 10_000;
 pub enum Wakeups {
     /// The host schedules it when work arrives: a Durable Object sets its alarm on accept.
     OnArrival,
-    /// Nothing wakes it: a wasi:http instance's flusher task runs in the component-model task
-    /// of the request that started it, and later requests do not wake it (the portable
-    /// flavour's; the spin flavour's `SharedDriver` is woken, through wit-bindgen's
-    /// `inter-task-wakeup`). It looks again when a full batch is expected at the instance's
-    /// arrival rate, and an instance that has served one request so far flushes after
-    /// `LONE_REQUEST_WAIT_MS` (a host may run one request per instance).
+    /// Nothing can wake it: a wasi:http instance's flusher task runs in the component-model
+    /// task of the request that started it, and a later request cannot wake it (that needs
+    /// wit-bindgen's `inter-task-wakeup`). It looks again when a full batch is expected at the
+    /// instance's arrival rate, and an instance that has served one request so far flushes
+    /// after `LONE_REQUEST_WAIT_MS` (a host may run one request per instance).
     Polled,
 }
 

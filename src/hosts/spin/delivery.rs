@@ -45,7 +45,7 @@ mod flavour {
 
     use std::cell::Cell;
 
-    use super::delivery;
+    use super::{delivery, SpinTimer};
     use crate::application::admission::{AdmissionPorts, Admitted, Charging, Section};
     use crate::application::delivery::outbox::{BacklogFull, SinkTarget, Wakeups};
     use crate::application::delivery::shared_outbox::{
@@ -150,6 +150,7 @@ mod flavour {
                     .appends
                     .append(
                         &SharedOutbox::new(db.clone()),
+                        &SpinTimer,
                         &super::WallClock,
                         request,
                         max_backlog,

@@ -5,8 +5,8 @@
 //! the instance calls `set` wedges the instance, and every request Spin routes to it times out
 //! (issue #12: a recovery scan listing keys beside requests writing theirs). So every call goes
 //! through one gate per instance: a listing waits until no call is in flight and holds the others
-//! back until it has read the whole stream. The gate polls with short sleeps: a listing is rare
-//! (the previous release's import, once per database), so nothing there is worth a wake-up.
+//! back until it has read the whole stream. The gate polls with short sleeps rather than waking
+//! waiters, since a task cannot wake another request's task (see `Wakeups::Polled`).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;

@@ -272,61 +272,6 @@ fn batches_are_cut_across_instances_and_full() {
     assert_eq!(app.collector.duplicates(), 0);
 }
 
-/// A driver asleep until its reading is due is woken by the request that fills a batch, and
-/// claims it at once, not when its sleep ends; once woken it no longer holds a waker.
-#[test]
-fn a_sleeping_driver_is_woken_by_the_request_that_fills_a_batch() {
-    use std::future::Future;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::task::{Context, Wake, Waker};
-    struct Count(AtomicUsize);
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-    let app = App::new("wake-driver");
-    let a = app.instance();
-    let d = Delivery {
-        store: &a.store,
-        collector: &app.collector,
-        timer: &NoTimeout, // a sleep that never ends: only a wake moves the driver
-        clock: &app.clock,
-        entropy: &app.entropy,
-        log: &app.events,
-        sink: &app.sink,
-    };
-    let woken = Arc::new(Count(AtomicUsize::new(0)));
-    let waker = Waker::from(woken.clone());
-    let cx = &mut Context::from_waker(&waker);
-    assert!(app.accept(&a, 1));
-    let mut driver = Box::pin(a.driver.run(&d));
-    assert!(
-        driver.as_mut().poll(cx).is_pending(),
-        "asleep until the reading is due"
-    );
-    assert!(app.accept(&a, 1), "a request that fills no batch");
-    assert_eq!(woken.0.load(Ordering::SeqCst), 0, "does not wake it");
-    assert!(app.accept(&a, MAX_ITEMS - 2));
-    assert_eq!(
-        woken.0.load(Ordering::SeqCst),
-        1,
-        "the one that fills a batch does"
-    );
-    assert!(
-        driver.as_mut().poll(cx).is_ready(),
-        "claimed, sent, and nothing left"
-    );
-    assert_eq!(
-        app.batch_sizes(),
-        vec![MAX_ITEMS],
-        "with the clock where it was"
-    );
-    assert!(a.driver.sleeping.borrow().is_none());
-    app.assert_all_delivered();
-}
-
 #[test]
 fn a_lone_reading_is_delivered_by_its_instance_once_it_is_due() {
     let app = App::new("lone");
@@ -702,6 +647,13 @@ impl Sql for SlowDb {
     }
 }
 
+struct YieldTimer;
+impl Timer for YieldTimer {
+    async fn sleep_ms(&self, _ms: u64) {
+        YieldOnce(false).await
+    }
+}
+
 /// Polls until done, as a single-threaded host does.
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     let mut f = std::pin::pin!(f);
@@ -728,7 +680,7 @@ impl Clock for Contended {
 fn contended_group(app: &App, store: &SharedOutbox<SlowDb>) -> (AppendGroup, Contended) {
     let group = AppendGroup::default();
     let clock = Contended(Cell::new(T0));
-    block_on(group.append(store, &clock, app.request(1), 100))
+    block_on(group.append(store, &YieldTimer, &clock, app.request(1), 100))
         .unwrap()
         .unwrap();
     (group, clock)
@@ -741,11 +693,9 @@ fn append_concurrently(
     store: &SharedOutbox<SlowDb>,
     requests: &[Request],
 ) -> Vec<AppendResult> {
-    block_on(futures_util::future::join_all(
-        requests
-            .iter()
-            .map(|r| group.append(store, clock, r.clone(), 100)),
-    ))
+    block_on(futures_util::future::join_all(requests.iter().map(|r| {
+        group.append(store, &YieldTimer, clock, r.clone(), 100)
+    })))
 }
 
 /// Every request got its own rows, in order, from `first` on; the next free sequence number.
@@ -774,7 +724,7 @@ fn concurrent_requests_of_an_instance_share_one_statement_while_statements_are_s
     assert_eq!(stats["requests"], 1 + 10);
     assert!(stats["statements"].as_u64().unwrap() < 1 + 10, "{stats}");
     // A group that would pass the bound is refused whole, and leaves nothing behind.
-    let refused = block_on(group.append(&store, &clock, app.request(90), 100));
+    let refused = block_on(group.append(&store, &YieldTimer, &clock, app.request(90), 100));
     assert_eq!(refused, Ok(Err(NotAppended::BacklogFull)));
     assert_eq!(app.pending(), next - 1);
 }
@@ -794,62 +744,8 @@ fn concurrent_requests_each_write_at_once_while_statements_are_quick() {
     let stats = group.stats_json();
     assert_eq!(stats["requests"], 10);
     assert_eq!(stats["statements"], 10, "{stats}");
-    assert_eq!(stats["wakes"], 0, "nobody waited: {stats}");
+    assert_eq!(stats["looks"], 0, "nobody waited: {stats}");
     assert_eq!(app.pending(), next - 1);
-}
-
-/// A request waiting on the running statement is woken by its writer when it ends, once; one
-/// that went away meanwhile is not (its task is gone: a wake would trap on wasi:http).
-#[test]
-fn the_writer_wakes_the_requests_waiting_on_its_statement() {
-    use std::future::Future;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::task::{Context, Wake, Waker};
-    struct Count(AtomicUsize);
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-    let app = App::new("group-wake");
-    let _tables = app.instance();
-    let store = SharedOutbox::new(SlowDb(Db::open(&app.path)));
-    let (group, clock) = contended_group(&app, &store);
-    let append = |n| group.append(&store, &clock, app.request(n), 100);
-    let noop = &mut Context::from_waker(Waker::noop());
-    let mut writer = Box::pin(append(1));
-    assert!(writer.as_mut().poll(noop).is_pending(), "in the database");
-    let (stays, leaves) = (
-        Arc::new(Count(AtomicUsize::new(0))),
-        Arc::new(Count(AtomicUsize::new(0))),
-    );
-    let mut waiter = Box::pin(append(2));
-    let mut gone = Box::pin(append(3));
-    assert!(waiter
-        .as_mut()
-        .poll(&mut Context::from_waker(&Waker::from(stays.clone())))
-        .is_pending());
-    assert!(gone
-        .as_mut()
-        .poll(&mut Context::from_waker(&Waker::from(leaves.clone())))
-        .is_pending());
-    drop(gone);
-    assert_eq!(
-        stays.0.load(Ordering::SeqCst),
-        0,
-        "asleep until the statement ends"
-    );
-    block_on(writer).unwrap().unwrap();
-    assert_eq!(stays.0.load(Ordering::SeqCst), 1, "woken by the writer");
-    assert_eq!(
-        leaves.0.load(Ordering::SeqCst),
-        0,
-        "a request gone is not woken"
-    );
-    let appended = block_on(waiter).unwrap().unwrap();
-    assert_eq!(appended.last_seq - appended.first_seq + 1, 2);
-    assert_eq!(group.stats_json()["wakes"], 1);
 }
 
 /// A request whose statement is dropped mid-way (its client went away) does not leave the
@@ -863,7 +759,7 @@ fn a_writer_dropped_mid_statement_hands_the_group_on() {
     let _tables = app.instance();
     let store = SharedOutbox::new(SlowDb(Db::open(&app.path)));
     let (group, clock) = contended_group(&app, &store);
-    let append = |n| group.append(&store, &clock, app.request(n), 100);
+    let append = |n| group.append(&store, &YieldTimer, &clock, app.request(n), 100);
     let mut cx = Context::from_waker(Waker::noop());
     let mut first = Box::pin(append(2));
     assert!(
