@@ -930,21 +930,28 @@ fn a_limited_request_in_a_group_is_refused_alone() {
     assert_eq!(app.tokens("x"), Some(0.0));
 }
 
+/// A database as an earlier release left it: its tables, then `statements`, one row pending
+/// and schema `version`.
+fn an_earlier_database(app: &App, statements: &[&str], version: i64) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(&app.path).unwrap();
+    for statement in sql::SETUP.iter().chain(statements) {
+        c.execute_batch(statement).unwrap();
+    }
+    c.execute_batch(&format!(
+        "PRAGMA user_version = {version}; \
+         INSERT INTO outbox (received_at_ms, node, doc) VALUES (1, 'n', '{{\"id\":\"old\"}}')"
+    ))
+    .unwrap();
+    c
+}
+
 /// A database the previous release made (schema 2: no `charge` column) is brought up to date
 /// by the first instance that starts on it, once, and keeps its rows.
 #[test]
 fn a_database_of_the_previous_release_is_upgraded_in_place() {
     let app = App::new("upgrade");
     {
-        let c = rusqlite::Connection::open(&app.path).unwrap();
-        for statement in sql::SETUP {
-            c.execute_batch(statement).unwrap();
-        }
-        c.execute_batch(
-            "PRAGMA user_version = 2; \
-             INSERT INTO outbox (received_at_ms, node, doc) VALUES (1, 'n', '{\"id\":\"old\"}')",
-        )
-        .unwrap();
+        let c = an_earlier_database(&app, &[], 2);
         let has: i64 = c.query_row(sql::HAS_CHARGE, [], |r| r.get(0)).unwrap();
         assert_eq!(has, 0, "the old schema");
     }
@@ -965,19 +972,11 @@ fn a_database_of_the_previous_release_is_upgraded_in_place() {
 #[test]
 fn a_database_without_the_append_view_gets_it_in_place() {
     let app = App::new("upgrade-view");
-    {
-        let c = rusqlite::Connection::open(&app.path).unwrap();
-        for statement in sql::SETUP {
-            c.execute_batch(statement).unwrap();
-        }
-        c.execute_batch(sql::ADD_CHARGE).unwrap();
-        c.execute_batch(sql::CHARGE).unwrap();
-        c.execute_batch(
-            "PRAGMA user_version = 3; \
-             INSERT INTO outbox (received_at_ms, node, doc) VALUES (1, 'n', '{\"id\":\"old\"}')",
-        )
-        .unwrap();
-    }
+    drop(an_earlier_database(
+        &app,
+        &[sql::ADD_CHARGE, sql::CHARGE],
+        3,
+    ));
     let a = SharedOutbox::new(Db::open(&app.path));
     assert_eq!(
         run(a.prepare()),
