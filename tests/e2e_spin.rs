@@ -80,6 +80,45 @@ fn the_rate_limit_admits_exactly_the_bucket_under_concurrency() {
     );
 }
 
+/// The app's backlog bound, checked inside the append's one statement (the `outbox_append`
+/// trigger): with the collector failing every batch, readings pile up to `MAX_BACKLOG`; the
+/// request that would pass it is answered 503 `backlog-full` with a `Retry-After` and stores
+/// nothing, and what was accepted is delivered once the collector is back.
+#[test]
+#[ignore = "end-to-end: needs the built component, the collector and a Spin CLI (scripts/test.sh)"]
+fn a_full_backlog_refuses_the_request_whole_and_keeps_what_it_holds() {
+    let dir = scratch("spin-backlog");
+    let collector = Collector::start(&dir);
+    collector.set_faults(serde_json::json!({"fail_rate": 1.0, "fail_status": 503}));
+    let host = spin_up(
+        &dir,
+        &[
+            ("COLLECTOR_URL", &collector.ingest_url()),
+            ("AUTH_MODE", "off"),
+            ("MAX_BACKLOG", "6"),
+            ("MAX_READINGS_PER_REQUEST", "6"),
+        ],
+    );
+    let mut accepted = std::collections::BTreeSet::new();
+    for i in 0..6 {
+        accepted.extend(accepted_ids(&get(
+            &host.url(&format!("/v1/readings?device_id=pile&temp={i}"))
+        )));
+    }
+    assert_eq!(accepted.len(), 6);
+    let full = get(&host.url("/v1/readings?device_id=over&temp=1"));
+    let doc = assert_problem(&full, 503);
+    assert_eq!(doc["type"], "urn:edge-enrich:problem:backlog-full");
+    assert!(full
+        .header("retry-after")
+        .and_then(|v| v.parse::<u32>().ok())
+        .is_some_and(|s| s >= 1));
+    assert_eq!(host.outbox_rows(), 6, "the refused request stored nothing");
+    collector.set_faults(serde_json::json!({}));
+    collector.assert_stored_exactly(&accepted, Duration::from_secs(30));
+    assert!(collector.readings_of("over").is_empty());
+}
+
 /// The behaviour every host shows (tests/support/scenario.rs), then a dead letter.
 #[test]
 #[ignore = "end-to-end: needs the built component, the collector and a Spin CLI (scripts/test.sh)"]
