@@ -107,12 +107,7 @@ fn a_full_backlog_refuses_the_request_whole_and_keeps_what_it_holds() {
     }
     assert_eq!(accepted.len(), 6);
     let full = get(&host.url("/v1/readings?device_id=over&temp=1"));
-    let doc = assert_problem(&full, 503);
-    assert_eq!(doc["type"], "urn:edge-enrich:problem:backlog-full");
-    assert!(full
-        .header("retry-after")
-        .and_then(|v| v.parse::<u32>().ok())
-        .is_some_and(|s| s >= 1));
+    assert_backlog_full(&full);
     assert_eq!(host.outbox_rows(), 6, "the refused request stored nothing");
     collector.set_faults(serde_json::json!({}));
     collector.assert_stored_exactly(&accepted, Duration::from_secs(30));

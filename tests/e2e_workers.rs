@@ -106,12 +106,7 @@ fn backlog_bound_dead_letters_and_a_crash_mid_stream() {
         "application/x-ndjson",
         &fifty("c"),
     );
-    let doc = assert_problem(&full, 503);
-    assert_eq!(doc["type"], "urn:edge-enrich:problem:backlog-full");
-    assert!(full
-        .header("retry-after")
-        .and_then(|v| v.parse::<u32>().ok())
-        .is_some_and(|s| s >= 1));
+    assert_backlog_full(&full);
     let stats = admin("/admin/stats");
     assert_eq!(stats["batchers"][0]["pending"], 100);
     assert!(stats["batchers"][0]["failed_attempts"].as_u64().unwrap() >= 1);

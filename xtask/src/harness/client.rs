@@ -86,6 +86,16 @@ pub fn accepted_ids(resp: &Resp) -> Vec<String> {
         .collect()
 }
 
+/// A 503 `backlog-full` problem document with a `Retry-After` of at least a second.
+pub fn assert_backlog_full(resp: &Resp) {
+    let doc = assert_problem(resp, 503);
+    assert_eq!(doc["type"], "urn:edge-enrich:problem:backlog-full");
+    assert!(resp
+        .header("retry-after")
+        .and_then(|v| v.parse::<u32>().ok())
+        .is_some_and(|s| s >= 1));
+}
+
 pub fn assert_problem(resp: &Resp, status: u16) -> serde_json::Value {
     assert_eq!(resp.status, status, "{}", resp.body);
     assert_eq!(
