@@ -480,7 +480,8 @@ impl<D: Sql> SharedOutbox<D> {
             .map(|r| int(r, 0))
             .transpose()?
             .ok_or_else(|| StoreError("the append returned nothing".into()))?;
-        let seqs: Vec<i64> = (last + 1 - rows.len() as i64..=last).collect();
+        let first = last + 1 - rows.len() as i64;
+        let seq = |i: usize| first + i.min(rows.len() - 1) as i64;
         let mut at = 0;
         Ok(Some(
             requests
@@ -488,8 +489,8 @@ impl<D: Sql> SharedOutbox<D> {
                 .map(|r| {
                     let n = r.readings.len().max(1);
                     let appended = Appended {
-                        first_seq: seqs[at.min(seqs.len() - 1)],
-                        last_seq: seqs[(at + n - 1).min(seqs.len() - 1)],
+                        first_seq: seq(at),
+                        last_seq: seq(at + n - 1),
                     };
                     at += r.readings.len();
                     Ok(appended)
