@@ -6,12 +6,12 @@ use crate::application::delivery::sink::SinkFormat;
 use crate::domain::calibration::{Profiles, EMBEDDED_PROFILES};
 use std::rc::Rc;
 
+use crate::application::rate_limit::RateLimit;
 use crate::application::registry::{RegistryMode, StaticRegistry};
 use crate::domain::device::check_tag_key;
 use crate::http::auth::{AdminToken, AuthMode, DeviceAuth, MasterSecret, Secrets};
 use crate::http::cors::Cors;
 use crate::http::deployment::{ApiDocument, Deployment, Policy, RegistryPolicy, RequestLimits};
-use crate::http::rate_limit::RateLimit;
 use crate::ports::{ConfigSource, Secret};
 
 pub use crate::http::deployment::ConfigError;
@@ -71,7 +71,7 @@ impl Key {
     pub fn default_text(&self) -> String {
         match self.kind {
             Kind::Integer { default, .. } => default.to_string(),
-            Kind::Decimal { default, .. } => crate::http::rate_limit::decimal(default),
+            Kind::Decimal { default, .. } => crate::application::rate_limit::decimal(default),
             Kind::Text { default, .. } => default.to_owned(),
         }
     }

@@ -312,6 +312,9 @@ pub struct EdgeFacts {
     pub colo: Option<String>,
     pub country: Option<String>,
     pub region: Option<String>,
+    /// The address the request came from, as the platform (never the client) says: Workers'
+    /// `CF-Connecting-IP`, Spin's `spin-client-addr`.
+    pub client: Option<String>,
 }
 
 #[cfg(test)]

@@ -8,4 +8,6 @@ pub mod admission;
 pub mod delivery;
 pub mod group_commit;
 pub mod profile_cache;
+pub mod rate_limit;
+pub mod recent;
 pub mod registry;

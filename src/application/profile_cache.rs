@@ -8,7 +8,6 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::rc::Rc;
-use std::thread::LocalKey;
 
 use crate::domain::calibration::Profiles;
 use crate::ports::StoreError;
@@ -90,14 +89,11 @@ impl ProfileCache {
     }
 }
 
-/// Where a host keeps its isolate's/instance's cache: a thread-local slot.
-pub type CacheSlot = RefCell<Option<ProfileCache>>;
-
 /// The store's profiles for a request at `now_ms`. When the cache in `slot` is due, `read`
 /// fetches the value under [`PROFILES_KEY`] (the slot is not borrowed across the read); a
 /// refresh that kept the previous set reports why through `on_error`, for the host's log.
 pub async fn refreshed<Fut>(
-    slot: &'static LocalKey<CacheSlot>,
+    slot: &RefCell<Option<ProfileCache>>,
     ttl_ms: u64,
     now_ms: u64,
     read: impl FnOnce() -> Fut,
@@ -106,23 +102,21 @@ pub async fn refreshed<Fut>(
 where
     Fut: Future<Output = Result<Option<String>, StoreError>>,
 {
-    let due = slot.with(|c| {
-        c.borrow_mut()
-            .get_or_insert_with(|| ProfileCache::new(ttl_ms))
-            .claim_refresh(now_ms)
-    });
+    let due = slot
+        .borrow_mut()
+        .get_or_insert_with(|| ProfileCache::new(ttl_ms))
+        .claim_refresh(now_ms);
     if due {
         let fetched = read().await;
-        slot.with(|c| {
-            if let Some(cache) = c.borrow_mut().as_mut() {
-                cache.store(fetched, now_ms);
-                if let Some(error) = cache.error() {
-                    on_error(error);
-                }
+        if let Some(cache) = slot.borrow_mut().as_mut() {
+            cache.store(fetched, now_ms);
+            if let Some(error) = cache.error() {
+                on_error(error);
             }
-        });
+        }
     }
-    slot.with(|c| c.borrow().as_ref().and_then(ProfileCache::current))
+    let current = slot.borrow().as_ref().and_then(ProfileCache::current);
+    current
 }
 
 #[cfg(test)]
@@ -130,23 +124,20 @@ mod tests {
     use super::*;
     use crate::ports::testing::run;
 
-    thread_local! {
-        static SLOT: CacheSlot = const { RefCell::new(None) };
-    }
-
     #[test]
     fn refreshed_reads_only_when_due_and_reports_a_kept_set() {
+        let slot = RefCell::new(None);
         let read = |value: &'static str| move || async move { Ok(Some(value.to_owned())) };
         let no_error = |e: &str| panic!("unexpected: {e}");
-        let p = run(refreshed(&SLOT, 10_000, 0, read(ONE), no_error)).unwrap();
+        let p = run(refreshed(&slot, 10_000, 0, read(ONE), no_error)).unwrap();
         assert_eq!(p.lookup("abc").unwrap().version, 7);
         // Within the TTL the store is not read at all.
         let unread = || async { panic!("read before the TTL ran out") };
-        assert!(run(refreshed(&SLOT, 10_000, 9_999, unread, no_error)).is_some());
+        assert!(run(refreshed(&slot, 10_000, 9_999, unread, no_error)).is_some());
         // After it, a bad document is reported and the previous set stays.
         let mut reported = String::new();
         let bad = read(r#"[{"match":"a*","gain":0,"version":8}]"#);
-        let p = run(refreshed(&SLOT, 10_000, 10_000, bad, |e| {
+        let p = run(refreshed(&slot, 10_000, 10_000, bad, |e| {
             reported = e.to_owned()
         }));
         assert_eq!(p.unwrap().lookup("abc").unwrap().version, 7);

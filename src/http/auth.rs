@@ -351,23 +351,32 @@ impl DeviceAuth {
 
 impl DeviceAuth {
     /// The signature check a JWT needs, with the key its `kid` names in the record of its
-    /// `sub` (`registration`); `None` for other credentials. Refused outright when the record
-    /// lists no such current key. With the check, the token's expiry.
+    /// `sub` (`registration`); `None` for other credentials. When the record lists no such
+    /// current key (or there is no record) the check is a decoy: the same verification against
+    /// a key nobody holds, always refused, so that an unknown device or kid costs and answers
+    /// the same as a known one with a bad signature.
     pub fn jwt_check<'p>(
         presented: &'p Presented<'_>,
         registration: &Registration,
         now_ms: u64,
-    ) -> Option<Result<(Es256Check<'p>, u64), Problem>> {
+    ) -> Option<SignatureCheck<'p>> {
         let Presented::Jwt(token) = presented else {
             return None;
         };
         let record = registration.record_for(token.device());
-        Some(
-            token
-                .check(record, now_ms / 1000)
-                .map(|check| (check, token.expires_s()))
-                .map_err(jwt_refused),
-        )
+        let expires_s = token.expires_s();
+        Some(match token.check(record, now_ms / 1000) {
+            Ok(check) => SignatureCheck {
+                check,
+                expires_s,
+                decoy: false,
+            },
+            Err(_) => SignatureCheck {
+                check: token.check_with(DECOY_KEY),
+                expires_s,
+                decoy: true,
+            },
+        })
     }
 
     /// A JWT after the host's signature check: `Verified` for its device, or 401.
@@ -384,6 +393,36 @@ impl DeviceAuth {
         }
     }
 }
+
+/// What the host verifies for a JWT (see [`DeviceAuth::jwt_check`]).
+#[derive(Debug)]
+pub struct SignatureCheck<'p> {
+    pub check: Es256Check<'p>,
+    /// The token's `exp`: how long a verified check may be remembered.
+    pub expires_s: u64,
+    decoy: bool,
+}
+
+impl SignatureCheck<'_> {
+    /// Whether the token holds, given the host's verification: never for a decoy.
+    pub fn holds(&self, verified: bool) -> bool {
+        verified && !self.decoy
+    }
+
+    /// Whether a verified result may be remembered (never a decoy's).
+    pub fn is_decoy(&self) -> bool {
+        self.decoy
+    }
+}
+
+/// A P-256 public key whose private key was never kept: what a decoy check verifies against.
+const DECOY_KEY: [u8; 65] = [
+    0x04, 0xd0, 0x37, 0xe6, 0x2a, 0x22, 0x85, 0x5b, 0x88, 0x26, 0x66, 0x34, 0x04, 0xcf, 0x9e, 0x3a,
+    0x7b, 0xcf, 0x1a, 0x83, 0xfb, 0xea, 0xab, 0xff, 0x8b, 0xad, 0x3d, 0x74, 0xc6, 0xe8, 0xca, 0x7f,
+    0xb9, 0x12, 0xad, 0x53, 0x17, 0xb8, 0x63, 0xe0, 0x3f, 0xd9, 0x9a, 0xf6, 0xce, 0xe5, 0xe7, 0x32,
+    0x4a, 0xb1, 0xf7, 0xf8, 0x0d, 0x22, 0x83, 0xd6, 0xd7, 0x27, 0x2b, 0x5e, 0xa8, 0x1d, 0x06, 0x45,
+    0x02,
+];
 
 fn jwt_refused(e: JwtError) -> Problem {
     Problem::new(ProblemType::Unauthorized, e.detail()).with_challenge(AuthMode::Jwt.challenge())
@@ -657,6 +696,24 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The decoy key is a point on the curve, so a decoy check runs the whole verification (an
+    /// invalid key would be refused at once, and the time would tell).
+    #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
+    #[test]
+    fn the_decoy_key_is_a_valid_point_and_a_decoy_never_holds() {
+        assert!(p256::ecdsa::VerifyingKey::from_sec1_bytes(&DECOY_KEY).is_ok());
+        let check = SignatureCheck {
+            check: Es256Check {
+                public_key: DECOY_KEY,
+                message: b"",
+                signature: [0; 64],
+            },
+            expires_s: 0,
+            decoy: true,
+        };
+        assert!(!check.holds(true) && check.is_decoy());
+    }
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef-test";
     const NOW_MS: u64 = 1_700_000_000_000;

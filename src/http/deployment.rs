@@ -5,12 +5,12 @@
 
 use std::rc::Rc;
 
+use crate::application::rate_limit::RateLimit;
 use crate::application::registry::{RegistryMode, StaticRegistry};
 use crate::domain::calibration::Profiles;
 use crate::http::auth::{AdminToken, DeviceAuth};
 use crate::http::cors::Cors;
 use crate::http::problem::{Problem, ProblemType};
-use crate::http::rate_limit::RateLimit;
 
 /// A configuration fault: the setting and the rule it breaks. It never carries the value, since
 /// `/healthz` and every `not-configured` answer list faults to anyone, and a value may be a

@@ -14,6 +14,7 @@
 
 use serde::Deserialize;
 
+use crate::application::recent::{Fingerprints, Recent};
 use crate::domain::device::{base64url, DeviceRecord};
 use crate::domain::reading::DeviceId;
 use crate::ports::Es256Check;
@@ -212,6 +213,15 @@ impl DeviceJwt {
         })
     }
 
+    /// The same check against `public_key` (SEC1 uncompressed): a decoy's (`http::auth`).
+    pub fn check_with(&self, public_key: [u8; 65]) -> Es256Check<'_> {
+        Es256Check {
+            public_key,
+            message: self.signed.as_bytes(),
+            signature: self.signature,
+        }
+    }
+
     /// [`check`](Self::check) and [`verify_es256`] at once, for tests and tools.
     #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
     pub fn verify(&self, record: Option<&DeviceRecord>, now_s: u64) -> Result<(), JwtError> {
@@ -229,14 +239,21 @@ impl DeviceJwt {
 /// re-sends its token (the usual case, for the token's lifetime) pays the curve arithmetic
 /// once per isolate or instance, not per request (in software inside wasm it is about 4 ms).
 /// The claims are still judged, and the key still looked up in the record, on every request.
-/// Entries are bounded; at the bound expired tokens go first, then all.
-#[derive(Debug, Default)]
+/// The most recently used [`MAX_ENTRIES`](Self::MAX_ENTRIES) are kept (`application::recent`).
+#[derive(Debug)]
 pub struct VerifiedSignatures {
-    seen: std::collections::HashMap<[u8; 32], u64>,
+    /// By the digest's first 8 bytes; the whole digest is compared, and when the token expires.
+    seen: Recent<([u8; 32], u64)>,
 }
 
 impl VerifiedSignatures {
-    pub const MAX_ENTRIES: usize = 10_000;
+    pub const MAX_ENTRIES: usize = 50_000;
+
+    pub fn new(fingerprints: Fingerprints) -> Self {
+        Self {
+            seen: Recent::new(Self::MAX_ENTRIES, fingerprints),
+        }
+    }
 
     /// What identifies a check: SHA-256 of key, signature and message.
     pub fn digest(check: &Es256Check<'_>) -> [u8; 32] {
@@ -248,20 +265,23 @@ impl VerifiedSignatures {
         h.finalize().into()
     }
 
-    pub fn contains(&self, digest: &[u8; 32]) -> bool {
-        self.seen.contains_key(digest)
+    fn slot(digest: &[u8; 32]) -> u64 {
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&digest[..8]);
+        u64::from_le_bytes(head)
+    }
+
+    /// Whether this check verified before, for a token not expired at `now_s`.
+    pub fn contains(&mut self, digest: &[u8; 32], now_s: u64) -> bool {
+        self.seen
+            .get_mut_by(Self::slot(digest))
+            .is_some_and(|(d, exp)| d == digest && exp.saturating_add(LEEWAY_S) >= now_s)
     }
 
     /// Records a verified check of a token that expires at `expires_s`.
-    pub fn insert(&mut self, digest: [u8; 32], expires_s: u64, now_s: u64) {
-        if self.seen.len() >= Self::MAX_ENTRIES {
-            self.seen
-                .retain(|_, exp| exp.saturating_add(LEEWAY_S) >= now_s);
-            if self.seen.len() >= Self::MAX_ENTRIES {
-                self.seen.clear();
-            }
-        }
-        self.seen.insert(digest, expires_s);
+    pub fn insert(&mut self, digest: [u8; 32], expires_s: u64) {
+        self.seen
+            .insert_by(Self::slot(&digest), (digest, expires_s));
     }
 
     pub fn len(&self) -> usize {

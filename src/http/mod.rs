@@ -1,6 +1,6 @@
 //! The HTTP API: the one request pipeline of every host (`pipeline`), routing and the checks
 //! before and after the body (`routes`), answers (`answer`), credentials (`auth`), CORS
-//! (`cors`), rate limits (`rate_limit`), request bodies and query strings (`body`, `query`),
+//! (`cors`), request bodies and query strings (`body`, `query`),
 //! and RFC 9457 problem documents (`problem`).
 
 #![forbid(unsafe_code)]
@@ -10,9 +10,10 @@ pub mod auth;
 pub mod body;
 pub mod cors;
 pub mod deployment;
+pub mod instance_state;
 pub mod jwt;
 pub mod pipeline;
 pub mod problem;
 pub mod query;
-pub mod rate_limit;
 pub mod routes;
+pub mod sender_budget;

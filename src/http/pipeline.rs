@@ -17,20 +17,21 @@ use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, ORIGIN, TRANSFER_
 use http::request::Parts;
 use http::Request;
 
-use std::cell::RefCell;
 use std::rc::Rc;
 
-use crate::application::profile_cache::{self, CacheSlot};
-use crate::application::registry::{self, Registration, RegistryCache, RegistryMode, RegistrySlot};
+use crate::application::profile_cache;
+use crate::application::registry::{self, Fetched, Registration, RegistryMode};
 use crate::domain::calibration::Profiles;
 use crate::domain::enrich::EdgeInfo;
 use crate::domain::ids;
 use crate::domain::reading::DeviceId;
 use crate::http::answer::{self, Answer};
+use crate::http::auth::AuthMode;
 use crate::http::deployment::{Deployment, RegistryPolicy};
+use crate::http::instance_state::InstanceState;
 use crate::http::jwt::VerifiedSignatures;
 use crate::http::problem::{Problem, ProblemType};
-use crate::http::routes::{self, Accepted, AdminQuery, Plan, RequestContext};
+use crate::http::routes::{self, Accepted, AdminQuery, Ingest, Plan, RequestContext};
 use crate::ports::{
     BodyStream, Clock, EdgeFacts, Entropy, Es256Check, Level, Log, StoreError, SystemEntropy, Timer,
 };
@@ -43,6 +44,9 @@ use crate::ports::{
 pub trait Host: Clock + Timer + Log {
     /// The platform tag in answers and readings (`edge.platform`).
     fn platform(&self) -> &'static str;
+    /// What this isolate or instance keeps between requests (caches, failure budgets): one
+    /// value, owned by the adapter.
+    fn state(&self) -> &InstanceState;
     /// Randomness for ids: the host's CSPRNG unless a host (or a test) says otherwise.
     fn entropy(&self) -> &dyn Entropy {
         &SystemEntropy
@@ -102,15 +106,6 @@ fn log_request(
 /// How long a drain may wait for a body that is declared but does not come.
 pub const DRAIN_WAIT_MS: u64 = 1_000;
 
-thread_local! {
-    // Profiles from the host's key-value store, per isolate / instance.
-    static PROFILE_CACHE: CacheSlot = const { RefCell::new(None) };
-    // Device records, per isolate / instance.
-    static REGISTRY_CACHE: RegistrySlot = RefCell::new(RegistryCache::default());
-    // Device-JWT signatures verified, per isolate / instance.
-    static VERIFIED_SIGNATURES: RefCell<VerifiedSignatures> = RefCell::new(VerifiedSignatures::default());
-}
-
 /// Answers one request.
 pub async fn handle<H: Host, B: BodyStream>(
     host: &H,
@@ -122,6 +117,7 @@ pub async fn handle<H: Host, B: BodyStream>(
     let request_id = request_id(host.entropy(), now);
     let settings = host.deployment().await;
     let (parts, mut body) = request.into_parts();
+    let client = facts.client;
     let edge = EdgeInfo::new(
         settings.edge_node(),
         facts.colo,
@@ -129,7 +125,14 @@ pub async fn handle<H: Host, B: BodyStream>(
         facts.region,
         host.platform(),
     );
-    let outcome = serve(host, &settings, &parts, &mut body, &edge, now, &request_id).await;
+    let request = Incoming {
+        parts: &parts,
+        client: client.as_deref(),
+        edge: &edge,
+        now,
+        request_id: &request_id,
+    };
+    let outcome = serve(host, &settings, &request, &mut body).await;
     let answer = match outcome {
         Ok(answer) => answer,
         Err(refusal) => {
@@ -204,99 +207,173 @@ fn read_already(problem: Problem) -> Refusal {
     }
 }
 
+/// One request as the pipeline sees it once its head is read.
+struct Incoming<'a> {
+    parts: &'a Parts,
+    /// The sender's address, where the host says (see `http::sender_budget`).
+    client: Option<&'a str>,
+    edge: &'a EdgeInfo,
+    now: u64,
+    request_id: &'a str,
+}
+
 async fn serve<H: Host, B: BodyStream>(
     host: &H,
     settings: &Deployment,
-    parts: &Parts,
+    request: &Incoming<'_>,
     body: &mut B,
-    edge: &EdgeInfo,
-    now: u64,
-    request_id: &str,
 ) -> Result<Answer, Refusal> {
-    match routes::plan(parts, settings, now)? {
+    let now = request.now;
+    match routes::plan(request.parts, settings, now)? {
         Plan::Answer(answer) => Ok(answer),
         Plan::Health => {
-            let stored = stored_profiles(host, settings, now, request_id).await;
-            Ok(routes::health(settings, edge, stored.as_deref()))
+            let stored = stored_profiles(host, settings, now, request.request_id).await;
+            Ok(routes::health(settings, request.edge, stored.as_deref()))
         }
         Plan::Admin(query) => {
-            let json = host.admin(edge, query).await?;
+            let json = host.admin(request.edge, query).await?;
             Ok(answer::json(200, json))
         }
-        Plan::Readings(mut ingest) => {
+        Plan::Readings(ingest) => {
             let (config, _) = settings.ready()?;
-            // The registry record of the device the request claims, then every credential
-            // check that needs no body: both before a byte of the body is read.
-            let mut registration = match ingest.claimed_device() {
-                Some(device) => registered(host, &config.registry, device, now, request_id).await?,
-                None => Registration::Off,
-            };
-            ingest.check_before_body(config, &registration)?;
-            let signature = match ingest.signature_check(&registration, now) {
-                None => None,
-                Some(Err(refused)) => return Err(refused.into()),
-                Some(Ok((check, expires_s))) => {
-                    let digest = VerifiedSignatures::digest(&check);
-                    let known = VERIFIED_SIGNATURES.with(|v| v.borrow().contains(&digest));
-                    let valid = known || host.verify_es256(&check).await;
-                    if valid && !known {
-                        VERIFIED_SIGNATURES
-                            .with(|v| v.borrow_mut().insert(digest, expires_s, now / 1000));
-                    }
-                    Some(valid)
-                }
-            };
-            if let Some(valid) = signature {
-                ingest.signature_checked(valid)?;
+            let state = host.state();
+            // A sender out of failed credentials is refused before it can buy anything.
+            let sender = request
+                .client
+                .filter(|_| config.auth.mode() != AuthMode::Off);
+            if let Some(sender) = sender {
+                let budget = state.senders.borrow_mut().check(sender, now);
+                budget.map_err(Problem::too_many_failures)?;
             }
-            let bytes = if ingest.reads_body() {
-                read_body(body, ingest.limit).await?
-            } else {
-                Vec::new()
-            };
-            // Named only in the body: found by the pre-scan, and only when there is a registry.
-            if registration == Registration::Off && config.registry.mode != RegistryMode::Off {
-                if let Some(device) = ingest.device_in_body(&bytes) {
-                    registration = registered(host, &config.registry, &device, now, request_id)
-                        .await
-                        .map_err(read_already)?;
-                }
-            }
-            let stored = stored_profiles(host, settings, now, request_id).await;
-            let ctx = RequestContext {
+            let mut fetched = Vec::new();
+            let mut held = false;
+            let outcome = readings(
+                host,
                 settings,
-                stored_profiles: stored.as_deref(),
-                edge,
-                now_ms: now,
-                request_id,
-                entropy: host.entropy(),
-                registration: &registration,
-            };
-            let accepted = routes::ingest(parts, ingest, &bytes, &ctx).map_err(read_already)?;
-            if let Err(problem) = host.accept(edge, &accepted).await {
-                log_request(
-                    host,
-                    Level::Warn,
-                    "ingest_refused",
-                    request_id,
-                    &[("detail", problem.detail())],
-                );
-                return Err(read_already(problem));
+                request,
+                body,
+                ingest,
+                &mut fetched,
+                &mut held,
+            )
+            .await;
+            let unauthenticated = matches!(
+                &outcome,
+                Err(refusal) if refusal.problem.kind() == ProblemType::Unauthorized
+            );
+            if unauthenticated {
+                if let Some(sender) = sender {
+                    state.senders.borrow_mut().charge(sender, now);
+                }
+            } else if held {
+                // Records read for credentials that held are kept; made-up ids behind junk
+                // credentials never push real devices out of the cache.
+                let mut cache = state.registry.borrow_mut();
+                for f in fetched {
+                    cache.remember(f);
+                }
             }
-            Ok(accepted.answer())
+            outcome
         }
     }
 }
 
+/// Readings: the registry record of the device the request claims and every credential check
+/// that needs no body, then the body, then validation, enrichment and the host's acceptance.
+/// What the registry was read for goes to `fetched`, and `held` says whether the credentials
+/// held, for the caller to cache it.
+async fn readings<H: Host, B: BodyStream>(
+    host: &H,
+    settings: &Deployment,
+    request: &Incoming<'_>,
+    body: &mut B,
+    mut ingest: Ingest<'_>,
+    fetched: &mut Vec<Fetched>,
+    held: &mut bool,
+) -> Result<Answer, Refusal> {
+    let (config, _) = settings.ready()?;
+    let (now, request_id) = (request.now, request.request_id);
+    let mut registration = match ingest.claimed_device() {
+        Some(device) => {
+            registered(host, &config.registry, device, now, request_id, fetched).await?
+        }
+        None => Registration::Off,
+    };
+    ingest.check_before_body(config, &registration)?;
+    if let Some(check) = ingest.signature_check(&registration, now) {
+        let valid = verified(host, &check, now).await;
+        ingest.signature_checked(check.holds(valid))?;
+    }
+    let bytes = if ingest.reads_body() {
+        read_body(body, ingest.limit).await?
+    } else {
+        Vec::new()
+    };
+    // Named only in the body: found by the pre-scan, and only when there is a registry.
+    if registration == Registration::Off && config.registry.mode != RegistryMode::Off {
+        if let Some(device) = ingest.device_in_body(&bytes) {
+            registration = registered(host, &config.registry, &device, now, request_id, fetched)
+                .await
+                .map_err(read_already)?;
+        }
+    }
+    let stored = stored_profiles(host, settings, now, request_id).await;
+    let ctx = RequestContext {
+        settings,
+        stored_profiles: stored.as_deref(),
+        edge: request.edge,
+        now_ms: now,
+        request_id,
+        entropy: host.entropy(),
+        registration: &registration,
+    };
+    let authenticated =
+        routes::authenticate(request.parts, ingest, &bytes, &ctx).map_err(read_already)?;
+    *held = true;
+    let accepted =
+        routes::ingest(request.parts, authenticated, &bytes, &ctx).map_err(read_already)?;
+    if let Err(problem) = host.accept(request.edge, &accepted).await {
+        log_request(
+            host,
+            Level::Warn,
+            "ingest_refused",
+            request_id,
+            &[("detail", problem.detail())],
+        );
+        return Err(read_already(problem));
+    }
+    Ok(accepted.answer())
+}
+
+/// The host's verification of a JWT's signature, remembered per isolate or instance (a check
+/// that verified once always does; a decoy's never is).
+async fn verified<H: Host>(
+    host: &H,
+    check: &crate::http::auth::SignatureCheck<'_>,
+    now: u64,
+) -> bool {
+    let signatures = &host.state().signatures;
+    let digest = VerifiedSignatures::digest(&check.check);
+    if !check.is_decoy() && signatures.borrow_mut().contains(&digest, now / 1000) {
+        return true;
+    }
+    let valid = host.verify_es256(&check.check).await;
+    if valid && !check.is_decoy() {
+        signatures.borrow_mut().insert(digest, check.expires_s);
+    }
+    valid
+}
+
 /// What the registry says of `device`: its static records, else the host's store through the
-/// per-instance cache. A store that fails with nothing cached refuses the request (503) in
-/// `required` mode and admits it without a record in `optional` mode; either way it is logged.
+/// per-instance cache (what a read fetched goes to `fetched`). A record that cannot be read or
+/// parsed, with nothing cached, refuses the request (503) in either mode, and is logged.
 async fn registered<H: Host>(
     host: &H,
     policy: &RegistryPolicy,
     device: &DeviceId,
     now: u64,
     request_id: &str,
+    fetched: &mut Vec<Fetched>,
 ) -> Result<Registration, Problem> {
     if policy.mode == RegistryMode::Off {
         return Ok(Registration::Off);
@@ -314,8 +391,12 @@ async fn registered<H: Host>(
         )
     };
     let read = || host.read_device_record(device);
-    match registry::lookup(&REGISTRY_CACHE, device, policy.ttl_ms, now, read, report).await {
-        Ok(registration) => Ok(registration),
+    let cache = &host.state().registry;
+    match registry::lookup(cache, device, policy.ttl_ms, now, read, report).await {
+        Ok(looked) => {
+            fetched.extend(looked.fetched);
+            Ok(looked.registration)
+        }
         Err(e) => {
             let detail = e.to_string();
             log_request(
@@ -323,15 +404,13 @@ async fn registered<H: Host>(
                 Level::Error,
                 "registry_unavailable",
                 request_id,
-                &[("detail", &detail)],
+                &[("device_id", device.as_str()), ("detail", &detail)],
             );
-            match policy.mode {
-                RegistryMode::Required => Err(Problem::new(
-                    ProblemType::RegistryUnavailable,
-                    "the device registry could not be read; retry shortly",
-                )),
-                _ => Ok(Registration::Unknown(device.clone())),
-            }
+            Err(Problem::new(
+                ProblemType::RegistryUnavailable,
+                "the device registry could not be read; retry shortly",
+            )
+            .with_retry_after(1))
         }
     }
 }
@@ -355,7 +434,7 @@ async fn stored_profiles<H: Host>(
     };
     let ttl = settings.profiles_ttl_ms;
     profile_cache::refreshed(
-        &PROFILE_CACHE,
+        &host.state().profiles,
         ttl,
         now,
         || host.read_stored_profiles(),

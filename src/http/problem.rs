@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::application::rate_limit::{decimal, RateLimit};
 use crate::domain::reading::{FieldIssue, Severity};
 
 /// The kinds of problem the API can report. Each has one status, one type URI and one title,
@@ -26,11 +27,12 @@ pub enum ProblemType {
     DeviceDisabled,
     UnknownDevice,
     RegistryUnavailable,
+    TooManyFailures,
 }
 
 impl ProblemType {
     /// Every kind, for documents that must list them (the OpenAPI contract).
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 19] = [
         Self::InvalidRequest,
         Self::Unauthorized,
         Self::Forbidden,
@@ -49,6 +51,7 @@ impl ProblemType {
         Self::DeviceDisabled,
         Self::UnknownDevice,
         Self::RegistryUnavailable,
+        Self::TooManyFailures,
     ];
 
     pub const fn status(self) -> u16 {
@@ -62,7 +65,7 @@ impl ProblemType {
             Self::UriTooLong => 414,
             Self::UnsupportedMediaType => 415,
             Self::UnprocessableReading => 422,
-            Self::RateLimited => 429,
+            Self::RateLimited | Self::TooManyFailures => 429,
             Self::HeadersTooLarge => 431,
             Self::Internal => 500,
             Self::BacklogFull
@@ -93,6 +96,7 @@ impl ProblemType {
             Self::DeviceDisabled => "urn:edge-enrich:problem:device-disabled",
             Self::UnknownDevice => "urn:edge-enrich:problem:unknown-device",
             Self::RegistryUnavailable => "urn:edge-enrich:problem:registry-unavailable",
+            Self::TooManyFailures => "urn:edge-enrich:problem:too-many-failures",
         }
     }
 
@@ -116,6 +120,7 @@ impl ProblemType {
             Self::DeviceDisabled => "Device disabled",
             Self::UnknownDevice => "Unknown device",
             Self::RegistryUnavailable => "Device registry unavailable",
+            Self::TooManyFailures => "Too many failed credentials",
         }
     }
 }
@@ -220,6 +225,28 @@ impl Problem {
         )
     }
 
+    /// A request over its devices' token buckets (`application::rate_limit`).
+    pub fn rate_limited(retry_after_s: u32, limit: &RateLimit) -> Self {
+        Self::new(
+            ProblemType::RateLimited,
+            format!(
+                "a device may send {} readings per second (bursts of {}); nothing was accepted",
+                decimal(limit.per_s),
+                decimal(limit.burst)
+            ),
+        )
+        .with_retry_after(retry_after_s)
+    }
+
+    /// A sender whose credentials failed too often lately (`http::sender_budget`).
+    pub fn too_many_failures(retry_after_s: u32) -> Self {
+        Self::new(
+            ProblemType::TooManyFailures,
+            "too many requests from this address had invalid credentials; nothing was read",
+        )
+        .with_retry_after(retry_after_s)
+    }
+
     pub fn backlog_full(retry_after_s: u32, detail: impl Into<String>) -> Self {
         Self::new(ProblemType::BacklogFull, detail).with_retry_after(retry_after_s)
     }
@@ -288,13 +315,13 @@ pub fn of_admission(
         Vec<crate::application::admission::Admitted>,
         crate::application::admission::Refused,
     >,
-    limit: Option<&crate::http::rate_limit::RateLimit>,
+    limit: Option<&RateLimit>,
 ) -> Result<(), Problem> {
     use crate::application::admission::{Admitted, Refused};
     match result {
         Ok(verdicts) => match verdicts.first() {
             Some(Admitted::RateLimited { retry_after_s }) => match limit {
-                Some(limit) => Err(crate::http::rate_limit::limited(*retry_after_s, limit)),
+                Some(limit) => Err(Problem::rate_limited(*retry_after_s, limit)),
                 None => Err(Problem::internal()),
             },
             _ => Ok(()),

@@ -1,8 +1,8 @@
 //! The router and the two halves of every decision, independent of any host:
 //! - [`plan`]: everything the request line and headers settle, before a byte of the body is
 //!   read (limits, route and method, readiness, credentials, declared length, media type);
-//! - [`ingest`]: what needs the body (signature, parsing, validation, the readings' devices,
-//!   enrichment).
+//! - [`authenticate`], then [`ingest`]: what needs the body (the credentials over it, then
+//!   parsing, validation, the readings' devices, enrichment).
 //!
 //! [`crate::http::pipeline`] runs them around the host's body stream; [`decide`] runs them on a
 //! body already in hand (tests, fuzzing, benches).
@@ -130,13 +130,13 @@ impl Ingest<'_> {
         Ok(())
     }
 
-    /// The ES256 signature the host must check before the body, for a JWT, and when the
-    /// token expires.
+    /// The ES256 signature the host must check before the body, for a JWT (see
+    /// `DeviceAuth::jwt_check`).
     pub fn signature_check(
         &self,
         registration: &Registration,
         now_ms: u64,
-    ) -> Option<Result<(crate::ports::Es256Check<'_>, u64), Problem>> {
+    ) -> Option<crate::http::auth::SignatureCheck<'_>> {
         crate::http::auth::DeviceAuth::jwt_check(&self.presented, registration, now_ms)
     }
 
@@ -325,15 +325,25 @@ impl Accepted {
     }
 }
 
-/// What needs the body: the signature over it, the readings it holds (or the query's), their
-/// devices against the credentials, and their enrichment.
-pub fn ingest(
+/// A request whose credentials held, with what checking them needed parsed already: a GET's
+/// reading (its query names the device a token is checked against).
+#[derive(Debug)]
+pub struct Authenticated {
+    credential: crate::http::auth::Credential,
+    query_reading: Option<Reading>,
+    body: Option<BodyFormat>,
+}
+
+/// The credentials, over the body where they cover it (in `hmac` mode the signature over the
+/// whole request; in `token` mode, for a request that named no device before its body, against
+/// the device the request carries, before anything is parsed).
+pub fn authenticate(
     parts: &Parts,
     plan: Ingest<'_>,
     body: &[u8],
     ctx: &RequestContext<'_>,
-) -> Result<Accepted, Problem> {
-    let (config, deployed) = ctx.settings.ready()?;
+) -> Result<Authenticated, Problem> {
+    let (config, _) = ctx.settings.ready()?;
     // A token not yet checked (the request named no device before its body) is checked against
     // the device the request carries before anything is parsed: a GET's query (its reading,
     // bounded by MAX_URL_BYTES, so parsed first) or the body's first device_id (a linear scan).
@@ -365,7 +375,23 @@ pub fn ingest(
     let credential = config
         .auth
         .verify(plan.presented, &signed, ctx.registration)?;
-    let (readings, shape) = match (query_reading, plan.body) {
+    Ok(Authenticated {
+        credential,
+        query_reading,
+        body: plan.body,
+    })
+}
+
+/// What needs the body once the credentials held: the readings it holds (or the query's),
+/// their devices against the credentials and the registry, and their enrichment.
+pub fn ingest(
+    parts: &Parts,
+    authenticated: Authenticated,
+    body: &[u8],
+    ctx: &RequestContext<'_>,
+) -> Result<Accepted, Problem> {
+    let (config, deployed) = ctx.settings.ready()?;
+    let (readings, shape) = match (authenticated.query_reading, authenticated.body) {
         (Some(reading), _) => (vec![reading], Shape::One),
         (None, None) => (vec![parse_query(query(parts))?], Shape::One),
         (None, Some(format)) => (
@@ -373,7 +399,9 @@ pub fn ingest(
             Shape::Many,
         ),
     };
-    credential.authorize_devices(readings.iter().map(|r| r.device_id.as_str()))?;
+    authenticated
+        .credential
+        .authorize_devices(readings.iter().map(|r| r.device_id.as_str()))?;
     let record = admit_registered(config.registry.mode, ctx.registration, &readings)?;
     let profiles = ctx.stored_profiles.unwrap_or(deployed);
     enrich(readings, shape, profiles, record, ctx)
@@ -449,7 +477,7 @@ fn enrich(
         .map(|r| r.device_id.as_str().to_owned())
         .unwrap_or_default();
     let device_costs =
-        crate::http::rate_limit::costs(readings.iter().map(|r| r.device_id.as_str()))
+        crate::application::rate_limit::costs(readings.iter().map(|r| r.device_id.as_str()))
             .into_iter()
             .map(|(d, n)| (d.to_owned(), n))
             .collect();
@@ -609,10 +637,12 @@ pub fn decide(parts: &Parts, body: &[u8], ctx: &RequestContext<'_>) -> Action {
         Ok(Plan::Readings(_)) if body.len() > ctx.settings.limits.max_body_bytes => refused(
             Problem::payload_too_large(ctx.settings.limits.max_body_bytes),
         ),
-        Ok(Plan::Readings(i)) => match ingest(parts, i, body, ctx) {
-            Ok(accepted) => Action::Accept(accepted),
-            Err(p) => refused(p),
-        },
+        Ok(Plan::Readings(i)) => {
+            match authenticate(parts, i, body, ctx).and_then(|a| ingest(parts, a, body, ctx)) {
+                Ok(accepted) => Action::Accept(accepted),
+                Err(p) => refused(p),
+            }
+        }
     }
 }
 

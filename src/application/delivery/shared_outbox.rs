@@ -82,7 +82,7 @@ pub mod sql {
          detail TEXT NOT NULL, readings INTEGER NOT NULL, body TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS outbox_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) \
          WITHOUT ROWID",
-        // The rate limit's buckets: charged by `CHARGE`, read by `http::rate_limit::sql`.
+        // The rate limit's buckets: charged by `CHARGE`, read by `application::rate_limit::sql`.
         "CREATE TABLE IF NOT EXISTS rate_buckets (device TEXT PRIMARY KEY, tokens REAL NOT NULL, \
          updated_ms INTEGER NOT NULL) WITHOUT ROWID",
     ];

@@ -33,7 +33,7 @@ fn delivery<'a, S>(
         timer: &SpinTimer,
         clock: &WallClock,
         entropy: &SystemEntropy,
-        log: &super::Component,
+        log: &super::StdoutLog,
         sink,
     }
 }
@@ -51,10 +51,10 @@ mod flavour {
     use crate::application::delivery::shared_outbox::{
         AppendGroup, Appended, NotAppended, Request, SharedDriver, SharedOutbox,
     };
+    use crate::application::rate_limit::{self, sql::Forgetting};
     use crate::config::Config;
     use crate::hosts::spin::database::{self, Path, SpinSql};
     use crate::hosts::spin::now_ms;
-    use crate::http::rate_limit::{self, sql::Forgetting};
     use crate::ports::StoreError;
 
     /// What an instance keeps: its handle on the shared outbox (the claims it holds) and its
@@ -263,14 +263,21 @@ mod flavour {
         append_reserved, deliver_round, BacklogFull, MemoryStore, Next, Outbox, Reservation,
         SinkTarget, Wakeups,
     };
+    use crate::application::rate_limit::{MemoryBuckets, MAX_TRACKED_DEVICES};
+    use crate::application::recent::Fingerprints;
     use crate::config::Config;
-    use crate::hosts::spin::{limiter, now_ms};
-    use crate::ports::{StoreError, Timer};
+    use crate::hosts::spin::now_ms;
+    use crate::ports::{StoreError, SystemEntropy, Timer};
 
+    /// What an instance keeps: its outbox, and its devices' token buckets. There is no store,
+    /// so the limit is exact while one instance serves a device, and none at all when every
+    /// request gets a fresh instance. (The spin flavour's append takes the tokens in Spin's
+    /// SQLite database, in its own statement.)
     struct Instance {
         outbox: RefCell<Outbox<u64>>,
         store: MemoryStore,
         sink: SinkTarget,
+        buckets: Option<RefCell<MemoryBuckets>>,
     }
 
     thread_local! {
@@ -285,6 +292,14 @@ mod flavour {
                         outbox: RefCell::new(Outbox::new(config.outbox(Wakeups::Polled), now_ms())),
                         store: MemoryStore::default(),
                         sink: config.sink(),
+                        buckets: config.rate_limit.map(|limit| {
+                            let fingerprints = Fingerprints::new(&SystemEntropy);
+                            RefCell::new(MemoryBuckets::new(
+                                limit,
+                                MAX_TRACKED_DEVICES,
+                                fingerprints,
+                            ))
+                        }),
                     })
                 })
                 .clone()
@@ -293,23 +308,21 @@ mod flavour {
 
     /// The accept use case's parts on this instance: room in its backlog, buckets and outbox in
     /// its memory, its own delivery task.
-    pub struct Ports<'a> {
+    pub struct Ports {
         inst: Rc<Instance>,
-        config: &'a Config,
         node: Rc<str>,
         start: Cell<bool>,
     }
 
-    pub async fn ports<'a>(config: &'a Config, node: &str) -> Result<Ports<'a>, StoreError> {
+    pub async fn ports(config: &Config, node: &str) -> Result<Ports, StoreError> {
         Ok(Ports {
             inst: instance(config),
-            config,
             node: node.into(),
             start: Cell::new(false),
         })
     }
 
-    impl AdmissionPorts for Ports<'_> {
+    impl AdmissionPorts for Ports {
         type Room = Reservation;
 
         fn reserve(&self, readings: usize) -> Result<Reservation, BacklogFull> {
@@ -325,11 +338,16 @@ mod flavour {
             costs: &[(&str, u32)],
             now_ms: u64,
         ) -> Result<Result<(), u32>, StoreError> {
-            Ok(limiter::charge(self.config.rate_limit, costs, now_ms))
+            Ok(match &self.inst.buckets {
+                Some(buckets) => buckets.borrow_mut().admit(costs, now_ms),
+                None => Ok(()),
+            })
         }
 
         async fn refund(&self, costs: &[(&str, u32)], _now_ms: u64) {
-            limiter::refund(self.config.rate_limit, costs);
+            if let Some(buckets) = &self.inst.buckets {
+                buckets.borrow_mut().refund(costs);
+            }
         }
 
         async fn append(

@@ -17,8 +17,6 @@ mod database;
 mod delivery;
 #[cfg(feature = "spin")]
 mod kv;
-#[cfg(not(feature = "spin"))]
-mod limiter;
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
@@ -35,11 +33,12 @@ use crate::config::{Config, Settings, KEYS};
 use crate::domain::enrich::EdgeInfo;
 use crate::http::answer::Answer;
 use crate::http::deployment::{ApiDocument, Deployment};
+use crate::http::instance_state::InstanceState;
 use crate::http::pipeline::{self, Host};
 use crate::http::problem::{self, Problem};
 use crate::http::routes::{Accepted, AdminQuery};
 use crate::log;
-use crate::ports::{BodyBroken, BodyStream, EdgeFacts, Level, Log, StoreError};
+use crate::ports::{BodyBroken, BodyStream, EdgeFacts, Level, Log, StoreError, SystemEntropy};
 
 #[cfg(feature = "spin")]
 pub const PLATFORM: &str = "spin";
@@ -128,10 +127,22 @@ async fn load_config() -> HashMap<String, String> {
 #[spin_sdk::http_service]
 async fn handle(req: Request) -> http::Response<FullBody<Bytes>> {
     let (parts, body) = req.into_parts();
+    let facts = EdgeFacts {
+        client: client_address(&parts.headers),
+        // wasi:http carries no other edge metadata: the node comes from EDGE_NODE.
+        ..EdgeFacts::default()
+    };
     let request = http::Request::from_parts(parts, ComponentBody(body.stream()));
-    // wasi:http carries no edge metadata: the node comes from EDGE_NODE.
-    let answer = pipeline::handle(&Component, request, EdgeFacts::default()).await;
+    let answer = pipeline::handle(&Component::new(), request, facts).await;
     framed_by_length(answer).map(|body| FullBody::new(Bytes::from(body)))
+}
+
+/// The sender's address as Spin gives it (`spin-client-addr`, `IP:port`; Spin appends its own
+/// after any a client sent, so the last one is Spin's). wasmtime serve gives none.
+fn client_address(headers: &http::HeaderMap) -> Option<String> {
+    let addr = headers.get_all("spin-client-addr").iter().next_back()?;
+    let addr: std::net::SocketAddr = addr.to_str().ok()?.parse().ok()?;
+    Some(addr.ip().to_string())
 }
 
 /// The answer with a `Content-Length` (none on a 204 or 304, which have no body to frame).
@@ -163,7 +174,25 @@ where
 }
 
 /// The pipeline's host on Spin / wasi:http.
-struct Component;
+struct Component {
+    state: Rc<InstanceState>,
+}
+
+thread_local! {
+    // The instance's own state: the handler is a free function, so what an instance keeps
+    // between requests can only live here.
+    static STATE: OnceCell<Rc<InstanceState>> = const { OnceCell::new() };
+}
+
+impl Component {
+    fn new() -> Self {
+        let state = STATE.with(|cell| {
+            cell.get_or_init(|| Rc::new(InstanceState::new(&SystemEntropy)))
+                .clone()
+        });
+        Self { state }
+    }
+}
 
 /// A value of the key-value store `default` as text, on the request's path. The portable
 /// flavour has no store: nothing there.
@@ -196,15 +225,27 @@ impl crate::ports::Timer for Component {
 }
 
 /// Log lines go to stdout, which both wasmtime serve and Spin capture per component.
-impl Log for Component {
+pub(crate) struct StdoutLog;
+
+impl Log for StdoutLog {
     fn emit(&self, level: Level, event: &str, fields: &[(&str, &str)]) {
         emit(level.as_str(), event, fields);
+    }
+}
+
+impl Log for Component {
+    fn emit(&self, level: Level, event: &str, fields: &[(&str, &str)]) {
+        StdoutLog.emit(level, event, fields);
     }
 }
 
 impl Host for Component {
     fn platform(&self) -> &'static str {
         PLATFORM
+    }
+
+    fn state(&self) -> &InstanceState {
+        &self.state
     }
 
     fn drain_limit(&self) -> usize {

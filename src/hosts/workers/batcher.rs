@@ -30,9 +30,9 @@ use crate::application::delivery::outbox::{
     SinkTarget, Wakeups,
 };
 use crate::application::delivery::slots::SlotKey;
-use crate::config::Config;
+use crate::application::rate_limit::{MemoryBuckets, MAX_TRACKED_DEVICES};
+use crate::application::recent::Fingerprints;
 use crate::domain::enrich::StoredReading;
-use crate::http::rate_limit::MemoryBuckets;
 use crate::ports::{
     Clock, Collector, CollectorAnswer, CollectorRequest, StoreError, SystemEntropy, Timer,
     TransportError,
@@ -55,11 +55,12 @@ struct Requests {
     alarms_set: u64,
 }
 
-/// What needs a valid configuration: the engine and where batches go.
+/// What needs a valid configuration: the engine, where batches go, and the per-device rate
+/// limits (token buckets in this object's memory, when the limit is on).
 struct Engine {
-    config: Config,
     outbox: RefCell<Outbox<SlotKey>>,
     sink: SinkTarget,
+    buckets: Option<RefCell<MemoryBuckets>>,
 }
 
 #[durable_object]
@@ -74,8 +75,6 @@ pub struct Batcher {
     /// Whether an alarm handler is running its rounds (it schedules what comes next itself).
     alarm_running: Cell<bool>,
     requests: Cell<Requests>,
-    /// Per-device rate limits (token buckets), made on first use.
-    buckets: RefCell<Option<MemoryBuckets>>,
 }
 
 impl DurableObject for Batcher {
@@ -93,9 +92,12 @@ impl DurableObject for Batcher {
                 // After an eviction or a restart: the queue comes back from the table.
                 let _ = outbox.restore(segments);
                 Some(Engine {
-                    config: config.clone(),
                     outbox: RefCell::new(outbox),
                     sink: config.sink(),
+                    buckets: config.rate_limit.map(|limit| {
+                        let fingerprints = Fingerprints::new(&SystemEntropy);
+                        RefCell::new(MemoryBuckets::new(limit, MAX_TRACKED_DEVICES, fingerprints))
+                    }),
                 })
             }
             Err(errors) => {
@@ -120,7 +122,6 @@ impl DurableObject for Batcher {
             alarm: Cell::new(None),
             alarm_running: Cell::new(false),
             requests: Cell::new(Requests::default()),
-            buckets: RefCell::new(None),
         }
     }
 
@@ -297,16 +298,6 @@ impl Batcher {
         }
     }
 
-    /// Charges one request's readings to its devices' token buckets, all or none. The buckets
-    /// live in this object's memory: exact for the devices it serves while it stays loaded; an
-    /// evicted object starts with full buckets (the limit then errs towards admitting).
-    fn admit(&self, config: &Config, costs: &[(&str, u32)], now: u64) -> Result<(), u32> {
-        let Some(limit) = config.rate_limit else {
-            return Ok(());
-        };
-        MemoryBuckets::admit_in(&mut self.buckets.borrow_mut(), limit, costs, now)
-    }
-
     /// Makes sure an alarm fires by `at`: sets one when none is set, or one set later.
     async fn schedule(&self, at: u64) -> worker::Result<()> {
         let existing = match self.alarm.get() {
@@ -439,17 +430,23 @@ impl AdmissionPorts for Ports<'_> {
         self.engine.outbox.borrow_mut().release(room);
     }
 
+    /// The buckets live in this object's memory: exact for the devices it serves while it stays
+    /// loaded; an evicted object starts with full buckets (the limit then errs towards
+    /// admitting).
     async fn charge(
         &self,
         costs: &[(&str, u32)],
         now_ms: u64,
     ) -> Result<Result<(), u32>, StoreError> {
-        Ok(self.batcher.admit(&self.engine.config, costs, now_ms))
+        Ok(match &self.engine.buckets {
+            Some(buckets) => buckets.borrow_mut().admit(costs, now_ms),
+            None => Ok(()),
+        })
     }
 
     async fn refund(&self, costs: &[(&str, u32)], _now_ms: u64) {
-        if let Some(buckets) = self.batcher.buckets.borrow_mut().as_mut() {
-            buckets.refund(costs);
+        if let Some(buckets) = &self.engine.buckets {
+            buckets.borrow_mut().refund(costs);
         }
     }
 

@@ -101,7 +101,7 @@ async fn call_batcher(
             let limit = settings.config.as_ref().ok().and_then(|c| c.rate_limit);
             for (index, retry_after_s) in answer.limited {
                 if let (Some(slot), Some(limit)) = (outcomes.get_mut(index), limit.as_ref()) {
-                    *slot = Err(crate::http::rate_limit::limited(retry_after_s, limit));
+                    *slot = Err(Problem::rate_limited(retry_after_s, limit));
                 }
             }
             Ok(outcomes)

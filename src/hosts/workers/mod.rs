@@ -31,10 +31,13 @@ use crate::config::Settings;
 use crate::domain::enrich::EdgeInfo;
 use crate::http::answer::Answer;
 use crate::http::deployment::{ApiDocument, Deployment};
+use crate::http::instance_state::InstanceState;
 use crate::http::pipeline::{self, Host};
 use crate::http::problem::Problem;
 use crate::http::routes::{Accepted, AdminQuery};
-use crate::ports::{BodyBroken, BodyStream, ConfigSource, EdgeFacts, Level, StoreError};
+use crate::ports::{
+    BodyBroken, BodyStream, ConfigSource, EdgeFacts, Level, StoreError, SystemEntropy,
+};
 
 pub const PLATFORM: &str = "cloudflare-workers";
 /// Optional KV namespace holding calibration profiles under `profile_cache::PROFILES_KEY`.
@@ -45,9 +48,20 @@ const DEVICES_BINDING: &str = "DEVICES";
 const KV_CACHE_TTL_S: u64 = 30;
 
 thread_local! {
-    // Vars and secrets are fixed for an isolate's life: parse them once.
+    // The isolate's own state: `#[event(fetch)]` is a free function, so what an isolate keeps
+    // between requests can only live here. Vars and secrets are fixed for an isolate's life:
+    // parsed once.
     static SETTINGS: OnceCell<Rc<Settings>> = const { OnceCell::new() };
     static DEPLOYMENT: OnceCell<Rc<Deployment>> = const { OnceCell::new() };
+    static STATE: OnceCell<Rc<InstanceState>> = const { OnceCell::new() };
+}
+
+/// What this isolate keeps between requests (caches, failure budgets), made on first use.
+fn isolate_state() -> Rc<InstanceState> {
+    STATE.with(|cell| {
+        cell.get_or_init(|| Rc::new(InstanceState::new(&SystemEntropy)))
+            .clone()
+    })
 }
 
 pub(crate) fn settings(env: &Env) -> Rc<Settings> {
@@ -102,7 +116,10 @@ fn start() {
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
-    let host = Worker { env: &env };
+    let host = Worker {
+        env: &env,
+        state: isolate_state(),
+    };
     let facts = edge_facts(&req);
     let answer = match to_http(req) {
         Ok(request) => pipeline::handle(&host, request, facts).await,
@@ -179,10 +196,13 @@ fn edge_facts(req: &Request) -> EdgeFacts {
             .and_then(|v| v.as_string())
             .filter(|s| !s.is_empty())
     };
+    // Cloudflare sets it from the connection, replacing any a client sent.
+    let client = req.headers().get("cf-connecting-ip").ok().flatten();
     EdgeFacts {
         colo: field("colo"),
         country: field("country"),
         region: field("region"),
+        client,
     }
 }
 
@@ -202,6 +222,7 @@ fn to_worker_response(answer: Answer) -> worker::Result<Response> {
 /// The pipeline's host on Workers.
 struct Worker<'a> {
     env: &'a Env,
+    state: Rc<InstanceState>,
 }
 
 impl Worker<'_> {
@@ -233,6 +254,10 @@ impl crate::ports::Timer for Worker<'_> {
 impl Host for Worker<'_> {
     fn platform(&self) -> &'static str {
         PLATFORM
+    }
+
+    fn state(&self) -> &InstanceState {
+        &self.state
     }
 
     /// None: the runtime delivers an early answer to a client that is still sending.

@@ -186,27 +186,34 @@ fn high_s_signatures_are_accepted() {
     assert_eq!(judge(&high_token, Some(&record)).unwrap().as_str(), "dev-1");
 }
 
-/// At the bound, expired tokens' entries go first; with none expired, all of them.
+/// The most recently used checks are kept, one forgotten at a time past the bound (at 557087d
+/// the whole set was cleared when none had expired); an expired token's check is not trusted.
 #[test]
 fn verified_signatures_are_bounded() {
     let digest = |i: usize| {
         let mut d = [0u8; 32];
         d[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        d[31] = 7;
         d
     };
-    let mut seen = VerifiedSignatures::default();
+    let mut seen = VerifiedSignatures::new(crate::application::recent::tests::fingerprints());
     assert!(seen.is_empty());
     for i in 0..VerifiedSignatures::MAX_ENTRIES {
-        seen.insert(digest(i), NOW - 2 * LEEWAY_S, NOW);
+        seen.insert(digest(i), NOW + 60);
     }
-    assert!(seen.contains(&digest(0)));
-    seen.insert(digest(usize::MAX), NOW + 60, NOW);
-    assert_eq!(seen.len(), 1, "the expired ones went");
-    assert!(seen.contains(&digest(usize::MAX)));
-    for i in 1..VerifiedSignatures::MAX_ENTRIES {
-        seen.insert(digest(i), NOW + 60, NOW);
-    }
+    assert!(seen.contains(&digest(0), NOW)); // digest(1) is now the oldest
+    seen.insert(digest(usize::MAX), NOW + 60);
     assert_eq!(seen.len(), VerifiedSignatures::MAX_ENTRIES);
-    seen.insert(digest(0), NOW + 60, NOW);
-    assert_eq!(seen.len(), 1, "none expired: all went");
+    assert!(seen.contains(&digest(usize::MAX), NOW));
+    assert!(seen.contains(&digest(0), NOW));
+    assert!(
+        !seen.contains(&digest(1), NOW),
+        "the least recently used went"
+    );
+    // Past its expiry (and the leeway) a check is not trusted; nor is a digest that only shares
+    // the first 8 bytes.
+    assert!(!seen.contains(&digest(0), NOW + 61 + LEEWAY_S));
+    let mut near = digest(5);
+    near[31] = 8;
+    assert!(!seen.contains(&near, NOW));
 }

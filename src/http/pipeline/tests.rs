@@ -11,9 +11,11 @@ use crate::application::admission::{self, AdmissionPorts, Admitted, Section};
 use crate::application::delivery::outbox::{
     append_reserved, BacklogFull, MemoryStore, Outbox, Reservation, Wakeups,
 };
+use crate::application::rate_limit::MemoryBuckets;
+use crate::application::recent::tests::fingerprints;
 use crate::http::auth::{sign, MasterSecret, SignedParts};
 use crate::http::deployment::ApiDocument;
-use crate::http::rate_limit::MemoryBuckets;
+use crate::http::instance_state::InstanceState;
 use crate::http::routes::{self, Accepted, AdminQuery};
 use crate::ports::testing::run;
 use crate::ports::StoreError;
@@ -31,7 +33,8 @@ struct FakeHost {
     accepted: RefCell<Vec<String>>,
     outbox: RefCell<Outbox<u64>>,
     store: MemoryStore,
-    buckets: RefCell<Option<MemoryBuckets>>,
+    buckets: Option<RefCell<MemoryBuckets>>,
+    state: InstanceState,
     /// The registry in the host's key-value store: `device/<id>` to its record's text.
     records: RefCell<std::collections::HashMap<String, String>>,
     record_reads: Cell<u32>,
@@ -51,22 +54,14 @@ impl AdmissionPorts for FakeHost {
         self.outbox.borrow_mut().release(room);
     }
     async fn charge(&self, costs: &[(&str, u32)], now: u64) -> Result<Result<(), u32>, StoreError> {
-        let limit = self
-            .settings
-            .config
-            .as_ref()
-            .ok()
-            .and_then(|c| c.rate_limit);
-        Ok(match limit {
-            Some(limit) => {
-                MemoryBuckets::admit_in(&mut self.buckets.borrow_mut(), limit, costs, now)
-            }
+        Ok(match &self.buckets {
+            Some(buckets) => buckets.borrow_mut().admit(costs, now),
             None => Ok(()),
         })
     }
     async fn refund(&self, costs: &[(&str, u32)], _now: u64) {
-        if let Some(b) = self.buckets.borrow_mut().as_mut() {
-            b.refund(costs);
+        if let Some(b) = &self.buckets {
+            b.borrow_mut().refund(costs);
         }
     }
     async fn append(
@@ -118,7 +113,13 @@ impl FakeHost {
             deployment: deployment.clone(),
             accepted: RefCell::new(Vec::new()),
             store: MemoryStore::default(),
-            buckets: RefCell::new(None),
+            buckets: settings
+                .config
+                .as_ref()
+                .ok()
+                .and_then(|c| c.rate_limit)
+                .map(|l| RefCell::new(MemoryBuckets::new(l, 1_000, fingerprints()))),
+            state: InstanceState::new(&crate::application::recent::tests::Counting),
             records: RefCell::default(),
             record_reads: Cell::new(0),
             registry_down: Cell::new(false),
@@ -142,6 +143,9 @@ impl crate::ports::Timer for FakeHost {
 impl Host for FakeHost {
     fn platform(&self) -> &'static str {
         self.platform
+    }
+    fn state(&self) -> &InstanceState {
+        &self.state
     }
     fn drain_limit(&self) -> usize {
         self.drain_limit
@@ -605,6 +609,7 @@ fn edge_facts_and_timing_reach_the_answer() {
         colo: Some("DFW".into()),
         country: Some("US".into()),
         region: None,
+        client: None,
     };
     let a = run(handle(&host, req, facts));
     let v: serde_json::Value = serde_json::from_str(a.body()).unwrap();
@@ -695,6 +700,81 @@ mod registry {
         later(&hosts, 60_000);
         for h in &hosts {
             assert_eq!(get(h, "reg-1", &token("reg-1")).status(), 200);
+        }
+    }
+
+    fn get_from(h: &FakeHost, client: Option<&str>, device: &str, auth: &str) -> Answer {
+        let target = format!("/v1/readings?device_id={device}&temp=20");
+        let facts = EdgeFacts {
+            client: client.map(str::to_owned),
+            ..EdgeFacts::default()
+        };
+        run(handle(
+            h,
+            request("GET", &target, &[("authorization", auth)], body(b"")),
+            facts,
+        ))
+    }
+
+    /// At 557087d `optional` mode admitted a device whose record could not be read with
+    /// nothing cached, or did not parse: a disabled device got in on a fresh isolate whenever
+    /// the store failed. Now either is a 503, in both modes, and nothing is accepted.
+    #[test]
+    fn optional_mode_refuses_a_device_it_cannot_look_up() {
+        let hosts = FakeHost::all(&[("REGISTRY_MODE", "optional")]);
+        put(&hosts, "opt-bad", r#"{"status":"stolen-at-site-7"}"#);
+        for h in &hosts {
+            h.registry_down.set(true);
+            let a = get(h, "opt-1", &token("opt-1"));
+            assert_eq!(a.status(), 503, "{}", a.body());
+            assert_eq!(
+                problem_type(&a),
+                "urn:edge-enrich:problem:registry-unavailable"
+            );
+            assert!(answer::header(&a, "retry-after").is_some());
+            h.registry_down.set(false);
+            let a = get(h, "opt-bad", &token("opt-bad"));
+            assert_eq!(a.status(), 503, "{}", a.body());
+            assert!(!a.body().contains("stolen"), "the record is not quoted");
+            assert!(h.accepted.borrow().is_empty());
+            // A device without a record is still admitted, untagged.
+            assert_eq!(get(h, "opt-none", &token("opt-none")).status(), 200);
+        }
+    }
+
+    /// At 557087d junk tokens bought a registry read each, for any made-up id, without limit,
+    /// and each cached answer pushed real devices out. Now a sender's failures are budgeted:
+    /// past the burst it is answered 429 before the registry is read, and what its failed
+    /// requests read is never cached.
+    #[test]
+    fn a_sender_out_of_failures_is_refused_before_the_registry_is_read() {
+        use crate::http::sender_budget::FAILURES_BURST;
+        let hosts = FakeHost::all(&[("REGISTRY_MODE", "optional")]);
+        let junk = format!("Bearer {}", "0".repeat(64));
+        let attacker = Some("198.51.100.9");
+        for h in &hosts {
+            for i in 0..FAILURES_BURST as u32 {
+                let a = get_from(h, attacker, &format!("made-up-{i}"), &junk);
+                assert_eq!(a.status(), 401, "{}", a.body());
+            }
+            assert_eq!(h.record_reads.get(), FAILURES_BURST as u32);
+            assert_eq!(h.state.registry.borrow().len(), 0, "no junk was cached");
+            let a = get_from(h, attacker, "made-up-next", &junk);
+            assert_eq!(a.status(), 429, "{}", a.body());
+            assert_eq!(
+                problem_type(&a),
+                "urn:edge-enrich:problem:too-many-failures"
+            );
+            assert_eq!(answer::header(&a, "retry-after"), Some("2"));
+            assert_eq!(h.record_reads.get(), FAILURES_BURST as u32, "nothing read");
+            // Another sender, and a device whose credentials hold, are served as ever.
+            let a = get_from(h, Some("198.51.100.10"), "real-1", &token("real-1"));
+            assert_eq!(a.status(), 200, "{}", a.body());
+            assert_eq!(h.state.registry.borrow().len(), 1, "real-1 is cached");
+            // Where the host names no sender there is no budget to spend.
+            for _ in 0..40 {
+                assert_eq!(get_from(h, None, "made-up-x", &junk).status(), 401);
+            }
         }
     }
 
@@ -848,6 +928,34 @@ mod registry {
                 assert_eq!(get(h, "jwt-1", &altered).status(), 401);
                 assert_eq!(get(h, "jwt-1", &altered).status(), 401);
                 assert_eq!(h.signatures_checked.get(), checked_before + 2);
+                // At 557087d an unknown kid, or a device without a record, was refused without
+                // a check while a known kid with a bad signature cost one (~4 ms in wasm): the
+                // time told which kids and devices were registered. Now each costs one check
+                // and all three answer alike.
+                let claims = |sub: &str| {
+                    serde_json::json!({"sub": sub, "aud": "https://edge.test", "iat": now, "exp": now + 600})
+                        .to_string()
+                };
+                let other_kid = format!(
+                    "Bearer {}",
+                    crate::http::jwt::sign(&D, "k9", &claims("jwt-1")).unwrap()
+                );
+                let unknown = format!(
+                    "Bearer {}",
+                    crate::http::jwt::sign(&D, "k1", &claims("jwt-nobody")).unwrap()
+                );
+                let known_bad = get(h, "jwt-1", &altered);
+                for (auth, device) in [(&other_kid, "jwt-1"), (&unknown, "jwt-nobody")] {
+                    let checked = h.signatures_checked.get();
+                    let a = get(h, device, auth);
+                    assert_eq!(h.signatures_checked.get(), checked + 1, "{device}");
+                    assert_eq!(a.status(), 401);
+                    let detail = |a: &Answer| {
+                        serde_json::from_str::<serde_json::Value>(a.body()).unwrap()["detail"]
+                            .clone()
+                    };
+                    assert_eq!(detail(&a), detail(&known_bad));
+                }
                 let before = h.accepted.borrow().len();
                 for (bad, why) in [
                     (jwt("jwt-1", "https://other", now, now + 600), "wrong aud"),

@@ -796,24 +796,26 @@ fn a_writer_dropped_mid_statement_hands_the_group_on() {
 }
 
 /// 2 readings a second, 10 at once.
-const LIMIT: crate::http::rate_limit::RateLimit = crate::http::rate_limit::RateLimit {
-    per_s: 2.0,
-    burst: 10.0,
-};
+const LIMIT: crate::application::rate_limit::RateLimit =
+    crate::application::rate_limit::RateLimit {
+        per_s: 2.0,
+        burst: 10.0,
+    };
 
 impl App {
     /// A request of one reading per entry of `devices`, received now, that takes its tokens in
     /// its append.
     fn charged(&self, devices: &[&str]) -> Request {
-        let costs: Vec<(String, u32)> = crate::http::rate_limit::costs(devices.iter().copied())
-            .into_iter()
-            .map(|(d, n)| (d.to_owned(), n))
-            .collect();
+        let costs: Vec<(String, u32)> =
+            crate::application::rate_limit::costs(devices.iter().copied())
+                .into_iter()
+                .map(|(d, n)| (d.to_owned(), n))
+                .collect();
         Request {
             received_at_ms: self.clock.now_ms(),
             node: "node-1".into(),
             readings: self.readings(devices.len()),
-            charge: Some(crate::http::rate_limit::sql::charge(&LIMIT, &costs)),
+            charge: Some(crate::application::rate_limit::sql::charge(&LIMIT, &costs)),
         }
     }
 
@@ -849,7 +851,7 @@ fn the_append_takes_the_rate_limit_in_its_own_statement() {
     assert_eq!(app.tokens("d"), Some(0.0));
     // It says when it would fit: 3 readings at 2 a second, 2 s.
     let costs = [("d".to_owned(), 3)];
-    let wait = run(crate::http::rate_limit::sql::retry_after(
+    let wait = run(crate::application::rate_limit::sql::retry_after(
         &a.store.db,
         &LIMIT,
         &costs,

@@ -1,11 +1,10 @@
 //! Per-device token buckets: each device may send `per_s` readings a second on average and up
 //! to `burst` at once. A request costs one token per reading of each device it carries and is
 //! admitted or refused whole. Hosts decide where the buckets live (a Durable Object's memory,
-//! Spin's SQLite database, an instance's memory); the arithmetic is here.
+//! Spin's SQLite database, an instance's memory); the arithmetic is here, and what a refusal
+//! looks like on the wire is `http::problem`'s.
 
-use std::collections::HashMap;
-
-use crate::http::problem::{Problem, ProblemType};
+use crate::application::recent::{Fingerprints, Recent};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {
@@ -32,7 +31,7 @@ impl Bucket {
 
     /// Tokens earned since the last update, capped at the burst. A clock that went back
     /// earns nothing rather than panicking or going negative.
-    fn refilled(self, limit: &RateLimit, now_ms: u64) -> Self {
+    pub fn refilled(self, limit: &RateLimit, now_ms: u64) -> Self {
         let earned = now_ms.saturating_sub(self.updated_ms) as f64 / 1000.0 * limit.per_s;
         Self {
             tokens: (self.tokens + earned).min(limit.burst),
@@ -79,21 +78,9 @@ pub fn admit(
     Ok(())
 }
 
-pub fn limited(retry_after_s: u32, limit: &RateLimit) -> Problem {
-    Problem::new(
-        ProblemType::RateLimited,
-        format!(
-            "a device may send {} readings per second (bursts of {}); nothing was accepted",
-            decimal(limit.per_s),
-            decimal(limit.burst)
-        ),
-    )
-    .with_retry_after(retry_after_s)
-}
-
 /// A number as text through serde_json's shortest round-trip formatting (ryu), not `f64`'s
 /// `Display`, whose formatting tables would add some 30 KB to the Worker for two messages.
-pub(crate) fn decimal(x: f64) -> String {
+pub fn decimal(x: f64) -> String {
     if x.fract() == 0.0 && x.abs() < 1e15 {
         (x as i64).to_string()
     } else {
@@ -101,63 +88,68 @@ pub(crate) fn decimal(x: f64) -> String {
     }
 }
 
-/// Devices whose buckets a host keeps in memory; beyond this, only buckets still refilling are
-/// kept, and a new device is admitted untracked (the limit errs towards admitting).
-pub const MAX_TRACKED_DEVICES: usize = 100_000;
+/// Devices whose buckets one batcher or instance keeps: the 250,000 most recently charged. A
+/// bucket older than a full refill (`burst / per_s`, 100 s by default) is full again and the same
+/// as none, so forgetting it changes nothing; one forgotten before (more than this many devices
+/// charged within one refill period) starts full again, and is counted.
+pub const MAX_TRACKED_DEVICES: usize = 250_000;
 
-/// Buckets in memory, for hosts that keep them there. Bounded: past `max_devices` the
-/// buckets that have refilled completely (indistinguishable from new ones) are dropped.
+/// What a [`MemoryBuckets`] holds and has forgotten, for `/admin/stats`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct BucketStats {
+    pub tracked: usize,
+    pub capacity: usize,
+    /// Buckets forgotten to make room while not yet full again: those devices' limits restarted.
+    pub forgotten_unrefilled: u64,
+}
+
+/// Buckets in memory, for hosts that keep them there (a Durable Object, an instance): the most
+/// recently charged devices' buckets (see [`crate::application::recent`]), O(1) per device
+/// charged, bounded by the capacity.
 #[derive(Debug)]
 pub struct MemoryBuckets {
     limit: RateLimit,
-    max_devices: usize,
-    buckets: HashMap<String, Bucket>,
+    buckets: Recent<Bucket>,
+    forgotten_unrefilled: u64,
 }
 
 impl MemoryBuckets {
-    pub fn new(limit: RateLimit, max_devices: usize) -> Self {
+    pub fn new(limit: RateLimit, capacity: usize, fingerprints: Fingerprints) -> Self {
         Self {
             limit,
-            max_devices,
-            buckets: HashMap::new(),
+            buckets: Recent::new(capacity, fingerprints),
+            forgotten_unrefilled: 0,
         }
     }
 
-    /// Admits against the buckets a host keeps in `slot`: made on first use (with
-    /// [`MAX_TRACKED_DEVICES`]), and afresh if the configured limit changed.
-    pub fn admit_in(
-        slot: &mut Option<Self>,
-        limit: RateLimit,
-        costs: &[(&str, u32)],
-        now_ms: u64,
-    ) -> Result<(), u32> {
-        let buckets = match slot {
-            Some(b) if b.limit == limit => b,
-            _ => slot.insert(Self::new(limit, MAX_TRACKED_DEVICES)),
-        };
-        buckets.admit(costs, now_ms)
+    pub fn limit(&self) -> &RateLimit {
+        &self.limit
     }
 
+    /// Takes each device's readings from its bucket, all or none: `Err(seconds)` until the
+    /// request would fit.
     pub fn admit(&mut self, costs: &[(&str, u32)], now_ms: u64) -> Result<(), u32> {
         let limit = self.limit;
-        let mut current: Vec<Bucket> = costs
+        let keys: Vec<u64> = costs
             .iter()
-            .map(|(d, _)| {
+            .map(|(d, _)| self.buckets.fingerprint(d))
+            .collect();
+        let mut current: Vec<Bucket> = keys
+            .iter()
+            .map(|k| {
                 self.buckets
-                    .get(*d)
-                    .copied()
+                    .get_mut_by(*k)
+                    .map(|b| *b)
                     .unwrap_or_else(|| Bucket::full(&limit, now_ms))
             })
             .collect();
         let amounts: Vec<u32> = costs.iter().map(|(_, n)| *n).collect();
         admit(&limit, &mut current, &amounts, now_ms)?;
-        if self.buckets.len() + costs.len() > self.max_devices {
-            self.buckets
-                .retain(|_, b| b.refilled(&limit, now_ms).tokens < limit.burst);
-        }
-        for ((device, _), bucket) in costs.iter().zip(current) {
-            if self.buckets.len() < self.max_devices || self.buckets.contains_key(*device) {
-                self.buckets.insert((*device).to_owned(), bucket);
+        for (key, bucket) in keys.into_iter().zip(current) {
+            if let Some(forgotten) = self.buckets.insert_by(key, bucket) {
+                if forgotten.refilled(&limit, now_ms).tokens < limit.burst {
+                    self.forgotten_unrefilled += 1;
+                }
             }
         }
         Ok(())
@@ -167,10 +159,23 @@ impl MemoryBuckets {
     pub fn refund(&mut self, costs: &[(&str, u32)]) {
         let burst = self.limit.burst;
         for (device, n) in costs {
-            if let Some(b) = self.buckets.get_mut(*device) {
+            if let Some(b) = self.buckets.get_mut(device) {
                 b.tokens = (b.tokens + f64::from(*n)).min(burst);
             }
         }
+    }
+
+    pub fn stats(&self) -> BucketStats {
+        BucketStats {
+            tracked: self.buckets.len(),
+            capacity: self.buckets.capacity(),
+            forgotten_unrefilled: self.forgotten_unrefilled,
+        }
+    }
+
+    /// Bytes of memory one tracked device takes (the map's entry and its bucket).
+    pub fn bytes_per_device() -> usize {
+        Recent::<Bucket>::bytes_per_entry()
     }
 }
 
@@ -279,6 +284,7 @@ pub mod sql {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::application::recent::tests::fingerprints;
 
     const LIMIT: RateLimit = RateLimit {
         per_s: 2.0,
@@ -287,7 +293,7 @@ mod tests {
 
     #[test]
     fn burst_then_rate() {
-        let mut m = MemoryBuckets::new(LIMIT, 100);
+        let mut m = MemoryBuckets::new(LIMIT, 100, fingerprints());
         assert!(m.admit(&[("a", 10)], 0).is_ok());
         assert_eq!(m.admit(&[("a", 1)], 0), Err(1));
         assert_eq!(m.admit(&[("a", 4)], 0), Err(2));
@@ -303,7 +309,7 @@ mod tests {
 
     #[test]
     fn a_request_is_admitted_whole_or_not_at_all() {
-        let mut m = MemoryBuckets::new(LIMIT, 100);
+        let mut m = MemoryBuckets::new(LIMIT, 100, fingerprints());
         assert!(m.admit(&[("a", 9)], 0).is_ok());
         assert!(m.admit(&[("b", 5), ("a", 5)], 0).is_err());
         // b was not charged for the refused request.
@@ -320,11 +326,34 @@ mod tests {
 
     #[test]
     fn clock_going_back_is_harmless_and_memory_is_bounded() {
-        let mut m = MemoryBuckets::new(LIMIT, 2);
+        let mut m = MemoryBuckets::new(LIMIT, 2, fingerprints());
         assert!(m.admit(&[("a", 10)], 10_000).is_ok());
         assert!(m.admit(&[("a", 1)], 0).is_err());
         assert!(m.admit(&[("b", 1)], 0).is_ok());
         assert!(m.admit(&[("c", 1)], 0).is_ok());
-        assert!(m.buckets.len() <= 2);
+        assert_eq!(m.stats().tracked, 2);
+    }
+
+    /// At 557087d a device that arrived once the map was full of buckets still refilling was
+    /// admitted untracked, that is without any limit. Now every charged device is tracked; the
+    /// least recently charged is forgotten instead, and counted when its bucket was not full.
+    #[test]
+    fn a_device_past_the_capacity_is_still_limited() {
+        let mut m = MemoryBuckets::new(LIMIT, 2, fingerprints());
+        assert!(m.admit(&[("a", 10)], 0).is_ok());
+        assert!(m.admit(&[("b", 10)], 0).is_ok());
+        assert!(m.admit(&[("c", 10)], 0).is_ok());
+        assert_eq!(m.admit(&[("c", 1)], 0), Err(1), "c is limited");
+        assert_eq!(
+            m.stats(),
+            BucketStats {
+                tracked: 2,
+                capacity: 2,
+                forgotten_unrefilled: 1
+            }
+        );
+        // A bucket that is full again is forgotten without a count: it was the same as none.
+        assert!(m.admit(&[("d", 1)], 60_000).is_ok());
+        assert_eq!(m.stats().forgotten_unrefilled, 1);
     }
 }
