@@ -27,6 +27,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
+    pub dead_letter_after_s: u64,
     pub edge_node: Option<String>,
     pub batcher_shards: u32,
     pub admin_token: Option<AdminToken>,
@@ -211,6 +212,13 @@ pub const RETRY_MAX_MS: IntSetting = IntSetting {
     max: 3_600_000,
     meaning: "longest step of the backoff",
 };
+pub const DEAD_LETTER_AFTER_S: IntSetting = IntSetting {
+    name: "DEAD_LETTER_AFTER_S",
+    default: 300,
+    min: 0,
+    max: 86_400,
+    meaning: "how long a reading the collector keeps failing (5xx, 408, 429...) while it takes other batches is retried alone before it becomes a dead letter (0: for ever)",
+};
 pub const RATE_LIMIT_BURST: IntSetting = IntSetting {
     name: "RATE_LIMIT_BURST",
     default: 500,
@@ -277,6 +285,7 @@ pub const KEYS: &[Key] = &[
     MAX_BODY_BYTES.key(),
     RETRY_BASE_MS.key(),
     RETRY_MAX_MS.key(),
+    DEAD_LETTER_AFTER_S.key(),
     text(
         "EDGE_NODE",
         "(derived from the colo)",
@@ -397,6 +406,7 @@ impl Config {
         let max_body_bytes = number(&MAX_BODY_BYTES) as usize;
         let retry_base_ms = number(&RETRY_BASE_MS);
         let retry_max_ms = number(&RETRY_MAX_MS);
+        let dead_letter_after_s = number(&DEAD_LETTER_AFTER_S);
         let batcher_shards = number(&BATCHER_SHARDS) as u32;
         let profiles_ttl_s = number(&PROFILES_TTL_S);
         let registry_ttl_s = number(&REGISTRY_TTL_S);
@@ -646,6 +656,7 @@ impl Config {
             max_body_bytes,
             retry_base_ms,
             retry_max_ms,
+            dead_letter_after_s,
             edge_node,
             batcher_shards,
             admin_token,
@@ -779,6 +790,7 @@ impl Config {
             max_backlog: self.max_backlog,
             backlog_retry_after_s: self.backlog_retry_after_s(),
             wakeups,
+            give_up_ms: self.dead_letter_after_s * 1000,
         }
     }
 

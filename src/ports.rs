@@ -204,28 +204,76 @@ pub struct DeadLetter {
     pub body: String,
 }
 
+/// A reading the collector keeps failing with a retryable answer while it takes other batches
+/// (`delivery::outbox`): retried alone, on its own backoff, until given up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IsolatedReading<K> {
+    /// The batch it is sent as (alone).
+    pub batch_id: String,
+    /// The segment it belongs to, and its place there.
+    pub key: K,
+    pub index: usize,
+    pub received_at_ms: u64,
+    pub node: String,
+    pub reading: StoredReading,
+    /// When it was first isolated, its failures so far and the last, and when it is due again.
+    pub since_ms: u64,
+    pub failures: u32,
+    pub last_failed_ms: u64,
+    pub retry_at_ms: u64,
+}
+
+/// What a delivery round settled of one segment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trim<K> {
+    pub key: K,
+    /// The first `settled` of `readings` (all the segment held when appended or restored) are
+    /// settled.
+    pub settled: usize,
+    pub node: std::rc::Rc<str>,
+    pub readings: Vec<StoredReading>,
+    /// For a store that [`trims_rows`](OutboxStore::trims_rows): the readings (by index)
+    /// settled since it was last told, whether or not they are a prefix.
+    pub rows: Vec<usize>,
+    /// Every reading of the segment is settled: it leaves the engine.
+    pub whole: bool,
+}
+
 /// Where the outbox settles what it holds: trims delivered readings and keeps dead letters. A
 /// Durable Object's SQLite (a row per segment), the shared SQLite outbox of a Spin app (a row
 /// per reading, claimed in batches: `delivery::shared_outbox`), or nowhere (memory only).
 pub trait OutboxStore {
     type Key: Clone + PartialEq + fmt::Debug;
 
-    /// The first `settled` of the segment's `readings` (all it held when appended or restored)
-    /// are delivered or dead-lettered: the store keeps the rest, or removes the segment when
-    /// `settled == readings.len()`.
-    async fn trim(
-        &self,
-        key: &Self::Key,
-        settled: usize,
-        node: &str,
-        readings: &[StoredReading],
-    ) -> Result<(), StoreError>;
+    /// Some of a segment's readings are delivered or dead-lettered (see [`Trim`]): the store
+    /// keeps the rest, or removes the segment when all are.
+    async fn trim(&self, trim: &Trim<Self::Key>) -> Result<(), StoreError>;
+
+    /// Whether the store keeps a record per reading (the shared SQLite outbox) rather than per
+    /// segment: it is then told each round which readings were settled ([`Trim::rows`]), not
+    /// only once a segment's settled prefix has grown by a batch.
+    fn trims_rows(&self) -> bool {
+        false
+    }
 
     /// Keeps a batch the collector refused for good; called before its readings are trimmed.
     /// The store keeps at most `policy::DEAD_LETTERS_KEPT` letters, none older than
     /// `policy::DEAD_LETTER_MAX_AGE_MS` before `letter.failed_at_ms`, and returns how many
     /// older ones it dropped to stay within those bounds.
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<u64, StoreError>;
+
+    /// Whether this store keeps isolated readings apart ([`isolate`](Self::isolate)) rather than
+    /// leaving them in the engine's memory: a store whose readings are claimed from a shared
+    /// table, where one held for minutes would hold its claim (and the backlog) with it.
+    fn keeps_isolated(&self) -> bool {
+        false
+    }
+
+    /// Keeps an isolated reading apart until it is due again (called only when
+    /// [`keeps_isolated`](Self::keeps_isolated)); the engine then counts it as settled.
+    async fn isolate(&self, _reading: &IsolatedReading<Self::Key>) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// A delivery round's trims are done; `idle`: nothing is held any more. A store that records
     /// what is settled now and then rather than per segment (see `delivery::slots`) may write it

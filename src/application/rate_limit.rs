@@ -179,33 +179,33 @@ impl MemoryBuckets {
     }
 }
 
-/// Buckets in a SQLite database shared by every instance of an app (Spin's `spin:sqlite`, table
-/// `rate_buckets`): the append takes a request's tokens in its own statement, atomically
-/// across every connection and process on the file (`shared_outbox::sql::CHARGE`: the
-/// arithmetic of `Bucket::refilled` and `admit`, in SQL); here is what is read and cleaned up
-/// beside it.
 pub mod sql {
-
-    /// A refused device's bucket (`tokens`, `updated_ms`), to say when it would fit.
-    pub const BUCKET: &str = "SELECT tokens, updated_ms FROM rate_buckets WHERE device = ?1";
-
-    /// Buckets not touched since `?1` are full again, the same as no bucket: forgotten, so the
-    /// table holds the devices of the last refill period, not every device ever seen.
-    pub const FORGET_FULL: &str = "DELETE FROM rate_buckets WHERE updated_ms < ?1";
-
-    /// How long a bucket takes to refill completely: after that, `FORGET_FULL` may drop it.
-    pub fn full_after_ms(limit: &super::RateLimit) -> u64 {
-        (limit.burst / limit.per_s * 1000.0).ceil() as u64
-    }
-
-    use std::cell::Cell;
+    //! Buckets in a SQLite database shared by every instance of an app (Spin's `spin:sqlite`,
+    //! table `rate_buckets`): the append takes a request's tokens in its own statement,
+    //! atomically across every connection and process on the file
+    //! (`shared_outbox::sql::CHARGE`: the arithmetic of `Bucket::refilled` and `admit`, in
+    //! SQL); here is what is read and cleaned up beside it.
 
     use super::{Bucket, RateLimit};
     use crate::application::delivery::shared_outbox::Charge;
     use crate::ports::{Sql, SqlValue, StoreError};
 
-    /// How often an instance forgets the buckets that are full again.
-    const FORGET_EVERY_MS: u64 = 300_000;
+    /// A refused device's bucket (`tokens`, `updated_ms`), to say when it would fit.
+    pub const BUCKET: &str = "SELECT tokens, updated_ms FROM rate_buckets WHERE device = ?1";
+
+    /// ?1 a time, ?2 how many: buckets not charged since ?1 are full again, the same as no
+    /// bucket, and up to ?2 of them go, oldest first, found through `rate_buckets_updated` (no
+    /// scan of the table). So the table holds the devices of about the last refill period.
+    pub const FORGET_FULL: &str = "DELETE FROM rate_buckets WHERE device IN \
+         (SELECT device FROM rate_buckets WHERE updated_ms < ?1 ORDER BY updated_ms LIMIT ?2) \
+         RETURNING 1";
+    /// Buckets one `FORGET_FULL` may delete: a short statement, whatever the fleet.
+    pub const FORGET_BATCH: usize = 500;
+
+    /// How long a bucket takes to refill completely: after that, `FORGET_FULL` may drop it.
+    pub fn full_after_ms(limit: &RateLimit) -> u64 {
+        (limit.burst / limit.per_s * 1000.0).ceil() as u64
+    }
 
     /// What a request's readings cost (its section's readings per device), for its append to
     /// take.
@@ -244,40 +244,6 @@ pub mod sql {
             }
         }
         Ok(wait)
-    }
-
-    /// One instance's cleaning of the shared buckets.
-    #[derive(Debug, Default)]
-    pub struct Forgetting {
-        forgotten_at: Cell<u64>,
-    }
-
-    impl Forgetting {
-        pub const fn new() -> Self {
-            Self {
-                forgotten_at: Cell::new(0),
-            }
-        }
-
-        /// Every `FORGET_EVERY_MS` an instance drops the buckets that are full again, so the
-        /// table holds the devices of the last refill period. An instance's first request
-        /// only starts the clock: most instances serve a few requests and go, and the request
-        /// path stays one statement. A failure only leaves them for next time.
-        pub async fn tick<D: Sql>(&self, db: &D, limit: &RateLimit, now_ms: u64) {
-            let last = self.forgotten_at.get();
-            if last == 0 {
-                self.forgotten_at.set(now_ms);
-                return;
-            }
-            if now_ms.saturating_sub(last) < FORGET_EVERY_MS {
-                return;
-            }
-            self.forgotten_at.set(now_ms);
-            let before = now_ms.saturating_sub(full_after_ms(limit));
-            let _ = db
-                .execute(FORGET_FULL, vec![SqlValue::Integer(before as i64)])
-                .await;
-        }
     }
 }
 

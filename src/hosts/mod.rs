@@ -14,3 +14,8 @@ pub mod spin;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 #[path = "workers/wire.rs"]
 mod workers_wire;
+
+// Likewise the Spin key-value gate.
+#[cfg(all(test, not(target_arch = "wasm32")))]
+#[path = "spin/kv_gate.rs"]
+mod spin_kv_gate;

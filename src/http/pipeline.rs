@@ -83,7 +83,10 @@ pub trait Host: Clock + Timer + Log {
     async fn verify_es256(&self, check: &Es256Check<'_>) -> bool;
     /// An admin query's answer, as JSON text.
     async fn admin(&self, edge: &EdgeInfo, query: AdminQuery) -> Result<String, Problem>;
-    /// Work after the answer is decided (Spin: keep its recovery going). Nothing by default.
+    /// Work after the answer to a request whose credentials held (or that needed none: a
+    /// deployment with authentication off) is decided (Spin: keep its recovery going). Never
+    /// for a request an unauthenticated sender could send (a 401, a 404), which must buy
+    /// nothing. Nothing by default.
     async fn after(&self) {}
 }
 
@@ -131,6 +134,7 @@ pub async fn handle<H: Host, B: BodyStream>(
         edge: &edge,
         now,
         request_id: &request_id,
+        authenticated: std::cell::Cell::new(false),
     };
     let outcome = serve(host, &settings, &request, &mut body).await;
     let answer = match outcome {
@@ -142,7 +146,9 @@ pub async fn handle<H: Host, B: BodyStream>(
             answer::problem(&refusal.problem, &request_id)
         }
     };
-    host.after().await;
+    if request.authenticated.get() {
+        host.after().await;
+    }
     finish(
         answer,
         &settings,
@@ -215,6 +221,8 @@ struct Incoming<'a> {
     edge: &'a EdgeInfo,
     now: u64,
     request_id: &'a str,
+    /// The request's credentials held (a device's, or the admin token).
+    authenticated: std::cell::Cell<bool>,
 }
 
 async fn serve<H: Host, B: BodyStream>(
@@ -231,6 +239,7 @@ async fn serve<H: Host, B: BodyStream>(
             Ok(routes::health(settings, request.edge, stored.as_deref()))
         }
         Plan::Admin(query) => {
+            request.authenticated.set(true);
             let json = host.admin(request.edge, query).await?;
             Ok(answer::json(200, json))
         }
@@ -266,6 +275,7 @@ async fn serve<H: Host, B: BodyStream>(
                     state.senders.borrow_mut().charge(sender, now);
                 }
             } else if held {
+                request.authenticated.set(true);
                 // Records read for credentials that held are kept; made-up ids behind junk
                 // credentials never push real devices out of the cache.
                 let mut cache = state.registry.borrow_mut();

@@ -8,11 +8,18 @@
 //! through the [`Collector`] port, up to [`SENDS_IN_FLIGHT`] at once. Each answer settles its
 //! batch:
 //! - delivered: its readings are settled;
-//! - retryable (no answer, timeout, 408, 429, 5xx): the batch keeps its id and is sent again
-//!   after a capped exponential backoff with jitter; nothing else goes out meanwhile, and new
-//!   traffic does not cut the backoff short;
-//! - a configuration fault (401, 403, 404, any other status): retried the same way, counted
-//!   and logged as an error; never dead-lettered;
+//! - retryable (no answer, timeout, 408, 429, 5xx), or a configuration fault (401, 403, 404, any
+//!   other status; counted and logged as an error):
+//!   - while the collector takes other batches (one was delivered in the same round, or since
+//!     this batch last failed), the batch is **isolated**: split in halves sent again at once,
+//!     until the failing readings are alone; a lone one is retried on its own backoff, never
+//!     holding the rest back, and once it has been failing that way for `DEAD_LETTER_AFTER_S`
+//!     with the collector still answering, it becomes a dead letter;
+//!   - otherwise the collector looks down: the whole outbox backs off (capped exponential, with
+//!     jitter; new traffic does not cut it short), then **probes** with one batch at a time: the
+//!     oldest, and if it fails another (a different batch, or a new one), so that a batch the
+//!     collector chokes on cannot pass for an outage; two failed probes back off again, and one
+//!     delivered ends the outage;
 //! - refused for what it holds (400, 413, 422, or a reading that cannot be encoded): split in
 //!   halves sent again at once, until the refused readings are alone; a lone refused reading
 //!   becomes a dead letter in the store, and is settled. Dead letters are bounded by the store.
@@ -46,8 +53,8 @@ use crate::application::delivery::sink::{encode_batch, encode_json_batch, SinkFo
 use crate::domain::enrich::StoredReading;
 use crate::domain::ids;
 use crate::ports::{
-    Clock, Collector, CollectorRequest, DeadLetter, Entropy, Level, Log, OutboxStore, Secret,
-    SegmentAppend, StoreError, StoredSegment, Timer,
+    Clock, Collector, CollectorRequest, DeadLetter, Entropy, IsolatedReading, Level, Log,
+    OutboxStore, Secret, SegmentAppend, StoreError, StoredSegment, Timer, Trim,
 };
 
 /// Batches one round sends at once, so delivery keeps up with a busy colo or instance.
@@ -75,6 +82,9 @@ pub struct OutboxConfig {
     pub max_backlog: usize,
     pub backlog_retry_after_s: u32,
     pub wakeups: Wakeups,
+    /// How long an isolated reading is retried on its own before it becomes a dead letter
+    /// (`DEAD_LETTER_AFTER_S`); 0: for ever.
+    pub give_up_ms: u64,
 }
 
 /// Where batches go and in what shape.
@@ -117,6 +127,12 @@ pub struct OutboxStats {
     pub dead_letters_dropped: u64,
     /// Batches split because the collector refused what they held.
     pub split_batches: u64,
+    /// Batches isolated: failing with a retryable status while the collector took others.
+    pub isolated_batches: u64,
+    /// Isolated readings given up after `DEAD_LETTER_AFTER_S` (among the dead letters).
+    pub given_up_readings: u64,
+    /// Batches sent alone to tell whether the collector is down (after a backoff).
+    pub probes: u64,
     /// Attempts the collector refused as a configuration fault (401, 403, 404...).
     pub config_faults: u64,
     pub recovered_segments: u64,
@@ -134,6 +150,8 @@ pub struct OutboxReport<'a> {
     pub stats: &'a OutboxStats,
     pub pending: usize,
     pub in_flight_batches: usize,
+    /// Readings retried on their own (see `isolated_batches`), held in this outbox.
+    pub isolated_readings: usize,
     pub consecutive_failures: u32,
     pub retry_at_ms: Option<u64>,
 }
@@ -146,8 +164,10 @@ struct Entry<K> {
     cut: usize,
     settled: Vec<bool>,
     settled_count: usize,
-    /// The settled prefix the store has been told of.
+    /// The settled prefix the store has been told of, and (for a store that trims rows) which
+    /// settled readings it has been told of.
     trimmed: usize,
+    told: Vec<bool>,
 }
 
 /// Entries are kept in age order (received time, then arrival), so restored old segments go
@@ -160,6 +180,43 @@ struct Flight {
     parts: Vec<(EntryId, Range<usize>)>,
     readings: usize,
     sending: bool,
+    /// Retryable failures of this batch, or of the batch it was split from.
+    failures: u32,
+    last_failed_ms: Option<u64>,
+    /// Since when the collector has failed this batch (or the one it was split from) while
+    /// taking others: then it goes alone, on its own backoff (see the module comment).
+    isolated: Option<Isolation>,
+    /// A lone isolated reading that failed this round, for a store that keeps such readings
+    /// apart (`isolated_waiting`).
+    to_set_aside: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Isolation {
+    since_ms: u64,
+    /// When a lone isolated reading is due again.
+    retry_at_ms: u64,
+}
+
+impl Flight {
+    fn new(id: String, node: Rc<str>, parts: Vec<(EntryId, Range<usize>)>) -> Self {
+        Self {
+            id,
+            node,
+            readings: parts.iter().map(|(_, r)| r.len()).sum(),
+            parts,
+            sending: false,
+            failures: 0,
+            last_failed_ms: None,
+            isolated: None,
+            to_set_aside: false,
+        }
+    }
+
+    /// Whether the next round may send it: not under way, and if isolated, due.
+    fn is_due(&self, now: u64) -> bool {
+        !self.sending && self.isolated.is_none_or(|i| i.retry_at_ms <= now)
+    }
 }
 
 /// One batch to send now.
@@ -207,15 +264,6 @@ impl Outcome {
     }
 }
 
-/// A store update a round owes: the first `settled` of the segment's `readings` are done.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Trim<K> {
-    pub key: K,
-    pub settled: usize,
-    pub node: Rc<str>,
-    pub readings: Vec<StoredReading>,
-}
-
 /// What the driver should do now.
 #[derive(Debug)]
 pub enum Due {
@@ -244,17 +292,25 @@ pub struct Outbox<K> {
     config: OutboxConfig,
     entries: BTreeMap<EntryId, Entry<K>>,
     next_seq: u64,
-    /// Batches cut and not yet settled, oldest first; at most `SENDS_IN_FLIGHT`.
+    /// Batches cut and not yet settled, oldest first: at most `SENDS_IN_FLIGHT` that are not
+    /// isolated, and the isolated ones.
     flights: VecDeque<Flight>,
     /// Readings not yet in a batch.
     unbatched: usize,
     /// Readings held and not yet settled, and readings reserved by requests still appending.
     held: usize,
     reserved: usize,
-    /// Rounds in a row with a failed attempt, and when sending may resume.
+    /// Backoffs in a row while the collector looks down (0: it does not), and when sending
+    /// may resume.
     failures: u32,
     retry_at: Option<u64>,
+    /// This round: a batch failed with no sign the collector is up; one was delivered.
     round_failed: bool,
+    round_delivered: bool,
+    /// While the collector looks down: the batches probed since the last backoff.
+    probed: Vec<String>,
+    /// When a batch was last delivered: evidence the collector is up.
+    last_delivered_ms: Option<u64>,
     /// Entries whose settled prefix may have grown this round.
     touched: BTreeSet<EntryId>,
     /// Whether the host's delivery driver runs (a flusher task): see `push`.
@@ -276,6 +332,9 @@ impl<K: Clone + PartialEq> Outbox<K> {
             failures: 0,
             retry_at: None,
             round_failed: false,
+            round_delivered: false,
+            probed: Vec::new(),
+            last_delivered_ms: None,
             touched: BTreeSet::new(),
             driver: false,
             arrivals: Arrivals::default(),
@@ -394,6 +453,7 @@ impl<K: Clone + PartialEq> Outbox<K> {
                 key,
                 node,
                 settled: vec![false; n],
+                told: vec![false; n],
                 readings,
                 cut: 0,
                 settled_count: 0,
@@ -442,7 +502,13 @@ impl<K: Clone + PartialEq> Outbox<K> {
         OutboxReport {
             stats: &self.stats,
             pending: self.held,
-            in_flight_batches: self.flights.len(),
+            in_flight_batches: self.batches_in_flight(),
+            isolated_readings: self
+                .flights
+                .iter()
+                .filter(|f| f.isolated.is_some())
+                .map(|f| f.readings)
+                .sum(),
             consecutive_failures: self.failures,
             retry_at_ms: self.retry_at,
         }
@@ -484,10 +550,15 @@ impl<K: Clone + PartialEq> Outbox<K> {
 
     /// When the driver should run next, or None when nothing is held.
     pub fn next_wake(&self, now: u64) -> Option<u64> {
-        let work = if self.flights.iter().any(|f| !f.sending) {
-            Some(now)
-        } else {
-            self.batch_due_at(now)
+        let flights = self
+            .flights
+            .iter()
+            .filter(|f| !f.sending)
+            .map(|f| f.isolated.map_or(now, |i| i.retry_at_ms.max(now)))
+            .min();
+        let work = match (flights, self.batch_due_at(now)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }?;
         Some(self.retry_at.map_or(work, |r| work.max(r)))
     }
@@ -504,24 +575,53 @@ impl<K: Clone + PartialEq> Outbox<K> {
         }
     }
 
-    /// The batches to send now: those waiting for a retry first, under their ids, then new
-    /// ones while a batch is due. `Idle` also records that the driver stops, in the same step
-    /// in which it decides to, so a `push` right after starts a new one.
+    /// Whether the collector looks down (see the module comment): sending is one probe at a
+    /// time.
+    fn probing(&self) -> bool {
+        self.failures > 0
+    }
+
+    /// Batches cut that are not isolated: what `SENDS_IN_FLIGHT` bounds.
+    fn batches_in_flight(&self) -> usize {
+        self.flights.iter().filter(|f| f.isolated.is_none()).count()
+    }
+
+    /// The batches to send now. While the collector looks down, one probe (see the module
+    /// comment); else every batch due (retries under their ids, isolated readings on their
+    /// own backoff), then new ones while a batch is due. `Idle` also records that the driver
+    /// stops, in the same step in which it decides to, so a `push` right after starts a new one.
     pub fn take_due(&mut self, now: u64, entropy: &dyn Entropy) -> Due {
         if let Some(at) = self.retry_at.filter(|at| *at > now) {
             return Due::At(at);
         }
         let mut attempts = Vec::new();
-        for i in 0..self.flights.len() {
-            if !self.flights[i].sending {
-                self.flights[i].sending = true;
-                attempts.push(self.attempt_of(&self.flights[i]));
+        if self.probing() {
+            if let Some(probe) = self.next_probe(now, entropy) {
+                self.stats.probes += 1;
+                self.flights[probe].sending = true;
+                self.probed.push(self.flights[probe].id.clone());
+                attempts.push(self.attempt_of(&self.flights[probe]));
+                return Due::Send(attempts);
             }
+            // Nothing left to probe with but isolated readings: they go on their own backoff.
+            self.failures = 0;
+            self.probed.clear();
         }
-        while self.flights.len() < SENDS_IN_FLIGHT
+        let mut isolated = 0;
+        for i in 0..self.flights.len() {
+            let flight = &self.flights[i];
+            if !flight.is_due(now) || (flight.isolated.is_some() && isolated == SENDS_IN_FLIGHT) {
+                continue;
+            }
+            isolated += usize::from(flight.isolated.is_some());
+            self.flights[i].sending = true;
+            attempts.push(self.attempt_of(&self.flights[i]));
+        }
+        while self.batches_in_flight() < SENDS_IN_FLIGHT
             && self.batch_due_at(now).is_some_and(|at| at <= now)
         {
-            let flight = self.cut(now, entropy);
+            let mut flight = self.cut(now, entropy);
+            flight.sending = true;
             attempts.push(self.attempt_of(&flight));
             self.flights.push_back(flight);
         }
@@ -535,6 +635,24 @@ impl<K: Clone + PartialEq> Outbox<K> {
                 Due::Idle
             }
         }
+    }
+
+    /// The batch to probe with: the oldest not isolated and not probed since the last backoff,
+    /// else a new one cut now (when readings wait and there is room).
+    fn next_probe(&mut self, now: u64, entropy: &dyn Entropy) -> Option<usize> {
+        let waiting = self
+            .flights
+            .iter()
+            .position(|f| !f.sending && f.isolated.is_none() && !self.probed.contains(&f.id));
+        if waiting.is_some() {
+            return waiting;
+        }
+        if self.unbatched > 0 && self.batches_in_flight() < SENDS_IN_FLIGHT {
+            let flight = self.cut(now, entropy);
+            self.flights.push_back(flight);
+            return Some(self.flights.len() - 1);
+        }
+        None
     }
 
     fn attempt_of(&self, flight: &Flight) -> Attempt {
@@ -551,11 +669,12 @@ impl<K: Clone + PartialEq> Outbox<K> {
         }
     }
 
-    /// Cuts the next batch from the oldest unbatched readings, across segments.
+    /// Cuts the next batch from the oldest unbatched readings, across segments of one node
+    /// (its envelope names that node).
     fn cut(&mut self, now: u64, entropy: &dyn Entropy) -> Flight {
         let mut left = self.config.flush.max_items;
         let mut parts = Vec::new();
-        let mut node = None;
+        let mut node: Option<Rc<str>> = None;
         for (id, e) in self.entries.iter_mut() {
             if left == 0 {
                 break;
@@ -564,31 +683,35 @@ impl<K: Clone + PartialEq> Outbox<K> {
             if take == 0 {
                 continue;
             }
-            node.get_or_insert_with(|| e.node.clone());
+            match &node {
+                Some(n) if *n != e.node => break,
+                Some(_) => {}
+                None => node = Some(e.node.clone()),
+            }
             parts.push((*id, e.cut..e.cut + take));
             e.cut += take;
             left -= take;
         }
-        let readings = self.config.flush.max_items - left;
-        self.unbatched -= readings;
+        self.unbatched -= self.config.flush.max_items - left;
         self.next_seq += 1;
-        Flight {
-            id: batch_id(now, self.next_seq, entropy),
-            node: node.unwrap_or_else(|| "local".into()),
+        Flight::new(
+            batch_id(now, self.next_seq, entropy),
+            node.unwrap_or_else(|| "local".into()),
             parts,
-            readings,
-            sending: true,
-        }
+        )
     }
 
-    /// Applies an attempt's outcome. A refused lone reading returns the dead letter to keep:
-    /// the driver writes it, then calls [`dead_lettered`](Self::dead_lettered) (or, if the
-    /// write failed, [`dead_letter_failed`](Self::dead_letter_failed)).
+    /// Applies an attempt's outcome; `delivered_in_round`: another batch of the same round was
+    /// delivered (the collector is up). A refused lone reading, or an isolated one given up,
+    /// returns the dead letter to keep: the driver writes it, then calls
+    /// [`dead_lettered`](Self::dead_lettered) (or, if the write failed,
+    /// [`dead_letter_failed`](Self::dead_letter_failed)).
     pub fn settle(
         &mut self,
         batch_id: &str,
         outcome: &Outcome,
         now: u64,
+        delivered_in_round: bool,
         entropy: &dyn Entropy,
     ) -> Option<DeadLetter> {
         let index = self.flights.iter().position(|f| f.id == batch_id)?;
@@ -597,73 +720,116 @@ impl<K: Clone + PartialEq> Outbox<K> {
                 let flight = self.flights.remove(index)?;
                 self.stats.flushed_batches += 1;
                 self.stats.flushed_readings += flight.readings as u64;
+                self.last_delivered_ms = Some(now);
+                self.round_delivered = true;
                 self.settle_parts(&flight);
                 None
             }
-            Verdict::Retry | Verdict::Misconfigured => {
-                if outcome.verdict() == Verdict::Misconfigured {
+            verdict @ (Verdict::Retry | Verdict::Misconfigured) => {
+                if verdict == Verdict::Misconfigured {
                     self.stats.config_faults += 1;
                 }
-                self.flights[index].sending = false;
                 self.stats.failed_attempts += 1;
-                self.round_failed = true;
+                let last_delivered = self.last_delivered_ms;
+                let (probing, retry, give_up) =
+                    (self.probing(), self.config.retry, self.config.give_up_ms);
+                let flight = &mut self.flights[index];
+                flight.sending = false;
+                // The collector took something else meanwhile: it is this batch it fails.
+                let up = delivered_in_round
+                    || flight
+                        .last_failed_ms
+                        .is_some_and(|t| last_delivered.is_some_and(|d| d > t));
+                flight.failures += 1;
+                flight.last_failed_ms = Some(now);
+                let Some(since) = flight.isolated.map(|i| i.since_ms).or(up.then_some(now)) else {
+                    self.round_failed = true;
+                    return None;
+                };
+                let newly = flight.isolated.is_none();
+                if flight.readings > 1 {
+                    self.stats.isolated_batches += u64::from(newly);
+                    self.split_at(index, now, Some(since), entropy);
+                    return None;
+                }
+                let answered = matches!(outcome, Outcome::Answered { .. });
+                if give_up > 0 && answered && !probing && now - since >= give_up {
+                    return Some(self.dead_letter_of(index, outcome, now));
+                }
+                let delay = retry.delay_ms(flight.failures, jitter(entropy));
+                flight.isolated = Some(Isolation {
+                    since_ms: since,
+                    retry_at_ms: now + delay,
+                });
+                flight.to_set_aside = true;
+                self.stats.isolated_batches += u64::from(newly);
                 None
             }
             Verdict::Refused if self.flights[index].readings > 1 => {
-                let flight = self.flights.remove(index)?;
-                let (first, second) = self.split(flight, now, entropy);
-                self.flights.insert(index, second);
-                self.flights.insert(index, first);
+                let isolated = self.flights[index].isolated.map(|i| i.since_ms);
+                self.split_at(index, now, isolated, entropy);
                 self.stats.split_batches += 1;
                 None
             }
-            Verdict::Refused => {
-                let flight = &self.flights[index];
-                let attempt = self.attempt_of(flight);
-                Some(DeadLetter {
-                    batch_id: flight.id.clone(),
-                    failed_at_ms: now,
-                    status: outcome.status(),
-                    detail: outcome.detail().to_owned(),
-                    readings: flight.readings,
-                    body: encode_json_batch(
-                        &flight.id,
-                        &flight.node,
-                        now,
-                        attempt.readings.iter().map(StoredReading::as_str),
-                    ),
-                })
-            }
+            Verdict::Refused => Some(self.dead_letter_of(index, outcome, now)),
         }
     }
 
-    /// A refused batch as two halves, each under a new id and due at once (a split is no
-    /// failure of the collector: no backoff).
-    fn split(&mut self, flight: Flight, now: u64, entropy: &dyn Entropy) -> (Flight, Flight) {
+    fn dead_letter_of(&self, index: usize, outcome: &Outcome, now: u64) -> DeadLetter {
+        let flight = &self.flights[index];
+        let attempt = self.attempt_of(flight);
+        DeadLetter {
+            batch_id: flight.id.clone(),
+            failed_at_ms: now,
+            status: outcome.status(),
+            detail: outcome.detail().to_owned(),
+            readings: flight.readings,
+            body: encode_json_batch(
+                &flight.id,
+                &flight.node,
+                now,
+                attempt.readings.iter().map(StoredReading::as_str),
+            ),
+        }
+    }
+
+    /// Replaces the flight at `index` by its two halves, each under a new id and due at once
+    /// (a split is no failure of the collector: no backoff); an isolated batch's halves stay
+    /// isolated since the same time.
+    fn split_at(&mut self, index: usize, now: u64, isolated: Option<u64>, entropy: &dyn Entropy) {
+        let Some(flight) = self.flights.remove(index) else {
+            return;
+        };
         let mut left = flight.readings / 2;
         let (mut first, mut second) = (Vec::new(), Vec::new());
-        for (id, range) in flight.parts {
+        for (id, range) in &flight.parts {
             let take = range.len().min(left);
             if take > 0 {
-                first.push((id, range.start..range.start + take));
+                first.push((*id, range.start..range.start + take));
             }
             if take < range.len() {
-                second.push((id, range.start + take..range.end));
+                second.push((*id, range.start + take..range.end));
             }
             left -= take;
         }
         let mut half = |parts: Vec<(EntryId, Range<usize>)>| {
             self.next_seq += 1;
-            Flight {
-                id: batch_id(now, self.next_seq, entropy),
-                node: flight.node.clone(),
-                readings: parts.iter().map(|(_, r)| r.len()).sum(),
+            let mut half = Flight::new(
+                batch_id(now, self.next_seq, entropy),
+                flight.node.clone(),
                 parts,
-                sending: false,
-            }
+            );
+            half.failures = flight.failures;
+            half.last_failed_ms = flight.last_failed_ms;
+            half.isolated = isolated.map(|since_ms| Isolation {
+                since_ms,
+                retry_at_ms: now,
+            });
+            half
         };
-        let first = half(first);
-        (first, half(second))
+        let (first, second) = (half(first), half(second));
+        self.flights.insert(index, second);
+        self.flights.insert(index, first);
     }
 
     /// The dead letter of `batch_id` is kept (the store dropped `dropped` older ones to stay in
@@ -674,6 +840,9 @@ impl<K: Clone + PartialEq> Outbox<K> {
             if let Some(flight) = self.flights.remove(index) {
                 self.stats.dead_letter_batches += 1;
                 self.stats.dead_letter_readings += flight.readings as u64;
+                if flight.isolated.is_some() {
+                    self.stats.given_up_readings += flight.readings as u64;
+                }
                 self.settle_parts(&flight);
             }
         }
@@ -703,15 +872,88 @@ impl<K: Clone + PartialEq> Outbox<K> {
         }
     }
 
-    /// Ends a round: sets the backoff if an attempt failed, and returns the store updates the
-    /// round owes, one per touched segment (fully settled segments leave memory here).
-    pub fn finish_round(&mut self, now: u64, jitter: f64) -> Vec<Trim<K>> {
-        if std::mem::take(&mut self.round_failed) {
-            self.failures += 1;
-            self.retry_at = Some(now + self.config.retry.delay_ms(self.failures, jitter));
-        } else {
+    /// Lone isolated readings waiting for their own retry, for a store that keeps them apart
+    /// (`OutboxStore::keeps_isolated`): each is moved there, then
+    /// [`isolated_moved`](Self::isolated_moved).
+    pub fn isolated_waiting(&self) -> Vec<IsolatedReading<K>> {
+        self.flights
+            .iter()
+            .filter(|f| f.to_set_aside && !f.sending && f.readings == 1)
+            .filter_map(|f| {
+                let isolation = f.isolated?;
+                let (id, range) = f.parts.first()?;
+                let entry = self.entries.get(id)?;
+                Some(IsolatedReading {
+                    batch_id: f.id.clone(),
+                    key: entry.key.clone(),
+                    index: range.start,
+                    received_at_ms: id.0,
+                    node: f.node.to_string(),
+                    reading: entry.readings.get(range.start)?.clone(),
+                    since_ms: isolation.since_ms,
+                    failures: f.failures,
+                    last_failed_ms: f.last_failed_ms.unwrap_or(isolation.since_ms),
+                    retry_at_ms: isolation.retry_at_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// The store keeps the isolated reading of `batch_id` now: it is settled here.
+    pub fn isolated_moved(&mut self, batch_id: &str) {
+        if let Some(index) = self.flights.iter().position(|f| f.id == batch_id) {
+            if let Some(flight) = self.flights.remove(index) {
+                self.settle_parts(&flight);
+            }
+        }
+    }
+
+    /// Isolated readings claimed back from a store that keeps them apart: each is one flight,
+    /// isolated since when it was first, due now.
+    pub fn hold_isolated(&mut self, readings: Vec<IsolatedReading<K>>, now: u64) {
+        for r in readings {
+            if self.holds(&r.key) {
+                continue;
+            }
+            self.stats.claimed_segments += 1;
+            self.stats.claimed_readings += 1;
+            let node: Rc<str> = r.node.as_str().into();
+            self.insert(r.key, r.received_at_ms, node.clone(), vec![r.reading]);
+            let id = (r.received_at_ms, self.next_seq);
+            if let Some(e) = self.entries.get_mut(&id) {
+                e.cut = 1;
+            }
+            self.unbatched -= 1;
+            let mut flight = Flight::new(r.batch_id, node, vec![(id, 0..1)]);
+            flight.failures = r.failures;
+            flight.last_failed_ms = Some(r.last_failed_ms);
+            flight.isolated = Some(Isolation {
+                since_ms: r.since_ms,
+                retry_at_ms: now,
+            });
+            self.flights.push_back(flight);
+        }
+    }
+
+    /// Ends a round: backs off or probes on as the module comment says, and returns the store
+    /// updates the round owes, one per touched segment (fully settled segments leave memory
+    /// here).
+    pub fn finish_round(&mut self, now: u64, jitter: f64, by_row: bool) -> Vec<Trim<K>> {
+        let failed = std::mem::take(&mut self.round_failed);
+        let delivered = std::mem::take(&mut self.round_delivered);
+        if delivered {
             self.failures = 0;
             self.retry_at = None;
+            self.probed.clear();
+        } else if failed {
+            let probed_out = self.probed.len() >= 2 || !self.can_probe_again();
+            if !self.probing() || probed_out {
+                self.failures += 1;
+                self.retry_at = Some(now + self.config.retry.delay_ms(self.failures, jitter));
+                self.probed.clear();
+            } else {
+                self.retry_at = None; // the next probe, at once
+            }
         }
         let mut trims = Vec::new();
         for id in std::mem::take(&mut self.touched) {
@@ -719,26 +961,45 @@ impl<K: Clone + PartialEq> Outbox<K> {
                 continue;
             };
             let prefix = e.settled.iter().take_while(|s| **s).count();
-            if prefix == e.readings.len() {
-                if let Some(e) = self.entries.remove(&id) {
-                    trims.push(Trim {
-                        key: e.key,
-                        settled: prefix,
-                        node: e.node,
-                        readings: e.readings,
-                    });
-                }
-            } else if prefix - e.trimmed > self.config.flush.max_items {
-                e.trimmed = prefix;
-                trims.push(Trim {
-                    key: e.key.clone(),
-                    settled: prefix,
-                    node: e.node.clone(),
-                    readings: e.readings.clone(),
-                });
+            let whole = prefix == e.readings.len();
+            let rows: Vec<usize> = if by_row {
+                (0..e.readings.len())
+                    .filter(|i| e.settled[*i] && !std::mem::replace(&mut e.told[*i], true))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let due = if by_row {
+                !rows.is_empty()
+            } else {
+                whole || prefix - e.trimmed > self.config.flush.max_items
+            };
+            if !due {
+                continue;
             }
+            e.trimmed = prefix;
+            let trim = Trim {
+                key: e.key.clone(),
+                settled: prefix,
+                node: e.node.clone(),
+                readings: e.readings.clone(),
+                rows,
+                whole,
+            };
+            if whole {
+                self.entries.remove(&id);
+            }
+            trims.push(trim);
         }
         trims
+    }
+
+    /// Whether another batch than those probed since the last backoff could be probed.
+    fn can_probe_again(&self) -> bool {
+        self.flights
+            .iter()
+            .any(|f| f.isolated.is_none() && !self.probed.contains(&f.id))
+            || (self.unbatched > 0 && self.batches_in_flight() < SENDS_IN_FLIGHT)
     }
 }
 
@@ -816,11 +1077,13 @@ where
         Due::Idle => return Next::Idle,
     };
     let outcomes = futures_util::future::join_all(attempts.iter().map(|a| send(a, d))).await;
+    let delivered = outcomes.iter().any(|o| o.verdict() == Verdict::Delivered);
     for (attempt, outcome) in attempts.iter().zip(outcomes) {
         let now = d.clock.now_ms();
-        let letter = outbox
-            .borrow_mut()
-            .settle(&attempt.batch_id, &outcome, now, d.entropy);
+        let letter =
+            outbox
+                .borrow_mut()
+                .settle(&attempt.batch_id, &outcome, now, delivered, d.entropy);
         log_outcome(d.log, attempt, &outcome);
         if let Some(letter) = letter {
             match d.store.dead_letter(&letter).await {
@@ -845,11 +1108,26 @@ where
             }
         }
     }
-    let trims = outbox
-        .borrow_mut()
-        .finish_round(d.clock.now_ms(), jitter(d.entropy));
+    if d.store.keeps_isolated() {
+        let waiting = outbox.borrow().isolated_waiting();
+        for reading in waiting {
+            match d.store.isolate(&reading).await {
+                Ok(()) => outbox.borrow_mut().isolated_moved(&reading.batch_id),
+                Err(e) => {
+                    // It stays here, retried on its own backoff; moved on a later round.
+                    d.log
+                        .emit(Level::Warn, "outbox_isolate_failed", &[("error", &e.0)]);
+                    outbox.borrow_mut().note_store_failure();
+                }
+            }
+        }
+    }
+    let trims =
+        outbox
+            .borrow_mut()
+            .finish_round(d.clock.now_ms(), jitter(d.entropy), d.store.trims_rows());
     for t in trims {
-        if let Err(e) = d.store.trim(&t.key, t.settled, &t.node, &t.readings).await {
+        if let Err(e) = d.store.trim(&t).await {
             // The segment stays in the store: after a restore its readings go out again (a
             // duplicate the collector drops by id), never a loss.
             d.log
@@ -947,13 +1225,7 @@ impl MemoryStore {
 impl OutboxStore for MemoryStore {
     type Key = u64;
 
-    async fn trim(
-        &self,
-        _key: &u64,
-        _settled: usize,
-        _node: &str,
-        _readings: &[StoredReading],
-    ) -> Result<(), crate::ports::StoreError> {
+    async fn trim(&self, _trim: &Trim<u64>) -> Result<(), crate::ports::StoreError> {
         Ok(())
     }
 

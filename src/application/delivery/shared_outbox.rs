@@ -36,11 +36,12 @@ use crate::application::delivery::outbox::{
 use crate::application::delivery::policy::{
     FlushPolicy, DEAD_LETTERS_KEPT, DEAD_LETTER_MAX_AGE_MS,
 };
+use crate::application::rate_limit::sql as rate_limit_sql;
 use crate::domain::enrich::StoredReading;
 use crate::domain::ids;
 use crate::ports::{
-    Clock, Collector, DeadLetter, Entropy, KeyValue, Level, OutboxStore, Sql, SqlValue, StoreError,
-    StoredSegment, Timer,
+    Clock, Collector, DeadLetter, Entropy, IsolatedReading, KeyValue, Level, OutboxStore, Sql,
+    SqlValue, StoreError, StoredSegment, Timer, Trim,
 };
 
 /// How long a claim is held before anyone may claim its rows again: longer than a send may
@@ -55,24 +56,28 @@ pub const POLL_MS: u64 = 20;
 
 /// The statements, checked against a real SQLite in the tests.
 pub mod sql {
-    /// `PRAGMA user_version` once the tables exist, once the previous release's key-value
-    /// segments were imported, and once the rate limit is charged by the append (the current
-    /// schema, with the import done). Every step is idempotent: the version only lets an
-    /// instance skip them.
-    pub const VERSION_TABLES: i64 = 1;
+    /// `PRAGMA user_version` of the current schema. Earlier releases left 1 to 4 (and 2 or
+    /// more only once their key-value segments were imported); an instance that finds less
+    /// than this brings the database up to date in one transaction ([`MIGRATE`]), with the
+    /// version read inside it, so two instances never undo each other's upgrade.
+    pub const VERSION_CURRENT: i64 = 5;
+    /// The first version whose database holds no more key-value segments to import.
     pub const VERSION_IMPORTED: i64 = 2;
-    pub const VERSION_CHARGES: i64 = 3;
-    /// The append goes through the view `outbox_append` (the current schema).
-    pub const VERSION_APPEND_VIEW: i64 = 4;
-    pub const VERSION_CURRENT: i64 = VERSION_APPEND_VIEW;
 
-    /// Made on first use by whichever instance comes first (idempotent). WAL is kept in the
-    /// file: a commit appends to the log, and readers do not wait for the writer.
-    pub const SETUP: &[&str] = &[
-        "PRAGMA journal_mode=WAL",
+    /// Before the upgrade's transaction (a journal mode cannot change inside one). WAL is kept
+    /// in the file: a commit appends to the log, and readers do not wait for the writer.
+    pub const WAL: &str = "PRAGMA journal_mode=WAL";
+    pub const VERSION: &str = "SELECT user_version FROM pragma_user_version";
+
+    /// Every object of the current schema, each made if missing, so that an upgrade from any
+    /// earlier version leaves the same database as a fresh start (the columns an old table
+    /// lacks are added before: [`HAS_CHARGE`], [`ADD_CHARGE`]; a dead-letter table whose
+    /// `status` is NOT NULL is rebuilt: [`DEAD_LETTERS_STATUS_NOT_NULL`]).
+    pub const MIGRATE: &[&str] = &[
         "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, \
          received_at_ms INTEGER NOT NULL, node TEXT NOT NULL, doc TEXT NOT NULL, claim TEXT, \
-         lease_until_ms INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0)",
+         lease_until_ms INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0, \
+         charge TEXT)",
         // Only rows that failed before: what the retry gate in CLAIM looks up.
         "CREATE INDEX IF NOT EXISTS outbox_retrying ON outbox (lease_until_ms) WHERE attempts > 0",
         // Only claimed rows: how a claim reads its rows back.
@@ -82,10 +87,42 @@ pub mod sql {
          detail TEXT NOT NULL, readings INTEGER NOT NULL, body TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS outbox_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) \
          WITHOUT ROWID",
-        // The rate limit's buckets: charged by `CHARGE`, read by `application::rate_limit::sql`.
+        // The rate limit's buckets: charged by `CHARGE`, read by `rate_limit::sql`; the index
+        // finds the ones that are full again without a scan (`FORGET_FULL`).
         "CREATE TABLE IF NOT EXISTS rate_buckets (device TEXT PRIMARY KEY, tokens REAL NOT NULL, \
          updated_ms INTEGER NOT NULL) WITHOUT ROWID",
+        "CREATE INDEX IF NOT EXISTS rate_buckets_updated ON rate_buckets (updated_ms)",
+        // Readings the collector keeps failing while it takes others, each retried alone on its
+        // own backoff (its lease) until given up: apart from `outbox`, so that one held for
+        // minutes holds back no claim, no gate and no backlog.
+        "CREATE TABLE IF NOT EXISTS outbox_isolated (id INTEGER PRIMARY KEY AUTOINCREMENT, \
+         received_at_ms INTEGER NOT NULL, node TEXT NOT NULL, doc TEXT NOT NULL, \
+         since_ms INTEGER NOT NULL, failures INTEGER NOT NULL, last_failed_ms INTEGER NOT NULL, \
+         lease_until_ms INTEGER NOT NULL, claim TEXT)",
+        "CREATE INDEX IF NOT EXISTS outbox_isolated_due ON outbox_isolated (lease_until_ms)",
+        CHARGE,
+        APPEND_VIEW,
+        APPEND_ROWS,
     ];
+
+    /// Whether the dead-letter table is release 2's, whose `status` may not be NULL (a batch
+    /// that could not be encoded has none).
+    pub const DEAD_LETTERS_STATUS_NOT_NULL: &str =
+        "SELECT count(*) FROM pragma_table_info('dead_letters') WHERE name = 'status' AND \"notnull\"";
+    pub const REBUILD_DEAD_LETTERS: &[&str] = &[
+        "ALTER TABLE dead_letters RENAME TO dead_letters_release_2",
+        "CREATE TABLE dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT, \
+         batch_id TEXT NOT NULL, failed_at_ms INTEGER NOT NULL, status INTEGER, \
+         detail TEXT NOT NULL, readings INTEGER NOT NULL, body TEXT NOT NULL)",
+        "INSERT INTO dead_letters SELECT * FROM dead_letters_release_2",
+        "DROP TABLE dead_letters_release_2",
+    ];
+
+    /// The key-value segments of the release before the shared outbox were imported (or there
+    /// were none to import): a row.
+    pub const IMPORTED: &str = "SELECT value FROM outbox_meta WHERE name = 'kv_imported'";
+    pub const MARK_IMPORTED: &str = "INSERT INTO outbox_meta (name, value) \
+         VALUES ('kv_imported', 1) ON CONFLICT (name) DO NOTHING";
 
     /// Whether the outbox has its `charge` column yet (a table of release 2 has not).
     pub const HAS_CHARGE: &str =
@@ -180,7 +217,10 @@ pub mod sql {
          doc, attempts)) FROM outbox WHERE claim = ?1";
 
     /// ?1 the settled rows' sequence numbers as a JSON array.
-    pub const DELETE: &str = "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?1))";
+    /// ?1 claim token, ?2 the settled rows' sequence numbers as a JSON array. Only rows still
+    /// under this claim: a holder whose lease expired cannot delete rows another claim took.
+    pub const DELETE: &str = "DELETE FROM outbox WHERE claim = ?1 \
+         AND seq IN (SELECT value FROM json_each(?2))";
 
     /// ?1 claim token, ?2 when they may be claimed again, ?3 the rows as a JSON array. Only
     /// rows still under this claim: a holder whose lease expired cannot undo a newer claim.
@@ -198,6 +238,37 @@ pub mod sql {
     /// ?1 now: rows held, rows under a lease, the oldest receive time.
     pub const SUMMARY: &str = "SELECT count(*), coalesce(sum(lease_until_ms > ?1), 0), \
          min(received_at_ms) FROM outbox";
+
+    /// ?1 claim token, ?2 the new lease end: a holder still at work on its claim keeps it.
+    pub const RENEW: &str = "UPDATE outbox SET lease_until_ms = ?2 WHERE claim = ?1";
+    pub const RENEW_ISOLATED: &str =
+        "UPDATE outbox_isolated SET lease_until_ms = ?2 WHERE claim = ?1";
+
+    /// ?1 received_at_ms, ?2 node, ?3 doc, ?4 since, ?5 failures, ?6 last failure, ?7 when due.
+    pub const ISOLATE: &str = "INSERT INTO outbox_isolated \
+         (received_at_ms, node, doc, since_ms, failures, last_failed_ms, lease_until_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+    /// ?1 id, ?2 claim token, ?3 failures, ?4 last failure, ?5 when due: an isolated row
+    /// claimed back and failed again waits once more (only under the claim that holds it).
+    pub const ISOLATE_AGAIN: &str = "UPDATE outbox_isolated SET claim = NULL, failures = ?3, \
+         last_failed_ms = ?4, lease_until_ms = ?5 WHERE id = ?1 AND claim = ?2";
+    /// ?1 claim token, ?2 now, ?3 lease, ?4 how many: the isolated rows due, oldest due first.
+    /// One row each (the few it takes: at most `SENDS_IN_FLIGHT`).
+    pub const CLAIM_ISOLATED: &str = "UPDATE outbox_isolated SET claim = ?1, \
+         lease_until_ms = ?2 + ?3 WHERE id IN (SELECT id FROM outbox_isolated \
+         WHERE lease_until_ms <= ?2 ORDER BY lease_until_ms LIMIT ?4) \
+         RETURNING id, received_at_ms, node, doc, since_ms, failures, last_failed_ms";
+    /// ?1 id, ?2 the claim that holds it.
+    pub const DELETE_ISOLATED: &str = "DELETE FROM outbox_isolated WHERE id = ?1 AND claim = ?2";
+    /// ?1 claim token, ?2 when due again: after a failed round, an isolated row held goes back.
+    pub const RELEASE_ISOLATED: &str = "UPDATE outbox_isolated SET claim = NULL, \
+         lease_until_ms = ?2, failures = failures + 1 WHERE claim = ?1";
+
+    /// ?1 now, ?2 how often: a row for the one instance whose turn it is to do a chore named
+    /// ?3 (the clock is the database's, shared by every instance, however short-lived).
+    pub const CHORE_DUE: &str = "INSERT INTO outbox_meta (name, value) VALUES (?3, ?1) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value \
+         WHERE outbox_meta.value <= ?1 - ?2 RETURNING value";
 
     /// ?1 now, ?2 how long an import may take: true (a row) for the one instance that may import.
     pub const IMPORT_LEASE: &str =
@@ -259,17 +330,31 @@ pub enum NotAppended {
 /// What one claim took.
 #[derive(Debug, Default)]
 pub struct Claimed {
-    pub segments: Vec<StoredSegment<String>>,
+    pub segments: Vec<StoredSegment<Held>>,
     pub readings: usize,
     /// The most failed attempts among the rows.
     pub attempts: u32,
 }
 
+/// What the engine holds of the shared outbox: the rows one claim took of one node (a batch
+/// envelope names one node, so a claim of rows from several nodes is one part each), or one
+/// isolated row.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Held {
+    Claim { token: Rc<str>, part: u32 },
+    Isolated { id: i64, token: Rc<str> },
+}
+
 /// The shared outbox on a database, as the engine's store. It remembers the rows of each claim
-/// it holds, to settle them by sequence number.
+/// part it holds, to settle them by sequence number, and when its claims' leases end.
 pub struct SharedOutbox<D> {
     pub db: D,
-    claims: RefCell<HashMap<String, Vec<i64>>>,
+    parts: RefCell<HashMap<Held, Vec<i64>>>,
+    /// Each claim token held, and when its lease ends.
+    leases: RefCell<HashMap<Rc<str>, u64>>,
+    /// When the isolated readings this instance set aside are due: its driver comes back for
+    /// them then.
+    pub isolated_due: RefCell<Vec<u64>>,
 }
 
 fn seqs_json(seqs: &[i64]) -> String {
@@ -292,60 +377,94 @@ fn count(n: u64) -> SqlValue {
     SqlValue::Integer(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
+fn ms(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// What [`SharedOutbox::prepare`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prepared {
+    /// The schema version the database had.
+    pub found: i64,
+    /// Key-value segments of the release before the shared outbox may still wait to be
+    /// imported ([`SharedOutbox::import_key_value`]).
+    pub import: bool,
+}
+
 impl<D: Sql> SharedOutbox<D> {
     pub fn new(db: D) -> Self {
         Self {
             db,
-            claims: RefCell::new(HashMap::new()),
+            parts: RefCell::new(HashMap::new()),
+            leases: RefCell::new(HashMap::new()),
+            isolated_due: RefCell::new(Vec::new()),
         }
     }
 
-    /// Makes the tables on first use and brings a table of an earlier release up to date, then
-    /// returns the schema version found: below `VERSION_IMPORTED`, the caller should try
-    /// [`import_key_value`](Self::import_key_value). Once per instance; `db` must be the
-    /// caller's own connection (the upgrade is a transaction), which instances starting
-    /// together may all run: every step is idempotent.
-    pub async fn prepare(&self) -> Result<i64, StoreError> {
-        let rows = self.db.execute("PRAGMA user_version", Vec::new()).await?;
-        let version = rows.first().map(|r| int(r, 0)).transpose()?.unwrap_or(0);
-        if version >= sql::VERSION_CURRENT {
-            return Ok(version);
+    async fn version(&self) -> Result<i64, StoreError> {
+        let rows = self.db.execute(sql::VERSION, Vec::new()).await?;
+        Ok(rows.first().map(|r| int(r, 0)).transpose()?.unwrap_or(0))
+    }
+
+    /// Brings the database to the current schema (once per database: instances starting
+    /// together all may call it; the first upgrades, under the write lock, and the others find
+    /// it done) and says whether key-value segments may still wait to be imported. Once per
+    /// instance; `db` must be the caller's own connection.
+    pub async fn prepare(&self) -> Result<Prepared, StoreError> {
+        let mut found = self.version().await?;
+        if found < sql::VERSION_CURRENT {
+            self.db.execute(sql::WAL, Vec::new()).await?;
+            self.db.execute("BEGIN IMMEDIATE", Vec::new()).await?;
+            let upgraded = self.upgrade().await;
+            let end = if upgraded.is_ok() {
+                "COMMIT"
+            } else {
+                "ROLLBACK"
+            };
+            self.db.execute(end, Vec::new()).await?;
+            found = upgraded?;
         }
-        if version < sql::VERSION_TABLES {
-            for statement in sql::SETUP {
+        let imported = !self.db.execute(sql::IMPORTED, Vec::new()).await?.is_empty();
+        Ok(Prepared {
+            found,
+            import: !imported,
+        })
+    }
+
+    /// The upgrade, in the caller's transaction: the version as found under the lock.
+    async fn upgrade(&self) -> Result<i64, StoreError> {
+        let found = self.version().await?;
+        if found >= sql::VERSION_CURRENT {
+            return Ok(found); // another instance was first
+        }
+        let exists = |table: &str| {
+            format!("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '{table}'")
+        };
+        let one =
+            |rows: Vec<Vec<SqlValue>>| rows.first().and_then(|r| r.first()?.as_i64()) == Some(1);
+        if one(self.db.execute(&exists("outbox"), Vec::new()).await?)
+            && !one(self.db.execute(sql::HAS_CHARGE, Vec::new()).await?)
+        {
+            self.db.execute(sql::ADD_CHARGE, Vec::new()).await?;
+        }
+        if one(self
+            .db
+            .execute(sql::DEAD_LETTERS_STATUS_NOT_NULL, Vec::new())
+            .await?)
+        {
+            for statement in sql::REBUILD_DEAD_LETTERS {
                 self.db.execute(statement, Vec::new()).await?;
             }
         }
-        self.db.execute("BEGIN IMMEDIATE", Vec::new()).await?;
-        let upgraded = self.add_charge(version).await;
-        let end = if upgraded.is_ok() {
-            "COMMIT"
-        } else {
-            "ROLLBACK"
-        };
-        self.db.execute(end, Vec::new()).await?;
-        upgraded?;
-        Ok(version.max(sql::VERSION_TABLES))
-    }
-
-    /// The `charge` column and its trigger, in the caller's transaction. The version says
-    /// current only where the import is done too (else the import sets it).
-    async fn add_charge(&self, version: i64) -> Result<(), StoreError> {
-        let has = self.db.execute(sql::HAS_CHARGE, Vec::new()).await?;
-        if has.first().map(|r| int(r, 0)).transpose()?.unwrap_or(0) == 0 {
-            self.db.execute(sql::ADD_CHARGE, Vec::new()).await?;
+        for statement in sql::MIGRATE {
+            self.db.execute(statement, Vec::new()).await?;
         }
-        self.db.execute(sql::CHARGE, Vec::new()).await?;
-        self.db.execute(sql::APPEND_VIEW, Vec::new()).await?;
-        self.db.execute(sql::APPEND_ROWS, Vec::new()).await?;
-        let now = if version >= sql::VERSION_IMPORTED {
-            sql::VERSION_CURRENT
-        } else {
-            sql::VERSION_TABLES
-        };
-        let set = format!("PRAGMA user_version = {now}");
+        if found >= sql::VERSION_IMPORTED {
+            self.db.execute(sql::MARK_IMPORTED, Vec::new()).await?;
+        }
+        let set = format!("PRAGMA user_version = {}", sql::VERSION_CURRENT);
         self.db.execute(&set, Vec::new()).await?;
-        Ok(())
+        Ok(found)
     }
 
     /// Moves the segments a previous release kept in the key-value store (one key each, see
@@ -382,9 +501,7 @@ impl<D: Sql> SharedOutbox<D> {
             kv.delete(&key).await?;
             imported += docs.len();
         }
-        // `prepare` has run on this database: the import was the last step.
-        let set = format!("PRAGMA user_version = {}", sql::VERSION_CURRENT);
-        self.db.execute(&set, Vec::new()).await?;
+        self.db.execute(sql::MARK_IMPORTED, Vec::new()).await?;
         Ok(imported)
     }
 
@@ -500,7 +617,7 @@ impl<D: Sql> SharedOutbox<D> {
     }
 
     /// Claims up to `batches` due batches under `token` (see `sql::CLAIM`); nothing when none
-    /// is due.
+    /// is due. The rows come back as one segment per run of one node's rows.
     pub async fn claim(
         &self,
         token: &str,
@@ -534,59 +651,221 @@ impl<D: Sql> SharedOutbox<D> {
             return Ok(Claimed::default());
         }
         taken.sort_unstable_by_key(|t| t.0);
-        let segment = StoredSegment {
-            key: token.to_owned(),
-            received_at_ms: taken.iter().map(|t| t.1).min().unwrap_or(0).max(0) as u64,
-            node: taken[0].2.clone(),
-            readings: taken
-                .iter()
-                .map(|t| StoredReading::from_store(&t.3))
-                .collect(),
-        };
-        let attempts = taken.iter().map(|t| t.4).max().unwrap_or(0);
-        self.claims
+        let token: Rc<str> = token.into();
+        self.leases
             .borrow_mut()
-            .insert(token.to_owned(), taken.iter().map(|t| t.0).collect());
+            .insert(token.clone(), now_ms + LEASE_MS);
+        let mut segments: Vec<StoredSegment<Held>> = Vec::new();
+        let mut parts = self.parts.borrow_mut();
+        for row in &taken {
+            let same_node = segments.last().is_some_and(|s| s.node == row.2);
+            if !same_node {
+                let key = Held::Claim {
+                    token: token.clone(),
+                    part: segments.len() as u32,
+                };
+                parts.insert(key.clone(), Vec::new());
+                segments.push(StoredSegment {
+                    key,
+                    received_at_ms: ms(row.1),
+                    node: row.2.clone(),
+                    readings: Vec::new(),
+                });
+            }
+            if let Some(segment) = segments.last_mut() {
+                segment.received_at_ms = segment.received_at_ms.min(ms(row.1));
+                segment.readings.push(StoredReading::from_store(&row.3));
+                if let Some(seqs) = parts.get_mut(&segment.key) {
+                    seqs.push(row.0);
+                }
+            }
+        }
+        let attempts = taken.iter().map(|t| t.4).max().unwrap_or(0);
         Ok(Claimed {
             readings: taken.len(),
-            segments: vec![segment],
+            segments,
             attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
         })
     }
 
-    /// Gives a claim's rows back after a failed round: the settled ones are deleted, the rest
+    /// Claims up to `n` isolated readings that are due (see `sql::CLAIM_ISOLATED`).
+    pub async fn claim_isolated(
+        &self,
+        token: &str,
+        now_ms: u64,
+        n: usize,
+    ) -> Result<Vec<IsolatedReading<Held>>, StoreError> {
+        let params = vec![
+            SqlValue::Text(token.to_owned()),
+            count(now_ms),
+            count(LEASE_MS),
+            count(n as u64),
+        ];
+        let rows = self.db.execute(sql::CLAIM_ISOLATED, params).await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let token: Rc<str> = token.into();
+        self.leases
+            .borrow_mut()
+            .insert(token.clone(), now_ms + LEASE_MS);
+        rows.iter()
+            .map(|r| {
+                let id = int(r, 0)?;
+                self.parts.borrow_mut().insert(
+                    Held::Isolated {
+                        id,
+                        token: token.clone(),
+                    },
+                    vec![id],
+                );
+                Ok(IsolatedReading {
+                    batch_id: format!("{token}-{id}"),
+                    key: Held::Isolated {
+                        id,
+                        token: token.clone(),
+                    },
+                    index: 0,
+                    received_at_ms: ms(int(r, 1)?),
+                    node: text(r, 2)?.to_owned(),
+                    reading: StoredReading::from_store(text(r, 3)?),
+                    since_ms: ms(int(r, 4)?),
+                    failures: u32::try_from(int(r, 5)?).unwrap_or(u32::MAX),
+                    last_failed_ms: ms(int(r, 6)?),
+                    retry_at_ms: now_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// Extends the leases of the claims this instance holds that would end before a round
+    /// starting now could finish (a split cascade can work one claim for several sends), so
+    /// that no other instance claims them meanwhile. A statement per claim, only when due.
+    pub async fn renew(&self, now_ms: u64) -> Result<(), StoreError> {
+        let due: Vec<Rc<str>> = self
+            .leases
+            .borrow()
+            .iter()
+            .filter(|(_, until)| **until < now_ms + COLLECTOR_TIMEOUT_MS * 3 / 2)
+            .map(|(token, _)| token.clone())
+            .collect();
+        for token in due {
+            let until = now_ms + LEASE_MS;
+            let isolated = self
+                .parts
+                .borrow()
+                .keys()
+                .all(|k| !matches!(k, Held::Claim { token: t, .. } if *t == token));
+            let statement = if isolated {
+                sql::RENEW_ISOLATED
+            } else {
+                sql::RENEW
+            };
+            let params = vec![SqlValue::Text(token.to_string()), count(until)];
+            self.db.execute(statement, params).await?;
+            self.leases.borrow_mut().insert(token, until);
+        }
+        Ok(())
+    }
+
+    /// The claims this instance is done with are forgotten, with their leases.
+    fn forget_done(&self) {
+        let parts = self.parts.borrow();
+        self.leases.borrow_mut().retain(|token, _| {
+            parts.keys().any(|k| match k {
+                Held::Claim { token: t, .. } | Held::Isolated { token: t, .. } => t == token,
+            })
+        });
+    }
+
+    /// Gives a claim part back after a failed round: the settled rows are deleted, the rest
     /// wait until `until_ms` with one more attempt counted.
     pub async fn release(
         &self,
-        token: &str,
+        key: &Held,
         settled: &[bool],
         until_ms: u64,
     ) -> Result<(), StoreError> {
-        let Some(seqs) = self.claims.borrow_mut().remove(token) else {
-            return Ok(());
-        };
-        let mut done = Vec::new();
-        let mut open = Vec::new();
-        for (i, seq) in seqs.iter().enumerate() {
-            if settled.get(i).copied().unwrap_or(false) {
-                done.push(*seq);
-            } else {
-                open.push(*seq);
+        let seqs = self.parts.borrow_mut().remove(key);
+        let result = self.release_rows(key, seqs, settled, until_ms).await;
+        self.forget_done();
+        result
+    }
+
+    async fn release_rows(
+        &self,
+        key: &Held,
+        seqs: Option<Vec<i64>>,
+        settled: &[bool],
+        until_ms: u64,
+    ) -> Result<(), StoreError> {
+        match key {
+            Held::Isolated { id, token } => {
+                let statement = if settled.first().copied().unwrap_or(false) {
+                    let params = vec![SqlValue::Integer(*id), SqlValue::Text(token.to_string())];
+                    self.db.execute(sql::DELETE_ISOLATED, params)
+                } else {
+                    let params = vec![SqlValue::Text(token.to_string()), count(until_ms)];
+                    self.db.execute(sql::RELEASE_ISOLATED, params)
+                };
+                statement.await.map(|_| ())
+            }
+            Held::Claim { token, .. } => {
+                let Some(seqs) = seqs else {
+                    return Ok(());
+                };
+                let mut done = Vec::new();
+                let mut open = Vec::new();
+                for (i, seq) in seqs.iter().enumerate() {
+                    if settled.get(i).copied().unwrap_or(false) {
+                        done.push(*seq);
+                    } else {
+                        open.push(*seq);
+                    }
+                }
+                if !done.is_empty() {
+                    let params = vec![
+                        SqlValue::Text(token.to_string()),
+                        SqlValue::Text(seqs_json(&done)),
+                    ];
+                    self.db.execute(sql::DELETE, params).await?;
+                }
+                if !open.is_empty() {
+                    let params = vec![
+                        SqlValue::Text(token.to_string()),
+                        count(until_ms),
+                        SqlValue::Text(seqs_json(&open)),
+                    ];
+                    self.db.execute(sql::RELEASE, params).await?;
+                }
+                Ok(())
             }
         }
-        if !done.is_empty() {
-            let params = vec![SqlValue::Text(seqs_json(&done))];
-            self.db.execute(sql::DELETE, params).await?;
-        }
-        if !open.is_empty() {
-            let params = vec![
-                SqlValue::Text(token.to_owned()),
-                count(until_ms),
-                SqlValue::Text(seqs_json(&open)),
-            ];
-            self.db.execute(sql::RELEASE, params).await?;
-        }
-        Ok(())
+    }
+
+    /// Forgets, in one bounded statement, up to `FORGET_BATCH` rate-limit buckets not charged
+    /// since `before_ms` (full again, the same as none), oldest first, through their index:
+    /// never a scan of the table. How many went.
+    pub async fn forget_full_buckets(&self, before_ms: u64) -> Result<usize, StoreError> {
+        let params = vec![count(before_ms), count(rate_limit_sql::FORGET_BATCH as u64)];
+        let gone = self.db.execute(rate_limit_sql::FORGET_FULL, params).await?;
+        Ok(gone.len())
+    }
+
+    /// Whether it is this instance's turn for the chore `name`, done once per `every_ms` by
+    /// whichever instance asks first (the database's clock: see `sql::CHORE_DUE`).
+    pub async fn chore_due(
+        &self,
+        name: &str,
+        now_ms: u64,
+        every_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let params = vec![
+            count(now_ms),
+            count(every_ms),
+            SqlValue::Text(name.to_owned()),
+        ];
+        Ok(!self.db.execute(sql::CHORE_DUE, params).await?.is_empty())
     }
 
     /// Dead letters, newest first, as stored JSON documents.
@@ -627,28 +906,80 @@ impl<D: Sql> SharedOutbox<D> {
 }
 
 impl<D: Sql> OutboxStore for SharedOutbox<D> {
-    type Key = String;
+    type Key = Held;
 
-    async fn trim(
-        &self,
-        key: &String,
-        settled: usize,
-        _node: &str,
-        _readings: &[StoredReading],
-    ) -> Result<(), StoreError> {
-        let done: Vec<i64> = {
-            let claims = self.claims.borrow();
-            let Some(seqs) = claims.get(key) else {
-                return Ok(());
+    /// The rows settled this round are deleted (not only a settled prefix: a reading held back
+    /// by an isolated one before it must not be sent twice after a crash).
+    async fn trim(&self, trim: &Trim<Held>) -> Result<(), StoreError> {
+        let (statement, params) = {
+            let parts = self.parts.borrow();
+            let Some(seqs) = parts.get(&trim.key) else {
+                return Ok(()); // given back already (an isolated row that failed again)
             };
-            seqs[..settled.min(seqs.len())].to_vec()
+            match &trim.key {
+                Held::Isolated { id, token } => (
+                    sql::DELETE_ISOLATED,
+                    vec![SqlValue::Integer(*id), SqlValue::Text(token.to_string())],
+                ),
+                Held::Claim { token, .. } => {
+                    let rows: Vec<i64> = trim
+                        .rows
+                        .iter()
+                        .filter_map(|i| seqs.get(*i).copied())
+                        .collect();
+                    let params = vec![
+                        SqlValue::Text(token.to_string()),
+                        SqlValue::Text(seqs_json(&rows)),
+                    ];
+                    (sql::DELETE, params)
+                }
+            }
         };
-        self.db
-            .execute(sql::DELETE, vec![SqlValue::Text(seqs_json(&done))])
-            .await?;
-        let mut claims = self.claims.borrow_mut();
-        if claims.get(key).is_some_and(|s| s.len() <= settled) {
-            claims.remove(key);
+        self.db.execute(statement, params).await?;
+        if trim.whole {
+            self.parts.borrow_mut().remove(&trim.key);
+            self.forget_done();
+        }
+        Ok(())
+    }
+
+    fn trims_rows(&self) -> bool {
+        true
+    }
+
+    fn keeps_isolated(&self) -> bool {
+        true
+    }
+
+    /// A reading of a claim goes to `outbox_isolated` (its row in `outbox` is deleted when the
+    /// engine trims it as settled); an isolated row that failed again waits there once more.
+    async fn isolate(&self, r: &IsolatedReading<Held>) -> Result<(), StoreError> {
+        self.isolated_due.borrow_mut().push(r.retry_at_ms);
+        match &r.key {
+            Held::Claim { .. } => {
+                let params = vec![
+                    count(r.received_at_ms),
+                    SqlValue::Text(r.node.clone()),
+                    SqlValue::Text(r.reading.as_str().to_owned()),
+                    count(r.since_ms),
+                    count(u64::from(r.failures)),
+                    count(r.last_failed_ms),
+                    count(r.retry_at_ms),
+                ];
+                self.db.execute(sql::ISOLATE, params).await?;
+            }
+            Held::Isolated { id, token } => {
+                let params = vec![
+                    SqlValue::Integer(*id),
+                    SqlValue::Text(token.to_string()),
+                    count(u64::from(r.failures)),
+                    count(r.last_failed_ms),
+                    count(r.retry_at_ms),
+                ];
+                self.db.execute(sql::ISOLATE_AGAIN, params).await?;
+                self.parts.borrow_mut().remove(&r.key);
+                self.forget_done();
+            }
         }
         Ok(())
     }
@@ -695,6 +1026,9 @@ pub type AppendResult = Result<Result<Appended, NotAppended>, StoreError>;
 pub struct AppendGroup {
     waiting: RefCell<Vec<(u64, Request)>>,
     done: RefCell<HashMap<u64, AppendResult>>,
+    /// The tickets of requests still waiting for their result: a result is kept only for
+    /// one of these (a request dropped meanwhile, its client gone, leaves nothing behind).
+    live: RefCell<std::collections::HashSet<u64>>,
     next_ticket: std::cell::Cell<u64>,
     writing: std::cell::Cell<bool>,
     /// Statements written, and the requests they carried.
@@ -725,7 +1059,12 @@ struct Writing<'a> {
 impl Drop for Writing<'_> {
     fn drop(&mut self) {
         let mut done = self.group.done.borrow_mut();
-        for t in self.tickets.drain(..).filter(|t| *t != self.own) {
+        let live = self.group.live.borrow();
+        for t in self
+            .tickets
+            .drain(..)
+            .filter(|t| *t != self.own && live.contains(t))
+        {
             done.entry(t).or_insert_with(|| {
                 Err(StoreError(
                     "the statement carrying this request was cancelled".into(),
@@ -734,6 +1073,24 @@ impl Drop for Writing<'_> {
         }
         drop(done);
         self.group.writing.set(false);
+    }
+}
+
+/// A request waiting in the group, even if it is dropped (its client gone): its request is
+/// taken out if no statement took it yet, and any result kept for it goes.
+struct Waiting<'a> {
+    group: &'a AppendGroup,
+    ticket: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.group.live.borrow_mut().remove(&self.ticket);
+        self.group.done.borrow_mut().remove(&self.ticket);
+        self.group
+            .waiting
+            .borrow_mut()
+            .retain(|(t, _)| *t != self.ticket);
     }
 }
 
@@ -754,6 +1111,11 @@ impl AppendGroup {
         let ticket = self.next_ticket.get();
         self.next_ticket.set(ticket + 1);
         self.waiting.borrow_mut().push((ticket, request));
+        self.live.borrow_mut().insert(ticket);
+        let _waiting = Waiting {
+            group: self,
+            ticket,
+        };
         let mut first_look = true;
         loop {
             if let Some(result) = self.done.borrow_mut().remove(&ticket) {
@@ -777,15 +1139,19 @@ impl AppendGroup {
                     )
                     .await;
                 let mut done = self.done.borrow_mut();
+                let live = self.live.borrow();
                 let mut results = result.into_iter();
                 // Any ticket left without a result gets an error when `writing` drops.
                 writing.tickets.retain(|t| match results.next() {
                     Some(one) => {
-                        done.insert(*t, one);
+                        if live.contains(t) {
+                            done.insert(*t, one);
+                        }
                         false
                     }
                     None => true,
                 });
+                drop(live);
                 drop(done);
                 drop(writing);
                 continue;
@@ -823,6 +1189,12 @@ impl AppendGroup {
         result
     }
 
+    /// Results kept for requests that have not taken them yet, and requests waiting.
+    #[cfg(all(test, not(target_arch = "wasm32")))]
+    fn held(&self) -> (usize, usize) {
+        (self.done.borrow().len(), self.waiting.borrow().len())
+    }
+
     /// Statements written and the requests they carried, for `/admin/stats`.
     pub fn stats_json(&self) -> serde_json::Value {
         let (statements, requests) = self.written.get();
@@ -852,6 +1224,11 @@ struct Wake {
     /// A claim failed, or rows were given back: look again then.
     retry_at: Option<u64>,
     next_look_ms: u64,
+    /// When an isolated reading is due (those this instance set aside, earliest first, or the
+    /// periodic look's now).
+    isolated: std::collections::BTreeSet<u64>,
+    /// When this instance may next ask whether housekeeping is due.
+    next_chore_ms: u64,
 }
 
 /// Receive times a driver keeps; past it the oldest are forgotten (a later one still comes due
@@ -859,6 +1236,26 @@ struct Wake {
 const DUES_KEPT: usize = 1_024;
 
 impl Wake {
+    fn isolated_at(&self) -> Option<u64> {
+        self.isolated.first().copied()
+    }
+
+    /// Isolated readings this instance set aside, due at these times.
+    fn isolated_due(&mut self, due: Vec<u64>) {
+        self.isolated.extend(due);
+        while self.isolated.len() > DUES_KEPT {
+            self.isolated.pop_last(); // a later one: the periodic look finds it
+        }
+    }
+
+    /// A claim of isolated readings at `now` took what was due; `more`: it took all it could.
+    fn isolated_claimed(&mut self, now: u64, more: bool) {
+        self.isolated = self.isolated.split_off(&(now + 1));
+        if more {
+            self.isolated.insert(now);
+        }
+    }
+
     fn due_at(&self, max_age_ms: u64) -> Option<u64> {
         let due = self
             .unclaimed
@@ -874,17 +1271,26 @@ impl Wake {
 /// One instance's delivery from the shared outbox: what it claimed, held in the engine, and
 /// when it should claim next.
 pub struct SharedDriver {
-    outbox: RefCell<Outbox<String>>,
+    outbox: RefCell<Outbox<Held>>,
     wake: RefCell<Wake>,
     flush: FlushPolicy,
+    /// With the rate limit on: how long a bucket takes to refill, after which the chore of
+    /// forgetting it may (see `SharedOutbox::forget_full_buckets`).
+    buckets_full_after_ms: Option<u64>,
     /// Requests and readings this instance appended.
     appended: std::cell::Cell<(u64, u64)>,
 }
 
+/// How often the app forgets rate-limit buckets that are full again (whichever instance runs
+/// first after the period, on the database's clock), and how many statements one pass may take.
+pub const FORGET_BUCKETS_EVERY_MS: u64 = 60_000;
+const FORGET_PASSES: usize = 20;
+
 impl SharedDriver {
     /// `config`: the deployment's outbox settings (its flush policy decides when a batch is due
-    /// in the table; what is claimed is due at once).
-    pub fn new(config: &OutboxConfig, now_ms: u64) -> Self {
+    /// in the table; what is claimed is due at once). `buckets_full_after_ms`: with the rate
+    /// limit on, its refill time (`rate_limit::sql::full_after_ms`).
+    pub fn new(config: &OutboxConfig, now_ms: u64, buckets_full_after_ms: Option<u64>) -> Self {
         let mut held = config.clone();
         held.flush.max_age_ms = 0;
         held.max_backlog = usize::MAX;
@@ -892,6 +1298,7 @@ impl SharedDriver {
             outbox: RefCell::new(Outbox::new(held, now_ms)),
             wake: RefCell::new(Wake::default()),
             flush: config.flush,
+            buckets_full_after_ms,
             appended: std::cell::Cell::new((0, 0)),
         }
     }
@@ -939,6 +1346,7 @@ impl SharedDriver {
         }
         wake.next_look_ms = now_ms.saturating_add(LOOK_EVERY_MS);
         wake.claim_now = true;
+        wake.isolated.insert(now_ms);
         !std::mem::replace(&mut wake.running, true)
     }
 
@@ -974,12 +1382,27 @@ impl SharedDriver {
         T: Timer,
     {
         let now = d.clock.now_ms();
+        self.chores(d, now).await;
         if self.should_claim(now) {
             self.claim(d, now).await;
         }
+        if self.should_claim_isolated(now) {
+            self.claim_isolated(d, now).await;
+        }
         if self.outbox.borrow().pending() > 0 {
+            // A split cascade can work one claim for several sends: keep it ours meanwhile.
+            if let Err(e) = d.store.renew(now).await {
+                d.log
+                    .emit(Level::Warn, "outbox_renew_failed", &[("error", &e.0)]);
+                self.outbox.borrow_mut().note_store_failure();
+            }
             deliver_round(&self.outbox, d).await;
-            if !self.outbox.borrow().is_healthy() {
+            let due = std::mem::take(&mut *d.store.isolated_due.borrow_mut());
+            self.wake.borrow_mut().isolated_due(due);
+            // Backing off: what is held goes back to the table until then (a failed probe with
+            // another to try keeps it, to probe with the next batch at once).
+            let now = d.clock.now_ms();
+            if self.outbox.borrow().retry_at().is_some_and(|r| r > now) {
                 self.release_all(d).await;
             }
         }
@@ -992,6 +1415,47 @@ impl SharedDriver {
         outbox.pending() == 0
             && outbox.retry_at().is_none_or(|r| r <= now)
             && (wake.claim_now || wake.due_at(self.flush.max_age_ms).is_some_and(|t| t <= now))
+    }
+
+    fn should_claim_isolated(&self, now: u64) -> bool {
+        let outbox = self.outbox.borrow();
+        outbox.retry_at().is_none_or(|r| r <= now)
+            && self.wake.borrow().isolated_at().is_some_and(|t| t <= now)
+    }
+
+    /// The app's housekeeping, off every request's path, on the database's clock: forgetting
+    /// rate-limit buckets that are full again, once a minute by whichever instance comes
+    /// first, in a few bounded statements. A failure only leaves it for next time.
+    async fn chores<D: Sql, C, T>(&self, d: &Delivery<'_, SharedOutbox<D>, C, T>, now: u64) {
+        let Some(full_after_ms) = self.buckets_full_after_ms else {
+            return;
+        };
+        {
+            let mut wake = self.wake.borrow_mut();
+            if now < wake.next_chore_ms {
+                return;
+            }
+            wake.next_chore_ms = now.saturating_add(FORGET_BUCKETS_EVERY_MS);
+        }
+        let due = d
+            .store
+            .chore_due("forget_buckets", now, FORGET_BUCKETS_EVERY_MS)
+            .await;
+        if !matches!(due, Ok(true)) {
+            return;
+        }
+        let before = now.saturating_sub(full_after_ms);
+        for _ in 0..FORGET_PASSES {
+            match d.store.forget_full_buckets(before).await {
+                Ok(n) if n == rate_limit_sql::FORGET_BATCH => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    d.log
+                        .emit(Level::Warn, "buckets_not_forgotten", &[("error", &e.0)]);
+                    break;
+                }
+            }
+        }
     }
 
     async fn claim<D: Sql, C, T>(&self, d: &Delivery<'_, SharedOutbox<D>, C, T>, now: u64) {
@@ -1031,6 +1495,31 @@ impl SharedDriver {
         }
     }
 
+    /// Isolated readings that are due, each sent alone (see `delivery::outbox`).
+    async fn claim_isolated<D: Sql, C, T>(
+        &self,
+        d: &Delivery<'_, SharedOutbox<D>, C, T>,
+        now: u64,
+    ) {
+        let token = claim_token(now, d.entropy);
+        match d.store.claim_isolated(&token, now, SENDS_IN_FLIGHT).await {
+            Ok(readings) => {
+                // All it asked for: more may be due now. Else the next this instance set aside
+                // (other instances' come back by the periodic look).
+                let more = readings.len() == SENDS_IN_FLIGHT;
+                self.wake.borrow_mut().isolated_claimed(now, more);
+                self.outbox.borrow_mut().hold_isolated(readings, now);
+            }
+            Err(e) => {
+                d.log
+                    .emit(Level::Error, "outbox_claim_failed", &[("error", &e.0)]);
+                self.outbox.borrow_mut().note_store_failure();
+                let retry = now.saturating_add(self.outbox.borrow().config().retry.base_ms);
+                self.wake.borrow_mut().isolated.insert(retry);
+            }
+        }
+    }
+
     /// After a failed round: everything held goes back to the table with the backoff as its
     /// lease, and this instance comes back for it then (another may come first).
     async fn release_all<D: Sql, C, T>(&self, d: &Delivery<'_, SharedOutbox<D>, C, T>) {
@@ -1039,8 +1528,11 @@ impl SharedDriver {
             let until = outbox.retry_at().unwrap_or_else(|| d.clock.now_ms());
             (outbox.release_all(), until)
         };
-        for (token, settled) in released {
-            if let Err(e) = d.store.release(&token, &settled, until).await {
+        let isolated = released
+            .iter()
+            .any(|(key, _)| matches!(key, Held::Isolated { .. }));
+        for (key, settled) in released {
+            if let Err(e) = d.store.release(&key, &settled, until).await {
                 // The rows stay leased to this claim until LEASE_MS: later, never lost.
                 d.log
                     .emit(Level::Warn, "outbox_release_failed", &[("error", &e.0)]);
@@ -1049,6 +1541,9 @@ impl SharedDriver {
         }
         let mut wake = self.wake.borrow_mut();
         wake.retry_at = Some(wake.retry_at.map_or(until, |t| t.min(until)));
+        if isolated {
+            wake.isolated.insert(until);
+        }
     }
 
     /// When to run next; `None` stops the driver, recorded in the same step.
@@ -1065,6 +1560,10 @@ impl SharedDriver {
             Some(now)
         } else {
             wake.due_at(self.flush.max_age_ms)
+        };
+        let claim = match (claim, wake.isolated_at()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
         .map(|t| outbox.retry_at().map_or(t, |r| t.max(r)));
         let next = match (held, claim) {

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use spin_sdk::sqlite::{Connection, Value};
 
-use crate::application::delivery::shared_outbox::{sql, SharedOutbox};
+use crate::application::delivery::shared_outbox::SharedOutbox;
 use crate::ports::{Sql, SqlValue, StoreError};
 
 type Slot = RefCell<Option<Rc<Connection>>>;
@@ -95,8 +95,7 @@ async fn connection(path: Path) -> Result<Rc<Connection>, StoreError> {
     }
     if !READY.with(Cell::get) {
         let outbox = SharedOutbox::new(setup.clone());
-        let version = outbox.prepare().await?;
-        if version < sql::VERSION_IMPORTED {
+        if outbox.prepare().await?.import {
             import_key_value(&outbox).await;
         }
         if !READY.with(|r| r.replace(true)) {

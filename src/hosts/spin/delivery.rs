@@ -51,7 +51,7 @@ mod flavour {
     use crate::application::delivery::shared_outbox::{
         AppendGroup, Appended, NotAppended, Request, SharedDriver, SharedOutbox,
     };
-    use crate::application::rate_limit::{self, sql::Forgetting};
+    use crate::application::rate_limit;
     use crate::config::Config;
     use crate::hosts::spin::database::{self, Path, SpinSql};
     use crate::hosts::spin::now_ms;
@@ -63,8 +63,6 @@ mod flavour {
         store: SharedOutbox<SpinSql>,
         driver: SharedDriver,
         appends: AppendGroup,
-        /// Its cleaning of the shared rate-limit buckets.
-        forgetting: Forgetting,
         sink: SinkTarget,
     }
 
@@ -79,9 +77,14 @@ mod flavour {
         let db = database::open(Path::Background);
         let made = Rc::new(Instance {
             store: SharedOutbox::new(db),
-            driver: SharedDriver::new(&config.outbox(Wakeups::Polled), now_ms()),
+            driver: SharedDriver::new(
+                &config.outbox(Wakeups::Polled),
+                now_ms(),
+                config
+                    .rate_limit
+                    .map(|l| rate_limit::sql::full_after_ms(&l)),
+            ),
             appends: AppendGroup::default(),
-            forgetting: Forgetting::new(),
             sink: config.sink(),
         });
         Ok(INSTANCE.with(|c| c.borrow_mut().get_or_insert(made).clone()))
@@ -159,10 +162,6 @@ mod flavour {
                 verdicts.push(match (appended, limit) {
                     (Ok(appended), _) => {
                         self.appended.set(Some((appended, received_at_ms)));
-                        if let Some(limit) = limit {
-                            let forgetting = &self.inst.forgetting;
-                            forgetting.tick(&db, &limit, received_at_ms).await;
-                        }
                         Admitted::Accepted
                     }
                     (Err(NotAppended::RateLimited), Some(limit)) => Admitted::RateLimited {

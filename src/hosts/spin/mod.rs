@@ -17,6 +17,8 @@ mod database;
 mod delivery;
 #[cfg(feature = "spin")]
 mod kv;
+#[cfg(feature = "spin")]
+mod kv_gate;
 
 use std::cell::OnceCell;
 use std::collections::HashMap;

@@ -17,7 +17,7 @@ use crate::application::delivery::policy::{DEAD_LETTERS_KEPT, DEAD_LETTER_MAX_AG
 use crate::application::delivery::segment;
 use crate::application::delivery::slots::{Placement, SlotKey, Slots};
 use crate::domain::enrich::StoredReading;
-use crate::ports::{DeadLetter, OutboxStore, SegmentAppend, StoreError, StoredSegment};
+use crate::ports::{DeadLetter, OutboxStore, SegmentAppend, StoreError, StoredSegment, Trim};
 
 const SCHEMA: [&str; 3] = [
     "CREATE TABLE IF NOT EXISTS segments (
@@ -308,13 +308,8 @@ impl OutboxStore for SqlOutboxStore {
 
     /// A settled segment's row is only marked free (the next segment overwrites it, and the
     /// watermark records it); a large one partly settled is rewritten with the rest.
-    async fn trim(
-        &self,
-        key: &SlotKey,
-        settled: usize,
-        node: &str,
-        readings: &[StoredReading],
-    ) -> Result<(), StoreError> {
+    async fn trim(&self, trim: &Trim<SlotKey>) -> Result<(), StoreError> {
+        let (key, settled, node, readings) = (&trim.key, trim.settled, &*trim.node, &trim.readings);
         if settled >= readings.len() {
             self.slots.borrow_mut().settled(*key);
             return Ok(());

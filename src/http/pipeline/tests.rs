@@ -43,6 +43,8 @@ struct FakeHost {
     /// JWT signatures the host verified (Workers' is WebCrypto, not faked here).
     #[cfg_attr(all(target_arch = "wasm32", target_os = "unknown"), allow(dead_code))]
     signatures_checked: Cell<u32>,
+    /// Calls of `Host::after`.
+    afters: Cell<u32>,
 }
 
 impl AdmissionPorts for FakeHost {
@@ -125,6 +127,7 @@ impl FakeHost {
             registry_down: Cell::new(false),
             now: Cell::new(1_800_000_000_000),
             signatures_checked: Cell::new(0),
+            afters: Cell::new(0),
         })
         .collect()
     }
@@ -192,6 +195,9 @@ impl Host for FakeHost {
     }
     async fn admin(&self, _: &EdgeInfo, q: AdminQuery) -> Result<String, Problem> {
         Ok(format!("{{\"query\":\"{q:?}\"}}"))
+    }
+    async fn after(&self) {
+        self.afters.set(self.afters.get() + 1);
     }
 }
 
@@ -617,6 +623,37 @@ fn edge_facts_and_timing_reach_the_answer() {
     assert_eq!(v["edge"]["node"], "cf-dfw");
     assert!(answer::header(&a, "server-timing").is_some_and(|t| t.starts_with("handler;dur=")));
     assert_eq!(answer::header(&a, "x-request-id").map(str::len), Some(36));
+}
+
+/// At 557087d every request, a 404 or a 401 included, ran the host's work after the answer
+/// (on Spin: a delivery claim, which takes the database's write lock), so an unauthenticated
+/// flood contended with every append. Now only requests whose credentials held do.
+#[test]
+fn only_requests_whose_credentials_held_run_the_work_after_the_answer() {
+    for h in FakeHost::all(&[]) {
+        let send = |target: &str, auth: &str| {
+            run(handle(
+                &h,
+                request(
+                    "GET",
+                    target,
+                    &[("authorization", auth)],
+                    FakeBody::default(),
+                ),
+                EdgeFacts::default(),
+            ))
+            .status()
+        };
+        assert_eq!(send("/nowhere", ""), 404);
+        assert_eq!(send("/v1/readings?device_id=a1&temp=1", "Bearer junk"), 401);
+        assert_eq!(send("/v1/readings?device_id=a1&temp=1", &token("a2")), 401);
+        assert_eq!(send("/admin/stats", "Bearer wrong"), 401);
+        assert_eq!(h.afters.get(), 0, "{}", h.platform);
+        assert_eq!(send("/v1/readings?device_id=a1&temp=1", &token("a1")), 200);
+        let admin = "Bearer admin-token-admin-token-admin-token";
+        assert_eq!(send("/admin/stats", admin), 200);
+        assert_eq!(h.afters.get(), 2, "{}", h.platform);
+    }
 }
 
 #[test]

@@ -11,7 +11,7 @@ use super::*;
 use crate::application::delivery::policy::{FlushPolicy, RetryPolicy};
 use crate::domain::enrich::StoredReading;
 use crate::ports::testing::run;
-use crate::ports::{CollectorAnswer, EntropyUnavailable, StoreError, TransportError};
+use crate::ports::{CollectorAnswer, EntropyUnavailable, StoreError, TransportError, Trim};
 
 // ---- fakes ----------------------------------------------------------------------------------
 
@@ -22,13 +22,18 @@ impl Clock for FakeClock {
     }
 }
 
-/// Deterministic bytes.
-pub(crate) struct FakeEntropy(pub(crate) Cell<u8>);
+/// Deterministic bytes (splitmix64), with no short cycle: ids drawn in one millisecond stay
+/// distinct.
+pub(crate) struct FakeEntropy(pub(crate) Cell<u64>);
 impl Entropy for FakeEntropy {
     fn fill(&self, buf: &mut [u8]) -> Result<(), EntropyUnavailable> {
-        for b in buf {
-            self.0.set(self.0.get().wrapping_add(37));
-            *b = self.0.get();
+        for chunk in buf.chunks_mut(8) {
+            let mut z = self.0.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+            self.0.set(z);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
         }
         Ok(())
     }
@@ -63,6 +68,8 @@ pub(crate) struct FakeCollector {
     /// Readings it refuses: a batch holding one is answered 400 whole (as InfluxDB refuses a
     /// write with one bad point).
     pub(crate) poisoned: RefCell<BTreeSet<String>>,
+    /// Readings it chokes on: a batch holding one is answered 500 (a collector bug).
+    pub(crate) choking: RefCell<BTreeSet<String>>,
 }
 
 impl FakeCollector {
@@ -90,9 +97,11 @@ impl Collector for FakeCollector {
             .map(|r| r["id"].as_str().unwrap().to_owned())
             .collect();
         let poisoned = ids.iter().any(|id| self.poisoned.borrow().contains(id));
+        let chokes = ids.iter().any(|id| self.choking.borrow().contains(id));
         let answer = self.script.borrow_mut().pop_front().unwrap_or(Ok(200));
         let answer = match answer {
             Ok(200..=299) if poisoned => Ok(400),
+            Ok(200..=299) if chokes => Ok(500),
             other => other,
         };
         match answer {
@@ -157,13 +166,8 @@ impl FakeStore {
 
 impl OutboxStore for FakeStore {
     type Key = u64;
-    async fn trim(
-        &self,
-        key: &u64,
-        settled: usize,
-        _node: &str,
-        readings: &[StoredReading],
-    ) -> Result<(), StoreError> {
+    async fn trim(&self, trim: &Trim<u64>) -> Result<(), StoreError> {
+        let (key, settled, readings) = (&trim.key, trim.settled, &trim.readings);
         if self.fail_trims.get() {
             return Err(StoreError("disk full".into()));
         }
@@ -242,6 +246,7 @@ fn config(max_items: usize, wakeups: Wakeups) -> OutboxConfig {
         max_backlog: 10_000,
         backlog_retry_after_s: 5,
         wakeups,
+        give_up_ms: 300_000,
     }
 }
 
@@ -340,11 +345,18 @@ impl Host {
         self.clock.0.set(self.clock.0.get() + ms);
     }
 
-    /// The promise: every acknowledged reading arrived, or (refused by the collector) is
-    /// alone in a dead letter; nothing arrived that was not appended.
+    /// The promise: every acknowledged reading arrived, or (refused by the collector, or
+    /// choked on until given up) is alone in a dead letter; nothing arrived that was not
+    /// appended.
     fn assert_delivered(&self) {
         let stored = self.collector.stored_set();
-        let poisoned = self.collector.poisoned.borrow();
+        let poisoned: BTreeSet<String> = self
+            .collector
+            .poisoned
+            .borrow()
+            .union(&self.collector.choking.borrow())
+            .cloned()
+            .collect();
         let missing: Vec<_> = self
             .acknowledged
             .difference(&stored)
@@ -622,7 +634,7 @@ fn a_store_that_fails_on_trim_costs_duplicates_after_a_crash_never_readings() {
 fn retries_keep_the_batch_id_back_off_and_are_not_cut_short_by_traffic() {
     let mut h = Host::new(50);
     assert!(h.accept(50));
-    h.collector.answer(&[Err(()), Ok(503)]);
+    h.collector.answer(&[Err(()), Ok(503), Ok(503)]);
     let Next::At(first_retry) = h.round() else {
         panic!()
     };
@@ -631,11 +643,21 @@ fn retries_keep_the_batch_id_back_off_and_are_not_cut_short_by_traffic() {
     assert!(h.accept(50));
     assert!(matches!(h.round(), Next::At(at) if at == first_retry));
     assert_eq!(h.collector.attempts.borrow().len(), 1);
+    // After the backoff, one probe: the failed batch under its id. It fails, so another batch
+    // is probed at once (the collector might only be choking on the first); it fails too, and
+    // the backoff grows.
     h.clock.0.set(first_retry);
-    let Next::At(second_retry) = h.round() else {
-        panic!()
-    };
-    assert!(second_retry - first_retry >= 200, "the backoff grows");
+    assert!(matches!(h.round(), Next::At(at) if at == first_retry));
+    assert!(matches!(h.round(), Next::At(at) if at >= first_retry + 200));
+    {
+        let attempts = h.collector.attempts.borrow();
+        assert_eq!(attempts.len(), 3);
+        assert_eq!(attempts[1], attempts[0], "a retry keeps its batch id");
+        assert_ne!(
+            attempts[2], attempts[0],
+            "the second probe is another batch"
+        );
+    }
     h.drain();
     h.assert_delivered();
     let attempts = h.collector.attempts.borrow();
@@ -643,10 +665,111 @@ fn retries_keep_the_batch_id_back_off_and_are_not_cut_short_by_traffic() {
     assert_eq!(
         attempts.iter().filter(|id| *id == first).count(),
         3,
-        "a retry keeps its batch id: {attempts:?}"
+        "{attempts:?}"
     );
-    assert_eq!(h.outbox.borrow().stats().failed_attempts, 2);
+    let stats = h.outbox.borrow().stats().clone();
+    assert_eq!(stats.failed_attempts, 3);
+    assert!(stats.probes >= 3, "{stats:?}");
+    assert_eq!((stats.isolated_batches, stats.split_batches), (0, 0));
     assert!(h.outbox.borrow().is_healthy());
+}
+
+/// A collector down for every batch gets one batch at a time: after each backoff at most two
+/// probes, one after the other, never the whole backlog at once.
+#[test]
+fn a_collector_that_is_down_gets_one_batch_at_a_time() {
+    let mut h = Host::new(10);
+    for _ in 0..8 {
+        assert!(h.accept(10));
+    }
+    h.collector.answer(&[Ok(503); 4]);
+    h.round(); // four batches in flight, all refused: the collector looks down
+    assert_eq!(h.collector.attempts.borrow().len(), 4);
+    for _ in 0..20 {
+        h.collector.answer(&[Ok(503)]);
+        let sent = h.collector.attempts.borrow().len();
+        let Next::At(at) = h.round() else { panic!() };
+        assert!(
+            h.collector.attempts.borrow().len() <= sent + 1,
+            "one at a time"
+        );
+        h.clock.0.set(at.max(h.clock.now_ms()));
+    }
+    assert!(
+        h.dead_lettered().is_empty(),
+        "an outage dead-letters nothing"
+    );
+    h.drain();
+    h.assert_delivered();
+}
+
+/// At 557087d a batch the collector kept answering 500 held back every other: it was retried
+/// with no cap, and nothing else went out meanwhile. Now, while other batches are delivered,
+/// the failing batch is split until the failing reading is alone, which is retried on its own
+/// backoff and, once it has failed that way for the give-up time, kept as a dead letter.
+#[test]
+fn a_batch_the_collector_chokes_on_is_isolated_and_given_up_alone() {
+    let mut h = Host::with(OutboxConfig {
+        give_up_ms: 30_000,
+        ..config(10, Wakeups::OnArrival)
+    });
+    assert!(h.accept(5));
+    assert!(h.accept(1)); // r6: the collector answers 500 to any batch holding it
+    assert!(h.accept(34));
+    h.collector.choking.borrow_mut().insert("r6".into());
+    h.tick(300);
+    // Traffic keeps coming (other devices): every one of those readings is delivered.
+    for _ in 0..60 {
+        assert!(h.accept(3));
+        h.tick(1_000);
+        let _ = h.round();
+        let _ = h.round();
+    }
+    h.tick(1_000);
+    h.drain();
+    h.assert_delivered();
+    let stored = h.collector.stored_set();
+    assert!(!stored.contains("r6"));
+    assert_eq!(
+        stored.len() as u64,
+        h.next_reading - 1,
+        "all but r6 delivered"
+    );
+    assert_eq!(h.dead_lettered(), ["r6"]);
+    let letter = h.store.dead.borrow()[0].clone();
+    assert_eq!(letter.status, Some(500));
+    let stats = h.outbox.borrow().stats().clone();
+    assert_eq!(stats.given_up_readings, 1);
+    assert!(stats.isolated_batches >= 1, "{stats:?}");
+    assert!(h.outbox.borrow().is_healthy(), "never taken for an outage");
+    assert_eq!(h.store.pending(), 0);
+}
+
+/// An isolated reading is given up only while the collector answers: during an outage its
+/// clock runs, but nothing is dead-lettered.
+#[test]
+fn an_isolated_reading_is_not_given_up_while_the_collector_is_down() {
+    let mut h = Host::with(OutboxConfig {
+        give_up_ms: 5_000,
+        ..config(10, Wakeups::OnArrival)
+    });
+    assert!(h.accept(10));
+    h.collector.choking.borrow_mut().insert("r1".into());
+    assert!(h.accept(10));
+    h.tick(300);
+    h.round(); // r1's batch fails while the other is delivered: isolated and split
+    assert_eq!(h.outbox.borrow().stats().isolated_batches, 1);
+    // The collector goes away altogether, for longer than the give-up time.
+    for _ in 0..40 {
+        h.collector.answer(&[Err(()); 4]);
+        h.tick(500);
+        h.round();
+    }
+    assert!(h.dead_lettered().is_empty());
+    h.collector.choking.borrow_mut().clear();
+    h.drain();
+    h.assert_delivered();
+    assert!(h.collector.stored_set().contains("r1"));
 }
 
 #[test]

@@ -91,6 +91,7 @@ fn outbox_config() -> OutboxConfig {
         max_backlog: 100,
         backlog_retry_after_s: 5,
         wakeups: Wakeups::Polled,
+        give_up_ms: 300_000,
     }
 }
 
@@ -140,7 +141,7 @@ impl App {
         run(store.prepare()).unwrap();
         Instance {
             store,
-            driver: SharedDriver::new(&outbox_config(), self.clock.now_ms()),
+            driver: SharedDriver::new(&outbox_config(), self.clock.now_ms(), None),
         }
     }
 
@@ -477,11 +478,13 @@ fn segments_of_the_previous_release_in_key_value_are_imported_once() {
         vec!["calibration".to_owned()],
         "segment keys left behind"
     );
-    let version = run(a.store.prepare()).unwrap();
-    assert_eq!(version, sql::VERSION_CURRENT);
+    let prepared = run(a.store.prepare()).unwrap();
+    assert_eq!(prepared.found, sql::VERSION_CURRENT);
+    assert!(!prepared.import, "imported once: not again");
     assert!(a.driver.nudge(T0));
     app.drain(&[&a]);
-    assert_eq!(app.batch_sizes(), vec![5, 2]);
+    // A batch names one node: the even older reading (node `local`) goes alone.
+    assert_eq!(app.batch_sizes(), vec![1, 5, 1]);
     app.assert_all_delivered();
 }
 
@@ -501,7 +504,17 @@ fn random_instances_crashes_and_failures_lose_nothing() {
         };
         let mut instances: Vec<Instance> = (0..3).map(|_| app.instance()).collect();
         let (mut crashes, mut cut_off) = (0, 0);
+        let mut stepped = vec![T0; instances.len()];
         for _ in 0..120 {
+            // A live driver that holds readings runs at least every POLL_MS (its claims' leases
+            // renewed as it goes): here, at least every 5 s. One that stops is a crash, below.
+            for (i, instance) in instances.iter().enumerate() {
+                let holds = instance.driver.outbox.borrow().pending() > 0;
+                if holds && app.clock.now_ms() - stepped[i] > 5_000 {
+                    app.step(instance);
+                    stepped[i] = app.clock.now_ms();
+                }
+            }
             match next(10) {
                 0..=4 => {
                     let i = next(instances.len() as u64) as usize;
@@ -510,6 +523,7 @@ fn random_instances_crashes_and_failures_lose_nothing() {
                 5 | 6 => {
                     let i = next(instances.len() as u64) as usize;
                     app.step(&instances[i]);
+                    stepped[i] = app.clock.now_ms();
                 }
                 7 => app.tick(next(300)),
                 8 => {
@@ -546,11 +560,15 @@ fn random_instances_crashes_and_failures_lose_nothing() {
                         }
                     }
                     instances[i] = app.instance();
+                    stepped[i] = app.clock.now_ms();
                     crashes += 1;
                 }
             }
         }
-        app.tick(LEASE_MS + 1);
+        // The live drivers finish what they hold; then long enough passes for the leases of
+        // the crashed ones to end and for every instance to look again.
+        app.drain(&instances.iter().collect::<Vec<_>>());
+        app.tick(LEASE_MS.max(LOOK_EVERY_MS) + 1);
         for i in &instances {
             i.driver.nudge(app.clock.now_ms());
         }
@@ -793,6 +811,39 @@ fn a_writer_dropped_mid_statement_hands_the_group_on() {
     drop(next_writer);
     assert!(block_on(rider).is_err(), "its outcome is unknown: an error");
     block_on(append(1)).unwrap().unwrap();
+    assert_eq!(group.held(), (0, 0));
+}
+
+/// At 557087d a request dropped while another's statement carried it (its client went away)
+/// left its result in the group for ever; one dropped before any statement took it was still
+/// written. Now neither leaves anything behind.
+#[test]
+fn a_waiting_request_dropped_leaves_nothing_in_the_group() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    let app = App::new("group-waiter-drop");
+    let _tables = app.instance();
+    let store = SharedOutbox::new(SlowDb(Db::open(&app.path)));
+    let (group, clock) = contended_group(&app, &store);
+    let append = |n| group.append(&store, &YieldTimer, &clock, app.request(n), 100);
+    let mut cx = Context::from_waker(Waker::noop());
+    // Carried by the writer's statement, then dropped before it looks for its result.
+    let mut writer = Box::pin(append(1));
+    assert!(writer.as_mut().poll(&mut cx).is_pending());
+    let mut carried = Box::pin(append(2));
+    assert!(carried.as_mut().poll(&mut cx).is_pending());
+    let mut next_writer = Box::pin(append(1));
+    assert!(next_writer.as_mut().poll(&mut cx).is_pending());
+    block_on(writer).unwrap().unwrap();
+    assert!(next_writer.as_mut().poll(&mut cx).is_pending());
+    let mut late = Box::pin(append(3));
+    assert!(late.as_mut().poll(&mut cx).is_pending(), "waits behind");
+    drop(carried);
+    drop(late); // never taken by a statement: not written
+    block_on(next_writer).unwrap().unwrap();
+    assert_eq!(group.held(), (0, 0));
+    let pending = app.pending();
+    assert_eq!(pending, 1 + 1 + 2 + 1, "the late request was not written");
 }
 
 /// 2 readings a second, 10 at once.
@@ -932,11 +983,40 @@ fn a_limited_request_in_a_group_is_refused_alone() {
     assert_eq!(app.tokens("x"), Some(0.0));
 }
 
-/// A database as an earlier release left it: its tables, then `statements`, one row pending
-/// and schema `version`.
+/// The schema release 2 made (commit cc8271b, the first shared outbox), frozen here: a test
+/// that built the "earlier" database from today's statements could not see what an upgrade
+/// misses. No `charge` column, no `outbox_claimed` index, no buckets, and a dead letter's
+/// `status` NOT NULL.
+const RELEASE_2: &[&str] = &[
+    "PRAGMA journal_mode=WAL",
+    "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, \
+     received_at_ms INTEGER NOT NULL, node TEXT NOT NULL, doc TEXT NOT NULL, claim TEXT, \
+     lease_until_ms INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0)",
+    "CREATE INDEX IF NOT EXISTS outbox_retrying ON outbox (lease_until_ms) WHERE attempts > 0",
+    "CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT, \
+     batch_id TEXT NOT NULL, failed_at_ms INTEGER NOT NULL, status INTEGER NOT NULL, \
+     detail TEXT NOT NULL, readings INTEGER NOT NULL, body TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS outbox_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) \
+     WITHOUT ROWID",
+    "INSERT INTO dead_letters (batch_id, failed_at_ms, status, detail, readings, body) \
+     VALUES ('old-letter', 1799999999000, 400, 'bad', 1, '{}')",
+];
+
+/// What release 3 added on top (commit f785aff: the rate limit in the append): the `charge`
+/// column, its trigger, the buckets, and the `outbox_claimed` index. No append view.
+const RELEASE_3: &[&str] = &[
+    "CREATE INDEX IF NOT EXISTS outbox_claimed ON outbox (claim) WHERE claim IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS rate_buckets (device TEXT PRIMARY KEY, tokens REAL NOT NULL, \
+     updated_ms INTEGER NOT NULL) WITHOUT ROWID",
+    "ALTER TABLE outbox ADD COLUMN charge TEXT",
+    sql::CHARGE,
+];
+
+/// A database as an earlier release left it: `statements`, one row pending and schema
+/// `version`.
 fn an_earlier_database(app: &App, statements: &[&str], version: i64) -> rusqlite::Connection {
     let c = rusqlite::Connection::open(&app.path).unwrap();
-    for statement in sql::SETUP.iter().chain(statements) {
+    for statement in statements {
         c.execute_batch(statement).unwrap();
     }
     c.execute_batch(&format!(
@@ -947,49 +1027,98 @@ fn an_earlier_database(app: &App, statements: &[&str], version: i64) -> rusqlite
     c
 }
 
-/// A database the previous release made (schema 2: no `charge` column) is brought up to date
-/// by the first instance that starts on it, once, and keeps its rows.
-#[test]
-fn a_database_of_the_previous_release_is_upgraded_in_place() {
-    let app = App::new("upgrade");
-    {
-        let c = an_earlier_database(&app, &[], 2);
-        let has: i64 = c.query_row(sql::HAS_CHARGE, [], |r| r.get(0)).unwrap();
-        assert_eq!(has, 0, "the old schema");
-    }
-    let (a, b) = (
-        SharedOutbox::new(Db::open(&app.path)),
-        SharedOutbox::new(Db::open(&app.path)),
-    );
-    assert_eq!(run(a.prepare()), Ok(sql::VERSION_IMPORTED));
-    assert_eq!(run(b.prepare()), Ok(sql::VERSION_CURRENT), "once is enough");
-    assert_eq!(run(a.prepare()), Ok(sql::VERSION_CURRENT));
-    assert!(matches!(run(a.append(app.charged(&["d"]), 100)), Ok(Ok(_))));
-    assert_eq!(app.tokens("d"), Some(9.0));
-    assert_eq!(app.pending(), 2);
+/// Every object the current schema has, by type and name.
+fn schema_objects(app: &App) -> Vec<(String, String)> {
+    let c = rusqlite::Connection::open(&app.path).unwrap();
+    let mut stmt = c
+        .prepare(
+            "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY 1, 2",
+        )
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
 }
 
-/// A database of the release before the append view (schema 3: its rows, charges and trigger)
-/// gets the view from the first instance that starts on it, and keeps its rows.
+/// At 557087d an instance upgrading a database of release 2 ran only the steps after it, so
+/// objects added to the first schema later (the `outbox_claimed` index) never reached it, and
+/// the dead-letter table kept its NOT NULL `status`, which a batch that cannot be encoded has
+/// none of. Now every object is made if missing, and the upgraded database is the same as a
+/// fresh one.
 #[test]
-fn a_database_without_the_append_view_gets_it_in_place() {
-    let app = App::new("upgrade-view");
-    drop(an_earlier_database(
-        &app,
-        &[sql::ADD_CHARGE, sql::CHARGE],
-        3,
-    ));
+fn a_database_of_release_2_is_upgraded_to_the_same_schema_as_a_fresh_one() {
+    let fresh = App::new("upgrade-fresh");
+    drop(fresh.instance());
+    let app = App::new("upgrade-2");
+    drop(an_earlier_database(&app, RELEASE_2, 2));
     let a = SharedOutbox::new(Db::open(&app.path));
+    let prepared = run(a.prepare()).unwrap();
+    assert_eq!((prepared.found, prepared.import), (2, false));
+    assert_eq!(schema_objects(&app), schema_objects(&fresh));
+    let again = run(SharedOutbox::new(Db::open(&app.path)).prepare()).unwrap();
+    assert_eq!(again.found, sql::VERSION_CURRENT, "once is enough");
+    assert!(matches!(run(a.append(app.charged(&["d"]), 100)), Ok(Ok(_))));
+    assert_eq!(app.tokens("d"), Some(9.0));
+    assert_eq!(app.pending(), 2, "its row kept");
+    // A dead letter without a status, and the old one kept.
+    let letter = DeadLetter {
+        batch_id: "unencodable".into(),
+        failed_at_ms: T0,
+        status: None,
+        detail: String::new(),
+        readings: 1,
+        body: "{}".into(),
+    };
+    run(a.dead_letter(&letter)).unwrap();
+    let letters = run(a.dead_letters(10, T0)).unwrap();
+    assert_eq!(letters.len(), 2);
+    let c = rusqlite::Connection::open(&app.path).unwrap();
+    let kept: i64 = c
+        .query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, 2);
+}
+
+/// A database of release 3 (the rate limit in the append, no view) gets what came after.
+#[test]
+fn a_database_of_release_3_gets_the_append_view_and_the_isolated_table() {
+    let fresh = App::new("upgrade-fresh-3");
+    drop(fresh.instance());
+    let app = App::new("upgrade-3");
+    let statements: Vec<&str> = RELEASE_2.iter().chain(RELEASE_3).copied().collect();
+    drop(an_earlier_database(&app, &statements, 3));
+    let a = SharedOutbox::new(Db::open(&app.path));
+    let prepared = run(a.prepare()).unwrap();
     assert_eq!(
-        run(a.prepare()),
-        Ok(sql::VERSION_CHARGES),
+        (prepared.found, prepared.import),
+        (3, false),
         "imported already"
     );
-    assert_eq!(run(a.prepare()), Ok(sql::VERSION_CURRENT));
+    assert_eq!(schema_objects(&app), schema_objects(&fresh));
     let appended = run(a.append(app.charged(&["d", "d"]), 100))
         .unwrap()
         .unwrap();
     assert_eq!((appended.first_seq, appended.last_seq), (2, 3));
     assert_eq!(app.tokens("d"), Some(8.0));
     assert_eq!(app.pending(), 3);
+}
+
+/// At 557087d the schema version was read outside the upgrade's transaction: an instance that
+/// read an old version, then waited while another upgraded, set the version back and ran the
+/// steps again. Now the version is read under the write lock, and only ever set to current.
+#[test]
+fn an_upgrade_that_finds_another_done_under_the_lock_leaves_it_alone() {
+    let app = App::new("upgrade-race");
+    drop(an_earlier_database(&app, RELEASE_2, 2));
+    let slow = SharedOutbox::new(Db::open(&app.path));
+    // The slow instance read version 2 before the fast one upgraded...
+    assert_eq!(run(slow.version()).unwrap(), 2);
+    let fast = SharedOutbox::new(Db::open(&app.path));
+    run(fast.prepare()).unwrap();
+    // ...and only now takes the lock: it finds the upgrade done.
+    run(slow.db.execute("BEGIN IMMEDIATE", Vec::new())).unwrap();
+    assert_eq!(run(slow.upgrade()).unwrap(), sql::VERSION_CURRENT);
+    run(slow.db.execute("COMMIT", Vec::new())).unwrap();
+    assert_eq!(run(slow.version()).unwrap(), sql::VERSION_CURRENT);
 }
