@@ -3,9 +3,12 @@
 //! `POST /ingest` stores a batch envelope in SQLite (data survives restarts) and de-duplicates
 //! readings by `id`; `GET /stats` and `GET /readings?device_id=` show what arrived;
 //! `POST /faults` (only with `--test-faults`) or the `--fail-*` flags inject failures for tests.
-//! With a token (`--token` or `COLLECTOR_TOKEN`) every route needs `Authorization: Bearer`,
-//! compared in constant time over SHA-256 digests. A storage fault is answered 503 (retry):
-//! never a 4xx, which an edge takes as its batch's fault.
+//! With a token (`--token` or `COLLECTOR_TOKEN`, at least 32 bytes) every route needs
+//! `Authorization: Bearer`, compared in constant time over SHA-256 digests; without one it
+//! listens on loopback only. A reading it cannot store is answered 400 naming it (the edge
+//! isolates it and keeps it as a dead letter); a storage fault 503 (retry), never a 4xx, which
+//! an edge takes as its batch's fault. SQLite runs off the async workers, and the read routes
+//! use a connection of their own, so they never hold back ingest.
 
 mod store;
 
@@ -27,7 +30,10 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use store::{Batch, Store};
+use store::{Batch, InsertError, Store};
+
+/// Shortest token accepted, as the edge's own secrets.
+const MIN_TOKEN_LEN: usize = 32;
 
 const USAGE: &str =
     "usage: edge-enrich-collector [--addr 127.0.0.1:0] [--db collector.sqlite] [--token T]
@@ -74,7 +80,9 @@ fn default_refuse_status() -> u16 {
 }
 
 struct App {
+    /// Ingest's connection, and the read routes' own.
     store: Mutex<Store>,
+    reader: Mutex<Store>,
     faults: Mutex<Faults>,
     /// The SHA-256 digest of the token every request must carry, if one is set.
     token: Option<[u8; 32]>,
@@ -134,6 +142,18 @@ fn parse_args() -> Result<Args, String> {
         if !token.is_empty() && args.token.is_none() {
             args.token = Some(token);
         }
+    }
+    match &args.token {
+        Some(t) if t.len() < MIN_TOKEN_LEN => {
+            return Err(format!("the token must be at least {MIN_TOKEN_LEN} bytes"))
+        }
+        None if !args.addr.ip().is_loopback() => {
+            return Err(format!(
+                "listening on {} needs a token (--token or COLLECTOR_TOKEN, at least {MIN_TOKEN_LEN} bytes); without one only a loopback address is allowed",
+                args.addr
+            ))
+        }
+        _ => {}
     }
     Ok(args)
 }
@@ -270,20 +290,79 @@ async fn ingest(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
             "injected: the batch holds a refused device's reading",
         );
     }
-    let result = app
-        .store
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(&batch, now_ms());
+    // Judged before anything is stored: a reading this collector cannot store is the batch's
+    // fault, named, so that the edge isolates it (a 503 would be retried for ever).
+    if let Err(InsertError::Reading { index, id, detail }) = store::check(&batch) {
+        let named = id.map_or(String::new(), |id| format!(" (id {id})"));
+        return problem(
+            StatusCode::BAD_REQUEST,
+            format!("readings[{index}]{named} cannot be stored: {detail}"),
+        );
+    }
+    let body = body.clone();
+    let key = key.map(str::to_owned);
+    let result = blocking(&app, move |app| {
+        let text = std::str::from_utf8(&body).map_err(|e| InsertError::Storage(e.to_string()))?;
+        let batch = reparse(text, key.as_deref(), ndjson)?;
+        app.store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(&batch, now_ms())
+    })
+    .await;
     match result {
-        Ok(stored) => Json(stored).into_response(),
+        Ok(Ok(stored)) => Json(stored).into_response(),
+        Ok(Err(InsertError::Reading { index, detail, .. })) => problem(
+            StatusCode::BAD_REQUEST,
+            format!("readings[{index}] cannot be stored: {detail}"),
+        ),
         // A storage fault is the collector's, not the batch's: the edge must retry it.
-        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, e),
+        Ok(Err(InsertError::Storage(e))) | Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 
+/// The batch again, from its text, inside the blocking task (a `Batch` borrows its text).
+fn reparse<'a>(text: &'a str, key: Option<&str>, ndjson: bool) -> Result<Batch<'a>, InsertError> {
+    let bad = |e: serde_json::Error| InsertError::Storage(e.to_string());
+    if ndjson {
+        let readings = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        Ok(Batch {
+            batch_id: key.unwrap_or_default().to_owned(),
+            edge_node: String::new(),
+            sent_at_ms: now_ms(),
+            readings,
+        })
+    } else {
+        serde_json::from_str(text).map_err(bad)
+    }
+}
+
+/// Runs `f` on tokio's blocking pool: SQLite calls never stall the async workers.
+async fn blocking<T: Send + 'static>(
+    app: &Arc<App>,
+    f: impl FnOnce(&App) -> T + Send + 'static,
+) -> Result<T, String> {
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || f(&app))
+        .await
+        .map_err(|e| format!("the storage task failed: {e}"))
+}
+
 async fn stats(State(app): State<Arc<App>>) -> Response {
-    let stats = app.store.lock().unwrap_or_else(|p| p.into_inner()).stats();
+    let stats = blocking(&app, |app| {
+        app.reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stats()
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .and_then(|r| r);
     match stats {
         Ok(s) => {
             let mut v = serde_json::to_value(s).unwrap_or_default();
@@ -291,7 +370,7 @@ async fn stats(State(app): State<Arc<App>>) -> Response {
             v["injected_failures"] = app.injected_failures.load(Ordering::Relaxed).into();
             Json(v).into_response()
         }
-        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
@@ -302,14 +381,18 @@ struct ReadingsQuery {
 }
 
 async fn readings(State(app): State<Arc<App>>, Query(q): Query<ReadingsQuery>) -> Response {
-    let rows = app
-        .store
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .readings(q.device_id.as_deref(), q.limit.unwrap_or(100_000));
+    let rows = blocking(&app, move |app| {
+        app.reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .readings(q.device_id.as_deref(), q.limit.unwrap_or(100_000))
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .and_then(|r| r);
     match rows {
         Ok(rows) => Json(rows).into_response(),
-        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
@@ -319,17 +402,22 @@ struct DeliveryQuery {
 }
 
 async fn delivery(State(app): State<Arc<App>>, Query(q): Query<DeliveryQuery>) -> Response {
-    let result = app
-        .store
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .delivery(q.since_ms.unwrap_or(0));
+    let since = q.since_ms.unwrap_or(0);
+    let result = blocking(&app, move |app| {
+        app.reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .delivery(since)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .and_then(|r| r);
     match result {
         Ok(mut v) => {
             v["requests"] = app.requests.load(Ordering::Relaxed).into();
             Json(v).into_response()
         }
-        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
@@ -361,9 +449,17 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    let reader = match Store::reader(&args.db) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot open {}: {e}", args.db.display());
+            std::process::exit(1);
+        }
+    };
     let (refuse_tx, mut refuse_rx) = mpsc::unbounded_channel();
     let app = Arc::new(App {
         store: Mutex::new(store),
+        reader: Mutex::new(reader),
         faults: Mutex::new(args.faults),
         token: args.token.as_deref().map(digest),
         requests: AtomicU64::new(0),

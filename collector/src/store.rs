@@ -22,7 +22,7 @@ pub struct Batch<'a> {
 
 /// The fields the collector indexes; the whole reading is kept verbatim as `doc`.
 #[derive(Deserialize)]
-struct ReadingKeys {
+pub struct ReadingKeys {
     id: String,
     device_id: String,
     temp_c: f64,
@@ -33,6 +33,20 @@ struct ReadingKeys {
 pub struct Stored {
     pub stored: usize,
     pub duplicates: usize,
+}
+
+/// Why a batch was not stored.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InsertError {
+    /// A reading is not one this collector can store: the batch's fault (400), named by its
+    /// place and, when it has one, its id.
+    Reading {
+        index: usize,
+        id: Option<String>,
+        detail: String,
+    },
+    /// The database failed: the collector's fault (503, retry).
+    Storage(String),
 }
 
 #[derive(Debug, Serialize)]
@@ -76,13 +90,18 @@ impl Store {
 
     /// Stores a batch in one transaction. A reading whose id is already stored counts as a
     /// duplicate and is not stored again (at-least-once delivery, exactly-once storage).
-    pub fn insert(&mut self, batch: &Batch<'_>, now_ms: u64) -> Result<Stored, String> {
-        let mut keys = Vec::with_capacity(batch.readings.len());
-        for (i, raw) in batch.readings.iter().enumerate() {
-            let k: ReadingKeys =
-                serde_json::from_str(raw.get()).map_err(|e| format!("readings[{i}]: {e}"))?;
-            keys.push((k, raw.get()));
-        }
+    pub fn insert(&mut self, batch: &Batch<'_>, now_ms: u64) -> Result<Stored, InsertError> {
+        let keys = check(batch)?;
+        self.store(batch, keys, now_ms)
+            .map_err(InsertError::Storage)
+    }
+
+    fn store(
+        &mut self,
+        batch: &Batch<'_>,
+        keys: Vec<(ReadingKeys, &str)>,
+        now_ms: u64,
+    ) -> Result<Stored, String> {
         let tx = self.conn.transaction().map_err(|e| e.to_string())?;
         let mut stored = 0;
         {
@@ -124,6 +143,14 @@ impl Store {
         .map_err(|e| e.to_string())?;
         tx.commit().map_err(|e| e.to_string())?;
         Ok(Stored { stored, duplicates })
+    }
+
+    /// The same database for reading, on a connection of its own: in WAL mode its queries wait
+    /// for no write, and writes wait for none of them.
+    pub fn reader(path: &Path) -> rusqlite::Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.execute_batch("PRAGMA query_only = ON;")?;
+        Ok(Self { conn })
     }
 
     pub fn stats(&self) -> rusqlite::Result<Stats> {
@@ -216,6 +243,31 @@ impl Store {
     }
 }
 
+/// Every reading of `batch` as this collector stores it, or the first that is not.
+pub fn check<'a>(batch: &'a Batch<'_>) -> Result<Vec<(ReadingKeys, &'a str)>, InsertError> {
+    let mut keys = Vec::with_capacity(batch.readings.len());
+    for (index, raw) in batch.readings.iter().enumerate() {
+        match serde_json::from_str::<ReadingKeys>(raw.get()) {
+            Ok(k) => keys.push((k, raw.get())),
+            Err(e) => {
+                #[derive(Deserialize)]
+                struct Id {
+                    id: Option<String>,
+                }
+                let id = serde_json::from_str::<Id>(raw.get())
+                    .ok()
+                    .and_then(|i| i.id);
+                return Err(InsertError::Reading {
+                    index,
+                    id,
+                    detail: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(keys)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +323,9 @@ mod tests {
         )
         .unwrap();
         let mut s = s;
-        assert!(s.insert(&bad, 1).unwrap_err().starts_with("readings[0]"));
+        assert!(matches!(
+            s.insert(&bad, 1),
+            Err(InsertError::Reading { index: 0, id: Some(ref id), .. }) if id == "x"
+        ));
     }
 }

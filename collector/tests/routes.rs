@@ -93,7 +93,7 @@ fn batch(id: &str, devices: &[&str]) -> String {
 
 #[test]
 fn a_token_closes_every_route() {
-    let token = "collector-token-0123456789";
+    let token = "collector-token-0123456789-0123456789";
     let c = Collector::start(&["--token", token, "--test-faults"]);
     let routes = [
         ("POST", "/ingest", batch("b1", &["a"])),
@@ -103,7 +103,11 @@ fn a_token_closes_every_route() {
         ("POST", "/faults", "{}".to_owned()),
     ];
     for (method, path, body) in &routes {
-        for wrong in [None, Some("collector-token-012345678"), Some("x")] {
+        for wrong in [
+            None,
+            Some("collector-token-0123456789-012345678"),
+            Some("x"),
+        ] {
             let (status, _) = c.call(method, path, wrong, body);
             assert_eq!(status, 401, "{method} {path} with {wrong:?}");
         }
@@ -151,4 +155,43 @@ fn a_refused_device_takes_its_whole_batch() {
         stats["readings"], 2,
         "nothing of the refused batch was stored"
     );
+}
+
+/// At 557087d a reading the collector could not store was answered 503, which every edge
+/// retries for ever: one bad reading held back all. Now it is a 400 that names the reading, and
+/// nothing of the batch is stored.
+#[test]
+fn a_reading_it_cannot_store_is_refused_by_name() {
+    let c = Collector::start(&[]);
+    let body = r#"{"batch_id":"b1","edge_node":"n","sent_at_ms":1,"readings":[
+        {"id":"fine","device_id":"d","temp_c":1.0,"received_at_ms":1},
+        {"id":"odd-one","device_id":"d","temp_c":"warm","received_at_ms":1}]}"#;
+    let (status, text) = c.call("POST", "/ingest", None, body);
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("readings[1]") && text.contains("odd-one"),
+        "{text}"
+    );
+    let (_, stats) = c.call("GET", "/stats", None, "");
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["readings"], 0);
+}
+
+/// At 557087d any token was accepted, however short, and none was needed on any address. Now a
+/// token has at least 32 bytes, and without one the collector listens on loopback only.
+#[test]
+fn a_short_token_or_an_open_address_without_one_is_refused() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_edge-enrich-collector"))
+            .args(args)
+            .env_remove("COLLECTOR_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let short = run(&["--addr", "127.0.0.1:0", "--token", "short"]);
+    assert_eq!(short.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&short.stderr).contains("at least 32 bytes"));
+    let open = run(&["--addr", "0.0.0.0:0"]);
+    assert_eq!(open.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&open.stderr).contains("needs a token"));
 }

@@ -18,6 +18,7 @@ use crate::application::recent::{Fingerprints, Recent};
 
 use crate::domain::device::DeviceRecord;
 use crate::domain::reading::DeviceId;
+use crate::domain::unquoted::unquoted;
 use crate::ports::StoreError;
 
 /// The key-value key of a device's record.
@@ -244,28 +245,46 @@ where
     })
 }
 
+/// Where `part` (a slice of `text`) starts, as `line L column C`.
+fn position(text: &str, part: &str) -> String {
+    let offset = (part.as_ptr() as usize)
+        .saturating_sub(text.as_ptr() as usize)
+        .min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = offset - before.rfind('\n').map_or(0, |n| n + 1) + 1;
+    format!("line {line} column {column}")
+}
+
 /// A registry given whole in the deployment's configuration (`REGISTRY`): for hosts without a
 /// key-value store (the portable wasi:http flavour) and for tests.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StaticRegistry(HashMap<String, Rc<DeviceRecord>>);
 
 impl StaticRegistry {
-    /// `{"<device id>": <record>, ...}`; every bad entry is reported by its id.
+    /// `{"<device id>": <record>, ...}`; every bad entry is reported by where its record
+    /// starts (line and column), never by its id or what it holds: the faults are public.
     pub fn parse(json: &str) -> Result<Self, Vec<String>> {
         let raw: HashMap<String, &serde_json::value::RawValue> = serde_json::from_str(json)
-            .map_err(|e| vec![format!("must be a JSON object of device records: {e}")])?;
+            .map_err(|e| {
+                vec![format!(
+                    "must be a JSON object of device records: {}",
+                    unquoted(&e.to_string())
+                )]
+            })?;
         let mut errors = Vec::new();
         let mut records = HashMap::with_capacity(raw.len());
         for (id, value) in raw {
+            let at = position(json, value.get());
             if let Err(issue) = DeviceId::parse(&id) {
-                errors.push(format!("{id:?}: {}", issue.detail));
+                errors.push(format!("the entry at {at}: its device id {}", issue.detail));
                 continue;
             }
             match DeviceRecord::parse(value.get()) {
                 Ok(r) => {
                     records.insert(id, Rc::new(r));
                 }
-                Err(why) => errors.push(format!("{id}: {why}")),
+                Err(why) => errors.push(format!("the entry at {at}: {why}")),
             }
         }
         if errors.is_empty() {
@@ -444,6 +463,21 @@ mod tests {
         let errors = StaticRegistry::parse(r#"{"a b":{"status":"active"},"s1":{"status":"x"}}"#)
             .unwrap_err();
         assert_eq!(errors.len(), 2, "{errors:?}");
+        // At 557087d the faults quoted the ids and serde's `unknown variant `x``: public text
+        // (`/healthz`). Now each names where its entry starts, and no value.
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("the entry at line 1 column 8: its device id")),
+            "{errors:?}"
+        );
+        let secretive = StaticRegistry::parse(r#"{"d1":{"status":"stolen-at-site-7"}}"#)
+            .unwrap_err()
+            .join("; ");
+        assert!(
+            !secretive.contains("stolen") && !secretive.contains("d1"),
+            "{secretive}"
+        );
         assert!(StaticRegistry::parse("[]").is_err());
     }
 }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use crate::domain::reading::{DeviceId, FieldIssue, Temperature};
+use crate::domain::unquoted::unquoted;
 
 /// The profile set compiled into the binary; a deployment may replace it (see `Config`).
 pub const EMBEDDED_PROFILES: &str = include_str!("../../profiles/calibration.json");
@@ -105,7 +106,8 @@ impl Profiles {
     pub fn parse(json: &str) -> Result<Self, Vec<String>> {
         let shape_error = |e: serde_json::Error| {
             vec![format!(
-                "calibration profiles are not valid JSON of the form {{\"profiles\": [...]}}: {e}"
+                "calibration profiles are not valid JSON of the form {{\"profiles\": [...]}}: {}",
+                unquoted(&e.to_string())
             )]
         };
         // A bare array is accepted too (set version 0).
@@ -131,7 +133,7 @@ impl Profiles {
             let spec: ProfileSpec = match serde_json::from_str(value.get()) {
                 Ok(s) => s,
                 Err(e) => {
-                    errors.push(format!("profiles[{i}]: {e}"));
+                    errors.push(format!("profiles[{i}]: {}", unquoted(&e.to_string())));
                     continue;
                 }
             };
@@ -361,7 +363,7 @@ mod tests {
             "{e:?}"
         );
         assert!(
-            e[5].starts_with("profiles[6]") && e[5].contains("gian"),
+            e[5].starts_with("profiles[6]") && e[5].contains("unknown field (not shown)"),
             "{e:?}"
         );
         assert!(Profiles::parse("not json").is_err());

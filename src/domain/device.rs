@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::domain::calibration::{default_decimals, one, Profile};
+use crate::domain::unquoted::unquoted;
 
 /// Most tags a record may carry; a tag key's and a tag value's longest length.
 pub const MAX_TAGS: usize = 16;
@@ -117,7 +118,7 @@ impl DeviceRecord {
                 json.len()
             ));
         }
-        let spec: RecordSpec = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let spec: RecordSpec = serde_json::from_str(json).map_err(|e| unquoted(&e.to_string()))?;
         if spec.tags.len() > MAX_TAGS {
             return Err(format!("tags: at most {MAX_TAGS}"));
         }

@@ -7,3 +7,4 @@ pub mod device;
 pub mod enrich;
 pub mod ids;
 pub mod reading;
+pub mod unquoted;

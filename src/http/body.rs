@@ -110,6 +110,8 @@ pub const MAX_UNKNOWN_FIELDS: usize = 32;
 /// is no such key (the request is then refused as unauthenticated). Parsing later checks that
 /// every reading is of this device.
 pub fn first_device_id(body: &[u8], format: BodyFormat) -> Option<DeviceId> {
+    // A UTF-8 byte order mark, as the parser allows one (`parse_readings`).
+    let body = body.strip_prefix(b"\xef\xbb\xbf").unwrap_or(body);
     let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
     // Readings are the top-level objects (NDJSON lines, a lone object) or an array's items.
     let reading_depth = if body[start] == b'[' && format == BodyFormat::Json {
@@ -711,6 +713,18 @@ mod tests {
                 .status(),
             413
         );
+    }
+
+    #[test]
+    /// At 557087d a byte order mark before `[` was taken for the start of a lone object, so the
+    /// pre-scan looked at the wrong depth and found the device of a reading's nested field.
+    #[test]
+    fn the_pre_scan_skips_a_byte_order_mark_as_the_parser_does() {
+        let body =
+            "\u{feff}[{\"meta\":{\"device_id\":\"inner\"},\"device_id\":\"outer\",\"temp\":1}]";
+        let found = first_device_id(body.as_bytes(), BodyFormat::Json).unwrap();
+        assert_eq!(found.as_str(), "outer");
+        assert_eq!(parse_json(body).unwrap()[0].device_id.as_str(), "outer");
     }
 
     #[test]

@@ -638,21 +638,36 @@ impl<K: Clone + PartialEq> Outbox<K> {
     }
 
     /// The batch to probe with: the oldest not isolated and not probed since the last backoff,
-    /// else a new one cut now (when readings wait and there is room).
+    /// else a new one cut now (when readings wait and there is room); at most
+    /// [`probe_size`](Self::probe_size) readings of it.
     fn next_probe(&mut self, now: u64, entropy: &dyn Entropy) -> Option<usize> {
+        let size = self.probe_size();
         let waiting = self
             .flights
             .iter()
             .position(|f| !f.sending && f.isolated.is_none() && !self.probed.contains(&f.id));
-        if waiting.is_some() {
-            return waiting;
+        let index = match waiting {
+            Some(i) => i,
+            None if self.unbatched > 0 && self.batches_in_flight() < SENDS_IN_FLIGHT => {
+                let flight = self.cut(now, entropy);
+                self.flights.push_back(flight);
+                self.flights.len() - 1
+            }
+            None => return None,
+        };
+        if self.flights[index].readings > size {
+            self.split_at(index, size, now, None, entropy);
         }
-        if self.unbatched > 0 && self.batches_in_flight() < SENDS_IN_FLIGHT {
-            let flight = self.cut(now, entropy);
-            self.flights.push_back(flight);
-            return Some(self.flights.len() - 1);
-        }
-        None
+        Some(index)
+    }
+
+    /// Half a batch more after each backoff in a row: a collector that chokes on something in
+    /// every batch (one device's readings, spread over all of them) is soon sent a probe
+    /// without it, and once one is delivered the rest is isolated batch by batch. A collector
+    /// that is really down gets small probes, one at a time. The size follows the failures,
+    /// which a shared outbox keeps with its rows, so it holds across instances.
+    fn probe_size(&self) -> usize {
+        (self.config.flush.max_items >> self.failures.saturating_sub(1).min(31)).max(1)
     }
 
     fn attempt_of(&self, flight: &Flight) -> Attempt {
@@ -749,7 +764,8 @@ impl<K: Clone + PartialEq> Outbox<K> {
                 let newly = flight.isolated.is_none();
                 if flight.readings > 1 {
                     self.stats.isolated_batches += u64::from(newly);
-                    self.split_at(index, now, Some(since), entropy);
+                    let half = flight.readings / 2;
+                    self.split_at(index, half, now, Some(since), entropy);
                     return None;
                 }
                 let answered = matches!(outcome, Outcome::Answered { .. });
@@ -767,7 +783,8 @@ impl<K: Clone + PartialEq> Outbox<K> {
             }
             Verdict::Refused if self.flights[index].readings > 1 => {
                 let isolated = self.flights[index].isolated.map(|i| i.since_ms);
-                self.split_at(index, now, isolated, entropy);
+                let half = self.flights[index].readings / 2;
+                self.split_at(index, half, now, isolated, entropy);
                 self.stats.split_batches += 1;
                 None
             }
@@ -793,14 +810,21 @@ impl<K: Clone + PartialEq> Outbox<K> {
         }
     }
 
-    /// Replaces the flight at `index` by its two halves, each under a new id and due at once
-    /// (a split is no failure of the collector: no backoff); an isolated batch's halves stay
-    /// isolated since the same time.
-    fn split_at(&mut self, index: usize, now: u64, isolated: Option<u64>, entropy: &dyn Entropy) {
+    /// Replaces the flight at `index` by two: its first `first` readings and the rest, each
+    /// under a new id and due at once (a split is no failure of the collector: no backoff); an
+    /// isolated batch's parts stay isolated since the same time.
+    fn split_at(
+        &mut self,
+        index: usize,
+        first: usize,
+        now: u64,
+        isolated: Option<u64>,
+        entropy: &dyn Entropy,
+    ) {
         let Some(flight) = self.flights.remove(index) else {
             return;
         };
-        let mut left = flight.readings / 2;
+        let mut left = first;
         let (mut first, mut second) = (Vec::new(), Vec::new());
         for (id, range) in &flight.parts {
             let take = range.len().min(left);
