@@ -715,7 +715,6 @@ mod tests {
         );
     }
 
-    #[test]
     /// At 557087d a byte order mark before `[` was taken for the start of a lone object, so the
     /// pre-scan looked at the wrong depth and found the device of a reading's nested field.
     #[test]
