@@ -391,8 +391,13 @@ mod flavour {
     pub async fn nudge(_config: &Config) {}
 
     pub async fn stats(config: &Config) -> serde_json::Value {
-        let mut v = instance(config).outbox.borrow().stats_json();
+        let inst = instance(config);
+        let mut v = inst.outbox.borrow().stats_json();
         v["scope"] = "instance".into();
+        v["rate_limit"] = match &inst.buckets {
+            Some(b) => serde_json::to_value(b.borrow().stats()).unwrap_or_default(),
+            None => serde_json::Value::Null,
+        };
         v
     }
 

@@ -299,7 +299,12 @@ impl Host for Component {
         let loaded = loaded().await;
         let config = loaded.config()?;
         match query {
-            AdminQuery::Stats => Ok(delivery::stats(config).await.to_string()),
+            AdminQuery::Stats => {
+                let mut stats = delivery::stats(config).await;
+                stats["instance_state"] =
+                    serde_json::to_value(self.state.sizes()).unwrap_or_default();
+                Ok(stats.to_string())
+            }
             AdminQuery::DeadLetters => Ok(delivery::dead_letters(config).await),
         }
     }

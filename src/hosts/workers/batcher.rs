@@ -30,7 +30,7 @@ use crate::application::delivery::outbox::{
     SinkTarget, Wakeups,
 };
 use crate::application::delivery::slots::SlotKey;
-use crate::application::rate_limit::{MemoryBuckets, MAX_TRACKED_DEVICES};
+use crate::application::rate_limit::{BucketStats, MemoryBuckets, MAX_TRACKED_DEVICES};
 use crate::application::recent::Fingerprints;
 use crate::domain::enrich::StoredReading;
 use crate::ports::{
@@ -346,6 +346,8 @@ impl Batcher {
             error: Option<Option<&'a str>>,
             billed: Billed,
             next_alarm_ms: Option<i64>,
+            /// The token buckets this object keeps (`null` with the rate limit off).
+            rate_limit: Option<BucketStats>,
         }
         let next_alarm_ms = self.state.storage().get_alarm().await?;
         let outbox = self.engine.as_ref().map(|e| e.outbox.borrow());
@@ -358,6 +360,11 @@ impl Batcher {
                 storage: self.store.as_ref().map(|s| s.counts()).unwrap_or_default(),
             },
             next_alarm_ms,
+            rate_limit: self
+                .engine
+                .as_ref()
+                .and_then(|e| e.buckets.as_ref())
+                .map(|b| b.borrow().stats()),
         })
     }
 }

@@ -10,6 +10,7 @@ use worker::Env;
 use super::{group_commit, log, wire};
 use crate::config::Settings;
 use crate::domain::enrich::EdgeInfo;
+use crate::http::instance_state::StateSizes;
 use crate::http::problem::{Problem, ProblemType};
 use crate::http::routes::{Accepted, AdminQuery};
 
@@ -127,6 +128,7 @@ pub async fn admin(
     settings: &Settings,
     edge: &EdgeInfo,
     query: AdminQuery,
+    isolate: StateSizes,
 ) -> worker::Result<String> {
     let path = match query {
         AdminQuery::Stats => "/stats",
@@ -149,9 +151,12 @@ pub async fn admin(
         batchers: Vec<Box<RawValue>>,
         /// The group-commit lanes of the isolate that answered (an isolate's own view).
         isolate_lanes: group_commit::LaneStats,
+        /// What the isolate that answered keeps between requests.
+        isolate_state: StateSizes,
     }
     Ok(serde_json::to_string(&Admin {
         batchers,
         isolate_lanes: group_commit::lane_stats(),
+        isolate_state: isolate,
     })?)
 }

@@ -312,7 +312,8 @@ impl Host for Worker<'_> {
     }
 
     async fn admin(&self, edge: &EdgeInfo, query: AdminQuery) -> Result<String, Problem> {
-        batcher_client::admin(self.env, &settings(self.env), edge, query)
+        let sizes = self.state.sizes();
+        batcher_client::admin(self.env, &settings(self.env), edge, query, sizes)
             .await
             .map_err(|e| {
                 log::error("admin_failed", &[("error", &e.to_string())]);
