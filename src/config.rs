@@ -791,6 +791,7 @@ impl Config {
             backlog_retry_after_s: self.backlog_retry_after_s(),
             wakeups,
             give_up_ms: self.dead_letter_after_s * 1000,
+            node: self.edge_node.as_deref().unwrap_or("local").into(),
         }
     }
 

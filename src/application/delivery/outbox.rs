@@ -85,6 +85,10 @@ pub struct OutboxConfig {
     /// How long an isolated reading is retried on its own before it becomes a dead letter
     /// (`DEAD_LETTER_AFTER_S`); 0: for ever.
     pub give_up_ms: u64,
+    /// The node that sends (`EDGE_NODE`, else `local`): every envelope names it. Each reading
+    /// names the node that received it (`edge.node`), so a batch of a database several nodes
+    /// share needs no cut at node boundaries, and goes out full.
+    pub node: Rc<str>,
 }
 
 /// Where batches go and in what shape.
@@ -176,7 +180,6 @@ type EntryId = (u64, u64);
 
 struct Flight {
     id: String,
-    node: Rc<str>,
     parts: Vec<(EntryId, Range<usize>)>,
     readings: usize,
     sending: bool,
@@ -199,10 +202,9 @@ struct Isolation {
 }
 
 impl Flight {
-    fn new(id: String, node: Rc<str>, parts: Vec<(EntryId, Range<usize>)>) -> Self {
+    fn new(id: String, parts: Vec<(EntryId, Range<usize>)>) -> Self {
         Self {
             id,
-            node,
             readings: parts.iter().map(|(_, r)| r.len()).sum(),
             parts,
             sending: false,
@@ -679,17 +681,15 @@ impl<K: Clone + PartialEq> Outbox<K> {
         }
         Attempt {
             batch_id: flight.id.clone(),
-            node: flight.node.clone(),
+            node: self.config.node.clone(),
             readings,
         }
     }
 
-    /// Cuts the next batch from the oldest unbatched readings, across segments of one node
-    /// (its envelope names that node).
+    /// Cuts the next batch from the oldest unbatched readings, across segments.
     fn cut(&mut self, now: u64, entropy: &dyn Entropy) -> Flight {
         let mut left = self.config.flush.max_items;
         let mut parts = Vec::new();
-        let mut node: Option<Rc<str>> = None;
         for (id, e) in self.entries.iter_mut() {
             if left == 0 {
                 break;
@@ -698,22 +698,13 @@ impl<K: Clone + PartialEq> Outbox<K> {
             if take == 0 {
                 continue;
             }
-            match &node {
-                Some(n) if *n != e.node => break,
-                Some(_) => {}
-                None => node = Some(e.node.clone()),
-            }
             parts.push((*id, e.cut..e.cut + take));
             e.cut += take;
             left -= take;
         }
         self.unbatched -= self.config.flush.max_items - left;
         self.next_seq += 1;
-        Flight::new(
-            batch_id(now, self.next_seq, entropy),
-            node.unwrap_or_else(|| "local".into()),
-            parts,
-        )
+        Flight::new(batch_id(now, self.next_seq, entropy), parts)
     }
 
     /// Applies an attempt's outcome; `delivered_in_round`: another batch of the same round was
@@ -803,7 +794,7 @@ impl<K: Clone + PartialEq> Outbox<K> {
             readings: flight.readings,
             body: encode_json_batch(
                 &flight.id,
-                &flight.node,
+                &self.config.node,
                 now,
                 attempt.readings.iter().map(StoredReading::as_str),
             ),
@@ -838,11 +829,7 @@ impl<K: Clone + PartialEq> Outbox<K> {
         }
         let mut half = |parts: Vec<(EntryId, Range<usize>)>| {
             self.next_seq += 1;
-            let mut half = Flight::new(
-                batch_id(now, self.next_seq, entropy),
-                flight.node.clone(),
-                parts,
-            );
+            let mut half = Flight::new(batch_id(now, self.next_seq, entropy), parts);
             half.failures = flight.failures;
             half.last_failed_ms = flight.last_failed_ms;
             half.isolated = isolated.map(|since_ms| Isolation {
@@ -912,7 +899,7 @@ impl<K: Clone + PartialEq> Outbox<K> {
                     key: entry.key.clone(),
                     index: range.start,
                     received_at_ms: id.0,
-                    node: f.node.to_string(),
+                    node: entry.node.to_string(),
                     reading: entry.readings.get(range.start)?.clone(),
                     since_ms: isolation.since_ms,
                     failures: f.failures,
@@ -941,14 +928,13 @@ impl<K: Clone + PartialEq> Outbox<K> {
             }
             self.stats.claimed_segments += 1;
             self.stats.claimed_readings += 1;
-            let node: Rc<str> = r.node.as_str().into();
-            self.insert(r.key, r.received_at_ms, node.clone(), vec![r.reading]);
+            self.insert(r.key, r.received_at_ms, r.node.as_str().into(), vec![r.reading]);
             let id = (r.received_at_ms, self.next_seq);
             if let Some(e) = self.entries.get_mut(&id) {
                 e.cut = 1;
             }
             self.unbatched -= 1;
-            let mut flight = Flight::new(r.batch_id, node, vec![(id, 0..1)]);
+            let mut flight = Flight::new(r.batch_id, vec![(id, 0..1)]);
             flight.failures = r.failures;
             flight.last_failed_ms = Some(r.last_failed_ms);
             flight.isolated = Some(Isolation {

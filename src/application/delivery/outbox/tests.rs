@@ -65,6 +65,8 @@ pub(crate) struct FakeCollector {
     pub(crate) attempts: RefCell<Vec<String>>,
     /// Readings of every batch answered 2xx, in order.
     pub(crate) sizes: RefCell<Vec<usize>>,
+    /// The `edge_node` of every batch answered 2xx, in order.
+    pub(crate) nodes: RefCell<Vec<String>>,
     /// Readings it refuses: a batch holding one is answered 400 whole (as InfluxDB refuses a
     /// write with one bad point).
     pub(crate) poisoned: RefCell<BTreeSet<String>>,
@@ -109,6 +111,8 @@ impl Collector for FakeCollector {
             Ok(status) => {
                 if (200..300).contains(&status) {
                     self.sizes.borrow_mut().push(ids.len());
+                    let node = v["edge_node"].as_str().unwrap_or_default().to_owned();
+                    self.nodes.borrow_mut().push(node);
                     self.stored.borrow_mut().extend(ids);
                 }
                 Ok(CollectorAnswer {
@@ -247,6 +251,7 @@ fn config(max_items: usize, wakeups: Wakeups) -> OutboxConfig {
         backlog_retry_after_s: 5,
         wakeups,
         give_up_ms: 300_000,
+        node: "node-1".into(),
     }
 }
 

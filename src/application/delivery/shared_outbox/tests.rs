@@ -92,6 +92,7 @@ fn outbox_config() -> OutboxConfig {
         backlog_retry_after_s: 5,
         wakeups: Wakeups::Polled,
         give_up_ms: 300_000,
+        node: "node-1".into(),
     }
 }
 
@@ -484,8 +485,11 @@ fn segments_of_the_previous_release_in_key_value_are_imported_once() {
     assert!(!prepared.import, "imported once: not again");
     assert!(a.driver.nudge(T0));
     app.drain(&[&a]);
-    // A batch names one node: the even older reading (node `local`) goes alone.
-    assert_eq!(app.batch_sizes(), vec![1, 5, 1]);
+    // At 557087d an envelope named its first row's node. Rows of several nodes (the even
+    // older reading is `local`'s) now share full batches, each naming the node that sent it;
+    // every reading names its own.
+    assert_eq!(app.batch_sizes(), vec![5, 2]);
+    assert_eq!(*app.collector.nodes.borrow(), vec!["node-1", "node-1"]);
     app.assert_all_delivered();
 }
 
