@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The bench command: installs what it needs, builds release artifacts (edge-enrich and its
 # peers), then runs `cargo xtask bench`, which prints one table and writes bench/results.json.
-#   scripts/bench.sh [--duration SECONDS] [--connections 100,10] [--only core|sizes|workers|workerd|wrangler-dev|wasmtime|spin]
+#   scripts/bench.sh [--duration SECONDS] [--connections 100,10] [--only core|sizes|workers|workerd|wrangler-dev|wasmtime|spin|fleet]
 # Loopback only; each load run is bounded by --duration (default 20 s). About 15 minutes in all.
 # The spin section runs under a real Spin CLI ($SPIN, else ../shared/tools/spin) and is skipped,
 # saying so, without one.

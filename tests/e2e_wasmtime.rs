@@ -172,3 +172,49 @@ fn registry_and_jwt_in_the_portable_flavour() {
         .iter()
         .all(|v| v["device"]["tags"]["auth"] == "jwt"));
 }
+
+/// One device's readings make the collector answer 500: the rest are delivered, the refused
+/// ones given up one by one into `/admin/dead-letters` after `DEAD_LETTER_AFTER_S`.
+#[test]
+#[ignore = "needs the built artifacts; run by scripts/test.sh"]
+fn a_batch_the_collector_chokes_on_holds_back_nothing() {
+    let dir = scratch("wasmtime-choke");
+    let collector = Collector::start(&dir);
+    let mut vars = vec![
+        ("COLLECTOR_URL", collector.ingest_url()),
+        ("AUTH_MODE", "off".to_owned()),
+        (
+            "ADMIN_TOKEN",
+            "choke-admin-token-of-32-bytes-or-more".to_owned(),
+        ),
+    ];
+    vars.extend(
+        support::scenario::CHOKE_VARS
+            .iter()
+            .map(|(k, v)| (*k, (*v).to_owned())),
+    );
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let host = LocalServer::wasmtime(&dir, &component(), &vars, false);
+    let base = host.url("");
+    let admin = |path: &str| -> serde_json::Value {
+        ureq::get(&format!("{base}{path}"))
+            .set(
+                "authorization",
+                "Bearer choke-admin-token-of-32-bytes-or-more",
+            )
+            .timeout(Duration::from_secs(20))
+            .call()
+            .expect("admin answer")
+            .into_json()
+            .expect("JSON")
+    };
+    let dead_letters = || {
+        admin("/admin/dead-letters")["dead_letters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let delivered =
+        support::scenario::a_choking_collector_holds_back_nothing(&base, &collector, &dead_letters);
+    assert_eq!(delivered.len(), 190);
+}

@@ -296,3 +296,99 @@ pub fn keep_alive_answers_are_framed_by_length(base: &str) -> BTreeSet<String> {
         .flat_map(|(r, _)| accepted_ids(r))
         .collect()
 }
+
+/// Settings for [`a_choking_collector_holds_back_nothing`]: isolated readings are given up after
+/// 5 s, and backoffs stay short, so that the scenario ends in well under a minute.
+pub const CHOKE_VARS: &[(&str, &str)] = &[("DEAD_LETTER_AFTER_S", "5"), ("RETRY_MAX_MS", "1000")];
+pub const CHOKE_GIVE_UP: Duration = Duration::from_secs(5);
+
+/// A collector that answers 500 to every batch holding one device's reading and 200 to the
+/// rest (at 557087d such a batch was retried without end, and held back every other: after
+/// 60 s, 0 of the other 190 readings had arrived on Spin). 20 devices send 10 readings each,
+/// at once, so that batches mix them: every other reading arrives within the flush age plus a
+/// few backoffs; the choking device's readings are isolated, each retried alone, and after
+/// the give-up time listed by `dead_letters` (the host's `/admin/dead-letters`), one each,
+/// never stored. The host must run with [`CHOKE_VARS`].
+pub fn a_choking_collector_holds_back_nothing(
+    base: &str,
+    collector: &Collector,
+    dead_letters: &dyn Fn() -> Vec<serde_json::Value>,
+) -> BTreeSet<String> {
+    let dead_before: BTreeSet<String> = dead_letters()
+        .iter()
+        .filter_map(|l| Some(l["batch_id"].as_str()?.to_owned()))
+        .collect();
+    collector.set_faults(serde_json::json!({"refuse_devices": ["choker"], "refuse_status": 500}));
+    let started = Instant::now();
+    let sent: Vec<(String, Vec<String>)> = std::thread::scope(|s| {
+        let senders: Vec<_> = (0..20)
+            .map(|t| {
+                s.spawn(move || {
+                    let device = if t == 0 {
+                        "choker".to_owned()
+                    } else {
+                        format!("steady-{t}")
+                    };
+                    let ids = (0..10)
+                        .flat_map(|n| {
+                            let r = get(&format!("{base}/v1/readings?device_id={device}&temp={n}"));
+                            accepted_ids(&r)
+                        })
+                        .collect::<Vec<_>>();
+                    (device, ids)
+                })
+            })
+            .collect();
+        senders.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let (choked, others): (Vec<_>, Vec<_>) = sent.into_iter().partition(|(d, _)| d == "choker");
+    let choked: BTreeSet<String> = choked.into_iter().flat_map(|(_, ids)| ids).collect();
+    let others: BTreeSet<String> = others.into_iter().flat_map(|(_, ids)| ids).collect();
+    assert_eq!((choked.len(), others.len()), (10, 190));
+    collector.assert_stored_exactly(&others, Duration::from_secs(30));
+    eprintln!(
+        "the other 190 readings stored {:?} after the first was sent",
+        started.elapsed()
+    );
+    let letters = wait_for(
+        CHOKE_GIVE_UP + Duration::from_secs(30),
+        "the choking device's readings in /admin/dead-letters",
+        || {
+            let new: Vec<serde_json::Value> = dead_letters()
+                .into_iter()
+                .filter(|l| {
+                    l["batch_id"]
+                        .as_str()
+                        .is_some_and(|id| !dead_before.contains(id))
+                })
+                .collect();
+            let ids: BTreeSet<String> = new
+                .iter()
+                .flat_map(|l| {
+                    l["body"]["readings"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .filter_map(|r| Some(r["id"].as_str()?.to_owned()))
+                .collect();
+            (ids == choked).then_some(new)
+        },
+    );
+    assert!(
+        started.elapsed() >= CHOKE_GIVE_UP,
+        "given up after {:?}, before the stated bound",
+        started.elapsed()
+    );
+    eprintln!(
+        "the choking device's 10 readings dead-lettered {:?} after the first was sent",
+        started.elapsed()
+    );
+    for l in &letters {
+        assert_eq!(l["status"], 500, "{l}");
+        assert_eq!(l["readings"], 1, "given up one reading at a time: {l}");
+    }
+    assert!(collector.readings_of("choker").is_empty());
+    collector.set_faults(serde_json::json!({}));
+    others
+}

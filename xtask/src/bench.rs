@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 mod figures;
+mod fleet_scale;
 mod targets;
 
 use crate::harness::*;
@@ -98,7 +99,13 @@ fn sh(cmd: &str) -> String {
 
 /// One oha run: requests per second, latency percentiles in ms, and answers that were not 2xx.
 fn load(url: &str, connections: u32, duration: Duration) -> LoadRow {
+    load_with(&[], url, connections, duration)
+}
+
+/// `load` with more oha flags (`--rand-regex-url`: the URL is a regex, expanded per request).
+fn load_with(flags: &[&str], url: &str, connections: u32, duration: Duration) -> LoadRow {
     let out = Command::new("oha")
+        .args(flags)
         .args([
             "--no-tui",
             "--wait-ongoing-requests-after-deadline",
@@ -910,6 +917,44 @@ fn print_table(r: &Results, o: &Options) {
             spin.instances_started
         );
     }
+    if let Some(fleet) = &r.fleet {
+        println!(
+            "\nfleet: c={}, {}\n  {:<8} {:>9} {:>10} {:>9} {:>9} {:>10} {:>10} {:>9}  per 1000 readings",
+            fleet.connections, fleet.how, "host", "devices", "fill rd/s", "2xx rps", "2xx p99", "RSS MiB", "buckets", "forgot"
+        );
+        for (host, runs) in [("workerd", &fleet.workerd), ("spin", &fleet.spin)] {
+            let Some(runs) = runs else { continue };
+            for row in &runs.rows {
+                let billed = match (&row.load.billed_per_1000_readings, row.sqlite_statements_per_request) {
+                    (Some(b), _) => format!(
+                        "DO requests {}, rows written {} + {} setAlarm, rows read {}; ${} per million",
+                        b.do_requests, b.rows_written, b.alarms_set, b.rows_read,
+                        opt(row.load.usd_per_million_readings.as_ref().map(|c| c.total))
+                    ),
+                    (None, Some(s)) => format!("{:.0} SQLite statements (answering instance)", s * 1000.0),
+                    _ => "-".into(),
+                };
+                println!(
+                    "  {:<8} {:>9} {:>10} {:>9} {:>9} {:>10.1} {:>10} {:>9}  {billed}",
+                    host,
+                    row.devices,
+                    row.fill_readings_per_s,
+                    row.load.ok_rps,
+                    opt(row.load.ok_p99_ms.map(|p| (p * 10.0).round() / 10.0)),
+                    row.rss_kib as f64 / 1024.0,
+                    row.buckets_tracked
+                        .or(row.rate_bucket_rows.map(|n| n as usize))
+                        .map_or("-".into(), |n| n.to_string()),
+                    row.buckets_forgotten_unrefilled
+                        .map_or("-".into(), |n| n.to_string()),
+                );
+            }
+            println!(
+                "  {host}: {} bytes of resident memory per device held",
+                opt(runs.bytes_per_tracked_device)
+            );
+        }
+    }
     if let Some(registry) = &r.registry {
         println!("\nregistry: client latency p50 / p99 (ms), one keep-alive connection, {} devices each first unseen (cold), then cached (warm):", registry.devices);
         for (host, modes) in [
@@ -1000,6 +1045,10 @@ pub fn run(o: &Options) {
     if o.wants("spin") {
         eprintln!("load on spin up ...");
         results.spin = Some(spin_section(o, &collector, &dir));
+    }
+    if o.wants("fleet") {
+        eprintln!("fleet: 1,000 to 1,000,000 devices on workerd and spin up ...");
+        results.fleet = Some(fleet_scale::fleet_section(o, &collector, &dir));
     }
     results.targets = targets(&results, o)
         .into_iter()

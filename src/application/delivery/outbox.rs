@@ -928,7 +928,12 @@ impl<K: Clone + PartialEq> Outbox<K> {
             }
             self.stats.claimed_segments += 1;
             self.stats.claimed_readings += 1;
-            self.insert(r.key, r.received_at_ms, r.node.as_str().into(), vec![r.reading]);
+            self.insert(
+                r.key,
+                r.received_at_ms,
+                r.node.as_str().into(),
+                vec![r.reading],
+            );
             let id = (r.received_at_ms, self.next_seq);
             if let Some(e) = self.entries.get_mut(&id) {
                 e.cut = 1;

@@ -21,6 +21,7 @@ pub struct Results {
     pub wasmtime: Option<Wasmtime>,
     pub registry: Option<Registry>,
     pub spin: Option<Spin>,
+    pub fleet: Option<Fleet>,
     pub targets: Vec<TargetRow>,
 }
 
@@ -340,6 +341,8 @@ pub struct BatcherStats {
     #[serde(default)]
     pub accepted_readings: f64,
     #[serde(default)]
+    pub rate_limit: Option<BucketStats>,
+    #[serde(default)]
     pub billed: BilledCounters,
 }
 
@@ -426,4 +429,50 @@ pub struct PricesPerMillion {
     pub do_rows_written: f64,
     pub do_rows_read: f64,
     pub do_gb_s: f64,
+}
+
+/// A batcher's token buckets (`/admin/stats`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct BucketStats {
+    pub tracked: usize,
+    pub capacity: usize,
+    pub forgotten_unrefilled: u64,
+}
+
+/// The fleet phase (`fleet_scale`).
+#[derive(Debug, Default, Serialize)]
+pub struct Fleet {
+    pub how: String,
+    pub connections: u32,
+    pub workerd: Option<FleetHost>,
+    /// None without a Spin CLI.
+    pub spin: Option<FleetHost>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct FleetHost {
+    pub rows: Vec<FleetRow>,
+    /// The runtime's growth in resident memory from the smallest fleet to the largest, per
+    /// device it then held state for.
+    pub bytes_per_tracked_device: Option<f64>,
+}
+
+impl FleetHost {
+    pub fn find(&self, devices: usize) -> Option<&FleetRow> {
+        self.rows.iter().find(|r| r.devices == devices)
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct FleetRow {
+    pub devices: usize,
+    pub fill_readings_per_s: f64,
+    pub rss_kib: u64,
+    /// workerd: buckets in the batcher's memory (bounded), and those forgotten before full.
+    pub buckets_tracked: Option<usize>,
+    pub buckets_forgotten_unrefilled: Option<u64>,
+    /// Spin: statements per request on the answering instance, and bucket rows in SQLite.
+    pub sqlite_statements_per_request: Option<f64>,
+    pub rate_bucket_rows: Option<u64>,
+    pub load: LoadRow,
 }

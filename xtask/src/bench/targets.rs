@@ -116,6 +116,27 @@ pub fn targets(r: &Results, o: &Options) -> Vec<Target> {
     if let Some(spin) = r.spin_run() {
         spin_targets(&mut j, spin, o);
     }
+    if let Some(fleet) = &r.fleet {
+        let hosts = [("workerd", &fleet.workerd), ("spin", &fleet.spin)];
+        for (host, runs) in hosts {
+            let Some(runs) = runs else { continue };
+            let (small, large) = (runs.find(1_000), runs.find(1_000_000));
+            let rps = |r: Option<&super::figures::FleetRow>| r.map(|r| r.load.ok_rps);
+            let p99 = |r: Option<&super::figures::FleetRow>| r.and_then(|r| r.load.ok_p99_ms);
+            let (a, b) = (j.f(rps(small)), j.f(rps(large)));
+            j.check(
+                format!("{host} fleet: 1,000,000 devices >= 0.9x the requests/s of 1,000"),
+                format!("{b} vs {a} ({:.2}x)", b / a),
+                b >= 0.9 * a,
+            );
+            let (a, b) = (j.f(p99(small)), j.f(p99(large)));
+            j.check(
+                format!("{host} fleet: 1,000,000 devices p99 <= 1.5x that of 1,000"),
+                format!("{b:.1} vs {a:.1} ms ({:.2}x)", b / a),
+                b <= 1.5 * a,
+            );
+        }
+    }
     // A partial run (--only) leaves the other sections out: no verdict on what was not run.
     if let Some(core) = &r.core {
         let wasm = core.wasm.as_ref();

@@ -63,6 +63,30 @@ impl Proc {
         ticks as f64 * 1000.0 / ticks_per_s
     }
 
+    /// Resident memory (KiB) of the process group's processes now (`VmRSS`).
+    pub fn group_rss_kib(&self) -> u64 {
+        let group = self.child.id().to_string();
+        let mut kib = 0;
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let in_group = stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.split(' ').nth(2) == Some(group.as_str()));
+            if !in_group {
+                continue;
+            }
+            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+            kib += status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        kib
+    }
+
     /// SIGKILL to the whole group: a crash, not a shutdown.
     pub fn kill(&mut self) {
         if std::mem::replace(&mut self.killed, true) {
@@ -123,5 +147,10 @@ impl LocalServer {
     /// CPU time (ms) the runtime's processes have used so far; see `Proc::group_cpu_ms`.
     pub fn cpu_ms(&self) -> f64 {
         self.proc.group_cpu_ms(None)
+    }
+
+    /// Resident memory (KiB) of the runtime's processes now.
+    pub fn rss_kib(&self) -> u64 {
+        self.proc.group_rss_kib()
     }
 }

@@ -236,6 +236,16 @@ impl SpinHost {
         }
     }
 
+    /// Resident memory (KiB) of `spin up` now.
+    pub fn rss_kib(&self) -> u64 {
+        self.proc.as_ref().map(|p| p.group_rss_kib()).unwrap_or(0)
+    }
+
+    /// The SQLite database `default` the app runs on.
+    pub fn sqlite_db(&self) -> &Path {
+        &self.sqlite_db
+    }
+
     /// CPU time (ms) `spin up` has used so far.
     pub fn cpu_ms(&self) -> f64 {
         self.proc
