@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use spin_sdk::sqlite::{Connection, Value};
 
-use crate::application::delivery::shared_outbox::SharedOutbox;
+use crate::application::delivery::shared_outbox::{sql, SharedOutbox};
 use crate::ports::{Sql, SqlValue, StoreError};
 
 type Slot = RefCell<Option<Rc<Connection>>>;
@@ -95,7 +95,16 @@ async fn connection(path: Path) -> Result<Rc<Connection>, StoreError> {
     }
     if !READY.with(Cell::get) {
         let outbox = SharedOutbox::new(setup.clone());
-        if outbox.prepare().await?.import {
+        let prepared = outbox.prepare().await?;
+        if prepared.found < sql::VERSION_CURRENT {
+            let found = prepared.found.to_string();
+            super::emit(
+                "info",
+                "outbox_schema_upgraded",
+                &[("from_version", &found)],
+            );
+        }
+        if prepared.import {
             import_key_value(&outbox).await;
         }
         if !READY.with(|r| r.replace(true)) {
