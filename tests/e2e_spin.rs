@@ -585,43 +585,7 @@ fn device_registry_revocation_rotation_and_jwt() {
 #[test]
 #[ignore = "end-to-end: needs the built component, the collector and a Spin CLI (scripts/test.sh)"]
 fn a_batch_the_collector_chokes_on_holds_back_nothing() {
-    let dir = scratch("spin-choke");
-    let collector = Collector::start(&dir);
-    let mut vars = vec![
-        ("COLLECTOR_URL", collector.ingest_url()),
-        ("AUTH_MODE", "off".to_owned()),
-        (
-            "ADMIN_TOKEN",
-            "choke-admin-token-of-32-bytes-or-more".to_owned(),
-        ),
-    ];
-    vars.extend(
-        support::scenario::CHOKE_VARS
-            .iter()
-            .map(|(k, v)| (*k, (*v).to_owned())),
-    );
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let host = spin_up(&dir, &vars);
-    let base = host.url("");
-    let admin = |path: &str| -> serde_json::Value {
-        ureq::get(&format!("{base}{path}"))
-            .set(
-                "authorization",
-                "Bearer choke-admin-token-of-32-bytes-or-more",
-            )
-            .timeout(Duration::from_secs(20))
-            .call()
-            .expect("admin answer")
-            .into_json()
-            .expect("JSON")
-    };
-    let dead_letters = || {
-        admin("/admin/dead-letters")["dead_letters"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    };
-    let delivered =
-        support::scenario::a_choking_collector_holds_back_nothing(&base, &collector, &dead_letters);
-    assert_eq!(delivered.len(), 190);
+    support::scenario::choking_collector_on("spin-choke", spin_up, |doc| {
+        doc["dead_letters"].as_array().cloned().unwrap_or_default()
+    });
 }

@@ -301,6 +301,40 @@ pub fn keep_alive_answers_are_framed_by_length(base: &str) -> BTreeSet<String> {
 /// 5 s, and backoffs stay short, so that the scenario ends in well under a minute.
 pub const CHOKE_VARS: &[(&str, &str)] = &[("DEAD_LETTER_AFTER_S", "5"), ("RETRY_MAX_MS", "1000")];
 pub const CHOKE_GIVE_UP: Duration = Duration::from_secs(5);
+const CHOKE_ADMIN: &str = "choke-admin-token-of-32-bytes-or-more";
+
+/// Starts a host with [`CHOKE_VARS`] through `start(dir, vars)` and runs
+/// [`a_choking_collector_holds_back_nothing`]; `letters` picks the dead letters out of the
+/// host's `/admin/dead-letters` document.
+pub fn choking_collector_on<H: EdgeHost>(
+    name: &str,
+    start: impl FnOnce(&std::path::Path, &[(&str, &str)]) -> H,
+    letters: impl Fn(serde_json::Value) -> Vec<serde_json::Value>,
+) {
+    let dir = scratch(name);
+    let collector = Collector::start(&dir);
+    let ingest = collector.ingest_url();
+    let mut vars = vec![
+        ("COLLECTOR_URL", ingest.as_str()),
+        ("AUTH_MODE", "off"),
+        ("ADMIN_TOKEN", CHOKE_ADMIN),
+    ];
+    vars.extend_from_slice(CHOKE_VARS);
+    let host = start(&dir, &vars);
+    let base = host.base_url();
+    let dead_letters = || {
+        let doc = ureq::get(&format!("{base}/admin/dead-letters"))
+            .set("authorization", &format!("Bearer {CHOKE_ADMIN}"))
+            .timeout(Duration::from_secs(20))
+            .call()
+            .expect("admin answer")
+            .into_json()
+            .expect("JSON");
+        letters(doc)
+    };
+    let delivered = a_choking_collector_holds_back_nothing(&base, &collector, &dead_letters);
+    assert_eq!(delivered.len(), 190);
+}
 
 /// A collector that answers 500 to every batch holding one device's reading and 200 to the
 /// rest (at 557087d such a batch was retried without end, and held back every other: after

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::figures::{Fleet, FleetHost, FleetRow, SpinAdminStats, WorkersAdminStats};
+use super::figures::{Fleet, FleetHost, FleetRow, LoadRow, SpinAdminStats, WorkersAdminStats};
 use super::{admin_doc, billing, edge_vars, load_with, Options};
 use crate::harness::*;
 
@@ -69,6 +69,22 @@ fn fill(base: &str, from: usize, to: usize) -> f64 {
     ((to - from) as f64 / started.elapsed().as_secs_f64()).round()
 }
 
+/// The load over a fleet, with the runtime's CPU time per request.
+fn fleet_load(o: &Options, base: &str, fleet: usize, cpu_ms: &dyn Fn() -> f64) -> LoadRow {
+    let cpu_before = cpu_ms();
+    let mut row = load_with(
+        &["--rand-regex-url"],
+        &fleet_url(base, fleet),
+        CONNECTIONS,
+        o.duration,
+    );
+    if row.responses > 0 {
+        let per_request = (cpu_ms() - cpu_before) / row.responses as f64;
+        row.cpu_ms_per_request = Some((per_request * 1000.0).round() / 1000.0);
+    }
+    row
+}
+
 /// The vars of the fleet phase: the bench's, with room for a fill's backlog.
 fn vars(collector: &Collector) -> Vec<(String, String)> {
     let mut vars = edge_vars(collector);
@@ -94,17 +110,7 @@ fn workerd(o: &Options, collector: &Collector, dir: &Path) -> FleetHost {
         seen = fleet;
         std::thread::sleep(Duration::from_secs(2)); // let the fill's batches go out
         let before = admin_doc::<WorkersAdminStats>(&base);
-        let cpu_before = host.cpu_ms();
-        let mut row = load_with(
-            &["--rand-regex-url"],
-            &fleet_url(&base, fleet),
-            CONNECTIONS,
-            o.duration,
-        );
-        if row.responses > 0 {
-            let per_request = (host.cpu_ms() - cpu_before) / row.responses as f64;
-            row.cpu_ms_per_request = Some((per_request * 1000.0).round() / 1000.0);
-        }
+        let mut row = fleet_load(o, &base, fleet, &|| host.cpu_ms());
         let after = admin_doc::<WorkersAdminStats>(&base);
         billing(&mut row, &before, &after, o.duration);
         let buckets = after.batchers.first().and_then(|b| b.rate_limit.clone());
@@ -142,17 +148,7 @@ fn spin(o: &Options, collector: &Collector, dir: &Path) -> Option<FleetHost> {
         let fill_rps = fill(&base, seen, fleet);
         seen = fleet;
         std::thread::sleep(Duration::from_secs(2));
-        let cpu_before = host.cpu_ms();
-        let mut row = load_with(
-            &["--rand-regex-url"],
-            &fleet_url(&base, fleet),
-            CONNECTIONS,
-            o.duration,
-        );
-        if row.responses > 0 {
-            let per_request = (host.cpu_ms() - cpu_before) / row.responses as f64;
-            row.cpu_ms_per_request = Some((per_request * 1000.0).round() / 1000.0);
-        }
+        let mut row = fleet_load(o, &base, fleet, &|| host.cpu_ms());
         // The answering instance's own counts (every instance counts its own statements).
         let stats: SpinAdminStats = admin_doc(&base);
         let per_request = stats
