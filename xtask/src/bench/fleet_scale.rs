@@ -148,7 +148,7 @@ fn spin(o: &Options, collector: &Collector, dir: &Path) -> Option<FleetHost> {
         let fill_rps = fill(&base, seen, fleet);
         seen = fleet;
         std::thread::sleep(Duration::from_secs(2));
-        let mut row = fleet_load(o, &base, fleet, &|| host.cpu_ms());
+        let row = fleet_load(o, &base, fleet, &|| host.cpu_ms());
         // The answering instance's own counts (every instance counts its own statements).
         let stats: SpinAdminStats = admin_doc(&base);
         let per_request = stats
