@@ -103,35 +103,19 @@ fn workerd(o: &Options, collector: &Collector, dir: &Path) -> FleetHost {
     };
     let host = LocalServer::workerd(&scratch, &spec);
     let base = host.url("");
-    let mut out = FleetHost::default();
-    let mut seen = 0;
-    for fleet in FLEETS {
-        let fill_rps = fill(&base, seen, fleet);
-        seen = fleet;
-        std::thread::sleep(Duration::from_secs(2)); // let the fill's batches go out
+    fleets("workerd", &base, &|| host.rss_kib(), |fleet| {
         let before = admin_doc::<WorkersAdminStats>(&base);
-        let mut row = fleet_load(o, &base, fleet, &|| host.cpu_ms());
+        let mut load = fleet_load(o, &base, fleet, &|| host.cpu_ms());
         let after = admin_doc::<WorkersAdminStats>(&base);
-        billing(&mut row, &before, &after, o.duration);
+        billing(&mut load, &before, &after, o.duration);
         let buckets = after.batchers.first().and_then(|b| b.rate_limit.clone());
-        let r = FleetRow {
-            devices: fleet,
-            fill_readings_per_s: fill_rps,
-            rss_kib: host.rss_kib(),
+        FleetRow {
             buckets_tracked: buckets.as_ref().map(|b| b.tracked),
             buckets_forgotten_unrefilled: buckets.as_ref().map(|b| b.forgotten_unrefilled),
-            sqlite_statements_per_request: None,
-            rate_bucket_rows: None,
-            load: row,
-        };
-        eprintln!(
-            "  fleet workerd {fleet}: {}",
-            serde_json::to_string(&r).unwrap_or_default()
-        );
-        out.rows.push(r);
-    }
-    out.bytes_per_tracked_device = bytes_per_tracked(&out);
-    out
+            load,
+            ..FleetRow::default()
+        }
+    })
 }
 
 fn spin(o: &Options, collector: &Collector, dir: &Path) -> Option<FleetHost> {
@@ -142,13 +126,8 @@ fn spin(o: &Options, collector: &Collector, dir: &Path) -> Option<FleetHost> {
     let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let host = SpinHost::start(&scratch, &vars);
     let base = host.url("");
-    let mut out = FleetHost::default();
-    let mut seen = 0;
-    for fleet in FLEETS {
-        let fill_rps = fill(&base, seen, fleet);
-        seen = fleet;
-        std::thread::sleep(Duration::from_secs(2));
-        let row = fleet_load(o, &base, fleet, &|| host.cpu_ms());
+    Some(fleets("spin", &base, &|| host.rss_kib(), |fleet| {
+        let load = fleet_load(o, &base, fleet, &|| host.cpu_ms());
         // The answering instance's own counts (every instance counts its own statements).
         let stats: SpinAdminStats = admin_doc(&base);
         let per_request = stats
@@ -160,24 +139,44 @@ fn spin(o: &Options, collector: &Collector, dir: &Path) -> Option<FleetHost> {
         let rows = rusqlite::Connection::open(host.sqlite_db())
             .and_then(|db| db.query_row("SELECT count(*) FROM rate_buckets", [], |r| r.get(0)))
             .ok();
-        let r = FleetRow {
-            devices: fleet,
-            fill_readings_per_s: fill_rps,
-            rss_kib: host.rss_kib(),
-            buckets_tracked: None,
-            buckets_forgotten_unrefilled: None,
+        FleetRow {
             sqlite_statements_per_request: per_request,
             rate_bucket_rows: rows,
-            load: row,
+            load,
+            ..FleetRow::default()
+        }
+    }))
+}
+
+/// Each fleet in turn on one host: its new devices sent, then `measure(fleet)`, with the fill
+/// rate and the runtime's memory added to the row it returns.
+fn fleets(
+    host: &str,
+    base: &str,
+    rss_kib: &dyn Fn() -> u64,
+    mut measure: impl FnMut(usize) -> FleetRow,
+) -> FleetHost {
+    let mut out = FleetHost::default();
+    let mut seen = 0;
+    for fleet in FLEETS {
+        let fill_readings_per_s = fill(base, seen, fleet);
+        seen = fleet;
+        std::thread::sleep(Duration::from_secs(2)); // let the fill's batches go out
+        let measured = measure(fleet);
+        let row = FleetRow {
+            devices: fleet,
+            fill_readings_per_s,
+            rss_kib: rss_kib(), // after the load, as the fleet's state then stands
+            ..measured
         };
         eprintln!(
-            "  fleet spin {fleet}: {}",
-            serde_json::to_string(&r).unwrap_or_default()
+            "  fleet {host} {fleet}: {}",
+            serde_json::to_string(&row).unwrap_or_default()
         );
-        out.rows.push(r);
+        out.rows.push(row);
     }
     out.bytes_per_tracked_device = bytes_per_tracked(&out);
-    Some(out)
+    out
 }
 
 /// The runtime's memory growth from the smallest fleet to the largest, per device it holds
