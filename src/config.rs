@@ -11,7 +11,7 @@ use crate::application::registry::{RegistryMode, StaticRegistry};
 use crate::domain::device::check_tag_key;
 use crate::http::auth::{AdminToken, AuthMode, DeviceAuth, MasterSecret, Secrets};
 use crate::http::cors::Cors;
-use crate::http::deployment::{ApiDocument, Deployment, Policy, RegistryPolicy, RequestLimits};
+use crate::http::deployment::{Deployment, HostConventions, Policy, RegistryPolicy, RequestLimits};
 use crate::ports::{ConfigSource, Secret};
 
 pub use crate::http::deployment::ConfigError;
@@ -606,6 +606,13 @@ impl Config {
                 ));
                 String::new()
             }
+            Some(u) if placeholder_host(&u) => {
+                errors.push(ConfigError::new(
+                    "COLLECTOR_URL",
+                    "names a reserved example host (RFC 2606): set your collector's URL",
+                ));
+                u
+            }
             Some(u) if u.starts_with("http://") || u.starts_with("https://") => u,
             Some(_) => {
                 errors.push(ConfigError::new(
@@ -727,7 +734,7 @@ impl Settings {
 
     /// What the request pipeline needs of this deployment (`http::deployment`), built once per
     /// isolate or instance.
-    pub fn deployment(&self, api_document: ApiDocument) -> Deployment {
+    pub fn deployment(&self, host: HostConventions) -> Deployment {
         let config = self.config.as_ref().ok();
         let limits = RequestLimits {
             max_url_bytes: config.map_or(DEFAULT_MAX_URL_BYTES, |c| c.max_url_bytes),
@@ -745,7 +752,8 @@ impl Settings {
             limits,
             edge_node: self.edge_node().map(str::to_owned),
             profiles_ttl_ms: config.map_or(DEFAULT_PROFILES_TTL_S, |c| c.profiles_ttl_s) * 1000,
-            api_document,
+            api_document: host.api_document,
+            settings_help: host.settings_help,
         }
     }
 
@@ -755,6 +763,24 @@ impl Settings {
             .ok()
             .and_then(|c| c.edge_node.as_deref())
     }
+}
+
+/// Whether an http(s) URL's host is one RFC 2606 reserves for examples (`collector.example.com`),
+/// as the manifests' deployed environments ship it until an operator sets the real one.
+fn placeholder_host(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    let host = host.split(':').next().unwrap_or("").to_ascii_lowercase();
+    let host = host.trim_end_matches('.');
+    ["example.com", "example.net", "example.org", "example"]
+        .iter()
+        .any(|reserved| host == *reserved || host.ends_with(&format!(".{reserved}")))
 }
 
 /// Each part's policy, built from the parsed settings: the parts below `config` never name
@@ -809,7 +835,33 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::deployment::ApiDocument;
     use crate::ports::Pairs;
+
+    #[test]
+    fn a_collector_url_left_at_the_example_host_is_a_fault() {
+        for url in [
+            "https://collector.example.com/ingest",
+            "http://user:pw@EXAMPLE.org:8080/x",
+            "https://c.example./ingest",
+        ] {
+            let s = Settings::load(&Pairs(&[("COLLECTOR_URL", url), ("AUTH_MODE", "off")]));
+            let faults = s.config.expect_err(url);
+            assert!(
+                faults
+                    .iter()
+                    .any(|f| f.key == "COLLECTOR_URL" && f.rule.contains("RFC 2606")),
+                "{url}: {faults:?}"
+            );
+        }
+        for url in [
+            "https://collector.example.co/ingest",
+            "https://notexample.com/",
+        ] {
+            let s = Settings::load(&Pairs(&[("COLLECTOR_URL", url), ("AUTH_MODE", "off")]));
+            assert!(s.config.is_ok(), "{url}");
+        }
+    }
 
     #[test]
     fn defaults() {
@@ -1011,11 +1063,18 @@ mod tests {
             ),
         ]));
         assert_eq!(s.profile_source, ProfileSource::Variable);
-        let p = s.deployment(ApiDocument::StaticAsset).ready().unwrap_err();
+        let p = s
+            .deployment(HostConventions::serving(
+                ApiDocument::StaticAsset,
+                "set them here",
+            ))
+            .ready()
+            .unwrap_err();
         assert_eq!(p.status(), 503);
         assert!(
             p.detail()
-                .contains("CALIBRATION_PROFILES: profiles[0].gain"),
+                .contains("CALIBRATION_PROFILES: profiles[0].gain")
+                && p.detail().contains("; set them here;"),
             "{}",
             p.detail()
         );
@@ -1023,7 +1082,13 @@ mod tests {
             ("COLLECTOR_URL", "http://x/"),
             ("AUTH_MODE", "off"),
         ]));
-        assert!(ok.deployment(ApiDocument::StaticAsset).ready().is_ok());
+        assert!(ok
+            .deployment(HostConventions::serving(
+                ApiDocument::StaticAsset,
+                "set them here"
+            ))
+            .ready()
+            .is_ok());
         assert_eq!(ok.profile_source, ProfileSource::Embedded);
     }
 }

@@ -1,15 +1,14 @@
 //! The deployment manifests and the configuration table (`config::KEYS`) stay in step: the same
-//! keys, and the same defaults, in wrangler.toml's `[vars]` and spin.toml's variables.
+//! keys, and the same defaults, in wrangler.toml's `[vars]` and spin.toml's variables; and the
+//! manifests deploy as they are: complete environments, no placeholder ids, no secret files in git.
 
 use edge_enrich::config::{Kind, KEYS};
 
 /// `name = value` lines of a manifest section, comments and blank lines left out.
 fn section<'a>(text: &'a str, header: &str) -> Vec<(&'a str, &'a str)> {
-    text.split(header)
-        .nth(1)
-        .unwrap_or_else(|| panic!("no {header}"))
-        .lines()
-        .skip(1)
+    let mut lines = text.lines().skip_while(|l| l.trim() != header);
+    assert!(lines.next().is_some(), "no {header}");
+    lines
         .take_while(|l| !l.starts_with('['))
         .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
         .filter_map(|l| l.split_once('='))
@@ -82,5 +81,102 @@ fn wrangler_vars_are_config_keys() {
             KEYS.iter().any(|k| k.name == var),
             "{var} is not read by the code"
         );
+    }
+}
+
+/// The environments a deploy names (`--env staging|production`): wrangler inherits neither vars
+/// nor bindings, so each repeats the Batcher and both namespaces, and sets only keys the code
+/// reads.
+#[test]
+fn each_deployed_environment_is_complete() {
+    let manifest = manifest("wrangler.toml");
+    for env in ["staging", "production"] {
+        let vars = section(&manifest, &format!("[env.{env}.vars]"));
+        for (var, _) in &vars {
+            assert!(
+                KEYS.iter().any(|k| k.name == *var),
+                "[env.{env}.vars] {var} is not read by the code"
+            );
+        }
+        for required in ["COLLECTOR_URL", "AUTH_MODE"] {
+            assert!(
+                vars.iter().any(|(k, _)| *k == required),
+                "[env.{env}.vars] must set {required}"
+            );
+        }
+        let auth = vars.iter().find(|(k, _)| *k == "AUTH_MODE").unwrap().1;
+        assert_ne!(auth, "\"off\"", "{env} deploys with authentication");
+        let batcher = format!("[[env.{env}.durable_objects.bindings]]");
+        assert!(
+            section(&manifest, &batcher).contains(&("class_name", "\"Batcher\"")),
+            "{env}: no Batcher binding"
+        );
+        let namespaces = format!("[[env.{env}.kv_namespaces]]");
+        let bindings: Vec<&str> = manifest
+            .split(namespaces.as_str())
+            .skip(1)
+            .filter_map(|part| {
+                part.lines()
+                    .skip(1)
+                    .take_while(|l| !l.starts_with('['))
+                    .find_map(|l| l.strip_prefix("binding = "))
+            })
+            .collect();
+        assert_eq!(bindings, ["\"PROFILES\"", "\"DEVICES\""], "{env}");
+    }
+}
+
+/// A KV binding either has no id (wrangler creates the namespace on the first deploy and keeps it
+/// linked) or a real one (32 hex digits): a made-up name passes `--dry-run` and fails a deploy.
+#[test]
+fn kv_bindings_carry_no_placeholder_ids() {
+    let manifest = manifest("wrangler.toml");
+    let mut checked = 0;
+    for line in manifest.lines().map(str::trim) {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if !matches!(key.trim(), "id" | "preview_id") {
+            continue;
+        }
+        let id = value.trim().trim_matches('"');
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "wrangler.toml: {line} is not a namespace id (remove it: wrangler provisions one)"
+        );
+        checked += 1;
+    }
+    let bindings = manifest.matches("kv_namespaces]]").count();
+    assert!(
+        bindings >= 6,
+        "{bindings} KV bindings found ({checked} with ids)"
+    );
+}
+
+/// Local secrets and Spin's state stay out of git; the example of the secrets file is in it.
+#[test]
+fn local_secrets_are_ignored_by_git() {
+    let ignore = manifest(".gitignore");
+    let lines: Vec<&str> = ignore.lines().map(str::trim).collect();
+    for needed in [".dev.vars", ".spin/", ".env", "!.dev.vars.example"] {
+        assert!(lines.contains(&needed), ".gitignore lacks {needed}");
+    }
+    let example = manifest(".dev.vars.example");
+    assert!(example.lines().any(|l| l == "AUTH_SECRET="), "{example}");
+    // Where git is at hand, ask it (a later pattern could re-include a file).
+    if let Ok(out) = std::process::Command::new("git")
+        .args([
+            "check-ignore",
+            "--no-index",
+            ".dev.vars",
+            ".spin/sqlite_key_value.db",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+    {
+        if out.status.code() != Some(128) {
+            let ignored = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(ignored.lines().count(), 2, "git ignores only: {ignored}");
+        }
     }
 }

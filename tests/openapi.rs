@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use edge_enrich::config::Settings;
 use edge_enrich::domain::enrich::EdgeInfo;
-use edge_enrich::http::deployment::ApiDocument;
+use edge_enrich::http::deployment::{ApiDocument, HostConventions};
 use edge_enrich::http::problem::ProblemType;
 use edge_enrich::http::routes::{self, Action, RequestContext, ROUTES};
 use edge_enrich::ports::Pairs;
@@ -28,7 +28,10 @@ fn run(method: &str, query: &str) -> Action {
         ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
         ("AUTH_MODE", "off"),
     ]))
-    .deployment(ApiDocument::Served(routes::OPENAPI));
+    .deployment(HostConventions::serving(
+        ApiDocument::Served(routes::OPENAPI),
+        "settings",
+    ));
     let edge = EdgeInfo::new(Some("n"), Some("DFW".into()), None, None, "spin");
     let ctx = RequestContext {
         settings: &settings,

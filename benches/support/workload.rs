@@ -4,7 +4,7 @@
 
 use edge_enrich::config::Settings;
 use edge_enrich::domain::enrich::EdgeInfo;
-use edge_enrich::http::deployment::{ApiDocument, Deployment};
+use edge_enrich::http::deployment::{ApiDocument, Deployment, HostConventions};
 use http::request::Parts;
 
 use edge_enrich::http::routes::{self, Action, RequestContext};
@@ -19,7 +19,10 @@ pub fn settings() -> Deployment {
         // The 500-reading body mixes devices, as a gateway's would: no device credentials.
         ("AUTH_MODE", "off"),
     ]))
-    .deployment(ApiDocument::Served(routes::OPENAPI))
+    .deployment(HostConventions::serving(
+        ApiDocument::Served(routes::OPENAPI),
+        "settings",
+    ))
 }
 
 pub fn edge(settings: &Deployment) -> EdgeInfo {

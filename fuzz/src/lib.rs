@@ -9,7 +9,7 @@ use edge_enrich::domain::calibration::Profiles;
 use edge_enrich::domain::enrich::EdgeInfo;
 use edge_enrich::domain::reading::{DeviceId, Temperature, Unit};
 use edge_enrich::http::body::{parse_readings, BodyFormat};
-use edge_enrich::http::deployment::ApiDocument;
+use edge_enrich::http::deployment::{ApiDocument, HostConventions};
 use edge_enrich::http::query::parse_reading_query;
 use edge_enrich::http::routes::{self, Action, RequestContext};
 use edge_enrich::ports::Pairs;
@@ -34,7 +34,10 @@ fn settings() -> edge_enrich::http::deployment::Deployment {
         ("MAX_READINGS_PER_REQUEST", "50"),
         ("RATE_LIMIT_BURST", "50"),
     ]))
-    .deployment(ApiDocument::Served(routes::OPENAPI))
+    .deployment(HostConventions::serving(
+        ApiDocument::Served(routes::OPENAPI),
+        "settings",
+    ))
 }
 
 /// Runs one request through the whole API and checks the answer's shape.

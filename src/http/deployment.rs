@@ -78,6 +78,25 @@ pub enum ApiDocument {
     StaticAsset,
 }
 
+/// What the pipeline's answers say of the host it runs on.
+#[derive(Debug, Clone, Copy)]
+pub struct HostConventions {
+    pub api_document: ApiDocument,
+    /// Where this host's settings and secrets are set, named in every `not-configured` answer
+    /// so that a newcomer's first request says what to create.
+    pub settings_help: &'static str,
+}
+
+impl HostConventions {
+    /// A host that serves the API document itself; settings named in `settings_help`.
+    pub const fn serving(api_document: ApiDocument, settings_help: &'static str) -> Self {
+        Self {
+            api_document,
+            settings_help,
+        }
+    }
+}
+
 /// The deployment as the pipeline sees it, faults included.
 #[derive(Debug, Clone)]
 pub struct Deployment {
@@ -90,6 +109,7 @@ pub struct Deployment {
     /// How long profiles read from the host's key-value store are used before reading again.
     pub profiles_ttl_ms: u64,
     pub api_document: ApiDocument,
+    pub settings_help: &'static str,
 }
 
 impl Deployment {
@@ -100,8 +120,9 @@ impl Deployment {
             _ => Err(Problem::new(
                 ProblemType::NotConfigured,
                 format!(
-                    "the deployment's configuration is invalid: {}; see GET /healthz",
-                    self.errors().join("; ")
+                    "the deployment's configuration is invalid: {}; {}; see GET /healthz",
+                    self.errors().join("; "),
+                    self.settings_help
                 ),
             )),
         }

@@ -1,11 +1,13 @@
 //! Fleet tooling: device credentials and registry records.
 //! - `keygen [--kid KID]`: a new ES256 key pair as a private JWK (keep it on the device);
 //! - `sign-jwt --key JWK_FILE --device ID --aud AUD [--ttl SECONDS]`: a device JWT;
-//! - `devices put|disable|enable|show|bulk`: registry records, written where the host reads
-//!   them: the Workers KV namespace `DEVICES` through wrangler, or a local Spin state dir's
-//!   key-value store (`--spin-state DIR`); `--print` only prints the record and the commands.
+//! - `devices put|disable|enable|show|bulk`: registry records, and `profiles put|show|delete`:
+//!   the calibration profiles, written where the host reads them: a deployed Worker's KV
+//!   namespace (`DEVICES`, `PROFILES`) through wrangler by default, `--local` for the state
+//!   `scripts/dev.sh` runs on, a local Spin state dir's key-value store (`--spin-state DIR`);
+//!   `--print` only prints the value and the commands. Each says where it wrote.
 //!
-//! Records are checked with the edge's own parser before anything is written.
+//! Records and profiles are checked with the edge's own parsers before anything is written.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,9 +25,14 @@ pub const USAGE: &str = "       cargo xtask keygen [--kid KID]                 >
                                [--gain G] [--offset O] [--calibration-version V] [--disabled] WHERE
        cargo xtask devices disable|enable|show ID WHERE
        cargo xtask devices bulk FILE.json WHERE       ({\"<id>\": record, ...})
-           WHERE: [--local] [--persist-to DIR] [--config wrangler.toml]  (Workers KV DEVICES, via wrangler)
-                  | --spin-state DIR                                     (a local Spin app's key-value store)
-                  | --print                                              (print the record and commands only)";
+       cargo xtask profiles put FILE.json WHERE | show WHERE | delete WHERE   (key `calibration`)
+           WHERE: [--env staging|production] [--config wrangler.toml]  (a deployed Worker's KV, the default)
+                  | --local [--persist-to DIR]                         (scripts/dev.sh's wrangler dev state, .dev/state)
+                  | --spin-state DIR                                   (a local Spin app's key-value store, e.g. .spin)
+                  | --print                                            (print the value and the commands only)";
+
+/// Where `scripts/dev.sh` keeps `wrangler dev`'s state (its `--persist-to`).
+const DEV_STATE: &str = ".dev/state";
 
 fn now_s() -> u64 {
     SystemTime::now()
@@ -186,37 +193,81 @@ pub fn record_from(args: &[String]) -> Result<Value, String> {
     Ok(record)
 }
 
-/// Where records are written and read.
-enum Registry {
-    Workers { extra: Vec<String> },
-    Spin { db: PathBuf },
-    Print,
+/// Where values are written and read: one binding (`DEVICES`, `PROFILES`) of one place.
+enum Store {
+    /// Workers KV through wrangler: `extra` selects the place (`--remote --env production`, or
+    /// `--local --persist-to .dev/state`); `place` says it in words.
+    Workers {
+        binding: &'static str,
+        extra: Vec<String>,
+        place: String,
+    },
+    Spin {
+        db: PathBuf,
+    },
+    Print {
+        binding: &'static str,
+    },
 }
 
-impl Registry {
-    fn from(args: &Args) -> Self {
+impl Store {
+    fn from(args: &Args, binding: &'static str) -> Result<Self, String> {
         if args.has("--print") {
-            return Self::Print;
+            return Ok(Self::Print { binding });
         }
         if let Some(dir) = args.one("--spin-state") {
-            return Self::Spin {
+            return Ok(Self::Spin {
                 db: Path::new(dir).join("sqlite_key_value.db"),
-            };
+            });
         }
         let mut extra = Vec::new();
-        if args.has("--local") {
-            extra.push("--local".to_owned());
-        }
-        for flag in ["--persist-to", "--config"] {
-            if let Some(v) = args.one(flag) {
-                extra.extend([flag.to_owned(), v.to_owned()]);
+        let place = if args.has("--local") {
+            if args.has("--env") {
+                return Err("--local and --env: choose one (--env is a deployed Worker)".into());
             }
+            let dir = args.one("--persist-to").unwrap_or(DEV_STATE);
+            extra.extend([
+                "--local".to_owned(),
+                "--persist-to".to_owned(),
+                dir.to_owned(),
+            ]);
+            format!("the local {binding} namespace in {dir} (what scripts/dev.sh runs on)")
+        } else {
+            if args.has("--persist-to") {
+                return Err("--persist-to needs --local".into());
+            }
+            extra.push("--remote".to_owned());
+            match args.one("--env") {
+                Some(env) => {
+                    extra.extend(["--env".to_owned(), env.to_owned()]);
+                    format!("the deployed {binding} namespace of environment {env:?}")
+                }
+                None => format!(
+                    "the deployed {binding} namespace of the top-level Worker (give --env production for an environment)"
+                ),
+            }
+        };
+        if let Some(v) = args.one("--config") {
+            extra.extend(["--config".to_owned(), v.to_owned()]);
         }
-        Self::Workers { extra }
+        Ok(Self::Workers {
+            binding,
+            extra,
+            place,
+        })
+    }
+
+    /// Where this store is, for the line each command prints.
+    fn place(&self) -> String {
+        match self {
+            Self::Workers { place, .. } => place.clone(),
+            Self::Spin { db } => format!("the Spin key-value store {}", db.display()),
+            Self::Print { .. } => "nowhere (--print)".into(),
+        }
     }
 
     fn wrangler(&self, args: &[&str]) -> Result<String, String> {
-        let Self::Workers { extra } = self else {
+        let Self::Workers { binding, extra, .. } = self else {
             unreachable!("wrangler only for Workers")
         };
         let local = Path::new("node_modules/.bin/wrangler");
@@ -230,7 +281,7 @@ impl Registry {
         let out = cmd
             .args(["kv"])
             .args(args)
-            .args(["--binding", "DEVICES"])
+            .args(["--binding", binding])
             .args(extra)
             .env("WRANGLER_SEND_METRICS", "false")
             .output()
@@ -258,11 +309,9 @@ impl Registry {
         Ok(c)
     }
 
-    fn put(&self, id: &str, record: &Value) -> Result<(), String> {
-        let key = format!("device/{id}");
-        let text = record.to_string();
+    fn put(&self, key: &str, text: &str) -> Result<(), String> {
         match self {
-            Self::Workers { .. } => self.wrangler(&["key", "put", &key, &text]).map(drop),
+            Self::Workers { .. } => self.wrangler(&["key", "put", key, text]).map(drop),
             Self::Spin { db } => Self::spin_db(db)?
                 .execute(
                     "INSERT INTO spin_key_value (store, key, value) VALUES ('default', ?1, ?2)
@@ -271,22 +320,35 @@ impl Registry {
                 )
                 .map(drop)
                 .map_err(|e| e.to_string()),
-            Self::Print => {
+            Self::Print { binding } => {
                 // Quoted for a POSIX shell, and for SQL inside the heredoc.
                 let shell = text.replace('\'', "'\\''");
                 let sql = text.replace('\'', "''");
                 println!("{text}");
-                println!("# Workers:\nnpx wrangler kv key put --binding DEVICES {key} '{shell}'");
-                println!("# Spin, a local state dir (or: cargo xtask devices put ... --spin-state DIR):\nsqlite3 .spin/sqlite_key_value.db <<'SQL'\nINSERT OR REPLACE INTO spin_key_value (store, key, value) VALUES ('default', '{key}', CAST('{sql}' AS BLOB));\nSQL");
+                println!("# Workers (deployed; --local --persist-to {DEV_STATE} for scripts/dev.sh):\nnpx wrangler kv key put --binding {binding} {key} '{shell}' --remote --env production");
+                println!("# Spin, a local state dir (or: cargo xtask ... --spin-state DIR):\nsqlite3 .spin/sqlite_key_value.db <<'SQL'\nINSERT OR REPLACE INTO spin_key_value (store, key, value) VALUES ('default', '{key}', CAST('{sql}' AS BLOB));\nSQL");
                 Ok(())
             }
         }
     }
 
-    fn get(&self, id: &str) -> Result<Option<String>, String> {
-        let key = format!("device/{id}");
+    fn delete(&self, key: &str) -> Result<(), String> {
         match self {
-            Self::Workers { .. } => match self.wrangler(&["key", "get", &key]) {
+            Self::Workers { .. } => self.wrangler(&["key", "delete", key]).map(drop),
+            Self::Spin { db } => Self::spin_db(db)?
+                .execute(
+                    "DELETE FROM spin_key_value WHERE store = 'default' AND key = ?1",
+                    [key],
+                )
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Self::Print { .. } => Err("--print cannot delete".into()),
+        }
+    }
+
+    fn get(&self, key: &str) -> Result<Option<String>, String> {
+        match self {
+            Self::Workers { .. } => match self.wrangler(&["key", "get", key]) {
                 Ok(text) if text.trim() == "Value not found" => Ok(None),
                 Ok(text) => Ok(Some(text.trim().to_owned())),
                 Err(e) if e.contains("not found") => Ok(None),
@@ -297,14 +359,14 @@ impl Registry {
                 Self::spin_db(db)?
                     .query_row(
                         "SELECT value FROM spin_key_value WHERE store = 'default' AND key = ?1",
-                        [&key],
+                        [key],
                         |row| row.get::<_, Vec<u8>>(0),
                     )
                     .optional()
                     .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
                     .map_err(|e| e.to_string())
             }
-            Self::Print => Err("--print cannot read a record".into()),
+            Self::Print { .. } => Err("--print cannot read".into()),
         }
     }
 }
@@ -315,7 +377,8 @@ pub fn devices(args: &[String]) -> Result<(), String> {
         return Err(USAGE.into());
     };
     let parsed = Args::parse(rest)?;
-    let registry = Registry::from(&parsed);
+    let registry = Store::from(&parsed, "DEVICES")?;
+    eprintln!("devices: {}", registry.place());
     let id = || -> Result<&str, String> {
         let id = parsed
             .positional
@@ -328,14 +391,14 @@ pub fn devices(args: &[String]) -> Result<(), String> {
         "put" => {
             let id = id()?;
             let record = record_from(rest)?;
-            registry.put(id, &record)?;
+            registry.put(&format!("device/{id}"), &record.to_string())?;
             eprintln!("device/{id}: {record}");
             Ok(())
         }
         "disable" | "enable" => {
             let id = id()?;
             let text = registry
-                .get(id)?
+                .get(&format!("device/{id}"))?
                 .ok_or_else(|| format!("device/{id}: no record (put one first)"))?;
             let mut record: Value =
                 serde_json::from_str(&text).map_err(|e| format!("device/{id}: {e}"))?;
@@ -345,13 +408,13 @@ pub fn devices(args: &[String]) -> Result<(), String> {
                 "active"
             });
             DeviceRecord::parse(&record.to_string()).map_err(|e| format!("device/{id}: {e}"))?;
-            registry.put(id, &record)?;
+            registry.put(&format!("device/{id}"), &record.to_string())?;
             eprintln!("device/{id}: {record}");
             Ok(())
         }
         "show" => {
             let id = id()?;
-            match registry.get(id)? {
+            match registry.get(&format!("device/{id}"))? {
                 Some(text) => {
                     println!("{text}");
                     if let Err(e) = DeviceRecord::parse(&text) {
@@ -372,7 +435,7 @@ pub fn devices(args: &[String]) -> Result<(), String> {
                 DeviceRecord::parse(&record.to_string()).map_err(|e| format!("{id}: {e}"))?;
             }
             match &registry {
-                Registry::Workers { .. } => {
+                Store::Workers { .. } => {
                     // One `kv bulk put` (up to 10,000 pairs per call) rather than a call each.
                     let pairs: Vec<Value> = all
                         .iter()
@@ -390,13 +453,54 @@ pub fn devices(args: &[String]) -> Result<(), String> {
                 }
                 _ => {
                     for (id, record) in &all {
-                        registry.put(id, record)?;
+                        registry.put(&format!("device/{id}"), &record.to_string())?;
                     }
                 }
             }
             eprintln!("{} records written", all.len());
             Ok(())
         }
+        _ => Err(USAGE.into()),
+    }
+}
+
+/// The key the edge reads its profile document from (docs/api.md, "Calibration profiles").
+const PROFILES_KEY: &str = "calibration";
+
+/// `profiles put FILE|show|delete`: the calibration profiles in the host's key-value store.
+pub fn profiles(args: &[String]) -> Result<(), String> {
+    let (Some(verb), rest) = (args.first(), args.get(1..).unwrap_or_default()) else {
+        return Err(USAGE.into());
+    };
+    let parsed = Args::parse(rest)?;
+    let store = Store::from(&parsed, "PROFILES")?;
+    eprintln!("profiles: {}", store.place());
+    match verb.as_str() {
+        "put" => {
+            let file = parsed.positional.first().ok_or("put FILE.json")?;
+            let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
+            let profiles = edge_enrich::domain::calibration::Profiles::parse(&text)
+                .map_err(|e| format!("{file}: the edge would refuse it: {}", e.join("; ")))?;
+            // Compact, as the edge reads it: a smaller value to store and to read.
+            let value: Value = serde_json::from_str(&text).map_err(|e| format!("{file}: {e}"))?;
+            store.put(PROFILES_KEY, &value.to_string())?;
+            eprintln!(
+                "{PROFILES_KEY}: {} profiles, version {}",
+                profiles.len(),
+                profiles.version()
+            );
+            Ok(())
+        }
+        "show" => match store.get(PROFILES_KEY)? {
+            Some(text) => {
+                println!("{text}");
+                Ok(())
+            }
+            None => Err(format!(
+                "{PROFILES_KEY}: not set (the deployment's own profiles apply)"
+            )),
+        },
+        "delete" => store.delete(PROFILES_KEY),
         _ => Err(USAGE.into()),
     }
 }
@@ -455,15 +559,15 @@ mod tests {
         ]))
         .unwrap();
         devices(&strings(&["disable", "dev-9", "--spin-state", &spin])).unwrap();
-        let registry = Registry::Spin {
+        let registry = Store::Spin {
             db: Path::new(&spin).join("sqlite_key_value.db"),
         };
-        let stored = DeviceRecord::parse(&registry.get("dev-9").unwrap().unwrap()).unwrap();
+        let stored = DeviceRecord::parse(&registry.get("device/dev-9").unwrap().unwrap()).unwrap();
         assert!(!stored.is_active());
         assert_eq!(stored.tags["a"], "b", "the rest of the record kept");
         devices(&strings(&["enable", "dev-9", "--spin-state", &spin])).unwrap();
         assert!(
-            DeviceRecord::parse(&registry.get("dev-9").unwrap().unwrap())
+            DeviceRecord::parse(&registry.get("device/dev-9").unwrap().unwrap())
                 .unwrap()
                 .is_active()
         );
@@ -479,5 +583,60 @@ mod tests {
             .unwrap_err()
             .contains("calibration-version"));
         assert!(devices(&strings(&["put", "bad id", "--print"])).is_err());
+    }
+
+    /// Deployed by default (wrangler 4 would write locally), `--local` where dev.sh runs.
+    #[test]
+    fn commands_say_and_choose_where_they_write() {
+        let place = |a: &[&str]| match Store::from(&Args::parse(&strings(a)).unwrap(), "DEVICES") {
+            Ok(Store::Workers { extra, place, .. }) => Ok((extra.join(" "), place)),
+            Ok(_) => Err("not workers".to_owned()),
+            Err(e) => Err(e),
+        };
+        let (args, said) = place(&["--env", "production"]).unwrap();
+        assert_eq!(args, "--remote --env production");
+        assert!(said.contains("deployed DEVICES namespace of environment \"production\""));
+        assert_eq!(place(&[]).unwrap().0, "--remote");
+        let (args, said) = place(&["--local"]).unwrap();
+        assert_eq!(args, format!("--local --persist-to {DEV_STATE}"));
+        assert!(said.contains("scripts/dev.sh"));
+        assert!(place(&["--local", "--env", "production"]).is_err());
+        assert!(place(&["--persist-to", "x"]).is_err());
+    }
+
+    #[test]
+    fn profiles_are_checked_written_shown_and_deleted() {
+        let dir = std::env::temp_dir().join(format!("profiles-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = dir.to_string_lossy().to_string();
+        let file = dir.join("p.json");
+        std::fs::write(
+            &file,
+            r#"{"profiles":[{"match":"a","gain":-1,"version":1}]}"#,
+        )
+        .unwrap();
+        let file = file.to_string_lossy().to_string();
+        let refused = profiles(&strings(&["put", &file, "--spin-state", &state])).unwrap_err();
+        assert!(refused.contains("refuse"), "{refused}");
+        std::fs::write(
+            &file,
+            "{\"profiles\": [{\"match\": \"lab-*\", \"gain\": 1.0, \"offset\": -0.3, \"version\": 2}]}",
+        )
+        .unwrap();
+        profiles(&strings(&["put", &file, "--spin-state", &state])).unwrap();
+        let store = Store::Spin {
+            db: dir.join("sqlite_key_value.db"),
+        };
+        let stored = store.get(PROFILES_KEY).unwrap().unwrap();
+        assert!(!stored.contains(' '), "stored compact: {stored}");
+        assert_eq!(
+            edge_enrich::domain::calibration::Profiles::parse(&stored)
+                .unwrap()
+                .len(),
+            1
+        );
+        profiles(&strings(&["delete", "--spin-state", &state])).unwrap();
+        assert_eq!(store.get(PROFILES_KEY).unwrap(), None);
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -4,7 +4,8 @@
 //!   mint-token DEVICE_ID [--key-version N]    a device's key / bearer token
 //!   sign DEVICE_ID METHOD URL [BODY_FILE [CONTENT_TYPE]] [--key-version N]
 //!                                             an `hmac`-mode Authorization header for now
-//!   keygen, sign-jwt, devices                 device key pairs, JWTs, registry records (fleet.rs)
+//!   keygen, sign-jwt, devices, profiles       device key pairs, JWTs, registry records,
+//!                                             calibration profiles (fleet.rs)
 //! The master secret is read from the environment (AUTH_SECRET), never from the command line,
 //! so it stays out of shell history and process listings.
 
@@ -42,7 +43,7 @@ fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let fleet_task = matches!(
         args.first().map(String::as_str),
-        Some("keygen" | "sign-jwt" | "devices")
+        Some("keygen" | "sign-jwt" | "devices" | "profiles")
     );
     // `--key-version N` (mint-token, sign), taken out before the positional arguments.
     let mut key_version = 0;
@@ -79,6 +80,11 @@ fn main() {
         },
         Some("devices") => {
             if let Err(e) = fleet::devices(&args[1..]) {
+                fail(&e)
+            }
+        }
+        Some("profiles") => {
+            if let Err(e) = fleet::profiles(&args[1..]) {
                 fail(&e)
             }
         }

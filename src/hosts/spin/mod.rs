@@ -34,7 +34,7 @@ use crate::application::admission::{self, Refused};
 use crate::config::{Config, Settings, KEYS};
 use crate::domain::enrich::EdgeInfo;
 use crate::http::answer::Answer;
-use crate::http::deployment::{ApiDocument, Deployment};
+use crate::http::deployment::{ApiDocument, Deployment, HostConventions};
 use crate::http::instance_state::InstanceState;
 use crate::http::pipeline::{self, Host};
 use crate::http::problem::{self, Problem};
@@ -74,13 +74,23 @@ impl Loaded {
     }
 }
 
+#[cfg(feature = "spin")]
+const SETTINGS_HELP: &str = "set Spin variables (`spin up --variable auth_secret=...`, SPIN_VARIABLE_AUTH_SECRET, or the deployment's variables provider)";
+#[cfg(not(feature = "spin"))]
+const SETTINGS_HELP: &str =
+    "set environment variables (`wasmtime serve --env AUTH_SECRET=...`, or the host's own)";
+const CONVENTIONS: HostConventions = HostConventions::serving(
+    ApiDocument::Served(crate::http::routes::OPENAPI),
+    SETTINGS_HELP,
+);
+
 async fn loaded() -> Rc<Loaded> {
     if let Some(l) = LOADED.with(|c| c.get().cloned()) {
         return l;
     }
     let settings = Settings::load(&load_config().await);
     let made = Rc::new(Loaded {
-        deployment: Rc::new(settings.deployment(ApiDocument::Served(crate::http::routes::OPENAPI))),
+        deployment: Rc::new(settings.deployment(CONVENTIONS)),
         settings,
     });
     LOADED.with(|c| c.get_or_init(|| made).clone())

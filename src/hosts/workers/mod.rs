@@ -30,7 +30,7 @@ use crate::application::profile_cache::PROFILES_KEY;
 use crate::config::Settings;
 use crate::domain::enrich::EdgeInfo;
 use crate::http::answer::Answer;
-use crate::http::deployment::{ApiDocument, Deployment};
+use crate::http::deployment::{ApiDocument, Deployment, HostConventions};
 use crate::http::instance_state::InstanceState;
 use crate::http::pipeline::{self, Host};
 use crate::http::problem::Problem;
@@ -71,10 +71,16 @@ pub(crate) fn settings(env: &Env) -> Rc<Settings> {
     })
 }
 
+/// Workers serves the API document as a static asset; settings are wrangler vars and secrets.
+const CONVENTIONS: HostConventions = HostConventions::serving(
+    ApiDocument::StaticAsset,
+    "set vars in wrangler.toml and secrets with `npx wrangler secret put NAME` (under `wrangler dev`: a .dev.vars file, see .dev.vars.example)",
+);
+
 /// What the pipeline needs of the settings, built once per isolate.
 fn deployment(env: &Env) -> Rc<Deployment> {
     DEPLOYMENT.with(|cell| {
-        cell.get_or_init(|| Rc::new(settings(env).deployment(ApiDocument::StaticAsset)))
+        cell.get_or_init(|| Rc::new(settings(env).deployment(CONVENTIONS)))
             .clone()
     })
 }

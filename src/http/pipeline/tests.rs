@@ -14,7 +14,7 @@ use crate::application::delivery::outbox::{
 use crate::application::rate_limit::MemoryBuckets;
 use crate::application::recent::tests::fingerprints;
 use crate::http::auth::{sign, MasterSecret, SignedParts};
-use crate::http::deployment::ApiDocument;
+use crate::http::deployment::{ApiDocument, HostConventions};
 use crate::http::instance_state::InstanceState;
 use crate::http::routes::{self, Accepted, AdminQuery};
 use crate::ports::testing::run;
@@ -93,7 +93,10 @@ impl FakeHost {
             ("CORS_ALLOWED_ORIGINS", "https://app.example.com"),
         ]);
         let settings = Rc::new(crate::config::Settings::load(&Pairs(&kv)));
-        let deployment = Rc::new(settings.deployment(ApiDocument::Served(routes::OPENAPI)));
+        let deployment = Rc::new(settings.deployment(HostConventions::serving(
+            ApiDocument::Served(routes::OPENAPI),
+            "settings",
+        )));
         [
             ("cloudflare-workers", 0),
             ("spin", 4 * 1024 * 1024),

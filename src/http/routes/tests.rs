@@ -1,6 +1,6 @@
 use super::*;
 use crate::http::answer::header as answer_header;
-use crate::http::deployment::ApiDocument;
+use crate::http::deployment::{ApiDocument, HostConventions};
 use crate::ports::Pairs;
 
 fn settings(extra: &[(&str, &str)]) -> Deployment {
@@ -10,7 +10,10 @@ fn settings(extra: &[(&str, &str)]) -> Deployment {
         ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
         ("AUTH_MODE", "off"),
     ]);
-    crate::config::Settings::load(&Pairs(&kv)).deployment(ApiDocument::Served(OPENAPI))
+    crate::config::Settings::load(&Pairs(&kv)).deployment(HostConventions::serving(
+        ApiDocument::Served(OPENAPI),
+        "settings",
+    ))
 }
 
 fn edge() -> EdgeInfo {
@@ -213,7 +216,10 @@ fn post_answers_an_array() {
 fn misconfiguration_refuses_ingest_and_shows_in_health() {
     let s =
         crate::config::Settings::load(&Pairs(&[("FLUSH_MAX_ITEMS", "x"), ("AUTH_MODE", "off")]))
-            .deployment(ApiDocument::Served(OPENAPI));
+            .deployment(HostConventions::serving(
+                ApiDocument::Served(OPENAPI),
+                "settings",
+            ));
     let a = run(&s, "GET", "/v1/readings", "device_id=a&temp=1", None, "");
     assert_eq!(status(&a), 503);
     let Action::Respond(h) = run(&s, "GET", "/healthz", "", None, "") else {
