@@ -7,11 +7,12 @@
 # saying so, without one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH" WRANGLER_SEND_METRICS=false NO_COLOR=1
+# .tools/python: the Python tools' virtual environment (scripts/setup.sh).
+export PATH="$PWD/.tools/python/bin:$HOME/.cargo/bin:$PATH" WRANGLER_SEND_METRICS=false NO_COLOR=1
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 OHA_VERSION=1.16.0
-scripts/setup.sh
+scripts/setup.sh workers wasmtime
 rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 oha --version 2>/dev/null | grep -qF "$OHA_VERSION" || { say "cargo install oha $OHA_VERSION"; cargo install oha --version "$OHA_VERSION" --locked; }
 

@@ -5,7 +5,8 @@
 #   target/components/edge_enrich_spin.wasm       Spin (what `spin build` runs: build-components.sh spin)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
+# .tools/python: the Python tools' virtual environment (scripts/setup.sh).
+export PATH="$PWD/.tools/python/bin:$HOME/.cargo/bin:$PATH"
 mkdir -p target/components
 
 # rustc's linker (wasm-component-ld) would wrap the core module into a component at once. We

@@ -5,14 +5,15 @@
 # Ports: PORT (edge) and COLLECTOR_PORT; both default to free ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH" WRANGLER_SEND_METRICS=false
+# .tools/python: the Python tools' virtual environment (scripts/setup.sh).
+export PATH="$PWD/.tools/python/bin:$HOME/.cargo/bin:$PATH" WRANGLER_SEND_METRICS=false
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 host="${1:-workers}"
 case "$host" in
   workers) scripts/setup.sh workers ;;
-  wasmtime) scripts/setup.sh ;;
+  wasmtime) scripts/setup.sh wasmtime ;;
   *) echo "usage: scripts/dev.sh [workers|wasmtime]" >&2; exit 2 ;;
 esac
 say "build the reference collector"

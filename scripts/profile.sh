@@ -10,7 +10,8 @@
 # install linux-perf). Output and perf data under target/profile/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH" WRANGLER_SEND_METRICS=false NO_COLOR=1
+# .tools/python: the Python tools' virtual environment (scripts/setup.sh).
+export PATH="$PWD/.tools/python/bin:$HOME/.cargo/bin:$PATH" WRANGLER_SEND_METRICS=false NO_COLOR=1
 host="${1:-}"
 out=target/profile
 mkdir -p "$out"

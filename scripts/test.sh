@@ -7,10 +7,19 @@
 # there (SPIN=..., else ../shared/tools/spin; the command says plainly when it is not).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH" WRANGLER_SEND_METRICS=false NO_COLOR=1
+# .tools/python: the Python tools' virtual environment (scripts/setup.sh).
+export PATH="$PWD/.tools/python/bin:$HOME/.cargo/bin:$PATH" WRANGLER_SEND_METRICS=false NO_COLOR=1
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 scripts/setup.sh
+
+say "set-up on a Python with no pip of its own (as a stock Debian/Ubuntu has, PEP 668): the Python tools land in a fresh virtual environment"
+nopip="$(mktemp -d)"
+python3 -m venv --without-pip "$nopip/python"
+if "$nopip/python/bin/python" -m pip --version >/dev/null 2>&1; then echo "that Python has pip" >&2; exit 1; fi
+PATH="${PATH//$PWD\/.tools\/python\/bin:/}" PYTHON="$nopip/python/bin/python" PYTHON_TOOLS="$nopip/tools" scripts/setup.sh python
+"$nopip/tools/bin/schemathesis" --version && "$nopip/tools/bin/wasm-tools" --version
+rm -rf "$nopip"
 
 say "format and lint (native, wasm32-unknown-unknown, wasm32-wasip2 in both flavours), and the docs' links"
 python3 scripts/check-links.py
@@ -28,9 +37,9 @@ cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 scripts/fuzz.sh 15
 
-say "build the Worker and check that it deploys (wrangler deploy --dry-run runs the [build])"
+say "build the Worker and check that production deploys (wrangler deploy --dry-run runs the [build])"
 rm -rf dist
-node_modules/.bin/wrangler deploy --dry-run --outdir dist > target/deploy-dry-run.log 2>&1 || { cat target/deploy-dry-run.log; exit 1; }
+node_modules/.bin/wrangler deploy --dry-run --env production --outdir dist > target/deploy-dry-run.log 2>&1 || { cat target/deploy-dry-run.log; exit 1; }
 grep -E "Total Upload|env\.BATCHER " target/deploy-dry-run.log
 compgen -G "dist/*.wasm" > /dev/null && compgen -G "dist/*.js" > /dev/null && test -s build/entry.mjs
 
