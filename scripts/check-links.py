@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Every relative link in README.md, CHANGELOG.md and docs/*.md resolves: the file exists and,
-for `#anchor`, a heading of that file has that GitHub slug. Run by scripts/test.sh."""
+for `#anchor`, a heading of that file has that GitHub slug; and no link is malformed so that
+Markdown shows it as text (`[text]#anchor)`, `[text] (target)`). Run by scripts/test.sh."""
 import pathlib
 import re
 import sys
@@ -30,11 +31,21 @@ def anchors(path: pathlib.Path) -> set:
     return found
 
 
+MALFORMED = re.compile(r"\[[^\]\n]+\](?:#[\w-]*\)|[ \t]+\([^)\s]+\))")
+
+
 def main() -> int:
+    # The checker catches what it claims to (a pattern that matched nothing would pass anything).
+    assert MALFORMED.search("see [OpenAPI contract]#openapi-contract).")
+    assert MALFORMED.search("see [the API] (docs/api.md)")
+    assert not MALFORMED.search("see [the API](docs/api.md#x) and [x]: y")
     files = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
     bad = []
     for f in files:
         text = re.sub(r"```.*?```", "", f.read_text(), flags=re.S)
+        text = re.sub(r"`[^`\n]*`", "", text)  # code spans are not links
+        for broken in MALFORMED.findall(text):
+            bad.append(f"{f.relative_to(ROOT)}: {broken}: malformed link (written [text](target))")
         for target in re.findall(r"\]\(([^)\s]+)\)", text):
             if re.match(r"^[a-z]+://", target) or target.startswith("mailto:"):
                 continue
