@@ -446,6 +446,64 @@ fn a_deliverer_killed_while_holding_a_lease_is_replaced_after_the_lease() {
     collector.assert_stored_exactly(&traffic_b.accepted, Duration::from_secs(10));
 }
 
+/// A sparse fleet: one reading and then no device traffic at all. On Spin delivery runs only
+/// while requests arrive, and this reading is stranded by `spin up` restarting during a
+/// collector outage: nothing delivers it until the heartbeat the README gives a sparse fleet
+/// (`POST /admin/deliver` with the admin token, every 30 s) calls the app, and then it arrives.
+#[test]
+#[ignore = "end-to-end: needs the built component, the collector and a Spin CLI (scripts/test.sh)"]
+fn a_sparse_fleet_is_delivered_by_its_heartbeat_alone() {
+    const ADMIN: &str = "Bearer spin-admin-token-of-32-bytes-or-more";
+    let dir = scratch("spin-sparse");
+    let mut collector = Collector::start(&dir);
+    collector.stop();
+    let mut host = spin_up(
+        &dir,
+        &[
+            ("COLLECTOR_URL", &collector.ingest_url()),
+            ("AUTH_MODE", "off"),
+            ("ADMIN_TOKEN", "spin-admin-token-of-32-bytes-or-more"),
+            ("RETRY_MAX_MS", "1000"),
+        ],
+    );
+    let reading = get(&host.url("/v1/readings?device_id=sparse-1&temp=20.5"));
+    assert_eq!(reading.status, 200, "{}", reading.body);
+    let id = reading.json()["id"].as_str().unwrap().to_owned();
+    // Flushed, refused by the dead collector, given back with a backoff of at most a second.
+    std::thread::sleep(Duration::from_secs(2));
+    host.crash_and_restart();
+    collector.resume();
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        !collector.stored_ids().contains(&id),
+        "delivered with no request at all: then the README's heartbeat is not needed"
+    );
+    assert_eq!(
+        host.outbox_rows(),
+        1,
+        "the reading waits in the shared outbox"
+    );
+    let beat = Instant::now();
+    let answer = ureq::post(&host.url("/admin/deliver"))
+        .set("authorization", ADMIN)
+        .call()
+        .expect("heartbeat answered")
+        .into_json::<serde_json::Value>()
+        .unwrap();
+    assert_eq!(answer["started"], true, "{answer}");
+    assert_eq!(answer["shared_outbox"]["pending"], 1, "{answer}");
+    collector.assert_stored_exactly(&[id].into(), Duration::from_secs(10));
+    eprintln!(
+        "stranded reading delivered {:.1} s after one heartbeat",
+        beat.elapsed().as_secs_f64()
+    );
+    let deleted = Instant::now();
+    while host.outbox_rows() > 0 && deleted.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(host.outbox_rows(), 0, "delivered rows are deleted");
+}
+
 /// A state directory written by the previous release (its outbox in key-value, one key per
 /// request): the new release moves those segments into the SQLite outbox and delivers them.
 #[test]

@@ -45,6 +45,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     (OPENAPI_PATH, &["GET"]),
     ("/admin/stats", &["GET"]),
     ("/admin/dead-letters", &["GET"]),
+    ("/admin/deliver", &["POST"]),
 ];
 
 const READINGS_ALLOW: &str = "GET, POST, OPTIONS";
@@ -152,6 +153,19 @@ impl Ingest<'_> {
 pub enum AdminQuery {
     Stats,
     DeadLetters,
+    /// Look now for readings no one is delivering, and deliver them: what a sparse fleet's
+    /// heartbeat calls on a host whose delivery runs only while requests arrive (Spin).
+    Deliver,
+}
+
+impl AdminQuery {
+    /// The one method each is served for (a read, or an action).
+    fn method(self) -> &'static str {
+        match self {
+            Self::Stats | Self::DeadLetters => "GET",
+            Self::Deliver => "POST",
+        }
+    }
 }
 
 /// Everything that can be decided before the body is read, in the documented order: URL and
@@ -211,10 +225,11 @@ pub fn plan<'a>(parts: &'a Parts, settings: &Deployment, now_ms: u64) -> Result<
             let query = match &p[ADMIN_PREFIX.len()..] {
                 "stats" => AdminQuery::Stats,
                 "dead-letters" => AdminQuery::DeadLetters,
+                "deliver" => AdminQuery::Deliver,
                 _ => return Err(Problem::not_found(p)),
             };
-            if method != Method::GET {
-                return Err(Problem::method_not_allowed("GET"));
+            if method.as_str() != query.method() {
+                return Err(Problem::method_not_allowed(query.method()));
             }
             authorize_admin(settings, header(parts, AUTHORIZATION))?;
             Ok(Plan::Admin(query))

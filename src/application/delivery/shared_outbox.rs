@@ -1340,10 +1340,16 @@ impl SharedDriver {
     /// Any request: on an instance's first, and then every `LOOK_EVERY_MS`, it looks for rows
     /// nobody is delivering. True when the host must start the driver.
     pub fn nudge(&self, now_ms: u64) -> bool {
-        let mut wake = self.wake.borrow_mut();
-        if now_ms < wake.next_look_ms {
+        if now_ms < self.wake.borrow().next_look_ms {
             return false;
         }
+        self.look_now(now_ms)
+    }
+
+    /// Look now, whenever this instance last looked (an operator's `POST /admin/deliver`: a
+    /// sparse fleet's heartbeat). True when the host must start the driver.
+    pub fn look_now(&self, now_ms: u64) -> bool {
+        let mut wake = self.wake.borrow_mut();
         wake.next_look_ms = now_ms.saturating_add(LOOK_EVERY_MS);
         wake.claim_now = true;
         wake.isolated.insert(now_ms);

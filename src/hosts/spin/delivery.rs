@@ -21,7 +21,7 @@ use crate::ports::{
     Clock, Collector, CollectorAnswer, CollectorRequest, SystemEntropy, TransportError,
 };
 
-pub use flavour::{dead_letters, nudge, ports, stats};
+pub use flavour::{dead_letters, deliver_now, nudge, ports, stats};
 
 fn delivery<'a, S>(
     store: &'a S,
@@ -202,6 +202,27 @@ mod flavour {
                 spawn_driver(inst);
             }
         }
+    }
+
+    /// `POST /admin/deliver`: this instance looks for rows no one is delivering (any
+    /// instance's, after a restart, or set aside by one that ended) and delivers them after
+    /// answering; its driver then runs until nothing is due or held.
+    pub async fn deliver_now(config: &Config) -> String {
+        let Ok(inst) = instance(config).await else {
+            return serde_json::json!({ "scope": "app", "started": false }).to_string();
+        };
+        let now = now_ms();
+        let started = inst.driver.look_now(now);
+        let outbox = inst
+            .store
+            .summary(now)
+            .await
+            .unwrap_or_else(|e| serde_json::json!({ "error": e.0 }));
+        if started {
+            spawn_driver(inst);
+        }
+        serde_json::json!({ "scope": "app", "started": started, "shared_outbox": outbox })
+            .to_string()
     }
 
     fn spawn_driver(inst: Rc<Instance>) {
@@ -389,6 +410,12 @@ mod flavour {
     }
 
     pub async fn nudge(_config: &Config) {}
+
+    /// Nothing to look for: an instance's own task delivers what its memory holds.
+    pub async fn deliver_now(config: &Config) -> String {
+        let pending = instance(config).outbox.borrow().pending();
+        serde_json::json!({ "scope": "instance", "started": false, "pending": pending }).to_string()
+    }
 
     pub async fn stats(config: &Config) -> serde_json::Value {
         let inst = instance(config);

@@ -316,6 +316,7 @@ impl Host for Component {
                 Ok(stats.to_string())
             }
             AdminQuery::DeadLetters => Ok(delivery::dead_letters(config).await),
+            AdminQuery::Deliver => Ok(delivery::deliver_now(config).await),
         }
     }
 

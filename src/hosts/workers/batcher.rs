@@ -148,6 +148,11 @@ impl DurableObject for Batcher {
                     dead_letters,
                 })
             }
+            // The alarm delivers without any traffic; this only brings it forward to now.
+            (Method::Get, "/deliver") => {
+                self.schedule(now_ms()).await?;
+                Response::from_json(&serde_json::json!({ "batcher": batcher, "alarm": "now" }))
+            }
             _ => Response::error("not found", 404),
         }
     }

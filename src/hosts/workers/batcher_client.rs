@@ -133,6 +133,7 @@ pub async fn admin(
     let path = match query {
         AdminQuery::Stats => "/stats",
         AdminQuery::DeadLetters => "/dead-letters",
+        AdminQuery::Deliver => "/deliver",
     };
     let ns = env.durable_object(BATCHER_BINDING)?;
     let mut batchers = Vec::new();

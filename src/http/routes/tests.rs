@@ -260,6 +260,11 @@ fn health_says_how_the_registry_is_read_and_never_a_record() {
     assert!(!fixed.to_string().contains("hidden") && !fixed.to_string().contains("secret-device"));
 }
 
+fn admin_method(s: &Deployment, method: &str, path: &str) -> Action {
+    let auth = [("authorization", "Bearer s3cret-s3cret-s3cret-s3cret-s3cret")];
+    decide_at(s, &head(method, path, "", &auth), b"", 0)
+}
+
 #[test]
 fn admin_requires_the_token() {
     let s = settings(&[("ADMIN_TOKEN", "s3cret-s3cret-s3cret-s3cret-s3cret")]);
@@ -281,6 +286,23 @@ fn admin_requires_the_token() {
         401
     );
     assert_eq!(status(&admin(None)), 401);
+    // The heartbeat is an action: POST only, with the same token.
+    let deliver = |method: &str, auth: &str| {
+        decide_at(
+            &s,
+            &head(method, "/admin/deliver", "", &[("authorization", auth)]),
+            b"",
+            0,
+        )
+    };
+    let token = "Bearer s3cret-s3cret-s3cret-s3cret-s3cret";
+    assert!(matches!(
+        deliver("POST", token),
+        Action::Admin(AdminQuery::Deliver)
+    ));
+    assert_eq!(status(&deliver("POST", "Bearer nope")), 401);
+    assert_eq!(status(&deliver("GET", token)), 405);
+    assert_eq!(status(&admin_method(&s, "POST", "/admin/stats")), 405);
     // A token shorter than 32 bytes is a configuration fault, not a weak admin API.
     let weak = settings(&[("ADMIN_TOKEN", "s3cret")]);
     assert!(weak.policy.is_err());
