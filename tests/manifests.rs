@@ -180,3 +180,26 @@ fn local_secrets_are_ignored_by_git() {
         }
     }
 }
+
+/// One version a user can pin: the crate's, in spin.toml, the API document and the CHANGELOG's
+/// newest release.
+#[test]
+fn the_version_is_one_everywhere() {
+    let version = env!("CARGO_PKG_VERSION");
+    let spin = manifest("spin.toml");
+    assert!(
+        section(&spin, "[application]").contains(&("version", &format!("\"{version}\""))),
+        "spin.toml [application] version is not {version}"
+    );
+    let api: serde_json::Value = serde_json::from_str(&manifest("openapi/openapi.json")).unwrap();
+    assert_eq!(api["info"]["version"], version, "openapi/openapi.json info.version");
+    let changelog = manifest("CHANGELOG.md");
+    let newest = changelog
+        .lines()
+        .find(|l| l.starts_with("## "))
+        .expect("a release in CHANGELOG.md");
+    assert!(
+        newest.starts_with(&format!("## {version} (")),
+        "CHANGELOG.md's newest release is {newest:?}, the crate is {version}"
+    );
+}

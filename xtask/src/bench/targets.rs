@@ -120,6 +120,14 @@ pub fn targets(r: &Results, o: &Options) -> Vec<Target> {
         let hosts = [("workerd", &fleet.workerd), ("spin", &fleet.spin)];
         for (host, runs) in hosts {
             let Some(runs) = runs else { continue };
+            // A fleet's load answered with errors measures nothing (e.g. a mangled URL).
+            for row in &runs.rows {
+                j.check(
+                    format!("{host} fleet {}: 0 non-2xx", row.devices),
+                    format!("{} of {}", row.load.non_2xx, row.load.responses),
+                    row.load.non_2xx == 0 && row.load.responses > 0,
+                );
+            }
             let (small, large) = (runs.find(1_000), runs.find(1_000_000));
             let rps = |r: Option<&super::figures::FleetRow>| r.map(|r| r.load.ok_rps);
             let p99 = |r: Option<&super::figures::FleetRow>| r.and_then(|r| r.load.ok_p99_ms);
