@@ -298,8 +298,9 @@ fn openapi_contract_checked_by_schemathesis() {
     );
 }
 
-/// Calibration profiles from the `PROFILES` KV namespace: `wrangler kv key put` changes the
-/// calibration without a redeploy, within the cache TTL, and a bad write changes nothing.
+/// Calibration profiles from the `PROFILES` KV namespace: `wrangler kv key put`, then `cargo
+/// xtask profiles put --local`, change the calibration without a redeploy, within the cache
+/// TTL, and a bad write changes nothing.
 #[test]
 #[ignore = "needs the built artifacts; run by scripts/test.sh"]
 fn profiles_from_workers_kv_take_effect_without_redeploy() {
@@ -332,11 +333,25 @@ fn profiles_from_workers_kv_take_effect_without_redeploy() {
     wait_for(Duration::from_secs(60), "the KV profile in use", || {
         (calibration() == (21.5, Some(41), 7)).then_some(())
     });
-    host.kv_put(
-        "PROFILES",
-        "calibration",
+    // The fleet command, as the README gives it for the dev server's own state.
+    let file = dir.join("profiles-v8.json");
+    std::fs::write(
+        &file,
         r#"{"version":8,"profiles":[{"match":"kv-*","gain":1.0,"offset":-2,"version":42}]}"#,
-    );
+    )
+    .unwrap();
+    let (state, config) = host.local_state();
+    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    xtask::fleet::profiles(&[
+        "put".into(),
+        path(&file),
+        "--local".into(),
+        "--persist-to".into(),
+        path(&state),
+        "--config".into(),
+        path(&config),
+    ])
+    .expect("cargo xtask profiles put --local");
     wait_for(
         Duration::from_secs(60),
         "the updated KV profile in use",

@@ -1053,6 +1053,15 @@ pub fn misconfigured<H: EdgeHost>(name: &str, start: impl Fn(&Path, &[(&str, &st
     assert_eq!(health.status, 503, "{}", health.body);
     let ingest = raw_request(&base, Raw::get("device_id=h&temp=1").bytes(&base)).unwrap();
     assert_eq!(ingest.status, 503, "{}", ingest.body);
+    // And says where this host's settings go: a newcomer's first reading names the file or
+    // the variables to set (Workers' .dev.vars, Spin variables, the environment).
+    let detail = ingest.json()["detail"].as_str().unwrap_or("").to_owned();
+    assert!(
+        [".dev.vars.example", "SPIN_VARIABLE_AUTH_SECRET", "wasmtime serve --env"]
+            .iter()
+            .any(|hint| detail.contains(hint)),
+        "no hint of where settings go: {detail}"
+    );
     for answer in [&health, &ingest] {
         for key in [
             "COLLECTOR_URL",

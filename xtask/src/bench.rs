@@ -12,6 +12,7 @@ use serde_json::json;
 
 mod figures;
 mod fleet_scale;
+pub mod readme;
 mod targets;
 
 use crate::harness::*;
@@ -1075,6 +1076,26 @@ pub fn run(o: &Options) {
     )
     .expect("write results");
     println!("\nwrote {}", out.display());
+    if name == "bench/results.json" {
+        match write_readme_figures() {
+            Ok(()) => println!("wrote README.md's figures"),
+            Err(e) => eprintln!("README.md's figures not written: {e}"),
+        }
+    }
+}
+
+/// `cargo xtask readme-figures`, and after a full run: README.md's figures block rendered
+/// again from the committed `bench/results.json`.
+pub fn write_readme_figures() -> Result<(), String> {
+    let root = repo_root();
+    let results = std::fs::read_to_string(root.join("bench/results.json"))
+        .map_err(|e| format!("bench/results.json: {e}"))?;
+    let results: serde_json::Value =
+        serde_json::from_str(&results).map_err(|e| format!("bench/results.json: {e}"))?;
+    let path = root.join("README.md");
+    let readme = std::fs::read_to_string(&path).map_err(|e| format!("README.md: {e}"))?;
+    let updated = readme::splice(&readme, &readme::render(&results))?;
+    std::fs::write(&path, updated).map_err(|e| format!("README.md: {e}"))
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //!   mint-token DEVICE_ID [--key-version N]    a device's key / bearer token
 //!   sign DEVICE_ID METHOD URL [BODY_FILE [CONTENT_TYPE]] [--key-version N]
 //!                                             an `hmac`-mode Authorization header for now
+//!   readme-figures                            README.md's figures from bench/results.json
 //!   keygen, sign-jwt, devices, profiles       device key pairs, JWTs, registry records,
 //!                                             calibration profiles (fleet.rs)
 //! The master secret is read from the environment (AUTH_SECRET), never from the command line,
@@ -80,6 +81,11 @@ fn main() {
         },
         Some("devices") => {
             if let Err(e) = fleet::devices(&args[1..]) {
+                fail(&e)
+            }
+        }
+        Some("readme-figures") => {
+            if let Err(e) = bench::write_readme_figures() {
                 fail(&e)
             }
         }

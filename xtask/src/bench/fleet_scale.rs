@@ -2,9 +2,10 @@
 //! workerd and on Spin, to show that per-device state costs the same per request at any fleet
 //! size (issue #33). Each fleet is sent, not pre-filled: before its load, every device of it
 //! not yet seen posts one reading (500 devices per NDJSON POST, four senders), so the edge
-//! holds state for the whole fleet, up to its bounds; the load then picks a device of the
-//! fleet at random for every request (oha `--rand-regex-url`). Auth and the registry are off,
-//! as in the probe the issue quotes; the rate limit is on at its defaults, never reached.
+//! holds state for the whole fleet, up to its bounds; once the edge has delivered the fill, the
+//! load picks a device of the fleet at random for every request (oha `--rand-regex-url`). Auth
+//! and the registry are off, as in the probe the issue quotes; the rate limit is on at its
+//! defaults, never reached.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -157,6 +158,27 @@ fn spin(o: &Options, collector: &Collector, dir: &Path) -> Option<FleetHost> {
     }))
 }
 
+/// Waits until the edge holds nothing: a fill of 900,000 readings takes the collector some
+/// seconds to take, and a load measured meanwhile would share the host with that delivery.
+fn settle(host: &str, base: &str) {
+    let started = Instant::now();
+    let pending = || {
+        let doc: serde_json::Value = admin_doc(base);
+        match doc["batchers"].as_array() {
+            Some(batchers) => batchers.iter().filter_map(|b| b["pending"].as_u64()).sum(),
+            None => doc["shared_outbox"]["pending"].as_u64().unwrap_or(u64::MAX),
+        }
+    };
+    while pending() > 0 && started.elapsed() < Duration::from_secs(180) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "  fleet {host}: the fill delivered {:.1} s after it was sent",
+        started.elapsed().as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(2)); // and the store's checkpoint after it
+}
+
 /// Each fleet in turn on one host: its new devices sent, then `measure(fleet)`, with the fill
 /// rate and the runtime's memory added to the row it returns.
 fn fleets(
@@ -170,7 +192,7 @@ fn fleets(
     for fleet in FLEETS {
         let fill_readings_per_s = fill(base, seen, fleet);
         seen = fleet;
-        std::thread::sleep(Duration::from_secs(2)); // let the fill's batches go out
+        settle(host, base);
         let measured = measure(fleet);
         let row = FleetRow {
             devices: fleet,

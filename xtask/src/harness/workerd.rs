@@ -183,6 +183,12 @@ impl WorkersHost {
         Ok(())
     }
 
+    /// Where this dev session persists its state (its `--persist-to`), and its config: what
+    /// `cargo xtask devices|profiles --local --persist-to DIR --config FILE` write to.
+    pub fn local_state(&self) -> (PathBuf, PathBuf) {
+        (self.dir.join("state"), self.dir.join("wrangler.toml"))
+    }
+
     /// `wrangler kv key put --local` into the running dev session's persisted KV namespace.
     pub fn kv_put(&self, binding: &str, key: &str, value: &str) {
         self.wrangler_kv(&["key", "put"], binding, &[key, value]);
