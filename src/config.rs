@@ -774,13 +774,32 @@ fn placeholder_host(url: &str) -> bool {
     else {
         return false;
     };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit('@').next().unwrap_or("");
-    let host = host.split(':').next().unwrap_or("").to_ascii_lowercase();
-    let host = host.trim_end_matches('.');
-    ["example.com", "example.net", "example.org", "example"]
+    // Bytes, not `str` patterns: the Worker's upload is counted (a reverse char searcher is
+    // half a kilobyte of it).
+    let authority = rest.as_bytes();
+    let end = authority
         .iter()
-        .any(|reserved| host == *reserved || host.ends_with(&format!(".{reserved}")))
+        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(authority.len());
+    let authority = &authority[..end];
+    let start = authority
+        .iter()
+        .rposition(|b| *b == b'@')
+        .map_or(0, |at| at + 1);
+    let host = &authority[start..];
+    let host = &host[..host.iter().position(|b| *b == b':').unwrap_or(host.len())];
+    let host = host.strip_suffix(b".").unwrap_or(host).to_ascii_lowercase();
+    [
+        &b"example.com"[..],
+        b"example.net",
+        b"example.org",
+        b"example",
+    ]
+    .iter()
+    .any(|reserved| {
+        host.ends_with(reserved)
+            && (host.len() == reserved.len() || host[host.len() - reserved.len() - 1] == b'.')
+    })
 }
 
 /// Each part's policy, built from the parsed settings: the parts below `config` never name

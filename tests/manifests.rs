@@ -192,7 +192,10 @@ fn the_version_is_one_everywhere() {
         "spin.toml [application] version is not {version}"
     );
     let api: serde_json::Value = serde_json::from_str(&manifest("openapi/openapi.json")).unwrap();
-    assert_eq!(api["info"]["version"], version, "openapi/openapi.json info.version");
+    assert_eq!(
+        api["info"]["version"], version,
+        "openapi/openapi.json info.version"
+    );
     let changelog = manifest("CHANGELOG.md");
     let newest = changelog
         .lines()

@@ -159,11 +159,11 @@ pub enum AdminQuery {
 }
 
 impl AdminQuery {
-    /// The one method each is served for (a read, or an action).
-    fn method(self) -> &'static str {
+    /// The one method each is served for (a read, or an action), and its name for `Allow`.
+    fn method(self) -> (Method, &'static str) {
         match self {
-            Self::Stats | Self::DeadLetters => "GET",
-            Self::Deliver => "POST",
+            Self::Stats | Self::DeadLetters => (Method::GET, "GET"),
+            Self::Deliver => (Method::POST, "POST"),
         }
     }
 }
@@ -228,8 +228,9 @@ pub fn plan<'a>(parts: &'a Parts, settings: &Deployment, now_ms: u64) -> Result<
                 "deliver" => AdminQuery::Deliver,
                 _ => return Err(Problem::not_found(p)),
             };
-            if method.as_str() != query.method() {
-                return Err(Problem::method_not_allowed(query.method()));
+            let (allowed, allow) = query.method();
+            if *method != allowed {
+                return Err(Problem::method_not_allowed(allow));
             }
             authorize_admin(settings, header(parts, AUTHORIZATION))?;
             Ok(Plan::Admin(query))

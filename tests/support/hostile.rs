@@ -1057,9 +1057,13 @@ pub fn misconfigured<H: EdgeHost>(name: &str, start: impl Fn(&Path, &[(&str, &st
     // the variables to set (Workers' .dev.vars, Spin variables, the environment).
     let detail = ingest.json()["detail"].as_str().unwrap_or("").to_owned();
     assert!(
-        [".dev.vars.example", "SPIN_VARIABLE_AUTH_SECRET", "wasmtime serve --env"]
-            .iter()
-            .any(|hint| detail.contains(hint)),
+        [
+            ".dev.vars.example",
+            "SPIN_VARIABLE_AUTH_SECRET",
+            "wasmtime serve --env"
+        ]
+        .iter()
+        .any(|hint| detail.contains(hint)),
         "no hint of where settings go: {detail}"
     );
     for answer in [&health, &ingest] {

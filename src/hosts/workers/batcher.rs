@@ -151,7 +151,15 @@ impl DurableObject for Batcher {
             // The alarm delivers without any traffic; this only brings it forward to now.
             (Method::Get, "/deliver") => {
                 self.schedule(now_ms()).await?;
-                Response::from_json(&serde_json::json!({ "batcher": batcher, "alarm": "now" }))
+                #[derive(serde::Serialize)]
+                struct Deliver<'a> {
+                    batcher: Option<&'a str>,
+                    alarm: &'static str,
+                }
+                Response::from_json(&Deliver {
+                    batcher,
+                    alarm: "now",
+                })
             }
             _ => Response::error("not found", 404),
         }

@@ -38,7 +38,10 @@ fn f(v: &Value) -> Option<f64> {
 /// One host's row: 2xx requests/s at 100 and 10 connections, each against its hello-world
 /// floor, readings per collector request, the 2xx p99 and (Workers) the bill.
 fn host_row(label: &str, section: &Value, floor: &str) -> Option<String> {
-    let (a, b) = (run(section, "edge-enrich", 100)?, run(section, "edge-enrich", 10)?);
+    let (a, b) = (
+        run(section, "edge-enrich", 100)?,
+        run(section, "edge-enrich", 10)?,
+    );
     let rps = |r: &Value| f(&r["ok_rps"]).unwrap_or(0.0);
     let vs = |r: &Value, c: u64| {
         run(section, floor, c)
@@ -87,7 +90,10 @@ fn fleet_rows(fleet: &Value) -> Vec<String> {
         };
         let billed = |r: &Value| {
             let b = &r["load"]["billed_per_1000_readings"];
-            match (b["do_requests"].as_f64(), r["sqlite_statements_per_request"].as_f64()) {
+            match (
+                b["do_requests"].as_f64(),
+                r["sqlite_statements_per_request"].as_f64(),
+            ) {
                 (Some(req), _) => format!(
                     "{:.3} DO requests, {:.3} rows written",
                     req / 1000.0,
@@ -128,10 +134,26 @@ pub fn render(results: &Value) -> String {
         "|---|---|---|---|---|---|".into(),
     ];
     let hosts = [
-        ("workerd (Workers runtime)", &results["workers"]["workerd"], "hello-rust"),
-        ("`wrangler dev`", &results["workers"]["wrangler-dev"], "hello-rust"),
-        ("`wasmtime serve`, instance reuse", &results["wasmtime"]["reuse"], "hello-component"),
-        ("`spin up`, spin flavour", &results["spin"], "hello-component"),
+        (
+            "workerd (Workers runtime)",
+            &results["workers"]["workerd"],
+            "hello-rust",
+        ),
+        (
+            "`wrangler dev`",
+            &results["workers"]["wrangler-dev"],
+            "hello-rust",
+        ),
+        (
+            "`wasmtime serve`, instance reuse",
+            &results["wasmtime"]["reuse"],
+            "hello-component",
+        ),
+        (
+            "`spin up`, spin flavour",
+            &results["spin"],
+            "hello-component",
+        ),
     ];
     out.extend(
         hosts
