@@ -935,6 +935,10 @@ fn print_table(r: &Results, o: &Options) {
                     (None, Some(s)) => format!("{:.0} SQLite statements (answering instance)", s * 1000.0),
                     _ => "-".into(),
                 };
+                let billed = format!(
+                    "{billed}; collector CPU {} ms/request",
+                    opt(row.collector_cpu_ms_per_request)
+                );
                 println!(
                     "  {:<8} {:>9} {:>10} {:>9} {:>9} {:>10.1} {:>10} {:>9}  {billed}",
                     host,
@@ -1049,7 +1053,7 @@ pub fn run(o: &Options) {
     }
     if o.wants("fleet") {
         eprintln!("fleet: 1,000 to 1,000,000 devices on workerd and spin up ...");
-        results.fleet = Some(fleet_scale::fleet_section(o, &collector, &dir));
+        results.fleet = Some(fleet_scale::fleet_section(o, &dir));
     }
     results.targets = targets(&results, o)
         .into_iter()

@@ -474,5 +474,7 @@ pub struct FleetRow {
     /// Spin: statements per request on the answering instance, and bucket rows in SQLite.
     pub sqlite_statements_per_request: Option<f64>,
     pub rate_bucket_rows: Option<u64>,
+    /// The collector's CPU per request of the load (it shares the machine's cores).
+    pub collector_cpu_ms_per_request: Option<f64>,
     pub load: LoadRow,
 }

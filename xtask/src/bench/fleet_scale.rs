@@ -102,7 +102,7 @@ fn vars(collector: &Collector) -> Vec<(String, String)> {
     vars
 }
 
-fn workerd(o: &Options, collector: &Collector, dir: &Path) -> FleetHost {
+fn workerd(o: &Options, collector: &mut Collector, dir: &Path) -> FleetHost {
     let scratch = dir.join("fleet-workerd");
     std::fs::create_dir_all(&scratch).expect("scratch");
     let spec = WorkerSpec {
@@ -113,7 +113,7 @@ fn workerd(o: &Options, collector: &Collector, dir: &Path) -> FleetHost {
     };
     let host = LocalServer::workerd(&scratch, &spec);
     let base = host.url("");
-    fleets("workerd", &base, &|| host.rss_kib(), |fleet| {
+    fleets("workerd", &base, collector, &|| host.rss_kib(), |fleet| {
         let before = admin_doc::<WorkersAdminStats>(&base);
         let mut load = fleet_load(o, &base, fleet, &|| host.cpu_ms());
         let after = admin_doc::<WorkersAdminStats>(&base);
@@ -128,7 +128,7 @@ fn workerd(o: &Options, collector: &Collector, dir: &Path) -> FleetHost {
     })
 }
 
-fn spin(o: &Options, collector: &Collector, dir: &Path) -> Option<FleetHost> {
+fn spin(o: &Options, collector: &mut Collector, dir: &Path) -> Option<FleetHost> {
     spin_cli()?;
     let scratch = dir.join("fleet-spin");
     std::fs::create_dir_all(&scratch).expect("scratch");
@@ -136,26 +136,32 @@ fn spin(o: &Options, collector: &Collector, dir: &Path) -> Option<FleetHost> {
     let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let host = SpinHost::start(&scratch, &vars);
     let base = host.url("");
-    Some(fleets("spin", &base, &|| host.rss_kib(), |fleet| {
-        let load = fleet_load(o, &base, fleet, &|| host.cpu_ms());
-        // The answering instance's own counts (every instance counts its own statements).
-        let stats: SpinAdminStats = admin_doc(&base);
-        let per_request = stats
-            .sqlite
-            .request_path
-            .statements
-            .filter(|_| stats.appended_requests > 0)
-            .map(|n| (n as f64 / stats.appended_requests as f64 * 100.0).round() / 100.0);
-        let rows = rusqlite::Connection::open(host.sqlite_db())
-            .and_then(|db| db.query_row("SELECT count(*) FROM rate_buckets", [], |r| r.get(0)))
-            .ok();
-        FleetRow {
-            sqlite_statements_per_request: per_request,
-            rate_bucket_rows: rows,
-            load,
-            ..FleetRow::default()
-        }
-    }))
+    Some(fleets(
+        "spin",
+        &base,
+        collector,
+        &|| host.rss_kib(),
+        |fleet| {
+            let load = fleet_load(o, &base, fleet, &|| host.cpu_ms());
+            // The answering instance's own counts (every instance counts its own statements).
+            let stats: SpinAdminStats = admin_doc(&base);
+            let per_request = stats
+                .sqlite
+                .request_path
+                .statements
+                .filter(|_| stats.appended_requests > 0)
+                .map(|n| (n as f64 / stats.appended_requests as f64 * 100.0).round() / 100.0);
+            let rows = rusqlite::Connection::open(host.sqlite_db())
+                .and_then(|db| db.query_row("SELECT count(*) FROM rate_buckets", [], |r| r.get(0)))
+                .ok();
+            FleetRow {
+                sqlite_statements_per_request: per_request,
+                rate_bucket_rows: rows,
+                load,
+                ..FleetRow::default()
+            }
+        },
+    ))
 }
 
 /// Waits until the edge holds nothing: a fill of 900,000 readings takes the collector some
@@ -184,6 +190,7 @@ fn settle(host: &str, base: &str) {
 fn fleets(
     host: &str,
     base: &str,
+    collector: &mut Collector,
     rss_kib: &dyn Fn() -> u64,
     mut measure: impl FnMut(usize) -> FleetRow,
 ) -> FleetHost {
@@ -193,11 +200,19 @@ fn fleets(
         let fill_readings_per_s = fill(base, seen, fleet);
         seen = fleet;
         settle(host, base);
+        // Each fleet's load against an empty collector: its tables grow with every reading
+        // stored, and it shares the cores with the edge.
+        collector.fresh();
+        let collector_before = collector.cpu_ms();
         let measured = measure(fleet);
+        let collector_cpu = collector.cpu_ms() - collector_before;
+        let collector_cpu_ms_per_request = (measured.load.responses > 0)
+            .then(|| (collector_cpu / measured.load.responses as f64 * 1000.0).round() / 1000.0);
         let row = FleetRow {
             devices: fleet,
             fill_readings_per_s,
             rss_kib: rss_kib(), // after the load, as the fleet's state then stands
+            collector_cpu_ms_per_request,
             ..measured
         };
         eprintln!(
@@ -223,13 +238,17 @@ fn bytes_per_tracked(host: &FleetHost) -> Option<f64> {
     })
 }
 
-pub fn fleet_section(o: &Options, collector: &Collector, dir: &Path) -> Fleet {
+/// The phase, with its own collector (emptied before each load).
+pub fn fleet_section(o: &Options, dir: &Path) -> Fleet {
+    let collector_dir = dir.join("fleet-collector");
+    std::fs::create_dir_all(&collector_dir).expect("collector dir");
+    let mut collector = Collector::start(&collector_dir);
     Fleet {
-        workerd: Some(workerd(o, collector, dir)),
-        spin: spin(o, collector, dir),
+        workerd: Some(workerd(o, &mut collector, dir)),
+        spin: spin(o, &mut collector, dir),
         connections: CONNECTIONS,
-        how: "each fleet sent: one NDJSON reading per new device (500 per POST), then GETs \
-              from a random device of the fleet"
+        how: "each fleet sent: one NDJSON reading per new device (500 per POST), delivered, \
+              then GETs from a random device of the fleet to an emptied collector"
             .into(),
     }
 }

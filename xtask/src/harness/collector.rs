@@ -72,6 +72,23 @@ impl Collector {
         });
     }
 
+    /// Restarted on the same port with an empty store: a load then measures the edge, not a
+    /// collector whose tables earlier phases filled.
+    pub fn fresh(&mut self) {
+        self.stop();
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = self.db.clone().into_os_string();
+            path.push(suffix);
+            let _ = std::fs::remove_file(path);
+        }
+        self.resume();
+    }
+
+    /// CPU time (ms) the collector process has used.
+    pub fn cpu_ms(&self) -> f64 {
+        self.proc.as_ref().map_or(0.0, |p| p.group_cpu_ms(None))
+    }
+
     pub fn stats(&self) -> serde_json::Value {
         get(&format!("{}/stats", self.url())).json()
     }
