@@ -1,6 +1,5 @@
 //! Deployment configuration: parsed once per isolate/instance, validated precisely. An invalid
 //! setting is never guessed around: `/healthz` lists it and ingest refuses with 503.
-#![forbid(unsafe_code)]
 
 use crate::application::delivery::sink::SinkFormat;
 use crate::domain::calibration::{Profiles, EMBEDDED_PROFILES};
@@ -75,10 +74,6 @@ impl Key {
             Kind::Decimal { default, .. } => crate::application::rate_limit::decimal(default),
             Kind::Text { default, .. } => default.to_owned(),
         }
-    }
-
-    pub fn is_secret(&self) -> bool {
-        matches!(self.kind, Kind::Text { secret: true, .. })
     }
 }
 

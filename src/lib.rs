@@ -13,6 +13,9 @@
 //! - `hosts`: the Cloudflare Workers and Spin / wasi:http adapters, each compiled only for its
 //!   own target, so no host SDK type reaches the core.
 
+// No unsafe code anywhere in the crate, host adapters included (the SDK macros' own expansions
+// are theirs).
+#![forbid(unsafe_code)]
 // Outside tests nothing may panic on a `None` or an `Err`: the few `expect`s say why they cannot.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 

@@ -1,7 +1,6 @@
 //! The small seams through which a host reaches the core: configuration, time, entropy, storage,
 //! outbound HTTP and logging. The core never names a host SDK; each host adapter implements
 //! these, and the native tests implement them with fakes.
-#![forbid(unsafe_code)]
 #![allow(async_fn_in_trait)] // hosts are single-threaded (an isolate, an instance): no Send wanted
 
 use std::fmt;

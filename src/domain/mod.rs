@@ -1,7 +1,5 @@
 //! The domain: what a reading is, how it is calibrated and enriched. No I/O, no HTTP.
 
-#![forbid(unsafe_code)]
-
 pub mod calibration;
 pub mod device;
 pub mod enrich;

@@ -3,8 +3,6 @@
 //! (`cors`), request bodies and query strings (`body`, `query`),
 //! and RFC 9457 problem documents (`problem`).
 
-#![forbid(unsafe_code)]
-
 pub mod answer;
 pub mod auth;
 pub mod body;

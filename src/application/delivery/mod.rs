@@ -4,8 +4,6 @@
 //! shares in SQLite (`shared_outbox`), and what earlier releases left in key-value
 //! (`legacy_kv`).
 
-#![forbid(unsafe_code)]
-
 pub mod legacy_kv;
 pub mod outbox;
 pub mod policy;

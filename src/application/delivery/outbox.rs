@@ -464,17 +464,6 @@ impl<K: Clone + PartialEq> Outbox<K> {
         );
     }
 
-    /// Claims the delivery driver for a host that starts one without a push (to recover): true
-    /// when none runs and the caller must start it.
-    pub fn start_driver(&mut self) -> bool {
-        !std::mem::replace(&mut self.driver, true)
-    }
-
-    /// The store keys of the segments held.
-    pub fn keys(&self) -> Vec<K> {
-        self.entries.values().map(|e| e.key.clone()).collect()
-    }
-
     pub fn holds(&self, key: &K) -> bool {
         self.entries.values().any(|e| &e.key == key)
     }
