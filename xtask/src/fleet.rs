@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use edge_enrich::application::profile_cache::PROFILES_KEY;
+use edge_enrich::application::registry::record_key;
 use edge_enrich::domain::device::{base64url, to_base64url, DeviceRecord};
 use edge_enrich::domain::reading::DeviceId;
 use edge_enrich::http::jwt;
@@ -371,50 +373,66 @@ impl Store {
     }
 }
 
-/// `devices ...`: prints what it did.
-pub fn devices(args: &[String]) -> Result<(), String> {
+/// A fleet command's verb, its other arguments, and the store of `binding` they name, which it
+/// says before anything is written.
+fn command<'a>(
+    args: &'a [String],
+    binding: &'static str,
+) -> Result<(&'a str, &'a [String], Args, Store), String> {
     let (Some(verb), rest) = (args.first(), args.get(1..).unwrap_or_default()) else {
         return Err(USAGE.into());
     };
     let parsed = Args::parse(rest)?;
-    let registry = Store::from(&parsed, "DEVICES")?;
-    eprintln!("devices: {}", registry.place());
-    let id = || -> Result<&str, String> {
-        let id = parsed
-            .positional
-            .first()
-            .ok_or("which device? give its id")?;
-        DeviceId::parse(id).map_err(|e| format!("device id {id:?}: {}", e.detail))?;
-        Ok(id)
+    let store = Store::from(&parsed, binding)?;
+    eprintln!("{}: {}", binding.to_ascii_lowercase(), store.place());
+    Ok((verb, rest, parsed, store))
+}
+
+/// The registry key of device `id`, as the edge reads it.
+fn device_key(id: &str) -> Result<String, String> {
+    let device = DeviceId::parse(id).map_err(|e| format!("device id {id:?}: {}", e.detail))?;
+    Ok(record_key(&device))
+}
+
+/// `devices ...`: prints what it did.
+pub fn devices(args: &[String]) -> Result<(), String> {
+    let (verb, rest, parsed, registry) = command(args, "DEVICES")?;
+    let key = || -> Result<String, String> {
+        device_key(
+            parsed
+                .positional
+                .first()
+                .ok_or("which device? give its id")?,
+        )
     };
-    match verb.as_str() {
+    match verb {
         "put" => {
-            let id = id()?;
+            let key = key()?;
             let record = record_from(rest)?;
-            registry.put(&format!("device/{id}"), &record.to_string())?;
-            eprintln!("device/{id}: {record}");
+            registry.put(&key, &record.to_string())?;
+            eprintln!("{key}: {record}");
             Ok(())
         }
         "disable" | "enable" => {
-            let id = id()?;
+            let key = key()?;
             let text = registry
-                .get(&format!("device/{id}"))?
-                .ok_or_else(|| format!("device/{id}: no record (put one first)"))?;
+                .get(&key)?
+                .ok_or_else(|| format!("{key}: no record (put one first)"))?;
             let mut record: Value =
-                serde_json::from_str(&text).map_err(|e| format!("device/{id}: {e}"))?;
+                serde_json::from_str(&text).map_err(|e| format!("{key}: {e}"))?;
             record["status"] = json!(if verb == "disable" {
                 "disabled"
             } else {
                 "active"
             });
-            DeviceRecord::parse(&record.to_string()).map_err(|e| format!("device/{id}: {e}"))?;
-            registry.put(&format!("device/{id}"), &record.to_string())?;
-            eprintln!("device/{id}: {record}");
+            DeviceRecord::parse(&record.to_string()).map_err(|e| format!("{key}: {e}"))?;
+            registry.put(&key, &record.to_string())?;
+            eprintln!("{key}: {record}");
             Ok(())
         }
         "show" => {
-            let id = id()?;
-            match registry.get(&format!("device/{id}"))? {
+            let key = key()?;
+            match registry.get(&key)? {
                 Some(text) => {
                     println!("{text}");
                     if let Err(e) = DeviceRecord::parse(&text) {
@@ -422,7 +440,7 @@ pub fn devices(args: &[String]) -> Result<(), String> {
                     }
                     Ok(())
                 }
-                None => Err(format!("device/{id}: no record")),
+                None => Err(format!("{key}: no record")),
             }
         }
         "bulk" => {
@@ -430,16 +448,18 @@ pub fn devices(args: &[String]) -> Result<(), String> {
             let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
             let all: BTreeMap<String, Value> = serde_json::from_str(&text)
                 .map_err(|e| format!("{file}: {{\"<id>\": record}}: {e}"))?;
+            let mut records = Vec::with_capacity(all.len());
             for (id, record) in &all {
-                DeviceId::parse(id).map_err(|e| format!("{id:?}: {}", e.detail))?;
-                DeviceRecord::parse(&record.to_string()).map_err(|e| format!("{id}: {e}"))?;
+                let text = record.to_string();
+                DeviceRecord::parse(&text).map_err(|e| format!("{id}: {e}"))?;
+                records.push((device_key(id)?, text));
             }
             match &registry {
                 Store::Workers { .. } => {
                     // One `kv bulk put` (up to 10,000 pairs per call) rather than a call each.
-                    let pairs: Vec<Value> = all
+                    let pairs: Vec<Value> = records
                         .iter()
-                        .map(|(id, r)| json!({"key": format!("device/{id}"), "value": r.to_string()}))
+                        .map(|(key, text)| json!({"key": key, "value": text}))
                         .collect();
                     let dir = std::env::temp_dir()
                         .join(format!("edge-enrich-bulk-{}", std::process::id()));
@@ -452,30 +472,22 @@ pub fn devices(args: &[String]) -> Result<(), String> {
                     }
                 }
                 _ => {
-                    for (id, record) in &all {
-                        registry.put(&format!("device/{id}"), &record.to_string())?;
+                    for (key, text) in &records {
+                        registry.put(key, text)?;
                     }
                 }
             }
-            eprintln!("{} records written", all.len());
+            eprintln!("{} records written", records.len());
             Ok(())
         }
         _ => Err(USAGE.into()),
     }
 }
 
-/// The key the edge reads its profile document from (docs/api.md, "Calibration profiles").
-const PROFILES_KEY: &str = "calibration";
-
 /// `profiles put FILE|show|delete`: the calibration profiles in the host's key-value store.
 pub fn profiles(args: &[String]) -> Result<(), String> {
-    let (Some(verb), rest) = (args.first(), args.get(1..).unwrap_or_default()) else {
-        return Err(USAGE.into());
-    };
-    let parsed = Args::parse(rest)?;
-    let store = Store::from(&parsed, "PROFILES")?;
-    eprintln!("profiles: {}", store.place());
-    match verb.as_str() {
+    let (verb, _, parsed, store) = command(args, "PROFILES")?;
+    match verb {
         "put" => {
             let file = parsed.positional.first().ok_or("put FILE.json")?;
             let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
