@@ -70,18 +70,23 @@ fn manifest_defaults_are_the_table_defaults() {
     );
 }
 
-/// Every wrangler `[vars]` entry is a key the code reads (a typo would be silently ignored).
+/// Every entry of a manifest's vars section is a key the code reads (a typo would be silently
+/// ignored).
+fn assert_read_by_the_code(header: &str, vars: &[(&str, &str)]) {
+    for (var, _) in vars {
+        assert!(
+            KEYS.iter().any(|k| k.name == *var),
+            "{header} {var} is not read by the code"
+        );
+    }
+}
+
 #[test]
 fn wrangler_vars_are_config_keys() {
     let manifest = manifest("wrangler.toml");
     let vars = section(&manifest, "[vars]");
     assert!(vars.iter().any(|(k, _)| *k == "AUTH_MODE"));
-    for (var, _) in vars {
-        assert!(
-            KEYS.iter().any(|k| k.name == var),
-            "{var} is not read by the code"
-        );
-    }
+    assert_read_by_the_code("[vars]", &vars);
 }
 
 /// The environments a deploy names (`--env staging|production`): wrangler inherits neither vars
@@ -91,17 +96,13 @@ fn wrangler_vars_are_config_keys() {
 fn each_deployed_environment_is_complete() {
     let manifest = manifest("wrangler.toml");
     for env in ["staging", "production"] {
-        let vars = section(&manifest, &format!("[env.{env}.vars]"));
-        for (var, _) in &vars {
-            assert!(
-                KEYS.iter().any(|k| k.name == *var),
-                "[env.{env}.vars] {var} is not read by the code"
-            );
-        }
+        let header = format!("[env.{env}.vars]");
+        let vars = section(&manifest, &header);
+        assert_read_by_the_code(&header, &vars);
         for required in ["COLLECTOR_URL", "AUTH_MODE"] {
             assert!(
                 vars.iter().any(|(k, _)| *k == required),
-                "[env.{env}.vars] must set {required}"
+                "{header} must set {required}"
             );
         }
         let auth = vars.iter().find(|(k, _)| *k == "AUTH_MODE").unwrap().1;

@@ -88,7 +88,7 @@ pub struct HostConventions {
 }
 
 impl HostConventions {
-    /// A host that serves the API document itself; settings named in `settings_help`.
+    /// A host's conventions: who answers `GET /openapi.json`, and where its settings go.
     pub const fn serving(api_document: ApiDocument, settings_help: &'static str) -> Self {
         Self {
             api_document,

@@ -260,49 +260,38 @@ fn health_says_how_the_registry_is_read_and_never_a_record() {
     assert!(!fixed.to_string().contains("hidden") && !fixed.to_string().contains("secret-device"));
 }
 
-fn admin_method(s: &Deployment, method: &str, path: &str) -> Action {
-    let auth = [("authorization", "Bearer s3cret-s3cret-s3cret-s3cret-s3cret")];
-    decide_at(s, &head(method, path, "", &auth), b"", 0)
-}
-
 #[test]
 fn admin_requires_the_token() {
     let s = settings(&[("ADMIN_TOKEN", "s3cret-s3cret-s3cret-s3cret-s3cret")]);
-    let admin = |auth: Option<&str>| {
+    let admin = |method: &str, path: &str, auth: Option<&str>| {
         let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
-        decide_at(
-            &s,
-            &head("GET", "/admin/dead-letters", "", &headers),
-            b"",
-            0,
-        )
+        decide_at(&s, &head(method, path, "", &headers), b"", 0)
     };
+    let token = Some("Bearer s3cret-s3cret-s3cret-s3cret-s3cret");
     assert!(matches!(
-        admin(Some("Bearer s3cret-s3cret-s3cret-s3cret-s3cret")),
+        admin("GET", "/admin/dead-letters", token),
         Action::Admin(AdminQuery::DeadLetters)
     ));
     assert_eq!(
-        status(&admin(Some("Bearer s3cret-s3cret-s3cret-s3cret-s3cre"))),
+        status(&admin(
+            "GET",
+            "/admin/dead-letters",
+            Some("Bearer s3cret-s3cret-s3cret-s3cret-s3cre")
+        )),
         401
     );
-    assert_eq!(status(&admin(None)), 401);
+    assert_eq!(status(&admin("GET", "/admin/dead-letters", None)), 401);
     // The heartbeat is an action: POST only, with the same token.
-    let deliver = |method: &str, auth: &str| {
-        decide_at(
-            &s,
-            &head(method, "/admin/deliver", "", &[("authorization", auth)]),
-            b"",
-            0,
-        )
-    };
-    let token = "Bearer s3cret-s3cret-s3cret-s3cret-s3cret";
     assert!(matches!(
-        deliver("POST", token),
+        admin("POST", "/admin/deliver", token),
         Action::Admin(AdminQuery::Deliver)
     ));
-    assert_eq!(status(&deliver("POST", "Bearer nope")), 401);
-    assert_eq!(status(&deliver("GET", token)), 405);
-    assert_eq!(status(&admin_method(&s, "POST", "/admin/stats")), 405);
+    assert_eq!(
+        status(&admin("POST", "/admin/deliver", Some("Bearer nope"))),
+        401
+    );
+    assert_eq!(status(&admin("GET", "/admin/deliver", token)), 405);
+    assert_eq!(status(&admin("POST", "/admin/stats", token)), 405);
     // A token shorter than 32 bytes is a configuration fault, not a weak admin API.
     let weak = settings(&[("ADMIN_TOKEN", "s3cret")]);
     assert!(weak.policy.is_err());

@@ -31,10 +31,6 @@ fn thousands(n: f64) -> String {
     out
 }
 
-fn f(v: &Value) -> Option<f64> {
-    v.as_f64()
-}
-
 /// One host's row: 2xx requests/s at 100 and 10 connections, each against its hello-world
 /// floor, readings per collector request, the 2xx p99 and (Workers) the bill.
 fn host_row(label: &str, section: &Value, floor: &str) -> Option<String> {
@@ -42,18 +38,24 @@ fn host_row(label: &str, section: &Value, floor: &str) -> Option<String> {
         run(section, "edge-enrich", 100)?,
         run(section, "edge-enrich", 10)?,
     );
-    let rps = |r: &Value| f(&r["ok_rps"]).unwrap_or(0.0);
+    let rps = |r: &Value| r["ok_rps"].as_f64().unwrap_or(0.0);
     let vs = |r: &Value, c: u64| {
         run(section, floor, c)
-            .and_then(|h| f(&h["ok_rps"]))
+            .and_then(|h| h["ok_rps"].as_f64())
             .filter(|h| *h > 0.0)
             .map_or("-".into(), |h| format!("{:.2}x", rps(r) / h))
     };
     let batch = |r: &Value| {
-        f(&r["delivery"]["readings_per_batch"]).map_or("-".into(), |v| format!("{v:.1}"))
+        r["delivery"]["readings_per_batch"]
+            .as_f64()
+            .map_or("-".into(), |v| format!("{v:.1}"))
     };
-    let p99 = |r: &Value| f(&r["ok_p99_ms"]).map_or("-".into(), |v| format!("{v:.1}"));
-    let cost = match f(&a["usd_per_million_readings"]["total"]) {
+    let p99 = |r: &Value| {
+        r["ok_p99_ms"]
+            .as_f64()
+            .map_or("-".into(), |v| format!("{v:.1}"))
+    };
+    let cost = match a["usd_per_million_readings"]["total"].as_f64() {
         Some(usd) => format!("${usd:.2} per million readings"),
         None => String::new(),
     };
@@ -162,8 +164,9 @@ pub fn render(results: &Value) -> String {
     );
     let workerd = &results["workers"]["workerd"];
     if let (Some(edge), Some(js)) = (
-        run(workerd, "edge-enrich", 100).and_then(|r| f(&r["usd_per_million_readings"]["total"])),
-        run(workerd, "js-peer", 100).and_then(|r| f(&r["usd_per_million_readings"]["total"])),
+        run(workerd, "edge-enrich", 100)
+            .and_then(|r| r["usd_per_million_readings"]["total"].as_f64()),
+        run(workerd, "js-peer", 100).and_then(|r| r["usd_per_million_readings"]["total"].as_f64()),
     ) {
         out.push(String::new());
         out.push(format!(
@@ -174,20 +177,20 @@ pub fn render(results: &Value) -> String {
     let sizes = &results["sizes"];
     let core = &results["core"]["wasm"];
     if let (Some(kib), Some(gz)) = (
-        f(&sizes["worker_upload_kib"]),
-        f(&sizes["worker_upload_gzip_kib"]),
+        sizes["worker_upload_kib"].as_f64(),
+        sizes["worker_upload_gzip_kib"].as_f64(),
     ) {
         out.push(String::new());
         out.push(format!(
             "The core costs {:.1} µs per GET reading inside wasm. Worker upload {kib:.1} KiB / {gz:.1} KiB gzip ({}); spin component {} KB, portable {} KB.",
-            f(&core["get_ns_per_reading"]).unwrap_or(0.0) / 1000.0,
+            core["get_ns_per_reading"].as_f64().unwrap_or(0.0) / 1000.0,
             if gz * 1024.0 <= 250_000.0 {
                 "within its 250 KB target".to_owned()
             } else {
                 format!("{:.1} KB: **over its 250 KB target**", gz * 1.024)
             },
-            f(&sizes["spin_component"]["bytes"]).map_or("-".into(), |b| format!("{:.0}", b / 1000.0)),
-            f(&sizes["wasi_http_component"]["bytes"]).map_or("-".into(), |b| format!("{:.0}", b / 1000.0)),
+            sizes["spin_component"]["bytes"].as_f64().map_or("-".into(), |b| format!("{:.0}", b / 1000.0)),
+            sizes["wasi_http_component"]["bytes"].as_f64().map_or("-".into(), |b| format!("{:.0}", b / 1000.0)),
         ));
     }
     let fleet = fleet_rows(&results["fleet"]);
