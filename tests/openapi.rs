@@ -7,12 +7,10 @@
 
 use std::collections::BTreeSet;
 
-use edge_enrich::config::Settings;
-use edge_enrich::domain::enrich::EdgeInfo;
-use edge_enrich::http::deployment::{ApiDocument, HostConventions};
+use edge_enrich::hosts::memory::MemoryHost;
+use edge_enrich::http::answer::Answer;
 use edge_enrich::http::problem::ProblemType;
-use edge_enrich::http::routes::{self, Action, RequestContext, ROUTES};
-use edge_enrich::ports::Pairs;
+use edge_enrich::http::routes::{self, ROUTES};
 use serde_json::Value;
 
 fn doc() -> Value {
@@ -23,28 +21,23 @@ fn schema<'a>(doc: &'a Value, name: &str) -> &'a Value {
     &doc["components"]["schemas"][name]
 }
 
-fn run(method: &str, query: &str) -> Action {
-    let settings = Settings::load(&Pairs(&[
-        ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
-        ("AUTH_MODE", "off"),
-    ]))
-    .deployment(HostConventions::serving(
-        ApiDocument::Served(routes::OPENAPI),
-        "settings",
-    ));
-    let edge = EdgeInfo::new(Some("n"), Some("DFW".into()), None, None, "spin");
-    let ctx = RequestContext {
-        settings: &settings,
-        stored_profiles: None,
-        edge: &edge,
-        now_ms: 1_700_000_000_000,
-        request_id: "r",
-        entropy: &edge_enrich::ports::SystemEntropy,
-        registration: &edge_enrich::application::registry::Registration::Off,
-    };
-    let head = routes::request_head(method, &format!("{}?{query}", routes::READINGS_PATH), &[])
-        .expect("a valid request head");
-    routes::decide(&head, b"", &ctx)
+/// One request through the production driver, on the in-memory host.
+fn run(method: &str, query: &str) -> Answer {
+    let host = MemoryHost::new(
+        &[
+            ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
+            ("AUTH_MODE", "off"),
+            ("EDGE_NODE", "n"),
+        ],
+        1_700_000_000_000,
+    );
+    let target = format!("{}?{query}", routes::READINGS_PATH);
+    let request = http::Request::builder()
+        .method(method)
+        .uri(target)
+        .body(Vec::new())
+        .expect("a valid request");
+    host.serve(request)
 }
 
 /// The keys of `value` are allowed by `schema` and include every required one.
@@ -148,11 +141,9 @@ fn every_problem_type_is_documented() {
 #[test]
 fn answers_fit_their_schemas() {
     let doc = doc();
-    let Action::Accept(accepted) = run("GET", "device_id=lab-ref-01&temp=70&unit=F&ts=5&seq=1")
-    else {
-        panic!("a valid reading is accepted")
-    };
-    let reading: Value = serde_json::from_str(accepted.answer().body()).unwrap();
+    let accepted = run("GET", "device_id=lab-ref-01&temp=70&unit=F&ts=5&seq=1");
+    assert_eq!(accepted.status(), 200, "a valid reading is accepted");
+    let reading: Value = serde_json::from_str(accepted.body()).unwrap();
     let enriched = schema(&doc, "EnrichedReading");
     fits(&reading, enriched, "EnrichedReading");
     fits(&reading["edge"], &enriched["properties"]["edge"], "edge");
@@ -162,9 +153,8 @@ fn answers_fit_their_schemas() {
         &enriched["properties"]["calibration"]["oneOf"][1],
         "calibration",
     );
-    let Action::Respond(problem) = run("GET", "device_id=a&temp=NaN") else {
-        panic!("NaN is refused")
-    };
+    let problem = run("GET", "device_id=a&temp=NaN");
+    assert_eq!(problem.status(), 422, "NaN is refused");
     let problem: Value = serde_json::from_str(problem.body()).unwrap();
     fits(&problem, schema(&doc, "Problem"), "Problem");
     fits(

@@ -2,36 +2,25 @@
 //! `examples/hot_path.rs` inside wasm), so both time exactly the same work. Included by path
 //! from both; not part of the library.
 
-use edge_enrich::config::Settings;
-use edge_enrich::domain::enrich::EdgeInfo;
-use edge_enrich::http::deployment::{ApiDocument, Deployment, HostConventions};
+use edge_enrich::hosts::memory::MemoryHost;
+use edge_enrich::http::routes;
 use http::request::Parts;
-
-use edge_enrich::http::routes::{self, Action, RequestContext};
-use edge_enrich::ports::Pairs;
 
 pub const GET_QUERY: &str = "device_id=greenhouse-12&temp=74.3&unit=F&ts=1700000000000&seq=42";
 
-pub fn settings() -> Deployment {
-    Settings::load(&Pairs(&[
-        ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
-        ("EDGE_NODE", "bench-node"),
-        // The 500-reading body mixes devices, as a gateway's would: no device credentials.
-        ("AUTH_MODE", "off"),
-    ]))
-    .deployment(HostConventions::serving(
-        ApiDocument::Served(routes::OPENAPI),
-        "settings",
-    ))
-}
-
-pub fn edge(settings: &Deployment) -> EdgeInfo {
-    EdgeInfo::new(
-        settings.edge_node(),
-        Some("DFW".into()),
-        Some("US".into()),
-        Some("Texas".into()),
-        "bench",
+/// The in-memory host the benches drive the production pipeline through.
+pub fn host() -> MemoryHost {
+    MemoryHost::new(
+        &[
+            ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
+            ("EDGE_NODE", "bench-node"),
+            // The 500-reading body mixes devices, as a gateway's would: no device credentials.
+            ("AUTH_MODE", "off"),
+            // The same devices' readings millions of times a second: any limit would refuse
+            // them, and the benches would time refusals.
+            ("RATE_LIMIT_READINGS_PER_S", "0"),
+        ],
+        1_795_000_000_000,
     )
 }
 
@@ -79,46 +68,23 @@ pub fn head(method: &str, query: &str, content_type: Option<&str>) -> Parts {
     })
 }
 
-/// One request through validation, calibration, enrichment and answer serialization, as the
-/// pipeline runs it between the host's body and its outbox. Returns the answer's length (so
-/// nothing is optimized away) and the readings accepted.
-pub fn handle(
-    settings: &Deployment,
-    edge: &EdgeInfo,
-    head: &Parts,
-    body: &[u8],
-) -> (usize, Vec<String>) {
-    let ctx = RequestContext {
-        settings,
-        stored_profiles: None,
-        edge,
-        now_ms: 1_795_000_000_000,
-        request_id: "bench",
-        entropy: &edge_enrich::ports::SystemEntropy,
-        registration: &edge_enrich::application::registry::Registration::Off,
-    };
-    match routes::decide(head, body, &ctx) {
-        Action::Accept(accepted) => {
-            let answer = accepted.answer();
-            (
-                answer.body().len(),
-                accepted
-                    .readings
-                    .into_iter()
-                    .map(|r| r.json.into_string())
-                    .collect(),
-            )
-        }
-        Action::Respond(answer) => (answer.body().len(), Vec::new()),
-        Action::Admin(_) => (0, Vec::new()),
-    }
+/// One request through the production driver (`http::pipeline::handle`): limits, routing,
+/// validation, calibration, enrichment, the accept use case into the host's outbox, and the
+/// answer with its headers. Returns the answer's length (so nothing is optimized away) and the
+/// readings accepted (the outbox is emptied, as if delivered).
+pub fn handle(host: &MemoryHost, head: &Parts, body: &[u8]) -> (usize, Vec<String>) {
+    let answer = host.serve(http::Request::from_parts(head.clone(), body.to_vec()));
+    let accepted = host.take_accepted();
+    (
+        answer.body().len(),
+        accepted.iter().map(|r| r.as_str().to_owned()).collect(),
+    )
 }
 
-/// Everything the benchmarks time, built once: settings, node tags, the two request heads, a
+/// Everything the benchmarks time, built once: the host, the two request heads, a
 /// 500-reading NDJSON body and the 500 enriched readings it yields (for batch encoding).
 pub struct Fixture {
-    pub settings: Deployment,
-    pub edge: EdgeInfo,
+    pub host: MemoryHost,
     get_head: Parts,
     post_head: Parts,
     pub ndjson_500: String,
@@ -127,20 +93,18 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new() -> Self {
-        let settings = settings();
-        let edge = edge(&settings);
+        let host = host();
         let ndjson_500 = ndjson_body(500);
         let get_head = head("GET", GET_QUERY, None);
         let post_head = head("POST", "", Some("application/x-ndjson"));
-        let (_, readings) = handle(&settings, &edge, &post_head, ndjson_500.as_bytes());
+        let (_, readings) = handle(&host, &post_head, ndjson_500.as_bytes());
         assert_eq!(
             readings.len(),
             500,
             "the benchmark workload must be accepted"
         );
         Self {
-            settings,
-            edge,
+            host,
             get_head,
             post_head,
             ndjson_500,
@@ -149,17 +113,11 @@ impl Fixture {
     }
 
     pub fn get(&self) -> usize {
-        handle(&self.settings, &self.edge, &self.get_head, b"").0
+        handle(&self.host, &self.get_head, b"").0
     }
 
     pub fn post_500(&self) -> usize {
-        handle(
-            &self.settings,
-            &self.edge,
-            &self.post_head,
-            self.ndjson_500.as_bytes(),
-        )
-        .0
+        handle(&self.host, &self.post_head, self.ndjson_500.as_bytes()).0
     }
 
     pub fn encode_batch_50(&self) -> usize {

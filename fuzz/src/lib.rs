@@ -4,15 +4,12 @@
 //! Beyond "never panics", each check asserts the contract: bad input is a 4xx problem document
 //! (valid JSON with the RFC 9457 members), good input yields finite, calibrated readings.
 
-use edge_enrich::config::Settings;
 use edge_enrich::domain::calibration::Profiles;
-use edge_enrich::domain::enrich::EdgeInfo;
 use edge_enrich::domain::reading::{DeviceId, Temperature, Unit};
+use edge_enrich::hosts::memory::MemoryHost;
 use edge_enrich::http::body::{parse_readings, BodyFormat};
-use edge_enrich::http::deployment::{ApiDocument, HostConventions};
 use edge_enrich::http::query::parse_reading_query;
-use edge_enrich::http::routes::{self, Action, RequestContext};
-use edge_enrich::ports::Pairs;
+use edge_enrich::http::routes;
 
 /// One target's checks over one input.
 pub type Check = fn(&[u8]);
@@ -27,70 +24,51 @@ pub const TARGETS: &[(&str, Check)] = &[
 
 const MAX_READINGS: usize = 50;
 
-fn settings() -> edge_enrich::http::deployment::Deployment {
-    Settings::load(&Pairs(&[
-        ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
-        ("AUTH_MODE", "off"),
-        ("MAX_READINGS_PER_REQUEST", "50"),
-        ("RATE_LIMIT_BURST", "50"),
-    ]))
-    .deployment(HostConventions::serving(
-        ApiDocument::Served(routes::OPENAPI),
-        "settings",
-    ))
-}
+const SETTINGS: &[(&str, &str)] = &[
+    ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
+    ("AUTH_MODE", "off"),
+    ("MAX_READINGS_PER_REQUEST", "50"),
+    ("RATE_LIMIT_BURST", "50"),
+];
 
-/// Runs one request through the whole API and checks the answer's shape.
+/// Runs one request through the production driver (`pipeline::handle`, on the in-memory host)
+/// and checks the answer's shape, and the readings the outbox took.
 fn through_api(method: &str, query: &str, content_type: Option<&str>, body: &[u8]) {
-    let settings = settings();
-    let edge = EdgeInfo::new(Some("fuzz"), None, None, None, "fuzz");
-    let ctx = RequestContext {
-        settings: &settings,
-        stored_profiles: None,
-        edge: &edge,
-        now_ms: 1_700_000_000_000,
-        request_id: "fuzz",
-        entropy: &edge_enrich::ports::SystemEntropy,
-        registration: &edge_enrich::application::registry::Registration::Off,
-    };
-    let headers: Vec<(&str, &str)> = content_type
-        .map(|c| ("content-type", c))
-        .into_iter()
-        .collect();
+    let host = MemoryHost::new(SETTINGS, 1_700_000_000_000);
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("{}?{query}", routes::READINGS_PATH));
+    if let Some(c) = content_type {
+        request = request.header("content-type", c);
+    }
     // A target that is not a valid request URI never reaches the edge: the runtime refuses it.
-    let Some(head) = routes::request_head(
-        method,
-        &format!("{}?{query}", routes::READINGS_PATH),
-        &headers,
-    ) else {
+    let Ok(request) = request.body(body.to_vec()) else {
         return;
     };
-    match routes::decide(&head, body, &ctx) {
-        Action::Respond(answer) => {
-            let status = answer.status().as_u16();
-            assert!((400..500).contains(&status), "status {status}");
+    let answer = host.serve(request);
+    let status = answer.status().as_u16();
+    let accepted = host.take_accepted();
+    if status == 200 {
+        assert!(!accepted.is_empty() && accepted.len() <= MAX_READINGS);
+        for r in &accepted {
             let doc: serde_json::Value =
-                serde_json::from_str(answer.body()).expect("a problem document is JSON");
-            assert_eq!(doc["status"], status);
-            assert!(doc["type"]
-                .as_str()
-                .unwrap()
-                .starts_with("urn:edge-enrich:problem:"));
-            assert!(!doc["detail"].as_str().unwrap().is_empty());
+                serde_json::from_str(r.as_str()).expect("an enriched reading is JSON");
+            let temp_c = doc["temp_c"].as_f64().expect("temp_c is a number");
+            assert!(temp_c.is_finite());
+            DeviceId::parse(doc["device_id"].as_str().unwrap()).expect("a valid device id");
         }
-        Action::Accept(accepted) => {
-            assert!(!accepted.readings.is_empty() && accepted.readings.len() <= MAX_READINGS);
-            for r in &accepted.readings {
-                let doc: serde_json::Value =
-                    serde_json::from_str(r.json.as_str()).expect("an enriched reading is JSON");
-                let temp_c = doc["temp_c"].as_f64().expect("temp_c is a number");
-                assert!(temp_c.is_finite());
-                DeviceId::parse(doc["device_id"].as_str().unwrap()).expect("a valid device id");
-            }
-            serde_json::from_str::<serde_json::Value>(accepted.answer().body())
-                .expect("the answer is JSON");
-        }
-        Action::Admin(_) => panic!("readings never route to admin"),
+        serde_json::from_str::<serde_json::Value>(answer.body()).expect("the answer is JSON");
+    } else {
+        assert!((400..500).contains(&status), "status {status}");
+        assert!(accepted.is_empty(), "a refused request stores nothing");
+        let doc: serde_json::Value =
+            serde_json::from_str(answer.body()).expect("a problem document is JSON");
+        assert_eq!(doc["status"], status);
+        assert!(doc["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("urn:edge-enrich:problem:"));
+        assert!(!doc["detail"].as_str().unwrap().is_empty());
     }
 }
 

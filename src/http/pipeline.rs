@@ -19,6 +19,7 @@ use http::Request;
 
 use std::rc::Rc;
 
+use crate::application::admission::Verdict;
 use crate::application::profile_cache;
 use crate::application::registry::{self, Fetched, Registration, RegistryMode};
 use crate::domain::calibration::Profiles;
@@ -30,7 +31,7 @@ use crate::http::auth::AuthMode;
 use crate::http::deployment::{Deployment, RegistryPolicy};
 use crate::http::instance_state::InstanceState;
 use crate::http::jwt::VerifiedSignatures;
-use crate::http::problem::{Problem, ProblemType};
+use crate::http::problem::{self, Problem, ProblemType};
 use crate::http::routes::{self, Accepted, AdminQuery, Ingest, Plan, RequestContext};
 use crate::ports::{
     BodyStream, Clock, EdgeFacts, Entropy, Es256Check, Level, Log, StoreError, SystemEntropy, Timer,
@@ -70,9 +71,10 @@ pub trait Host: Clock + Timer + Log {
         let _ = device;
         Ok(None)
     }
-    /// Takes accepted readings into the outbox (rate limits included): `Ok` once they are as
-    /// durable as the host makes them.
-    async fn accept(&self, edge: &EdgeInfo, accepted: &Accepted) -> Result<(), Problem>;
+    /// Takes accepted readings into the outbox through the accept use case
+    /// (`application::admission`, rate limits included): `Ok(Accepted)` once they are as
+    /// durable as the host makes them. The verdict is typed; `http::problem` answers it.
+    async fn accept(&self, edge: &EdgeInfo, accepted: &Accepted) -> Verdict;
     /// Whether an ES256 signature verifies (a device JWT). Natively and on wasi hosts: in
     /// software (`http::jwt::verify_es256`); Workers checks it with WebCrypto.
     #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
@@ -342,14 +344,15 @@ async fn readings<H: Host, B: BodyStream>(
     *held = true;
     let accepted =
         routes::ingest(request.parts, authenticated, &bytes, &ctx).map_err(read_already)?;
-    if let Err(problem) = host.accept(request.edge, &accepted).await {
-        log_request(
-            host,
-            Level::Warn,
-            "ingest_refused",
-            request_id,
-            &[("detail", problem.detail())],
-        );
+    let verdict = host.accept(request.edge, &accepted).await;
+    if let Err(problem) = problem::of_verdict(&verdict, config.rate_limit.as_ref()) {
+        let cause = verdict.as_ref().err().and_then(|r| r.cause());
+        let (level, mut fields) = match cause {
+            Some(cause) => (Level::Error, vec![("cause", cause)]),
+            None => (Level::Warn, Vec::new()),
+        };
+        fields.push(("detail", problem.detail()));
+        log_request(host, level, "ingest_refused", request_id, &fields);
         return Err(read_already(problem));
     }
     Ok(accepted.answer())

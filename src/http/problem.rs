@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::application::admission::{Admitted, Refused, Unavailable, Verdict};
 use crate::application::rate_limit::{decimal, RateLimit};
 use crate::domain::reading::{FieldIssue, Severity};
 
@@ -247,10 +248,6 @@ impl Problem {
         .with_retry_after(retry_after_s)
     }
 
-    pub fn backlog_full(retry_after_s: u32, detail: impl Into<String>) -> Self {
-        Self::new(ProblemType::BacklogFull, detail).with_retry_after(retry_after_s)
-    }
-
     pub fn internal() -> Self {
         Self::new(
             ProblemType::Internal,
@@ -308,42 +305,48 @@ impl Problem {
     }
 }
 
-/// The answer to one request the accept use case did not take (`Ok` when it did): the one
-/// place where a host's admission verdicts become statuses.
-pub fn of_admission(
-    result: &Result<
-        Vec<crate::application::admission::Admitted>,
-        crate::application::admission::Refused,
-    >,
-    limit: Option<&RateLimit>,
-) -> Result<(), Problem> {
-    use crate::application::admission::{Admitted, Refused};
-    match result {
-        Ok(verdicts) => match verdicts.first() {
-            Some(Admitted::RateLimited { retry_after_s }) => match limit {
-                Some(limit) => Err(Problem::rate_limited(*retry_after_s, limit)),
-                None => Err(Problem::internal()),
-            },
-            _ => Ok(()),
+/// The answer to a request whose readings the accept use case did not take (`Ok` when it
+/// did): the one place where admission verdicts become statuses and documents, for every host.
+pub fn of_verdict(verdict: &Verdict, limit: Option<&RateLimit>) -> Result<(), Problem> {
+    let unavailable = |detail: &str| {
+        Problem::new(ProblemType::UpstreamUnavailable, detail.to_owned()).with_retry_after(1)
+    };
+    Err(match verdict {
+        Ok(Admitted::Accepted) => return Ok(()),
+        Ok(Admitted::RateLimited { retry_after_s }) => match limit {
+            Some(limit) => Problem::rate_limited(*retry_after_s, limit),
+            // A store that kept a limit this deployment no longer sets: nothing was stored.
+            None => Problem::new(
+                ProblemType::RateLimited,
+                "this device is over its rate limit; nothing was accepted",
+            )
+            .with_retry_after(*retry_after_s),
         },
-        Err(Refused::BacklogFull(full)) => Err(Problem::backlog_full(
-            full.retry_after_s,
+        Err(Refused::BacklogFull(full)) => Problem::new(
+            ProblemType::BacklogFull,
             format!(
-                "the delivery backlog holds about {} readings (limit {}); the collector may be down",
-                full.held, full.limit
+                "the delivery backlog is full ({} readings); the collector may be down",
+                full.limit
             ),
-        )),
-        Err(Refused::Unavailable(_)) => Err(Problem::new(
-            ProblemType::UpstreamUnavailable,
-            "a store is unavailable; nothing was accepted",
         )
-        .with_retry_after(1)),
-    }
+        .with_retry_after(full.retry_after_s),
+        Err(Refused::Unavailable(Unavailable::Store(_))) => {
+            unavailable("a store is unavailable; nothing was accepted")
+        }
+        Err(Refused::Unavailable(Unavailable::Unreachable(_))) => {
+            unavailable("the outbox could not be reached; nothing was accepted")
+        }
+        Err(Refused::Unavailable(Unavailable::TimedOut)) => {
+            unavailable("the outbox did not answer in time; nothing was accepted")
+        }
+        Err(Refused::Fault(_)) => Problem::internal(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::application::delivery::outbox::BacklogFull;
 
     #[test]
     fn problem_document_has_rfc9457_members() {
@@ -371,8 +374,13 @@ mod tests {
         assert_eq!(p.status(), 405);
         let v: serde_json::Value = serde_json::from_str(&p.to_json()).unwrap();
         assert!(v.get("allow").is_none() && v.get("kind").is_none());
-        let p = Problem::backlog_full(3, "full");
+        let full = BacklogFull {
+            limit: 10,
+            retry_after_s: 3,
+        };
+        let p = of_verdict(&Err(Refused::BacklogFull(full)), None).unwrap_err();
         assert_eq!(p.retry_after_s(), Some(3));
         assert_eq!(p.status(), 503);
+        assert_eq!(p.kind(), ProblemType::BacklogFull);
     }
 }

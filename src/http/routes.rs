@@ -632,36 +632,6 @@ fn authorize_admin(settings: &Deployment, authorization: Option<&str>) -> Result
     }
 }
 
-/// What to do with a request whose body is in hand.
-#[derive(Debug)]
-pub enum Action {
-    Respond(Answer),
-    /// Hand these readings to the host's outbox; answer `accepted.answer()` once it has them.
-    Accept(Accepted),
-    Admin(AdminQuery),
-}
-
-/// Both halves on a body already read: what tests, the fuzzer and the benches drive. The
-/// pipeline does the same with the host's body stream between them.
-pub fn decide(parts: &Parts, body: &[u8], ctx: &RequestContext<'_>) -> Action {
-    let refused = |p: Problem| Action::Respond(answer::problem(&p, ctx.request_id));
-    match plan(parts, ctx.settings, ctx.now_ms) {
-        Err(p) => refused(p),
-        Ok(Plan::Answer(a)) => Action::Respond(a),
-        Ok(Plan::Health) => Action::Respond(health(ctx.settings, ctx.edge, ctx.stored_profiles)),
-        Ok(Plan::Admin(q)) => Action::Admin(q),
-        Ok(Plan::Readings(_)) if body.len() > ctx.settings.limits.max_body_bytes => refused(
-            Problem::payload_too_large(ctx.settings.limits.max_body_bytes),
-        ),
-        Ok(Plan::Readings(i)) => {
-            match authenticate(parts, i, body, ctx).and_then(|a| ingest(parts, a, body, ctx)) {
-                Ok(accepted) => Action::Accept(accepted),
-                Err(p) => refused(p),
-            }
-        }
-    }
-}
-
 /// A request's head from a method, a target (`/path?query`) and headers: for tests, the fuzzer
 /// and the benches. None when they do not make a valid request.
 pub fn request_head(method: &str, target: &str, headers: &[(&str, &str)]) -> Option<Parts> {

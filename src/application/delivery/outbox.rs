@@ -104,7 +104,6 @@ pub struct SinkTarget {
 /// The backlog is at `MAX_BACKLOG`: the request is refused with 503 and this `Retry-After`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BacklogFull {
-    pub held: usize,
     pub limit: usize,
     pub retry_after_s: u32,
 }
@@ -356,7 +355,6 @@ impl<K: Clone + PartialEq> Outbox<K> {
         if self.held + self.reserved + n > self.config.max_backlog {
             self.stats.backlog_refusals += 1;
             return Err(BacklogFull {
-                held: self.held + self.reserved,
                 limit: self.config.max_backlog,
                 retry_after_s: self.config.backlog_retry_after_s,
             });

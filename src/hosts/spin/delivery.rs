@@ -21,7 +21,7 @@ use crate::ports::{
     Clock, Collector, CollectorAnswer, CollectorRequest, SystemEntropy, TransportError,
 };
 
-pub use flavour::{dead_letters, deliver_now, nudge, ports, stats};
+pub use flavour::{accept, dead_letters, deliver_now, nudge, stats};
 
 fn delivery<'a, S>(
     store: &'a S,
@@ -46,7 +46,7 @@ mod flavour {
     use std::cell::Cell;
 
     use super::{delivery, SpinTimer};
-    use crate::application::admission::{AdmissionPorts, Admitted, Charging, Section};
+    use crate::application::admission::{self, Admitted, AtomicAppend, Refused, Section, Verdict};
     use crate::application::delivery::outbox::{BacklogFull, SinkTarget, Wakeups};
     use crate::application::delivery::shared_outbox::{
         AppendGroup, Appended, NotAppended, Request, SharedDriver, SharedOutbox,
@@ -90,106 +90,78 @@ mod flavour {
         Ok(INSTANCE.with(|c| c.borrow_mut().get_or_insert(made).clone()))
     }
 
-    /// The accept use case's parts on this instance. There is no room to reserve: the append
-    /// statement checks the app's backlog atomically, and a refusal there gives the tokens
-    /// back. The append is one statement, shared with the instance's concurrent requests.
-    pub struct Ports<'a> {
-        inst: Rc<Instance>,
-        config: &'a Config,
-        node: Rc<str>,
-        appended: Cell<Option<(Appended, u64)>>,
-    }
-
-    pub async fn ports<'a>(config: &'a Config, node: &str) -> Result<Ports<'a>, StoreError> {
-        Ok(Ports {
-            inst: instance(config).await?,
+    /// One request's readings through the accept use case's atomic append: one statement
+    /// checks the app's backlog, takes the tokens and inserts the rows, shared with the
+    /// instance's concurrent requests (`AppendGroup`). Delivery starts when the driver wants it.
+    pub async fn accept(
+        config: &Config,
+        node: &str,
+        section: &Section,
+        received_at_ms: u64,
+    ) -> Verdict {
+        let inst = instance(config).await?;
+        let ports = Atomic {
+            inst: &inst,
             config,
             node: node.into(),
             appended: Cell::new(None),
-        })
+        };
+        let verdict = admission::accept_atomic(&ports, section, received_at_ms).await;
+        if let Some(appended) = ports.appended.take() {
+            if inst.driver.appended(appended, received_at_ms) {
+                spawn_driver(inst.clone());
+            }
+        }
+        verdict
     }
 
-    impl AdmissionPorts for Ports<'_> {
-        type Room = ();
+    struct Atomic<'a> {
+        inst: &'a Instance,
+        config: &'a Config,
+        node: Rc<str>,
+        appended: Cell<Option<Appended>>,
+    }
 
-        fn reserve(&self, _readings: usize) -> Result<(), BacklogFull> {
-            Ok(())
-        }
-
-        fn release(&self, _room: ()) {}
-
-        fn charging(&self) -> Charging {
-            Charging::InAppend
-        }
-
-        /// Not called: the append takes the tokens (`Charging::InAppend`).
-        async fn charge(&self, _: &[(&str, u32)], _: u64) -> Result<Result<(), u32>, StoreError> {
-            Ok(Ok(()))
-        }
-
-        /// Not called: a refused append took no token.
-        async fn refund(&self, _: &[(&str, u32)], _: u64) {}
-
-        async fn append(
-            &self,
-            _room: (),
-            received_at_ms: u64,
-            sections: &[&Section],
-        ) -> Result<Result<Vec<Admitted>, BacklogFull>, StoreError> {
+    impl AtomicAppend for Atomic<'_> {
+        async fn append(&self, received_at_ms: u64, section: &Section) -> Verdict {
             let db = database::open(Path::Request);
             let limit = self.config.rate_limit;
-            let max_backlog = self.config.max_backlog;
-            let mut verdicts = Vec::with_capacity(sections.len());
-            // One section per request on Spin; the instance groups requests (`AppendGroup`).
-            for section in sections {
-                let request = Request {
-                    received_at_ms,
-                    node: self.node.clone(),
-                    readings: section.readings.clone(),
-                    charge: limit.map(|l| rate_limit::sql::charge(&l, &section.costs)),
-                };
-                let appended = self
-                    .inst
-                    .appends
-                    .append(
-                        &SharedOutbox::new(db.clone()),
-                        &SpinTimer,
-                        &super::WallClock,
-                        request,
-                        max_backlog,
-                    )
-                    .await?;
-                verdicts.push(match (appended, limit) {
-                    (Ok(appended), _) => {
-                        self.appended.set(Some((appended, received_at_ms)));
-                        Admitted::Accepted
-                    }
-                    (Err(NotAppended::RateLimited), Some(limit)) => Admitted::RateLimited {
-                        retry_after_s: rate_limit::sql::retry_after(
-                            &db,
-                            &limit,
-                            &section.costs,
-                            received_at_ms,
-                        )
-                        .await?,
-                    },
-                    (Err(_), _) => {
-                        return Ok(Err(BacklogFull {
-                            held: max_backlog,
-                            limit: max_backlog,
-                            retry_after_s: self.config.backlog_retry_after_s(),
-                        }))
-                    }
-                });
-            }
-            Ok(Ok(verdicts))
-        }
-
-        async fn wake(&self) {
-            if let Some((appended, at)) = self.appended.take() {
-                if self.inst.driver.appended(appended, at) {
-                    spawn_driver(self.inst.clone());
+            let request = Request {
+                received_at_ms,
+                node: self.node.clone(),
+                readings: section.readings.clone(),
+                charge: limit.map(|l| rate_limit::sql::charge(&l, &section.costs)),
+            };
+            let appended = self
+                .inst
+                .appends
+                .append(
+                    &SharedOutbox::new(db.clone()),
+                    &SpinTimer,
+                    &super::WallClock,
+                    request,
+                    self.config.max_backlog,
+                )
+                .await?;
+            match appended {
+                Ok(appended) => {
+                    self.appended.set(Some(appended));
+                    Ok(Admitted::Accepted)
                 }
+                Err(NotAppended::RateLimited) => {
+                    let retry_after_s = match limit {
+                        Some(limit) => {
+                            let costs = &section.costs;
+                            rate_limit::sql::retry_after(&db, &limit, costs, received_at_ms).await?
+                        }
+                        None => 1,
+                    };
+                    Ok(Admitted::RateLimited { retry_after_s })
+                }
+                Err(NotAppended::BacklogFull) => Err(Refused::BacklogFull(BacklogFull {
+                    limit: self.config.max_backlog,
+                    retry_after_s: self.config.backlog_retry_after_s(),
+                })),
             }
         }
     }
@@ -275,19 +247,16 @@ mod flavour {
     use std::cell::RefCell;
     use std::rc::Rc;
 
-    use std::cell::Cell;
-
     use super::{delivery, SpinTimer};
-    use crate::application::admission::{AdmissionPorts, Admitted, Section};
+    use crate::application::admission::{self, InMemory, Section, Verdict};
     use crate::application::delivery::outbox::{
-        append_reserved, deliver_round, BacklogFull, MemoryStore, Next, Outbox, Reservation,
-        SinkTarget, Wakeups,
+        deliver_round, MemoryStore, Next, Outbox, SinkTarget, Wakeups,
     };
     use crate::application::rate_limit::{MemoryBuckets, MAX_TRACKED_DEVICES};
     use crate::application::recent::Fingerprints;
     use crate::config::Config;
     use crate::hosts::spin::now_ms;
-    use crate::ports::{StoreError, SystemEntropy, Timer};
+    use crate::ports::{SystemEntropy, Timer};
 
     /// What an instance keeps: its outbox, and its devices' token buckets. There is no store,
     /// so the limit is exact while one instance serves a device, and none at all when every
@@ -326,75 +295,20 @@ mod flavour {
         })
     }
 
-    /// The accept use case's parts on this instance: room in its backlog, buckets and outbox in
-    /// its memory, its own delivery task.
-    pub struct Ports {
-        inst: Rc<Instance>,
-        node: Rc<str>,
-        start: Cell<bool>,
-    }
-
-    pub async fn ports(config: &Config, node: &str) -> Result<Ports, StoreError> {
-        Ok(Ports {
-            inst: instance(config),
-            node: node.into(),
-            start: Cell::new(false),
-        })
-    }
-
-    impl AdmissionPorts for Ports {
-        type Room = Reservation;
-
-        fn reserve(&self, readings: usize) -> Result<Reservation, BacklogFull> {
-            self.inst.outbox.borrow_mut().reserve(readings)
-        }
-
-        fn release(&self, room: Reservation) {
-            self.inst.outbox.borrow_mut().release(room);
-        }
-
-        async fn charge(
-            &self,
-            costs: &[(&str, u32)],
-            now_ms: u64,
-        ) -> Result<Result<(), u32>, StoreError> {
-            Ok(match &self.inst.buckets {
-                Some(buckets) => buckets.borrow_mut().admit(costs, now_ms),
-                None => Ok(()),
-            })
-        }
-
-        async fn refund(&self, costs: &[(&str, u32)], _now_ms: u64) {
-            if let Some(buckets) = &self.inst.buckets {
-                buckets.borrow_mut().refund(costs);
-            }
-        }
-
-        async fn append(
-            &self,
-            room: Reservation,
-            received_at_ms: u64,
-            sections: &[&Section],
-        ) -> Result<Result<Vec<Admitted>, BacklogFull>, StoreError> {
-            let inst = &self.inst;
-            let start = append_reserved(
-                &inst.outbox,
-                &inst.store,
-                room,
-                received_at_ms,
-                &self.node,
-                Section::readings_of(sections),
-            )
-            .await?;
-            self.start.set(start);
-            Ok(Ok(vec![Admitted::Accepted; sections.len()]))
-        }
-
-        async fn wake(&self) {
-            if !self.start.take() {
-                return;
-            }
-            let inst = self.inst.clone();
+    /// One request's readings through the accept use case's reserve-and-charge protocol:
+    /// room in this instance's backlog, buckets and outbox in its memory, and its own delivery
+    /// task started when the outbox wants one.
+    pub async fn accept(
+        config: &Config,
+        node: &str,
+        section: &Section,
+        received_at_ms: u64,
+    ) -> Verdict {
+        let inst = instance(config);
+        let ports = InMemory::new(&inst.outbox, inst.buckets.as_ref(), &inst.store, node);
+        let verdict = admission::accept_one(&ports, section, received_at_ms).await;
+        if ports.start_delivery.get() {
+            let inst = inst.clone();
             spin_sdk::wasip3::spawn(async move {
                 let d = delivery(&inst.store, &inst.sink);
                 loop {
@@ -407,6 +321,7 @@ mod flavour {
                 }
             });
         }
+        verdict
     }
 
     pub async fn nudge(_config: &Config) {}

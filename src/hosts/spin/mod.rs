@@ -30,14 +30,14 @@ use futures_util::StreamExt;
 use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::{FullBody, Request};
 
-use crate::application::admission::{self, Refused};
+use crate::application::admission::{Refused, Verdict};
 use crate::config::{Config, Settings, KEYS};
 use crate::domain::enrich::EdgeInfo;
 use crate::http::answer::Answer;
 use crate::http::deployment::{ApiDocument, Deployment, HostConventions};
 use crate::http::instance_state::InstanceState;
 use crate::http::pipeline::{self, Host};
-use crate::http::problem::{self, Problem};
+use crate::http::problem::Problem;
 use crate::http::routes::{Accepted, AdminQuery};
 use crate::log;
 use crate::ports::{BodyBroken, BodyStream, EdgeFacts, Level, Log, StoreError, SystemEntropy};
@@ -291,18 +291,13 @@ impl Host for Component {
         read_text(&crate::application::registry::record_key(device)).await
     }
 
-    async fn accept(&self, edge: &EdgeInfo, accepted: &Accepted) -> Result<(), Problem> {
+    async fn accept(&self, edge: &EdgeInfo, accepted: &Accepted) -> Verdict {
         let loaded = loaded().await;
-        let config = loaded.config()?;
-        let section = accepted.section();
-        let result = match delivery::ports(config, &edge.node).await {
-            Ok(ports) => admission::accept(&ports, &[section], accepted.received_at_ms).await,
-            Err(e) => Err(Refused::Unavailable(e)),
+        let Ok(config) = loaded.settings.config.as_ref() else {
+            return Err(Refused::Fault("the configuration is invalid".into()));
         };
-        if let Err(Refused::Unavailable(e)) = &result {
-            emit("error", "store_failed", &[("error", &e.0)]);
-        }
-        problem::of_admission(&result, config.rate_limit.as_ref())
+        let section = accepted.section();
+        delivery::accept(config, &edge.node, &section, accepted.received_at_ms).await
     }
 
     async fn admin(&self, _edge: &EdgeInfo, query: AdminQuery) -> Result<String, Problem> {

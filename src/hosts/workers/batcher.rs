@@ -24,18 +24,16 @@ use worker::{
 
 use super::sql_store::{DeadLetterView, RowCounts, SqlOutboxStore};
 use super::{log, now_ms, settings, wire, WorkersTimer};
-use crate::application::admission::{self, AdmissionPorts, Admitted, Refused, Section};
+use crate::application::admission::{self, Admitted, InMemory, Refused, Section};
 use crate::application::delivery::outbox::{
-    append_reserved, deliver_round, BacklogFull, Delivery, Next, Outbox, OutboxReport, Reservation,
-    SinkTarget, Wakeups,
+    deliver_round, Delivery, Next, Outbox, OutboxReport, SinkTarget, Wakeups,
 };
 use crate::application::delivery::slots::SlotKey;
 use crate::application::rate_limit::{BucketStats, MemoryBuckets, MAX_TRACKED_DEVICES};
 use crate::application::recent::Fingerprints;
 use crate::domain::enrich::StoredReading;
 use crate::ports::{
-    Clock, Collector, CollectorAnswer, CollectorRequest, StoreError, SystemEntropy, Timer,
-    TransportError,
+    Clock, Collector, CollectorAnswer, CollectorRequest, SystemEntropy, Timer, TransportError,
 };
 
 /// One alarm runs delivery rounds for at most this long, then yields to a fresh alarm.
@@ -263,52 +261,24 @@ impl Batcher {
             })
             .collect();
         let now = now_ms();
-        let ports = Ports {
-            batcher: self,
-            engine,
-            store,
-            node,
-            wake_failed: RefCell::new(None),
-        };
+        let buckets = engine.buckets.as_ref();
+        let ports = InMemory::new(&engine.outbox, buckets, store, node);
         // One row for the whole call, made durable before the answer: the runtime's output
         // gate holds the answer until the write is done.
-        let result = admission::accept(&ports, &sections, now).await;
-        if let Some(e) = ports.wake_failed.take() {
-            return Err(e);
-        }
-        match result {
-            Ok(verdicts) => {
-                let mut answer = wire::AcceptAnswer::default();
-                for (index, (verdict, section)) in verdicts.iter().zip(&sections).enumerate() {
-                    match verdict {
-                        Admitted::Accepted => answer.accepted += section.readings.len(),
-                        Admitted::RateLimited { retry_after_s } => {
-                            answer.limited.push((index, *retry_after_s))
-                        }
-                    }
-                }
-                answer.backlog = engine.outbox.borrow().pending();
-                Ok(wire::AcceptReply::Accepted(answer))
+        let verdicts = admission::accept(&ports, &sections, now).await;
+        let accepted = matches!(&verdicts, Ok(v) if v.contains(&Admitted::Accepted));
+        // Accepted readings need an alarm; so does a full backlog, which must still drain
+        // even if the runtime lost the alarm (e.g. a restart), since it writes nothing new.
+        let full = matches!(&verdicts, Err(Refused::BacklogFull(_)));
+        if (accepted && !self.alarm_running.get()) || full {
+            let next = engine.outbox.borrow().next_wake(now);
+            if let Some(at) = next {
+                self.schedule(at).await?;
             }
-            Err(Refused::BacklogFull(full)) => {
-                // A full backlog must still drain: make sure an alarm is set even if the
-                // runtime lost it (e.g. a restart), since this refusal writes nothing new.
-                let next = engine.outbox.borrow().next_wake(now);
-                if let Some(at) = next {
-                    self.schedule(at).await?;
-                }
-                Ok(wire::AcceptReply::BacklogFull {
-                    retry_after_s: full.retry_after_s,
-                    detail: format!(
-                        "the delivery backlog holds {} readings (limit {}); the collector may be down",
-                        full.held, full.limit
-                    ),
-                })
-            }
-            Err(Refused::Unavailable(e)) => Ok(wire::AcceptReply::Refused {
-                detail: format!("storage: {e}"),
-            }),
         }
+        let readings: Vec<usize> = sections.iter().map(|s| s.readings.len()).collect();
+        let backlog = engine.outbox.borrow().pending();
+        Ok(wire::AcceptReply::of(verdicts, &readings, backlog))
     }
 
     /// Makes sure an alarm fires by `at`: sets one when none is set, or one set later.
@@ -425,78 +395,5 @@ impl Collector for WorkersCollector {
         self.try_post(r)
             .await
             .map_err(|e| TransportError(e.to_string()))
-    }
-}
-
-/// The accept use case's parts in this object: room in its outbox's backlog, buckets in its
-/// memory, one row in its SQLite table, and its alarm as the wake-up.
-struct Ports<'a> {
-    batcher: &'a Batcher,
-    engine: &'a Engine,
-    store: &'a SqlOutboxStore,
-    node: &'a str,
-    /// Setting the alarm failed: the call fails, as before the use case.
-    wake_failed: RefCell<Option<worker::Error>>,
-}
-
-impl AdmissionPorts for Ports<'_> {
-    type Room = Reservation;
-
-    fn reserve(&self, readings: usize) -> Result<Reservation, BacklogFull> {
-        self.engine.outbox.borrow_mut().reserve(readings)
-    }
-
-    fn release(&self, room: Reservation) {
-        self.engine.outbox.borrow_mut().release(room);
-    }
-
-    /// The buckets live in this object's memory: exact for the devices it serves while it stays
-    /// loaded; an evicted object starts with full buckets (the limit then errs towards
-    /// admitting).
-    async fn charge(
-        &self,
-        costs: &[(&str, u32)],
-        now_ms: u64,
-    ) -> Result<Result<(), u32>, StoreError> {
-        Ok(match &self.engine.buckets {
-            Some(buckets) => buckets.borrow_mut().admit(costs, now_ms),
-            None => Ok(()),
-        })
-    }
-
-    async fn refund(&self, costs: &[(&str, u32)], _now_ms: u64) {
-        if let Some(buckets) = &self.engine.buckets {
-            buckets.borrow_mut().refund(costs);
-        }
-    }
-
-    async fn append(
-        &self,
-        room: Reservation,
-        received_at_ms: u64,
-        sections: &[&Section],
-    ) -> Result<Result<Vec<Admitted>, BacklogFull>, StoreError> {
-        let engine = self.engine;
-        append_reserved(
-            &engine.outbox,
-            self.store,
-            room,
-            received_at_ms,
-            self.node,
-            Section::readings_of(sections),
-        )
-        .await?;
-        Ok(Ok(vec![Admitted::Accepted; sections.len()]))
-    }
-
-    async fn wake(&self) {
-        let next = self.engine.outbox.borrow().next_wake(now_ms());
-        if let Some(at) = next {
-            if !self.batcher.alarm_running.get() {
-                if let Err(e) = self.batcher.schedule(at).await {
-                    *self.wake_failed.borrow_mut() = Some(e);
-                }
-            }
-        }
     }
 }

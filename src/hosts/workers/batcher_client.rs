@@ -1,5 +1,5 @@
 //! The Worker's side of its batchers: which shard takes a request, the group-commit call by
-//! Workers RPC (see `group_commit`), what the batcher's answer means for each request, and the
+//! Workers RPC (see `group_commit`), each request's verdict from the batcher's answer, and the
 //! admin queries that fan out to every shard.
 
 use serde_json::value::RawValue;
@@ -7,11 +7,11 @@ use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::JsValue;
 use worker::Env;
 
-use super::{group_commit, log, wire};
+use super::{group_commit, wire};
+use crate::application::admission::{Refused, Unavailable, Verdict};
 use crate::config::Settings;
 use crate::domain::enrich::EdgeInfo;
 use crate::http::instance_state::StateSizes;
-use crate::http::problem::{Problem, ProblemType};
 use crate::http::routes::{Accepted, AdminQuery};
 
 const BATCHER_BINDING: &str = "BATCHER";
@@ -47,13 +47,13 @@ pub async fn hand_to_batcher(
     settings: &Settings,
     edge: &EdgeInfo,
     accepted: &Accepted,
-) -> Result<(), Problem> {
+) -> Verdict {
     let name = batcher_name(edge, shard_of(&accepted.shard_key, shard_count(settings)));
     let body = wire::encode_section(
         &accepted.device_costs,
         accepted.readings.iter().map(|r| r.json.as_str()),
     );
-    let send = |body, sections| call_batcher(env, settings, &name, &edge.node, body, sections);
+    let send = |body, sections| call_batcher(env, &name, &edge.node, body, sections);
     group_commit::submit(&name, body, accepted.readings.len(), send).await
 }
 
@@ -65,61 +65,32 @@ extern "C" {
     fn accept(this: &BatcherRpc, node: &str, body: &str) -> Result<js_sys::Promise, JsValue>;
 }
 
-/// One `accept` call to a batcher with one or more requests' sections; an outcome per section.
+/// One `accept` call to a batcher with one or more requests' sections: a verdict per section.
 async fn call_batcher(
     env: &Env,
-    settings: &Settings,
     name: &str,
     node: &str,
     body: String,
     sections: usize,
 ) -> group_commit::GroupOutcome {
-    let unavailable = |error: String| {
-        log::error("batcher_unreachable", &[("error", &error)]);
-        Problem::new(
-            ProblemType::UpstreamUnavailable,
-            "the batcher could not be reached; nothing was accepted",
-        )
-        .with_retry_after(1)
-    };
+    let unreachable = |cause: String| Refused::Unavailable(Unavailable::Unreachable(cause));
     let js_error = |e: JsValue| e.as_string().unwrap_or_else(|| format!("{e:?}"));
     let stub = env
         .durable_object(BATCHER_BINDING)
         .and_then(|ns| ns.get_by_name(name))
-        .map_err(|e| unavailable(e.to_string()))?
+        .map_err(|e| unreachable(e.to_string()))?
         .into_rpc::<BatcherRpc>();
     let call = stub
         .accept(node, &body)
-        .map_err(|e| unavailable(js_error(e)))?;
+        .map_err(|e| unreachable(js_error(e)))?;
     let reply = wasm_bindgen_futures::JsFuture::from(call)
         .await
-        .map_err(|e| unavailable(js_error(e)))?
+        .map_err(|e| unreachable(js_error(e)))?
         .as_string()
-        .ok_or_else(|| unavailable("the batcher answered something other than text".into()))?;
-    match serde_json::from_str(&reply) {
-        Ok(wire::AcceptReply::Accepted(answer)) => {
-            let mut outcomes = vec![Ok(()); sections];
-            let limit = settings.config.as_ref().ok().and_then(|c| c.rate_limit);
-            for (index, retry_after_s) in answer.limited {
-                if let (Some(slot), Some(limit)) = (outcomes.get_mut(index), limit.as_ref()) {
-                    *slot = Err(Problem::rate_limited(retry_after_s, limit));
-                }
-            }
-            Ok(outcomes)
-        }
-        Ok(wire::AcceptReply::BacklogFull {
-            retry_after_s,
-            detail,
-        }) => Err(Problem::backlog_full(retry_after_s, detail)),
-        Ok(wire::AcceptReply::Refused { detail }) => {
-            log::error("batcher_refused", &[("detail", &detail)]);
-            Err(Problem::internal())
-        }
-        Err(e) => {
-            log::error("batcher_refused", &[("detail", &e.to_string())]);
-            Err(Problem::internal())
-        }
-    }
+        .ok_or_else(|| Refused::Fault("the batcher answered something other than text".into()))?;
+    serde_json::from_str::<wire::AcceptReply>(&reply)
+        .map_err(|e| Refused::Fault(e.to_string()))?
+        .verdicts(sections)
 }
 
 /// Admin queries fan out to every shard of this colo's batchers.

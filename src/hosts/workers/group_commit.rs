@@ -18,13 +18,11 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 
+use crate::application::admission::{Admitted, Refused, Unavailable, Verdict};
 use crate::application::group_commit::{Lane, Role, Shared, WAIT_LIMIT_MS};
-use crate::http::problem::{Problem, ProblemType};
 
-/// One request's answer.
-pub type Outcome = Result<(), Problem>;
-/// One call's answer: an outcome per section, or one failure for all.
-pub type GroupOutcome = Result<Vec<Outcome>, Problem>;
+/// One call's answer: a verdict per section, or one refusal for all.
+pub type GroupOutcome = Result<Vec<Admitted>, Refused>;
 
 thread_local! {
     static LANES: RefCell<HashMap<String, Lane<GroupOutcome>>> = RefCell::new(HashMap::new());
@@ -71,12 +69,8 @@ fn with_lane<T>(name: &str, f: impl FnOnce(&mut Lane<GroupOutcome>) -> T) -> T {
     LANES.with(|lanes| f(lanes.borrow_mut().entry(name.to_owned()).or_default()))
 }
 
-fn timed_out() -> Problem {
-    Problem::new(
-        ProblemType::UpstreamUnavailable,
-        "the batcher did not answer in time; retry",
-    )
-    .with_retry_after(1)
+fn timed_out() -> Refused {
+    Refused::Unavailable(Unavailable::TimedOut)
 }
 
 async fn sleep_ms(ms: u64) {
@@ -85,7 +79,7 @@ async fn sleep_ms(ms: u64) {
 
 /// Sends `body` (one section of `readings` documents) to batcher `lane` together with the
 /// sections of concurrent requests; `send(body, sections)` performs one call.
-pub async fn submit<F, Fut>(lane: &str, body: String, readings: usize, send: F) -> Outcome
+pub async fn submit<F, Fut>(lane: &str, body: String, readings: usize, send: F) -> Verdict
 where
     F: Fn(String, usize) -> Fut,
     Fut: Future<Output = GroupOutcome>,
@@ -114,14 +108,14 @@ where
     }
 }
 
-fn section_outcome(group: &GroupOutcome, section: usize) -> Outcome {
+fn section_outcome(group: &GroupOutcome, section: usize) -> Verdict {
     match group {
         // Fewer answers than sections sent would be a batcher fault: refuse, never assume.
         Ok(sections) => sections
             .get(section)
-            .cloned()
-            .unwrap_or_else(|| Err(Problem::internal())),
-        Err(problem) => Err(problem.clone()),
+            .copied()
+            .ok_or_else(|| Refused::Fault("no verdict for this section".into())),
+        Err(refused) => Err(refused.clone()),
     }
 }
 

@@ -26,6 +26,7 @@ use worker::{event, ByteStream, Context, Env, Headers, Request, Response};
 
 pub use batcher::Batcher;
 
+use crate::application::admission::Verdict;
 use crate::application::profile_cache::PROFILES_KEY;
 use crate::config::Settings;
 use crate::domain::enrich::EdgeInfo;
@@ -313,7 +314,7 @@ impl Host for Worker<'_> {
 
     /// Waits only for the batcher's durable acceptance (rate limits included), never for the
     /// collector.
-    async fn accept(&self, edge: &EdgeInfo, accepted: &Accepted) -> Result<(), Problem> {
+    async fn accept(&self, edge: &EdgeInfo, accepted: &Accepted) -> Verdict {
         batcher_client::hand_to_batcher(self.env, &settings(self.env), edge, accepted).await
     }
 

@@ -5,6 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::application::admission::{Admitted, Refused};
+use crate::application::delivery::outbox::BacklogFull;
+use crate::ports::StoreError;
+
 /// One request's section of an `accept` body: what it costs each device, then its readings.
 pub fn encode_section<'a>(
     device_costs: &[(String, u32)],
@@ -61,7 +65,8 @@ pub fn decode_sections(body: &str) -> Vec<Section<'_>> {
     sections
 }
 
-/// The batcher's answer to `accept`, as JSON (the RPC passes one string each way).
+/// The batcher's answer to `accept`, as JSON (the RPC passes one string each way): the accept
+/// use case's verdicts (`application::admission`), carried as they are.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case", from = "FlatReply")]
 pub enum AcceptReply {
@@ -69,12 +74,81 @@ pub enum AcceptReply {
     /// Nothing was stored: the delivery backlog is full.
     BacklogFull {
         retry_after_s: u32,
+        limit: usize,
+    },
+    /// Nothing was stored: the object's storage failed (worth a retry).
+    Unavailable {
         detail: String,
     },
     /// Nothing was stored: the batcher cannot work (e.g. its configuration is invalid).
     Refused {
         detail: String,
     },
+}
+
+impl AcceptReply {
+    /// The batcher's side: the use case's verdicts on a call's sections, with its backlog.
+    pub fn of(
+        verdicts: Result<Vec<Admitted>, Refused>,
+        sections: &[usize],
+        backlog: usize,
+    ) -> Self {
+        match verdicts {
+            Ok(verdicts) => {
+                let mut answer = AcceptAnswer {
+                    backlog,
+                    ..AcceptAnswer::default()
+                };
+                for (index, (verdict, readings)) in verdicts.iter().zip(sections).enumerate() {
+                    match verdict {
+                        Admitted::Accepted => answer.accepted += readings,
+                        Admitted::RateLimited { retry_after_s } => {
+                            answer.limited.push((index, *retry_after_s))
+                        }
+                    }
+                }
+                Self::Accepted(answer)
+            }
+            Err(Refused::BacklogFull(full)) => Self::BacklogFull {
+                retry_after_s: full.retry_after_s,
+                limit: full.limit,
+            },
+            Err(Refused::Unavailable(why)) => Self::Unavailable {
+                detail: Refused::Unavailable(why)
+                    .cause()
+                    .unwrap_or_default()
+                    .to_owned(),
+            },
+            Err(Refused::Fault(detail)) => Self::Refused { detail },
+        }
+    }
+
+    /// The Worker's side: the verdicts again, one per section sent.
+    pub fn verdicts(self, sections: usize) -> Result<Vec<Admitted>, Refused> {
+        match self {
+            Self::Accepted(answer) => {
+                let mut verdicts = vec![Admitted::Accepted; sections];
+                for (index, retry_after_s) in answer.limited {
+                    match verdicts.get_mut(index) {
+                        Some(v) => *v = Admitted::RateLimited { retry_after_s },
+                        None => {
+                            return Err(Refused::Fault("a section the call did not send".into()))
+                        }
+                    }
+                }
+                Ok(verdicts)
+            }
+            Self::BacklogFull {
+                retry_after_s,
+                limit,
+            } => Err(Refused::BacklogFull(BacklogFull {
+                limit,
+                retry_after_s,
+            })),
+            Self::Unavailable { detail } => Err(StoreError(detail).into()),
+            Self::Refused { detail } => Err(Refused::Fault(detail)),
+        }
+    }
 }
 
 /// `AcceptReply` as it is read: one flat object in one pass. serde reads an internally tagged
@@ -91,6 +165,8 @@ struct FlatReply {
     #[serde(default)]
     retry_after_s: u32,
     #[serde(default)]
+    limit: usize,
+    #[serde(default)]
     detail: String,
 }
 
@@ -99,6 +175,7 @@ struct FlatReply {
 enum Outcome {
     Accepted,
     BacklogFull,
+    Unavailable,
     Refused,
 }
 
@@ -112,8 +189,9 @@ impl From<FlatReply> for AcceptReply {
             }),
             Outcome::BacklogFull => Self::BacklogFull {
                 retry_after_s: r.retry_after_s,
-                detail: r.detail,
+                limit: r.limit,
             },
+            Outcome::Unavailable => Self::Unavailable { detail: r.detail },
             Outcome::Refused => Self::Refused { detail: r.detail },
         }
     }
@@ -187,12 +265,12 @@ mod tests {
     fn replies_keep_their_shape_on_the_wire() {
         let json = serde_json::to_string(&AcceptReply::BacklogFull {
             retry_after_s: 5,
-            detail: "full".into(),
+            limit: 100,
         })
         .unwrap();
         assert_eq!(
             json,
-            r#"{"outcome":"backlog_full","retry_after_s":5,"detail":"full"}"#
+            r#"{"outcome":"backlog_full","retry_after_s":5,"limit":100}"#
         );
         let back: AcceptReply = serde_json::from_str(
             r#"{"outcome":"accepted","accepted":3,"backlog":7,"limited":[[1,4]]}"#,
@@ -213,7 +291,10 @@ mod tests {
             }),
             AcceptReply::BacklogFull {
                 retry_after_s: 5,
-                detail: "full".into(),
+                limit: 100,
+            },
+            AcceptReply::Unavailable {
+                detail: "disk".into(),
             },
             AcceptReply::Refused {
                 detail: "misconfigured".into(),
@@ -225,5 +306,35 @@ mod tests {
             assert_eq!(format!("{back:?}"), format!("{reply:?}"));
         }
         assert!(serde_json::from_str::<AcceptReply>(r#"{"outcome":"maybe"}"#).is_err());
+    }
+
+    /// A verdict survives the trip from the batcher's use case to the Worker unchanged.
+    #[test]
+    fn verdicts_cross_the_wire_as_they_are() {
+        let full = BacklogFull {
+            limit: 10,
+            retry_after_s: 4,
+        };
+        let cases: Vec<Result<Vec<Admitted>, Refused>> = vec![
+            Ok(vec![
+                Admitted::Accepted,
+                Admitted::RateLimited { retry_after_s: 2 },
+                Admitted::Accepted,
+            ]),
+            Err(Refused::BacklogFull(full)),
+            Err(StoreError("disk".into()).into()),
+            Err(Refused::Fault("misconfigured".into())),
+        ];
+        for verdicts in cases {
+            let json = serde_json::to_string(&AcceptReply::of(verdicts.clone(), &[1, 2, 3], 9));
+            let back: AcceptReply = serde_json::from_str(&json.unwrap()).unwrap();
+            assert_eq!(back.verdicts(3), verdicts);
+        }
+        let stray = AcceptReply::Accepted(AcceptAnswer {
+            accepted: 0,
+            backlog: 0,
+            limited: vec![(5, 1)],
+        });
+        assert!(matches!(stray.verdicts(2), Err(Refused::Fault(_))));
     }
 }

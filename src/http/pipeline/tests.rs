@@ -3,209 +3,44 @@
 //! `host_specific` names: the platform tag (in answers and readings), the node name, and how
 //! much of a refused body the host drains.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::rc::Rc;
 
 use super::*;
-use crate::application::admission::{self, AdmissionPorts, Admitted, Section};
-use crate::application::delivery::outbox::{
-    append_reserved, BacklogFull, MemoryStore, Outbox, Reservation, Wakeups,
-};
-use crate::application::rate_limit::MemoryBuckets;
-use crate::application::recent::tests::fingerprints;
+use crate::hosts::memory::MemoryHost;
 use crate::http::auth::{sign, MasterSecret, SignedParts};
-use crate::http::deployment::{ApiDocument, HostConventions};
-use crate::http::instance_state::InstanceState;
-use crate::http::routes::{self, Accepted, AdminQuery};
 use crate::ports::testing::run;
-use crate::ports::StoreError;
-use crate::ports::{BodyBroken, Pairs};
+use crate::ports::BodyBroken;
 
 const SECRET: &str = "pipeline-test-master-secret-0123456789";
 
-/// A host whose accept is the real use case (`application::admission`) over in-memory parts:
-/// an outbox nothing delivers from, token buckets in memory.
-struct FakeHost {
-    platform: &'static str,
-    drain_limit: usize,
-    settings: Rc<crate::config::Settings>,
-    deployment: Rc<crate::http::deployment::Deployment>,
-    accepted: RefCell<Vec<String>>,
-    outbox: RefCell<Outbox<u64>>,
-    store: MemoryStore,
-    buckets: Option<RefCell<MemoryBuckets>>,
-    state: InstanceState,
-    /// The registry in the host's key-value store: `device/<id>` to its record's text.
-    records: RefCell<std::collections::HashMap<String, String>>,
-    record_reads: Cell<u32>,
-    registry_down: Cell<bool>,
-    now: Cell<u64>,
-    /// JWT signatures the host verified (Workers' is WebCrypto, not faked here).
-    #[cfg_attr(all(target_arch = "wasm32", target_os = "unknown"), allow(dead_code))]
-    signatures_checked: Cell<u32>,
-    /// Calls of `Host::after`.
-    afters: Cell<u32>,
-}
-
-impl AdmissionPorts for FakeHost {
-    type Room = Reservation;
-    fn reserve(&self, readings: usize) -> Result<Reservation, BacklogFull> {
-        self.outbox.borrow_mut().reserve(readings)
-    }
-    fn release(&self, room: Reservation) {
-        self.outbox.borrow_mut().release(room);
-    }
-    async fn charge(&self, costs: &[(&str, u32)], now: u64) -> Result<Result<(), u32>, StoreError> {
-        Ok(match &self.buckets {
-            Some(buckets) => buckets.borrow_mut().admit(costs, now),
-            None => Ok(()),
-        })
-    }
-    async fn refund(&self, costs: &[(&str, u32)], _now: u64) {
-        if let Some(b) = &self.buckets {
-            b.borrow_mut().refund(costs);
-        }
-    }
-    async fn append(
-        &self,
-        room: Reservation,
-        at: u64,
-        sections: &[&Section],
-    ) -> Result<Result<Vec<Admitted>, BacklogFull>, StoreError> {
-        let readings = Section::readings_of(sections);
-        append_reserved(&self.outbox, &self.store, room, at, "node", readings).await?;
-        Ok(Ok(vec![Admitted::Accepted; sections.len()]))
-    }
-    async fn wake(&self) {}
-}
-
-impl FakeHost {
-    /// The three hosts, as their adapters configure the pipeline.
-    fn all(vars: &[(&str, &str)]) -> Vec<Self> {
-        let mut kv = vars.to_vec();
-        kv.extend_from_slice(&[
-            ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
-            ("AUTH_MODE", "token"),
-            ("AUTH_SECRET", SECRET),
-            ("ADMIN_TOKEN", "admin-token-admin-token-admin-token"),
-            ("MAX_BODY_BYTES", "2048"),
-            ("MAX_URL_BYTES", "512"),
-            ("CORS_ALLOWED_ORIGINS", "https://app.example.com"),
-        ]);
-        let settings = Rc::new(crate::config::Settings::load(&Pairs(&kv)));
-        let deployment = Rc::new(settings.deployment(HostConventions::serving(
-            ApiDocument::Served(routes::OPENAPI),
-            "settings",
-        )));
-        [
-            ("cloudflare-workers", 0),
-            ("spin", 4 * 1024 * 1024),
-            ("wasi-http", 4 * 1024 * 1024),
-        ]
-        .into_iter()
-        .map(|(platform, drain_limit)| Self {
-            platform,
-            drain_limit,
-            outbox: RefCell::new(Outbox::new(
-                settings
-                    .config
-                    .as_ref()
-                    .map(|c| c.outbox(Wakeups::Polled))
-                    .unwrap_or_else(|_| panic!("test settings are valid")),
-                0,
-            )),
-            settings: settings.clone(),
-            deployment: deployment.clone(),
-            accepted: RefCell::new(Vec::new()),
-            store: MemoryStore::default(),
-            buckets: settings
-                .config
-                .as_ref()
-                .ok()
-                .and_then(|c| c.rate_limit)
-                .map(|l| RefCell::new(MemoryBuckets::new(l, 1_000, fingerprints()))),
-            state: InstanceState::new(&crate::application::recent::tests::Counting),
-            records: RefCell::default(),
-            record_reads: Cell::new(0),
-            registry_down: Cell::new(false),
-            now: Cell::new(1_800_000_000_000),
-            signatures_checked: Cell::new(0),
-            afters: Cell::new(0),
-        })
-        .collect()
-    }
-}
-
-impl crate::ports::Clock for FakeHost {
-    fn now_ms(&self) -> u64 {
-        self.now.get()
-    }
-}
-
-impl crate::ports::Timer for FakeHost {
-    async fn sleep_ms(&self, _ms: u64) {}
-}
-
-impl Host for FakeHost {
-    fn platform(&self) -> &'static str {
-        self.platform
-    }
-    fn state(&self) -> &InstanceState {
-        &self.state
-    }
-    fn drain_limit(&self) -> usize {
-        self.drain_limit
-    }
-    async fn deployment(&self) -> Rc<crate::http::deployment::Deployment> {
-        self.deployment.clone()
-    }
-    fn timer_ms(&self) -> f64 {
-        0.0
-    }
-    async fn read_stored_profiles(&self) -> Result<Option<String>, StoreError> {
-        Ok(None)
-    }
-    async fn read_device_record(
-        &self,
-        device: &crate::domain::reading::DeviceId,
-    ) -> Result<Option<String>, StoreError> {
-        self.record_reads.set(self.record_reads.get() + 1);
-        if self.registry_down.get() {
-            return Err(StoreError("kv down".into()));
-        }
-        let key = crate::application::registry::record_key(device);
-        Ok(self.records.borrow().get(&key).cloned())
-    }
-    async fn accept(&self, _: &EdgeInfo, accepted: &Accepted) -> Result<(), Problem> {
-        let s = &self.settings;
-        let result = admission::accept(self, &[accepted.section()], accepted.received_at_ms).await;
-        let limit = s.config.as_ref().ok().and_then(|c| c.rate_limit);
-        crate::http::problem::of_admission(&result, limit.as_ref())?;
-        self.accepted
-            .borrow_mut()
-            .extend(accepted.readings.iter().map(|r| r.id.clone()));
-        Ok(())
-    }
-    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
-    async fn verify_es256(&self, _: &crate::ports::Es256Check<'_>) -> bool {
-        false
-    }
-    #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
-    async fn verify_es256(&self, check: &crate::ports::Es256Check<'_>) -> bool {
-        self.signatures_checked
-            .set(self.signatures_checked.get() + 1);
-        crate::http::jwt::verify_es256(check)
-    }
-    async fn admin(&self, _: &EdgeInfo, q: AdminQuery) -> Result<String, Problem> {
-        Ok(format!("{{\"query\":\"{q:?}\"}}"))
-    }
-    async fn after(&self) {
-        self.afters.set(self.afters.get() + 1);
-    }
-}
-
-impl crate::ports::Log for FakeHost {
-    fn emit(&self, _: Level, _: &str, _: &[(&str, &str)]) {}
+/// The three hosts, as their adapters configure the pipeline: the in-memory host, whose accept
+/// is the real use case over the outbox and buckets every in-memory host keeps, tagged and
+/// draining as each real one.
+fn all_hosts(vars: &[(&str, &str)]) -> Vec<MemoryHost> {
+    let mut kv = vars.to_vec();
+    kv.extend_from_slice(&[
+        ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
+        ("AUTH_MODE", "token"),
+        ("AUTH_SECRET", SECRET),
+        ("ADMIN_TOKEN", "admin-token-admin-token-admin-token"),
+        ("MAX_BODY_BYTES", "2048"),
+        ("MAX_URL_BYTES", "512"),
+        ("CORS_ALLOWED_ORIGINS", "https://app.example.com"),
+    ]);
+    [
+        ("cloudflare-workers", 0),
+        ("spin", 4 * 1024 * 1024),
+        ("wasi-http", 4 * 1024 * 1024),
+    ]
+    .into_iter()
+    .map(|(platform, drain_limit)| {
+        let mut host = MemoryHost::new(&kv, 1_800_000_000_000);
+        host.platform = platform;
+        host.drain_limit = drain_limit;
+        host
+    })
+    .collect()
 }
 
 /// A body in chunks; it can also break, or be declared and never come.
@@ -298,7 +133,7 @@ fn scrub(v: &mut serde_json::Value) {
     }
 }
 
-fn on_every_host(hosts: &[FakeHost], make: impl Fn() -> Request<FakeBody>) -> Vec<Seen> {
+fn on_every_host(hosts: &[MemoryHost], make: impl Fn() -> Request<FakeBody>) -> Vec<Seen> {
     hosts
         .iter()
         .map(|h| {
@@ -311,7 +146,7 @@ fn on_every_host(hosts: &[FakeHost], make: impl Fn() -> Request<FakeBody>) -> Ve
 
 #[test]
 fn same_bytes_in_same_bytes_out_on_every_host() {
-    let hosts = FakeHost::all(&[("EDGE_NODE", "node-1")]);
+    let hosts = all_hosts(&[("EDGE_NODE", "node-1")]);
     let readings = br#"[{"device_id":"d1","temp":20.5},{"device_id":"d1","temp":70,"unit":"F"}]"#;
     let h = token("d1");
     let json = "application/json";
@@ -426,13 +261,13 @@ fn same_bytes_in_same_bytes_out_on_every_host() {
     }
     // Each host accepted the same readings (3 per host: a GET, a POST of two, a CORS GET).
     for h in &hosts {
-        assert_eq!(h.accepted.borrow().len(), 4, "{}", h.platform);
+        assert_eq!(h.accepted().len(), 4, "{}", h.platform);
     }
 }
 
 #[test]
 fn the_request_line_and_headers_are_answered_before_any_body_byte() {
-    for host in FakeHost::all(&[]) {
+    for host in all_hosts(&[]) {
         let h = token("d1");
         // A long URL with a large declared body: 414, not 413, and the body is not read, even
         // when it never comes.
@@ -497,7 +332,7 @@ fn the_request_line_and_headers_are_answered_before_any_body_byte() {
 
 #[test]
 fn a_body_past_the_limit_is_refused_without_keeping_it_and_a_broken_one_is_a_400() {
-    for host in FakeHost::all(&[]) {
+    for host in all_hosts(&[]) {
         let h = token("d1");
         let headers = [
             ("authorization", h.as_str()),
@@ -532,7 +367,7 @@ fn a_body_past_the_limit_is_refused_without_keeping_it_and_a_broken_one_is_a_400
 
 #[test]
 fn a_signature_is_checked_over_the_body_it_was_made_for() {
-    for host in FakeHost::all(&[("AUTH_MODE", "hmac")]) {
+    for host in all_hosts(&[("AUTH_MODE", "hmac")]) {
         let key = MasterSecret::new(SECRET).unwrap().device_key("s1");
         let signed_body = br#"{"device_id":"s1","temp":21.5}"#;
         let parts = SignedParts {
@@ -574,7 +409,7 @@ fn the_accept_use_case_answers_backlog_full_and_rate_limited() {
         ("RATE_LIMIT_READINGS_PER_S", "1"),
         ("RATE_LIMIT_BURST", "2"),
     ];
-    for host in FakeHost::all(&vars) {
+    for host in all_hosts(&vars) {
         let get = |device: &str| {
             let req = request(
                 "GET",
@@ -595,8 +430,7 @@ fn the_accept_use_case_answers_backlog_full_and_rate_limited() {
         }
         // d3 paid nothing for those refusals: its bucket of 2 is whole once there is room (a
         // fresh outbox stands for one that delivered).
-        let fresh = Outbox::new(host.outbox.borrow().config().clone(), 0);
-        *host.outbox.borrow_mut() = fresh;
+        host.take_accepted();
         assert_eq!(get("d3").status(), 200);
         assert_eq!(get("d3").status(), 200);
         let limited = get("d3");
@@ -607,7 +441,7 @@ fn the_accept_use_case_answers_backlog_full_and_rate_limited() {
 
 #[test]
 fn edge_facts_and_timing_reach_the_answer() {
-    let host = FakeHost::all(&[]).remove(0);
+    let host = all_hosts(&[]).remove(0);
     let req = request(
         "GET",
         "/v1/readings?device_id=d1&temp=1",
@@ -633,7 +467,7 @@ fn edge_facts_and_timing_reach_the_answer() {
 /// flood contended with every append. Now only requests whose credentials held do.
 #[test]
 fn only_requests_whose_credentials_held_run_the_work_after_the_answer() {
-    for h in FakeHost::all(&[]) {
+    for h in all_hosts(&[]) {
         let send = |target: &str, auth: &str| {
             run(handle(
                 &h,
@@ -672,7 +506,7 @@ mod registry {
 
     use super::*;
 
-    fn put(hosts: &[FakeHost], device: &str, record: &str) {
+    fn put(hosts: &[MemoryHost], device: &str, record: &str) {
         for h in hosts {
             h.records
                 .borrow_mut()
@@ -680,13 +514,13 @@ mod registry {
         }
     }
 
-    fn later(hosts: &[FakeHost], ms: u64) {
+    fn later(hosts: &[MemoryHost], ms: u64) {
         for h in hosts {
             h.now.set(h.now.get() + ms);
         }
     }
 
-    fn get(h: &FakeHost, device: &str, auth: &str) -> Answer {
+    fn get(h: &MemoryHost, device: &str, auth: &str) -> Answer {
         let target = format!("/v1/readings?device_id={device}&temp=20");
         run(handle(
             h,
@@ -702,7 +536,7 @@ mod registry {
 
     #[test]
     fn tags_revocation_and_reenabling_within_the_ttl() {
-        let hosts = FakeHost::all(&[("REGISTRY_MODE", "optional"), ("REGISTRY_TTL_S", "60")]);
+        let hosts = all_hosts(&[("REGISTRY_MODE", "optional"), ("REGISTRY_TTL_S", "60")]);
         put(
             &hosts,
             "reg-1",
@@ -728,11 +562,11 @@ mod registry {
         }
         later(&hosts, 60_000);
         for h in &hosts {
-            let before = h.accepted.borrow().len();
+            let before = h.accepted().len();
             let a = get(h, "reg-1", &token("reg-1"));
             assert_eq!(a.status(), 403);
             assert_eq!(problem_type(&a), "urn:edge-enrich:problem:device-disabled");
-            assert_eq!(h.accepted.borrow().len(), before, "nothing accepted");
+            assert_eq!(h.accepted().len(), before, "nothing accepted");
             // Credentials are checked first: a wrong token learns nothing of the record.
             assert_eq!(get(h, "reg-1", &token("someone-else")).status(), 401);
         }
@@ -743,7 +577,7 @@ mod registry {
         }
     }
 
-    fn get_from(h: &FakeHost, client: Option<&str>, device: &str, auth: &str) -> Answer {
+    fn get_from(h: &MemoryHost, client: Option<&str>, device: &str, auth: &str) -> Answer {
         let target = format!("/v1/readings?device_id={device}&temp=20");
         let facts = EdgeFacts {
             client: client.map(str::to_owned),
@@ -761,7 +595,7 @@ mod registry {
     /// the store failed. Now either is a 503, in both modes, and nothing is accepted.
     #[test]
     fn optional_mode_refuses_a_device_it_cannot_look_up() {
-        let hosts = FakeHost::all(&[("REGISTRY_MODE", "optional")]);
+        let hosts = all_hosts(&[("REGISTRY_MODE", "optional")]);
         put(&hosts, "opt-bad", r#"{"status":"stolen-at-site-7"}"#);
         for h in &hosts {
             h.registry_down.set(true);
@@ -776,7 +610,7 @@ mod registry {
             let a = get(h, "opt-bad", &token("opt-bad"));
             assert_eq!(a.status(), 503, "{}", a.body());
             assert!(!a.body().contains("stolen"), "the record is not quoted");
-            assert!(h.accepted.borrow().is_empty());
+            assert!(h.accepted().is_empty());
             // A device without a record is still admitted, untagged.
             assert_eq!(get(h, "opt-none", &token("opt-none")).status(), 200);
         }
@@ -789,7 +623,7 @@ mod registry {
     #[test]
     fn a_sender_out_of_failures_is_refused_before_the_registry_is_read() {
         use crate::http::sender_budget::FAILURES_BURST;
-        let hosts = FakeHost::all(&[("REGISTRY_MODE", "optional")]);
+        let hosts = all_hosts(&[("REGISTRY_MODE", "optional")]);
         let junk = format!("Bearer {}", "0".repeat(64));
         let attacker = Some("198.51.100.9");
         for h in &hosts {
@@ -798,7 +632,7 @@ mod registry {
                 assert_eq!(a.status(), 401, "{}", a.body());
             }
             assert_eq!(h.record_reads.get(), FAILURES_BURST as u32);
-            assert_eq!(h.state.registry.borrow().len(), 0, "no junk was cached");
+            assert_eq!(h.state().registry.borrow().len(), 0, "no junk was cached");
             let a = get_from(h, attacker, "made-up-next", &junk);
             assert_eq!(a.status(), 429, "{}", a.body());
             assert_eq!(
@@ -810,7 +644,7 @@ mod registry {
             // Another sender, and a device whose credentials hold, are served as ever.
             let a = get_from(h, Some("198.51.100.10"), "real-1", &token("real-1"));
             assert_eq!(a.status(), 200, "{}", a.body());
-            assert_eq!(h.state.registry.borrow().len(), 1, "real-1 is cached");
+            assert_eq!(h.state().registry.borrow().len(), 1, "real-1 is cached");
             // Where the host names no sender there is no budget to spend.
             for _ in 0..40 {
                 assert_eq!(get_from(h, None, "made-up-x", &junk).status(), 401);
@@ -820,7 +654,7 @@ mod registry {
 
     #[test]
     fn required_mode_refuses_unknown_devices_and_a_failed_store() {
-        let hosts = FakeHost::all(&[("REGISTRY_MODE", "required")]);
+        let hosts = all_hosts(&[("REGISTRY_MODE", "required")]);
         put(&hosts, "req-1", r#"{"status":"active"}"#);
         for h in &hosts {
             assert_eq!(get(h, "req-1", &token("req-1")).status(), 200);
@@ -844,7 +678,7 @@ mod registry {
 
     #[test]
     fn the_record_is_read_before_the_body_and_once_per_request() {
-        let hosts = FakeHost::all(&[("REGISTRY_MODE", "optional")]);
+        let hosts = all_hosts(&[("REGISTRY_MODE", "optional")]);
         put(&hosts, "once-1", r#"{"status":"active","key_version":2}"#);
         let v2 = format!(
             "Bearer {}",
@@ -890,7 +724,7 @@ mod registry {
 
     #[test]
     fn with_a_registry_a_request_carries_one_device() {
-        let hosts = FakeHost::all(&[("REGISTRY_MODE", "optional"), ("AUTH_MODE", "off")]);
+        let hosts = all_hosts(&[("REGISTRY_MODE", "optional"), ("AUTH_MODE", "off")]);
         let mixed = br#"[{"device_id":"m-1","temp":1},{"device_id":"m-2","temp":2}]"#;
         for h in &hosts {
             let a = run(handle(
@@ -916,8 +750,8 @@ mod registry {
 
         const D: [u8; 32] = [5; 32];
 
-        fn jwt_hosts() -> Vec<FakeHost> {
-            let hosts = FakeHost::all(&[
+        fn jwt_hosts() -> Vec<MemoryHost> {
+            let hosts = all_hosts(&[
                 ("AUTH_MODE", "jwt"),
                 ("JWT_AUDIENCE", "https://edge.test"),
                 ("REGISTRY_MODE", "required"),
@@ -996,7 +830,7 @@ mod registry {
                     };
                     assert_eq!(detail(&a), detail(&known_bad));
                 }
-                let before = h.accepted.borrow().len();
+                let before = h.accepted().len();
                 for (bad, why) in [
                     (jwt("jwt-1", "https://other", now, now + 600), "wrong aud"),
                     (
@@ -1020,7 +854,7 @@ mod registry {
                     &jwt("jwt-1", "https://edge.test", now, now + 600),
                 );
                 assert_eq!(a.status(), 403, "{}", a.body());
-                assert_eq!(h.accepted.borrow().len(), before, "nothing accepted");
+                assert_eq!(h.accepted().len(), before, "nothing accepted");
             }
         }
     }

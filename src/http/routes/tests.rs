@@ -1,23 +1,24 @@
 use super::*;
+use crate::domain::enrich::StoredReading;
+use crate::hosts::memory::MemoryHost;
 use crate::http::answer::header as answer_header;
 use crate::http::deployment::{ApiDocument, HostConventions};
 use crate::ports::Pairs;
 
+const DEFAULTS: [(&str, &str); 3] = [
+    ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
+    ("AUTH_MODE", "off"),
+    ("EDGE_NODE", "test-node"),
+];
+
 fn settings(extra: &[(&str, &str)]) -> Deployment {
     // The first pair with a key wins: the test's own settings before the defaults.
     let mut kv = extra.to_vec();
-    kv.extend_from_slice(&[
-        ("COLLECTOR_URL", "http://127.0.0.1:1/ingest"),
-        ("AUTH_MODE", "off"),
-    ]);
+    kv.extend_from_slice(&DEFAULTS);
     crate::config::Settings::load(&Pairs(&kv)).deployment(HostConventions::serving(
         ApiDocument::Served(OPENAPI),
         "settings",
     ))
-}
-
-fn edge() -> EdgeInfo {
-    EdgeInfo::new(Some("test-node"), None, None, None, "test")
 }
 
 fn head(method: &str, path: &str, query: &str, headers: &[(&str, &str)]) -> Parts {
@@ -29,18 +30,54 @@ fn head(method: &str, path: &str, query: &str, headers: &[(&str, &str)]) -> Part
     request_head(method, &target, headers).expect("a valid request head")
 }
 
+/// What became of a request, as the tests ask: answered, accepted (the answer, and the
+/// readings the host's outbox took), or an admin query answered.
+#[derive(Debug)]
+enum Action {
+    Respond(Answer),
+    Accept(Taken),
+    Admin(AdminQuery),
+}
+
+#[derive(Debug)]
+struct Taken {
+    answer: Answer,
+    readings: Vec<StoredReading>,
+}
+
+impl Taken {
+    fn answer(&self) -> &Answer {
+        &self.answer
+    }
+}
+
+/// One request through the production driver (`pipeline::handle`) on the in-memory host.
+fn decide_on(host: MemoryHost, parts: &Parts, body: &[u8]) -> Action {
+    let request = http::Request::from_parts(parts.clone(), body.to_vec());
+    let answer = host.serve(request);
+    let readings = host.take_accepted();
+    if !readings.is_empty() {
+        return Action::Accept(Taken { answer, readings });
+    }
+    if answer.status() == 200 && parts.uri.path().starts_with("/admin/") {
+        let doc: serde_json::Value = serde_json::from_str(answer.body()).unwrap();
+        let query = match doc["query"].as_str() {
+            Some("Stats") => AdminQuery::Stats,
+            Some("DeadLetters") => AdminQuery::DeadLetters,
+            Some("Deliver") => AdminQuery::Deliver,
+            other => panic!("an admin answer names its query: {other:?}"),
+        };
+        return Action::Admin(query);
+    }
+    Action::Respond(answer)
+}
+
+fn host_for(s: &Deployment, now_ms: u64) -> MemoryHost {
+    MemoryHost::new(&DEFAULTS, now_ms).with_deployment(s.clone())
+}
+
 fn decide_at(s: &Deployment, parts: &Parts, body: &[u8], now_ms: u64) -> Action {
-    let edge = edge();
-    let ctx = RequestContext {
-        settings: s,
-        stored_profiles: None,
-        edge: &edge,
-        now_ms,
-        request_id: "req-1",
-        entropy: &crate::ports::SystemEntropy,
-        registration: &crate::application::registry::Registration::Off,
-    };
-    decide(parts, body, &ctx)
+    decide_on(host_for(s, now_ms), parts, body)
 }
 
 fn run(
@@ -63,7 +100,7 @@ fn run(
 fn status(a: &Action) -> u16 {
     match a {
         Action::Respond(r) => r.status().as_u16(),
-        Action::Accept(a) => a.answer().status().as_u16(),
+        Action::Accept(a) => a.answer.status().as_u16(),
         Action::Admin(_) => 0,
     }
 }
@@ -162,7 +199,11 @@ fn bad_input_table() {
             .as_str()
             .unwrap()
             .starts_with("urn:edge-enrich:problem:"));
-        assert_eq!(doc["instance"], "urn:edge-enrich:request:req-1");
+        let Action::Respond(answer) = &action else {
+            unreachable!()
+        };
+        let id = answer_header(answer, "x-request-id").unwrap();
+        assert_eq!(doc["instance"], format!("urn:edge-enrich:request:{id}"));
         assert!(!doc["detail"].as_str().unwrap().is_empty());
     }
 }
@@ -189,7 +230,6 @@ fn get_accepts_one_reading() {
         panic!("{a:?}")
     };
     assert_eq!(acc.readings.len(), 1);
-    assert_eq!(acc.shard_key, "abc");
     let v: serde_json::Value = serde_json::from_str(acc.answer().body()).unwrap();
     assert_eq!(v["temp_c"], 23.5);
     assert_eq!(v["edge"]["node"], "test-node");
@@ -555,28 +595,17 @@ impl crate::ports::Entropy for FixedEntropy {
 #[test]
 fn reading_ids_come_from_the_hosts_entropy_and_its_failure_is_the_edges_fault() {
     let s = settings(&[]);
-    let edge = edge();
     let parts = head("GET", READINGS_PATH, "device_id=a&temp=1", &[]);
-    let decide_with = |entropy: &dyn crate::ports::Entropy| {
-        let ctx = RequestContext {
-            settings: &s,
-            stored_profiles: None,
-            edge: &edge,
-            now_ms: 0x0189_abcd_ef01,
-            request_id: "req-1",
-            entropy,
-            registration: &crate::application::registry::Registration::Off,
-        };
-        decide(&parts, b"", &ctx)
+    let decide_with = |entropy: FixedEntropy| {
+        let host = host_for(&s, 0x0189_abcd_ef01).with_entropy(entropy);
+        decide_on(host, &parts, b"")
     };
-    let Action::Accept(accepted) = decide_with(&FixedEntropy(Some(0xff))) else {
+    let Action::Accept(accepted) = decide_with(FixedEntropy(Some(0xff))) else {
         panic!("accepted");
     };
-    assert_eq!(
-        accepted.readings[0].id,
-        "0189abcd-ef01-7fff-bfff-ffffffffffff"
-    );
-    let Action::Respond(answer) = decide_with(&FixedEntropy(None)) else {
+    let reading: serde_json::Value = serde_json::from_str(accepted.readings[0].as_str()).unwrap();
+    assert_eq!(reading["id"], "0189abcd-ef01-7fff-bfff-ffffffffffff");
+    let Action::Respond(answer) = decide_with(FixedEntropy(None)) else {
         panic!("refused");
     };
     assert_eq!(

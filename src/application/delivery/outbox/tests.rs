@@ -853,7 +853,6 @@ fn the_backlog_bound_refuses_whole_requests_with_retry_after() {
     assert_eq!(
         refusal,
         BacklogFull {
-            held: 100,
             limit: 100,
             retry_after_s: 5
         }
