@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use edge_enrich::hosts::memory::MemoryHost;
 use edge_enrich::http::auth::{sign_version, MasterSecret, SignatureVersion, SignedParts};
 
 use super::*;
@@ -795,6 +796,7 @@ pub fn run_suite(
     mode: &'static str,
     collector: &Collector,
     log: &dyn Fn() -> String,
+    core: &MemoryHost,
 ) -> usize {
     let cases = if mode == "hmac" {
         hmac_cases()
@@ -806,18 +808,21 @@ pub fn run_suite(
         .chain(["h", "flood", "s1", "other"].map(key))
         .collect();
     let mut accepted = BTreeSet::new();
+    let mut compared = 0;
     for (n, c) in cases.iter().enumerate() {
         let before = raw_request(base, valid(mode, n).bytes(base))
             .unwrap_or_else(|e| panic!("valid reading before {:?}: {e}", c.name));
         accepted.extend(accepted_ids(&before));
 
-        let r = raw_request(base, c.request.bytes(base))
-            .unwrap_or_else(|e| panic!("case {:?}: {e}", c.name));
+        let bytes = c.request.bytes(base);
+        let r =
+            raw_request(base, bytes.clone()).unwrap_or_else(|e| panic!("case {:?}: {e}", c.name));
         let context = format!("case {:?}: {} {}", c.name, r.status, r.body);
         match c.expect {
             Expect::Problem(status) => {
                 assert_eq!(r.status, status, "{context}");
                 let doc = assert_problem(&r, status);
+                compared += usize::from(answered_as_the_core_does(core, &bytes, &doc, &context));
                 assert_eq!(
                     doc["type"],
                     format!("urn:edge-enrich:problem:{}", problem_type(status)),
@@ -891,6 +896,12 @@ pub fn run_suite(
             c.name, health.body
         );
     }
+    // Every refusal the core's driver judges alone is answered by this host as it answers it.
+    eprintln!("{mode}: {compared} refusals answered as the core's driver answers them");
+    assert!(
+        compared >= 10,
+        "only {compared} refusals compared with the core's driver"
+    );
     collector_refusals(base, mode, collector, log, &mut accepted);
     // Everything accepted, before, between and after the hostile cases, arrives exactly once,
     // and nothing from a refused request (or a reading the collector refused) arrives at all.
@@ -900,6 +911,66 @@ pub fn run_suite(
         assert!(!log.contains(s.as_str()), "a secret in the host's log");
     }
     cases.len()
+}
+
+/// A request as written on the wire, for the in-memory host: `None` when the `http` crate
+/// cannot hold it (the runtime's own parser judges those).
+fn parse_raw(bytes: &[u8]) -> Option<http::Request<Vec<u8>>> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&bytes[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let mut line = lines.next()?.split(' ');
+    let (method, target) = (line.next()?, line.next()?);
+    let mut builder = http::Request::builder().method(method).uri(target);
+    for header in lines {
+        let (name, value) = header.split_once(':')?;
+        builder = builder.header(name.trim(), value.trim());
+    }
+    builder.body(bytes[end + 4..].to_vec()).ok()
+}
+
+/// Whether the host's problem document `seen` for the request `bytes` is the one the core's
+/// driver gives (`pipeline::handle` on the in-memory host with the same settings): the same
+/// type, title, status, detail and field errors. Refusals that depend on what the host holds
+/// (rate limits, backlog, failure budgets, which see the sender's address) are not compared;
+/// nor is a request the `http` crate cannot hold. Returns whether it compared.
+fn answered_as_the_core_does(
+    core: &MemoryHost,
+    bytes: &[u8],
+    seen: &serde_json::Value,
+    context: &str,
+) -> bool {
+    let status = seen["status"].as_u64().unwrap_or(0);
+    if matches!(status, 429 | 503) {
+        return false;
+    }
+    let Some(request) = parse_raw(bytes) else {
+        return false;
+    };
+    core.now.set(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+    );
+    let answer = core.serve(request);
+    core.take_accepted();
+    let expected: serde_json::Value =
+        serde_json::from_str(answer.body()).unwrap_or(serde_json::Value::Null);
+    // A 431's detail counts the header bytes the runtime hands on, which differ by runtime
+    // (wasmtime drops `host` and `connection`); its type, title and status do not.
+    let members: &[&str] = if status == 431 {
+        &["type", "title", "status"]
+    } else {
+        &["type", "title", "status", "detail", "errors"]
+    };
+    for member in members {
+        assert_eq!(
+            seen[*member], expected[*member],
+            "{context}: `{member}` differs from the core driver's answer"
+        );
+    }
+    true
 }
 
 /// Lines of the host's log with this event.
@@ -1107,7 +1178,8 @@ pub fn in_both_modes<H: EdgeHost>(name: &str, start: impl Fn(&Path, &[(&str, &st
         let mut vars = vars(mode);
         vars.push(("COLLECTOR_URL", &ingest));
         let host = start(&dir, &vars);
-        let cases = run_suite(&host.base_url(), mode, &collector, &|| host.log());
+        let core = MemoryHost::new(&vars, 0);
+        let cases = run_suite(&host.base_url(), mode, &collector, &|| host.log(), &core);
         eprintln!("{mode}: {cases} hostile cases passed");
         total += cases;
     }
