@@ -28,7 +28,7 @@ use crate::domain::ids;
 use crate::domain::reading::DeviceId;
 use crate::http::answer::{self, Answer};
 use crate::http::auth::AuthMode;
-use crate::http::deployment::{Deployment, RegistryPolicy};
+use crate::http::deployment::{Deployment, Policy, RegistryPolicy};
 use crate::http::instance_state::InstanceState;
 use crate::http::jwt::VerifiedSignatures;
 use crate::http::problem::{self, Problem, ProblemType};
@@ -246,7 +246,7 @@ async fn serve<H: Host, B: BodyStream>(
             Ok(answer::json(200, json))
         }
         Plan::Readings(ingest) => {
-            let (config, _) = settings.ready()?;
+            let (config, profiles) = settings.ready()?;
             let state = host.state();
             // A sender out of failed credentials is refused before it can buy anything.
             let sender = request
@@ -261,6 +261,7 @@ async fn serve<H: Host, B: BodyStream>(
             let outcome = readings(
                 host,
                 settings,
+                (config, profiles),
                 request,
                 body,
                 ingest,
@@ -294,16 +295,17 @@ async fn serve<H: Host, B: BodyStream>(
 /// that needs no body, then the body, then validation, enrichment and the host's acceptance.
 /// What the registry was read for goes to `fetched`, and `held` says whether the credentials
 /// held, for the caller to cache it.
+#[allow(clippy::too_many_arguments)] // borrows the caller owns; a struct for one call would only rename them
 async fn readings<H: Host, B: BodyStream>(
     host: &H,
     settings: &Deployment,
+    (config, profiles): (&Policy, &Profiles),
     request: &Incoming<'_>,
     body: &mut B,
     mut ingest: Ingest<'_>,
     fetched: &mut Vec<Fetched>,
     held: &mut bool,
 ) -> Result<Answer, Refusal> {
-    let (config, _) = settings.ready()?;
     let (now, request_id) = (request.now, request.request_id);
     let mut registration = match ingest.claimed_device() {
         Some(device) => {
@@ -332,6 +334,8 @@ async fn readings<H: Host, B: BodyStream>(
     let stored = stored_profiles(host, settings, now, request_id).await;
     let ctx = RequestContext {
         settings,
+        policy: config,
+        profiles,
         stored_profiles: stored.as_deref(),
         edge: request.edge,
         now_ms: now,

@@ -265,6 +265,10 @@ fn check_request_size(parts: &Parts, settings: &Deployment) -> Result<(), Proble
 /// Everything ingest needs to know about the request's surroundings.
 pub struct RequestContext<'a> {
     pub settings: &'a Deployment,
+    /// The deployment's policy and profiles, once it was found ready (the pipeline checks
+    /// that once per request).
+    pub policy: &'a Policy,
+    pub profiles: &'a crate::domain::calibration::Profiles,
     /// Profiles from the host's key-value store, when it has some: they replace the
     /// deployment's (see `application::profile_cache`).
     pub stored_profiles: Option<&'a crate::domain::calibration::Profiles>,
@@ -359,7 +363,7 @@ pub fn authenticate(
     body: &[u8],
     ctx: &RequestContext<'_>,
 ) -> Result<Authenticated, Problem> {
-    let (config, _) = ctx.settings.ready()?;
+    let config = ctx.policy;
     // A token not yet checked (the request named no device before its body) is checked against
     // the device the request carries before anything is parsed: a GET's query (its reading,
     // bounded by MAX_URL_BYTES, so parsed first) or the body's first device_id (a linear scan).
@@ -406,7 +410,7 @@ pub fn ingest(
     body: &[u8],
     ctx: &RequestContext<'_>,
 ) -> Result<Accepted, Problem> {
-    let (config, deployed) = ctx.settings.ready()?;
+    let (config, deployed) = (ctx.policy, ctx.profiles);
     let (readings, shape) = match (authenticated.query_reading, authenticated.body) {
         (Some(reading), _) => (vec![reading], Shape::One),
         (None, None) => (vec![parse_query(query(parts))?], Shape::One),
