@@ -1042,8 +1042,8 @@ pub struct AppendGroup {
 /// How often a request waiting on another's statement looks for its result.
 pub const GROUP_POLL_MS: u64 = 1;
 /// Below this typical statement time a request does not wait for a running statement: it
-/// writes its own (see [`AppendGroup`]). Under `spin up` a statement took 0.2–0.5 ms at 10
-/// connections and 6–16 ms at 100, where the lock is contended.
+/// writes its own (see [`AppendGroup`]). Slower statements mean a contended write lock, where
+/// fewer commits pay (the measurements: `docs/performance.md`, Spin).
 pub const GROUP_WHEN_STATEMENT_MS: f64 = 2.0;
 
 /// The writer's duty, even if its request is dropped mid-statement (a client gone): the
