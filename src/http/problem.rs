@@ -383,4 +383,42 @@ mod tests {
         assert_eq!(p.status(), 503);
         assert_eq!(p.kind(), ProblemType::BacklogFull);
     }
+
+    /// Every verdict has one answer, whichever host gave it; a rate-limited verdict is refused
+    /// even where the deployment names no limit (nothing was stored).
+    #[test]
+    fn every_verdict_has_one_answer() {
+        use crate::ports::StoreError;
+        let limit = RateLimit {
+            per_s: 1.0,
+            burst: 5.0,
+        };
+        let limited = Ok(Admitted::RateLimited { retry_after_s: 2 });
+        assert_eq!(of_verdict(&Ok(Admitted::Accepted), None), Ok(()));
+        for limit in [Some(&limit), None] {
+            let p = of_verdict(&limited, limit).unwrap_err();
+            assert_eq!((p.status(), p.retry_after_s()), (429, Some(2)));
+        }
+        let cases = [
+            (
+                Refused::Unavailable(Unavailable::Store(StoreError("cause-42".into()))),
+                503,
+            ),
+            (
+                Refused::Unavailable(Unavailable::Unreachable("cause-42".into())),
+                503,
+            ),
+            (Refused::Unavailable(Unavailable::TimedOut), 503),
+            (Refused::Fault("cause-42".into()), 500),
+        ];
+        for (refused, status) in cases {
+            let p = of_verdict(&Err(refused), None).unwrap_err();
+            assert_eq!(p.status(), status);
+            assert!(
+                !p.detail().contains("cause-42"),
+                "causes stay in the log: {}",
+                p.detail()
+            );
+        }
+    }
 }
