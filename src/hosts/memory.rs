@@ -48,7 +48,6 @@ pub struct MemoryHost {
     pub platform: &'static str,
     /// Bytes of a refused body read and dropped before the answer (see `pipeline`).
     pub drain_limit: usize,
-    settings: Settings,
     deployment: Rc<Deployment>,
     backlog: Option<Backlog>,
     state: InstanceState,
@@ -92,7 +91,6 @@ impl MemoryHost {
         Self {
             platform: PLATFORM,
             drain_limit: 0,
-            settings,
             deployment,
             backlog,
             state: InstanceState::new(&SystemEntropy),
@@ -136,8 +134,9 @@ impl MemoryHost {
     /// The readings accepted since the last call, in order; the outbox is emptied with them
     /// (as if delivered), so that a long run holds no more than one request's worth.
     pub fn take_accepted(&self) -> Vec<StoredReading> {
-        if let (Some(b), Ok(c)) = (&self.backlog, &self.settings.config) {
-            *b.outbox.borrow_mut() = Outbox::new(c.outbox(Wakeups::Polled), self.now.get());
+        if let Some(b) = &self.backlog {
+            let config = b.outbox.borrow().config().clone();
+            *b.outbox.borrow_mut() = Outbox::new(config, self.now.get());
         }
         std::mem::take(&mut self.accepted.borrow_mut())
     }

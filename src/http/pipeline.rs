@@ -215,6 +215,14 @@ fn read_already(problem: Problem) -> Refusal {
     }
 }
 
+/// The deployment, once found ready: its policy and profiles, checked once per request.
+#[derive(Clone, Copy)]
+struct Ready<'a> {
+    settings: &'a Deployment,
+    policy: &'a Policy,
+    profiles: &'a Profiles,
+}
+
 /// One request as the pipeline sees it once its head is read.
 struct Incoming<'a> {
     parts: &'a Parts,
@@ -258,17 +266,13 @@ async fn serve<H: Host, B: BodyStream>(
             }
             let mut fetched = Vec::new();
             let mut held = false;
-            let outcome = readings(
-                host,
+            let ready = Ready {
                 settings,
-                (config, profiles),
-                request,
-                body,
-                ingest,
-                &mut fetched,
-                &mut held,
-            )
-            .await;
+                policy: config,
+                profiles,
+            };
+            let outcome =
+                readings(host, &ready, request, body, ingest, &mut fetched, &mut held).await;
             let unauthenticated = matches!(
                 &outcome,
                 Err(refusal) if refusal.problem.kind() == ProblemType::Unauthorized
@@ -295,17 +299,20 @@ async fn serve<H: Host, B: BodyStream>(
 /// that needs no body, then the body, then validation, enrichment and the host's acceptance.
 /// What the registry was read for goes to `fetched`, and `held` says whether the credentials
 /// held, for the caller to cache it.
-#[allow(clippy::too_many_arguments)] // borrows the caller owns; a struct for one call would only rename them
 async fn readings<H: Host, B: BodyStream>(
     host: &H,
-    settings: &Deployment,
-    (config, profiles): (&Policy, &Profiles),
+    ready: &Ready<'_>,
     request: &Incoming<'_>,
     body: &mut B,
     mut ingest: Ingest<'_>,
     fetched: &mut Vec<Fetched>,
     held: &mut bool,
 ) -> Result<Answer, Refusal> {
+    let Ready {
+        settings,
+        policy: config,
+        profiles,
+    } = *ready;
     let (now, request_id) = (request.now, request.request_id);
     let mut registration = match ingest.claimed_device() {
         Some(device) => {

@@ -916,8 +916,8 @@ pub fn run_suite(
 /// A request as written on the wire, for the in-memory host: `None` when the `http` crate
 /// cannot hold it (the runtime's own parser judges those).
 fn parse_raw(bytes: &[u8]) -> Option<http::Request<Vec<u8>>> {
-    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&bytes[..end]).ok()?;
+    let (head, body) = split_head(bytes)?;
+    let head = std::str::from_utf8(head).ok()?;
     let mut lines = head.split("\r\n");
     let mut line = lines.next()?.split(' ');
     let (method, target) = (line.next()?, line.next()?);
@@ -926,7 +926,7 @@ fn parse_raw(bytes: &[u8]) -> Option<http::Request<Vec<u8>>> {
         let (name, value) = header.split_once(':')?;
         builder = builder.header(name.trim(), value.trim());
     }
-    builder.body(bytes[end + 4..].to_vec()).ok()
+    builder.body(body.to_vec()).ok()
 }
 
 /// Whether the host's problem document `seen` for the request `bytes` is the one the core's

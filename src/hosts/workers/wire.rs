@@ -113,11 +113,8 @@ impl AcceptReply {
                 retry_after_s: full.retry_after_s,
                 limit: full.limit,
             },
-            Err(Refused::Unavailable(why)) => Self::Unavailable {
-                detail: Refused::Unavailable(why)
-                    .cause()
-                    .unwrap_or_default()
-                    .to_owned(),
+            Err(refused @ Refused::Unavailable(_)) => Self::Unavailable {
+                detail: refused.cause().unwrap_or_default().to_owned(),
             },
             Err(Refused::Fault(detail)) => Self::Refused { detail },
         }

@@ -23,7 +23,7 @@ pub use client::*;
 pub use collector::Collector;
 pub use influx::Influx;
 pub use process::{LocalServer, Proc};
-pub use raw_http::{keep_alive, raw_request};
+pub use raw_http::{keep_alive, raw_request, split_head};
 pub use spin::{spin_cli, SpinHost};
 pub use workerd::{WorkerSpec, WorkersHost, COMPATIBILITY_DATE};
 

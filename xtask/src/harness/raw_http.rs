@@ -78,7 +78,8 @@ pub fn keep_alive(base: &str, requests: &[Vec<u8>]) -> Result<Vec<(Resp, Duratio
     Ok(answers)
 }
 
-fn split_head(raw: &[u8]) -> Option<(&[u8], &[u8])> {
+/// A message's head and body, split at the blank line.
+pub fn split_head(raw: &[u8]) -> Option<(&[u8], &[u8])> {
     let at = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     Some((&raw[..at], &raw[at + 4..]))
 }
